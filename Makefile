@@ -1,0 +1,43 @@
+# kvstash: `make demo` and `make test` each do their own set-up (Debian packages, pinned llama.cpp,
+# build), so both work from a fresh clone on a fresh Debian 12 machine.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+KVSTASH = $(BUILD)/kvstash
+
+.PHONY: all setup build demo test bench fuzz asan clean
+
+all: build
+
+setup:
+	@scripts/setup-deps.sh
+	@scripts/fetch-llama.sh
+
+$(BUILD)/CMakeCache.txt:
+	@$(MAKE) --no-print-directory setup
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: setup $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	@KVSTASH_WITH_BENCH_TOOLS=1 scripts/setup-deps.sh
+	@scripts/bench.sh $(BUILD)
+
+fuzz:
+	@KVSTASH_WITH_FUZZ=1 scripts/setup-deps.sh
+	@scripts/fetch-llama.sh
+	@scripts/fuzz.sh $(or $(SECONDS_),600)
+
+asan:
+	@$(MAKE) --no-print-directory test BUILD=build-asan \
+	  CMAKE_FLAGS="-DKVSTASH_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSTASH_BUILD_BENCH=OFF"
+
+clean:
+	rm -rf $(BUILD) build-asan

@@ -1,0 +1,72 @@
+# Finds llama.cpp for kvstash, in this order:
+#   1. -DKVSTASH_LLAMA_DIR=<path>: a user's own llama.cpp checkout (e.g. a CUDA build), added as a
+#      subdirectory with the user's own GGML_* options.
+#   2. third_party/llama.cpp, fetched and pinned by scripts/fetch-llama.sh (the default).
+#   3. An installed llama.cpp through find_package(llama) (-DKVSTASH_LLAMA_SYSTEM=ON).
+# Whatever the source, the target `kvstash::llama` links llama and ggml.
+
+option(KVSTASH_LLAMA_SYSTEM "use an installed llama.cpp (find_package(llama))" OFF)
+set(KVSTASH_LLAMA_DIR "" CACHE PATH "a llama.cpp source tree to build instead of the pinned one")
+
+function(kvstash_cpu_flags)
+  # ggml's -march=native build picks AMX on CPUs that report it, and its AMX matmul crashes with
+  # q8_0 weights (and is slower for small f16 batches) on the machines we run on. So we build with
+  # GGML_NATIVE=OFF and switch on, one by one, the x86 extensions this machine reports, never AMX.
+  set(GGML_NATIVE OFF CACHE BOOL "" FORCE)
+  foreach(amx AMX_TILE AMX_INT8 AMX_BF16)
+    set(GGML_${amx} OFF CACHE BOOL "" FORCE)
+  endforeach()
+  if(NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64" OR NOT EXISTS /proc/cpuinfo)
+    return()
+  endif()
+  file(STRINGS /proc/cpuinfo cpu_flag_lines REGEX "^flags" LIMIT_COUNT 1)
+  string(REPLACE " " ";" cpu_flags "${cpu_flag_lines}")
+  # ggml option <- /proc/cpuinfo flag
+  set(pairs AVX:avx AVX2:avx2 FMA:fma F16C:f16c BMI2:bmi2 AVX_VNNI:avx_vnni AVX512:avx512f
+            AVX512_VBMI:avx512vbmi AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16)
+  set(chosen "")
+  foreach(pair ${pairs})
+    string(REPLACE ":" ";" kv ${pair})
+    list(GET kv 0 option)
+    list(GET kv 1 flag)
+    if(flag IN_LIST cpu_flags)
+      set(GGML_${option} ON CACHE BOOL "" FORCE)
+      list(APPEND chosen ${option})
+    else()
+      set(GGML_${option} OFF CACHE BOOL "" FORCE)
+    endif()
+  endforeach()
+  string(REPLACE ";" " " chosen "${chosen}")
+  message(STATUS "kvstash: ggml CPU features (no AMX, GGML_NATIVE=OFF): ${chosen}")
+  set(KVSTASH_CPU_FEATURES "${chosen}" CACHE INTERNAL "")
+endfunction()
+
+if(KVSTASH_LLAMA_SYSTEM)
+  find_package(llama REQUIRED)
+  add_library(kvstash_llama INTERFACE)
+  target_link_libraries(kvstash_llama INTERFACE llama)
+else()
+  if(KVSTASH_LLAMA_DIR)
+    set(llama_src ${KVSTASH_LLAMA_DIR})
+  else()
+    set(llama_src ${PROJECT_SOURCE_DIR}/third_party/llama.cpp)
+    kvstash_cpu_flags()
+  endif()
+  if(NOT EXISTS ${llama_src}/CMakeLists.txt)
+    message(FATAL_ERROR "llama.cpp not found at ${llama_src}: run scripts/fetch-llama.sh (make does "
+                        "it for you) or pass -DKVSTASH_LLAMA_DIR=<your llama.cpp checkout>")
+  endif()
+  set(BUILD_SHARED_LIBS OFF CACHE BOOL "" FORCE)
+  foreach(part COMMON TESTS TOOLS EXAMPLES SERVER APP)
+    set(LLAMA_BUILD_${part} OFF CACHE BOOL "" FORCE)
+  endforeach()
+  set(LLAMA_OPENSSL OFF CACHE BOOL "" FORCE)
+  set(LLAMA_CURL OFF CACHE BOOL "" FORCE)
+  set(GGML_BUILD_TESTS OFF CACHE BOOL "" FORCE)
+  set(GGML_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
+  # llama.cpp is third-party code: build it without our warning flags.
+  add_subdirectory(${llama_src} ${CMAKE_BINARY_DIR}/llama.cpp EXCLUDE_FROM_ALL SYSTEM)
+  add_library(kvstash_llama INTERFACE)
+  target_link_libraries(kvstash_llama INTERFACE llama ggml)
+endif()
+add_library(kvstash::llama ALIAS kvstash_llama)

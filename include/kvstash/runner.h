@@ -1,0 +1,61 @@
+// The two jobs users run, as one call each: save a prefix, and answer a prompt (warm from a
+// session file, or cold). The CLI, the benchmark and the example use these, so timings and the
+// tokenization rule mean the same everywhere.
+#ifndef KVSTASH_RUNNER_H_
+#define KVSTASH_RUNNER_H_
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "kvstash/session.h"
+
+namespace kvstash {
+
+// Progress of a long prefill: tokens decoded so far and in all.
+using ProgressCallback = std::function<void(size_t done, size_t total)>;
+
+struct SaveReport {
+  size_t n_tokens = 0;
+  uint64_t bytes = 0;
+  double prefill_ms = 0;
+  double save_ms = 0;
+};
+
+// Decodes `prefix` (with BOS) in a fresh session and saves it to `path`.
+Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::string& prefix,
+                              const std::string& path, const SessionOptions& options = {},
+                              const SaveOptions& save_options = {},
+                              const ProgressCallback& progress = {});
+
+struct RunRequest {
+  std::optional<std::string> session_path;  // warm: open this file first
+  std::optional<std::string> prefix;        // text before the prompt (the session's, if warm)
+  std::string prompt;
+  SessionOptions create;  // cold runs
+  OpenOptions open;       // warm runs
+  SampleOptions sample;
+};
+
+struct RunReport {
+  Generation generation;
+  size_t n_prompt_tokens = 0;          // prefix + prompt
+  size_t n_reused_tokens = 0;          // taken from the session file
+  size_t n_decoded_prompt_tokens = 0;  // decoded in this run
+  double load_ms = 0;
+  double prompt_ms = 0;
+  double ttft_ms = 0;  // from the start of load (or of prompt processing, cold) to the first token
+  double generate_ms = 0;
+};
+
+// The token sequence is tokens(prefix, BOS) + tokens(prompt, no BOS). Warm: the session's tokens
+// stand for the prefix; with `prefix` given too, the longest common prefix is reused and only the
+// rest is decoded. Decoding happens in the same groups as a cold run (prefix, then prompt), so warm
+// and cold runs of the same tokens give the same text at temp 0.
+Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
+                            const PieceCallback& on_piece = {},
+                            const ProgressCallback& progress = {});
+
+}  // namespace kvstash
+
+#endif  // KVSTASH_RUNNER_H_

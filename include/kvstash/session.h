@@ -1,0 +1,141 @@
+// Session: one sequence of tokens and the KV cache that holds them.
+//
+// The API has no positions, no batches and no buffer capacities: a Session knows how many tokens
+// its cache holds and always continues at the right absolute position. That removes the classic
+// session-file mistakes by construction:
+//   - re-decoding the saved prefix: Sync() and the CLI keep what the cache already holds;
+//   - wrong start position / n_cur: there is no position to pass;
+//   - mismatched context parameters: Open() re-creates the context from the file;
+//   - a too-small token buffer: tokens() is a vector sized by the file.
+//
+// Tokenization rule (docs/FORMAT.md): the first text appended to an empty session gets BOS (when
+// the model wants one); every later text is tokenized without BOS; the sequence is the
+// concatenation. Decode numerics depend on how tokens are grouped into llama_decode calls, so each
+// Append is one group: a warm run (Open + Append(x)) is bit-identical to a cold run that
+// appends the same prefix and then x.
+//
+// Threading: a Session is used by one thread at a time. Several Sessions may share one Model.
+#ifndef KVSTASH_SESSION_H_
+#define KVSTASH_SESSION_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvstash/model.h"
+#include "kvstash/status.h"
+
+namespace kvstash {
+
+class Env;
+
+enum class FlashAttention { kAuto, kOff, kOn };
+
+struct SessionOptions {
+  uint32_t n_ctx = 4096;  // 0: the model's training context
+  int n_threads = 0;      // 0: all cores
+  uint32_t n_batch = 2048;
+  uint32_t n_ubatch = 512;
+  FlashAttention flash_attn = FlashAttention::kAuto;
+  std::string cache_type_k = "f16";  // f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1
+  std::string cache_type_v = "f16";
+};
+
+// Open() takes every parameter that decides the meaning of the KV bytes from the file. The caller
+// may change what does not: a larger (or smaller, if the tokens still fit) context and the thread
+// count. Setting a KV-deciding option that disagrees with the file is refused by name.
+struct OpenOptions {
+  uint32_t n_ctx = 0;  // 0: as saved
+  int n_threads = 0;   // 0: all cores
+  std::optional<FlashAttention> flash_attn;
+  std::optional<std::string> cache_type_k;
+  std::optional<std::string> cache_type_v;
+};
+
+struct SaveOptions {
+  // fsync the file and its directory before returning. Off only for benchmarks.
+  bool sync = true;
+  Env* env = nullptr;  // nullptr: the POSIX Env
+};
+
+struct SampleOptions {
+  int32_t n_predict = 128;  // < 0: until end of generation or a full context
+  float temp = 0.0f;        // <= 0: greedy
+  int32_t top_k = 40;       // <= 0: off
+  float top_p = 0.95f;      // >= 1: off
+  float min_p = 0.05f;      // <= 0: off
+  uint32_t seed = 0xFFFFFFFF;  // 0xFFFFFFFF: random
+  std::vector<std::string> stop;  // stop strings; the text stops before the first match
+};
+
+enum class StopReason { kEndOfGeneration, kMaxTokens, kStopString, kContextFull, kCancelled };
+const char* StopReasonName(StopReason reason);  // "eog", "n_predict", "stop", "context_full", ...
+
+struct Generation {
+  std::string text;
+  std::vector<Token> tokens;
+  StopReason stop_reason = StopReason::kMaxTokens;
+};
+
+// Called with each piece of generated text as soon as it is final (text that might be the start
+// of a stop string is held back). Return false to stop.
+using PieceCallback = std::function<bool(std::string_view piece)>;
+
+struct SyncResult {
+  size_t n_reused = 0;   // tokens kept from the cache
+  size_t n_decoded = 0;  // tokens decoded now
+};
+
+class Session {
+ public:
+  // A fresh, empty session on `model`.
+  static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options = {});
+  // Loads a session file saved from the same model. Checksums, the model fingerprint and every
+  // KV-deciding parameter are checked before a byte reaches llama.cpp.
+  static Result<std::unique_ptr<Session>> Open(std::shared_ptr<const Model> model,
+                                               const std::string& path,
+                                               const OpenOptions& options = {});
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Decodes `text` (or tokens) after what the session holds.
+  Status Append(std::string_view text);
+  Status AppendTokens(const std::vector<Token>& tokens);
+
+  // Makes the session hold exactly `tokens`: keeps the longest common prefix with what it holds,
+  // drops the rest from the cache and decodes only the tail. Passing the saved prefix again
+  // decodes nothing.
+  Result<SyncResult> Sync(const std::vector<Token>& tokens);
+
+  // Samples until a stop condition; generated tokens become part of the session.
+  Result<Generation> Generate(const SampleOptions& options, const PieceCallback& on_piece = {});
+
+  // Writes the session atomically and durably: temp file, fsync, rename, fsync of the directory.
+  // On failure the previous file at `path` is untouched and no temp file remains.
+  Status Save(const std::string& path, const SaveOptions& options = {});
+
+  const std::vector<Token>& tokens() const;
+  uint32_t n_ctx() const;
+  const Model& model() const;
+  // Tokens decoded by this Session object so far (loading a file decodes none).
+  size_t n_decoded_total() const;
+  // Called after each llama_decode call of a multi-call append (long prefills), with tokens done
+  // and total of that append. Empty: none.
+  void SetProgressCallback(std::function<void(size_t done, size_t total)> progress);
+
+  struct Impl;
+
+ private:
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvstash
+
+#endif  // KVSTASH_SESSION_H_

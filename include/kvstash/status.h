@@ -1,0 +1,84 @@
+// Status and Result<T>: how every kvstash call reports failure.
+//
+// No exception crosses a kvstash API boundary. A failed call returns a Status whose message is one
+// sentence a user can act on: it names the object (file, model, field), the cause, and the fix.
+// Example: "session 'a.kvs' was saved with cache type K=f16, this context uses q8_0: open without
+// --cache-type-k or re-save the session".
+#ifndef KVSTASH_STATUS_H_
+#define KVSTASH_STATUS_H_
+
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace kvstash {
+
+class Status {
+ public:
+  enum class Code {
+    kOk = 0,
+    kInvalidArgument,  // the caller asked for something impossible (bad flag, bad text)
+    kNotFound,         // a file or model is missing
+    kCorruption,       // a file's bytes are wrong: bad magic, checksum, truncated, hostile
+    kIncompatible,     // a valid session that does not fit this model or context
+    kIOError,          // the operating system refused (ENOSPC, EIO, EACCES, ...)
+    kContextFull,      // the context has no room for more tokens
+    kInternal,         // llama.cpp failed where kvstash's own checks said it would not
+  };
+
+  Status() = default;
+  static Status Ok() { return Status(); }
+  static Status InvalidArgument(std::string msg) { return Status(Code::kInvalidArgument, std::move(msg)); }
+  static Status NotFound(std::string msg) { return Status(Code::kNotFound, std::move(msg)); }
+  static Status Corruption(std::string msg) { return Status(Code::kCorruption, std::move(msg)); }
+  static Status Incompatible(std::string msg) { return Status(Code::kIncompatible, std::move(msg)); }
+  static Status IOError(std::string msg) { return Status(Code::kIOError, std::move(msg)); }
+  static Status ContextFull(std::string msg) { return Status(Code::kContextFull, std::move(msg)); }
+  static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
+
+  bool ok() const { return code_ == Code::kOk; }
+  Code code() const { return code_; }
+  const std::string& message() const { return message_; }
+  // "ok" or the message; for logs and CLI output.
+  std::string ToString() const { return ok() ? "ok" : message_; }
+
+ private:
+  Status(Code code, std::string msg) : code_(code), message_(std::move(msg)) {}
+  Code code_ = Code::kOk;
+  std::string message_;
+};
+
+// A value or the Status that explains why there is none. Accessing the value of a failed Result
+// is a programming error (checked with an assert in debug builds).
+template <typename T>
+class Result {
+ public:
+  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
+
+  bool ok() const { return status_.ok(); }
+  const Status& status() const { return status_; }
+
+  T& value() & { return *value_; }
+  const T& value() const& { return *value_; }
+  T&& value() && { return std::move(*value_); }
+  T* operator->() { return &*value_; }
+  const T* operator->() const { return &*value_; }
+  T& operator*() & { return *value_; }
+  const T& operator*() const& { return *value_; }
+
+ private:
+  Status status_;
+  std::optional<T> value_;
+};
+
+}  // namespace kvstash
+
+// Returns early from the enclosing function when `expr` (a Status) failed.
+#define KVSTASH_RETURN_IF_ERROR(expr)            \
+  do {                                           \
+    ::kvstash::Status kvstash_status_ = (expr);  \
+    if (!kvstash_status_.ok()) return kvstash_status_; \
+  } while (0)
+
+#endif  // KVSTASH_STATUS_H_

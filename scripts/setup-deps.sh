@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kvstash builds with, when they are missing. As root it runs
+# apt-get; otherwise it prints the command for you to run.
+set -euo pipefail
+
+packages=(cmake g++ make git npm pkg-config libgtest-dev libcli11-dev nlohmann-json3-dev
+          libxxhash-dev)
+[ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
+[ "${KVSTASH_WITH_FUZZ:-0}" = 1 ] && packages+=(clang libclang-rt-14-dev)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-deps: missing Debian packages: ${missing[*]}" >&2
+  echo "setup-deps: run: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "setup-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,0 +1,134 @@
+#include <chrono>
+#include <cstring>
+
+#include "engine/fingerprint.h"
+#include "engine/llama_runtime.h"
+#include "engine/model_impl.h"
+#include "env/env.h"
+
+namespace kvstash {
+
+namespace engine {
+std::string HexOf(const uint8_t* bytes, size_t n);
+}
+
+namespace {
+
+double MsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Reads an integer GGUF metadata value through llama.cpp's string accessor; -1 when absent.
+int64_t MetaInt(const llama_model* model, const std::string& key) {
+  char buf[64];
+  if (llama_model_meta_val_str(model, key.c_str(), buf, sizeof(buf)) < 0) return -1;
+  return std::strtoll(buf, nullptr, 10);
+}
+
+}  // namespace
+
+std::string ModelFingerprint::Hex() const { return engine::HexOf(bytes, sizeof(bytes)); }
+bool ModelFingerprint::operator==(const ModelFingerprint& other) const {
+  return std::memcmp(bytes, other.bytes, sizeof(bytes)) == 0;
+}
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelOptions& options) {
+  engine::EnsureLlamaBackend();
+  engine::SetLlamaVerbose(options.verbose);
+
+  auto info = Env::Default()->Stat(path);
+  if (!info.ok()) {
+    if (info.status().code() == Status::Code::kNotFound) {
+      return Status::NotFound("model '" + path + "' does not exist; pass the path of a GGUF " +
+                              "file with -m (or create one with 'kvstash make-test-model')");
+    }
+    return info.status();
+  }
+  if (info->type != FileInfo::Type::kRegular) {
+    return Status::InvalidArgument("model '" + path + "' is not a regular file; pass a GGUF file");
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  const auto start = std::chrono::steady_clock::now();
+  llama_model_params params = llama_model_default_params();
+  params.n_gpu_layers = options.n_gpu_layers;
+  engine::ClearLlamaError();
+  impl->model = llama_model_load_from_file(path.c_str(), params);
+  if (impl->model == nullptr) {
+    const std::string why = engine::LastLlamaError();
+    return Status::InvalidArgument("cannot load model '" + path + "'" +
+                                   (why.empty() ? "" : " (llama.cpp: " + why + ")") +
+                                   "; check that it is a complete GGUF model file");
+  }
+  impl->load_ms = MsSince(start);
+
+  const auto fp_start = std::chrono::steady_clock::now();
+  auto fingerprint = engine::FingerprintGguf(path);
+  if (!fingerprint.ok()) return fingerprint.status();
+  impl->fingerprint = *fingerprint;
+  impl->fingerprint_ms = MsSince(fp_start);
+
+  impl->vocab = llama_model_get_vocab(impl->model);
+  char arch[128] = {};
+  llama_model_meta_val_str(impl->model, "general.architecture", arch, sizeof(arch));
+  impl->arch = arch;
+  const int32_t n_head = llama_model_n_head(impl->model);
+  const int32_t n_head_kv = llama_model_n_head_kv(impl->model);
+  const int32_t n_embd = llama_model_n_embd(impl->model);
+  const int64_t key_length = MetaInt(impl->model, impl->arch + ".attention.key_length");
+  const int64_t value_length = MetaInt(impl->model, impl->arch + ".attention.value_length");
+  const int32_t head_dim = n_head > 0 ? n_embd / n_head : 0;
+  impl->n_embd_k_gqa = static_cast<int32_t>(key_length > 0 ? key_length : head_dim) * n_head_kv;
+  impl->n_embd_v_gqa = static_cast<int32_t>(value_length > 0 ? value_length : head_dim) * n_head_kv;
+  return std::shared_ptr<Model>(new Model(std::move(impl)));
+}
+
+const std::string& Model::path() const { return impl_->path; }
+const ModelFingerprint& Model::fingerprint() const { return impl_->fingerprint; }
+double Model::fingerprint_ms() const { return impl_->fingerprint_ms; }
+double Model::load_ms() const { return impl_->load_ms; }
+int32_t Model::n_vocab() const { return llama_vocab_n_tokens(impl_->vocab); }
+int32_t Model::n_ctx_train() const { return llama_model_n_ctx_train(impl_->model); }
+
+std::string Model::Description() const {
+  char buf[256] = {};
+  llama_model_desc(impl_->model, buf, sizeof(buf));
+  return buf;
+}
+
+Result<std::vector<Token>> Model::Tokenize(std::string_view text, bool add_bos) const {
+  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) {
+    return Status::InvalidArgument("text of " + std::to_string(text.size()) + " bytes is too long to tokenize");
+  }
+  const bool bos = add_bos && llama_vocab_get_add_bos(impl_->vocab);
+  // A token is at least one byte (plus BOS), so this is always enough room.
+  std::vector<Token> tokens(text.size() + 2);
+  const int32_t n = llama_tokenize(impl_->vocab, text.data(), static_cast<int32_t>(text.size()),
+                                   tokens.data(), static_cast<int32_t>(tokens.size()), bos,
+                                   /*parse_special=*/true);
+  if (n < 0) return Status::Internal("tokenizer needed " + std::to_string(-n) + " tokens");
+  tokens.resize(n);
+  return tokens;
+}
+
+std::string Model::TokenToPiece(Token token) const {
+  char buf[256];
+  const int32_t n = llama_token_to_piece(impl_->vocab, token, buf, sizeof(buf), 0, /*special=*/false);
+  if (n >= 0) return std::string(buf, n);
+  std::string big(-n, '\0');
+  const int32_t m = llama_token_to_piece(impl_->vocab, token, big.data(), -n, 0, false);
+  big.resize(m > 0 ? m : 0);
+  return big;
+}
+
+std::string Model::Detokenize(const std::vector<Token>& tokens) const {
+  std::string text;
+  for (Token t : tokens) text += TokenToPiece(t);
+  return text;
+}
+
+}  // namespace kvstash

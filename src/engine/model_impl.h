@@ -1,0 +1,30 @@
+// Model's private parts, shared by the engine's translation units.
+#ifndef KVSTASH_ENGINE_MODEL_IMPL_H_
+#define KVSTASH_ENGINE_MODEL_IMPL_H_
+
+#include <string>
+
+#include "kvstash/model.h"
+#include "llama.h"
+
+namespace kvstash {
+
+struct Model::Impl {
+  std::string path;
+  llama_model* model = nullptr;
+  const llama_vocab* vocab = nullptr;
+  ModelFingerprint fingerprint;
+  double load_ms = 0;
+  double fingerprint_ms = 0;
+  std::string arch;
+  int32_t n_embd_k_gqa = 0;  // K row width of one layer's cache: head_dim_k * n_head_kv
+  int32_t n_embd_v_gqa = 0;
+
+  ~Impl() {
+    if (model != nullptr) llama_model_free(model);
+  }
+};
+
+}  // namespace kvstash
+
+#endif  // KVSTASH_ENGINE_MODEL_IMPL_H_

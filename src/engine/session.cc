@@ -1,0 +1,642 @@
+#include "kvstash/session.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <thread>
+
+#include "engine/llama_runtime.h"
+#include "engine/model_impl.h"
+#include "env/atomic_file.h"
+#include "env/env.h"
+#include "format/llama_state.h"
+#include "format/session_format.h"
+#include "kvstash/session_file.h"
+#include "llama.h"
+
+#ifndef KVSTASH_VERSION
+#define KVSTASH_VERSION "0.0.0"
+#endif
+
+namespace kvstash {
+namespace {
+
+constexpr llama_seq_id kSeq = 0;
+
+int ResolveThreads(int n_threads) {
+  if (n_threads > 0) return n_threads;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+// The KV cache types llama.cpp accepts, by the names its CLI uses.
+const ggml_type kCacheTypes[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16,
+                                 GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+                                 GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1};
+
+Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
+  std::string allowed;
+  for (ggml_type t : kCacheTypes) {
+    if (name == ggml_type_name(t)) return t;
+    allowed += std::string(allowed.empty() ? "" : ", ") + ggml_type_name(t);
+  }
+  return Status::InvalidArgument(std::string("unknown ") + which + " cache type '" + name +
+                                 "'; use one of " + allowed);
+}
+
+const char* FlashName(bool on) { return on ? "on" : "off"; }
+
+struct ContextDeleter {
+  void operator()(llama_context* ctx) const { llama_free(ctx); }
+};
+using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
+
+struct SamplerDeleter {
+  void operator()(llama_sampler* s) const { llama_sampler_free(s); }
+};
+
+}  // namespace
+
+const char* StopReasonName(StopReason reason) {
+  switch (reason) {
+    case StopReason::kEndOfGeneration: return "eog";
+    case StopReason::kMaxTokens: return "n_predict";
+    case StopReason::kStopString: return "stop";
+    case StopReason::kContextFull: return "context_full";
+    case StopReason::kCancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+struct Session::Impl {
+  std::shared_ptr<const Model> model;
+  ContextPtr ctx;
+  SessionMeta params;  // the context parameters (model and sequence fields filled on save)
+  int n_threads = 1;
+  // Every token of the sequence. The first n_cached are in the KV cache; the rest (at most the
+  // last sampled token) are decoded lazily by Flush(), so that stopping generation never costs a
+  // decode nobody needs.
+  std::vector<Token> tokens;
+  size_t n_cached = 0;
+  // Logits after tokens[n_cached - 1]; valid only when every token is cached.
+  std::vector<float> logits;
+  bool logits_valid = false;
+  size_t n_decoded_total = 0;
+  std::function<void(size_t, size_t)> progress;
+
+  const Model::Impl& m() const { return *model->impl(); }
+  uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
+
+  // Creates the llama.cpp context described by `p`.
+  static Result<ContextPtr> MakeContext(const Model& model, const SessionMeta& p, int n_threads) {
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = p.n_ctx;
+    cp.n_batch = p.n_batch;
+    cp.n_ubatch = p.n_ubatch;
+    cp.n_seq_max = 1;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads;
+    cp.type_k = static_cast<ggml_type>(p.type_k);
+    cp.type_v = static_cast<ggml_type>(p.type_v);
+    cp.flash_attn_type = p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.rope_scaling_type = static_cast<llama_rope_scaling_type>(p.rope_scaling_type);
+    cp.rope_freq_base = p.rope_freq_base;
+    cp.rope_freq_scale = p.rope_freq_scale;
+    cp.yarn_ext_factor = p.yarn_ext_factor;
+    cp.yarn_attn_factor = p.yarn_attn_factor;
+    cp.yarn_beta_fast = p.yarn_beta_fast;
+    cp.yarn_beta_slow = p.yarn_beta_slow;
+    cp.yarn_orig_ctx = p.yarn_orig_ctx;
+    cp.swa_full = p.swa_full;
+    cp.kv_unified = p.kv_unified;
+    cp.no_perf = true;
+    engine::ClearLlamaError();
+    llama_context* ctx = llama_init_from_model(model.impl()->model, cp);
+    if (ctx == nullptr) {
+      const std::string why = engine::LastLlamaError();
+      return Status::InvalidArgument("cannot create a " + std::to_string(p.n_ctx) +
+                                     "-token context for model '" + model.path() + "'" +
+                                     (why.empty() ? "" : " (llama.cpp: " + why + ")") +
+                                     "; try a smaller -c or other cache types");
+    }
+    return ContextPtr(ctx);
+  }
+
+  // Decodes tokens[n_cached..] as one group (split only at n_batch). On failure the cache and
+  // `tokens` are rolled back to what they were.
+  Status Flush() {
+    if (n_cached == tokens.size()) return Status::Ok();
+    const size_t begin = n_cached;
+    const size_t count = tokens.size() - begin;
+    if (tokens.size() > n_ctx()) {
+      tokens.resize(begin);
+      return Status::ContextFull("the context is full: " + std::to_string(begin) + " of " +
+                                 std::to_string(n_ctx()) + " tokens used, " +
+                                 std::to_string(count) + " more do not fit; use a larger -c");
+    }
+    const uint32_t n_batch = llama_n_batch(ctx.get());
+    llama_batch batch = llama_batch_init(static_cast<int32_t>(std::min<size_t>(count, n_batch)), 0, 1);
+    Status status;
+    for (size_t done = 0; done < count && status.ok();) {
+      const size_t n = std::min<size_t>(count - done, n_batch);
+      batch.n_tokens = static_cast<int32_t>(n);
+      for (size_t i = 0; i < n; ++i) {
+        batch.token[i] = tokens[begin + done + i];
+        batch.pos[i] = static_cast<llama_pos>(begin + done + i);
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = kSeq;
+        batch.logits[i] = (done + i + 1 == count) ? 1 : 0;
+      }
+      engine::ClearLlamaError();
+      const int32_t rc = llama_decode(ctx.get(), batch);
+      if (rc != 0) {
+        const std::string why = engine::LastLlamaError();
+        status = rc == 1 ? Status::ContextFull("the context has no free KV cells for " +
+                                               std::to_string(n) + " tokens; use a larger -c")
+                         : Status::Internal("llama.cpp failed to decode " + std::to_string(n) +
+                                            " tokens (code " + std::to_string(rc) + ")" +
+                                            (why.empty() ? "" : ": " + why));
+        break;
+      }
+      done += n;
+      if (progress && count > n_batch) progress(done, count);
+    }
+    llama_batch_free(batch);
+    if (!status.ok()) {
+      llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
+      tokens.resize(begin);
+      return status;
+    }
+    const float* out = llama_get_logits_ith(ctx.get(), -1);
+    logits.assign(out, out + model->n_vocab());
+    logits_valid = true;
+    n_cached = tokens.size();
+    n_decoded_total += count;
+    return Status::Ok();
+  }
+
+  Status CheckTokens(const std::vector<Token>& new_tokens) const {
+    const int32_t n_vocab = model->n_vocab();
+    for (Token t : new_tokens) {
+      if (t < 0 || t >= n_vocab) {
+        return Status::InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary of " +
+                                       std::to_string(n_vocab) + " tokens of model '" + model->path() + "'");
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Drops every cached token from position `keep` on.
+  Status Truncate(size_t keep) {
+    if (keep < n_cached) {
+      if (!llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(keep), -1)) {
+        return Status::Internal("llama.cpp cannot remove tokens from this model's cache");
+      }
+      n_cached = keep;
+      logits_valid = false;
+    }
+    if (keep < tokens.size()) tokens.resize(keep);
+    return Status::Ok();
+  }
+
+  // Makes sure logits of the last token exist, re-decoding it if needed.
+  Status EnsureLogits() {
+    KVSTASH_RETURN_IF_ERROR(Flush());
+    if (logits_valid) return Status::Ok();
+    if (tokens.empty()) {
+      return Status::InvalidArgument("the session is empty: append a prompt before generating");
+    }
+    const Token last = tokens.back();
+    KVSTASH_RETURN_IF_ERROR(Truncate(tokens.size() - 1));
+    tokens.push_back(last);
+    return Flush();
+  }
+};
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+
+Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options) {
+  if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
+  auto impl = std::make_unique<Impl>();
+  impl->model = model;
+  impl->n_threads = ResolveThreads(options.n_threads);
+  SessionMeta& p = impl->params;
+  p.n_ctx = options.n_ctx;
+  p.n_batch = options.n_batch;
+  p.n_ubatch = std::min(options.n_ubatch, options.n_batch);
+  p.n_seq_max = 1;
+  auto type_k = ParseCacheType(options.cache_type_k, "K");
+  if (!type_k.ok()) return type_k.status();
+  auto type_v = ParseCacheType(options.cache_type_v, "V");
+  if (!type_v.ok()) return type_v.status();
+  p.type_k = *type_k;
+  p.type_v = *type_v;
+  // The V layout depends on flash attention, so the session records the resolved choice. "auto"
+  // means on, like llama.cpp on CPU, except where a quantized V cache needs it anyway.
+  p.flash_attn = options.flash_attn != FlashAttention::kOff;
+  if (!p.flash_attn && ggml_is_quantized(*type_v)) {
+    return Status::InvalidArgument("a quantized V cache (" + options.cache_type_v +
+                                   ") needs flash attention; use -fa on or --cache-type-v f16");
+  }
+  const llama_context_params defaults = llama_context_default_params();
+  p.rope_scaling_type = defaults.rope_scaling_type;
+  p.rope_freq_base = defaults.rope_freq_base;
+  p.rope_freq_scale = defaults.rope_freq_scale;
+  p.yarn_ext_factor = defaults.yarn_ext_factor;
+  p.yarn_attn_factor = defaults.yarn_attn_factor;
+  p.yarn_beta_fast = defaults.yarn_beta_fast;
+  p.yarn_beta_slow = defaults.yarn_beta_slow;
+  p.yarn_orig_ctx = defaults.yarn_orig_ctx;
+  p.swa_full = defaults.swa_full;
+  p.kv_unified = defaults.kv_unified;
+  auto ctx = Impl::MakeContext(*model, p, impl->n_threads);
+  if (!ctx.ok()) return ctx.status();
+  impl->ctx = std::move(ctx.value());
+  p.n_ctx = llama_n_ctx(impl->ctx.get());  // llama.cpp rounds the size up
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+Status Session::Append(std::string_view text) {
+  auto tokens = impl_->model->Tokenize(text, /*add_bos=*/impl_->tokens.empty());
+  if (!tokens.ok()) return tokens.status();
+  return AppendTokens(*tokens);
+}
+
+Status Session::AppendTokens(const std::vector<Token>& tokens) {
+  KVSTASH_RETURN_IF_ERROR(impl_->CheckTokens(tokens));
+  // Anything still pending (the last sampled token) joins this group, as it would in a cold run
+  // that appends the generated text.
+  KVSTASH_RETURN_IF_ERROR(impl_->Flush());
+  if (tokens.empty()) return Status::Ok();
+  impl_->tokens.insert(impl_->tokens.end(), tokens.begin(), tokens.end());
+  return impl_->Flush();
+}
+
+Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
+  KVSTASH_RETURN_IF_ERROR(impl_->CheckTokens(tokens));
+  Impl& s = *impl_;
+  const size_t before = s.n_decoded_total;
+  size_t common = 0;
+  while (common < tokens.size() && common < s.tokens.size() && tokens[common] == s.tokens[common]) {
+    ++common;
+  }
+  KVSTASH_RETURN_IF_ERROR(s.Truncate(common));
+  SyncResult result;
+  result.n_reused = std::min(common, s.n_cached);
+  s.tokens.assign(tokens.begin(), tokens.end());
+  KVSTASH_RETURN_IF_ERROR(s.Flush());
+  if (!s.tokens.empty()) KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
+  result.n_decoded = s.n_decoded_total - before;
+  if (result.n_reused + result.n_decoded > tokens.size()) {
+    result.n_reused = tokens.size() - result.n_decoded;  // the last token was decoded again
+  }
+  return result;
+}
+
+Result<Generation> Session::Generate(const SampleOptions& options, const PieceCallback& on_piece) {
+  Impl& s = *impl_;
+  KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
+
+  std::unique_ptr<llama_sampler, SamplerDeleter> chain(
+      llama_sampler_chain_init(llama_sampler_chain_default_params()));
+  if (options.temp <= 0) {
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
+  } else {
+    if (options.top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(options.top_k));
+    if (options.top_p < 1) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(options.top_p, 1));
+    if (options.min_p > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(options.min_p, 1));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(options.temp));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(options.seed));
+  }
+
+  size_t longest_stop = 0;
+  for (const auto& stop : options.stop) longest_stop = std::max(longest_stop, stop.size());
+
+  Generation gen;
+  size_t emitted = 0;  // bytes of gen.text handed to on_piece
+  bool cancelled = false;
+  auto emit = [&](size_t upto) {
+    if (upto > emitted && on_piece && !cancelled) {
+      if (!on_piece(std::string_view(gen.text).substr(emitted, upto - emitted))) cancelled = true;
+    }
+    emitted = std::max(emitted, upto);
+  };
+
+  const int32_t n_vocab = s.model->n_vocab();
+  std::vector<llama_token_data> candidates(n_vocab);
+  while (true) {
+    if (options.n_predict >= 0 && gen.tokens.size() >= static_cast<size_t>(options.n_predict)) {
+      gen.stop_reason = StopReason::kMaxTokens;
+      break;
+    }
+    if (s.tokens.size() >= s.n_ctx()) {
+      gen.stop_reason = StopReason::kContextFull;
+      break;
+    }
+    KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
+    for (int32_t i = 0; i < n_vocab; ++i) candidates[i] = {i, s.logits[i], 0.0f};
+    llama_token_data_array array = {candidates.data(), candidates.size(), -1, false};
+    llama_sampler_apply(chain.get(), &array);
+    if (array.selected < 0 || static_cast<size_t>(array.selected) >= array.size) {
+      return Status::Internal("the sampler selected no token");
+    }
+    const Token token = array.data[array.selected].id;
+    llama_sampler_accept(chain.get(), token);
+    if (llama_vocab_is_eog(s.m().vocab, token)) {
+      gen.stop_reason = StopReason::kEndOfGeneration;
+      break;
+    }
+    gen.tokens.push_back(token);
+    s.tokens.push_back(token);  // decoded lazily, before the next sample or any other call
+    s.logits_valid = false;
+    const size_t search_from = gen.text.size() > longest_stop ? gen.text.size() - longest_stop : 0;
+    gen.text += s.model->TokenToPiece(token);
+
+    size_t stop_at = std::string::npos;
+    for (const auto& stop : options.stop) {
+      if (stop.empty()) continue;
+      const size_t at = gen.text.find(stop, search_from);
+      if (at != std::string::npos) stop_at = std::min(stop_at, at);
+    }
+    if (stop_at != std::string::npos) {
+      gen.text.resize(stop_at);
+      gen.stop_reason = StopReason::kStopString;
+      break;
+    }
+    // Hold back a tail that could still become a stop string.
+    size_t hold = 0;
+    for (const auto& stop : options.stop) {
+      for (size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), gen.text.size()); k > hold; --k) {
+        if (gen.text.compare(gen.text.size() - k, k, stop, 0, k) == 0) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    emit(gen.text.size() - hold);
+    if (cancelled) {
+      gen.stop_reason = StopReason::kCancelled;
+      break;
+    }
+  }
+  emit(gen.text.size());
+  return gen;
+}
+
+Status Session::Save(const std::string& path, const SaveOptions& options) {
+  Impl& s = *impl_;
+  KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
+  if (s.tokens.empty()) {
+    return Status::InvalidArgument("nothing to save to '" + path + "': the session is empty; " +
+                                   "append a prefix first");
+  }
+  llama_context* ctx = s.ctx.get();
+  const size_t size = llama_state_seq_get_size(ctx, kSeq);
+  std::unique_ptr<uint8_t[]> kv(new (std::nothrow) uint8_t[size]);
+  if (!kv) return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path + "'");
+  engine::ClearLlamaError();
+  if (llama_state_seq_get_data(ctx, kv.get(), size, kSeq) != size) {
+    return Status::Internal("llama.cpp could not copy the KV cache: " + engine::LastLlamaError());
+  }
+  // Our own reader must accept what we write; this also refuses memory layouts (recurrent,
+  // sliding-window) that kvstash does not validate yet, before a file exists.
+  auto layout = format::ParseLlamaSeqState(kv.get(), size, path);
+  if (!layout.ok()) {
+    return Status::Incompatible("kvstash cannot save sessions of model '" + s.model->path() +
+                                "' (" + s.m().arch + "): its KV cache layout is not supported yet (" +
+                                layout.status().message() + ")");
+  }
+  if (layout->cell_count != s.tokens.size()) {
+    return Status::Internal("the KV cache holds " + std::to_string(layout->cell_count) +
+                            " cells for " + std::to_string(s.tokens.size()) + " tokens");
+  }
+
+  SessionMeta meta = s.params;
+  meta.writer = std::string("kvstash ") + KVSTASH_VERSION;
+  meta.llama_build = engine::LlamaBuildInfo();
+  meta.llama_state_version = LLAMA_STATE_SEQ_VERSION;
+  meta.model_fingerprint = s.model->fingerprint();
+  meta.model_description = s.model->Description();
+  meta.model_arch = s.m().arch;
+  meta.model_n_params = llama_model_n_params(s.m().model);
+  meta.n_vocab = s.model->n_vocab();
+  meta.n_layer = llama_model_n_layer(s.m().model);
+  meta.n_embd = llama_model_n_embd(s.m().model);
+  meta.n_head = llama_model_n_head(s.m().model);
+  meta.n_head_kv = llama_model_n_head_kv(s.m().model);
+  meta.n_embd_k_gqa = s.m().n_embd_k_gqa;
+  meta.n_embd_v_gqa = s.m().n_embd_v_gqa;
+  meta.n_swa = llama_model_n_swa(s.m().model);
+  meta.n_ctx_train = s.model->n_ctx_train();
+  meta.n_ctx = s.n_ctx();
+  meta.type_k_name = ggml_type_name(static_cast<ggml_type>(meta.type_k));
+  meta.type_v_name = ggml_type_name(static_cast<ggml_type>(meta.type_v));
+  meta.flash_attn = !layout->v_trans;
+  meta.n_tokens = static_cast<uint32_t>(s.tokens.size());
+  meta.has_logits = true;
+  std::vector<Token> head(s.tokens.begin(), s.tokens.begin() + std::min<size_t>(s.tokens.size(), 32));
+  meta.preview = s.model->Detokenize(head);
+
+  const uint64_t kv_sum = format::SectionChecksum(kv.get(), size, 2);
+  const std::string prefix = format::EncodeFilePrefix(meta, s.tokens, s.logits, size, kv_sum);
+  AtomicWriteOptions write_options;
+  write_options.sync = options.sync;
+  return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
+                         {prefix, std::string_view(reinterpret_cast<const char*>(kv.get()), size)},
+                         write_options);
+}
+
+namespace {
+
+// Largest file a session of this model could be with a context of `n_ctx` tokens: anything
+// bigger is refused before a byte is read.
+uint64_t MaxSessionBytes(const Model& model, uint64_t n_ctx) {
+  const auto& m = *model.impl();
+  const uint64_t per_token = 4 + 12 + uint64_t(llama_model_n_layer(m.model)) *
+                                         (uint64_t(m.n_embd_k_gqa) + uint64_t(m.n_embd_v_gqa)) * 4;
+  return (uint64_t{1} << 20) + uint64_t(model.n_vocab()) * 4 + n_ctx * per_token +
+         uint64_t(llama_model_n_layer(m.model)) * 64;
+}
+
+Status Mismatch(const std::string& path, const std::string& what, const std::string& saved,
+                const std::string& now, const std::string& fix) {
+  return Status::Incompatible("session '" + path + "' was saved with " + what + "=" + saved +
+                              ", this context uses " + now + ": " + fix);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> model,
+                                               const std::string& path, const OpenOptions& options) {
+  if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
+  const Model::Impl& m = *model->impl();
+  const uint64_t ctx_bound = std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
+  auto mapped = Env::Default()->MapFile(path, MaxSessionBytes(*model, ctx_bound));
+  if (!mapped.ok()) return mapped.status();
+  const MappedFile& file = **mapped;
+
+  const int n_threads = ResolveThreads(options.n_threads);
+  auto parsed = format::ParseFile(file.data(), file.size(), path, /*verify_checksums=*/true,
+                                  std::min(n_threads, 2));
+  if (file.damaged()) {
+    return Status::IOError("session file '" + path + "' was truncated by another process while " +
+                           "it was read; save it again");
+  }
+  if (!parsed.ok()) return parsed.status();
+  const SessionMeta& meta = parsed->meta;
+
+  // --- the model -------------------------------------------------------------------------
+  if (meta.model_fingerprint != model->fingerprint()) {
+    return Status::Incompatible("session '" + path + "' was saved with another model (" +
+                                meta.model_description + ", fingerprint " +
+                                meta.model_fingerprint.Hex().substr(0, 16) + "), not '" +
+                                model->path() + "' (fingerprint " +
+                                model->fingerprint().Hex().substr(0, 16) +
+                                "): open it with the model it was saved with, or re-save it");
+  }
+  if (meta.llama_state_version != LLAMA_STATE_SEQ_VERSION) {
+    return Status::Incompatible("session '" + path + "' holds llama.cpp state version " +
+                                std::to_string(meta.llama_state_version) + ", this build reads " +
+                                std::to_string(LLAMA_STATE_SEQ_VERSION) + ": re-save the session");
+  }
+  // The fingerprint matched, so these disagree only in a forged or buggy file.
+  if (meta.n_vocab != model->n_vocab() || meta.n_layer != llama_model_n_layer(m.model) ||
+      meta.n_embd_k_gqa != m.n_embd_k_gqa || meta.n_embd_v_gqa != m.n_embd_v_gqa) {
+    return Status::Corruption("session '" + path + "' records model dimensions that disagree " +
+                              "with its own model fingerprint; re-create it with 'kvstash save'");
+  }
+
+  // --- the KV payload against what META says ---------------------------------------------
+  auto layout = format::ParseLlamaSeqState(parsed->kv, parsed->kv_size, path);
+  if (!layout.ok()) return layout.status();
+  auto payload_mismatch = [&](const std::string& field, const std::string& in_meta,
+                              const std::string& in_payload) {
+    return Status::Corruption("session '" + path + "' is inconsistent: META says " + field + "=" +
+                              in_meta + ", the KV payload has " + in_payload +
+                              "; re-create it with 'kvstash save'");
+  };
+  if (layout->cell_count != meta.n_tokens) {
+    return payload_mismatch("n_tokens", std::to_string(meta.n_tokens), std::to_string(layout->cell_count));
+  }
+  if (int64_t(layout->n_layer) != meta.n_layer) {
+    return payload_mismatch("n_layer", std::to_string(meta.n_layer), std::to_string(layout->n_layer));
+  }
+  if (layout->v_trans == meta.flash_attn) {
+    return payload_mismatch("flash_attn", FlashName(meta.flash_attn), layout->v_trans ? "a transposed V" : "a row-major V");
+  }
+  const auto type_k = static_cast<ggml_type>(meta.type_k);
+  const auto type_v = static_cast<ggml_type>(meta.type_v);
+  bool known_k = false, known_v = false;
+  for (ggml_type t : kCacheTypes) {
+    known_k |= t == type_k;
+    known_v |= t == type_v;
+  }
+  if (!known_k || layout->k_type != meta.type_k ||
+      layout->k_row_bytes != ggml_row_size(type_k, meta.n_embd_k_gqa)) {
+    return payload_mismatch("type_k", meta.type_k_name, "type " + std::to_string(layout->k_type) +
+                                                            " rows of " + std::to_string(layout->k_row_bytes) + " bytes");
+  }
+  const bool v_ok = !layout->v_trans
+                        ? layout->v_row_bytes == ggml_row_size(type_v, meta.n_embd_v_gqa)
+                        : layout->v_elem_bytes == ggml_type_size(type_v) &&
+                              int64_t(layout->n_embd_v) == meta.n_embd_v_gqa;
+  if (!known_v || layout->v_type != meta.type_v || !v_ok) {
+    return payload_mismatch("type_v", meta.type_v_name, "type " + std::to_string(layout->v_type));
+  }
+  if (!parsed->logits.empty() && parsed->logits.size() != size_t(model->n_vocab())) {
+    return payload_mismatch("n_vocab", std::to_string(model->n_vocab()), std::to_string(parsed->logits.size()) + " logits");
+  }
+
+  // --- what the caller asked for ---------------------------------------------------------
+  if (options.cache_type_k && *options.cache_type_k != meta.type_k_name) {
+    return Mismatch(path, "cache type K", meta.type_k_name, *options.cache_type_k,
+                    "open without --cache-type-k or re-save the session");
+  }
+  if (options.cache_type_v && *options.cache_type_v != meta.type_v_name) {
+    return Mismatch(path, "cache type V", meta.type_v_name, *options.cache_type_v,
+                    "open without --cache-type-v or re-save the session");
+  }
+  if (options.flash_attn && *options.flash_attn != FlashAttention::kAuto &&
+      (*options.flash_attn == FlashAttention::kOn) != meta.flash_attn) {
+    return Mismatch(path, "flash attention", FlashName(meta.flash_attn),
+                    FlashName(*options.flash_attn == FlashAttention::kOn),
+                    "open without -fa or re-save the session");
+  }
+  SessionMeta params = meta;
+  if (options.n_ctx != 0) params.n_ctx = options.n_ctx;
+  if (params.n_ctx <= meta.n_tokens) {
+    return Status::InvalidArgument("session '" + path + "' holds " + std::to_string(meta.n_tokens) +
+                                   " tokens, so a " + std::to_string(params.n_ctx) +
+                                   "-token context leaves no room; use -c " +
+                                   std::to_string(meta.n_tokens + 1) + " or more");
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->model = model;
+  impl->n_threads = n_threads;
+  auto ctx = Impl::MakeContext(*model, params, n_threads);
+  if (!ctx.ok()) return ctx.status();
+  impl->ctx = std::move(ctx.value());
+  params.n_ctx = llama_n_ctx(impl->ctx.get());
+  impl->params = params;
+
+  engine::ClearLlamaError();
+  const size_t read = llama_state_seq_set_data(impl->ctx.get(), parsed->kv, parsed->kv_size, kSeq);
+  llama_memory_t mem = llama_get_memory(impl->ctx.get());
+  if (file.damaged()) {
+    llama_memory_seq_rm(mem, kSeq, -1, -1);
+    return Status::IOError("session file '" + path + "' was truncated by another process while " +
+                           "it was loaded; save it again");
+  }
+  if (read != parsed->kv_size || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
+      llama_memory_seq_pos_max(mem, kSeq) != llama_pos(meta.n_tokens) - 1) {
+    llama_memory_seq_rm(mem, kSeq, -1, -1);
+    const std::string why = engine::LastLlamaError();
+    return Status::Internal("llama.cpp refused the KV cache of session '" + path + "'" +
+                            (why.empty() ? "" : " (" + why + ")") + "; re-save the session");
+  }
+  impl->tokens = parsed->tokens;
+  impl->n_cached = impl->tokens.size();
+  if (!parsed->logits.empty()) {
+    impl->logits = std::move(parsed->logits);
+    impl->logits_valid = true;
+  }
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+const std::vector<Token>& Session::tokens() const { return impl_->tokens; }
+uint32_t Session::n_ctx() const { return impl_->n_ctx(); }
+const Model& Session::model() const { return *impl_->model; }
+size_t Session::n_decoded_total() const { return impl_->n_decoded_total; }
+void Session::SetProgressCallback(std::function<void(size_t, size_t)> progress) {
+  impl_->progress = std::move(progress);
+}
+
+Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums) {
+  // Without a model there is no tight bound; 64 GiB covers any context of any model kvstash runs.
+  auto mapped = Env::Default()->MapFile(path, uint64_t{64} << 30);
+  if (!mapped.ok()) return mapped.status();
+  auto parsed = format::ParseFile((*mapped)->data(), (*mapped)->size(), path, verify_checksums, 2);
+  if ((*mapped)->damaged()) {
+    return Status::IOError("session file '" + path + "' was truncated while it was read");
+  }
+  if (!parsed.ok()) return parsed.status();
+  auto layout = format::ParseLlamaSeqState(parsed->kv, parsed->kv_size, path);
+  if (!layout.ok()) return layout.status();
+  SessionFileInfo info;
+  info.path = path;
+  info.format_version = parsed->format_version;
+  info.min_reader_version = parsed->min_reader_version;
+  info.file_size = (*mapped)->size();
+  info.meta = parsed->meta;
+  info.tokens = parsed->tokens;
+  info.kv_bytes = parsed->kv_size;
+  info.logits_bytes = parsed->logits.size() * sizeof(float);
+  info.checksums_verified = parsed->checksums_verified;
+  return info;
+}
+
+}  // namespace kvstash

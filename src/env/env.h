@@ -1,0 +1,106 @@
+// Env: every system call kvstash makes goes through here.
+//
+// Why a seam: saving a session must survive ENOSPC, EIO, EINTR, short writes and crashes at any
+// point, and loading must survive files that change under it. Tests prove both by swapping the
+// syscall layer (FaultInjectionEnv) instead of hoping. Modelled on LevelDB's Env.
+//
+// Contract: no function here throws; every failure is a Status that names the path and errno text.
+#ifndef KVSTASH_ENV_ENV_H_
+#define KVSTASH_ENV_ENV_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvstash/status.h"
+
+namespace kvstash {
+
+// A file opened for appending. Writes retry on EINTR and on short writes; Sync is fdatasync.
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;
+  virtual Status Append(const void* data, size_t n) = 0;
+  virtual Status Sync() = 0;
+  // Closing twice is harmless; the destructor closes without reporting.
+  virtual Status Close() = 0;
+};
+
+// A read-only view of a whole regular file, mapped into memory.
+//
+// If another process truncates the file while it is mapped, touching a lost page would normally
+// raise SIGBUS. Here the fault is caught, a page of zeros is mapped in its place, and damaged()
+// turns true: readers check it after use and report the file as changed. So a truncated file is
+// an error, never a signal.
+class MappedFile {
+ public:
+  virtual ~MappedFile() = default;
+  virtual const uint8_t* data() const = 0;
+  virtual size_t size() const = 0;
+  virtual bool damaged() const = 0;
+  // Asks the kernel to read ahead the byte range [offset, offset + n) (a hint; errors ignored).
+  virtual void WillNeed(size_t offset, size_t n) const = 0;
+};
+
+struct FileInfo {
+  enum class Type { kRegular, kDirectory, kOther };
+  Type type = Type::kOther;
+  uint64_t size = 0;
+};
+
+// The raw system calls, one virtual per call, so tests can fail or interrupt any single one.
+// Return values and errno follow POSIX exactly.
+class Syscalls {
+ public:
+  virtual ~Syscalls() = default;
+  virtual int Open(const char* path, int flags, mode_t mode);
+  virtual ssize_t Write(int fd, const void* buf, size_t n);
+  virtual int Fdatasync(int fd);
+  virtual int Fsync(int fd);
+  virtual int Close(int fd);
+  virtual int Rename(const char* from, const char* to);
+  virtual int Unlink(const char* path);
+  virtual int Link(const char* from, const char* to);
+};
+
+class Env {
+ public:
+  // The process-wide POSIX Env. Never destroyed.
+  static Env* Default();
+
+  // An Env over `syscalls` (which must outlive it), for fault injection.
+  explicit Env(Syscalls* syscalls) : sys_(syscalls) {}
+  virtual ~Env() = default;
+
+  // Creates `path`, which must not exist yet (O_EXCL), mode 0644.
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path);
+  // Maps `path` read-only. Refuses anything but a regular file, and files larger than max_size
+  // (checked with fstat before a byte is read, so a huge sparse file costs nothing).
+  Result<std::unique_ptr<MappedFile>> MapFile(const std::string& path, uint64_t max_size);
+  Result<FileInfo> Stat(const std::string& path);
+  Status RenameFile(const std::string& from, const std::string& to);
+  Status RemoveFile(const std::string& path);
+  // A second name for an existing file (hard link).
+  Status LinkFile(const std::string& from, const std::string& to);
+  // fsync of a directory, which makes a rename inside it durable.
+  Status SyncDir(const std::string& dir);
+  Result<std::vector<std::string>> ListDir(const std::string& dir);
+  bool ProcessAlive(pid_t pid);
+
+ private:
+  Syscalls* sys_;
+};
+
+// "dir" of "dir/name", "." for a bare name.
+std::string DirName(const std::string& path);
+std::string BaseName(const std::string& path);
+// strerror(errno) with the errno name, e.g. "No space left on device (ENOSPC)".
+std::string ErrnoText(int err);
+
+}  // namespace kvstash
+
+#endif  // KVSTASH_ENV_ENV_H_

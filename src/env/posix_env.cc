@@ -1,0 +1,359 @@
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "env/env.h"
+
+namespace kvstash {
+
+int Syscalls::Open(const char* path, int flags, mode_t mode) { return ::open(path, flags, mode); }
+ssize_t Syscalls::Write(int fd, const void* buf, size_t n) { return ::write(fd, buf, n); }
+int Syscalls::Fdatasync(int fd) { return ::fdatasync(fd); }
+int Syscalls::Fsync(int fd) { return ::fsync(fd); }
+int Syscalls::Close(int fd) { return ::close(fd); }
+int Syscalls::Rename(const char* from, const char* to) { return ::rename(from, to); }
+int Syscalls::Unlink(const char* path) { return ::unlink(path); }
+int Syscalls::Link(const char* from, const char* to) { return ::link(from, to); }
+
+std::string ErrnoText(int err) {
+  const char* name = nullptr;
+  switch (err) {
+    case ENOSPC: name = "ENOSPC"; break;
+    case EIO: name = "EIO"; break;
+    case EACCES: name = "EACCES"; break;
+    case EPERM: name = "EPERM"; break;
+    case ENOENT: name = "ENOENT"; break;
+    case EEXIST: name = "EEXIST"; break;
+    case EISDIR: name = "EISDIR"; break;
+    case ENOTDIR: name = "ENOTDIR"; break;
+    case ELOOP: name = "ELOOP"; break;
+    case EROFS: name = "EROFS"; break;
+    case EDQUOT: name = "EDQUOT"; break;
+    case EINTR: name = "EINTR"; break;
+    case EFBIG: name = "EFBIG"; break;
+    default: break;
+  }
+  std::string text = std::strerror(err);
+  if (name != nullptr) text += std::string(" (") + name + ")";
+  return text;
+}
+
+std::string DirName(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string BaseName(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+namespace {
+
+class PosixWritableFile : public WritableFile {
+ public:
+  PosixWritableFile(Syscalls* sys, std::string path, int fd)
+      : sys_(sys), path_(std::move(path)), fd_(fd) {}
+  ~PosixWritableFile() override {
+    if (fd_ >= 0) sys_->Close(fd_);
+  }
+
+  Status Append(const void* data, size_t n) override {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      // Large writes are split so that one call never asks the kernel for more than 1 GiB; a
+      // short write or EINTR is retried with what is left.
+      const size_t chunk = n < (size_t{1} << 30) ? n : (size_t{1} << 30);
+      const ssize_t written = sys_->Write(fd_, p, chunk);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        return Status::IOError("cannot write '" + path_ + "': " + ErrnoText(errno) +
+                               "; free space or choose another directory");
+      }
+      p += written;
+      n -= static_cast<size_t>(written);
+    }
+    return Status::Ok();
+  }
+
+  Status Sync() override {
+    if (sys_->Fdatasync(fd_) != 0) {
+      return Status::IOError("cannot flush '" + path_ + "' to disk: " + ErrnoText(errno));
+    }
+    return Status::Ok();
+  }
+
+  Status Close() override {
+    if (fd_ < 0) return Status::Ok();
+    const int fd = fd_;
+    fd_ = -1;  // POSIX: after close fails the descriptor is gone anyway; never close twice
+    if (sys_->Close(fd) != 0) {
+      return Status::IOError("cannot close '" + path_ + "': " + ErrnoText(errno));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  Syscalls* sys_;
+  std::string path_;
+  int fd_;
+};
+
+// --- SIGBUS guard for mapped files -------------------------------------------------------------
+//
+// A fixed table of mapped ranges, read by the signal handler without locks. A slot is claimed with
+// a compare-and-swap on `begin`; the handler only reads.
+struct GuardSlot {
+  std::atomic<uintptr_t> begin{0};
+  std::atomic<uintptr_t> end{0};
+  std::atomic<bool>* damaged = nullptr;
+};
+constexpr int kGuardSlots = 256;
+GuardSlot g_guard[kGuardSlots];
+struct sigaction g_previous_sigbus;
+std::once_flag g_guard_once;
+
+void SigbusHandler(int sig, siginfo_t* info, void* ucontext) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (auto& slot : g_guard) {
+    const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
+    if (begin == 0 || addr < begin || addr >= slot.end.load(std::memory_order_acquire)) continue;
+    // Replace the lost page with zeros so the interrupted copy can finish; the reader sees
+    // damaged() and throws the result away.
+    const uintptr_t page = addr & ~static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) - 1);
+    void* fixed = mmap(reinterpret_cast<void*>(page), static_cast<size_t>(sysconf(_SC_PAGESIZE)),
+                       PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (fixed != MAP_FAILED) {
+      slot.damaged->store(true, std::memory_order_release);
+      return;
+    }
+    break;
+  }
+  // Not ours: behave as if we had never been installed.
+  if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
+    if (g_previous_sigbus.sa_sigaction != nullptr) {
+      g_previous_sigbus.sa_sigaction(sig, info, ucontext);
+      return;
+    }
+  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
+    g_previous_sigbus.sa_handler(sig);
+    return;
+  }
+  signal(SIGBUS, SIG_DFL);
+  raise(SIGBUS);
+}
+
+void InstallSigbusGuard() {
+  std::call_once(g_guard_once, [] {
+    struct sigaction action;
+    std::memset(&action, 0, sizeof(action));
+    action.sa_sigaction = SigbusHandler;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &g_previous_sigbus);
+  });
+}
+
+class PosixMappedFile : public MappedFile {
+ public:
+  PosixMappedFile(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  ~PosixMappedFile() override {
+    if (slot_ != nullptr) {
+      slot_->begin.store(0, std::memory_order_release);
+    }
+    if (size_ > 0) munmap(const_cast<uint8_t*>(data_), size_);
+  }
+
+  // Registers the mapping with the SIGBUS guard; false if the table is full (then the file is
+  // not used mapped: the caller falls back to an error rather than risk a signal).
+  bool Guard() {
+    if (size_ == 0) return true;
+    InstallSigbusGuard();
+    for (auto& slot : g_guard) {
+      uintptr_t expected = 0;
+      // Claim with a placeholder so the handler never sees a half-filled slot.
+      if (slot.begin.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+        slot.damaged = &damaged_;
+        slot.end.store(reinterpret_cast<uintptr_t>(data_) + size_, std::memory_order_release);
+        slot.begin.store(reinterpret_cast<uintptr_t>(data_), std::memory_order_release);
+        slot_ = &slot;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  const uint8_t* data() const override { return data_; }
+  size_t size() const override { return size_; }
+  bool damaged() const override { return damaged_.load(std::memory_order_acquire); }
+  void WillNeed(size_t offset, size_t n) const override {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t start = offset & ~(page - 1);
+    if (start >= size_) return;
+    if (n > size_ - start) n = size_ - start;
+    madvise(const_cast<uint8_t*>(data_) + start, n + (offset - start), MADV_WILLNEED);
+  }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  std::atomic<bool> damaged_{false};
+  GuardSlot* slot_ = nullptr;
+};
+
+}  // namespace
+
+Env* Env::Default() {
+  static Syscalls* syscalls = new Syscalls();
+  static Env* env = new Env(syscalls);
+  return env;
+}
+
+Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& path) {
+  int fd;
+  do {
+    fd = sys_->Open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    const int err = errno;
+    return Status::IOError("cannot create '" + path + "': " + ErrnoText(err) +
+                           (err == EACCES || err == EROFS
+                                ? "; choose a directory you can write to"
+                                : err == ENOENT ? "; create the directory first" : ""));
+  }
+  return std::unique_ptr<WritableFile>(new PosixWritableFile(sys_, path, fd));
+}
+
+Result<std::unique_ptr<MappedFile>> Env::MapFile(const std::string& path, uint64_t max_size) {
+  // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; it is refused below.
+  int fd;
+  do {
+    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      return Status::NotFound("session file '" + path + "' does not exist; check the path or " +
+                              "create it with 'kvstash save'");
+    }
+    return Status::IOError("cannot open '" + path + "': " + ErrnoText(err));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    sys_->Close(fd);
+    return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    sys_->Close(fd);
+    const char* what = S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a regular file";
+    return Status::InvalidArgument("'" + path + "' is " + what +
+                                   ", not a session file; pass the path of a .kvs file");
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size > max_size) {
+    sys_->Close(fd);
+    return Status::Corruption("'" + path + "' is " + std::to_string(size) +
+                              " bytes, more than any session this model can produce (" +
+                              std::to_string(max_size) + "); it is not a kvstash session for it");
+  }
+  void* addr = nullptr;
+  if (size > 0) {
+    addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (addr == MAP_FAILED) {
+      const int err = errno;
+      sys_->Close(fd);
+      return Status::IOError("cannot map '" + path + "': " + ErrnoText(err));
+    }
+  }
+  sys_->Close(fd);  // the mapping keeps the file alive
+  auto mapped = std::make_unique<PosixMappedFile>(static_cast<const uint8_t*>(addr), size);
+  if (!mapped->Guard()) {
+    return Status::IOError("cannot load '" + path +
+                           "': too many session files are mapped at once in this process");
+  }
+  return std::unique_ptr<MappedFile>(std::move(mapped));
+}
+
+Result<FileInfo> Env::Stat(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return Status::NotFound("'" + path + "' does not exist");
+    return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
+  }
+  FileInfo info;
+  info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
+              : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
+                                    : FileInfo::Type::kOther;
+  info.size = static_cast<uint64_t>(st.st_size);
+  return info;
+}
+
+Status Env::RenameFile(const std::string& from, const std::string& to) {
+  if (sys_->Rename(from.c_str(), to.c_str()) != 0) {
+    return Status::IOError("cannot rename '" + from + "' to '" + to + "': " + ErrnoText(errno));
+  }
+  return Status::Ok();
+}
+
+Status Env::RemoveFile(const std::string& path) {
+  if (sys_->Unlink(path.c_str()) != 0) {
+    return Status::IOError("cannot remove '" + path + "': " + ErrnoText(errno));
+  }
+  return Status::Ok();
+}
+
+Status Env::LinkFile(const std::string& from, const std::string& to) {
+  if (sys_->Link(from.c_str(), to.c_str()) != 0) {
+    return Status::IOError("cannot link '" + from + "' to '" + to + "': " + ErrnoText(errno));
+  }
+  return Status::Ok();
+}
+
+Status Env::SyncDir(const std::string& dir) {
+  int fd;
+  do {
+    fd = sys_->Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Status::IOError("cannot open directory '" + dir + "': " + ErrnoText(errno));
+  Status status;
+  if (sys_->Fsync(fd) != 0) {
+    status = Status::IOError("cannot flush directory '" + dir + "' to disk: " + ErrnoText(errno));
+  }
+  if (sys_->Close(fd) != 0 && status.ok()) {
+    status = Status::IOError("cannot close directory '" + dir + "': " + ErrnoText(errno));
+  }
+  return status;
+}
+
+Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return Status::IOError("cannot list '" + dir + "': " + ErrnoText(errno));
+  std::vector<std::string> names;
+  while (struct dirent* entry = readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  closedir(d);
+  return names;
+}
+
+bool Env::ProcessAlive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
+
+}  // namespace kvstash

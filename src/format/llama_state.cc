@@ -1,0 +1,123 @@
+#include "format/llama_state.h"
+
+#include <cstring>
+#include <vector>
+
+namespace kvstash::format {
+namespace {
+
+// A bounds-checked cursor: every read either succeeds or marks the reader failed.
+class Reader {
+ public:
+  Reader(const uint8_t* data, size_t size) : p_(data), left_(size) {}
+  template <typename T>
+  bool Get(T* out) {
+    if (left_ < sizeof(T)) return false;
+    std::memcpy(out, p_, sizeof(T));
+    p_ += sizeof(T);
+    left_ -= sizeof(T);
+    return true;
+  }
+  // Skips count * unit bytes without overflowing.
+  bool Skip(uint64_t count, uint64_t unit) {
+    if (unit != 0 && count > left_ / unit) return false;
+    p_ += count * unit;
+    left_ -= count * unit;
+    return true;
+  }
+  size_t left() const { return left_; }
+
+ private:
+  const uint8_t* p_;
+  size_t left_;
+};
+
+Status Bad(const std::string& name, const std::string& what) {
+  return Status::Corruption("session file '" + name + "' has a corrupt KV payload: " + what +
+                            "; re-create it with 'kvstash save'");
+}
+
+}  // namespace
+
+Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name) {
+  Reader r(data, size);
+  uint32_t magic;
+  int32_t seq_id;
+  KvLayout layout;
+  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic) return Bad(name, "wrong llama.cpp state magic");
+  if (!r.Get(&seq_id)) return Bad(name, "cut short");
+  if (!r.Get(&layout.n_stream) || layout.n_stream == 0 || layout.n_stream > 1) {
+    return Bad(name, "expected one KV stream, found " + std::to_string(layout.n_stream));
+  }
+  uint32_t cell_count;
+  if (!r.Get(&cell_count)) return Bad(name, "cut short before the cell count");
+  if (cell_count == 0) return Bad(name, "it holds no cells");
+  layout.cell_count = cell_count;
+
+  // A cell record is 12 bytes; refuse counts the payload cannot hold before allocating.
+  if (cell_count > r.left() / 12) return Bad(name, "cell count " + std::to_string(cell_count) + " exceeds the payload");
+  std::vector<bool> seen(cell_count, false);
+  for (uint32_t i = 0; i < cell_count; ++i) {
+    int32_t pos;
+    uint32_t n_seq;
+    int32_t cell_seq;
+    if (!r.Get(&pos) || !r.Get(&n_seq)) return Bad(name, "cut short in the cell table");
+    if (n_seq != 1) return Bad(name, "cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) + " sequences");
+    if (!r.Get(&cell_seq)) return Bad(name, "cut short in the cell table");
+    if (pos < 0 || static_cast<uint32_t>(pos) >= cell_count || seen[pos]) {
+      return Bad(name, "cell positions are not exactly 0.." + std::to_string(cell_count - 1));
+    }
+    seen[pos] = true;
+  }
+
+  uint32_t v_trans;
+  if (!r.Get(&v_trans) || v_trans > 1) return Bad(name, "bad V layout flag");
+  layout.v_trans = v_trans == 1;
+  if (!r.Get(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
+    return Bad(name, "layer count " + std::to_string(layout.n_layer) + " is out of range");
+  }
+  for (uint32_t il = 0; il < layout.n_layer; ++il) {
+    int32_t type;
+    uint64_t row;
+    if (!r.Get(&type) || !r.Get(&row)) return Bad(name, "cut short in layer " + std::to_string(il) + " K");
+    if (il == 0) {
+      layout.k_type = type;
+      layout.k_row_bytes = row;
+    } else if (type != layout.k_type || row != layout.k_row_bytes) {
+      return Bad(name, "layer " + std::to_string(il) + " K differs from layer 0");
+    }
+    if (row == 0 || !r.Skip(cell_count, row)) return Bad(name, "layer " + std::to_string(il) + " K data is cut short");
+  }
+  for (uint32_t il = 0; il < layout.n_layer; ++il) {
+    int32_t type;
+    if (!r.Get(&type)) return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+    if (!layout.v_trans) {
+      uint64_t row;
+      if (!r.Get(&row)) return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+      if (il == 0) {
+        layout.v_type = type;
+        layout.v_row_bytes = row;
+      } else if (type != layout.v_type || row != layout.v_row_bytes) {
+        return Bad(name, "layer " + std::to_string(il) + " V differs from layer 0");
+      }
+      if (row == 0 || !r.Skip(cell_count, row)) return Bad(name, "layer " + std::to_string(il) + " V data is cut short");
+    } else {
+      uint32_t elem, n_embd_v;
+      if (!r.Get(&elem) || !r.Get(&n_embd_v)) return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+      if (il == 0) {
+        layout.v_type = type;
+        layout.v_elem_bytes = elem;
+        layout.n_embd_v = n_embd_v;
+      } else if (type != layout.v_type || elem != layout.v_elem_bytes || n_embd_v != layout.n_embd_v) {
+        return Bad(name, "layer " + std::to_string(il) + " V differs from layer 0");
+      }
+      if (elem == 0 || n_embd_v == 0 || !r.Skip(uint64_t{n_embd_v} * cell_count, elem)) {
+        return Bad(name, "layer " + std::to_string(il) + " V data is cut short");
+      }
+    }
+  }
+  if (r.left() != 0) return Bad(name, std::to_string(r.left()) + " unexpected bytes after the last layer");
+  return layout;
+}
+
+}  // namespace kvstash::format

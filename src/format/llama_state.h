@@ -1,0 +1,47 @@
+// A reader for the bytes llama_state_seq_get_data() produces for a plain (non-recurrent,
+// non-SWA) KV cache. kvstash walks them completely before llama.cpp sees them, because llama.cpp's
+// own restore path trusts its input (asserts, exceptions, half-restored caches).
+//
+// The layout is llama.cpp's, not ours (src/llama-kv-cache.cpp, state_write):
+//   u32 magic 0xaf143cd8, i32 seq_id, u32 n_stream,
+//   per stream: u32 cell_count; if cell_count > 0:
+//     cell_count x { i32 pos, u32 n_seq_id (=1), i32 seq_id }
+//     u32 v_trans, u32 n_layer,
+//     n_layer x { i32 k_type, u64 k_row_bytes, cell_count * k_row_bytes bytes }
+//     v_trans == 0: n_layer x { i32 v_type, u64 v_row_bytes, cell_count * v_row_bytes bytes }
+//     v_trans == 1: n_layer x { i32 v_type, u32 v_elem_bytes, u32 n_embd_v,
+//                               n_embd_v * cell_count * v_elem_bytes bytes }
+#ifndef KVSTASH_FORMAT_LLAMA_STATE_H_
+#define KVSTASH_FORMAT_LLAMA_STATE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kvstash/status.h"
+
+namespace kvstash::format {
+
+inline constexpr uint32_t kLlamaSeqStateMagic = 0xaf143cd8;
+
+struct KvLayout {
+  uint32_t n_stream = 0;
+  uint32_t cell_count = 0;
+  bool v_trans = false;
+  uint32_t n_layer = 0;
+  int32_t k_type = -1;
+  uint64_t k_row_bytes = 0;
+  int32_t v_type = -1;
+  uint64_t v_row_bytes = 0;   // v_trans == false
+  uint32_t v_elem_bytes = 0;  // v_trans == true
+  uint32_t n_embd_v = 0;      // v_trans == true
+};
+
+// Parses the whole payload and checks that: the sizes add up to exactly `size` bytes; exactly one
+// stream holds cells; every cell belongs to one sequence; the positions are exactly 0..count-1;
+// and every layer has the same K and V types and row sizes. `name` is used in errors.
+Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name);
+
+}  // namespace kvstash::format
+
+#endif  // KVSTASH_FORMAT_LLAMA_STATE_H_

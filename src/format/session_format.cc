@@ -1,0 +1,418 @@
+#include "format/session_format.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <type_traits>
+
+namespace kvstash::format {
+namespace {
+
+// --- little-endian primitives --------------------------------------------------------------
+
+void PutU16(std::string* out, uint16_t v) {
+  for (int i = 0; i < 2; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+void PutU32(std::string* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+void PutU64(std::string* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+uint16_t GetU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t GetU32(const uint8_t* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+uint64_t GetU64(const uint8_t* p) { return uint64_t{GetU32(p)} | (uint64_t{GetU32(p + 4)} << 32); }
+
+size_t AlignUp(size_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
+
+// --- META: a list of (u16 field, u16 flags, u32 length, value) records ---------------------
+//
+// One visitor lists every field once; the encoder and decoder both walk it, so the two cannot
+// drift apart. Field numbers are forever; a new field gets a new number.
+constexpr uint16_t kFlagCritical = 1;  // a reader that does not know this field must refuse
+
+template <typename Visitor>
+void VisitMeta(SessionMeta& m, Visitor& v) {
+  v(1, m.writer);
+  v(2, m.llama_build);
+  v(3, m.llama_state_version);
+  v(10, m.model_fingerprint);
+  v(11, m.model_description);
+  v(12, m.model_arch);
+  v(13, m.model_n_params);
+  v(14, m.n_vocab);
+  v(15, m.n_layer);
+  v(16, m.n_embd);
+  v(17, m.n_head);
+  v(18, m.n_head_kv);
+  v(19, m.n_embd_k_gqa);
+  v(20, m.n_embd_v_gqa);
+  v(21, m.n_swa);
+  v(22, m.n_ctx_train);
+  v(30, m.n_ctx);
+  v(31, m.n_batch);
+  v(32, m.n_ubatch);
+  v(33, m.n_seq_max);
+  v(34, m.type_k);
+  v(35, m.type_v);
+  v(36, m.type_k_name);
+  v(37, m.type_v_name);
+  v(38, m.flash_attn);
+  v(39, m.rope_scaling_type);
+  v(40, m.rope_freq_base);
+  v(41, m.rope_freq_scale);
+  v(42, m.yarn_ext_factor);
+  v(43, m.yarn_attn_factor);
+  v(44, m.yarn_beta_fast);
+  v(45, m.yarn_beta_slow);
+  v(46, m.yarn_orig_ctx);
+  v(47, m.swa_full);
+  v(48, m.kv_unified);
+  v(60, m.n_tokens);
+  v(61, m.has_logits);
+  v(62, m.preview);
+}
+
+struct MetaEncoder {
+  std::string* out;
+  void Record(uint16_t id, const void* value, uint32_t size) {
+    PutU16(out, id);
+    PutU16(out, kFlagCritical);
+    PutU32(out, size);
+    out->append(static_cast<const char*>(value), size);
+  }
+  void operator()(uint16_t id, const std::string& s) {
+    Record(id, s.data(), static_cast<uint32_t>(s.size()));
+  }
+  void operator()(uint16_t id, const ModelFingerprint& f) { Record(id, f.bytes, sizeof(f.bytes)); }
+  void operator()(uint16_t id, bool b) {
+    const uint8_t byte = b ? 1 : 0;
+    Record(id, &byte, 1);
+  }
+  template <typename T>
+  void operator()(uint16_t id, T value) {
+    static_assert(std::is_arithmetic_v<T> && (sizeof(T) == 4 || sizeof(T) == 8));
+    // The host is little-endian (checked in CMake), so the value's bytes are its encoding.
+    Record(id, &value, sizeof(T));
+  }
+};
+
+// Decodes one record into the field with the same number, checking its length.
+struct MetaFieldDecoder {
+  uint16_t id;
+  const uint8_t* value;
+  uint32_t size;
+  bool matched = false;
+  bool bad_size = false;
+
+  void operator()(uint16_t field, std::string& s) {
+    if (field != id) return;
+    matched = true;
+    s.assign(reinterpret_cast<const char*>(value), size);
+  }
+  void operator()(uint16_t field, ModelFingerprint& f) {
+    if (field != id) return;
+    matched = true;
+    if (size != sizeof(f.bytes)) { bad_size = true; return; }
+    std::memcpy(f.bytes, value, size);
+  }
+  void operator()(uint16_t field, bool& b) {
+    if (field != id) return;
+    matched = true;
+    if (size != 1 || value[0] > 1) { bad_size = true; return; }
+    b = value[0] == 1;
+  }
+  template <typename T>
+  void operator()(uint16_t field, T& out) {
+    if (field != id) return;
+    matched = true;
+    if (size != sizeof(T)) { bad_size = true; return; }
+    std::memcpy(&out, value, sizeof(T));
+  }
+};
+
+struct MetaFieldLister {
+  std::vector<uint16_t> ids;
+  template <typename T>
+  void operator()(uint16_t id, T&) { ids.push_back(id); }
+};
+
+Status Bad(const std::string& name, const std::string& what) {
+  return Status::Corruption("session file '" + name + "' is corrupt: " + what +
+                            "; re-create it with 'kvstash save'");
+}
+
+}  // namespace
+
+uint64_t SectionChecksum(const uint8_t* data, size_t size, int n_threads) {
+  const size_t n_blocks = (size + kChecksumBlock - 1) / kChecksumBlock;
+  std::vector<uint64_t> block_sums(n_blocks);
+  auto hash_range = [&](size_t first, size_t last) {
+    for (size_t b = first; b < last; ++b) {
+      const size_t begin = b * kChecksumBlock;
+      const size_t len = std::min(kChecksumBlock, size - begin);
+      block_sums[b] = XXH3_64bits(data + begin, len);
+    }
+  };
+  const size_t threads = std::max<size_t>(1, std::min<size_t>(n_threads, n_blocks / 4));
+  if (threads <= 1) {
+    hash_range(0, n_blocks);
+  } else {
+    std::vector<std::thread> workers;
+    const size_t per = (n_blocks + threads - 1) / threads;
+    for (size_t t = 1; t < threads; ++t) {
+      workers.emplace_back(hash_range, std::min(n_blocks, t * per),
+                           std::min(n_blocks, (t + 1) * per));
+    }
+    hash_range(0, std::min(n_blocks, per));
+    for (auto& w : workers) w.join();
+  }
+  std::string le;
+  le.reserve(n_blocks * 8);
+  for (uint64_t s : block_sums) PutU64(&le, s);
+  return XXH3_64bits(le.data(), le.size());
+}
+
+std::string EncodeMeta(const SessionMeta& meta) {
+  std::string out;
+  MetaEncoder encoder{&out};
+  VisitMeta(const_cast<SessionMeta&>(meta), encoder);  // the encoder only reads
+  return out;
+}
+
+Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::string& name) {
+  SessionMeta meta;
+  MetaFieldLister lister;
+  VisitMeta(meta, lister);
+  std::vector<bool> seen(lister.ids.size(), false);
+  size_t at = 0;
+  while (at < size) {
+    if (size - at < 8) return Bad(name, "a META record header is cut short");
+    const uint16_t id = GetU16(data + at);
+    const uint16_t flags = GetU16(data + at + 2);
+    const uint32_t len = GetU32(data + at + 4);
+    at += 8;
+    if (len > size - at) return Bad(name, "META field " + std::to_string(id) + " runs past its section");
+    MetaFieldDecoder decoder{id, data + at, len};
+    VisitMeta(meta, decoder);
+    if (decoder.bad_size) {
+      return Bad(name, "META field " + std::to_string(id) + " has length " + std::to_string(len));
+    }
+    if (!decoder.matched) {
+      if (flags & kFlagCritical) {
+        return Status::Incompatible("session file '" + name + "' needs META field " +
+                                    std::to_string(id) +
+                                    " that this kvstash does not know; upgrade kvstash to read it");
+      }
+    } else {
+      const size_t index = std::find(lister.ids.begin(), lister.ids.end(), id) - lister.ids.begin();
+      if (seen[index]) return Bad(name, "META field " + std::to_string(id) + " appears twice");
+      seen[index] = true;
+    }
+    at += len;
+  }
+  for (size_t i = 0; i < seen.size(); ++i) {
+    if (!seen[i] && lister.ids[i] != 62) {  // 62 (preview) is optional
+      return Bad(name, "META field " + std::to_string(lister.ids[i]) + " is missing");
+    }
+  }
+  return meta;
+}
+
+std::string EncodeFilePrefix(const SessionMeta& meta, const std::vector<int32_t>& tokens,
+                             const std::vector<float>& logits, uint64_t kv_size,
+                             uint64_t kv_checksum) {
+  const std::string meta_bytes = EncodeMeta(meta);
+  struct Section {
+    uint32_t type;
+    const void* data;
+    uint64_t size;
+    uint64_t offset = 0;
+    uint64_t checksum = 0;
+  };
+  std::vector<Section> sections = {
+      {kSectionMeta, meta_bytes.data(), meta_bytes.size()},
+      {kSectionTokens, tokens.data(), tokens.size() * sizeof(int32_t)},
+  };
+  if (!logits.empty()) sections.push_back({kSectionLogits, logits.data(), logits.size() * 4});
+  sections.push_back({kSectionKv, nullptr, kv_size});
+
+  const size_t table_size = sections.size() * kSectionEntrySize + 8;
+  uint64_t offset = AlignUp(kHeaderSize + table_size);
+  for (auto& s : sections) {
+    s.offset = offset;
+    offset = AlignUp(offset + s.size);
+    if (s.data != nullptr) {
+      s.checksum = SectionChecksum(static_cast<const uint8_t*>(s.data), s.size);
+    }
+  }
+  sections.back().checksum = kv_checksum;
+  const uint64_t file_size = sections.back().offset + kv_size;
+
+  std::string out;
+  out.reserve(sections.back().offset);
+  out.append(reinterpret_cast<const char*>(kMagic), sizeof(kMagic));
+  PutU32(&out, kFormatVersion);
+  PutU32(&out, kMinReaderVersion);
+  PutU32(&out, kHeaderSize);
+  PutU32(&out, static_cast<uint32_t>(sections.size()));
+  PutU64(&out, file_size);
+  PutU64(&out, kHeaderSize);  // section table offset
+  PutU64(&out, 0);            // flags
+  PutU64(&out, 0);            // reserved
+  PutU64(&out, XXH3_64bits(out.data(), out.size()));
+
+  const size_t table_start = out.size();
+  for (const auto& s : sections) {
+    PutU32(&out, s.type);
+    PutU32(&out, 0);  // section flags
+    PutU64(&out, s.offset);
+    PutU64(&out, s.size);
+    PutU64(&out, s.checksum);
+  }
+  PutU64(&out, XXH3_64bits(out.data() + table_start, out.size() - table_start));
+
+  for (const auto& s : sections) {
+    if (s.data == nullptr) break;  // KV is last and written by the caller
+    out.resize(s.offset, '\0');
+    out.append(static_cast<const char*>(s.data), s.size);
+  }
+  out.resize(sections.back().offset, '\0');
+  return out;
+}
+
+Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
+                             bool verify_checksums, int n_threads) {
+  if (size == 0) return Bad(name, "the file is empty");
+  if (size < sizeof(kMagic) || std::memcmp(data, kMagic, sizeof(kMagic)) != 0) {
+    if (size >= 4 && std::memcmp(data, "GGSQ", 4) == 0) {
+      return Status::InvalidArgument("'" + name + "' is a llama.cpp sequence-state file, not a " +
+                                     "kvstash session; re-create it with 'kvstash save'");
+    }
+    if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) {
+      return Status::InvalidArgument("'" + name + "' is a GGUF model, not a session file; pass " +
+                                     "it with -m and the session with --session");
+    }
+    return Status::Corruption("'" + name + "' is not a kvstash session file (wrong magic bytes)");
+  }
+  if (size < kHeaderSize) return Bad(name, "the header is cut short (" + std::to_string(size) + " bytes)");
+
+  ParsedFile parsed;
+  parsed.format_version = GetU32(data + 8);
+  parsed.min_reader_version = GetU32(data + 12);
+  if (XXH3_64bits(data, 56) != GetU64(data + 56)) return Bad(name, "the header checksum does not match");
+  if (parsed.min_reader_version > kFormatVersion) {
+    return Status::Incompatible("session file '" + name + "' needs a kvstash that reads format " +
+                                std::to_string(parsed.min_reader_version) + ", this one reads up to " +
+                                std::to_string(kFormatVersion) + "; upgrade kvstash");
+  }
+  if (parsed.format_version < 1) return Bad(name, "format version 0 does not exist");
+  const uint32_t header_size = GetU32(data + 16);
+  const uint32_t n_sections = GetU32(data + 20);
+  const uint64_t file_size = GetU64(data + 24);
+  const uint64_t table_offset = GetU64(data + 32);
+  if (header_size != kHeaderSize) return Bad(name, "unexpected header size " + std::to_string(header_size));
+  if (file_size != size) {
+    return file_size > size ? Bad(name, "the file is truncated (" + std::to_string(size) + " of " +
+                                            std::to_string(file_size) + " bytes)")
+                            : Bad(name, "it has " + std::to_string(size - file_size) +
+                                            " unexpected trailing bytes");
+  }
+  if (n_sections == 0 || n_sections > 64) {
+    return Bad(name, "section count " + std::to_string(n_sections) + " is out of range");
+  }
+  const uint64_t table_size = uint64_t{n_sections} * kSectionEntrySize + 8;
+  if (table_offset < kHeaderSize || table_offset > size || table_size > size - table_offset) {
+    return Bad(name, "the section table lies outside the file");
+  }
+  const uint8_t* table = data + table_offset;
+  if (XXH3_64bits(table, table_size - 8) != GetU64(table + table_size - 8)) {
+    return Bad(name, "the section table checksum does not match");
+  }
+
+  const uint8_t* sec_data[5] = {};
+  uint64_t sec_size[5] = {};
+  uint64_t sec_sum[5] = {};
+  bool present[5] = {};
+  for (uint32_t i = 0; i < n_sections; ++i) {
+    const uint8_t* e = table + i * kSectionEntrySize;
+    const uint32_t type = GetU32(e);
+    const uint64_t off = GetU64(e + 8);
+    const uint64_t len = GetU64(e + 16);
+    if (off > size || len > size - off || off < table_offset + table_size) {
+      return Bad(name, "section " + std::to_string(i) + " lies outside the file");
+    }
+    if (type < kSectionMeta || type > kSectionKv) {
+      // Unknown sections are skipped: newer writers may add optional ones.
+      continue;
+    }
+    if (present[type]) return Bad(name, "section type " + std::to_string(type) + " appears twice");
+    present[type] = true;
+    sec_data[type] = data + off;
+    sec_size[type] = len;
+    sec_sum[type] = GetU64(e + 24);
+  }
+  if (!present[kSectionMeta] || !present[kSectionTokens] || !present[kSectionKv]) {
+    return Bad(name, "a required section (META, TOKENS or KV) is missing");
+  }
+
+  if (verify_checksums) {
+    static const char* kNames[] = {"", "META", "TOKENS", "LOGITS", "KV"};
+    for (int type = int{kSectionMeta}; type <= int{kSectionKv}; ++type) {
+      if (!present[type]) continue;
+      const int threads = type == int{kSectionKv} ? n_threads : 1;
+      if (SectionChecksum(sec_data[type], sec_size[type], threads) != sec_sum[type]) {
+        return Bad(name, std::string("the checksum of the ") + kNames[type] +
+                             " section does not match (the bytes were altered or damaged)");
+      }
+    }
+    parsed.checksums_verified = true;
+  }
+
+  if (sec_size[kSectionMeta] > kMaxMetaBytes) return Bad(name, "the META section is too large");
+  auto meta = DecodeMeta(sec_data[kSectionMeta], sec_size[kSectionMeta], name);
+  if (!meta.ok()) return meta.status();
+  parsed.meta = std::move(meta.value());
+  const SessionMeta& m = parsed.meta;
+
+  if (m.n_tokens == 0) return Bad(name, "it holds no tokens");
+  if (m.n_tokens > kMaxTokens) return Bad(name, "token count " + std::to_string(m.n_tokens) + " is absurd");
+  if (m.n_tokens > m.n_ctx) {
+    return Bad(name, "it holds " + std::to_string(m.n_tokens) + " tokens but was saved from a " +
+                         std::to_string(m.n_ctx) + "-token context");
+  }
+  if (m.n_vocab <= 0 || m.n_vocab > kMaxVocab) return Bad(name, "vocabulary size " + std::to_string(m.n_vocab) + " is out of range");
+  if (sec_size[kSectionTokens] != uint64_t{m.n_tokens} * sizeof(int32_t)) {
+    return Bad(name, "the TOKENS section holds " + std::to_string(sec_size[kSectionTokens]) +
+                         " bytes, META says " + std::to_string(m.n_tokens) + " tokens");
+  }
+  parsed.tokens.resize(m.n_tokens);
+  std::memcpy(parsed.tokens.data(), sec_data[kSectionTokens], sec_size[kSectionTokens]);
+  for (size_t i = 0; i < parsed.tokens.size(); ++i) {
+    const int32_t t = parsed.tokens[i];
+    if (t < 0 || t >= m.n_vocab) {
+      return Bad(name, "token " + std::to_string(i) + " has id " + std::to_string(t) +
+                           ", outside the vocabulary of " + std::to_string(m.n_vocab));
+    }
+  }
+  if (m.has_logits != present[kSectionLogits]) {
+    return Bad(name, "META and the section table disagree about the LOGITS section");
+  }
+  if (present[kSectionLogits]) {
+    if (sec_size[kSectionLogits] != uint64_t(m.n_vocab) * sizeof(float)) {
+      return Bad(name, "the LOGITS section holds " + std::to_string(sec_size[kSectionLogits]) +
+                           " bytes, not one float per vocabulary entry");
+    }
+    parsed.logits.resize(m.n_vocab);
+    std::memcpy(parsed.logits.data(), sec_data[kSectionLogits], sec_size[kSectionLogits]);
+  }
+  parsed.kv = sec_data[kSectionKv];
+  parsed.kv_size = sec_size[kSectionKv];
+  return parsed;
+}
+
+}  // namespace kvstash::format

@@ -1,0 +1,73 @@
+// The bytes of a kvstash session file (docs/FORMAT.md is the specification; keep them in step).
+// This module knows nothing of llama.cpp: it turns a SessionMeta, tokens, logits and an opaque KV
+// payload into bytes and back, and refuses any byte sequence it did not write.
+#ifndef KVSTASH_FORMAT_SESSION_FORMAT_H_
+#define KVSTASH_FORMAT_SESSION_FORMAT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvstash/session_file.h"
+#include "kvstash/status.h"
+
+namespace kvstash::format {
+
+// "\x89KVS\r\n\x1a\n": the PNG trick. The high byte catches 7-bit channels, CR LF catches
+// line-ending conversion, ^Z stops `type` on DOS, and the lone LF catches LF->CRLF.
+inline constexpr uint8_t kMagic[8] = {0x89, 'K', 'V', 'S', '\r', '\n', 0x1A, '\n'};
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kMinReaderVersion = 1;
+inline constexpr size_t kHeaderSize = 64;
+inline constexpr size_t kSectionEntrySize = 32;
+inline constexpr size_t kSectionAlign = 64;
+// Checksums are computed per block of this many bytes and then over the block sums, so that
+// both cores can verify one large payload at once (see SectionChecksum).
+inline constexpr size_t kChecksumBlock = size_t{1} << 20;
+
+enum SectionType : uint32_t {
+  kSectionMeta = 1,
+  kSectionTokens = 2,
+  kSectionLogits = 3,
+  kSectionKv = 4,
+};
+
+// Upper bounds that no honest file exceeds; a field beyond them is corruption, which keeps size
+// arithmetic far from overflow.
+inline constexpr uint32_t kMaxTokens = 1u << 24;
+inline constexpr int32_t kMaxVocab = 1 << 24;
+inline constexpr uint64_t kMaxMetaBytes = 1u << 20;
+
+// xxh3-64 over the little-endian xxh3-64 of each kChecksumBlock-sized block. Uses up to
+// `n_threads` threads for large inputs; the value does not depend on the thread count.
+uint64_t SectionChecksum(const uint8_t* data, size_t size, int n_threads = 1);
+
+// Everything before the KV payload: header, section table, META, TOKENS, LOGITS and padding.
+// The writer appends the kv payload right after it. `kv_checksum` is SectionChecksum(kv).
+std::string EncodeFilePrefix(const SessionMeta& meta, const std::vector<int32_t>& tokens,
+                             const std::vector<float>& logits, uint64_t kv_size,
+                             uint64_t kv_checksum);
+
+struct ParsedFile {
+  uint32_t format_version = 0;
+  uint32_t min_reader_version = 0;
+  SessionMeta meta;
+  std::vector<int32_t> tokens;
+  std::vector<float> logits;   // empty when the file has none
+  const uint8_t* kv = nullptr;  // points into the caller's buffer
+  uint64_t kv_size = 0;
+  bool checksums_verified = false;
+};
+
+// Parses `data` (the whole file). With `verify_checksums`, every section's checksum is checked
+// before anything is returned; the KV checksum uses `n_threads` threads. `name` is used in errors.
+Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
+                             bool verify_checksums, int n_threads = 1);
+
+std::string EncodeMeta(const SessionMeta& meta);
+Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::string& name);
+
+}  // namespace kvstash::format
+
+#endif  // KVSTASH_FORMAT_SESSION_FORMAT_H_
