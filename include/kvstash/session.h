@@ -120,6 +120,9 @@ class Session {
   // On failure the previous file at `path` is untouched and no temp file remains.
   Status Save(const std::string& path, const SaveOptions& options = {});
 
+  // The model's logits for the next token (n_vocab floats), after everything appended so far.
+  Result<std::vector<float>> Logits();
+
   const std::vector<Token>& tokens() const;
   uint32_t n_ctx() const;
   const Model& model() const;

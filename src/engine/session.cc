@@ -607,6 +607,11 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
+Result<std::vector<float>> Session::Logits() {
+  KVSTASH_RETURN_IF_ERROR(impl_->EnsureLogits());
+  return impl_->logits;
+}
+
 const std::vector<Token>& Session::tokens() const { return impl_->tokens; }
 uint32_t Session::n_ctx() const { return impl_->n_ctx(); }
 const Model& Session::model() const { return *impl_->model; }

@@ -60,6 +60,14 @@ std::string BaseName(const std::string& path) {
 
 namespace {
 
+// Repeats a syscall interrupted by a signal (not for close: on Linux the descriptor is gone).
+template <typename Call>
+auto RetryOnEintr(Call call) {
+  auto rc = call();
+  while (rc < 0 && errno == EINTR) rc = call();
+  return rc;
+}
+
 class PosixWritableFile : public WritableFile {
  public:
   PosixWritableFile(Syscalls* sys, std::string path, int fd)
@@ -87,7 +95,7 @@ class PosixWritableFile : public WritableFile {
   }
 
   Status Sync() override {
-    if (sys_->Fdatasync(fd_) != 0) {
+    if (RetryOnEintr([&] { return sys_->Fdatasync(fd_); }) != 0) {
       return Status::IOError("cannot flush '" + path_ + "' to disk: " + ErrnoText(errno));
     }
     return Status::Ok();
@@ -306,7 +314,7 @@ Result<FileInfo> Env::Stat(const std::string& path) {
 }
 
 Status Env::RenameFile(const std::string& from, const std::string& to) {
-  if (sys_->Rename(from.c_str(), to.c_str()) != 0) {
+  if (RetryOnEintr([&] { return sys_->Rename(from.c_str(), to.c_str()); }) != 0) {
     return Status::IOError("cannot rename '" + from + "' to '" + to + "': " + ErrnoText(errno));
   }
   return Status::Ok();
@@ -320,7 +328,7 @@ Status Env::RemoveFile(const std::string& path) {
 }
 
 Status Env::LinkFile(const std::string& from, const std::string& to) {
-  if (sys_->Link(from.c_str(), to.c_str()) != 0) {
+  if (RetryOnEintr([&] { return sys_->Link(from.c_str(), to.c_str()); }) != 0) {
     return Status::IOError("cannot link '" + from + "' to '" + to + "': " + ErrnoText(errno));
   }
   return Status::Ok();
@@ -333,7 +341,7 @@ Status Env::SyncDir(const std::string& dir) {
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return Status::IOError("cannot open directory '" + dir + "': " + ErrnoText(errno));
   Status status;
-  if (sys_->Fsync(fd) != 0) {
+  if (RetryOnEintr([&] { return sys_->Fsync(fd); }) != 0) {
     status = Status::IOError("cannot flush directory '" + dir + "' to disk: " + ErrnoText(errno));
   }
   if (sys_->Close(fd) != 0 && status.ok()) {

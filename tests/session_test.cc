@@ -1,0 +1,372 @@
+// The Session API against every gotcha of the llama.cpp session-file guide.
+#include <cstring>
+#include <set>
+
+#include "kvstash/session_file.h"
+#include "test_util.h"
+
+namespace kvstash {
+namespace {
+
+using testing::kPrefix;
+using testing::SaveTinyPrefix;
+using testing::TempDir;
+using testing::TinyModel;
+
+const char* kPrompts[] = {
+    " Q: What is the capital of France? A:",
+    " Q: Name a prime number larger than ten. A:",
+    " Q: Translate 'good morning' into German. A:",
+    "",  // nothing appended: sample straight after Open
+};
+
+SampleOptions Greedy(int n) {
+  SampleOptions o;
+  o.n_predict = n;
+  o.temp = 0;
+  return o;
+}
+
+bool BitEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+class SessionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    path_ = new std::string(TempDir() + "/session_test.kvs");
+    saved_tokens_ = new std::vector<Token>(SaveTinyPrefix(*path_));
+  }
+  // The cold path: prefix and prompt decoded in separate calls, as save + run do.
+  static std::unique_ptr<Session> Cold(const std::string& prompt) {
+    auto s = Session::Create(TinyModel());
+    EXPECT_TRUE(s.ok());
+    EXPECT_TRUE((*s)->Append(kPrefix).ok());
+    EXPECT_TRUE((*s)->Append(prompt).ok());
+    return std::move(s.value());
+  }
+  static std::unique_ptr<Session> Warm(const OpenOptions& options = {}) {
+    auto s = Session::Open(TinyModel(), *path_, options);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::move(s.value()) : nullptr;
+  }
+  static std::string* path_;
+  static std::vector<Token>* saved_tokens_;
+};
+std::string* SessionTest::path_ = nullptr;
+std::vector<Token>* SessionTest::saved_tokens_ = nullptr;
+
+TEST_F(SessionTest, WarmLogitsAreBitEqualToColdForSeveralPrompts) {
+  for (const char* prompt : kPrompts) {
+    auto cold = Cold(prompt);
+    auto warm = Warm();
+    ASSERT_TRUE(warm);
+    ASSERT_TRUE(warm->Append(prompt).ok());
+    EXPECT_EQ(warm->tokens(), cold->tokens()) << prompt;
+    auto cold_logits = cold->Logits();
+    auto warm_logits = warm->Logits();
+    ASSERT_TRUE(cold_logits.ok() && warm_logits.ok());
+    EXPECT_TRUE(BitEqual(*warm_logits, *cold_logits)) << "prompt: '" << prompt << "'";
+  }
+}
+
+TEST_F(SessionTest, WarmGreedyOutputEqualsColdAndVaries) {
+  std::set<std::string> outputs;
+  for (const char* prompt : kPrompts) {
+    auto cold = Cold(prompt);
+    auto warm = Warm();
+    ASSERT_TRUE(warm->Append(prompt).ok());
+    auto a = cold->Generate(Greedy(16));
+    auto b = warm->Generate(Greedy(16));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->tokens, b->tokens) << prompt;
+    EXPECT_EQ(a->text, b->text);
+    EXPECT_EQ(a->tokens.size(), 16u);
+    outputs.insert(a->text);
+  }
+  // Different prompts give different continuations: the comparison above is not vacuous.
+  EXPECT_GE(outputs.size(), 3u);
+}
+
+TEST_F(SessionTest, ReopenedSessionHoldsTheSavedTokens) {
+  auto warm = Warm();
+  EXPECT_EQ(warm->tokens(), *saved_tokens_);
+  EXPECT_EQ(warm->n_decoded_total(), 0u);  // loading decodes nothing
+}
+
+// Gotcha 1: passing the prefix again must not re-decode it.
+TEST_F(SessionTest, SyncWithTheSavedPrefixDecodesNothing) {
+  auto warm = Warm();
+  auto synced = warm->Sync(*saved_tokens_);
+  ASSERT_TRUE(synced.ok()) << synced.status().ToString();
+  EXPECT_EQ(synced->n_decoded, 0u);
+  EXPECT_EQ(synced->n_reused, saved_tokens_->size());
+  EXPECT_EQ(warm->n_decoded_total(), 0u);
+
+  // The whole prompt again (prefix + question) decodes only the question.
+  auto question = TinyModel()->Tokenize(kPrompts[0], false);
+  std::vector<Token> full = *saved_tokens_;
+  full.insert(full.end(), question->begin(), question->end());
+  synced = warm->Sync(full);
+  ASSERT_TRUE(synced.ok());
+  EXPECT_EQ(synced->n_reused, saved_tokens_->size());
+  EXPECT_EQ(synced->n_decoded, question->size());
+  auto cold = Cold(kPrompts[0]);
+  EXPECT_TRUE(BitEqual(*warm->Logits(), *cold->Logits()));
+}
+
+TEST_F(SessionTest, SyncWithAChangedPrefixKeepsTheCommonPartAndIsCorrect) {
+  auto warm = Warm();
+  std::vector<Token> changed(saved_tokens_->begin(), saved_tokens_->begin() + 10);
+  auto other = TinyModel()->Tokenize(" Something else entirely.", false);
+  changed.insert(changed.end(), other->begin(), other->end());
+  auto synced = warm->Sync(changed);
+  ASSERT_TRUE(synced.ok());
+  EXPECT_EQ(synced->n_reused, 10u);
+  EXPECT_EQ(synced->n_decoded, other->size());
+  EXPECT_EQ(warm->tokens(), changed);
+  // Same groups as a cold run: the first 10 tokens, then the rest.
+  auto cold = Session::Create(TinyModel());
+  std::vector<Token> head(changed.begin(), changed.begin() + 10);
+  ASSERT_TRUE((*cold)->AppendTokens(head).ok());
+  ASSERT_TRUE((*cold)->AppendTokens(*other).ok());
+  auto a = warm->Generate(Greedy(8));
+  auto b = (*cold)->Generate(Greedy(8));
+  EXPECT_EQ(a->tokens, b->tokens);
+}
+
+TEST_F(SessionTest, SyncToAShorterPrefixStillGivesLogits) {
+  auto warm = Warm();
+  std::vector<Token> shorter(saved_tokens_->begin(), saved_tokens_->begin() + 5);
+  auto synced = warm->Sync(shorter);
+  ASSERT_TRUE(synced.ok());
+  EXPECT_EQ(warm->tokens(), shorter);
+  EXPECT_EQ(synced->n_decoded, 1u);  // the last kept token, for its logits
+  auto gen = warm->Generate(Greedy(4));
+  ASSERT_TRUE(gen.ok());
+  EXPECT_EQ(gen->tokens.size(), 4u);
+}
+
+// Gotchas 2 and 3: positions continue at the absolute position across appends and generations.
+TEST_F(SessionTest, AbsolutePositionsAfterSeveralAppendsAndGenerations) {
+  auto warm = Warm();
+  auto cold = Session::Create(TinyModel());
+  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
+  for (auto* s : {warm.get(), cold->get()}) {
+    ASSERT_TRUE(s->Append(" Q: first?").ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto a = warm->Generate(Greedy(5));
+    auto b = (*cold)->Generate(Greedy(5));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->tokens, b->tokens) << "round " << round;
+    ASSERT_TRUE(warm->Append(" And then?").ok());
+    ASSERT_TRUE((*cold)->Append(" And then?").ok());
+  }
+  EXPECT_EQ(warm->tokens(), (*cold)->tokens());
+  EXPECT_TRUE(BitEqual(*warm->Logits(), *(*cold)->Logits()));
+}
+
+// Gotcha 4: thread count and a larger context do not have to match the save.
+TEST_F(SessionTest, OpensWithOtherThreadCountsAndALargerContext) {
+  auto reference = Cold(kPrompts[1])->Generate(Greedy(12));
+  ASSERT_TRUE(reference.ok());
+  for (int threads : {1, 2, 3}) {
+    for (uint32_t n_ctx : {0u, 8192u}) {
+      OpenOptions options;
+      options.n_threads = threads;
+      options.n_ctx = n_ctx;
+      auto warm = Warm(options);
+      ASSERT_TRUE(warm);
+      if (n_ctx) {
+        EXPECT_GE(warm->n_ctx(), n_ctx);
+      }
+      ASSERT_TRUE(warm->Append(kPrompts[1]).ok());
+      auto gen = warm->Generate(Greedy(12));
+      ASSERT_TRUE(gen.ok());
+      EXPECT_EQ(gen->tokens, reference->tokens) << threads << " threads, n_ctx " << n_ctx;
+    }
+  }
+}
+
+// Gotcha 5: there is no token buffer to size; a long session comes back whole.
+TEST_F(SessionTest, LongSessionsComeBackWhole) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += " sentence number " + std::to_string(i) + ".";
+  auto s = Session::Create(TinyModel());
+  ASSERT_TRUE((*s)->Append(text).ok());
+  ASSERT_GT((*s)->tokens().size(), 1000u);
+  const std::string path = TempDir() + "/long.kvs";
+  ASSERT_TRUE((*s)->Save(path).ok());
+  auto warm = Session::Open(TinyModel(), path);
+  ASSERT_TRUE(warm.ok());
+  EXPECT_EQ((*warm)->tokens(), (*s)->tokens());
+}
+
+TEST_F(SessionTest, OtherSeedModelOfTheSameShapeIsRefused) {
+  auto other = TinyModel(/*seed=*/2);
+  ASSERT_NE(other->fingerprint(), TinyModel()->fingerprint());
+  auto opened = Session::Open(other, *path_);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), Status::Code::kIncompatible);
+  EXPECT_NE(opened.status().message().find("another model"), std::string::npos) << opened.status().message();
+  EXPECT_NE(opened.status().message().find(*path_), std::string::npos);
+}
+
+TEST_F(SessionTest, EachIncompatibleParameterIsRefusedByName) {
+  struct Case {
+    OpenOptions options;
+    std::string expect;
+  };
+  std::vector<Case> cases(4);
+  cases[0].options.cache_type_k = "q8_0";
+  cases[0].expect = "was saved with cache type K=f16, this context uses q8_0: open without --cache-type-k";
+  cases[1].options.cache_type_v = "q4_0";
+  cases[1].expect = "cache type V=f16, this context uses q4_0";
+  cases[2].options.flash_attn = FlashAttention::kOff;
+  cases[2].expect = "flash attention=on, this context uses off";
+  cases[3].options.n_ctx = 16;
+  cases[3].expect = "leaves no room; use -c";
+  for (const auto& c : cases) {
+    auto opened = Session::Open(TinyModel(), *path_, c.options);
+    ASSERT_FALSE(opened.ok()) << c.expect;
+    EXPECT_NE(opened.status().message().find(c.expect), std::string::npos) << opened.status().message();
+  }
+}
+
+TEST_F(SessionTest, QuantizedCacheSessionsRoundTrip) {
+  SessionOptions options;
+  options.cache_type_k = "q8_0";
+  options.cache_type_v = "q8_0";
+  const std::string path = TempDir() + "/q8.kvs";
+  SaveTinyPrefix(path, options);
+  auto cold = Session::Create(TinyModel(), options);
+  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
+  ASSERT_TRUE((*cold)->Append(kPrompts[2]).ok());
+  auto warm = Session::Open(TinyModel(), path);
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  ASSERT_TRUE((*warm)->Append(kPrompts[2]).ok());
+  EXPECT_TRUE(BitEqual(*(*warm)->Logits(), *(*cold)->Logits()));
+  auto info = InspectSessionFile(path);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->meta.type_k_name, "q8_0");
+}
+
+TEST_F(SessionTest, FlashAttentionOffSessionsRoundTrip) {
+  SessionOptions options;
+  options.flash_attn = FlashAttention::kOff;
+  const std::string path = TempDir() + "/nofa.kvs";
+  SaveTinyPrefix(path, options);
+  auto cold = Session::Create(TinyModel(), options);
+  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
+  ASSERT_TRUE((*cold)->Append(kPrompts[0]).ok());
+  auto warm = Session::Open(TinyModel(), path);
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  ASSERT_TRUE((*warm)->Append(kPrompts[0]).ok());
+  EXPECT_TRUE(BitEqual(*(*warm)->Logits(), *(*cold)->Logits()));
+  EXPECT_FALSE(InspectSessionFile(path)->meta.flash_attn);
+}
+
+TEST_F(SessionTest, InspectReadsBackWhatWasSaved) {
+  auto info = InspectSessionFile(*path_);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_TRUE(info->checksums_verified);
+  EXPECT_EQ(info->tokens, *saved_tokens_);
+  EXPECT_EQ(info->meta.n_tokens, saved_tokens_->size());
+  EXPECT_EQ(info->meta.model_fingerprint, TinyModel()->fingerprint());
+  EXPECT_EQ(info->meta.n_vocab, TinyModel()->n_vocab());
+  EXPECT_EQ(info->meta.type_k_name, "f16");
+  EXPECT_TRUE(info->meta.flash_attn);
+  EXPECT_TRUE(info->meta.has_logits);
+  EXPECT_GE(info->meta.n_ctx, 4096u);
+  EXPECT_NE(info->meta.preview.find("test assistant"), std::string::npos);
+  EXPECT_GT(info->kv_bytes, 0u);
+  // File overhead over KV + tokens stays small (the benchmark checks the 1% target on real shapes).
+  EXPECT_LT(info->file_size, info->kv_bytes + info->tokens.size() * 4 + info->logits_bytes + 4096);
+}
+
+TEST_F(SessionTest, ContextFullIsAStatusNotACrash) {
+  SessionOptions options;
+  options.n_ctx = 256;
+  auto s = Session::Create(TinyModel(), options);
+  ASSERT_TRUE(s.ok());
+  const uint32_t n_ctx = (*s)->n_ctx();
+  std::string text;
+  while (TinyModel()->Tokenize(text, true)->size() < n_ctx - 8) text += " word";
+  ASSERT_TRUE((*s)->Append(text).ok());
+  auto gen = (*s)->Generate(Greedy(-1));
+  ASSERT_TRUE(gen.ok()) << gen.status().ToString();
+  EXPECT_EQ(gen->stop_reason, StopReason::kContextFull);
+  EXPECT_EQ((*s)->tokens().size(), n_ctx);
+  Status more = (*s)->Append(" overflow");
+  EXPECT_EQ(more.code(), Status::Code::kContextFull) << more.ToString();
+  EXPECT_EQ((*s)->tokens().size(), n_ctx);  // the failed append left the session as it was
+  Status too_long = Session::Create(TinyModel(), options).value()->Append(text + text);
+  EXPECT_EQ(too_long.code(), Status::Code::kContextFull);
+}
+
+TEST_F(SessionTest, StopStringsEndTheTextBeforeTheMatch) {
+  auto reference = Warm()->Generate(Greedy(24));
+  ASSERT_TRUE(reference.ok());
+  ASSERT_GT(reference->text.size(), 12u);
+  const std::string stop = reference->text.substr(reference->text.size() / 2, 3);
+  const size_t expected_end = reference->text.find(stop);
+  SampleOptions options = Greedy(24);
+  options.stop = {stop};
+  std::string streamed;
+  auto gen = Warm()->Generate(options, [&](std::string_view piece) {
+    streamed.append(piece);
+    return true;
+  });
+  ASSERT_TRUE(gen.ok());
+  EXPECT_EQ(gen->stop_reason, StopReason::kStopString);
+  EXPECT_EQ(gen->text, reference->text.substr(0, expected_end));
+  EXPECT_EQ(streamed, gen->text);  // streaming held back the partial match
+}
+
+TEST_F(SessionTest, SamplingWithASeedIsReproducibleWarmAndCold) {
+  SampleOptions options;
+  options.n_predict = 16;
+  options.temp = 0.9f;
+  options.seed = 1234;
+  auto warm = Warm();
+  ASSERT_TRUE(warm->Append(kPrompts[0]).ok());
+  auto a = warm->Generate(options);
+  auto b = Cold(kPrompts[0])->Generate(options);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->tokens, b->tokens);
+  EXPECT_EQ(a->tokens.size(), 16u);
+}
+
+TEST_F(SessionTest, CancelledByTheCallback) {
+  int calls = 0;
+  auto gen = Warm()->Generate(Greedy(50), [&](std::string_view) { return ++calls < 3; });
+  ASSERT_TRUE(gen.ok());
+  EXPECT_EQ(gen->stop_reason, StopReason::kCancelled);
+  EXPECT_EQ(calls, 3);
+}
+
+TEST_F(SessionTest, EmptySessionsCannotGenerateOrSave) {
+  auto s = Session::Create(TinyModel());
+  auto gen = (*s)->Generate(Greedy(4));
+  EXPECT_FALSE(gen.ok());
+  EXPECT_NE(gen.status().message().find("append a prompt"), std::string::npos);
+  Status saved = (*s)->Save(TempDir() + "/empty.kvs");
+  EXPECT_FALSE(saved.ok());
+  EXPECT_NE(saved.message().find("empty"), std::string::npos);
+}
+
+TEST_F(SessionTest, BadTokensAndCacheTypesAreRefused) {
+  auto s = Session::Create(TinyModel());
+  EXPECT_EQ((*s)->AppendTokens({1, -5}).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ((*s)->AppendTokens({TinyModel()->n_vocab()}).code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE((*s)->tokens().empty());
+  SessionOptions options;
+  options.cache_type_k = "f17";
+  auto bad = Session::Create(TinyModel(), options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("unknown K cache type 'f17'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvstash
