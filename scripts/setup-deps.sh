@@ -3,12 +3,14 @@
 # apt-get; otherwise it prints the command for you to run.
 set -euo pipefail
 
-packages=(cmake g++ make git npm pkg-config libgtest-dev libcli11-dev nlohmann-json3-dev
+packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohmann-json3-dev
           libxxhash-dev)
 [ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
 [ "${KVSTASH_WITH_FUZZ:-0}" = 1 ] && packages+=(clang libclang-rt-14-dev)
 
 missing=()
+# npm fetches llama.cpp's source; a Node.js installed outside Debian's packages is fine too.
+command -v npm >/dev/null || missing+=(npm)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -32,6 +32,7 @@
 namespace kvstash {
 
 class Env;
+struct SessionInternals;
 
 enum class FlashAttention { kAuto, kOff, kOn };
 
@@ -85,6 +86,16 @@ struct Generation {
 // of a stop string is held back). Return false to stop.
 using PieceCallback = std::function<bool(std::string_view piece)>;
 
+// Where the time of Session::Open went (milliseconds).
+struct OpenStats {
+  double map_ms = 0;      // open + mmap of the file
+  double verify_ms = 0;   // parse, checksums, compatibility checks
+  double context_ms = 0;  // llama_init_from_model with the recorded parameters
+  double restore_ms = 0;  // copying the KV bytes into the cache
+  double total_ms = 0;
+  uint64_t file_bytes = 0;
+};
+
 struct SyncResult {
   size_t n_reused = 0;   // tokens kept from the cache
   size_t n_decoded = 0;  // tokens decoded now
@@ -126,6 +137,8 @@ class Session {
   const std::vector<Token>& tokens() const;
   uint32_t n_ctx() const;
   const Model& model() const;
+  // Timings of the Open() that made this session (zeros for Create()).
+  const OpenStats& open_stats() const;
   // Tokens decoded by this Session object so far (loading a file decodes none).
   size_t n_decoded_total() const;
   // Called after each llama_decode call of a multi-call append (long prefills), with tokens done
@@ -135,6 +148,7 @@ class Session {
   struct Impl;
 
  private:
+  friend struct SessionInternals;  // src/engine/session_internals.h: the benchmark's llama.cpp side
   explicit Session(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

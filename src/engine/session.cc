@@ -8,6 +8,7 @@
 
 #include "engine/llama_runtime.h"
 #include "engine/model_impl.h"
+#include "engine/session_internals.h"
 #include "env/atomic_file.h"
 #include "env/env.h"
 #include "format/llama_state.h"
@@ -84,6 +85,7 @@ struct Session::Impl {
   bool logits_valid = false;
   size_t n_decoded_total = 0;
   std::function<void(size_t, size_t)> progress;
+  OpenStats open_stats;
 
   const Model::Impl& m() const { return *model->impl(); }
   uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
@@ -473,10 +475,17 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                                                const std::string& path, const OpenOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
   const Model::Impl& m = *model->impl();
+  using Clock = std::chrono::steady_clock;
+  const auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  OpenStats stats;
+  const auto t_start = Clock::now();
   const uint64_t ctx_bound = std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
   auto mapped = Env::Default()->MapFile(path, MaxSessionBytes(*model, ctx_bound));
   if (!mapped.ok()) return mapped.status();
   const MappedFile& file = **mapped;
+  const auto t_mapped = Clock::now();
 
   const int n_threads = ResolveThreads(options.n_threads);
   auto parsed = format::ParseFile(file.data(), file.size(), path, /*verify_checksums=*/true,
@@ -574,6 +583,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                                    std::to_string(meta.n_tokens + 1) + " or more");
   }
 
+  const auto t_verified = Clock::now();
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = n_threads;
@@ -582,6 +592,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   impl->ctx = std::move(ctx.value());
   params.n_ctx = llama_n_ctx(impl->ctx.get());
   impl->params = params;
+  const auto t_context = Clock::now();
 
   engine::ClearLlamaError();
   const size_t read = llama_state_seq_set_data(impl->ctx.get(), parsed->kv, parsed->kv_size, kSeq);
@@ -598,6 +609,14 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
     return Status::Internal("llama.cpp refused the KV cache of session '" + path + "'" +
                             (why.empty() ? "" : " (" + why + ")") + "; re-save the session");
   }
+  const auto t_restored = Clock::now();
+  stats.map_ms = ms(t_start, t_mapped);
+  stats.verify_ms = ms(t_mapped, t_verified);
+  stats.context_ms = ms(t_verified, t_context);
+  stats.restore_ms = ms(t_context, t_restored);
+  stats.total_ms = ms(t_start, t_restored);
+  stats.file_bytes = file.size();
+  impl->open_stats = stats;
   impl->tokens = parsed->tokens;
   impl->n_cached = impl->tokens.size();
   if (!parsed->logits.empty()) {
@@ -616,6 +635,9 @@ const std::vector<Token>& Session::tokens() const { return impl_->tokens; }
 uint32_t Session::n_ctx() const { return impl_->n_ctx(); }
 const Model& Session::model() const { return *impl_->model; }
 size_t Session::n_decoded_total() const { return impl_->n_decoded_total; }
+const OpenStats& Session::open_stats() const { return impl_->open_stats; }
+
+llama_context* SessionInternals::Context(Session& session) { return session.impl_->ctx.get(); }
 void Session::SetProgressCallback(std::function<void(size_t, size_t)> progress) {
   impl_->progress = std::move(progress);
 }
