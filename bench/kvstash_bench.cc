@@ -94,8 +94,8 @@ double FreadMs(const std::string& path, std::vector<char>* buffer) {
   return Ms(t0, t1);
 }
 
+// `dd of=path conv=fsync`: truncate the existing file, write, fsync.
 double WriteFsyncMs(const std::string& path, const std::vector<char>& bytes) {
-  unlink(path.c_str());
   const auto t0 = Clock::now();
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   size_t done = 0;
@@ -109,12 +109,16 @@ double WriteFsyncMs(const std::string& path, const std::vector<char>& bytes) {
   return Ms(t0, Clock::now());
 }
 
-// Peak RSS (VmHWM, KiB) of a child that loads the model and opens the session, minus nothing.
+// Memory of a fresh child process (MiB, from /proc/self/status) that loads the model and then
+// either opens the session or creates an empty session with the same context size. The difference
+// of the two peaks is what loading a session costs in memory beyond any context.
 struct RssReport {
-  double after_model_mib = 0;
-  double peak_mib = 0;
+  double after_model_mib = 0;  // VmRSS after Model::Load
+  double peak_mib = 0;         // VmHWM after Open (or Create)
+  double anon_mib = 0;         // RssAnon after Open (or Create)
 };
-RssReport MeasureOpenRss(const std::string& model_path, const std::string& session_path) {
+RssReport MeasureRss(const std::string& model_path, const std::string& session_path, uint32_t n_ctx,
+                     bool open_session) {
   int pipefd[2];
   if (pipe(pipefd) != 0) Die("pipe");
   const pid_t child = fork();
@@ -128,22 +132,25 @@ RssReport MeasureOpenRss(const std::string& model_path, const std::string& sessi
       }
       return 0.0;
     };
-    double values[2] = {0, 0};
+    RssReport report;
     auto model = Model::Load(model_path);
-    values[0] = read_kib("VmRSS:") / 1024;
+    report.after_model_mib = read_kib("VmRSS:") / 1024;
     if (model.ok()) {
-      auto session = Session::Open(*model, session_path);
-      values[1] = session.ok() ? read_kib("VmHWM:") / 1024 : -1;
+      SessionOptions options;
+      options.n_ctx = n_ctx;
+      auto session = open_session ? Session::Open(*model, session_path) : Session::Create(*model, options);
+      report.peak_mib = session.ok() ? read_kib("VmHWM:") / 1024 : -1;
+      report.anon_mib = read_kib("RssAnon:") / 1024;
     }
-    if (write(pipefd[1], values, sizeof(values)) != sizeof(values)) _exit(1);
+    if (write(pipefd[1], &report, sizeof(report)) != sizeof(report)) _exit(1);
     _exit(0);
   }
   close(pipefd[1]);
-  double values[2] = {0, 0};
-  if (read(pipefd[0], values, sizeof(values)) != sizeof(values)) Die("rss child failed");
+  RssReport report;
+  if (read(pipefd[0], &report, sizeof(report)) != sizeof(report)) Die("rss child failed");
   close(pipefd[0]);
   waitpid(child, nullptr, 0);
-  return {values[0], values[1]};
+  return report;
 }
 
 std::vector<std::string> Split(const std::string& s) {
@@ -242,30 +249,40 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
   std::fprintf(stderr, "[%s KV=%s P=%d] save...\n", shape.c_str(), cache_type.c_str(), P);
   SaveOptions sync_on, sync_off;
   sync_off.sync = false;
-  const double save_fsync = MedianOf(flags.reps, [&] {
-    auto a = Clock::now();
-    Check(session->Save(kvs_sync, sync_on), "save");
-    return Ms(a, Clock::now());
-  });
-  const double save_nosync = MedianOf(flags.reps, [&] {
-    auto a = Clock::now();
-    Check(session->Save(kvs_nosync, sync_off), "save");
-    return Ms(a, Clock::now());
-  });
-  const double llama_save = MedianOf(flags.reps, [&] {
-    auto a = Clock::now();
-    if (llama_state_seq_save_file(ctx, llama_file.c_str(), 0, prefix.data(), prefix.size()) == 0) {
-      Die("llama_state_seq_save_file failed");
-    }
-    return Ms(a, Clock::now());
-  });
+  Check(session->Save(kvs_sync, sync_on), "save");
   const uint64_t file_bytes = FileSize(kvs_sync);
   std::vector<char> bytes(file_bytes);
   {
     std::ifstream in(kvs_sync, std::ios::binary);
     in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
-  const double raw_fsync = MedianOf(flags.reps, [&] { return WriteFsyncMs(raw_file, bytes); });
+  // The four writers take turns within each repetition, each after a sync(2) so that none pays
+  // for another's dirty pages, and each replaces a file of the same size, as a re-save would.
+  std::vector<double> save_fsync_ms, save_nosync_ms, llama_save_ms, raw_fsync_ms;
+  Check(session->Save(kvs_nosync, sync_off), "save");
+  WriteFsyncMs(raw_file, bytes);
+  llama_state_seq_save_file(ctx, llama_file.c_str(), 0, prefix.data(), prefix.size());
+  for (int rep = 0; rep < flags.reps; ++rep) {
+    sync();
+    auto a = Clock::now();
+    Check(session->Save(kvs_sync, sync_on), "save");
+    save_fsync_ms.push_back(Ms(a, Clock::now()));
+    sync();
+    a = Clock::now();
+    Check(session->Save(kvs_nosync, sync_off), "save");
+    save_nosync_ms.push_back(Ms(a, Clock::now()));
+    sync();
+    a = Clock::now();
+    if (llama_state_seq_save_file(ctx, llama_file.c_str(), 0, prefix.data(), prefix.size()) == 0) {
+      Die("llama_state_seq_save_file failed");
+    }
+    llama_save_ms.push_back(Ms(a, Clock::now()));
+    sync();
+    raw_fsync_ms.push_back(WriteFsyncMs(raw_file, bytes));
+  }
+  sync();
+  const double save_fsync = Median(save_fsync_ms), save_nosync = Median(save_nosync_ms),
+               llama_save = Median(llama_save_ms), raw_fsync = Median(raw_fsync_ms);
   unlink(raw_file.c_str());
   unlink(kvs_nosync.c_str());
 
@@ -345,7 +362,8 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
     return Ms(a, Clock::now());
   });
 
-  const RssReport rss = MeasureOpenRss(model->path(), kvs_sync);
+  const RssReport rss_open = MeasureRss(model->path(), kvs_sync, 0, true);
+  const RssReport rss_create = MeasureRss(model->path(), kvs_sync, options.n_ctx, false);
   unlink(llama_file.c_str());
   const double model_mib = FileSize(model->path()) / 1048576.0;
   json row = {
@@ -358,9 +376,10 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
       {"load", load},
       {"ttft", {{"cold_ms", cold_ttft}, {"warm_ms", Median(warm_ttft)}, {"warm_open_ms", Median(warm_open)},
                 {"warm_suffix_ms", Median(warm_suffix)}, {"same_first_token", warm_token == cold_token}}},
-      {"rss", {{"model_file_mib", model_mib}, {"after_model_load_mib", rss.after_model_mib},
-               {"peak_after_open_mib", rss.peak_mib},
-               {"budget_mib", model_mib + kv_bytes / 1048576.0 + 64}}}};
+      {"rss", {{"model_file_mib", model_mib}, {"after_model_load_mib", rss_open.after_model_mib},
+               {"peak_open_mib", rss_open.peak_mib}, {"anon_after_open_mib", rss_open.anon_mib},
+               {"peak_create_mib", rss_create.peak_mib}, {"anon_after_create_mib", rss_create.anon_mib},
+               {"budget_mib", rss_open.after_model_mib + kv_bytes / 1048576.0 + 64}}}};
   return row;
 }
 
@@ -388,17 +407,19 @@ void PrintTables(const std::vector<json>& rows) {
                 r["cache_type"].get<std::string>().c_str(), r["prefix_tokens"].get<int>(), f, n, l, w, n / l, f / w);
   }
   std::printf("\n### Time to first token, size, memory\n\n");
-  std::printf("| shape | KV | P | prefill ms | cold TTFT | warm TTFT | speed-up | warm/(open+suffix) | same token | file/(KV+tokens) | peak RSS MiB (budget) |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| shape | KV | P | prefill ms | cold TTFT | warm TTFT | speed-up | warm/(open+suffix) | same token | file/(KV+tokens) | peak RSS Open (budget) | peak RSS Create | anon Open-Create |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     const auto& t = r["ttft"];
     const double cold = t["cold_ms"], warm = t["warm_ms"], parts = t["warm_open_ms"].get<double>() + t["warm_suffix_ms"].get<double>();
-    std::printf("| %s | %s | %d | %.0f | %.1f | %.1f | %.1fx | %.3f | %s | %.4f | %.0f (%.0f) |\n",
+    const auto& m = r["rss"];
+    std::printf("| %s | %s | %d | %.0f | %.1f | %.1f | %.1fx | %.3f | %s | %.4f | %.0f (%.0f) | %.0f | %.1f |\n",
                 r["shape"].get<std::string>().c_str(), r["cache_type"].get<std::string>().c_str(),
                 r["prefix_tokens"].get<int>(), r["prefill_ms"].get<double>(), cold, warm, cold / warm,
                 warm / parts, t["same_first_token"].get<bool>() ? "yes" : "NO",
-                r["size_ratio"].get<double>(), r["rss"]["peak_after_open_mib"].get<double>(),
-                r["rss"]["budget_mib"].get<double>());
+                r["size_ratio"].get<double>(), m["peak_open_mib"].get<double>(),
+                m["budget_mib"].get<double>(), m["peak_create_mib"].get<double>(),
+                m["anon_after_open_mib"].get<double>() - m["anon_after_create_mib"].get<double>());
   }
 }
 

@@ -80,6 +80,7 @@ TEST(EnvTest, AtomicWriteReplacesAndCleansStaleTemps) {
   WriteFile(dir + "/other.kvstash-tmp.999999.0", "not ours");
   ASSERT_TRUE(AtomicWriteFile(Env::Default(), path, {"new"}).ok());
   EXPECT_EQ(ReadFile(path), "new");
+  Env::WaitForBackgroundRemovals();
   auto names = Env::Default()->ListDir(dir);
   ASSERT_TRUE(names.ok());
   std::sort(names->begin(), names->end());
@@ -103,6 +104,7 @@ TEST(EnvTest, FailedWritesLeaveTheOldFileAtEveryStep) {
   mkdir(dir.c_str(), 0755);
   const std::string path = dir + "/f";
   for (int err : {ENOSPC, EIO, EDQUOT}) {
+    Env::WaitForBackgroundRemovals();
     WriteFile(path, "old bytes");
     int n = 1;
     for (;; ++n) {

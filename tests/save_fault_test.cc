@@ -34,7 +34,10 @@ class SaveFaultTest : public ::testing::Test {
     unlink((dir_ + "/reference.kvs").c_str());
     ASSERT_NE(old_bytes_, new_bytes_);
   }
-  size_t FilesInDir() { return Env::Default()->ListDir(dir_)->size(); }
+  size_t FilesInDir() {
+    Env::WaitForBackgroundRemovals();
+    return Env::Default()->ListDir(dir_)->size();
+  }
 
   std::string dir_, path_, old_bytes_, new_bytes_;
   std::unique_ptr<Session> session_;
@@ -98,6 +101,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   // Writes are split into 8 KiB pieces so that there are kill points inside the data.
   for (int k = 1; k <= steps; ++k) {
     testing::WriteFile(path_, old_bytes_);
+    Env::WaitForBackgroundRemovals();  // no lock of the remover is held across fork()
     const pid_t child = fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
@@ -122,6 +126,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   RecordProperty("kill_points", kills);
   // The next save in the folder removes what the killed writers left.
   ASSERT_TRUE(session_->Save(path_).ok());
+  Env::WaitForBackgroundRemovals();
   EXPECT_EQ(FilesInDir(), 1u);
 }
 

@@ -397,15 +397,17 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   }
   llama_context* ctx = s.ctx.get();
   const size_t size = llama_state_seq_get_size(ctx, kSeq);
-  std::unique_ptr<uint8_t[]> kv(new (std::nothrow) uint8_t[size]);
-  if (!kv) return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path + "'");
+  LargeBuffer kv(size);
+  if (kv.data() == nullptr) {
+    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path + "'");
+  }
   engine::ClearLlamaError();
-  if (llama_state_seq_get_data(ctx, kv.get(), size, kSeq) != size) {
+  if (llama_state_seq_get_data(ctx, kv.data(), size, kSeq) != size) {
     return Status::Internal("llama.cpp could not copy the KV cache: " + engine::LastLlamaError());
   }
   // Our own reader must accept what we write; this also refuses memory layouts (recurrent,
   // sliding-window) that kvstash does not validate yet, before a file exists.
-  auto layout = format::ParseLlamaSeqState(kv.get(), size, path);
+  auto layout = format::ParseLlamaSeqState(kv.data(), size, path);
   if (!layout.ok()) {
     return Status::Incompatible("kvstash cannot save sessions of model '" + s.model->path() +
                                 "' (" + s.m().arch + "): its KV cache layout is not supported yet (" +
@@ -442,12 +444,12 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   std::vector<Token> head(s.tokens.begin(), s.tokens.begin() + std::min<size_t>(s.tokens.size(), 32));
   meta.preview = s.model->Detokenize(head);
 
-  const uint64_t kv_sum = format::SectionChecksum(kv.get(), size, 2);
+  const uint64_t kv_sum = format::SectionChecksum(kv.data(), size, 2);
   const std::string prefix = format::EncodeFilePrefix(meta, s.tokens, s.logits, size, kv_sum);
   AtomicWriteOptions write_options;
   write_options.sync = options.sync;
   return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
-                         {prefix, std::string_view(reinterpret_cast<const char*>(kv.get()), size)},
+                         {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
                          write_options);
 }
 
@@ -485,6 +487,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   auto mapped = Env::Default()->MapFile(path, MaxSessionBytes(*model, ctx_bound));
   if (!mapped.ok()) return mapped.status();
   const MappedFile& file = **mapped;
+  file.WillNeed(0, file.size());  // start readahead of a cold file before the checksum pass
   const auto t_mapped = Clock::now();
 
   const int n_threads = ResolveThreads(options.n_threads);

@@ -67,9 +67,10 @@ Status AtomicWriteFile(Env* env, const std::string& path,
     return status;
   }
 
-  // Without fsync there is no directory sync that could fail after the rename, so no rollback.
+  // The old file keeps a second name until the new one is in place: a failed directory sync can
+  // put it back, and the cost of freeing its blocks moves off the caller's path.
   const std::string old = path + kOldTag + suffix;
-  const bool keep_old = replacing && options.sync;
+  const bool keep_old = replacing;
   if (keep_old) {
     status = env->LinkFile(path, old);
     if (!status.ok()) {
@@ -94,7 +95,7 @@ Status AtomicWriteFile(Env* env, const std::string& path,
       return status;
     }
   }
-  if (keep_old) env->RemoveFile(old);
+  if (keep_old) Env::RemoveFileInBackground(old);
   return Status::Ok();
 }
 

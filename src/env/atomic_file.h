@@ -20,7 +20,7 @@ struct AtomicWriteOptions {
 //   3. keep the old file reachable as `path`.kvstash-old.<pid>.<n> (hard link);
 //   4. rename the temp file over `path`, fsync the directory;
 //   5. if that fsync fails, rename the old file back (the caller sees the error and the old
-//      bytes), else drop the old name.
+//      bytes), else drop the old name on a background thread (Env::RemoveFileInBackground).
 // Whatever step fails, `path` keeps its previous bytes and no temp file remains.
 Status AtomicWriteFile(Env* env, const std::string& path,
                        const std::vector<std::string_view>& parts,

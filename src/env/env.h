@@ -46,6 +46,25 @@ class MappedFile {
   virtual void WillNeed(size_t offset, size_t n) const = 0;
 };
 
+// A large scratch buffer backed by transparent huge pages where the kernel offers them. Filling
+// 90 MiB of fresh 4 KiB pages costs ~23k page faults, which on the VMs we measured took longer
+// than the copy itself (55 ms vs 7 ms); 2 MiB pages make it ~45 faults.
+class LargeBuffer {
+ public:
+  // Empty on allocation failure (check data() != nullptr).
+  explicit LargeBuffer(size_t size);
+  ~LargeBuffer();
+  LargeBuffer(const LargeBuffer&) = delete;
+  LargeBuffer& operator=(const LargeBuffer&) = delete;
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  size_t mapped_ = 0;
+};
+
 struct FileInfo {
   enum class Type { kRegular, kDirectory, kOther };
   Type type = Type::kOther;
@@ -89,6 +108,13 @@ class Env {
   // fsync of a directory, which makes a rename inside it durable.
   Status SyncDir(const std::string& dir);
   Result<std::vector<std::string>> ListDir(const std::string& dir);
+  // Unlinks `path` on a background thread. Removing a large file frees its pages and blocks
+  // (~16 ms for 90 MiB here); a replaced session's old name needs no caller to wait for that.
+  // Uses the POSIX call directly: the removal may outlive a test's Syscalls. A removal lost to a
+  // crash leaves a stale name that the next save in that folder cleans.
+  static void RemoveFileInBackground(const std::string& path);
+  // Blocks until every background removal so far has finished.
+  static void WaitForBackgroundRemovals();
   bool ProcessAlive(pid_t pid);
 
  private:

@@ -8,7 +8,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
+#include <thread>
 
 #include "env/env.h"
 
@@ -221,6 +224,27 @@ class PosixMappedFile : public MappedFile {
 
 }  // namespace
 
+LargeBuffer::LargeBuffer(size_t size) : size_(size) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  mapped_ = (size + kHuge - 1) / kHuge * kHuge;
+  if (mapped_ == 0) return;
+  void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    mapped_ = 0;
+    return;
+  }
+  madvise(p, mapped_, MADV_HUGEPAGE);  // a hint; kernels without THP ignore it
+#ifdef MADV_POPULATE_WRITE
+  // Fault everything in with one call instead of one trap per page (Linux >= 5.14; else ignored).
+  madvise(p, mapped_, MADV_POPULATE_WRITE);
+#endif
+  data_ = static_cast<uint8_t*>(p);
+}
+
+LargeBuffer::~LargeBuffer() {
+  if (data_ != nullptr) munmap(data_, mapped_);
+}
+
 Env* Env::Default() {
   static Syscalls* syscalls = new Syscalls();
   static Env* env = new Env(syscalls);
@@ -361,6 +385,64 @@ Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
   closedir(d);
   return names;
 }
+
+namespace {
+
+// One thread, started on first use, joined at exit, so that no removal is cut off by a normal exit.
+class Remover {
+ public:
+  ~Remover() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void Add(std::string path) {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(path));
+    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+    cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_.wait(lock, [this] { return queue_.empty() && busy_ == 0; });
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, nothing left
+      std::string path = std::move(queue_.front());
+      queue_.pop_front();
+      ++busy_;
+      lock.unlock();
+      ::unlink(path.c_str());
+      lock.lock();
+      --busy_;
+      idle_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_, idle_;
+  std::deque<std::string> queue_;
+  int busy_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+Remover& GlobalRemover() {
+  static Remover remover;
+  return remover;
+}
+
+}  // namespace
+
+void Env::RemoveFileInBackground(const std::string& path) { GlobalRemover().Add(path); }
+void Env::WaitForBackgroundRemovals() { GlobalRemover().Wait(); }
 
 bool Env::ProcessAlive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
 
