@@ -138,7 +138,8 @@ RssReport MeasureRss(const std::string& model_path, const std::string& session_p
     if (model.ok()) {
       SessionOptions options;
       options.n_ctx = n_ctx;
-      auto session = open_session ? Session::Open(*model, session_path) : Session::Create(*model, options);
+      auto session =
+          open_session ? Session::Open(*model, session_path) : Session::Create(*model, options);
       report.peak_mib = session.ok() ? read_kib("VmHWM:") / 1024 : -1;
       report.anon_mib = read_kib("RssAnon:") / 1024;
     }
@@ -184,18 +185,27 @@ Flags ParseFlags(int argc, char** argv) {
       if (i + 1 >= argc) Die("missing value for " + arg);
       return argv[++i];
     };
-    if (arg == "--shapes") f.shapes = Split(value());
+    if (arg == "--shapes")
+      f.shapes = Split(value());
     else if (arg == "--prefix-lengths") {
       f.prefix_lengths.clear();
       for (const auto& p : Split(value())) f.prefix_lengths.push_back(std::stoi(p));
-    } else if (arg == "--max-bench-prefix") f.max_bench_prefix = std::stoi(value());
-    else if (arg == "--cache-types") f.cache_types = Split(value());
-    else if (arg == "--reps") f.reps = std::stoi(value());
-    else if (arg == "--cold-reps") f.cold_reps = std::stoi(value());
-    else if (arg == "--suffix") f.suffix = std::stoi(value());
-    else if (arg == "-t" || arg == "--threads") f.threads = std::stoi(value());
-    else if (arg == "--dir") f.dir = value();
-    else if (arg == "--json") f.json_path = value();
+    } else if (arg == "--max-bench-prefix")
+      f.max_bench_prefix = std::stoi(value());
+    else if (arg == "--cache-types")
+      f.cache_types = Split(value());
+    else if (arg == "--reps")
+      f.reps = std::stoi(value());
+    else if (arg == "--cold-reps")
+      f.cold_reps = std::stoi(value());
+    else if (arg == "--suffix")
+      f.suffix = std::stoi(value());
+    else if (arg == "-t" || arg == "--threads")
+      f.threads = std::stoi(value());
+    else if (arg == "--dir")
+      f.dir = value();
+    else if (arg == "--json")
+      f.json_path = value();
     else if (arg == "-h" || arg == "--help") {
       std::puts(
           "kvstash-bench [--shapes small,bench] [--prefix-lengths 512,2048,8192]\n"
@@ -233,8 +243,10 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
   options.cache_type_k = cache_type;
   options.cache_type_v = cache_type;
   const std::vector<Token> prefix = PrefixTokens(*model, P);
-  std::vector<Token> suffix = Check(model->Tokenize(
-      " Customer: when do you open on Saturday, and can I rent a tile saw for a weekend? Atlas:", false), "tokenize");
+  std::vector<Token> suffix = Check(model->Tokenize(" Customer: when do you open on Saturday, and "
+                                                    "can I rent a tile saw for a weekend? Atlas:",
+                                                    false),
+                                    "tokenize");
   suffix.resize(flags.suffix);
 
   std::fprintf(stderr, "[%s KV=%s P=%d] prefill...\n", shape.c_str(), cache_type.c_str(), P);
@@ -323,12 +335,16 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
       memcpy_ms.push_back(mc);
       open_stats = st;
     }
-    load[cold ? "cold" : "hot"] = {
-        {"open_total_ms", Median(open_total)}, {"kvstash_load_ms", Median(kv_load)},
-        {"llama_load_ms", Median(llama_load)}, {"fread_ms", Median(fread_ms)},
-        {"memcpy_ms", Median(memcpy_ms)},
-        {"last_open", {{"map_ms", open_stats.map_ms}, {"verify_ms", open_stats.verify_ms},
-                       {"context_ms", open_stats.context_ms}, {"restore_ms", open_stats.restore_ms}}}};
+    load[cold ? "cold" : "hot"] = {{"open_total_ms", Median(open_total)},
+                                   {"kvstash_load_ms", Median(kv_load)},
+                                   {"llama_load_ms", Median(llama_load)},
+                                   {"fread_ms", Median(fread_ms)},
+                                   {"memcpy_ms", Median(memcpy_ms)},
+                                   {"last_open",
+                                    {{"map_ms", open_stats.map_ms},
+                                     {"verify_ms", open_stats.verify_ms},
+                                     {"context_ms", open_stats.context_ms},
+                                     {"restore_ms", open_stats.restore_ms}}}};
   }
   host.reset();
 
@@ -366,60 +382,90 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
   const RssReport rss_create = MeasureRss(model->path(), kvs_sync, options.n_ctx, false);
   unlink(llama_file.c_str());
   const double model_mib = FileSize(model->path()) / 1048576.0;
-  json row = {
-      {"shape", shape}, {"cache_type", cache_type}, {"prefix_tokens", P}, {"suffix_tokens", flags.suffix},
-      {"kv_bytes", kv_bytes}, {"file_bytes", file_bytes},
-      {"size_ratio", double(file_bytes) / double(kv_bytes + P * sizeof(Token))},
-      {"prefill_ms", prefill_ms},
-      {"save", {{"kvstash_fsync_ms", save_fsync}, {"kvstash_nosync_ms", save_nosync},
-                {"llama_save_ms", llama_save}, {"raw_write_fsync_ms", raw_fsync}}},
-      {"load", load},
-      {"ttft", {{"cold_ms", cold_ttft}, {"warm_ms", Median(warm_ttft)}, {"warm_open_ms", Median(warm_open)},
-                {"warm_suffix_ms", Median(warm_suffix)}, {"same_first_token", warm_token == cold_token}}},
-      {"rss", {{"model_file_mib", model_mib}, {"after_model_load_mib", rss_open.after_model_mib},
-               {"peak_open_mib", rss_open.peak_mib}, {"anon_after_open_mib", rss_open.anon_mib},
-               {"peak_create_mib", rss_create.peak_mib}, {"anon_after_create_mib", rss_create.anon_mib},
-               {"budget_mib", rss_open.after_model_mib + kv_bytes / 1048576.0 + 64}}}};
+  json row = {{"shape", shape},
+              {"cache_type", cache_type},
+              {"prefix_tokens", P},
+              {"suffix_tokens", flags.suffix},
+              {"kv_bytes", kv_bytes},
+              {"file_bytes", file_bytes},
+              {"size_ratio", double(file_bytes) / double(kv_bytes + P * sizeof(Token))},
+              {"prefill_ms", prefill_ms},
+              {"save",
+               {{"kvstash_fsync_ms", save_fsync},
+                {"kvstash_nosync_ms", save_nosync},
+                {"llama_save_ms", llama_save},
+                {"raw_write_fsync_ms", raw_fsync}}},
+              {"load", load},
+              {"ttft",
+               {{"cold_ms", cold_ttft},
+                {"warm_ms", Median(warm_ttft)},
+                {"warm_open_ms", Median(warm_open)},
+                {"warm_suffix_ms", Median(warm_suffix)},
+                {"same_first_token", warm_token == cold_token}}},
+              {"rss",
+               {{"model_file_mib", model_mib},
+                {"after_model_load_mib", rss_open.after_model_mib},
+                {"peak_open_mib", rss_open.peak_mib},
+                {"anon_after_open_mib", rss_open.anon_mib},
+                {"peak_create_mib", rss_create.peak_mib},
+                {"anon_after_create_mib", rss_create.anon_mib},
+                {"budget_mib", rss_open.after_model_mib + kv_bytes / 1048576.0 + 64}}}};
   return row;
 }
 
 void PrintTables(const std::vector<json>& rows) {
   std::printf("\n### Load (median ms; page cache hot / cold)\n\n");
-  std::printf("| shape | KV | P | file MiB | kvstash load | llama.cpp load | fread | memcpy | kvstash/fread | llama/kvstash | cold: kvstash | cold: llama | cold: fread | Open total (incl. context) |\n");
+  std::printf(
+      "| shape | KV | P | file MiB | kvstash load | llama.cpp load | fread | memcpy | "
+      "kvstash/fread | llama/kvstash | cold: kvstash | cold: llama | cold: fread | Open total "
+      "(incl. context) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     const auto& h = r["load"]["hot"];
     const auto& c = r["load"]["cold"];
     const double kv = h["kvstash_load_ms"], ll = h["llama_load_ms"], fr = h["fread_ms"];
-    std::printf("| %s | %s | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2fx | %.2fx | %.2f | %.2f | %.2f | %.2f |\n",
-                r["shape"].get<std::string>().c_str(), r["cache_type"].get<std::string>().c_str(),
-                r["prefix_tokens"].get<int>(), r["file_bytes"].get<double>() / 1048576.0, kv, ll, fr,
-                h["memcpy_ms"].get<double>(), kv / fr, ll / kv, c["kvstash_load_ms"].get<double>(),
-                c["llama_load_ms"].get<double>(), c["fread_ms"].get<double>(), h["open_total_ms"].get<double>());
+    std::printf(
+        "| %s | %s | %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2fx | %.2fx | %.2f | %.2f | %.2f | "
+        "%.2f |\n",
+        r["shape"].get<std::string>().c_str(), r["cache_type"].get<std::string>().c_str(),
+        r["prefix_tokens"].get<int>(), r["file_bytes"].get<double>() / 1048576.0, kv, ll, fr,
+        h["memcpy_ms"].get<double>(), kv / fr, ll / kv, c["kvstash_load_ms"].get<double>(),
+        c["llama_load_ms"].get<double>(), c["fread_ms"].get<double>(),
+        h["open_total_ms"].get<double>());
   }
   std::printf("\n### Save (median ms)\n\n");
-  std::printf("| shape | KV | P | kvstash fsync | kvstash no sync | llama.cpp save (no fsync) | write+fsync of the bytes | nosync/llama | fsync/raw |\n");
+  std::printf(
+      "| shape | KV | P | kvstash fsync | kvstash no sync | llama.cpp save (no fsync) | "
+      "write+fsync of the bytes | nosync/llama | fsync/raw |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     const auto& s = r["save"];
-    const double f = s["kvstash_fsync_ms"], n = s["kvstash_nosync_ms"], l = s["llama_save_ms"], w = s["raw_write_fsync_ms"];
-    std::printf("| %s | %s | %d | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |\n", r["shape"].get<std::string>().c_str(),
-                r["cache_type"].get<std::string>().c_str(), r["prefix_tokens"].get<int>(), f, n, l, w, n / l, f / w);
+    const double f = s["kvstash_fsync_ms"], n = s["kvstash_nosync_ms"], l = s["llama_save_ms"],
+                 w = s["raw_write_fsync_ms"];
+    std::printf("| %s | %s | %d | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |\n",
+                r["shape"].get<std::string>().c_str(), r["cache_type"].get<std::string>().c_str(),
+                r["prefix_tokens"].get<int>(), f, n, l, w, n / l, f / w);
   }
   std::printf("\n### Time to first token, size, memory\n\n");
-  std::printf("| shape | KV | P | prefill ms | cold TTFT | warm TTFT | speed-up | warm/(open+suffix) | same token | file/(KV+tokens) | peak RSS Open (budget) | peak RSS Create | anon Open-Create |\n");
+  std::printf(
+      "| shape | KV | P | prefill ms | cold TTFT | warm TTFT | speed-up | warm/(open+suffix) | "
+      "same token | file/(KV+tokens) | peak RSS Open (budget) | peak RSS Create | anon Open-Create "
+      "|\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     const auto& t = r["ttft"];
-    const double cold = t["cold_ms"], warm = t["warm_ms"], parts = t["warm_open_ms"].get<double>() + t["warm_suffix_ms"].get<double>();
+    const double cold = t["cold_ms"], warm = t["warm_ms"],
+                 parts = t["warm_open_ms"].get<double>() + t["warm_suffix_ms"].get<double>();
     const auto& m = r["rss"];
-    std::printf("| %s | %s | %d | %.0f | %.1f | %.1f | %.1fx | %.3f | %s | %.4f | %.0f (%.0f) | %.0f | %.1f |\n",
-                r["shape"].get<std::string>().c_str(), r["cache_type"].get<std::string>().c_str(),
-                r["prefix_tokens"].get<int>(), r["prefill_ms"].get<double>(), cold, warm, cold / warm,
-                warm / parts, t["same_first_token"].get<bool>() ? "yes" : "NO",
-                r["size_ratio"].get<double>(), m["peak_open_mib"].get<double>(),
-                m["budget_mib"].get<double>(), m["peak_create_mib"].get<double>(),
-                m["anon_after_open_mib"].get<double>() - m["anon_after_create_mib"].get<double>());
+    std::printf(
+        "| %s | %s | %d | %.0f | %.1f | %.1f | %.1fx | %.3f | %s | %.4f | %.0f (%.0f) | %.0f | "
+        "%.1f |\n",
+        r["shape"].get<std::string>().c_str(), r["cache_type"].get<std::string>().c_str(),
+        r["prefix_tokens"].get<int>(), r["prefill_ms"].get<double>(), cold, warm, cold / warm,
+        warm / parts, t["same_first_token"].get<bool>() ? "yes" : "NO",
+        r["size_ratio"].get<double>(), m["peak_open_mib"].get<double>(),
+        m["budget_mib"].get<double>(), m["peak_create_mib"].get<double>(),
+        m["anon_after_open_mib"].get<double>() - m["anon_after_create_mib"].get<double>());
   }
 }
 
@@ -437,10 +483,12 @@ int main(int argc, char** argv) {
     spec.vocab = shape == "bench" ? TestVocab::kBpe : TestVocab::kSpm;
     spec.type = TestWeightType::kQ8_0;
     const std::string model_path = flags.dir + "/" + shape + "-q8_0.gguf";
-    if (access(model_path.c_str(), R_OK) != 0) Check(WriteTestModel(spec, model_path), "make model");
+    if (access(model_path.c_str(), R_OK) != 0)
+      Check(WriteTestModel(spec, model_path), "make model");
     auto model = Check(Model::Load(model_path), "load model");
-    std::fprintf(stderr, "model %s: load %.1f ms, fingerprint %.2f ms (%.2f%%)\n", model_path.c_str(),
-                 model->load_ms(), model->fingerprint_ms(), 100 * model->fingerprint_ms() / model->load_ms());
+    std::fprintf(stderr, "model %s: load %.1f ms, fingerprint %.2f ms (%.2f%%)\n",
+                 model_path.c_str(), model->load_ms(), model->fingerprint_ms(),
+                 100 * model->fingerprint_ms() / model->load_ms());
     for (const auto& cache_type : flags.cache_types) {
       for (int P : flags.prefix_lengths) {
         if (shape == "bench" && P > flags.max_bench_prefix) continue;

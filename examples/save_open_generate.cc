@@ -72,9 +72,8 @@ int main(int argc, char** argv) {
       return true;
     });
     if (!answer.ok()) return Fail(answer.status());
-    std::printf("\n  [%zu tokens, stopped by %s, %zu decoded in this run]\n",
-                answer->tokens.size(), kvstash::StopReasonName(answer->stop_reason),
-                (*session)->n_decoded_total());
+    std::printf("\n  [%zu tokens, stopped by %s, %zu decoded in this run]\n", answer->tokens.size(),
+                kvstash::StopReasonName(answer->stop_reason), (*session)->n_decoded_total());
     warm_text = answer->text;
   }
 

@@ -1,4 +1,6 @@
 // The Env seam: mapped files survive truncation, special files are refused, atomic writes.
+#include "env/env.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -6,7 +8,6 @@
 #include <algorithm>
 
 #include "env/atomic_file.h"
-#include "env/env.h"
 #include "env/fault_injection.h"
 #include "test_util.h"
 
@@ -51,7 +52,8 @@ TEST(EnvTest, SpecialFilesAreRefusedWithoutBlocking) {
   for (const auto& c : cases) {
     auto mapped = Env::Default()->MapFile(c.path, 1 << 30);
     ASSERT_FALSE(mapped.ok()) << c.path;
-    EXPECT_NE(mapped.status().message().find(c.expect), std::string::npos) << mapped.status().message();
+    EXPECT_NE(mapped.status().message().find(c.expect), std::string::npos)
+        << mapped.status().message();
     EXPECT_NE(mapped.status().message().find(c.path), std::string::npos);
   }
 }

@@ -36,16 +36,23 @@ std::string SamplePayload(uint32_t n) {
   const uint32_t magic = kLlamaSeqStateMagic, n_stream = 1, v_trans = 0, n_layer = 2;
   const int32_t seq = 0, type = 1;
   const uint64_t row = 8;
-  put(&magic, 4); put(&seq, 4); put(&n_stream, 4); put(&n, 4);
+  put(&magic, 4);
+  put(&seq, 4);
+  put(&n_stream, 4);
+  put(&n, 4);
   for (uint32_t i = 0; i < n; ++i) {
     const int32_t pos = static_cast<int32_t>(i);
     const uint32_t one = 1;
-    put(&pos, 4); put(&one, 4); put(&seq, 4);
+    put(&pos, 4);
+    put(&one, 4);
+    put(&seq, 4);
   }
-  put(&v_trans, 4); put(&n_layer, 4);
+  put(&v_trans, 4);
+  put(&n_layer, 4);
   for (int kv = 0; kv < 2; ++kv) {
     for (uint32_t l = 0; l < n_layer; ++l) {
-      put(&type, 4); put(&row, 8);
+      put(&type, 4);
+      put(&row, 8);
       p.append(n * row, static_cast<char>('a' + l));
     }
   }
@@ -147,11 +154,13 @@ TEST(FormatTest, MetaRecordsAreCheckedOneByOne) {
   std::string optional = meta;
   const char skippable[] = {char(0xE7), 0x03, 0, 0, 2, 0, 0, 0, 'h', 'i'};
   optional.append(skippable, 10);
-  EXPECT_TRUE(DecodeMeta(reinterpret_cast<const uint8_t*>(optional.data()), optional.size(), "m").ok());
+  EXPECT_TRUE(
+      DecodeMeta(reinterpret_cast<const uint8_t*>(optional.data()), optional.size(), "m").ok());
   // A missing required field.
   const size_t first_record = 8 + SampleMeta(5).writer.size();
   EXPECT_FALSE(DecodeMeta(reinterpret_cast<const uint8_t*>(meta.data()) + first_record,
-                          meta.size() - first_record, "m").ok());
+                          meta.size() - first_record, "m")
+                   .ok());
 }
 
 TEST(FormatTest, LlamaPayloadRefusals) {

@@ -66,8 +66,10 @@ class HostileTest : public ::testing::Test {
     EXPECT_TRUE(parsed.ok());
     std::string kv(reinterpret_cast<const char*>(parsed->kv), parsed->kv_size);
     mutate(*parsed, kv);
-    const uint64_t sum = format::SectionChecksum(reinterpret_cast<const uint8_t*>(kv.data()), kv.size());
-    return format::EncodeFilePrefix(parsed->meta, parsed->tokens, parsed->logits, kv.size(), sum) + kv;
+    const uint64_t sum =
+        format::SectionChecksum(reinterpret_cast<const uint8_t*>(kv.data()), kv.size());
+    return format::EncodeFilePrefix(parsed->meta, parsed->tokens, parsed->logits, kv.size(), sum) +
+           kv;
   }
 
   static void FixHeaderChecksum(std::string* bytes) {
@@ -95,9 +97,12 @@ TEST_F(HostileTest, EmptyBadMagicAndForeignFiles) {
   std::string bad = *good_;
   bad[1] = 'X';
   EXPECT_NE(ExpectRefused(bad, "magic").message().find("not a kvstash session"), std::string::npos);
-  EXPECT_NE(ExpectRefused("GGSQ\x03\0\0\0", "llama.cpp file").message().find("llama.cpp sequence-state"),
-            std::string::npos);
-  EXPECT_NE(ExpectRefused(ReadFile(TinyModel()->path()).substr(0, 4096), "gguf").message().find("GGUF model"),
+  EXPECT_NE(
+      ExpectRefused("GGSQ\x03\0\0\0", "llama.cpp file").message().find("llama.cpp sequence-state"),
+      std::string::npos);
+  EXPECT_NE(ExpectRefused(ReadFile(TinyModel()->path()).substr(0, 4096), "gguf")
+                .message()
+                .find("GGUF model"),
             std::string::npos);
   ExpectProcessStillUsable();
 }
@@ -163,7 +168,8 @@ TEST_F(HostileTest, OlderAndNewerFormatVersions) {
 }
 
 TEST_F(HostileTest, HeaderAndTableFieldsZeroHugeAndOverflowing) {
-  const uint64_t values[] = {0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFF0ull, 0x8000000000000000ull};
+  const uint64_t values[] = {
+      0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFF0ull, 0x8000000000000000ull};
   // Header: section count (u32 @20), file size (u64 @24), table offset (u64 @32).
   for (uint64_t v : values) {
     for (auto [at, width] : {std::pair{20, 4}, {24, 8}, {32, 8}, {16, 4}}) {
@@ -193,27 +199,34 @@ TEST_F(HostileTest, HeaderAndTableFieldsZeroHugeAndOverflowing) {
 
 TEST_F(HostileTest, MetaCountsZeroHugeAndOverflowing) {
   for (uint32_t v : {0u, 1u, 0x7FFFFFFFu, 0xFFFFFFFFu}) {
-    ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_tokens = v; }), "n_tokens");
-    ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_vocab = int32_t(v); }), "n_vocab");
-    ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_layer = int32_t(v); }), "n_layer");
+    ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_tokens = v; }),
+                  "n_tokens");
+    ExpectRefused(
+        Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_vocab = int32_t(v); }),
+        "n_vocab");
+    ExpectRefused(
+        Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_layer = int32_t(v); }),
+        "n_layer");
   }
   for (uint32_t v : {0u, 5u}) {
-    ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_ctx = v; }), "n_ctx below n_tokens");
+    ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.meta.n_ctx = v; }),
+                  "n_ctx below n_tokens");
   }
   ExpectProcessStillUsable();
 }
 
 TEST_F(HostileTest, TokenIdsOutOfRange) {
   for (int32_t id : {-1, INT32_MIN, TinyModel()->n_vocab(), INT32_MAX}) {
-    Status s = ExpectRefused(Rebuild([&](format::ParsedFile& f, std::string&) { f.tokens[3] = id; }),
-                             "token id");
+    Status s = ExpectRefused(
+        Rebuild([&](format::ParsedFile& f, std::string&) { f.tokens[3] = id; }), "token id");
     EXPECT_NE(s.message().find("outside the vocabulary"), std::string::npos) << s.message();
   }
   ExpectProcessStillUsable();
 }
 
 TEST_F(HostileTest, FlippedBitInEachRegionIsCaughtByAChecksum) {
-  auto parsed = format::ParseFile(reinterpret_cast<const uint8_t*>(good_->data()), good_->size(), "g", true);
+  auto parsed =
+      format::ParseFile(reinterpret_cast<const uint8_t*>(good_->data()), good_->size(), "g", true);
   ASSERT_TRUE(parsed.ok());
   const size_t kv_at = parsed->kv - reinterpret_cast<const uint8_t*>(good_->data());
   const size_t logits_at = kv_at - 4 * TinyModel()->n_vocab() - 64;  // inside LOGITS
@@ -222,8 +235,12 @@ TEST_F(HostileTest, FlippedBitInEachRegionIsCaughtByAChecksum) {
   struct Region {
     const char* name;
     size_t at;
-  } regions[] = {{"header", 30}, {"table", 70}, {"meta", meta_at + 20}, {"logits", logits_at + 17},
-                 {"kv start", kv_at + 3}, {"kv middle", kv_at + parsed->kv_size / 2},
+  } regions[] = {{"header", 30},
+                 {"table", 70},
+                 {"meta", meta_at + 20},
+                 {"logits", logits_at + 17},
+                 {"kv start", kv_at + 3},
+                 {"kv middle", kv_at + parsed->kv_size / 2},
                  {"kv end", good_->size() - 1}};
   for (const auto& r : regions) {
     std::string bad = *good_;
@@ -240,21 +257,36 @@ TEST_F(HostileTest, RecordedParametersThatDisagreeWithThePayload) {
     const char* name;
     std::function<void(format::ParsedFile&, std::string&)> mutate;
   } lies[] = {
-      {"type_k", [](format::ParsedFile& f, std::string&) { f.meta.type_k = 8; f.meta.type_k_name = "q8_0"; }},
-      {"type_v", [](format::ParsedFile& f, std::string&) { f.meta.type_v = 0; f.meta.type_v_name = "f32"; }},
+      {"type_k",
+       [](format::ParsedFile& f, std::string&) {
+         f.meta.type_k = 8;
+         f.meta.type_k_name = "q8_0";
+       }},
+      {"type_v",
+       [](format::ParsedFile& f, std::string&) {
+         f.meta.type_v = 0;
+         f.meta.type_v_name = "f32";
+       }},
       {"flash_attn", [](format::ParsedFile& f, std::string&) { f.meta.flash_attn = false; }},
-      {"n_tokens", [](format::ParsedFile& f, std::string&) { f.meta.n_tokens -= 1; f.tokens.pop_back(); }},
+      {"n_tokens",
+       [](format::ParsedFile& f, std::string&) {
+         f.meta.n_tokens -= 1;
+         f.tokens.pop_back();
+       }},
       {"n_embd_k_gqa", [](format::ParsedFile& f, std::string&) { f.meta.n_embd_k_gqa *= 2; }},
       {"logits", [](format::ParsedFile& f, std::string&) { f.logits.clear(); }},
       {"kv cells", [](format::ParsedFile&, std::string& kv) { kv[16] = 9; }},  // first cell's pos
-      {"kv layer count", [](format::ParsedFile& f, std::string& kv) {
+      {"kv layer count",
+       [](format::ParsedFile& f, std::string& kv) {
          const size_t at = 16 + 12 * f.meta.n_tokens + 4;
          kv[at] = 7;
        }},
       {"kv truncated", [](format::ParsedFile&, std::string& kv) { kv.resize(kv.size() - 2); }},
       {"kv longer", [](format::ParsedFile&, std::string& kv) { kv += "xx"; }},
-      {"fingerprint", [](format::ParsedFile& f, std::string&) { f.meta.model_fingerprint.bytes[0] ^= 1; }},
-      {"state version", [](format::ParsedFile& f, std::string&) { f.meta.llama_state_version = 2; }},
+      {"fingerprint",
+       [](format::ParsedFile& f, std::string&) { f.meta.model_fingerprint.bytes[0] ^= 1; }},
+      {"state version",
+       [](format::ParsedFile& f, std::string&) { f.meta.llama_state_version = 2; }},
   };
   for (const auto& lie : lies) ExpectRefused(Rebuild(lie.mutate), lie.name);
   ExpectProcessStillUsable();

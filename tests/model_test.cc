@@ -73,17 +73,20 @@ TEST(ModelTest, GeneratorIsDeterministicAndSeedsDiffer) {
 }
 
 TEST(ModelTest, FingerprintFollowsContentNotPath) {
-  const std::string original = ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, 1);
+  const std::string original =
+      ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, 1);
   const std::string copy = TempDir() + "/copied-model.gguf";
   testing::WriteFile(copy, ReadFile(original));
   auto a = engine::FingerprintGguf(original);
   auto b = engine::FingerprintGguf(copy);
-  auto c = engine::FingerprintGguf(ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, 2));
+  auto c = engine::FingerprintGguf(
+      ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, 2));
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   EXPECT_EQ(*a, *b);
   EXPECT_NE(*a, *c);
   // Same shape, other seed, q8_0 vs f16, spm vs bpe: all distinct.
-  auto d = engine::FingerprintGguf(ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kQ8_0, 1));
+  auto d = engine::FingerprintGguf(
+      ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kQ8_0, 1));
   ASSERT_TRUE(d.ok());
   EXPECT_NE(*a, *d);
 }

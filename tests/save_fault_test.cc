@@ -62,7 +62,8 @@ TEST_F(SaveFaultTest, EveryFailingStepLeavesTheOldFileAndNoTemp) {
       }
       ++points;
       EXPECT_EQ(s.code(), Status::Code::kIOError);
-      EXPECT_NE(s.message().find(path_.substr(0, path_.size() - 6)), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find(path_.substr(0, path_.size() - 6)), std::string::npos)
+          << s.message();
       ASSERT_EQ(ReadFile(path_), old_bytes_) << "step " << n << " errno " << err;
       ASSERT_EQ(FilesInDir(), 1u) << "temp file left at step " << n;
       // The failed save leaves a usable session and the old file still opens.

@@ -14,8 +14,7 @@ using testing::TempDir;
 using testing::TinyModel;
 
 const char* kPrompts[] = {
-    " Q: What is the capital of France? A:",
-    " Q: Name a prime number larger than ten. A:",
+    " Q: What is the capital of France? A:", " Q: Name a prime number larger than ten. A:",
     " Q: Translate 'good morning' into German. A:",
     "",  // nothing appended: sample straight after Open
 };
@@ -209,7 +208,8 @@ TEST_F(SessionTest, OtherSeedModelOfTheSameShapeIsRefused) {
   auto opened = Session::Open(other, *path_);
   ASSERT_FALSE(opened.ok());
   EXPECT_EQ(opened.status().code(), Status::Code::kIncompatible);
-  EXPECT_NE(opened.status().message().find("another model"), std::string::npos) << opened.status().message();
+  EXPECT_NE(opened.status().message().find("another model"), std::string::npos)
+      << opened.status().message();
   EXPECT_NE(opened.status().message().find(*path_), std::string::npos);
 }
 
@@ -220,7 +220,8 @@ TEST_F(SessionTest, EachIncompatibleParameterIsRefusedByName) {
   };
   std::vector<Case> cases(4);
   cases[0].options.cache_type_k = "q8_0";
-  cases[0].expect = "was saved with cache type K=f16, this context uses q8_0: open without --cache-type-k";
+  cases[0].expect =
+      "was saved with cache type K=f16, this context uses q8_0: open without --cache-type-k";
   cases[1].options.cache_type_v = "q4_0";
   cases[1].expect = "cache type V=f16, this context uses q4_0";
   cases[2].options.flash_attn = FlashAttention::kOff;
@@ -230,7 +231,8 @@ TEST_F(SessionTest, EachIncompatibleParameterIsRefusedByName) {
   for (const auto& c : cases) {
     auto opened = Session::Open(TinyModel(), *path_, c.options);
     ASSERT_FALSE(opened.ok()) << c.expect;
-    EXPECT_NE(opened.status().message().find(c.expect), std::string::npos) << opened.status().message();
+    EXPECT_NE(opened.status().message().find(c.expect), std::string::npos)
+        << opened.status().message();
   }
 }
 

@@ -57,7 +57,8 @@ inline std::shared_ptr<Model> TinyModel(uint64_t seed = 1) {
   static std::map<uint64_t, std::shared_ptr<Model>> models;
   auto& m = models[seed];
   if (!m) {
-    auto loaded = Model::Load(ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, seed));
+    auto loaded =
+        Model::Load(ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, seed));
     EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
     m = *loaded;
   }

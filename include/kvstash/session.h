@@ -64,12 +64,12 @@ struct SaveOptions {
 };
 
 struct SampleOptions {
-  int32_t n_predict = 128;  // < 0: until end of generation or a full context
-  float temp = 0.0f;        // <= 0: greedy
-  int32_t top_k = 40;       // <= 0: off
-  float top_p = 0.95f;      // >= 1: off
-  float min_p = 0.05f;      // <= 0: off
-  uint32_t seed = 0xFFFFFFFF;  // 0xFFFFFFFF: random
+  int32_t n_predict = 128;        // < 0: until end of generation or a full context
+  float temp = 0.0f;              // <= 0: greedy
+  int32_t top_k = 40;             // <= 0: off
+  float top_p = 0.95f;            // >= 1: off
+  float min_p = 0.05f;            // <= 0: off
+  uint32_t seed = 0xFFFFFFFF;     // 0xFFFFFFFF: random
   std::vector<std::string> stop;  // stop strings; the text stops before the first match
 };
 

@@ -16,8 +16,8 @@ namespace kvstash {
 // what is needed to re-create that context. Field numbers (docs/FORMAT.md) never change meaning.
 struct SessionMeta {
   // Who wrote it.
-  std::string writer;             // "kvstash 0.1.0"
-  std::string llama_build;        // llama.cpp commit the KV bytes came from
+  std::string writer;                // "kvstash 0.1.0"
+  std::string llama_build;           // llama.cpp commit the KV bytes came from
   uint32_t llama_state_version = 0;  // LLAMA_STATE_SEQ_VERSION of that build
   // The model.
   ModelFingerprint model_fingerprint;
@@ -44,7 +44,7 @@ struct SessionMeta {
   std::string type_v_name;
   bool flash_attn = false;  // decides the V layout (transposed without flash attention)
   int32_t rope_scaling_type = 0;
-  float rope_freq_base = 0;   // as resolved by the context (0 in params means "from model")
+  float rope_freq_base = 0;  // as resolved by the context (0 in params means "from model")
   float rope_freq_scale = 0;
   float yarn_ext_factor = 0;
   float yarn_attn_factor = 0;

@@ -28,10 +28,14 @@ class Status {
 
   Status() = default;
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string msg) { return Status(Code::kInvalidArgument, std::move(msg)); }
+  static Status InvalidArgument(std::string msg) {
+    return Status(Code::kInvalidArgument, std::move(msg));
+  }
   static Status NotFound(std::string msg) { return Status(Code::kNotFound, std::move(msg)); }
   static Status Corruption(std::string msg) { return Status(Code::kCorruption, std::move(msg)); }
-  static Status Incompatible(std::string msg) { return Status(Code::kIncompatible, std::move(msg)); }
+  static Status Incompatible(std::string msg) {
+    return Status(Code::kIncompatible, std::move(msg));
+  }
   static Status IOError(std::string msg) { return Status(Code::kIOError, std::move(msg)); }
   static Status ContextFull(std::string msg) { return Status(Code::kContextFull, std::move(msg)); }
   static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
@@ -53,7 +57,7 @@ class Status {
 template <typename T>
 class Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}          // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return status_.ok(); }
@@ -75,9 +79,9 @@ class Result {
 }  // namespace kvstash
 
 // Returns early from the enclosing function when `expr` (a Status) failed.
-#define KVSTASH_RETURN_IF_ERROR(expr)            \
-  do {                                           \
-    ::kvstash::Status kvstash_status_ = (expr);  \
+#define KVSTASH_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::kvstash::Status kvstash_status_ = (expr);        \
     if (!kvstash_status_.ok()) return kvstash_status_; \
   } while (0)
 

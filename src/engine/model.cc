@@ -15,7 +15,8 @@ std::string HexOf(const uint8_t* bytes, size_t n);
 namespace {
 
 double MsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
 }
 
 // Reads an integer GGUF metadata value through llama.cpp's string accessor; -1 when absent.
@@ -102,7 +103,8 @@ std::string Model::Description() const {
 
 Result<std::vector<Token>> Model::Tokenize(std::string_view text, bool add_bos) const {
   if (text.size() > static_cast<size_t>(INT32_MAX / 2)) {
-    return Status::InvalidArgument("text of " + std::to_string(text.size()) + " bytes is too long to tokenize");
+    return Status::InvalidArgument("text of " + std::to_string(text.size()) +
+                                   " bytes is too long to tokenize");
   }
   const bool bos = add_bos && llama_vocab_get_add_bos(impl_->vocab);
   // A token is at least one byte (plus BOS), so this is always enough room.
@@ -117,7 +119,8 @@ Result<std::vector<Token>> Model::Tokenize(std::string_view text, bool add_bos) 
 
 std::string Model::TokenToPiece(Token token) const {
   char buf[256];
-  const int32_t n = llama_token_to_piece(impl_->vocab, token, buf, sizeof(buf), 0, /*special=*/false);
+  const int32_t n =
+      llama_token_to_piece(impl_->vocab, token, buf, sizeof(buf), 0, /*special=*/false);
   if (n >= 0) return std::string(buf, n);
   std::string big(-n, '\0');
   const int32_t m = llama_token_to_piece(impl_->vocab, token, big.data(), -n, 0, false);

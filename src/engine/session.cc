@@ -32,8 +32,8 @@ int ResolveThreads(int n_threads) {
 }
 
 // The KV cache types llama.cpp accepts, by the names its CLI uses.
-const ggml_type kCacheTypes[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16,
-                                 GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+const ggml_type kCacheTypes[] = {GGML_TYPE_F32,    GGML_TYPE_F16,  GGML_TYPE_BF16,
+                                 GGML_TYPE_Q8_0,   GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
                                  GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1};
 
 Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
@@ -61,11 +61,16 @@ struct SamplerDeleter {
 
 const char* StopReasonName(StopReason reason) {
   switch (reason) {
-    case StopReason::kEndOfGeneration: return "eog";
-    case StopReason::kMaxTokens: return "n_predict";
-    case StopReason::kStopString: return "stop";
-    case StopReason::kContextFull: return "context_full";
-    case StopReason::kCancelled: return "cancelled";
+    case StopReason::kEndOfGeneration:
+      return "eog";
+    case StopReason::kMaxTokens:
+      return "n_predict";
+    case StopReason::kStopString:
+      return "stop";
+    case StopReason::kContextFull:
+      return "context_full";
+    case StopReason::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -101,7 +106,8 @@ struct Session::Impl {
     cp.n_threads_batch = n_threads;
     cp.type_k = static_cast<ggml_type>(p.type_k);
     cp.type_v = static_cast<ggml_type>(p.type_v);
-    cp.flash_attn_type = p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.flash_attn_type =
+        p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.rope_scaling_type = static_cast<llama_rope_scaling_type>(p.rope_scaling_type);
     cp.rope_freq_base = p.rope_freq_base;
     cp.rope_freq_scale = p.rope_freq_scale;
@@ -138,7 +144,8 @@ struct Session::Impl {
                                  std::to_string(count) + " more do not fit; use a larger -c");
     }
     const uint32_t n_batch = llama_n_batch(ctx.get());
-    llama_batch batch = llama_batch_init(static_cast<int32_t>(std::min<size_t>(count, n_batch)), 0, 1);
+    llama_batch batch =
+        llama_batch_init(static_cast<int32_t>(std::min<size_t>(count, n_batch)), 0, 1);
     Status status;
     for (size_t done = 0; done < count && status.ok();) {
       const size_t n = std::min<size_t>(count - done, n_batch);
@@ -182,8 +189,9 @@ struct Session::Impl {
     const int32_t n_vocab = model->n_vocab();
     for (Token t : new_tokens) {
       if (t < 0 || t >= n_vocab) {
-        return Status::InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary of " +
-                                       std::to_string(n_vocab) + " tokens of model '" + model->path() + "'");
+        return Status::InvalidArgument("token id " + std::to_string(t) +
+                                       " is outside the vocabulary of " + std::to_string(n_vocab) +
+                                       " tokens of model '" + model->path() + "'");
       }
     }
     return Status::Ok();
@@ -192,7 +200,8 @@ struct Session::Impl {
   // Drops every cached token from position `keep` on.
   Status Truncate(size_t keep) {
     if (keep < n_cached) {
-      if (!llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(keep), -1)) {
+      if (!llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(keep),
+                               -1)) {
         return Status::Internal("llama.cpp cannot remove tokens from this model's cache");
       }
       n_cached = keep;
@@ -307,9 +316,12 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
   if (options.temp <= 0) {
     llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
   } else {
-    if (options.top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(options.top_k));
-    if (options.top_p < 1) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(options.top_p, 1));
-    if (options.min_p > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(options.min_p, 1));
+    if (options.top_k > 0)
+      llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(options.top_k));
+    if (options.top_p < 1)
+      llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(options.top_p, 1));
+    if (options.min_p > 0)
+      llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(options.min_p, 1));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(options.temp));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(options.seed));
   }
@@ -371,7 +383,8 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
     // Hold back a tail that could still become a stop string.
     size_t hold = 0;
     for (const auto& stop : options.stop) {
-      for (size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), gen.text.size()); k > hold; --k) {
+      for (size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), gen.text.size()); k > hold;
+           --k) {
         if (gen.text.compare(gen.text.size() - k, k, stop, 0, k) == 0) {
           hold = k;
           break;
@@ -399,7 +412,8 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   const size_t size = llama_state_seq_get_size(ctx, kSeq);
   LargeBuffer kv(size);
   if (kv.data() == nullptr) {
-    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path + "'");
+    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path +
+                           "'");
   }
   engine::ClearLlamaError();
   if (llama_state_seq_get_data(ctx, kv.data(), size, kSeq) != size) {
@@ -409,9 +423,9 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   // sliding-window) that kvstash does not validate yet, before a file exists.
   auto layout = format::ParseLlamaSeqState(kv.data(), size, path);
   if (!layout.ok()) {
-    return Status::Incompatible("kvstash cannot save sessions of model '" + s.model->path() +
-                                "' (" + s.m().arch + "): its KV cache layout is not supported yet (" +
-                                layout.status().message() + ")");
+    return Status::Incompatible(
+        "kvstash cannot save sessions of model '" + s.model->path() + "' (" + s.m().arch +
+        "): its KV cache layout is not supported yet (" + layout.status().message() + ")");
   }
   if (layout->cell_count != s.tokens.size()) {
     return Status::Internal("the KV cache holds " + std::to_string(layout->cell_count) +
@@ -441,7 +455,8 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   meta.flash_attn = !layout->v_trans;
   meta.n_tokens = static_cast<uint32_t>(s.tokens.size());
   meta.has_logits = true;
-  std::vector<Token> head(s.tokens.begin(), s.tokens.begin() + std::min<size_t>(s.tokens.size(), 32));
+  std::vector<Token> head(s.tokens.begin(),
+                          s.tokens.begin() + std::min<size_t>(s.tokens.size(), 32));
   meta.preview = s.model->Detokenize(head);
 
   const uint64_t kv_sum = format::SectionChecksum(kv.data(), size, 2);
@@ -459,8 +474,9 @@ namespace {
 // bigger is refused before a byte is read.
 uint64_t MaxSessionBytes(const Model& model, uint64_t n_ctx) {
   const auto& m = *model.impl();
-  const uint64_t per_token = 4 + 12 + uint64_t(llama_model_n_layer(m.model)) *
-                                         (uint64_t(m.n_embd_k_gqa) + uint64_t(m.n_embd_v_gqa)) * 4;
+  const uint64_t per_token = 4 + 12 +
+                             uint64_t(llama_model_n_layer(m.model)) *
+                                 (uint64_t(m.n_embd_k_gqa) + uint64_t(m.n_embd_v_gqa)) * 4;
   return (uint64_t{1} << 20) + uint64_t(model.n_vocab()) * 4 + n_ctx * per_token +
          uint64_t(llama_model_n_layer(m.model)) * 64;
 }
@@ -474,7 +490,8 @@ Status Mismatch(const std::string& path, const std::string& what, const std::str
 }  // namespace
 
 Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> model,
-                                               const std::string& path, const OpenOptions& options) {
+                                               const std::string& path,
+                                               const OpenOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
   const Model::Impl& m = *model->impl();
   using Clock = std::chrono::steady_clock;
@@ -483,7 +500,8 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   };
   OpenStats stats;
   const auto t_start = Clock::now();
-  const uint64_t ctx_bound = std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
+  const uint64_t ctx_bound =
+      std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
   auto mapped = Env::Default()->MapFile(path, MaxSessionBytes(*model, ctx_bound));
   if (!mapped.ok()) return mapped.status();
   const MappedFile& file = **mapped;
@@ -502,12 +520,11 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
 
   // --- the model -------------------------------------------------------------------------
   if (meta.model_fingerprint != model->fingerprint()) {
-    return Status::Incompatible("session '" + path + "' was saved with another model (" +
-                                meta.model_description + ", fingerprint " +
-                                meta.model_fingerprint.Hex().substr(0, 16) + "), not '" +
-                                model->path() + "' (fingerprint " +
-                                model->fingerprint().Hex().substr(0, 16) +
-                                "): open it with the model it was saved with, or re-save it");
+    return Status::Incompatible(
+        "session '" + path + "' was saved with another model (" + meta.model_description +
+        ", fingerprint " + meta.model_fingerprint.Hex().substr(0, 16) + "), not '" + model->path() +
+        "' (fingerprint " + model->fingerprint().Hex().substr(0, 16) +
+        "): open it with the model it was saved with, or re-save it");
   }
   if (meta.llama_state_version != LLAMA_STATE_SEQ_VERSION) {
     return Status::Incompatible("session '" + path + "' holds llama.cpp state version " +
@@ -531,13 +548,16 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                               "; re-create it with 'kvstash save'");
   };
   if (layout->cell_count != meta.n_tokens) {
-    return payload_mismatch("n_tokens", std::to_string(meta.n_tokens), std::to_string(layout->cell_count));
+    return payload_mismatch("n_tokens", std::to_string(meta.n_tokens),
+                            std::to_string(layout->cell_count));
   }
   if (int64_t(layout->n_layer) != meta.n_layer) {
-    return payload_mismatch("n_layer", std::to_string(meta.n_layer), std::to_string(layout->n_layer));
+    return payload_mismatch("n_layer", std::to_string(meta.n_layer),
+                            std::to_string(layout->n_layer));
   }
   if (layout->v_trans == meta.flash_attn) {
-    return payload_mismatch("flash_attn", FlashName(meta.flash_attn), layout->v_trans ? "a transposed V" : "a row-major V");
+    return payload_mismatch("flash_attn", FlashName(meta.flash_attn),
+                            layout->v_trans ? "a transposed V" : "a row-major V");
   }
   const auto type_k = static_cast<ggml_type>(meta.type_k);
   const auto type_v = static_cast<ggml_type>(meta.type_v);
@@ -548,8 +568,9 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   }
   if (!known_k || layout->k_type != meta.type_k ||
       layout->k_row_bytes != ggml_row_size(type_k, meta.n_embd_k_gqa)) {
-    return payload_mismatch("type_k", meta.type_k_name, "type " + std::to_string(layout->k_type) +
-                                                            " rows of " + std::to_string(layout->k_row_bytes) + " bytes");
+    return payload_mismatch("type_k", meta.type_k_name,
+                            "type " + std::to_string(layout->k_type) + " rows of " +
+                                std::to_string(layout->k_row_bytes) + " bytes");
   }
   const bool v_ok = !layout->v_trans
                         ? layout->v_row_bytes == ggml_row_size(type_v, meta.n_embd_v_gqa)
@@ -559,7 +580,8 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
     return payload_mismatch("type_v", meta.type_v_name, "type " + std::to_string(layout->v_type));
   }
   if (!parsed->logits.empty() && parsed->logits.size() != size_t(model->n_vocab())) {
-    return payload_mismatch("n_vocab", std::to_string(model->n_vocab()), std::to_string(parsed->logits.size()) + " logits");
+    return payload_mismatch("n_vocab", std::to_string(model->n_vocab()),
+                            std::to_string(parsed->logits.size()) + " logits");
   }
 
   // --- what the caller asked for ---------------------------------------------------------

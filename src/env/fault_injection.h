@@ -15,11 +15,11 @@ namespace kvstash {
 // it is how a failed save cleans up, and a real cleanup failure cannot be helped).
 class FaultInjectionSyscalls : public Syscalls {
  public:
-  int fail_at = 0;          // fail step N (1-based) with fail_errno; 0: never
+  int fail_at = 0;  // fail step N (1-based) with fail_errno; 0: never
   int fail_errno = EIO;
-  int kill_at = 0;          // SIGKILL this process at step N, before the call; 0: never
-  size_t max_write = 0;       // each write writes at most this many bytes; 0: no limit
-  bool eintr_first = false;   // each call fails once with EINTR before it is made
+  int kill_at = 0;           // SIGKILL this process at step N, before the call; 0: never
+  size_t max_write = 0;      // each write writes at most this many bytes; 0: no limit
+  bool eintr_first = false;  // each call fails once with EINTR before it is made
   int steps = 0;
   int eintr_returned = 0;
 

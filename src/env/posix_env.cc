@@ -7,8 +7,8 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -29,20 +29,47 @@ int Syscalls::Link(const char* from, const char* to) { return ::link(from, to); 
 std::string ErrnoText(int err) {
   const char* name = nullptr;
   switch (err) {
-    case ENOSPC: name = "ENOSPC"; break;
-    case EIO: name = "EIO"; break;
-    case EACCES: name = "EACCES"; break;
-    case EPERM: name = "EPERM"; break;
-    case ENOENT: name = "ENOENT"; break;
-    case EEXIST: name = "EEXIST"; break;
-    case EISDIR: name = "EISDIR"; break;
-    case ENOTDIR: name = "ENOTDIR"; break;
-    case ELOOP: name = "ELOOP"; break;
-    case EROFS: name = "EROFS"; break;
-    case EDQUOT: name = "EDQUOT"; break;
-    case EINTR: name = "EINTR"; break;
-    case EFBIG: name = "EFBIG"; break;
-    default: break;
+    case ENOSPC:
+      name = "ENOSPC";
+      break;
+    case EIO:
+      name = "EIO";
+      break;
+    case EACCES:
+      name = "EACCES";
+      break;
+    case EPERM:
+      name = "EPERM";
+      break;
+    case ENOENT:
+      name = "ENOENT";
+      break;
+    case EEXIST:
+      name = "EEXIST";
+      break;
+    case EISDIR:
+      name = "EISDIR";
+      break;
+    case ENOTDIR:
+      name = "ENOTDIR";
+      break;
+    case ELOOP:
+      name = "ELOOP";
+      break;
+    case EROFS:
+      name = "EROFS";
+      break;
+    case EDQUOT:
+      name = "EDQUOT";
+      break;
+    case EINTR:
+      name = "EINTR";
+      break;
+    case EFBIG:
+      name = "EFBIG";
+      break;
+    default:
+      break;
   }
   std::string text = std::strerror(err);
   if (name != nullptr) text += std::string(" (") + name + ")";
@@ -259,9 +286,9 @@ Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& pa
   if (fd < 0) {
     const int err = errno;
     return Status::IOError("cannot create '" + path + "': " + ErrnoText(err) +
-                           (err == EACCES || err == EROFS
-                                ? "; choose a directory you can write to"
-                                : err == ENOENT ? "; create the directory first" : ""));
+                           (err == EACCES || err == EROFS ? "; choose a directory you can write to"
+                            : err == ENOENT               ? "; create the directory first"
+                                                          : ""));
   }
   return std::unique_ptr<WritableFile>(new PosixWritableFile(sys_, path, fd));
 }

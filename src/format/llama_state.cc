@@ -44,7 +44,8 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
   uint32_t magic;
   int32_t seq_id;
   KvLayout layout;
-  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic) return Bad(name, "wrong llama.cpp state magic");
+  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic)
+    return Bad(name, "wrong llama.cpp state magic");
   if (!r.Get(&seq_id)) return Bad(name, "cut short");
   if (!r.Get(&layout.n_stream) || layout.n_stream == 0 || layout.n_stream > 1) {
     return Bad(name, "expected one KV stream, found " + std::to_string(layout.n_stream));
@@ -55,14 +56,17 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
   layout.cell_count = cell_count;
 
   // A cell record is 12 bytes; refuse counts the payload cannot hold before allocating.
-  if (cell_count > r.left() / 12) return Bad(name, "cell count " + std::to_string(cell_count) + " exceeds the payload");
+  if (cell_count > r.left() / 12)
+    return Bad(name, "cell count " + std::to_string(cell_count) + " exceeds the payload");
   std::vector<bool> seen(cell_count, false);
   for (uint32_t i = 0; i < cell_count; ++i) {
     int32_t pos;
     uint32_t n_seq;
     int32_t cell_seq;
     if (!r.Get(&pos) || !r.Get(&n_seq)) return Bad(name, "cut short in the cell table");
-    if (n_seq != 1) return Bad(name, "cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) + " sequences");
+    if (n_seq != 1)
+      return Bad(name, "cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) +
+                           " sequences");
     if (!r.Get(&cell_seq)) return Bad(name, "cut short in the cell table");
     if (pos < 0 || static_cast<uint32_t>(pos) >= cell_count || seen[pos]) {
       return Bad(name, "cell positions are not exactly 0.." + std::to_string(cell_count - 1));
@@ -79,14 +83,16 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
   for (uint32_t il = 0; il < layout.n_layer; ++il) {
     int32_t type;
     uint64_t row;
-    if (!r.Get(&type) || !r.Get(&row)) return Bad(name, "cut short in layer " + std::to_string(il) + " K");
+    if (!r.Get(&type) || !r.Get(&row))
+      return Bad(name, "cut short in layer " + std::to_string(il) + " K");
     if (il == 0) {
       layout.k_type = type;
       layout.k_row_bytes = row;
     } else if (type != layout.k_type || row != layout.k_row_bytes) {
       return Bad(name, "layer " + std::to_string(il) + " K differs from layer 0");
     }
-    if (row == 0 || !r.Skip(cell_count, row)) return Bad(name, "layer " + std::to_string(il) + " K data is cut short");
+    if (row == 0 || !r.Skip(cell_count, row))
+      return Bad(name, "layer " + std::to_string(il) + " K data is cut short");
   }
   for (uint32_t il = 0; il < layout.n_layer; ++il) {
     int32_t type;
@@ -100,15 +106,18 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
       } else if (type != layout.v_type || row != layout.v_row_bytes) {
         return Bad(name, "layer " + std::to_string(il) + " V differs from layer 0");
       }
-      if (row == 0 || !r.Skip(cell_count, row)) return Bad(name, "layer " + std::to_string(il) + " V data is cut short");
+      if (row == 0 || !r.Skip(cell_count, row))
+        return Bad(name, "layer " + std::to_string(il) + " V data is cut short");
     } else {
       uint32_t elem, n_embd_v;
-      if (!r.Get(&elem) || !r.Get(&n_embd_v)) return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+      if (!r.Get(&elem) || !r.Get(&n_embd_v))
+        return Bad(name, "cut short in layer " + std::to_string(il) + " V");
       if (il == 0) {
         layout.v_type = type;
         layout.v_elem_bytes = elem;
         layout.n_embd_v = n_embd_v;
-      } else if (type != layout.v_type || elem != layout.v_elem_bytes || n_embd_v != layout.n_embd_v) {
+      } else if (type != layout.v_type || elem != layout.v_elem_bytes ||
+                 n_embd_v != layout.n_embd_v) {
         return Bad(name, "layer " + std::to_string(il) + " V differs from layer 0");
       }
       if (elem == 0 || n_embd_v == 0 || !r.Skip(uint64_t{n_embd_v} * cell_count, elem)) {
@@ -116,7 +125,8 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
       }
     }
   }
-  if (r.left() != 0) return Bad(name, std::to_string(r.left()) + " unexpected bytes after the last layer");
+  if (r.left() != 0)
+    return Bad(name, std::to_string(r.left()) + " unexpected bytes after the last layer");
   return layout;
 }
 

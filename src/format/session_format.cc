@@ -117,20 +117,29 @@ struct MetaFieldDecoder {
   void operator()(uint16_t field, ModelFingerprint& f) {
     if (field != id) return;
     matched = true;
-    if (size != sizeof(f.bytes)) { bad_size = true; return; }
+    if (size != sizeof(f.bytes)) {
+      bad_size = true;
+      return;
+    }
     std::memcpy(f.bytes, value, size);
   }
   void operator()(uint16_t field, bool& b) {
     if (field != id) return;
     matched = true;
-    if (size != 1 || value[0] > 1) { bad_size = true; return; }
+    if (size != 1 || value[0] > 1) {
+      bad_size = true;
+      return;
+    }
     b = value[0] == 1;
   }
   template <typename T>
   void operator()(uint16_t field, T& out) {
     if (field != id) return;
     matched = true;
-    if (size != sizeof(T)) { bad_size = true; return; }
+    if (size != sizeof(T)) {
+      bad_size = true;
+      return;
+    }
     std::memcpy(&out, value, sizeof(T));
   }
 };
@@ -138,7 +147,9 @@ struct MetaFieldDecoder {
 struct MetaFieldLister {
   std::vector<uint16_t> ids;
   template <typename T>
-  void operator()(uint16_t id, T&) { ids.push_back(id); }
+  void operator()(uint16_t id, T&) {
+    ids.push_back(id);
+  }
 };
 
 Status Bad(const std::string& name, const std::string& what) {
@@ -196,7 +207,8 @@ Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::stri
     const uint16_t flags = GetU16(data + at + 2);
     const uint32_t len = GetU32(data + at + 4);
     at += 8;
-    if (len > size - at) return Bad(name, "META field " + std::to_string(id) + " runs past its section");
+    if (len > size - at)
+      return Bad(name, "META field " + std::to_string(id) + " runs past its section");
     MetaFieldDecoder decoder{id, data + at, len};
     VisitMeta(meta, decoder);
     if (decoder.bad_size) {
@@ -299,23 +311,27 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
     }
     return Status::Corruption("'" + name + "' is not a kvstash session file (wrong magic bytes)");
   }
-  if (size < kHeaderSize) return Bad(name, "the header is cut short (" + std::to_string(size) + " bytes)");
+  if (size < kHeaderSize)
+    return Bad(name, "the header is cut short (" + std::to_string(size) + " bytes)");
 
   ParsedFile parsed;
   parsed.format_version = GetU32(data + 8);
   parsed.min_reader_version = GetU32(data + 12);
-  if (XXH3_64bits(data, 56) != GetU64(data + 56)) return Bad(name, "the header checksum does not match");
+  if (XXH3_64bits(data, 56) != GetU64(data + 56))
+    return Bad(name, "the header checksum does not match");
   if (parsed.min_reader_version > kFormatVersion) {
     return Status::Incompatible("session file '" + name + "' needs a kvstash that reads format " +
-                                std::to_string(parsed.min_reader_version) + ", this one reads up to " +
-                                std::to_string(kFormatVersion) + "; upgrade kvstash");
+                                std::to_string(parsed.min_reader_version) +
+                                ", this one reads up to " + std::to_string(kFormatVersion) +
+                                "; upgrade kvstash");
   }
   if (parsed.format_version < 1) return Bad(name, "format version 0 does not exist");
   const uint32_t header_size = GetU32(data + 16);
   const uint32_t n_sections = GetU32(data + 20);
   const uint64_t file_size = GetU64(data + 24);
   const uint64_t table_offset = GetU64(data + 32);
-  if (header_size != kHeaderSize) return Bad(name, "unexpected header size " + std::to_string(header_size));
+  if (header_size != kHeaderSize)
+    return Bad(name, "unexpected header size " + std::to_string(header_size));
   if (file_size != size) {
     return file_size > size ? Bad(name, "the file is truncated (" + std::to_string(size) + " of " +
                                             std::to_string(file_size) + " bytes)")
@@ -380,12 +396,14 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
   const SessionMeta& m = parsed.meta;
 
   if (m.n_tokens == 0) return Bad(name, "it holds no tokens");
-  if (m.n_tokens > kMaxTokens) return Bad(name, "token count " + std::to_string(m.n_tokens) + " is absurd");
+  if (m.n_tokens > kMaxTokens)
+    return Bad(name, "token count " + std::to_string(m.n_tokens) + " is absurd");
   if (m.n_tokens > m.n_ctx) {
     return Bad(name, "it holds " + std::to_string(m.n_tokens) + " tokens but was saved from a " +
                          std::to_string(m.n_ctx) + "-token context");
   }
-  if (m.n_vocab <= 0 || m.n_vocab > kMaxVocab) return Bad(name, "vocabulary size " + std::to_string(m.n_vocab) + " is out of range");
+  if (m.n_vocab <= 0 || m.n_vocab > kMaxVocab)
+    return Bad(name, "vocabulary size " + std::to_string(m.n_vocab) + " is out of range");
   if (sec_size[kSectionTokens] != uint64_t{m.n_tokens} * sizeof(int32_t)) {
     return Bad(name, "the TOKENS section holds " + std::to_string(sec_size[kSectionTokens]) +
                          " bytes, META says " + std::to_string(m.n_tokens) + " tokens");

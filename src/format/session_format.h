@@ -54,7 +54,7 @@ struct ParsedFile {
   uint32_t min_reader_version = 0;
   SessionMeta meta;
   std::vector<int32_t> tokens;
-  std::vector<float> logits;   // empty when the file has none
+  std::vector<float> logits;    // empty when the file has none
   const uint8_t* kv = nullptr;  // points into the caller's buffer
   uint64_t kv_size = 0;
   bool checksums_verified = false;

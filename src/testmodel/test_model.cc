@@ -45,7 +45,7 @@ ShapeParams GetShapeParams(TestShape shape) {
   switch (shape) {
     case TestShape::kTiny:
       return {"tiny", 64, 2, 2, 1, 128, 4096, 10000.0f};  // head dim 32: q8_0 caches work
-    case TestShape::kSmall:  // SmolLM2-135M
+    case TestShape::kSmall:                               // SmolLM2-135M
       return {"small", 576, 30, 9, 3, 1536, 8192, 10000.0f};
     case TestShape::kBench:  // Llama-3.2-1B
       return {"bench", 2048, 16, 32, 8, 8192, 131072, 500000.0f};
@@ -200,7 +200,8 @@ std::vector<TensorPlan> PlanTensors(const ShapeParams& s, int64_t n_vocab, ggml_
   // prompt token, which would make output comparisons vacuous; so tiny and small get an output
   // matrix of their own. It is applied to the last token of a decode call only, so prefill cost is
   // unchanged; bench keeps the tie to keep its file at 1.3 GB.
-  if (std::string(s.name) != "bench") plan.push_back({"output.weight", wtype, s.n_embd, n_vocab, false});
+  if (std::string(s.name) != "bench")
+    plan.push_back({"output.weight", wtype, s.n_embd, n_vocab, false});
   return plan;
 }
 

@@ -24,7 +24,8 @@ std::string Dump(const json& j, int indent = -1) {
 Result<std::string> ReadTextFile(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return Status::NotFound(std::string(what) + " file '" + path + "' cannot be read; check the path");
+    return Status::NotFound(std::string(what) + " file '" + path +
+                            "' cannot be read; check the path");
   }
   std::ostringstream buffer;
   buffer << in.rdbuf();
@@ -57,8 +58,8 @@ ProgressCallback MakeProgress(const char* label) {
   return [label](size_t done, size_t total) {
     const int width = 30;
     const int filled = total ? static_cast<int>(width * done / total) : width;
-    std::fprintf(stderr, "\r%s [%-*s] %zu/%zu tokens", label, width, std::string(filled, '=').c_str(),
-                 done, total);
+    std::fprintf(stderr, "\r%s [%-*s] %zu/%zu tokens", label, width,
+                 std::string(filled, '=').c_str(), done, total);
     if (done >= total) std::fprintf(stderr, "\r%*s\r", width + 40, "");
     std::fflush(stderr);
   };
@@ -86,7 +87,8 @@ std::string VersionText() {
 int RunSave(const SaveFlags& flags) {
   auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
   if (!prefix.ok()) return Fail(prefix.status());
-  if (!prefix->has_value()) return Fail(Status::InvalidArgument("save needs --prefix or --prefix-file"));
+  if (!prefix->has_value())
+    return Fail(Status::InvalidArgument("save needs --prefix or --prefix-file"));
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
   SaveOptions save_options;
@@ -214,12 +216,12 @@ int RunInspect(const InspectFlags& flags) {
   std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info->format_version,
               info->min_reader_version, static_cast<unsigned long long>(info->file_size),
               info->checksums_verified ? "ok" : "not verified");
-  std::printf("written by   %s, llama.cpp %s (state v%u)\n", m.writer.c_str(), m.llama_build.c_str(),
-              m.llama_state_version);
+  std::printf("written by   %s, llama.cpp %s (state v%u)\n", m.writer.c_str(),
+              m.llama_build.c_str(), m.llama_state_version);
   std::printf("model        %s (%s), fingerprint %s\n", m.model_description.c_str(),
               m.model_arch.c_str(), m.model_fingerprint.Hex().c_str());
-  std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer, m.n_embd,
-              m.n_head, m.n_head_kv, m.n_vocab);
+  std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
+              m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
   std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
               m.n_ctx, m.n_batch, m.n_ubatch, m.type_k_name.c_str(), m.type_v_name.c_str(),
               m.flash_attn ? "on" : "off");
@@ -237,7 +239,9 @@ int RunVerify(const VerifyFlags& flags) {
   auto session = Session::Open(*model, flags.session);
   if (!session.ok()) {
     if (flags.common.json) {
-      std::cout << Dump({{"session", flags.session}, {"ok", false}, {"error", session.status().message()}})
+      std::cout << Dump({{"session", flags.session},
+                         {"ok", false},
+                         {"error", session.status().message()}})
                 << "\n";
     }
     return Fail(session.status());
@@ -249,8 +253,8 @@ int RunVerify(const VerifyFlags& flags) {
                        {"n_ctx", (*session)->n_ctx()}})
               << "\n";
   } else {
-    std::printf("ok: '%s' opens with '%s' (%zu tokens, checksums verified)\n", flags.session.c_str(),
-                flags.common.model.c_str(), (*session)->tokens().size());
+    std::printf("ok: '%s' opens with '%s' (%zu tokens, checksums verified)\n",
+                flags.session.c_str(), flags.common.model.c_str(), (*session)->tokens().size());
   }
   return 0;
 }

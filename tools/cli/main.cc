@@ -50,19 +50,25 @@ int main(int argc, char** argv) {
   CLI::App* save_cmd = app.add_subcommand("save", "decode a prefix once and save its KV cache");
   AddModelFlags(save_cmd, &save.common);
   auto* save_prefix = save_cmd->add_option("--prefix", save.prefix, "prefix text");
-  auto* save_prefix_file = save_cmd->add_option("--prefix-file", save.prefix_file, "file with the prefix text");
+  auto* save_prefix_file =
+      save_cmd->add_option("--prefix-file", save.prefix_file, "file with the prefix text");
   save_prefix->excludes(save_prefix_file);
   save_cmd->add_option("-o,--output", save.output, "session file to write")->required();
-  save_cmd->add_option("-c,--ctx-size", save.session.n_ctx, "context size (default 4096; 0: the model's)");
+  save_cmd->add_option("-c,--ctx-size", save.session.n_ctx,
+                       "context size (default 4096; 0: the model's)");
   save_cmd->add_option("-t,--threads", save.session.n_threads, "threads (default: all cores)");
-  save_cmd->add_option("-b,--batch-size", save.session.n_batch, "tokens per llama_decode call (default 2048)");
-  save_cmd->add_option("--ubatch-size", save.session.n_ubatch, "physical batch size (default 512; also -ub)");
+  save_cmd->add_option("-b,--batch-size", save.session.n_batch,
+                       "tokens per llama_decode call (default 2048)");
+  save_cmd->add_option("--ubatch-size", save.session.n_ubatch,
+                       "physical batch size (default 512; also -ub)");
   save_cmd->add_option("--flash-attn", save_fa, "flash attention: on, off or auto (-fa)")
       ->check(CLI::IsMember({"on", "off", "auto"}));
   save_cmd->add_option("--cache-type-k", save.session.cache_type_k, "K cache type (default f16)");
   save_cmd->add_option("--cache-type-v", save.session.cache_type_v, "V cache type (default f16)");
-  save_cmd->add_flag("--no-sync", save.no_sync, "skip fsync (benchmarks only: a crash may lose the file)");
-  save_cmd->footer("Example:\n  kvstash save -m model.gguf --prefix-file system.txt -o system.kvs -c 8192");
+  save_cmd->add_flag("--no-sync", save.no_sync,
+                     "skip fsync (benchmarks only: a crash may lose the file)");
+  save_cmd->footer(
+      "Example:\n  kvstash save -m model.gguf --prefix-file system.txt -o system.kvs -c 8192");
 
   RunFlags run;
   run.sample.temp = 0.8f;  // llama.cpp's defaults
@@ -71,13 +77,17 @@ int main(int argc, char** argv) {
   CLI::App* run_cmd = app.add_subcommand("run", "answer a prompt, warm from a session or cold");
   AddModelFlags(run_cmd, &run.common);
   run_cmd->add_option("--session", run.session, "session file saved by 'kvstash save'");
-  auto* run_prefix = run_cmd->add_option("--prefix", run.prefix, "prefix text (reused from the session where it matches)");
-  auto* run_prefix_file = run_cmd->add_option("--prefix-file", run.prefix_file, "file with the prefix text");
+  auto* run_prefix = run_cmd->add_option("--prefix", run.prefix,
+                                         "prefix text (reused from the session where it matches)");
+  auto* run_prefix_file =
+      run_cmd->add_option("--prefix-file", run.prefix_file, "file with the prefix text");
   run_prefix->excludes(run_prefix_file);
   auto* run_prompt = run_cmd->add_option("-p,--prompt", run.prompt, "prompt text");
-  auto* run_prompt_file = run_cmd->add_option("-f,--file", run.prompt_file, "file with the prompt text");
+  auto* run_prompt_file =
+      run_cmd->add_option("-f,--file", run.prompt_file, "file with the prompt text");
   run_prompt->excludes(run_prompt_file);
-  run_cmd->add_option("-n,--n-predict", run.sample.n_predict, "tokens to generate (default -1: until end of text or full context)");
+  run_cmd->add_option("-n,--n-predict", run.sample.n_predict,
+                      "tokens to generate (default -1: until end of text or full context)");
   run_cmd->add_option("--temp", run.sample.temp, "temperature (default 0.8; 0: greedy)");
   run_cmd->add_option("--top-k", run.sample.top_k, "top-k (default 40; 0: off)");
   run_cmd->add_option("--top-p", run.sample.top_p, "top-p (default 0.95; 1: off)");
@@ -88,8 +98,10 @@ int main(int argc, char** argv) {
   run_cmd->add_option("-t,--threads", run.n_threads, "threads (default: all cores)");
   run_cmd->add_option("--flash-attn", run_fa, "flash attention: on, off or auto (-fa)")
       ->check(CLI::IsMember({"on", "off", "auto"}));
-  run_cmd->add_option("--cache-type-k", run.cache_type_k, "K cache type (cold; must match a session)");
-  run_cmd->add_option("--cache-type-v", run.cache_type_v, "V cache type (cold; must match a session)");
+  run_cmd->add_option("--cache-type-k", run.cache_type_k,
+                      "K cache type (cold; must match a session)");
+  run_cmd->add_option("--cache-type-v", run.cache_type_v,
+                      "V cache type (cold; must match a session)");
   run_cmd->footer(
       "Examples:\n"
       "  kvstash run -m model.gguf --session system.kvs -p \"What is 2+2?\" -n 32 --temp 0\n"
@@ -110,7 +122,8 @@ int main(int argc, char** argv) {
   verify_cmd->footer("Example:\n  kvstash verify -m model.gguf system.kvs && echo usable");
 
   MakeModelFlags make;
-  CLI::App* make_cmd = app.add_subcommand("make-test-model", "write a GGUF model with random weights and a real tokenizer");
+  CLI::App* make_cmd = app.add_subcommand(
+      "make-test-model", "write a GGUF model with random weights and a real tokenizer");
   make_cmd->add_option("-o,--output", make.output, "GGUF file to write")->required();
   make_cmd->add_option("--shape", make.shape, "tiny, small (SmolLM2-135M) or bench (Llama-3.2-1B)");
   make_cmd->add_option("--vocab", make.vocab, "spm (llama) or bpe (llama 3)");

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# `make bench`: the standard benchmark set, a PNG chart, and the CLI end to end against
+# llama.cpp's llama-completion --prompt-cache. Results land in $build/bench-results/.
+#   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run
+set -euo pipefail
+build=${1:-build}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out="$root/$build/bench-results"
+work="$root/$build/bench-work"
+mkdir -p "$out" "$work"
+bench="$root/$build/bench/kvstash-bench"
+kv="$root/$build/kvstash"
+
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  args=(--shapes small --prefix-lengths 512,2048 --cache-types f16 --reps 3 --cold-reps 3)
+else
+  args=(--shapes small,bench --prefix-lengths 512,2048,8192 --max-bench-prefix 2048
+        --cache-types f16,q8_0 --reps 5 --cold-reps 5)
+fi
+
+# llama-completion from the same pinned tree and the same CPU flags, only for the CLI comparison.
+tools="$root/build-llama-tools"
+if [ ! -x "$tools/bin/llama-completion" ]; then
+  flags=$(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|FMA|F16C|BMI2|AMX_[A-Z0-9]+):BOOL' "$root/$build/CMakeCache.txt" |
+          sed -E 's/^([A-Z0-9_]+):BOOL=(.*)$/-D\1=\2/' | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  cmake -S "$root/third_party/llama.cpp" -B "$tools" -DCMAKE_BUILD_TYPE=Release $flags \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >"$out/llama-tools-build.log" 2>&1
+  echo "== building llama-completion for the CLI comparison (log: $out/llama-tools-build.log)"
+  cmake --build "$tools" -j "$(nproc)" --target llama-completion >>"$out/llama-tools-build.log" 2>&1
+fi
+
+echo "== kvstash-bench ${args[*]}"
+"$bench" "${args[@]}" --dir "$work" --json "$out/bench.json" | tee "$out/bench.md"
+
+echo "== CLI end to end: a ~3000-token prompt, 16 tokens greedy"
+model="$work/small-q8_0.gguf"
+[ -f "$model" ] || "$kv" make-test-model -o "$model" --shape small --type q8_0
+prefix="$work/prefix-3k.txt"
+cat "$root/demo/system-prompt.txt" "$root/demo/system-prompt.txt" "$root/demo/system-prompt.txt" |
+  head -c 10500 >"$prefix"
+question=" Customer: Can I rent a tile saw for the weekend? Atlas:"
+{ cat "$prefix"; printf '%s' "$question"; } >"$work/full-prompt.txt"
+"$kv" save -m "$model" --prefix-file "$prefix" -o "$work/cli.kvs" -c 4096 --json >"$out/cli-save.json"
+# llama.cpp's cache is made from the prefix alone, like kvstash's session, so both decode the question.
+rm -f "$work/cli.llama"
+"$tools/bin/llama-completion" -m "$model" -f "$prefix" --prompt-cache "$work/cli.llama" \
+  -n 1 --temp 0 -c 4096 -no-cnv >/dev/null 2>&1 || true
+python3 - "$kv" "$tools/bin/llama-completion" "$model" "$work" "$question" "$out" <<'PY'
+import json, statistics, subprocess, sys, time
+kv, llama, model, work, question, out = sys.argv[1:]
+def timed(cmd, reps=5):
+    subprocess.run(cmd, capture_output=True)  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True)
+        times.append(1000 * (time.perf_counter() - t))
+        if r.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr.decode()[-2000:]}")
+    return statistics.median(times)
+rows = {
+  "kvstash run --session (warm)": [kv, "run", "-m", model, "--session", f"{work}/cli.kvs", "-p", question, "-n", "16", "--temp", "0"],
+  "llama-completion --prompt-cache (warm)": [llama, "-m", model, "-f", f"{work}/full-prompt.txt", "--prompt-cache", f"{work}/cli.llama", "--prompt-cache-ro", "-n", "16", "--temp", "0", "-c", "4096", "-no-cnv"],
+  "kvstash run (cold, no session)": [kv, "run", "-m", model, "--prefix-file", f"{work}/prefix-3k.txt", "-p", question, "-n", "16", "--temp", "0"],
+}
+result = {name: timed(cmd) for name, cmd in rows.items()}
+tokens = json.load(open(f"{out}/cli-save.json"))["n_tokens"]
+print(f"\n### CLI end to end (median of 5 wall-clock runs, {tokens}-token prefix, 16 tokens generated)\n")
+print("| command | ms |\n|---|---|")
+for name, ms in result.items():
+    print(f"| {name} | {ms:.0f} |")
+warm, llama_ms = result["kvstash run --session (warm)"], result["llama-completion --prompt-cache (warm)"]
+print(f"\nllama-completion / kvstash: {llama_ms / warm:.2f}x")
+json.dump(result, open(f"{out}/cli.json", "w"), indent=2)
+PY
+python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" && echo "charts: $out/*.png"

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Renders kvstash-bench's JSON as two PNG charts with gnuplot: load times and time to first token."""
+import json, os, subprocess, sys
+
+rows = json.load(open(sys.argv[1]))
+out = sys.argv[2]
+labels = [f"{r['shape']} {r['cache_type']} P={r['prefix_tokens']}" for r in rows]
+
+def plot(name, title, ylabel, series, logscale=False):
+    data = os.path.join(out, name + ".dat")
+    with open(data, "w") as f:
+        f.write("case " + " ".join(f'"{s}"' for s, _ in series) + "\n")
+        for i, label in enumerate(labels):
+            f.write(f'"{label}" ' + " ".join(f"{values[i]:.3f}" for _, values in series) + "\n")
+    cols = " ".join(
+        f"'{data}' using {k + 2}:xtic(1) title columnheader({k + 2}){',' if k + 1 < len(series) else ''}"
+        for k in range(len(series)))
+    script = f"""
+set terminal pngcairo size 1200,600 font ",10"
+set output '{os.path.join(out, name + ".png")}'
+set title '{title}'
+set ylabel '{ylabel}'
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set xtics rotate by -30
+set key top left
+set grid ytics
+{'set logscale y' if logscale else ''}
+plot {cols}
+"""
+    subprocess.run(["gnuplot"], input=script.encode(), check=True)
+
+hot = [r["load"]["hot"] for r in rows]
+plot("load", "Loading a session, page cache hot (median ms)", "ms", [
+    ("kvstash Open (load part)", [h["kvstash_load_ms"] for h in hot]),
+    ("llama_state_seq_load_file", [h["llama_load_ms"] for h in hot]),
+    ("fread of the bytes", [h["fread_ms"] for h in hot]),
+    ("memcpy of the bytes", [h["memcpy_ms"] for h in hot]),
+])
+plot("ttft", "Time to first token: cold prefill vs warm open (median ms, log scale)", "ms", [
+    ("cold", [r["ttft"]["cold_ms"] for r in rows]),
+    ("warm", [r["ttft"]["warm_ms"] for r in rows]),
+], logscale=True)
