@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-KVSTASH = $(BUILD)/kvstash
+FUZZ_SECONDS ?= 600
 
 .PHONY: all setup build demo test bench fuzz asan clean
 
@@ -33,7 +33,7 @@ bench: build
 fuzz:
 	@KVSTASH_WITH_FUZZ=1 scripts/setup-deps.sh
 	@scripts/fetch-llama.sh
-	@scripts/fuzz.sh $(or $(SECONDS_),600)
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The whole suite under ASan + UBSan (the fuzzer, already sanitized, runs in `make test`).
 asan:

@@ -6,7 +6,10 @@
 #include <xxhash.h>
 
 #include <cstring>
+#include <atomic>
+#include <chrono>
 #include <functional>
+#include <thread>
 
 #include "format/session_format.h"
 #include "test_util.h"
@@ -34,6 +37,8 @@ class HostileTest : public ::testing::Test {
     cold_tokens_ = new std::vector<Token>((*cold)->Generate(greedy)->tokens);
   }
 
+  void TearDown() override { RecordProperty("hostile_cases", cases_); }
+
   // Opens `bytes` as a session file and expects a refusal that names the file.
   Status ExpectRefused(const std::string& bytes, const std::string& what) {
     const std::string path = TempDir() + "/hostile.kvs";
@@ -46,6 +51,7 @@ class HostileTest : public ::testing::Test {
     if (opened.ok()) return Status::Ok();
     EXPECT_NE(opened.status().message().find(path), std::string::npos)
         << what << ": " << opened.status().message();
+    ++cases_;
     return opened.status();
   }
   // A good file still opens and continues exactly like a cold run.
@@ -84,6 +90,7 @@ class HostileTest : public ::testing::Test {
     std::memcpy(&(*bytes)[table + len], &sum, 8);
   }
 
+  int cases_ = 0;
   static std::string* good_path_;
   static std::string* good_;
   static std::vector<Token>* cold_tokens_;
@@ -116,6 +123,7 @@ TEST_F(HostileTest, TruncatedAtEveryOffset) {
     ASSERT_FALSE(opened.ok()) << "truncated at " << len;
     ASSERT_EQ(opened.status().code(), Status::Code::kCorruption) << opened.status().message();
     ++n;
+    ++cases_;
   }
   RecordProperty("offsets_truncated", n);
   ExpectProcessStillUsable();
@@ -135,8 +143,10 @@ TEST_F(HostileTest, TruncatedLargeSessionAtSampledOffsets) {
     WriteFile(cut, large.substr(0, len));
     ASSERT_FALSE(Session::Open(TinyModel(), cut).ok()) << len;
     ++n;
+    ++cases_;
   }
   EXPECT_GT(n, 200);
+  RecordProperty("large_offsets_truncated", n);
   ExpectProcessStillUsable();
 }
 
@@ -315,6 +325,45 @@ TEST_F(HostileTest, PathsThatAreNotFiles) {
     ExpectPathRefused(path, path);
   }
   unlink(sparse.c_str());
+  ExpectProcessStillUsable();
+}
+
+// Another process (here: a thread) truncates and restores the file while it is being opened. Each
+// open either succeeds with the right tokens or fails with a Status; none raises SIGBUS.
+TEST_F(HostileTest, FileTruncatedWhileItIsBeingLoaded) {
+  std::string text;
+  for (int i = 0; i < 400; ++i) text += " paragraph " + std::to_string(i) + " of a long file.";
+  auto s = Session::Create(TinyModel());
+  ASSERT_TRUE((*s)->Append(text).ok());
+  const std::string path = TempDir() + "/racing.kvs";
+  ASSERT_TRUE((*s)->Save(path).ok());
+  const std::string bytes = ReadFile(path);
+  std::atomic<bool> stop{false};
+  std::thread truncator([&] {
+    while (!stop.load()) {
+      truncate(path.c_str(), static_cast<off_t>(bytes.size() / 3));
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+      WriteFile(path, bytes);  // same inode, rewritten in place
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+  });
+  int ok = 0, refused = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto opened = Session::Open(TinyModel(), path);
+    if (opened.ok()) {
+      ++ok;
+      EXPECT_EQ((*opened)->tokens(), (*s)->tokens());
+    } else {
+      ++refused;
+      EXPECT_NE(opened.status().message().find(path), std::string::npos);
+    }
+  }
+  stop = true;
+  truncator.join();
+  RecordProperty("opens_ok", ok);
+  RecordProperty("opens_refused", refused);
+  EXPECT_GT(refused, 0);
+  cases_ += refused;
   ExpectProcessStillUsable();
 }
 

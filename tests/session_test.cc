@@ -236,36 +236,36 @@ TEST_F(SessionTest, EachIncompatibleParameterIsRefusedByName) {
   }
 }
 
+// Saves with `options`, opens without any, and expects logits bit-equal to a cold run with them.
+void ExpectWarmEqualsColdWith(const SessionOptions& options, const std::string& path,
+                              const char* prompt) {
+  testing::SaveTinyPrefix(path, options);
+  auto cold = Session::Create(TinyModel(), options);
+  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
+  ASSERT_TRUE((*cold)->Append(prompt).ok());
+  auto warm = Session::Open(TinyModel(), path);
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  ASSERT_TRUE((*warm)->Append(prompt).ok());
+  EXPECT_TRUE(BitEqual(*(*warm)->Logits(), *(*cold)->Logits()));
+}
+
 TEST_F(SessionTest, QuantizedCacheSessionsRoundTrip) {
   SessionOptions options;
   options.cache_type_k = "q8_0";
   options.cache_type_v = "q8_0";
   const std::string path = TempDir() + "/q8.kvs";
-  SaveTinyPrefix(path, options);
-  auto cold = Session::Create(TinyModel(), options);
-  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
-  ASSERT_TRUE((*cold)->Append(kPrompts[2]).ok());
-  auto warm = Session::Open(TinyModel(), path);
-  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
-  ASSERT_TRUE((*warm)->Append(kPrompts[2]).ok());
-  EXPECT_TRUE(BitEqual(*(*warm)->Logits(), *(*cold)->Logits()));
+  ExpectWarmEqualsColdWith(options, path, kPrompts[2]);
   auto info = InspectSessionFile(path);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->meta.type_k_name, "q8_0");
+  EXPECT_EQ(info->meta.type_v_name, "q8_0");
 }
 
 TEST_F(SessionTest, FlashAttentionOffSessionsRoundTrip) {
   SessionOptions options;
   options.flash_attn = FlashAttention::kOff;
   const std::string path = TempDir() + "/nofa.kvs";
-  SaveTinyPrefix(path, options);
-  auto cold = Session::Create(TinyModel(), options);
-  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
-  ASSERT_TRUE((*cold)->Append(kPrompts[0]).ok());
-  auto warm = Session::Open(TinyModel(), path);
-  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
-  ASSERT_TRUE((*warm)->Append(kPrompts[0]).ok());
-  EXPECT_TRUE(BitEqual(*(*warm)->Logits(), *(*cold)->Logits()));
+  ExpectWarmEqualsColdWith(options, path, kPrompts[0]);
   EXPECT_FALSE(InspectSessionFile(path)->meta.flash_attn);
 }
 

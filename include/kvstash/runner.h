@@ -13,7 +13,7 @@
 namespace kvstash {
 
 // Progress of a long prefill: tokens decoded so far and in all.
-using ProgressCallback = std::function<void(size_t done, size_t total)>;
+using ProgressCallback = ProgressFn;
 
 struct SaveReport {
   size_t n_tokens = 0;

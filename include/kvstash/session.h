@@ -36,6 +36,9 @@ struct SessionInternals;
 
 enum class FlashAttention { kAuto, kOff, kOn };
 
+// Progress of a long operation: units (tokens or bytes) done and in all.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+
 struct SessionOptions {
   uint32_t n_ctx = 4096;  // 0: the model's training context
   int n_threads = 0;      // 0: all cores
@@ -55,12 +58,15 @@ struct OpenOptions {
   std::optional<FlashAttention> flash_attn;
   std::optional<std::string> cache_type_k;
   std::optional<std::string> cache_type_v;
+  // Bytes of the file verified, then restored (the restore is one llama.cpp call: one step).
+  ProgressFn progress;
 };
 
 struct SaveOptions {
   // fsync the file and its directory before returning. Off only for benchmarks.
   bool sync = true;
   Env* env = nullptr;  // nullptr: the POSIX Env
+  ProgressFn progress;  // bytes written
 };
 
 struct SampleOptions {
@@ -143,7 +149,7 @@ class Session {
   size_t n_decoded_total() const;
   // Called after each llama_decode call of a multi-call append (long prefills), with tokens done
   // and total of that append. Empty: none.
-  void SetProgressCallback(std::function<void(size_t done, size_t total)> progress);
+  void SetProgressCallback(ProgressFn progress);
 
   struct Impl;
 

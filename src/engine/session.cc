@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "engine/llama_runtime.h"
@@ -89,14 +90,16 @@ struct Session::Impl {
   std::vector<float> logits;
   bool logits_valid = false;
   size_t n_decoded_total = 0;
-  std::function<void(size_t, size_t)> progress;
+  ProgressFn progress;
   OpenStats open_stats;
 
   const Model::Impl& m() const { return *model->impl(); }
   uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
 
   // Creates the llama.cpp context described by `p`.
-  static Result<ContextPtr> MakeContext(const Model& model, const SessionMeta& p, int n_threads) {
+  // `flash` overrides p.flash_attn for Create(), where "auto" is llama.cpp's to resolve.
+  static Result<ContextPtr> MakeContext(const Model& model, const SessionMeta& p, int n_threads,
+                                        std::optional<llama_flash_attn_type> flash = {}) {
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = p.n_ctx;
     cp.n_batch = p.n_batch;
@@ -106,8 +109,9 @@ struct Session::Impl {
     cp.n_threads_batch = n_threads;
     cp.type_k = static_cast<ggml_type>(p.type_k);
     cp.type_v = static_cast<ggml_type>(p.type_v);
-    cp.flash_attn_type =
-        p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.flash_attn_type = flash            ? *flash
+                         : p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                        : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.rope_scaling_type = static_cast<llama_rope_scaling_type>(p.rope_scaling_type);
     cp.rope_freq_base = p.rope_freq_base;
     cp.rope_freq_scale = p.rope_freq_scale;
@@ -245,10 +249,15 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!type_v.ok()) return type_v.status();
   p.type_k = *type_k;
   p.type_v = *type_v;
-  // The V layout depends on flash attention, so the session records the resolved choice. "auto"
-  // means on, like llama.cpp on CPU, except where a quantized V cache needs it anyway.
+  // The V layout depends on flash attention. "auto" is resolved by llama.cpp; Save records what
+  // it chose (from the V layout of the KV bytes) and Open asks for exactly that.
+  const llama_flash_attn_type flash = options.flash_attn == FlashAttention::kOn
+                                          ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                      : options.flash_attn == FlashAttention::kOff
+                                          ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                          : LLAMA_FLASH_ATTN_TYPE_AUTO;
   p.flash_attn = options.flash_attn != FlashAttention::kOff;
-  if (!p.flash_attn && ggml_is_quantized(*type_v)) {
+  if (options.flash_attn == FlashAttention::kOff && ggml_is_quantized(*type_v)) {
     return Status::InvalidArgument("a quantized V cache (" + options.cache_type_v +
                                    ") needs flash attention; use -fa on or --cache-type-v f16");
   }
@@ -263,7 +272,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   p.yarn_orig_ctx = defaults.yarn_orig_ctx;
   p.swa_full = defaults.swa_full;
   p.kv_unified = defaults.kv_unified;
-  auto ctx = Impl::MakeContext(*model, p, impl->n_threads);
+  auto ctx = Impl::MakeContext(*model, p, impl->n_threads, flash);
   if (!ctx.ok()) return ctx.status();
   impl->ctx = std::move(ctx.value());
   p.n_ctx = llama_n_ctx(impl->ctx.get());  // llama.cpp rounds the size up
@@ -463,6 +472,7 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   const std::string prefix = format::EncodeFilePrefix(meta, s.tokens, s.logits, size, kv_sum);
   AtomicWriteOptions write_options;
   write_options.sync = options.sync;
+  write_options.progress = options.progress;
   return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
                          {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
                          write_options);
@@ -609,6 +619,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   }
 
   const auto t_verified = Clock::now();
+  if (options.progress) options.progress(file.size(), 2 * uint64_t{file.size()});
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = n_threads;
@@ -635,6 +646,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                             (why.empty() ? "" : " (" + why + ")") + "; re-save the session");
   }
   const auto t_restored = Clock::now();
+  if (options.progress) options.progress(2 * uint64_t{file.size()}, 2 * uint64_t{file.size()});
   stats.map_ms = ms(t_start, t_mapped);
   stats.verify_ms = ms(t_mapped, t_verified);
   stats.context_ms = ms(t_verified, t_context);
@@ -663,7 +675,7 @@ size_t Session::n_decoded_total() const { return impl_->n_decoded_total; }
 const OpenStats& Session::open_stats() const { return impl_->open_stats; }
 
 llama_context* SessionInternals::Context(Session& session) { return session.impl_->ctx.get(); }
-void Session::SetProgressCallback(std::function<void(size_t, size_t)> progress) {
+void Session::SetProgressCallback(ProgressFn progress) {
   impl_->progress = std::move(progress);
 }
 

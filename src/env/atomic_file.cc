@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 
 namespace kvstash {
@@ -54,8 +56,17 @@ Status AtomicWriteFile(Env* env, const std::string& path,
   {
     auto file = env->NewWritableFile(temp);
     if (!file.ok()) return file.status();
+    uint64_t total = 0, done = 0;
+    for (std::string_view part : parts) total += part.size();
+    // Chunks only so that a progress bar can move; one write per part when nobody watches.
+    const size_t chunk = options.progress ? size_t{16} << 20 : SIZE_MAX;
     for (std::string_view part : parts) {
-      status = (*file)->Append(part.data(), part.size());
+      for (size_t at = 0; at < part.size() && status.ok(); at += chunk) {
+        const size_t n = std::min(chunk, part.size() - at);
+        status = (*file)->Append(part.data() + at, n);
+        done += n;
+        if (options.progress) options.progress(done, total);
+      }
       if (!status.ok()) break;
     }
     if (status.ok() && options.sync) status = (*file)->Sync();

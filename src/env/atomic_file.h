@@ -2,6 +2,8 @@
 #ifndef KVSTASH_ENV_ATOMIC_FILE_H_
 #define KVSTASH_ENV_ATOMIC_FILE_H_
 
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,6 +14,8 @@ namespace kvstash {
 
 struct AtomicWriteOptions {
   bool sync = true;  // fsync the data and the directory; off only for benchmarks
+  // Called after each chunk written, with bytes done and in all. Empty: none.
+  std::function<void(uint64_t done, uint64_t total)> progress;
 };
 
 // Writes the concatenation of `parts` to `path`:

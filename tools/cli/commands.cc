@@ -52,18 +52,23 @@ Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
   return Model::Load(flags.model, options);
 }
 
-// A one-line progress bar on stderr, only when stderr is a terminal.
-ProgressCallback MakeProgress(const char* label) {
+// A one-line progress bar on stderr, only when stderr is a terminal and the work is large
+// enough (`min_total` units) to be worth watching.
+ProgressCallback MakeProgress(const char* label, const char* unit, uint64_t min_total) {
   if (!isatty(STDERR_FILENO)) return {};
-  return [label](size_t done, size_t total) {
+  return [label, unit, min_total](uint64_t done, uint64_t total) {
+    if (total < min_total) return;
     const int width = 30;
     const int filled = total ? static_cast<int>(width * done / total) : width;
-    std::fprintf(stderr, "\r%s [%-*s] %zu/%zu tokens", label, width,
-                 std::string(filled, '=').c_str(), done, total);
-    if (done >= total) std::fprintf(stderr, "\r%*s\r", width + 40, "");
+    std::fprintf(stderr, "\r%s [%-*s] %llu/%llu %s", label, width, std::string(filled, '=').c_str(),
+                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total), unit);
+    if (done >= total) std::fprintf(stderr, "\r%*s\r", width + 60, "");
     std::fflush(stderr);
   };
 }
+
+constexpr uint64_t kBarTokens = 1;           // prefill calls report only when split (> n_batch)
+constexpr uint64_t kBarBytes = 64ull << 20;  // files under 64 MiB take milliseconds
 
 Result<FlashAttention> ParseFlash(const std::string& value) {
   if (value == "on") return FlashAttention::kOn;
@@ -93,8 +98,9 @@ int RunSave(const SaveFlags& flags) {
   if (!model.ok()) return Fail(model.status());
   SaveOptions save_options;
   save_options.sync = !flags.no_sync;
+  save_options.progress = MakeProgress("save", "bytes", kBarBytes);
   auto report = SavePrefix(*model, **prefix, flags.output, flags.session, save_options,
-                           MakeProgress("prefill"));
+                           MakeProgress("prefill", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
   if (flags.common.json) {
     std::cout << Dump({{"session", flags.output},
@@ -137,6 +143,7 @@ int RunRun(const RunFlags& flags) {
   if (flags.cache_type_v) request.create.cache_type_v = *flags.cache_type_v;
   request.open.cache_type_k = flags.cache_type_k;
   request.open.cache_type_v = flags.cache_type_v;
+  request.open.progress = MakeProgress("load", "bytes", kBarBytes);
 
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
@@ -148,7 +155,7 @@ int RunRun(const RunFlags& flags) {
       return true;
     };
   }
-  auto report = RunPrompt(*model, request, stream, MakeProgress("prompt"));
+  auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
   if (flags.common.json) {
     std::cout << Dump({{"text", report->generation.text},
