@@ -45,11 +45,12 @@ class SaveFaultTest : public ::testing::Test {
 
 TEST_F(SaveFaultTest, EveryFailingStepLeavesTheOldFileAndNoTemp) {
   int points = 0;
-  for (int err : {ENOSPC, EIO}) {
+  for (int err : {ENOSPC, EIO, EDQUOT}) {
     for (int n = 1;; ++n) {
       FaultInjectionSyscalls sys;
       sys.fail_at = n;
       sys.fail_errno = err;
+      sys.max_write = 16384;  // so that faults also land in the middle of the KV payload
       Env env(&sys);
       SaveOptions options;
       options.env = &env;
@@ -71,7 +72,7 @@ TEST_F(SaveFaultTest, EveryFailingStepLeavesTheOldFileAndNoTemp) {
     }
   }
   RecordProperty("fault_points", points);
-  EXPECT_GE(points, 16);
+  EXPECT_GE(points, 45);
 }
 
 TEST_F(SaveFaultTest, ShortWritesAndEintrStillSave) {
@@ -89,7 +90,7 @@ TEST_F(SaveFaultTest, ShortWritesAndEintrStillSave) {
 TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   // Count the steps of one save, then kill a child at each of them.
   FaultInjectionSyscalls counter;
-  counter.max_write = 8192;
+  counter.max_write = 2048;
   Env counting_env(&counter);
   SaveOptions count_options;
   count_options.env = &counting_env;
@@ -99,7 +100,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   ASSERT_GT(steps, 5);
 
   int kills = 0;
-  // Writes are split into 8 KiB pieces so that there are kill points inside the data.
+  // Writes are split into 2 KiB pieces so that there are kill points all through the data.
   for (int k = 1; k <= steps; ++k) {
     testing::WriteFile(path_, old_bytes_);
     Env::WaitForBackgroundRemovals();  // no lock of the remover is held across fork()
@@ -108,7 +109,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
     if (child == 0) {
       FaultInjectionSyscalls sys;
       sys.kill_at = k;
-      sys.max_write = 8192;
+      sys.max_write = 2048;
       Env env(&sys);
       SaveOptions options;
       options.env = &env;
