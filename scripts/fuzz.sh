@@ -6,7 +6,7 @@ set -euo pipefail
 seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build-fuzz"
-mkdir -p "$out/corpus"
+mkdir -p "$out/corpus" "$root/tests/fuzz/regressions"
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing: apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
 
 bin="$out/session_reader_fuzz"
