@@ -29,12 +29,12 @@ print(f"   {d['n_tokens']} tokens -> {d['bytes']/2**20:.1f} MiB session; prefill
 PY
 "$kv" inspect "$session" | sed 's/^/   /'
 
-echo "-- answer each question cold (no session) and warm (--session), greedy, 24 tokens"
+echo "-- answer each question cold (no session) and warm (--session): 24 tokens, temperature 0.7, seed 7"
 all_same=1
 for i in "${!questions[@]}"; do
   q=${questions[$i]}
-  "$kv" run -m "$model" --prefix-file "$prefix" -p "$q" -n 24 --temp 0 --json >"$work/cold$i.json"
-  "$kv" run -m "$model" --session "$session" -p "$q" -n 24 --temp 0 --json >"$work/warm$i.json"
+  "$kv" run -m "$model" --prefix-file "$prefix" -p "$q" -n 24 --temp 0.7 --seed 7 --json >"$work/cold$i.json"
+  "$kv" run -m "$model" --session "$session" -p "$q" -n 24 --temp 0.7 --seed 7 --json >"$work/warm$i.json"
   python3 - "$work/cold$i.json" "$work/warm$i.json" "$q" <<'PY' || all_same=0
 import json, sys
 cold, warm = (json.load(open(p)) for p in sys.argv[1:3])

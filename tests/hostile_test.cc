@@ -130,12 +130,8 @@ TEST_F(HostileTest, TruncatedAtEveryOffset) {
 }
 
 TEST_F(HostileTest, TruncatedLargeSessionAtSampledOffsets) {
-  std::string text;
-  for (int i = 0; i < 300; ++i) text += " line " + std::to_string(i) + " of a long document.";
-  auto s = Session::Create(TinyModel());
-  ASSERT_TRUE((*s)->Append(text).ok());
   const std::string path = TempDir() + "/large.kvs";
-  ASSERT_TRUE((*s)->Save(path).ok());
+  testing::SaveLongTinySession(path, 300);
   const std::string large = ReadFile(path);
   const std::string cut = TempDir() + "/large-cut.kvs";
   int n = 0;
@@ -331,12 +327,8 @@ TEST_F(HostileTest, PathsThatAreNotFiles) {
 // Another process (here: a thread) truncates and restores the file while it is being opened. Each
 // open either succeeds with the right tokens or fails with a Status; none raises SIGBUS.
 TEST_F(HostileTest, FileTruncatedWhileItIsBeingLoaded) {
-  std::string text;
-  for (int i = 0; i < 400; ++i) text += " paragraph " + std::to_string(i) + " of a long file.";
-  auto s = Session::Create(TinyModel());
-  ASSERT_TRUE((*s)->Append(text).ok());
   const std::string path = TempDir() + "/racing.kvs";
-  ASSERT_TRUE((*s)->Save(path).ok());
+  auto s = testing::SaveLongTinySession(path, 400);
   const std::string bytes = ReadFile(path);
   std::atomic<bool> stop{false};
   std::thread truncator([&] {
@@ -352,7 +344,7 @@ TEST_F(HostileTest, FileTruncatedWhileItIsBeingLoaded) {
     auto opened = Session::Open(TinyModel(), path);
     if (opened.ok()) {
       ++ok;
-      EXPECT_EQ((*opened)->tokens(), (*s)->tokens());
+      EXPECT_EQ((*opened)->tokens(), s->tokens());
     } else {
       ++refused;
       EXPECT_NE(opened.status().message().find(path), std::string::npos);

@@ -190,16 +190,12 @@ TEST_F(SessionTest, OpensWithOtherThreadCountsAndALargerContext) {
 
 // Gotcha 5: there is no token buffer to size; a long session comes back whole.
 TEST_F(SessionTest, LongSessionsComeBackWhole) {
-  std::string text;
-  for (int i = 0; i < 200; ++i) text += " sentence number " + std::to_string(i) + ".";
-  auto s = Session::Create(TinyModel());
-  ASSERT_TRUE((*s)->Append(text).ok());
-  ASSERT_GT((*s)->tokens().size(), 1000u);
   const std::string path = TempDir() + "/long.kvs";
-  ASSERT_TRUE((*s)->Save(path).ok());
+  auto s = testing::SaveLongTinySession(path, 200);
+  ASSERT_GT(s->tokens().size(), 1000u);
   auto warm = Session::Open(TinyModel(), path);
   ASSERT_TRUE(warm.ok());
-  EXPECT_EQ((*warm)->tokens(), (*s)->tokens());
+  EXPECT_EQ((*warm)->tokens(), s->tokens());
 }
 
 TEST_F(SessionTest, OtherSeedModelOfTheSameShapeIsRefused) {

@@ -89,6 +89,18 @@ inline std::vector<Token> SaveTinyPrefix(const std::string& path, SessionOptions
   return (*s)->tokens();
 }
 
+// A session of `lines` numbered sentences (about 8 tokens each) on the tiny model, saved to `path`.
+inline std::unique_ptr<Session> SaveLongTinySession(const std::string& path, int lines) {
+  std::string text;
+  for (int i = 0; i < lines; ++i) text += " sentence " + std::to_string(i) + " of a long document.";
+  auto s = Session::Create(TinyModel());
+  EXPECT_TRUE(s.ok());
+  EXPECT_TRUE((*s)->Append(text).ok());
+  Status saved = (*s)->Save(path);
+  EXPECT_TRUE(saved.ok()) << saved.ToString();
+  return std::move(s.value());
+}
+
 }  // namespace kvstash::testing
 
 #endif  // KVSTASH_TESTS_TEST_UTIL_H_
