@@ -5,9 +5,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include <cstring>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <thread>
 

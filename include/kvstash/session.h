@@ -65,7 +65,7 @@ struct OpenOptions {
 struct SaveOptions {
   // fsync the file and its directory before returning. Off only for benchmarks.
   bool sync = true;
-  Env* env = nullptr;  // nullptr: the POSIX Env
+  Env* env = nullptr;   // nullptr: the POSIX Env
   ProgressFn progress;  // bytes written
 };
 

@@ -2,6 +2,8 @@
 #ifndef KVSTASH_ENGINE_FINGERPRINT_H_
 #define KVSTASH_ENGINE_FINGERPRINT_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "kvstash/model.h"
@@ -14,6 +16,9 @@ namespace kvstash::engine {
 // Content only: a copy of the file elsewhere has the same fingerprint; a model with the same
 // shape but other weights does not. Reads a few MiB at most, whatever the model size.
 Result<ModelFingerprint> FingerprintGguf(const std::string& path);
+
+// Lower-case hex of `n` bytes.
+std::string HexOf(const uint8_t* bytes, size_t n);
 
 }  // namespace kvstash::engine
 

@@ -8,10 +8,6 @@
 
 namespace kvstash {
 
-namespace engine {
-std::string HexOf(const uint8_t* bytes, size_t n);
-}
-
 namespace {
 
 double MsSince(std::chrono::steady_clock::time_point start) {

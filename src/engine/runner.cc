@@ -70,8 +70,7 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
     // Sync may re-decode the last prefix token for its logits; count what the run decoded.
     report.n_decoded_prompt_tokens = session->n_decoded_total() - before;
   } else {
-    SessionOptions options = request.create;
-    auto created = Session::Create(model, options);
+    auto created = Session::Create(model, request.create);
     if (!created.ok()) return created.status();
     session = std::move(created.value());
     session->SetProgressCallback(progress);

@@ -109,7 +109,7 @@ struct Session::Impl {
     cp.n_threads_batch = n_threads;
     cp.type_k = static_cast<ggml_type>(p.type_k);
     cp.type_v = static_cast<ggml_type>(p.type_v);
-    cp.flash_attn_type = flash            ? *flash
+    cp.flash_attn_type = flash          ? *flash
                          : p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED
                                         : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.rope_scaling_type = static_cast<llama_rope_scaling_type>(p.rope_scaling_type);
@@ -251,11 +251,10 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   p.type_v = *type_v;
   // The V layout depends on flash attention. "auto" is resolved by llama.cpp; Save records what
   // it chose (from the V layout of the KV bytes) and Open asks for exactly that.
-  const llama_flash_attn_type flash = options.flash_attn == FlashAttention::kOn
-                                          ? LLAMA_FLASH_ATTN_TYPE_ENABLED
-                                      : options.flash_attn == FlashAttention::kOff
-                                          ? LLAMA_FLASH_ATTN_TYPE_DISABLED
-                                          : LLAMA_FLASH_ATTN_TYPE_AUTO;
+  const llama_flash_attn_type flash =
+      options.flash_attn == FlashAttention::kOn    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+      : options.flash_attn == FlashAttention::kOff ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                                   : LLAMA_FLASH_ATTN_TYPE_AUTO;
   p.flash_attn = options.flash_attn != FlashAttention::kOff;
   if (options.flash_attn == FlashAttention::kOff && ggml_is_quantized(*type_v)) {
     return Status::InvalidArgument("a quantized V cache (" + options.cache_type_v +
@@ -675,9 +674,7 @@ size_t Session::n_decoded_total() const { return impl_->n_decoded_total; }
 const OpenStats& Session::open_stats() const { return impl_->open_stats; }
 
 llama_context* SessionInternals::Context(Session& session) { return session.impl_->ctx.get(); }
-void Session::SetProgressCallback(ProgressFn progress) {
-  impl_->progress = std::move(progress);
-}
+void Session::SetProgressCallback(ProgressFn progress) { impl_->progress = std::move(progress); }
 
 Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums) {
   // Without a model there is no tight bound; 64 GiB covers any context of any model kvstash runs.

@@ -29,8 +29,8 @@ int RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& ba
       const std::string prefix = base + tag;
       if (name.compare(0, prefix.size(), prefix) != 0) continue;
       const pid_t pid = static_cast<pid_t>(std::strtol(name.c_str() + prefix.size(), nullptr, 10));
-      if (pid <= 0 || (pid != getpid() && env->ProcessAlive(pid))) continue;
-      if (pid == getpid()) continue;  // our own in-flight writes (other threads)
+      // Our own pid: an in-flight save of another thread, or an old name being removed.
+      if (pid <= 0 || pid == getpid() || env->ProcessAlive(pid)) continue;
       if (env->RemoveFile(dir + "/" + name).ok()) ++removed;
     }
   }

@@ -61,7 +61,8 @@ ProgressCallback MakeProgress(const char* label, const char* unit, uint64_t min_
     const int width = 30;
     const int filled = total ? static_cast<int>(width * done / total) : width;
     std::fprintf(stderr, "\r%s [%-*s] %llu/%llu %s", label, width, std::string(filled, '=').c_str(),
-                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total), unit);
+                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
+                 unit);
     if (done >= total) std::fprintf(stderr, "\r%*s\r", width + 60, "");
     std::fflush(stderr);
   };
