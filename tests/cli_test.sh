@@ -84,6 +84,9 @@ expect_exit 1 "cannot create" -- $KV save -m "$M" --prefix x -o "$dir/no/such/di
 expect_exit 1 "prefix file '$dir/nofile' cannot be read" -- $KV save -m "$M" --prefix-file "$dir/nofile" -o "$dir/x.kvs"
 expect_exit 1 "unknown K cache type 'f17'" -- $KV save -m "$M" --prefix x -o "$dir/x.kvs" --cache-type-k f17
 expect_exit 1 "context is full" -- $KV run -m "$M" -c 16 --prefix "$(printf 'word %.0s' $(seq 1 400))" -p x
+expect_exit 1 "more threads than llama.cpp supports" -- $KV run -m "$M" -p x -t 100000
+expect_exit 1 "batch sizes must be at least 1" -- $KV save -m "$M" --prefix x -o "$dir/x.kvs" -b 0
+expect_exit 1 "cannot create a" -- $KV run -m "$M" -p x -c 999999999
 expect_exit 2 "" -- $KV run -m "$M"
 expect_exit 2 "" -- $KV save -m "$M" -o "$dir/x.kvs"
 expect_exit 2 "" -- $KV bogus-command

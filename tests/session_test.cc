@@ -359,6 +359,20 @@ TEST_F(SessionTest, BadTokensAndCacheTypesAreRefused) {
   EXPECT_EQ((*s)->AppendTokens({1, -5}).code(), Status::Code::kInvalidArgument);
   EXPECT_EQ((*s)->AppendTokens({TinyModel()->n_vocab()}).code(), Status::Code::kInvalidArgument);
   EXPECT_TRUE((*s)->tokens().empty());
+  SessionOptions threads;
+  threads.n_threads = 100000;  // ggml's thread pool crashes beyond 512
+  auto too_many = Session::Create(TinyModel(), threads);
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_NE(too_many.status().message().find("more threads than llama.cpp supports"),
+            std::string::npos);
+  OpenOptions open_threads;
+  open_threads.n_threads = 100000;
+  EXPECT_FALSE(Session::Open(TinyModel(), *path_, open_threads).ok());
+  SessionOptions batch;
+  batch.n_batch = 0;
+  auto no_batch = Session::Create(TinyModel(), batch);
+  ASSERT_FALSE(no_batch.ok());
+  EXPECT_NE(no_batch.status().message().find("at least 1 token"), std::string::npos);
   SessionOptions options;
   options.cache_type_k = "f17";
   auto bad = Session::Create(TinyModel(), options);

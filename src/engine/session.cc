@@ -29,7 +29,25 @@ constexpr llama_seq_id kSeq = 0;
 int ResolveThreads(int n_threads) {
   if (n_threads > 0) return n_threads;
   const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? static_cast<int>(hw) : 1;
+  return hw > 0 ? static_cast<int>(std::min<unsigned>(hw, GGML_MAX_N_THREADS)) : 1;
+}
+
+// ggml's thread pool holds at most GGML_MAX_N_THREADS threads and crashes beyond; batches of 0
+// tokens cannot be decoded. Both are refused here, by flag name.
+Status CheckThreadsAndBatch(int n_threads, uint32_t n_batch, uint32_t n_ubatch) {
+  if (n_threads > GGML_MAX_N_THREADS) {
+    return Status::InvalidArgument("-t " + std::to_string(n_threads) + " is more threads than " +
+                                   "llama.cpp supports (" + std::to_string(GGML_MAX_N_THREADS) +
+                                   "); use -t " +
+                                   std::to_string(std::thread::hardware_concurrency()) +
+                                   " (the cores of this machine) or leave it out");
+  }
+  if (n_batch == 0 || n_ubatch == 0) {
+    return Status::InvalidArgument("batch sizes must be at least 1 token (-b " +
+                                   std::to_string(n_batch) + ", -ub " + std::to_string(n_ubatch) +
+                                   "); leave them out for the defaults 2048 and 512");
+  }
+  return Status::Ok();
 }
 
 // The KV cache types llama.cpp accepts, by the names its CLI uses.
@@ -235,6 +253,8 @@ Session::~Session() = default;
 Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> model,
                                                  const SessionOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
+  KVSTASH_RETURN_IF_ERROR(
+      CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = ResolveThreads(options.n_threads);
@@ -502,6 +522,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                                                const std::string& path,
                                                const OpenOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
+  KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads, 1, 1));
   const Model::Impl& m = *model->impl();
   using Clock = std::chrono::steady_clock;
   const auto ms = [](Clock::time_point a, Clock::time_point b) {
