@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "env/env.h"
 #include "kvstash/session_file.h"
 #include "testmodel/test_model.h"
 
@@ -22,6 +23,12 @@ std::string Dump(const json& j, int indent = -1) {
 }
 
 Result<std::string> ReadTextFile(const std::string& path, const char* what) {
+  // A directory opens as an ifstream and reads as empty: refuse it instead of running on "".
+  auto info = Env::Default()->Stat(path);
+  if (info.ok() && info->type == FileInfo::Type::kDirectory) {
+    return Status::InvalidArgument(std::string(what) + " file '" + path +
+                                   "' is a directory; pass a text file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return Status::NotFound(std::string(what) + " file '" + path +
