@@ -30,9 +30,7 @@ bench: build
 	@KVSTASH_WITH_BENCH_TOOLS=1 scripts/setup-deps.sh
 	@scripts/bench.sh $(BUILD)
 
-fuzz:
-	@KVSTASH_WITH_FUZZ=1 scripts/setup-deps.sh
-	@scripts/fetch-llama.sh
+fuzz: build
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The whole suite under ASan + UBSan (the fuzzer, already sanitized, runs in `make test`).

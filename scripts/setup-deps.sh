@@ -3,10 +3,10 @@
 # apt-get; otherwise it prints the command for you to run.
 set -euo pipefail
 
+# clang and its runtime build the fuzzer that `make test` runs for a bounded time.
 packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohmann-json3-dev
-          libxxhash-dev)
+          libxxhash-dev clang libclang-rt-14-dev)
 [ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
-[ "${KVSTASH_WITH_FUZZ:-0}" = 1 ] && packages+=(clang libclang-rt-14-dev)
 
 missing=()
 # npm fetches llama.cpp's source; a Node.js installed outside Debian's packages is fine too.
