@@ -86,7 +86,8 @@ expect_exit 1 "unknown K cache type 'f17'" -- $KV save -m "$M" --prefix x -o "$d
 expect_exit 1 "context is full" -- $KV run -m "$M" -c 16 --prefix "$(printf 'word %.0s' $(seq 1 400))" -p x
 expect_exit 1 "more threads than llama.cpp supports" -- $KV run -m "$M" -p x -t 100000
 expect_exit 1 "batch sizes must be at least 1" -- $KV save -m "$M" --prefix x -o "$dir/x.kvs" -b 0
-expect_exit 1 "cannot create a" -- $KV run -m "$M" -p x -c 999999999
+expect_exit 1 "GiB of KV cache, more than this machine's" -- $KV run -m "$M" -p x -c 999999999
+expect_exit 1 "use a smaller -c" -- $KV run -m "$M" -p x -c 4294967295
 expect_exit 1 "prompt file '$dir' is a directory" -- $KV run -m "$M" -f "$dir"
 expect_exit 2 "" -- $KV run -m "$M"
 expect_exit 2 "" -- $KV save -m "$M" -o "$dir/x.kvs"

@@ -114,10 +114,33 @@ struct Session::Impl {
   const Model::Impl& m() const { return *model->impl(); }
   uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
 
+  // A context whose KV cache alone would not fit in this machine's memory is refused before
+  // llama.cpp tries to allocate it (a failed allocation there is an abort under sanitizers and
+  // can take the machine into swap elsewhere).
+  static Status CheckContextFits(const Model& model, const SessionMeta& p) {
+    const Model::Impl& m = *model.impl();
+    const uint64_t per_token = uint64_t(llama_model_n_layer(m.model)) *
+                               (ggml_row_size(static_cast<ggml_type>(p.type_k), m.n_embd_k_gqa) +
+                                ggml_row_size(static_cast<ggml_type>(p.type_v), m.n_embd_v_gqa));
+    const uint64_t n_ctx = p.n_ctx != 0 ? p.n_ctx : uint64_t(model.n_ctx_train());
+    const uint64_t need = n_ctx * per_token;
+    const uint64_t have = Env::PhysicalMemoryBytes();
+    if (n_ctx > format::kMaxTokens || (have != 0 && need > have)) {
+      auto gib = [](uint64_t b) { return std::to_string((b + (1u << 29)) >> 30); };
+      return Status::InvalidArgument(
+          "a " + std::to_string(n_ctx) + "-token context for model '" + model.path() + "' needs " +
+          gib(need) + " GiB of KV cache" +
+          (have != 0 ? ", more than this machine's " + gib(have) + " GiB of memory" : "") +
+          "; use a smaller -c");
+    }
+    return Status::Ok();
+  }
+
   // Creates the llama.cpp context described by `p`.
   // `flash` overrides p.flash_attn for Create(), where "auto" is llama.cpp's to resolve.
   static Result<ContextPtr> MakeContext(const Model& model, const SessionMeta& p, int n_threads,
                                         std::optional<llama_flash_attn_type> flash = {}) {
+    KVSTASH_RETURN_IF_ERROR(CheckContextFits(model, p));
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = p.n_ctx;
     cp.n_batch = p.n_batch;

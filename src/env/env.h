@@ -116,6 +116,8 @@ class Env {
   // Blocks until every background removal so far has finished.
   static void WaitForBackgroundRemovals();
   bool ProcessAlive(pid_t pid);
+  // Physical memory of this machine in bytes (0 if unknown).
+  static uint64_t PhysicalMemoryBytes();
 
  private:
   Syscalls* sys_;

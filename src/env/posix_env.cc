@@ -471,6 +471,12 @@ Remover& GlobalRemover() {
 void Env::RemoveFileInBackground(const std::string& path) { GlobalRemover().Add(path); }
 void Env::WaitForBackgroundRemovals() { GlobalRemover().Wait(); }
 
+uint64_t Env::PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page_size > 0 ? uint64_t(pages) * uint64_t(page_size) : 0;
+}
+
 bool Env::ProcessAlive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
 
 }  // namespace kvstash
