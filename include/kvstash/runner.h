@@ -12,9 +12,6 @@
 
 namespace kvstash {
 
-// Progress of a long prefill: tokens decoded so far and in all.
-using ProgressCallback = ProgressFn;
-
 struct SaveReport {
   size_t n_tokens = 0;
   uint64_t bytes = 0;
@@ -26,7 +23,7 @@ struct SaveReport {
 Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::string& prefix,
                               const std::string& path, const SessionOptions& options = {},
                               const SaveOptions& save_options = {},
-                              const ProgressCallback& progress = {});
+                              const ProgressFn& progress = {});
 
 struct RunRequest {
   std::optional<std::string> session_path;  // warm: open this file first
@@ -53,8 +50,7 @@ struct RunReport {
 // rest is decoded. Decoding happens in the same groups as a cold run (prefix, then prompt), so warm
 // and cold runs of the same tokens give the same text at temp 0.
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
-                            const PieceCallback& on_piece = {},
-                            const ProgressCallback& progress = {});
+                            const PieceCallback& on_piece = {}, const ProgressFn& progress = {});
 
 }  // namespace kvstash
 

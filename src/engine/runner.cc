@@ -16,7 +16,7 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
 
 Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::string& prefix,
                               const std::string& path, const SessionOptions& options,
-                              const SaveOptions& save_options, const ProgressCallback& progress) {
+                              const SaveOptions& save_options, const ProgressFn& progress) {
   if (prefix.empty()) {
     return Status::InvalidArgument("the prefix is empty: pass --prefix TEXT or --prefix-file FILE");
   }
@@ -40,7 +40,7 @@ Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::str
 }
 
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
-                            const PieceCallback& on_piece, const ProgressCallback& progress) {
+                            const PieceCallback& on_piece, const ProgressFn& progress) {
   RunReport report;
   const auto t_start = Clock::now();
   std::unique_ptr<Session> session;
@@ -51,39 +51,34 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
     prefix_tokens = std::move(tokens.value());
   }
 
-  auto t_prompt = t_start;
   if (request.session_path) {
     auto opened = Session::Open(model, *request.session_path, request.open);
     if (!opened.ok()) return opened.status();
     session = std::move(opened.value());
-    t_prompt = Clock::now();
-    report.load_ms = MsBetween(t_start, t_prompt);
-    session->SetProgressCallback(progress);
-    const size_t before = session->n_decoded_total();
-    if (request.prefix) {
-      auto synced = session->Sync(prefix_tokens);
-      if (!synced.ok()) return synced.status();
-      report.n_reused_tokens = synced->n_reused;
-    } else {
-      report.n_reused_tokens = session->tokens().size();
-    }
-    // Sync may re-decode the last prefix token for its logits; count what the run decoded.
-    report.n_decoded_prompt_tokens = session->n_decoded_total() - before;
   } else {
     auto created = Session::Create(model, request.create);
     if (!created.ok()) return created.status();
     session = std::move(created.value());
-    session->SetProgressCallback(progress);
-    t_prompt = Clock::now();
-    if (!prefix_tokens.empty()) KVSTASH_RETURN_IF_ERROR(session->AppendTokens(prefix_tokens));
   }
+  const auto t_prompt = Clock::now();
+  if (request.session_path) report.load_ms = MsBetween(t_start, t_prompt);
+  session->SetProgressCallback(progress);
 
+  if (request.session_path && request.prefix) {
+    auto synced = session->Sync(prefix_tokens);
+    if (!synced.ok()) return synced.status();
+    report.n_reused_tokens = synced->n_reused;
+  } else if (request.session_path) {
+    report.n_reused_tokens = session->tokens().size();
+  } else if (!prefix_tokens.empty()) {
+    KVSTASH_RETURN_IF_ERROR(session->AppendTokens(prefix_tokens));
+  }
   auto prompt_tokens = model->Tokenize(request.prompt, /*add_bos=*/session->tokens().empty());
   if (!prompt_tokens.ok()) return prompt_tokens.status();
-  const size_t before_prompt = session->n_decoded_total();
   KVSTASH_RETURN_IF_ERROR(session->AppendTokens(*prompt_tokens));
-  report.n_decoded_prompt_tokens += session->n_decoded_total() - before_prompt;
-  if (!request.session_path) report.n_decoded_prompt_tokens = session->n_decoded_total();
+  // Open decodes nothing, so everything this session decoded was decoded by this run (including a
+  // prefix token Sync may decode again for its logits).
+  report.n_decoded_prompt_tokens = session->n_decoded_total();
   report.n_prompt_tokens = session->tokens().size();
   const auto t_generate = Clock::now();
   report.prompt_ms = MsBetween(t_prompt, t_generate);

@@ -61,7 +61,7 @@ Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
 
 // A one-line progress bar on stderr, only when stderr is a terminal and the work is large
 // enough (`min_total` units) to be worth watching.
-ProgressCallback MakeProgress(const char* label, const char* unit, uint64_t min_total) {
+ProgressFn MakeProgress(const char* label, const char* unit, uint64_t min_total) {
   if (!isatty(STDERR_FILENO)) return {};
   return [label, unit, min_total](uint64_t done, uint64_t total) {
     if (total < min_total) return;
