@@ -311,7 +311,7 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
     for (int rep = -1; rep < flags.reps; ++rep) {  // rep -1: warm-up, not recorded
       if (cold) EvictFromPageCache(kvs_sync);
       auto opened = Check(Session::Open(model, kvs_sync, ThreadsOnly(flags.threads)), "open");
-      const OpenStats& st = opened->open_stats();
+      const OpenStats st = opened->open_stats();  // a copy: `opened` is freed next
       opened.reset();
       if (cold) EvictFromPageCache(llama_file);
       llama_memory_seq_rm(llama_get_memory(host_ctx), 0, -1, -1);

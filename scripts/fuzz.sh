@@ -10,7 +10,7 @@ mkdir -p "$out/corpus" "$root/tests/fuzz/regressions"
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing: apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
 
 bin="$out/session_reader_fuzz"
-srcs=("$root/tests/fuzz/session_reader_fuzz.cc" "$root/src/format/session_format.cc" "$root/src/format/llama_state.cc")
+srcs=("$root/tests/fuzz/session_reader_fuzz.cc" "$root/src/format/session_format.cc" "$root/src/format/llama_state.cc" "$root/src/format/meta_check.cc")
 if [ ! -x "$bin" ] || [ -n "$(find "${srcs[@]}" "$root/src/format" -newer "$bin" 2>/dev/null)" ]; then
   clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -I"$root/include" -I"$root/src" "${srcs[@]}" -lxxhash -o "$bin"

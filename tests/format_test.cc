@@ -1,9 +1,14 @@
 // The file format alone: encode/parse round trips and refusals, no model involved.
 #include <gtest/gtest.h>
+#include <xxhash.h>
 
 #include <cstring>
+#include <functional>
+#include <limits>
 
+#include "format/compat.h"
 #include "format/llama_state.h"
+#include "format/meta_check.h"
 #include "format/session_format.h"
 
 namespace kvstash::format {
@@ -16,11 +21,27 @@ SessionMeta SampleMeta(uint32_t n_tokens) {
   m.llama_state_version = 3;
   m.model_description = "llama test";
   m.model_arch = "llama";
+  m.model_n_params = 1000;
   m.n_vocab = 100;
   m.n_layer = 2;
+  m.n_embd = 8;
+  m.n_head = 2;
+  m.n_head_kv = 1;
+  m.n_embd_k_gqa = 4;  // f16 rows of 8 bytes, as in SamplePayload
+  m.n_embd_v_gqa = 4;
   m.n_ctx = 256;
+  m.n_batch = 2048;
+  m.n_ubatch = 512;
+  m.type_k = 1;
+  m.type_v = 1;
   m.type_k_name = "f16";
   m.type_v_name = "f16";
+  m.flash_attn = true;  // V not transposed
+  m.rope_scaling_type = -1;
+  m.yarn_ext_factor = -1;
+  m.yarn_attn_factor = -1;
+  m.yarn_beta_fast = -1;
+  m.yarn_beta_slow = -1;
   m.n_tokens = n_tokens;
   m.has_logits = true;
   m.preview = "hello";
@@ -109,29 +130,153 @@ TEST(FormatTest, EveryTruncationIsRefused) {
   EXPECT_FALSE(Parse(file + "x").ok());
 }
 
+// No byte of a file is without meaning: padding and reserved fields must be zero, so a flipped bit
+// anywhere is refused, checksums or not.
 TEST(FormatTest, EveryFlippedBitIsCaught) {
   const std::string file = SampleFile();
   for (size_t i = 0; i < file.size(); ++i) {
     for (int bit : {0, 7}) {
       std::string bad = file;
       bad[i] = static_cast<char>(bad[i] ^ (1 << bit));
-      auto parsed = Parse(bad);
-      if (parsed.ok()) {
-        // Padding bytes between sections carry no meaning; everything else must be caught.
-        auto layout = ParseLlamaSeqState(parsed->kv, parsed->kv_size, "t");
-        ASSERT_TRUE(layout.ok());
-        EXPECT_EQ(parsed->tokens, Parse(file)->tokens) << "byte " << i;
-      }
+      EXPECT_FALSE(Parse(bad).ok()) << "byte " << i << " bit " << bit;
     }
   }
+}
+
+void FixHeaderChecksum(std::string* file) {
+  const uint64_t sum = XXH3_64bits(file->data(), 56);
+  std::memcpy(&(*file)[56], &sum, 8);
 }
 
 TEST(FormatTest, NewerReaderVersionIsIncompatibleNotCorrupt) {
   std::string file = SampleFile();
   const uint32_t newer = kFormatVersion + 1;
+  std::memcpy(&file[8], &newer, 4);
   std::memcpy(&file[12], &newer, 4);
-  auto parsed = Parse(file);  // header checksum now fails first: corruption, as it should
-  EXPECT_EQ(parsed.status().code(), Status::Code::kCorruption);
+  FixHeaderChecksum(&file);  // a real newer file has a valid header checksum
+  auto parsed = Parse(file);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_EQ(parsed.status().code(), Status::Code::kIncompatible) << parsed.status().message();
+  EXPECT_NE(parsed.status().message().find("upgrade kvstash"), std::string::npos);
+}
+
+TEST(FormatTest, LlamaCppFilesAreNamed) {
+  for (const char* magic : {"qsgg", "nsgg"}) {
+    std::string file = std::string(magic) + std::string(60, '\0');
+    auto parsed = Parse(file);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_NE(parsed.status().message().find("llama.cpp"), std::string::npos) << magic;
+  }
+}
+
+// Every META field outside what a writer produces is refused by ValidateMeta, naming the field.
+TEST(FormatTest, MetaRangesNameTheField) {
+  ASSERT_TRUE(ValidateMeta(SampleMeta(5), "m").ok()) << ValidateMeta(SampleMeta(5), "m").ToString();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    const char* field;
+    std::function<void(SessionMeta&)> mutate;
+  } cases[] = {
+      {"n_batch", [](SessionMeta& m) { m.n_batch = 0; }},
+      {"n_ubatch", [](SessionMeta& m) { m.n_ubatch = 0; }},
+      {"n_ubatch", [](SessionMeta& m) { m.n_ubatch = m.n_batch + 1; }},
+      {"n_ctx", [](SessionMeta& m) { m.n_ctx = 300; }},
+      {"n_ctx", [](SessionMeta& m) { m.n_ctx = (1u << 24) + 256; }},
+      {"n_seq_max", [](SessionMeta& m) { m.n_seq_max = 7; }},
+      {"rope_freq_base", [nan](SessionMeta& m) { m.rope_freq_base = nan; }},
+      {"rope_freq_base", [](SessionMeta& m) { m.rope_freq_base = -1; }},
+      {"rope_freq_scale", [nan](SessionMeta& m) { m.rope_freq_scale = nan; }},
+      {"yarn_attn_factor", [inf](SessionMeta& m) { m.yarn_attn_factor = inf; }},
+      {"yarn_ext_factor", [](SessionMeta& m) { m.yarn_ext_factor = -2; }},
+      {"yarn_beta_fast", [](SessionMeta& m) { m.yarn_beta_fast = 1e30f; }},
+      {"rope_scaling_type", [](SessionMeta& m) { m.rope_scaling_type = 99; }},
+      {"kv_unified", [](SessionMeta& m) { m.kv_unified = true; }},
+      {"n_swa", [](SessionMeta& m) { m.n_swa = 4; }},
+      {"type_k", [](SessionMeta& m) { m.type_k_name = "q8_0"; }},
+      {"type_v", [](SessionMeta& m) { m.type_v = 12; }},
+      {"type_v",
+       [](SessionMeta& m) {
+         m.type_v = 8;
+         m.type_v_name = "q8_0";
+         m.flash_attn = false;
+       }},
+      {"n_head_kv", [](SessionMeta& m) { m.n_head_kv = m.n_head + 1; }},
+      {"n_layer", [](SessionMeta& m) { m.n_layer = 5000; }},
+      {"n_embd_k_gqa", [](SessionMeta& m) { m.n_embd_k_gqa = 0; }},
+      {"writer", [](SessionMeta& m) { m.writer.clear(); }},
+      {"model_arch", [](SessionMeta& m) { m.model_arch = std::string(300, 'a'); }},
+      {"n_tokens", [](SessionMeta& m) { m.n_tokens = m.n_ctx + 1; }},
+      {"model_n_params", [](SessionMeta& m) { m.model_n_params = 0; }},
+  };
+  for (const auto& c : cases) {
+    SessionMeta m = SampleMeta(5);
+    c.mutate(m);
+    Status s = ValidateMeta(m, "m.kvs");
+    ASSERT_FALSE(s.ok()) << c.field;
+    EXPECT_EQ(s.code(), Status::Code::kCorruption) << c.field;
+    EXPECT_NE(s.message().find(std::string("field ") + c.field), std::string::npos)
+        << c.field << ": " << s.message();
+  }
+}
+
+// A file whose checksums were recomputed after a lie: refused by the semantic checks, not by luck.
+TEST(FormatTest, ValidChecksumsDoNotMakeBadValuesValid) {
+  const std::string kv = SamplePayload(5);
+  const uint64_t sum = SectionChecksum(reinterpret_cast<const uint8_t*>(kv.data()), kv.size());
+  std::vector<int32_t> tokens = {0, 3, 6, 9, 12};
+  SessionMeta meta = SampleMeta(5);
+  meta.n_batch = 0;
+  EXPECT_FALSE(
+      Parse(EncodeFilePrefix(meta, tokens, std::vector<float>(100, 0.5f), kv.size(), sum) + kv)
+          .ok());
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+    std::vector<float> logits(100, 0.5f);
+    logits[42] = bad;
+    auto parsed = Parse(EncodeFilePrefix(SampleMeta(5), tokens, logits, kv.size(), sum) + kv);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_NE(parsed.status().message().find("logit 42"), std::string::npos);
+  }
+}
+
+// Reserved header fields, section flags, alignment and padding: only what a writer writes.
+TEST(FormatTest, ReservedFieldsAndLayoutAreChecked) {
+  const std::string good = SampleFile();
+  auto fix_table = [](std::string* f) {
+    uint32_t n;
+    std::memcpy(&n, &(*f)[20], 4);
+    const uint64_t sum = XXH3_64bits(f->data() + 64, n * 32);
+    std::memcpy(&(*f)[64 + n * 32], &sum, 8);
+  };
+  for (size_t at : {40, 48, 55}) {  // header flags and reserved
+    std::string bad = good;
+    bad[at] = 1;
+    FixHeaderChecksum(&bad);
+    auto parsed = Parse(bad);
+    ASSERT_FALSE(parsed.ok()) << at;
+    EXPECT_NE(parsed.status().message().find("reserved"), std::string::npos);
+  }
+  std::string flags = good;  // flags of section 1
+  flags[64 + 32 + 4] = 1;
+  fix_table(&flags);
+  EXPECT_FALSE(Parse(flags).ok());
+  // Section 1 moved by 8 bytes: no longer at a multiple of 64 after section 0.
+  std::string unaligned = good;
+  uint64_t off;
+  std::memcpy(&off, &unaligned[64 + 32 + 8], 8);
+  off += 8;
+  std::memcpy(&unaligned[64 + 32 + 8], &off, 8);
+  fix_table(&unaligned);
+  EXPECT_FALSE(Parse(unaligned).ok());
+  // A non-zero byte in the padding after the section table.
+  uint32_t n;
+  std::memcpy(&n, &good[20], 4);
+  std::string padding = good;
+  padding[64 + n * 32 + 8] = 'x';
+  auto parsed = Parse(padding);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.status().message().find("padding"), std::string::npos);
 }
 
 TEST(FormatTest, MetaRecordsAreCheckedOneByOne) {
@@ -179,6 +324,87 @@ TEST(FormatTest, LlamaPayloadRefusals) {
   const uint32_t many = 0xFFFFFFFFu;
   std::memcpy(&huge_cells[12], &many, 4);
   EXPECT_FALSE(parse(huge_cells).ok());
+}
+
+}  // namespace
+}  // namespace kvstash::format
+
+namespace kvstash::format {
+namespace {
+
+ModelFacts FactsFor(const SessionMeta& m) {
+  ModelFacts f;
+  f.path = "model.gguf";
+  f.fingerprint = m.model_fingerprint;
+  f.arch = m.model_arch;
+  f.n_vocab = m.n_vocab;
+  f.n_layer = m.n_layer;
+  f.n_embd = m.n_embd;
+  f.n_head = m.n_head;
+  f.n_head_kv = m.n_head_kv;
+  f.n_embd_k_gqa = m.n_embd_k_gqa;
+  f.n_embd_v_gqa = m.n_embd_v_gqa;
+  f.n_swa = m.n_swa;
+  f.n_ctx_train = m.n_ctx_train;
+  f.llama_state_version = m.llama_state_version;
+  return f;
+}
+
+TEST(CompatTest, EveryRecordedDimensionIsComparedWithTheModel) {
+  const SessionMeta meta = SampleMeta(5);
+  ASSERT_TRUE(CheckSessionFitsModel(meta, FactsFor(meta), "s.kvs").ok());
+  const std::vector<std::pair<const char*, std::function<void(ModelFacts&)>>> cases = {
+      {"fingerprint", [](ModelFacts& f) { f.fingerprint.bytes[0] ^= 1; }},
+      {"state version", [](ModelFacts& f) { f.llama_state_version += 1; }},
+      {"n_vocab", [](ModelFacts& f) { f.n_vocab += 1; }},
+      {"n_embd", [](ModelFacts& f) { f.n_embd += 1; }},
+      {"n_head_kv", [](ModelFacts& f) { f.n_head_kv += 1; }},
+      {"n_swa", [](ModelFacts& f) { f.n_swa = 128; }},
+      {"n_ctx_train", [](ModelFacts& f) { f.n_ctx_train += 1; }},
+      {"architecture", [](ModelFacts& f) { f.arch = "gemma3"; }},
+  };
+  for (const auto& [what, mutate] : cases) {
+    ModelFacts facts = FactsFor(meta);
+    mutate(facts);
+    Status s = CheckSessionFitsModel(meta, facts, "s.kvs");
+    ASSERT_FALSE(s.ok()) << what;
+    EXPECT_NE(s.message().find("s.kvs"), std::string::npos) << s.message();
+  }
+}
+
+TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
+  SessionMeta meta = SampleMeta(200);
+  meta.n_ctx = 4096;
+  OpenOptions options;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 4096u);  // as saved
+  options.n_room = 40;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 256u);  // 240 rounded up
+  options.n_room = 57;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 512u);
+  options.n_room = 100000;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 4096u);  // never more than saved unless asked
+  options.n_ctx = 8192;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 8192u);
+  options.n_ctx = 200;
+  EXPECT_FALSE(ResolveOpenContext(meta, options, "s").ok());
+  options = {};
+  options.cache_type_k = "q8_0";
+  EXPECT_EQ(ResolveOpenContext(meta, options, "s").status().code(), Status::Code::kIncompatible);
+  options = {};
+  options.flash_attn = FlashAttention::kOff;  // the sample was saved with flash attention
+  EXPECT_EQ(ResolveOpenContext(meta, options, "s").status().code(), Status::Code::kIncompatible);
+}
+
+TEST(StatusTest, ResultContractsStopTheProgram) {
+  EXPECT_DEATH({ Result<int> r(Status::Ok()); }, "ok Status");
+  EXPECT_DEATH(
+      {
+        Result<int> r(Status::Internal("x"));
+        std::printf("%d", r.value());
+      },
+      "failed Result");
+  Result<int> fine(3);
+  EXPECT_EQ(*fine, 3);
 }
 
 }  // namespace

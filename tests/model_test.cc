@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "engine/fingerprint.h"
+#include "format/meta_check.h"
+#include "ggml.h"
 #include "test_util.h"
 
 namespace kvstash {
@@ -15,15 +17,24 @@ using testing::TempDir;
 // Tokenize, decode, generate; the logits must be finite and two runs identical.
 std::vector<float> DecodeOnce(const std::shared_ptr<Model>& model, std::vector<Token>* generated) {
   auto s = Session::Create(model);
-  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!s.ok()) {
+    ADD_FAILURE() << s.status().ToString();
+    return {};
+  }
   EXPECT_TRUE((*s)->Append("Hello world, this is a test of the generated model.").ok());
   auto logits = (*s)->Logits();
-  EXPECT_TRUE(logits.ok());
+  if (!logits.ok()) {
+    ADD_FAILURE() << logits.status().ToString();
+    return {};
+  }
   for (float v : *logits) EXPECT_TRUE(std::isfinite(v));
   SampleOptions greedy;
   greedy.n_predict = 8;
   auto gen = (*s)->Generate(greedy);
-  EXPECT_TRUE(gen.ok());
+  if (!gen.ok()) {
+    ADD_FAILURE() << gen.status().ToString();
+    return {};
+  }
   *generated = gen->tokens;
   return *logits;
 }
@@ -104,6 +115,24 @@ TEST(ModelTest, MissingAndBogusModelsGiveClearErrors) {
   auto dir = Model::Load(TempDir());
   ASSERT_FALSE(dir.ok());
   EXPECT_NE(dir.status().message().find("not a regular file"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvstash
+
+namespace kvstash {
+namespace {
+
+// format/meta_check.h keeps its own table of KV cache types (src/format has no ggml.h): it must
+// agree with ggml on every id, name and block geometry.
+TEST(CacheTypeTableTest, AgreesWithGgml) {
+  for (const format::CacheType& t : format::kCacheTypes) {
+    const auto type = static_cast<ggml_type>(t.id);
+    EXPECT_STREQ(ggml_type_name(type), t.name) << t.id;
+    EXPECT_EQ(ggml_blck_size(type), int64_t(t.block_elems)) << t.name;
+    EXPECT_EQ(ggml_type_size(type), size_t(t.block_bytes)) << t.name;
+    EXPECT_EQ(ggml_is_quantized(type), t.quantized) << t.name;
+  }
 }
 
 }  // namespace

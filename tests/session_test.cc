@@ -39,7 +39,10 @@ class SessionTest : public ::testing::Test {
   // The cold path: prefix and prompt decoded in separate calls, as save + run do.
   static std::unique_ptr<Session> Cold(const std::string& prompt) {
     auto s = Session::Create(TinyModel());
-    EXPECT_TRUE(s.ok());
+    if (!s.ok()) {
+      ADD_FAILURE() << s.status().ToString();
+      return nullptr;
+    }
     EXPECT_TRUE((*s)->Append(kPrefix).ok());
     EXPECT_TRUE((*s)->Append(prompt).ok());
     return std::move(s.value());

@@ -59,7 +59,10 @@ inline std::shared_ptr<Model> TinyModel(uint64_t seed = 1) {
   if (!m) {
     auto loaded =
         Model::Load(ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, seed));
-    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    if (!loaded.ok()) {
+      ADD_FAILURE() << loaded.status().ToString();
+      return nullptr;
+    }
     m = *loaded;
   }
   return m;
@@ -82,7 +85,10 @@ inline const char* kPrefix =
 // Saves kPrefix with the tiny model to `path` and returns the session's tokens.
 inline std::vector<Token> SaveTinyPrefix(const std::string& path, SessionOptions options = {}) {
   auto s = Session::Create(TinyModel(), options);
-  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!s.ok()) {
+    ADD_FAILURE() << s.status().ToString();
+    return {};
+  }
   EXPECT_TRUE((*s)->Append(kPrefix).ok());
   Status saved = (*s)->Save(path);
   EXPECT_TRUE(saved.ok()) << saved.ToString();
@@ -94,7 +100,10 @@ inline std::unique_ptr<Session> SaveLongTinySession(const std::string& path, int
   std::string text;
   for (int i = 0; i < lines; ++i) text += " sentence " + std::to_string(i) + " of a long document.";
   auto s = Session::Create(TinyModel());
-  EXPECT_TRUE(s.ok());
+  if (!s.ok()) {
+    ADD_FAILURE() << s.status().ToString();
+    return nullptr;
+  }
   EXPECT_TRUE((*s)->Append(text).ok());
   Status saved = (*s)->Save(path);
   EXPECT_TRUE(saved.ok()) << saved.ToString();

@@ -53,8 +53,14 @@ struct SessionOptions {
 // may change what does not: a larger (or smaller, if the tokens still fit) context and the thread
 // count. Setting a KV-deciding option that disagrees with the file is refused by name.
 struct OpenOptions {
-  uint32_t n_ctx = 0;  // 0: as saved
-  int n_threads = 0;   // 0: all cores
+  // The context size. 0: as saved, or, when `n_room` is set, just what the run needs.
+  uint32_t n_ctx = 0;
+  // Tokens the caller will add after the saved ones (prompt + tokens to generate). With n_ctx 0,
+  // the context holds n_tokens + n_room rounded up to 256, at most the saved size: creating (and
+  // clearing) a 4,096-token context costs more than loading a 2,048-token session, and the context
+  // size does not change numerics. 0: unknown, use the saved size.
+  uint32_t n_room = 0;
+  int n_threads = 0;  // 0: all cores
   std::optional<FlashAttention> flash_attn;
   std::optional<std::string> cache_type_k;
   std::optional<std::string> cache_type_v;
@@ -94,12 +100,13 @@ using PieceCallback = std::function<bool(std::string_view piece)>;
 
 // Where the time of Session::Open went (milliseconds).
 struct OpenStats {
-  double map_ms = 0;      // open + mmap of the file
+  double map_ms = 0;      // open + lease + map of the file, or reading it into memory
   double verify_ms = 0;   // parse, checksums, compatibility checks
   double context_ms = 0;  // llama_init_from_model with the recorded parameters
   double restore_ms = 0;  // copying the KV bytes into the cache
   double total_ms = 0;
   uint64_t file_bytes = 0;
+  bool leased = false;  // held by a read lease while verified and restored (else a private copy)
 };
 
 struct SyncResult {

@@ -7,13 +7,15 @@
 #ifndef KVSTASH_STATUS_H_
 #define KVSTASH_STATUS_H_
 
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <utility>
 
 namespace kvstash {
 
-class Status {
+class [[nodiscard]] Status {
  public:
   enum class Code {
     kOk = 0,
@@ -52,26 +54,46 @@ class Status {
   std::string message_;
 };
 
-// A value or the Status that explains why there is none. Accessing the value of a failed Result
-// is a programming error (checked with an assert in debug builds).
+namespace internal {
+// A broken contract of Result (a programming error, not bad input): print why and stop, in every
+// build type, rather than read an empty optional.
+[[noreturn]] inline void ResultContractViolated(const char* what, const Status& status) {
+  std::fprintf(stderr, "kvstash: %s (status: %s)\n", what, status.ToString().c_str());
+  std::abort();
+}
+}  // namespace internal
+
+// A value or the Status that explains why there is none. Accessing the value of a failed Result,
+// or making a Result from an ok Status (which would hold neither), stops the program with a
+// message in every build type: both are bugs in the caller, never a reaction to input.
 template <typename T>
-class Result {
+class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}          // NOLINT: implicit by design
-  Result(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
+  Result(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
+    if (status_.ok()) internal::ResultContractViolated("Result made from an ok Status", status_);
+  }
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
 
-  T& value() & { return *value_; }
-  const T& value() const& { return *value_; }
-  T&& value() && { return std::move(*value_); }
-  T* operator->() { return &*value_; }
-  const T* operator->() const { return &*value_; }
-  T& operator*() & { return *value_; }
-  const T& operator*() const& { return *value_; }
+  T& value() & { return *Checked(); }
+  const T& value() const& { return *Checked(); }
+  T&& value() && { return std::move(*Checked()); }
+  T* operator->() { return &*Checked(); }
+  const T* operator->() const { return &*Checked(); }
+  T& operator*() & { return *Checked(); }
+  const T& operator*() const& { return *Checked(); }
 
  private:
+  std::optional<T>& Checked() {
+    if (!value_) internal::ResultContractViolated("value() of a failed Result", status_);
+    return value_;
+  }
+  const std::optional<T>& Checked() const {
+    if (!value_) internal::ResultContractViolated("value() of a failed Result", status_);
+    return value_;
+  }
   Status status_;
   std::optional<T> value_;
 };

@@ -24,11 +24,6 @@ int64_t MetaInt(const llama_model* model, const std::string& key) {
 
 }  // namespace
 
-std::string ModelFingerprint::Hex() const { return engine::HexOf(bytes, sizeof(bytes)); }
-bool ModelFingerprint::operator==(const ModelFingerprint& other) const {
-  return std::memcmp(bytes, other.bytes, sizeof(bytes)) == 0;
-}
-
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
@@ -82,6 +77,25 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelO
   impl->n_embd_k_gqa = static_cast<int32_t>(key_length > 0 ? key_length : head_dim) * n_head_kv;
   impl->n_embd_v_gqa = static_cast<int32_t>(value_length > 0 ? value_length : head_dim) * n_head_kv;
   return std::shared_ptr<Model>(new Model(std::move(impl)));
+}
+
+format::ModelFacts FactsOf(const Model& model) {
+  const Model::Impl& m = *model.impl();
+  format::ModelFacts facts;
+  facts.path = model.path();
+  facts.fingerprint = model.fingerprint();
+  facts.arch = m.arch;
+  facts.n_vocab = model.n_vocab();
+  facts.n_layer = llama_model_n_layer(m.model);
+  facts.n_embd = llama_model_n_embd(m.model);
+  facts.n_head = llama_model_n_head(m.model);
+  facts.n_head_kv = llama_model_n_head_kv(m.model);
+  facts.n_embd_k_gqa = m.n_embd_k_gqa;
+  facts.n_embd_v_gqa = m.n_embd_v_gqa;
+  facts.n_swa = llama_model_n_swa(m.model);
+  facts.n_ctx_train = model.n_ctx_train();
+  facts.llama_state_version = LLAMA_STATE_SEQ_VERSION;
+  return facts;
 }
 
 const std::string& Model::path() const { return impl_->path; }

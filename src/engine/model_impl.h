@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "format/compat.h"
 #include "kvstash/model.h"
 #include "llama.h"
 
@@ -24,6 +25,9 @@ struct Model::Impl {
     if (model != nullptr) llama_model_free(model);
   }
 };
+
+// The model as a session file records it (META), for format::CheckSessionFitsModel and Save.
+format::ModelFacts FactsOf(const Model& model);
 
 }  // namespace kvstash
 

@@ -1,6 +1,8 @@
 #include "kvstash/runner.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 
 #include "env/env.h"
 
@@ -51,8 +53,20 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
     prefix_tokens = std::move(tokens.value());
   }
 
+  // The prompt is tokenized before the session exists: without BOS whenever something comes
+  // before it (a session always holds at least one token).
+  auto prompt_tokens =
+      model->Tokenize(request.prompt, /*add_bos=*/!request.session_path && prefix_tokens.empty());
+  if (!prompt_tokens.ok()) return prompt_tokens.status();
   if (request.session_path) {
-    auto opened = Session::Open(model, *request.session_path, request.open);
+    OpenOptions open = request.open;
+    if (open.n_ctx == 0 && request.sample.n_predict >= 0) {
+      // Room for everything this run may add: a context sized to the run is cheaper to create.
+      const uint64_t room = uint64_t(prefix_tokens.size()) + prompt_tokens->size() +
+                            uint64_t(request.sample.n_predict);
+      open.n_room = static_cast<uint32_t>(std::min<uint64_t>(room, UINT32_MAX));
+    }
+    auto opened = Session::Open(model, *request.session_path, open);
     if (!opened.ok()) return opened.status();
     session = std::move(opened.value());
   } else {
@@ -73,8 +87,6 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   } else if (!prefix_tokens.empty()) {
     KVSTASH_RETURN_IF_ERROR(session->AppendTokens(prefix_tokens));
   }
-  auto prompt_tokens = model->Tokenize(request.prompt, /*add_bos=*/session->tokens().empty());
-  if (!prompt_tokens.ok()) return prompt_tokens.status();
   KVSTASH_RETURN_IF_ERROR(session->AppendTokens(*prompt_tokens));
   // Open decodes nothing, so everything this session decoded was decoded by this run (including a
   // prefix token Sync may decode again for its logits).

@@ -12,7 +12,9 @@
 #include "engine/session_internals.h"
 #include "env/atomic_file.h"
 #include "env/env.h"
+#include "format/compat.h"
 #include "format/llama_state.h"
+#include "format/meta_check.h"
 #include "format/session_format.h"
 #include "kvstash/session_file.h"
 #include "llama.h"
@@ -50,22 +52,14 @@ Status CheckThreadsAndBatch(int n_threads, uint32_t n_batch, uint32_t n_ubatch) 
   return Status::Ok();
 }
 
-// The KV cache types llama.cpp accepts, by the names its CLI uses.
-const ggml_type kCacheTypes[] = {GGML_TYPE_F32,    GGML_TYPE_F16,  GGML_TYPE_BF16,
-                                 GGML_TYPE_Q8_0,   GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
-                                 GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1};
-
+// The KV cache types llama.cpp accepts, by the names its CLI uses (format/meta_check.h's table,
+// whose ids and block sizes tests/model_test.cc checks against ggml).
 Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
-  std::string allowed;
-  for (ggml_type t : kCacheTypes) {
-    if (name == ggml_type_name(t)) return t;
-    allowed += std::string(allowed.empty() ? "" : ", ") + ggml_type_name(t);
-  }
+  if (const format::CacheType* t = format::FindCacheType(name))
+    return static_cast<ggml_type>(t->id);
   return Status::InvalidArgument(std::string("unknown ") + which + " cache type '" + name +
-                                 "'; use one of " + allowed);
+                                 "'; use one of " + format::CacheTypeNames());
 }
-
-const char* FlashName(bool on) { return on ? "on" : "off"; }
 
 struct ContextDeleter {
   void operator()(llama_context* ctx) const { llama_free(ctx); }
@@ -112,6 +106,7 @@ struct Session::Impl {
   OpenStats open_stats;
 
   const Model::Impl& m() const { return *model->impl(); }
+  Status Restore(const format::ParsedFile& parsed, const StableFile& file, const std::string& path);
   uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
 
   // A context whose KV cache alone would not fit in this machine's memory is refused before
@@ -487,19 +482,20 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   meta.writer = std::string("kvstash ") + KVSTASH_VERSION;
   meta.llama_build = engine::LlamaBuildInfo();
   meta.llama_state_version = LLAMA_STATE_SEQ_VERSION;
-  meta.model_fingerprint = s.model->fingerprint();
+  const format::ModelFacts facts = FactsOf(*s.model);
+  meta.model_fingerprint = facts.fingerprint;
   meta.model_description = s.model->Description();
-  meta.model_arch = s.m().arch;
+  meta.model_arch = facts.arch;
   meta.model_n_params = llama_model_n_params(s.m().model);
-  meta.n_vocab = s.model->n_vocab();
-  meta.n_layer = llama_model_n_layer(s.m().model);
-  meta.n_embd = llama_model_n_embd(s.m().model);
-  meta.n_head = llama_model_n_head(s.m().model);
-  meta.n_head_kv = llama_model_n_head_kv(s.m().model);
-  meta.n_embd_k_gqa = s.m().n_embd_k_gqa;
-  meta.n_embd_v_gqa = s.m().n_embd_v_gqa;
-  meta.n_swa = llama_model_n_swa(s.m().model);
-  meta.n_ctx_train = s.model->n_ctx_train();
+  meta.n_vocab = facts.n_vocab;
+  meta.n_layer = facts.n_layer;
+  meta.n_embd = facts.n_embd;
+  meta.n_head = facts.n_head;
+  meta.n_head_kv = facts.n_head_kv;
+  meta.n_embd_k_gqa = facts.n_embd_k_gqa;
+  meta.n_embd_v_gqa = facts.n_embd_v_gqa;
+  meta.n_swa = facts.n_swa;
+  meta.n_ctx_train = facts.n_ctx_train;
   meta.n_ctx = s.n_ctx();
   meta.type_k_name = ggml_type_name(static_cast<ggml_type>(meta.type_k));
   meta.type_v_name = ggml_type_name(static_cast<ggml_type>(meta.type_v));
@@ -533,139 +529,78 @@ uint64_t MaxSessionBytes(const Model& model, uint64_t n_ctx) {
          uint64_t(llama_model_n_layer(m.model)) * 64;
 }
 
-Status Mismatch(const std::string& path, const std::string& what, const std::string& saved,
-                const std::string& now, const std::string& fix) {
-  return Status::Incompatible("session '" + path + "' was saved with " + what + "=" + saved +
-                              ", this context uses " + now + ": " + fix);
+Status ChangedWhileLoading(const std::string& path) {
+  return Status::IOError("session file '" + path + "' was changed by another process while it " +
+                         "was loaded; open it again once the writer is done");
+}
+
+using Clock = std::chrono::steady_clock;
+double MsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
 }  // namespace
+
+// Hands the verified KV bytes to llama.cpp and checks what it made of them. `file` holds the bytes
+// stable (format/../env StableFile), so what llama.cpp reads is what was verified; Intact() says
+// whether that held until the end.
+Status Session::Impl::Restore(const format::ParsedFile& parsed, const StableFile& file,
+                              const std::string& path) {
+  engine::ClearLlamaError();
+  const size_t read = llama_state_seq_set_data(ctx.get(), parsed.kv, parsed.kv_size, kSeq);
+  llama_memory_t mem = llama_get_memory(ctx.get());
+  if (!file.Intact()) {
+    llama_memory_seq_rm(mem, kSeq, -1, -1);
+    return ChangedWhileLoading(path);
+  }
+  if (read != parsed.kv_size || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
+      llama_memory_seq_pos_max(mem, kSeq) != llama_pos(parsed.meta.n_tokens) - 1) {
+    llama_memory_seq_rm(mem, kSeq, -1, -1);
+    const std::string why = engine::LastLlamaError();
+    return Status::Internal("llama.cpp refused the KV cache of session '" + path + "'" +
+                            (why.empty() ? "" : " (" + why + ")") + "; re-save the session");
+  }
+  tokens = parsed.tokens;
+  n_cached = tokens.size();
+  if (!parsed.logits.empty()) {
+    logits = parsed.logits;
+    logits_valid = true;
+  }
+  return Status::Ok();
+}
 
 Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> model,
                                                const std::string& path,
                                                const OpenOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads, 1, 1));
-  const Model::Impl& m = *model->impl();
-  using Clock = std::chrono::steady_clock;
-  const auto ms = [](Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double, std::milli>(b - a).count();
-  };
   OpenStats stats;
   const auto t_start = Clock::now();
   const uint64_t ctx_bound =
       std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
-  auto mapped = Env::Default()->MapFile(path, MaxSessionBytes(*model, ctx_bound));
-  if (!mapped.ok()) return mapped.status();
-  const MappedFile& file = **mapped;
-  file.WillNeed(0, file.size());  // start readahead of a cold file before the checksum pass
+  auto opened = Env::Default()->OpenStableFile(path, MaxSessionBytes(*model, ctx_bound));
+  if (!opened.ok()) return opened.status();
+  const StableFile& file = **opened;
   const auto t_mapped = Clock::now();
 
+  // Every check before llama.cpp sees a byte: structure, ranges and checksums (ParseFile), the
+  // model (fingerprint and dimensions), then what the caller asks of the context.
   const int n_threads = ResolveThreads(options.n_threads);
   auto parsed = format::ParseFile(file.data(), file.size(), path, /*verify_checksums=*/true,
                                   std::min(n_threads, 2));
-  if (file.damaged()) {
-    return Status::IOError("session file '" + path + "' was truncated by another process while " +
-                           "it was read; save it again");
-  }
+  if (!file.Intact()) return ChangedWhileLoading(path);
   if (!parsed.ok()) return parsed.status();
-  const SessionMeta& meta = parsed->meta;
-
-  // --- the model -------------------------------------------------------------------------
-  if (meta.model_fingerprint != model->fingerprint()) {
-    return Status::Incompatible(
-        "session '" + path + "' was saved with another model (" + meta.model_description +
-        ", fingerprint " + meta.model_fingerprint.Hex().substr(0, 16) + "), not '" + model->path() +
-        "' (fingerprint " + model->fingerprint().Hex().substr(0, 16) +
-        "): open it with the model it was saved with, or re-save it");
-  }
-  if (meta.llama_state_version != LLAMA_STATE_SEQ_VERSION) {
-    return Status::Incompatible("session '" + path + "' holds llama.cpp state version " +
-                                std::to_string(meta.llama_state_version) + ", this build reads " +
-                                std::to_string(LLAMA_STATE_SEQ_VERSION) + ": re-save the session");
-  }
-  // The fingerprint matched, so these disagree only in a forged or buggy file.
-  if (meta.n_vocab != model->n_vocab() || meta.n_layer != llama_model_n_layer(m.model) ||
-      meta.n_embd_k_gqa != m.n_embd_k_gqa || meta.n_embd_v_gqa != m.n_embd_v_gqa) {
-    return Status::Corruption("session '" + path + "' records model dimensions that disagree " +
-                              "with its own model fingerprint; re-create it with 'kvstash save'");
-  }
-
-  // --- the KV payload against what META says ---------------------------------------------
-  auto layout = format::ParseLlamaSeqState(parsed->kv, parsed->kv_size, path);
-  if (!layout.ok()) return layout.status();
-  auto payload_mismatch = [&](const std::string& field, const std::string& in_meta,
-                              const std::string& in_payload) {
-    return Status::Corruption("session '" + path + "' is inconsistent: META says " + field + "=" +
-                              in_meta + ", the KV payload has " + in_payload +
-                              "; re-create it with 'kvstash save'");
-  };
-  if (layout->cell_count != meta.n_tokens) {
-    return payload_mismatch("n_tokens", std::to_string(meta.n_tokens),
-                            std::to_string(layout->cell_count));
-  }
-  if (int64_t(layout->n_layer) != meta.n_layer) {
-    return payload_mismatch("n_layer", std::to_string(meta.n_layer),
-                            std::to_string(layout->n_layer));
-  }
-  if (layout->v_trans == meta.flash_attn) {
-    return payload_mismatch("flash_attn", FlashName(meta.flash_attn),
-                            layout->v_trans ? "a transposed V" : "a row-major V");
-  }
-  const auto type_k = static_cast<ggml_type>(meta.type_k);
-  const auto type_v = static_cast<ggml_type>(meta.type_v);
-  bool known_k = false, known_v = false;
-  for (ggml_type t : kCacheTypes) {
-    known_k |= t == type_k;
-    known_v |= t == type_v;
-  }
-  if (!known_k || layout->k_type != meta.type_k ||
-      layout->k_row_bytes != ggml_row_size(type_k, meta.n_embd_k_gqa)) {
-    return payload_mismatch("type_k", meta.type_k_name,
-                            "type " + std::to_string(layout->k_type) + " rows of " +
-                                std::to_string(layout->k_row_bytes) + " bytes");
-  }
-  const bool v_ok = !layout->v_trans
-                        ? layout->v_row_bytes == ggml_row_size(type_v, meta.n_embd_v_gqa)
-                        : layout->v_elem_bytes == ggml_type_size(type_v) &&
-                              int64_t(layout->n_embd_v) == meta.n_embd_v_gqa;
-  if (!known_v || layout->v_type != meta.type_v || !v_ok) {
-    return payload_mismatch("type_v", meta.type_v_name, "type " + std::to_string(layout->v_type));
-  }
-  if (!parsed->logits.empty() && parsed->logits.size() != size_t(model->n_vocab())) {
-    return payload_mismatch("n_vocab", std::to_string(model->n_vocab()),
-                            std::to_string(parsed->logits.size()) + " logits");
-  }
-
-  // --- what the caller asked for ---------------------------------------------------------
-  if (options.cache_type_k && *options.cache_type_k != meta.type_k_name) {
-    return Mismatch(path, "cache type K", meta.type_k_name, *options.cache_type_k,
-                    "open without --cache-type-k or re-save the session");
-  }
-  if (options.cache_type_v && *options.cache_type_v != meta.type_v_name) {
-    return Mismatch(path, "cache type V", meta.type_v_name, *options.cache_type_v,
-                    "open without --cache-type-v or re-save the session");
-  }
-  if (options.flash_attn && *options.flash_attn != FlashAttention::kAuto &&
-      (*options.flash_attn == FlashAttention::kOn) != meta.flash_attn) {
-    return Mismatch(path, "flash attention", FlashName(meta.flash_attn),
-                    FlashName(*options.flash_attn == FlashAttention::kOn),
-                    "open without -fa or re-save the session");
-  }
-  SessionMeta params = meta;
-  if (options.n_ctx != 0) params.n_ctx = options.n_ctx;
-  if (params.n_ctx <= meta.n_tokens) {
-    return Status::InvalidArgument("session '" + path + "' holds " + std::to_string(meta.n_tokens) +
-                                   " tokens, so a " + std::to_string(params.n_ctx) +
-                                   "-token context leaves no room; use -c " +
-                                   std::to_string(meta.n_tokens + 1) + " or more");
-  }
-
+  KVSTASH_RETURN_IF_ERROR(format::CheckSessionFitsModel(parsed->meta, FactsOf(*model), path));
+  auto n_ctx = format::ResolveOpenContext(parsed->meta, options, path);
+  if (!n_ctx.ok()) return n_ctx.status();
   const auto t_verified = Clock::now();
   if (options.progress) options.progress(file.size(), 2 * uint64_t{file.size()});
+
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = n_threads;
+  SessionMeta params = parsed->meta;
+  params.n_ctx = *n_ctx;
   auto ctx = Impl::MakeContext(*model, params, n_threads);
   if (!ctx.ok()) return ctx.status();
   impl->ctx = std::move(ctx.value());
@@ -673,36 +608,17 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   impl->params = params;
   const auto t_context = Clock::now();
 
-  engine::ClearLlamaError();
-  const size_t read = llama_state_seq_set_data(impl->ctx.get(), parsed->kv, parsed->kv_size, kSeq);
-  llama_memory_t mem = llama_get_memory(impl->ctx.get());
-  if (file.damaged()) {
-    llama_memory_seq_rm(mem, kSeq, -1, -1);
-    return Status::IOError("session file '" + path + "' was truncated by another process while " +
-                           "it was loaded; save it again");
-  }
-  if (read != parsed->kv_size || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
-      llama_memory_seq_pos_max(mem, kSeq) != llama_pos(meta.n_tokens) - 1) {
-    llama_memory_seq_rm(mem, kSeq, -1, -1);
-    const std::string why = engine::LastLlamaError();
-    return Status::Internal("llama.cpp refused the KV cache of session '" + path + "'" +
-                            (why.empty() ? "" : " (" + why + ")") + "; re-save the session");
-  }
+  KVSTASH_RETURN_IF_ERROR(impl->Restore(*parsed, file, path));
   const auto t_restored = Clock::now();
   if (options.progress) options.progress(2 * uint64_t{file.size()}, 2 * uint64_t{file.size()});
-  stats.map_ms = ms(t_start, t_mapped);
-  stats.verify_ms = ms(t_mapped, t_verified);
-  stats.context_ms = ms(t_verified, t_context);
-  stats.restore_ms = ms(t_context, t_restored);
-  stats.total_ms = ms(t_start, t_restored);
+  stats.map_ms = MsBetween(t_start, t_mapped);
+  stats.verify_ms = MsBetween(t_mapped, t_verified);
+  stats.context_ms = MsBetween(t_verified, t_context);
+  stats.restore_ms = MsBetween(t_context, t_restored);
+  stats.total_ms = MsBetween(t_start, t_restored);
   stats.file_bytes = file.size();
+  stats.leased = file.leased();
   impl->open_stats = stats;
-  impl->tokens = parsed->tokens;
-  impl->n_cached = impl->tokens.size();
-  if (!parsed->logits.empty()) {
-    impl->logits = std::move(parsed->logits);
-    impl->logits_valid = true;
-  }
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
@@ -729,8 +645,6 @@ Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_
     return Status::IOError("session file '" + path + "' was truncated while it was read");
   }
   if (!parsed.ok()) return parsed.status();
-  auto layout = format::ParseLlamaSeqState(parsed->kv, parsed->kv_size, path);
-  if (!layout.ok()) return layout.status();
   SessionFileInfo info;
   info.path = path;
   info.format_version = parsed->format_version;

@@ -46,6 +46,34 @@ class MappedFile {
   virtual void WillNeed(size_t offset, size_t n) const = 0;
 };
 
+// A whole regular file whose bytes cannot change while this object holds them, so that the bytes a
+// reader verifies are the bytes it then uses (a checksum over a mapping proves nothing about a
+// second read of the same pages if someone rewrites the file in place in between).
+//
+// Two ways, chosen per file:
+//   - leased: the file's pages are mapped read-only under a read lease (fcntl F_SETLEASE F_RDLCK).
+//     The kernel grants it only while nobody has the file open for writing, and holds every later
+//     open for writing (and truncate) until the lease is released. One copy fewer than a private
+//     buffer: the reader's own pass (checksum, restore) reads the page cache directly. A writer
+//     that tries meanwhile makes the kernel send this process SIGURG, whose default action is to
+//     ignore it (documented in README: the only process-wide effect besides the SIGBUS guard).
+//   - copied: read() into private memory, when a lease cannot be had (another process has the file
+//     open for writing, the caller does not own it, the filesystem has no leases, or leases are
+//     turned off). The copy is the caller's alone.
+// A file truncated underneath a mapping after a lease break timed out still raises no signal: the
+// SIGBUS guard below turns it into Intact() == false.
+class StableFile {
+ public:
+  virtual ~StableFile() = default;
+  virtual const uint8_t* data() const = 0;
+  virtual size_t size() const = 0;
+  virtual bool leased() const = 0;
+  // True when the bytes seen since opening cannot have been changed by anyone. Check it after the
+  // last use of data(): false only for a leased file whose lease break could have timed out
+  // (/proc/sys/fs/lease-break-time) or whose pages were truncated away.
+  virtual bool Intact() const = 0;
+};
+
 // A large scratch buffer backed by transparent huge pages where the kernel offers them. Filling
 // 90 MiB of fresh 4 KiB pages costs ~23k page faults, which on the VMs we measured took longer
 // than the copy itself (55 ms vs 7 ms); 2 MiB pages make it ~45 faults.
@@ -100,6 +128,11 @@ class Env {
   // Maps `path` read-only. Refuses anything but a regular file, and files larger than max_size
   // (checked with fstat before a byte is read, so a huge sparse file costs nothing).
   Result<std::unique_ptr<MappedFile>> MapFile(const std::string& path, uint64_t max_size);
+  // Opens `path` for reading as a StableFile (a lease when one can be had and leases are on, else
+  // a private copy). Same refusals as MapFile.
+  Result<std::unique_ptr<StableFile>> OpenStableFile(const std::string& path, uint64_t max_size);
+  // Whether OpenStableFile may take leases (on by default; tests turn it off to test the copy).
+  void set_read_leases(bool on) { read_leases_ = on; }
   Result<FileInfo> Stat(const std::string& path);
   Status RenameFile(const std::string& from, const std::string& to);
   Status RemoveFile(const std::string& path);
@@ -120,7 +153,10 @@ class Env {
   static uint64_t PhysicalMemoryBytes();
 
  private:
+  // Opens `path` read-only and checks it is a regular file of at most max_size bytes.
+  Result<int> OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size);
   Syscalls* sys_;
+  bool read_leases_ = true;
 };
 
 // "dir" of "dir/name", "." for a bare name.

@@ -5,9 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -293,7 +296,7 @@ Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& pa
   return std::unique_ptr<WritableFile>(new PosixWritableFile(sys_, path, fd));
 }
 
-Result<std::unique_ptr<MappedFile>> Env::MapFile(const std::string& path, uint64_t max_size) {
+Result<int> Env::OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size) {
   // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; it is refused below.
   int fd;
   do {
@@ -324,29 +327,158 @@ Result<std::unique_ptr<MappedFile>> Env::MapFile(const std::string& path, uint64
     return Status::InvalidArgument("'" + path + "' is " + what +
                                    ", not a session file; pass the path of a .kvs file");
   }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size > max_size) {
+  *size = static_cast<uint64_t>(st.st_size);
+  if (*size > max_size) {
     sys_->Close(fd);
-    return Status::Corruption("'" + path + "' is " + std::to_string(size) +
+    return Status::Corruption("'" + path + "' is " + std::to_string(*size) +
                               " bytes, more than any session this model can produce (" +
                               std::to_string(max_size) + "); it is not a kvstash session for it");
   }
+  return fd;
+}
+
+Result<std::unique_ptr<MappedFile>> Env::MapFile(const std::string& path, uint64_t max_size) {
+  uint64_t size = 0;
+  auto fd = OpenForReading(path, max_size, &size);
+  if (!fd.ok()) return fd.status();
   void* addr = nullptr;
   if (size > 0) {
-    addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, *fd, 0);
     if (addr == MAP_FAILED) {
       const int err = errno;
-      sys_->Close(fd);
+      sys_->Close(*fd);
       return Status::IOError("cannot map '" + path + "': " + ErrnoText(err));
     }
   }
-  sys_->Close(fd);  // the mapping keeps the file alive
+  sys_->Close(*fd);  // the mapping keeps the file alive
   auto mapped = std::make_unique<PosixMappedFile>(static_cast<const uint8_t*>(addr), size);
   if (!mapped->Guard()) {
     return Status::IOError("cannot load '" + path +
                            "': too many session files are mapped at once in this process");
   }
   return std::unique_ptr<MappedFile>(std::move(mapped));
+}
+
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+// /proc/sys/fs/lease-break-time: how long the kernel holds a writer off before it breaks a lease
+// by force. 0 (or unreadable): leases protect nothing, so none are taken.
+double LeaseBreakSeconds() {
+  static const double seconds = [] {
+    FILE* f = std::fopen("/proc/sys/fs/lease-break-time", "r");
+    if (f == nullptr) return 0.0;
+    long value = 0;
+    if (std::fscanf(f, "%ld", &value) != 1) value = 0;
+    std::fclose(f);
+    return value > 0 ? double(value) : 0.0;
+  }();
+  return seconds;
+}
+
+// The page-cache pages of a file, mapped under a read lease (see StableFile).
+class LeasedFile : public StableFile {
+ public:
+  LeasedFile(int fd, std::unique_ptr<PosixMappedFile> map)
+      : fd_(fd), map_(std::move(map)), taken_(SteadyClock::now()) {}
+  ~LeasedFile() override {
+    map_.reset();
+    fcntl(fd_, F_SETLEASE, F_UNLCK);
+    close(fd_);
+  }
+  const uint8_t* data() const override { return map_->data(); }
+  size_t size() const override { return map_->size(); }
+  bool leased() const override { return true; }
+  bool Intact() const override {
+    if (map_->damaged()) return false;
+    if (fcntl(fd_, F_GETLEASE) == F_RDLCK) return true;
+    // A writer is waiting (the lease reads as F_UNLCK once a break is pending). The kernel keeps
+    // it waiting for lease-break-time after it asked, which is after the lease was taken: inside
+    // that time, nothing can have been written. A margin covers clock granularity.
+    const double held = std::chrono::duration<double>(SteadyClock::now() - taken_).count();
+    return held + 1.0 < LeaseBreakSeconds();
+  }
+
+ private:
+  int fd_;
+  std::unique_ptr<PosixMappedFile> map_;
+  SteadyClock::time_point taken_;
+};
+
+// A private copy of the file (see StableFile).
+class CopiedFile : public StableFile {
+ public:
+  explicit CopiedFile(size_t size) : buffer_(size) {}
+  uint8_t* buffer() { return buffer_.data(); }
+  const uint8_t* data() const override { return buffer_.data(); }
+  size_t size() const override { return buffer_.size(); }
+  bool leased() const override { return false; }
+  bool Intact() const override { return true; }
+
+ private:
+  LargeBuffer buffer_;
+};
+
+// Takes a read lease on `fd` and maps the file; nullptr when no lease can be had (the caller then
+// copies). The lease comes first: from then on no writer can change the size or the bytes.
+std::unique_ptr<StableFile> TryLease(int fd, uint64_t size) {
+  if (size == 0 || LeaseBreakSeconds() <= 0) return nullptr;
+  // A lease break is announced with SIGIO unless told otherwise, and SIGIO's default action ends
+  // the process. SIGURG's default is to ignore it.
+  if (fcntl(fd, F_SETSIG, SIGURG) != 0 || fcntl(fd, F_SETLEASE, F_RDLCK) != 0) return nullptr;
+  struct stat st;
+  void* addr = MAP_FAILED;
+  if (fstat(fd, &st) == 0 && uint64_t(st.st_size) == size) {
+    addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  }
+  if (addr == MAP_FAILED) {
+    fcntl(fd, F_SETLEASE, F_UNLCK);
+    return nullptr;
+  }
+  auto map = std::make_unique<PosixMappedFile>(static_cast<const uint8_t*>(addr), size);
+  if (!map->Guard()) {
+    fcntl(fd, F_SETLEASE, F_UNLCK);
+    return nullptr;
+  }
+  return std::make_unique<LeasedFile>(fd, std::move(map));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path,
+                                                        uint64_t max_size) {
+  uint64_t size = 0;
+  auto fd = OpenForReading(path, max_size, &size);
+  if (!fd.ok()) return fd.status();
+  posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  if (read_leases_) {
+    if (auto leased = TryLease(*fd, size)) return leased;  // owns fd now
+  }
+  auto copy = std::make_unique<CopiedFile>(size);
+  if (size > 0 && copy->buffer() == nullptr) {
+    sys_->Close(*fd);
+    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to read '" + path +
+                           "'");
+  }
+  uint64_t done = 0;
+  while (done < size) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(size - done, uint64_t{64} << 20));
+    const ssize_t n = pread(*fd, copy->buffer() + done, chunk, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : 0;
+      sys_->Close(*fd);
+      if (err == 0) {
+        return Status::IOError("session file '" + path + "' was truncated by another process " +
+                               "while it was read; save it again");
+      }
+      return Status::IOError("cannot read '" + path + "': " + ErrnoText(err));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  sys_->Close(*fd);
+  return std::unique_ptr<StableFile>(std::move(copy));
 }
 
 Result<FileInfo> Env::Stat(const std::string& path) {

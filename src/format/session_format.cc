@@ -3,9 +3,12 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <thread>
 #include <type_traits>
+
+#include "format/meta_check.h"
 
 namespace kvstash::format {
 namespace {
@@ -297,39 +300,65 @@ std::string EncodeFilePrefix(const SessionMeta& meta, const std::vector<int32_t>
   return out;
 }
 
-Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
-                             bool verify_checksums, int n_threads) {
+namespace {
+
+// Where a section lies and what its table entry promises.
+struct SectionRef {
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+  bool present = false;
+};
+using Sections = SectionRef[kSectionKv + 1];
+
+const char* LlamaFileKind(const uint8_t* data, size_t size) {
+  // llama.cpp writes its magics as little-endian u32s: 'ggsq' (LLAMA_STATE_SEQ_MAGIC, sequence and
+  // slot files) starts the file with the bytes "qsgg", 'ggsn' (LLAMA_SESSION_MAGIC,
+  // llama_state_save_file and llama-completion --prompt-cache) with "nsgg".
+  if (size >= 4 && std::memcmp(data, "qsgg", 4) == 0) return "sequence-state (slot) file";
+  if (size >= 4 && std::memcmp(data, "nsgg", 4) == 0) return "session (--prompt-cache) file";
+  return nullptr;
+}
+
+Status CheckMagic(const uint8_t* data, size_t size, const std::string& name) {
   if (size == 0) return Bad(name, "the file is empty");
-  if (size < sizeof(kMagic) || std::memcmp(data, kMagic, sizeof(kMagic)) != 0) {
-    if (size >= 4 && std::memcmp(data, "GGSQ", 4) == 0) {
-      return Status::InvalidArgument("'" + name + "' is a llama.cpp sequence-state file, not a " +
-                                     "kvstash session; re-create it with 'kvstash save'");
-    }
-    if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) {
-      return Status::InvalidArgument("'" + name + "' is a GGUF model, not a session file; pass " +
-                                     "it with -m and the session with --session");
-    }
-    return Status::Corruption("'" + name + "' is not a kvstash session file (wrong magic bytes)");
+  if (size >= sizeof(kMagic) && std::memcmp(data, kMagic, sizeof(kMagic)) == 0) return Status::Ok();
+  if (const char* kind = LlamaFileKind(data, size)) {
+    return Status::InvalidArgument("'" + name + "' is a llama.cpp " + kind +
+                                   ", not a kvstash session; decode its prompt again with " +
+                                   "'kvstash save' to make one");
   }
+  if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) {
+    return Status::InvalidArgument("'" + name + "' is a GGUF model, not a session file; pass " +
+                                   "it with -m and the session with --session");
+  }
+  return Status::Corruption("'" + name + "' is not a kvstash session file (wrong magic bytes)");
+}
+
+// The 64-byte header: every field is either checked against the file or must be what a writer
+// writes (reserved fields zero).
+Status CheckHeader(const uint8_t* data, size_t size, const std::string& name, ParsedFile* parsed,
+                   uint32_t* n_sections) {
   if (size < kHeaderSize)
     return Bad(name, "the header is cut short (" + std::to_string(size) + " bytes)");
-
-  ParsedFile parsed;
-  parsed.format_version = GetU32(data + 8);
-  parsed.min_reader_version = GetU32(data + 12);
+  parsed->format_version = GetU32(data + 8);
+  parsed->min_reader_version = GetU32(data + 12);
   if (XXH3_64bits(data, 56) != GetU64(data + 56))
     return Bad(name, "the header checksum does not match");
-  if (parsed.min_reader_version > kFormatVersion) {
+  if (parsed->min_reader_version > kFormatVersion) {
     return Status::Incompatible("session file '" + name + "' needs a kvstash that reads format " +
-                                std::to_string(parsed.min_reader_version) +
+                                std::to_string(parsed->min_reader_version) +
                                 ", this one reads up to " + std::to_string(kFormatVersion) +
                                 "; upgrade kvstash");
   }
-  if (parsed.format_version < 1) return Bad(name, "format version 0 does not exist");
+  if (parsed->format_version < 1) return Bad(name, "format version 0 does not exist");
+  if (parsed->min_reader_version < 1 || parsed->min_reader_version > parsed->format_version) {
+    return Bad(name, "min_reader_version " + std::to_string(parsed->min_reader_version) +
+                         " does not fit format version " + std::to_string(parsed->format_version));
+  }
   const uint32_t header_size = GetU32(data + 16);
-  const uint32_t n_sections = GetU32(data + 20);
+  *n_sections = GetU32(data + 20);
   const uint64_t file_size = GetU64(data + 24);
-  const uint64_t table_offset = GetU64(data + 32);
   if (header_size != kHeaderSize)
     return Bad(name, "unexpected header size " + std::to_string(header_size));
   if (file_size != size) {
@@ -338,98 +367,140 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
                             : Bad(name, "it has " + std::to_string(size - file_size) +
                                             " unexpected trailing bytes");
   }
-  if (n_sections == 0 || n_sections > 64) {
-    return Bad(name, "section count " + std::to_string(n_sections) + " is out of range");
+  if (GetU64(data + 32) != kHeaderSize) return Bad(name, "the section table is not at byte 64");
+  if (GetU64(data + 40) != 0 || GetU64(data + 48) != 0) {
+    return Bad(name, "reserved header fields (bytes 40..55) are not zero");
   }
+  if (*n_sections == 0 || *n_sections > 64) {
+    return Bad(name, "section count " + std::to_string(*n_sections) + " is out of range");
+  }
+  return Status::Ok();
+}
+
+bool AllZero(const uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (p[i] != 0) return false;
+  }
+  return true;
+}
+
+// The section table. Sections follow each other in table order, each at the first multiple of 64
+// after the previous one, separated by zero bytes, the last one ending at the end of the file:
+// the only layout a writer produces, so no byte of the file is without meaning.
+Status CheckTable(const uint8_t* data, size_t size, const std::string& name, uint32_t n_sections,
+                  Sections& sections) {
   const uint64_t table_size = uint64_t{n_sections} * kSectionEntrySize + 8;
-  if (table_offset < kHeaderSize || table_offset > size || table_size > size - table_offset) {
-    return Bad(name, "the section table lies outside the file");
-  }
-  const uint8_t* table = data + table_offset;
+  if (table_size > size - kHeaderSize) return Bad(name, "the section table lies outside the file");
+  const uint8_t* table = data + kHeaderSize;
   if (XXH3_64bits(table, table_size - 8) != GetU64(table + table_size - 8)) {
     return Bad(name, "the section table checksum does not match");
   }
-
-  const uint8_t* sec_data[5] = {};
-  uint64_t sec_size[5] = {};
-  uint64_t sec_sum[5] = {};
-  bool present[5] = {};
+  uint64_t end = kHeaderSize + table_size;  // end of the previous part
   for (uint32_t i = 0; i < n_sections; ++i) {
     const uint8_t* e = table + i * kSectionEntrySize;
+    const std::string which = "section " + std::to_string(i);
     const uint32_t type = GetU32(e);
     const uint64_t off = GetU64(e + 8);
     const uint64_t len = GetU64(e + 16);
-    if (off > size || len > size - off || off < table_offset + table_size) {
-      return Bad(name, "section " + std::to_string(i) + " lies outside the file");
+    if (GetU32(e + 4) != 0) return Bad(name, which + " has non-zero flags");
+    if (off != AlignUp(end) || off > size || len > size - off) {
+      return Bad(name, which + " does not start right after the previous part (at a multiple " +
+                           "of 64) or lies outside the file");
     }
-    if (type < kSectionMeta || type > kSectionKv) {
-      // Unknown sections are skipped: newer writers may add optional ones.
-      continue;
-    }
-    if (present[type]) return Bad(name, "section type " + std::to_string(type) + " appears twice");
-    present[type] = true;
-    sec_data[type] = data + off;
-    sec_size[type] = len;
-    sec_sum[type] = GetU64(e + 24);
+    if (!AllZero(data + end, off - end))
+      return Bad(name, "padding before " + which + " is not zero");
+    end = off + len;
+    if (type < kSectionMeta || type > kSectionKv) continue;  // optional sections of newer writers
+    if (sections[type].present)
+      return Bad(name, "section type " + std::to_string(type) + " appears twice");
+    sections[type] = {data + off, len, GetU64(e + 24), true};
   }
-  if (!present[kSectionMeta] || !present[kSectionTokens] || !present[kSectionKv]) {
+  if (end != size) return Bad(name, "the last section does not end at the end of the file");
+  if (!sections[kSectionMeta].present || !sections[kSectionTokens].present ||
+      !sections[kSectionKv].present) {
     return Bad(name, "a required section (META, TOKENS or KV) is missing");
   }
+  return Status::Ok();
+}
 
-  if (verify_checksums) {
-    static const char* kNames[] = {"", "META", "TOKENS", "LOGITS", "KV"};
-    for (int type = int{kSectionMeta}; type <= int{kSectionKv}; ++type) {
-      if (!present[type]) continue;
-      const int threads = type == int{kSectionKv} ? n_threads : 1;
-      if (SectionChecksum(sec_data[type], sec_size[type], threads) != sec_sum[type]) {
-        return Bad(name, std::string("the checksum of the ") + kNames[type] +
-                             " section does not match (the bytes were altered or damaged)");
-      }
-    }
-    parsed.checksums_verified = true;
-  }
+Status VerifyChecksum(const SectionRef& s, int type, int n_threads, const std::string& name) {
+  static const char* kNames[] = {"", "META", "TOKENS", "LOGITS", "KV"};
+  if (!s.present || SectionChecksum(s.data, s.size, n_threads) == s.checksum) return Status::Ok();
+  return Bad(name, std::string("the checksum of the ") + kNames[type] +
+                       " section does not match (the bytes were altered or damaged)");
+}
 
-  if (sec_size[kSectionMeta] > kMaxMetaBytes) return Bad(name, "the META section is too large");
-  auto meta = DecodeMeta(sec_data[kSectionMeta], sec_size[kSectionMeta], name);
-  if (!meta.ok()) return meta.status();
-  parsed.meta = std::move(meta.value());
-  const SessionMeta& m = parsed.meta;
-
-  if (m.n_tokens == 0) return Bad(name, "it holds no tokens");
-  if (m.n_tokens > kMaxTokens)
-    return Bad(name, "token count " + std::to_string(m.n_tokens) + " is absurd");
-  if (m.n_tokens > m.n_ctx) {
-    return Bad(name, "it holds " + std::to_string(m.n_tokens) + " tokens but was saved from a " +
-                         std::to_string(m.n_ctx) + "-token context");
-  }
-  if (m.n_vocab <= 0 || m.n_vocab > kMaxVocab)
-    return Bad(name, "vocabulary size " + std::to_string(m.n_vocab) + " is out of range");
-  if (sec_size[kSectionTokens] != uint64_t{m.n_tokens} * sizeof(int32_t)) {
-    return Bad(name, "the TOKENS section holds " + std::to_string(sec_size[kSectionTokens]) +
+Status ReadTokensAndLogits(const Sections& sections, const std::string& name, ParsedFile* parsed) {
+  const SessionMeta& m = parsed->meta;
+  const SectionRef& tokens = sections[kSectionTokens];
+  if (tokens.size != uint64_t{m.n_tokens} * sizeof(int32_t)) {
+    return Bad(name, "the TOKENS section holds " + std::to_string(tokens.size) +
                          " bytes, META says " + std::to_string(m.n_tokens) + " tokens");
   }
-  parsed.tokens.resize(m.n_tokens);
-  std::memcpy(parsed.tokens.data(), sec_data[kSectionTokens], sec_size[kSectionTokens]);
-  for (size_t i = 0; i < parsed.tokens.size(); ++i) {
-    const int32_t t = parsed.tokens[i];
+  parsed->tokens.resize(m.n_tokens);
+  std::memcpy(parsed->tokens.data(), tokens.data, tokens.size);
+  for (size_t i = 0; i < parsed->tokens.size(); ++i) {
+    const int32_t t = parsed->tokens[i];
     if (t < 0 || t >= m.n_vocab) {
       return Bad(name, "token " + std::to_string(i) + " has id " + std::to_string(t) +
                            ", outside the vocabulary of " + std::to_string(m.n_vocab));
     }
   }
-  if (m.has_logits != present[kSectionLogits]) {
+  const SectionRef& logits = sections[kSectionLogits];
+  if (m.has_logits != logits.present) {
     return Bad(name, "META and the section table disagree about the LOGITS section");
   }
-  if (present[kSectionLogits]) {
-    if (sec_size[kSectionLogits] != uint64_t(m.n_vocab) * sizeof(float)) {
-      return Bad(name, "the LOGITS section holds " + std::to_string(sec_size[kSectionLogits]) +
-                           " bytes, not one float per vocabulary entry");
-    }
-    parsed.logits.resize(m.n_vocab);
-    std::memcpy(parsed.logits.data(), sec_data[kSectionLogits], sec_size[kSectionLogits]);
+  if (!logits.present) return Status::Ok();
+  if (logits.size != uint64_t(m.n_vocab) * sizeof(float)) {
+    return Bad(name, "the LOGITS section holds " + std::to_string(logits.size) +
+                         " bytes, not one float per vocabulary entry");
   }
-  parsed.kv = sec_data[kSectionKv];
-  parsed.kv_size = sec_size[kSectionKv];
+  parsed->logits.resize(m.n_vocab);
+  std::memcpy(parsed->logits.data(), logits.data, logits.size);
+  for (size_t i = 0; i < parsed->logits.size(); ++i) {
+    if (!std::isfinite(parsed->logits[i])) {
+      return Bad(name, "logit " + std::to_string(i) + " is not a finite number");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
+                             bool verify_checksums, int n_threads) {
+  KVSTASH_RETURN_IF_ERROR(CheckMagic(data, size, name));
+  ParsedFile parsed;
+  uint32_t n_sections = 0;
+  KVSTASH_RETURN_IF_ERROR(CheckHeader(data, size, name, &parsed, &n_sections));
+  Sections sections;
+  KVSTASH_RETURN_IF_ERROR(CheckTable(data, size, name, n_sections, sections));
+
+  // Structure first, the large KV checksum last: a file whose parts do not fit together is refused
+  // before its payload is read (a 5 GiB sparse file costs nothing).
+  if (verify_checksums) {
+    for (int type : {int{kSectionMeta}, int{kSectionTokens}, int{kSectionLogits}}) {
+      KVSTASH_RETURN_IF_ERROR(VerifyChecksum(sections[type], type, 1, name));
+    }
+  }
+  if (sections[kSectionMeta].size > kMaxMetaBytes)
+    return Bad(name, "the META section is too large");
+  auto meta = DecodeMeta(sections[kSectionMeta].data, sections[kSectionMeta].size, name);
+  if (!meta.ok()) return meta.status();
+  parsed.meta = std::move(meta.value());
+  KVSTASH_RETURN_IF_ERROR(ValidateMeta(parsed.meta, name));
+  KVSTASH_RETURN_IF_ERROR(ReadTokensAndLogits(sections, name, &parsed));
+
+  parsed.kv = sections[kSectionKv].data;
+  parsed.kv_size = sections[kSectionKv].size;
+  auto layout = ParseLlamaSeqState(parsed.kv, parsed.kv_size, name);
+  if (!layout.ok()) return layout.status();
+  parsed.layout = *layout;
+  KVSTASH_RETURN_IF_ERROR(CheckPayloadMatchesMeta(parsed.meta, parsed.layout, name));
+  if (verify_checksums) {
+    KVSTASH_RETURN_IF_ERROR(VerifyChecksum(sections[kSectionKv], kSectionKv, n_threads, name));
+    parsed.checksums_verified = true;
+  }
   return parsed;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "format/llama_state.h"
 #include "kvstash/session_file.h"
 #include "kvstash/status.h"
 
@@ -57,11 +58,14 @@ struct ParsedFile {
   std::vector<float> logits;    // empty when the file has none
   const uint8_t* kv = nullptr;  // points into the caller's buffer
   uint64_t kv_size = 0;
+  KvLayout layout;  // the KV payload's structure, checked against META
   bool checksums_verified = false;
 };
 
-// Parses `data` (the whole file). With `verify_checksums`, every section's checksum is checked
-// before anything is returned; the KV checksum uses `n_threads` threads. `name` is used in errors.
+// Parses and checks `data` (the whole file): header, table layout, every META field's range
+// (format/meta_check.h), tokens, logits, and the KV payload's structure against META. With
+// `verify_checksums`, every section's checksum too (the KV one last, with `n_threads` threads).
+// Nothing a model decides is checked here (format/compat.h). `name` is used in errors.
 Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
                              bool verify_checksums, int n_threads = 1);
 

@@ -1,0 +1,126 @@
+#include "format/compat.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "format/meta_check.h"
+#include "format/session_format.h"
+
+namespace kvstash {
+
+// ModelFingerprint is a plain value of the public API; its methods live here, below the engine, so
+// that format code comparing fingerprints links without llama.cpp.
+std::string ModelFingerprint::Hex() const {
+  static const char* kDigits = "0123456789abcdef";
+  std::string hex;
+  for (uint8_t b : bytes) {
+    hex.push_back(kDigits[b >> 4]);
+    hex.push_back(kDigits[b & 15]);
+  }
+  return hex;
+}
+
+bool ModelFingerprint::operator==(const ModelFingerprint& other) const {
+  return std::memcmp(bytes, other.bytes, sizeof(bytes)) == 0;
+}
+
+}  // namespace kvstash
+
+namespace kvstash::format {
+namespace {
+
+Status Mismatch(const std::string& path, const std::string& what, const std::string& saved,
+                const std::string& now, const std::string& fix) {
+  return Status::Incompatible("session '" + path + "' was saved with " + what + "=" + saved +
+                              ", this context uses " + now + ": " + fix);
+}
+
+const char* FlashName(bool on) { return on ? "on" : "off"; }
+
+}  // namespace
+
+Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
+                             const std::string& path) {
+  if (meta.model_fingerprint != model.fingerprint) {
+    return Status::Incompatible(
+        "session '" + path + "' was saved with another model (" + meta.model_description +
+        ", fingerprint " + meta.model_fingerprint.Hex().substr(0, 16) + "), not '" + model.path +
+        "' (fingerprint " + model.fingerprint.Hex().substr(0, 16) +
+        "): open it with the model it was saved with, or re-save it");
+  }
+  if (meta.llama_state_version != model.llama_state_version) {
+    return Status::Incompatible("session '" + path + "' holds llama.cpp state version " +
+                                std::to_string(meta.llama_state_version) + ", this build reads " +
+                                std::to_string(model.llama_state_version) +
+                                ": re-save the session");
+  }
+  // The fingerprint matched, so these disagree only in a forged or buggy file.
+  const struct {
+    const char* field;
+    int64_t in_file;
+    int64_t in_model;
+  } dims[] = {
+      {"n_vocab", meta.n_vocab, model.n_vocab},
+      {"n_layer", meta.n_layer, model.n_layer},
+      {"n_embd", meta.n_embd, model.n_embd},
+      {"n_head", meta.n_head, model.n_head},
+      {"n_head_kv", meta.n_head_kv, model.n_head_kv},
+      {"n_embd_k_gqa", meta.n_embd_k_gqa, model.n_embd_k_gqa},
+      {"n_embd_v_gqa", meta.n_embd_v_gqa, model.n_embd_v_gqa},
+      {"n_swa", meta.n_swa, model.n_swa},
+      {"n_ctx_train", meta.n_ctx_train, model.n_ctx_train},
+  };
+  for (const auto& d : dims) {
+    if (d.in_file != d.in_model) {
+      return Status::Corruption("session '" + path + "' records " + d.field + "=" +
+                                std::to_string(d.in_file) + " but its model '" + model.path +
+                                "' (same fingerprint) has " + std::to_string(d.in_model) +
+                                "; re-create it with 'kvstash save'");
+    }
+  }
+  if (meta.model_arch != model.arch) {
+    return Status::Corruption("session '" + path + "' records architecture '" + meta.model_arch +
+                              "' but its model has '" + model.arch +
+                              "'; re-create it with 'kvstash save'");
+  }
+  return Status::Ok();
+}
+
+Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& options,
+                                    const std::string& path) {
+  if (options.cache_type_k && *options.cache_type_k != meta.type_k_name) {
+    return Mismatch(path, "cache type K", meta.type_k_name, *options.cache_type_k,
+                    "open without --cache-type-k or re-save the session");
+  }
+  if (options.cache_type_v && *options.cache_type_v != meta.type_v_name) {
+    return Mismatch(path, "cache type V", meta.type_v_name, *options.cache_type_v,
+                    "open without --cache-type-v or re-save the session");
+  }
+  if (options.flash_attn && *options.flash_attn != FlashAttention::kAuto &&
+      (*options.flash_attn == FlashAttention::kOn) != meta.flash_attn) {
+    return Mismatch(path, "flash attention", FlashName(meta.flash_attn),
+                    FlashName(*options.flash_attn == FlashAttention::kOn),
+                    "open without -fa or re-save the session");
+  }
+  uint64_t n_ctx = meta.n_ctx;
+  if (options.n_ctx != 0) {
+    n_ctx = options.n_ctx;
+  } else if (options.n_room != 0) {
+    const uint64_t need = (uint64_t{meta.n_tokens} + options.n_room + 255) / 256 * 256;
+    n_ctx = std::min<uint64_t>(n_ctx, need);
+  }
+  if (n_ctx <= meta.n_tokens) {
+    return Status::InvalidArgument("session '" + path + "' holds " + std::to_string(meta.n_tokens) +
+                                   " tokens, so a " + std::to_string(n_ctx) +
+                                   "-token context leaves no room; use -c " +
+                                   std::to_string(meta.n_tokens + 1) + " or more");
+  }
+  if (n_ctx > kMaxTokens) {
+    return Status::InvalidArgument("a context of " + std::to_string(n_ctx) +
+                                   " tokens is more than kvstash supports (" +
+                                   std::to_string(kMaxTokens) + "); use a smaller -c");
+  }
+  return static_cast<uint32_t>(n_ctx);
+}
+
+}  // namespace kvstash::format

@@ -1,0 +1,193 @@
+#include "format/meta_check.h"
+
+#include <cmath>
+
+#include "format/session_format.h"
+
+namespace kvstash::format {
+namespace {
+
+// Limits no honest writer reaches; each is far above any model llama.cpp runs today and far below
+// where size arithmetic could overflow.
+constexpr int32_t kMaxLayers = 4096;
+constexpr int32_t kMaxEmbd = 1 << 20;
+constexpr int32_t kMaxHeads = 1 << 16;
+constexpr size_t kMaxNameBytes = 256;
+constexpr size_t kMaxPreviewBytes = 64 * 1024;
+constexpr float kMaxFloatParam = 1e12f;
+
+Status Bad(const std::string& name, const std::string& field, const std::string& why) {
+  return Status::Corruption("session file '" + name + "' is corrupt: META field " + field + " " +
+                            why + "; re-create it with 'kvstash save'");
+}
+
+Status IntIn(const std::string& name, const char* field, int64_t v, int64_t lo, int64_t hi) {
+  if (v >= lo && v <= hi) return Status::Ok();
+  return Bad(
+      name, field,
+      "is " + std::to_string(v) + ", outside " + std::to_string(lo) + ".." + std::to_string(hi));
+}
+
+Status StringLen(const std::string& name, const char* field, const std::string& s, size_t lo,
+                 size_t hi) {
+  if (s.size() >= lo && s.size() <= hi) return Status::Ok();
+  return Bad(name, field,
+             "has " + std::to_string(s.size()) + " bytes, outside " + std::to_string(lo) + ".." +
+                 std::to_string(hi));
+}
+
+// A context parameter that llama.cpp reads as "from the model" when negative (-1) or zero, or uses
+// as given otherwise: finite, and either exactly `from_model` or within [0, kMaxFloatParam].
+Status FloatParam(const std::string& name, const char* field, float v, float from_model) {
+  if (std::isfinite(v) && (v == from_model || (v >= 0 && v <= kMaxFloatParam))) {
+    return Status::Ok();
+  }
+  return Bad(name, field,
+             "is " + std::to_string(v) + "; a writer records " + std::to_string(from_model) +
+                 " (from the model) or a finite value in 0.." + std::to_string(kMaxFloatParam));
+}
+
+Status CheckCacheType(const std::string& name, const char* field, int32_t id,
+                      const std::string& type_name) {
+  const CacheType* type = FindCacheType(id);
+  if (type == nullptr) {
+    return Bad(
+        name, field,
+        "is ggml type " + std::to_string(id) + ", not a KV cache type (" + CacheTypeNames() + ")");
+  }
+  if (type_name != type->name) {
+    return Bad(name, field,
+               std::string("is ") + type->name + " but its name field says '" + type_name + "'");
+  }
+  return Status::Ok();
+}
+
+Status ValidateModelFields(const SessionMeta& m, const std::string& name) {
+  KVSTASH_RETURN_IF_ERROR(StringLen(name, "writer", m.writer, 1, kMaxNameBytes));
+  KVSTASH_RETURN_IF_ERROR(StringLen(name, "llama_build", m.llama_build, 1, kMaxNameBytes));
+  KVSTASH_RETURN_IF_ERROR(
+      StringLen(name, "model_description", m.model_description, 0, kMaxNameBytes));
+  KVSTASH_RETURN_IF_ERROR(StringLen(name, "model_arch", m.model_arch, 1, kMaxNameBytes));
+  KVSTASH_RETURN_IF_ERROR(StringLen(name, "preview", m.preview, 0, kMaxPreviewBytes));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_vocab", m.n_vocab, 1, kMaxVocab));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_layer", m.n_layer, 1, kMaxLayers));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd", m.n_embd, 1, kMaxEmbd));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_head", m.n_head, 1, kMaxHeads));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_head_kv", m.n_head_kv, 1, m.n_head));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd_k_gqa", m.n_embd_k_gqa, 1, kMaxEmbd));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd_v_gqa", m.n_embd_v_gqa, 1, kMaxEmbd));
+  // Sliding-window models are refused at Create, so a writer records 0.
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_swa", m.n_swa, 0, 0));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_ctx_train", m.n_ctx_train, 0, INT32_MAX));
+  if (m.model_n_params == 0) return Bad(name, "model_n_params", "is 0");
+  return Status::Ok();
+}
+
+Status ValidateContextFields(const SessionMeta& m, const std::string& name) {
+  // llama.cpp pads every context to a multiple of 256 cells, and the writer records that value.
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_ctx", m.n_ctx, 256, kMaxTokens));
+  if (m.n_ctx % 256 != 0) {
+    return Bad(name, "n_ctx", "is " + std::to_string(m.n_ctx) + ", not a multiple of 256");
+  }
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_batch", m.n_batch, 1, kMaxTokens));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_ubatch", m.n_ubatch, 1, m.n_batch));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_seq_max", m.n_seq_max, 1, 1));
+  KVSTASH_RETURN_IF_ERROR(CheckCacheType(name, "type_k", m.type_k, m.type_k_name));
+  KVSTASH_RETURN_IF_ERROR(CheckCacheType(name, "type_v", m.type_v, m.type_v_name));
+  if (FindCacheType(m.type_v)->quantized && !m.flash_attn) {
+    return Bad(name, "type_v", "is quantized without flash attention, which llama.cpp cannot run");
+  }
+  // llama_rope_scaling_type: -1 unspecified (from the model), 0 none, 1 linear, 2 yarn, 3 longrope.
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "rope_scaling_type", m.rope_scaling_type, -1, 3));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "rope_freq_base", m.rope_freq_base, 0.0f));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "rope_freq_scale", m.rope_freq_scale, 0.0f));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_ext_factor", m.yarn_ext_factor, -1.0f));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_attn_factor", m.yarn_attn_factor, -1.0f));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_beta_fast", m.yarn_beta_fast, -1.0f));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_beta_slow", m.yarn_beta_slow, -1.0f));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "yarn_orig_ctx", m.yarn_orig_ctx, 0, kMaxTokens));
+  // One sequence per session: a unified multi-sequence cache is never written.
+  if (m.kv_unified) return Bad(name, "kv_unified", "is 1; sessions hold one sequence");
+  return Status::Ok();
+}
+
+}  // namespace
+
+const CacheType* FindCacheType(int32_t id) {
+  for (const CacheType& t : kCacheTypes) {
+    if (t.id == id) return &t;
+  }
+  return nullptr;
+}
+
+const CacheType* FindCacheType(std::string_view name) {
+  for (const CacheType& t : kCacheTypes) {
+    if (name == t.name) return &t;
+  }
+  return nullptr;
+}
+
+std::string CacheTypeNames() {
+  std::string names;
+  for (const CacheType& t : kCacheTypes) names += std::string(names.empty() ? "" : ", ") + t.name;
+  return names;
+}
+
+uint64_t CacheRowBytes(const CacheType& type, uint64_t n) {
+  if (n % type.block_elems != 0) return 0;
+  return n / type.block_elems * type.block_bytes;
+}
+
+Status ValidateMeta(const SessionMeta& meta, const std::string& name) {
+  KVSTASH_RETURN_IF_ERROR(ValidateModelFields(meta, name));
+  KVSTASH_RETURN_IF_ERROR(ValidateContextFields(meta, name));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_tokens", meta.n_tokens, 1, meta.n_ctx));
+  return Status::Ok();
+}
+
+Status CheckPayloadMatchesMeta(const SessionMeta& meta, const KvLayout& layout,
+                               const std::string& name) {
+  auto mismatch = [&](const std::string& field, const std::string& in_meta,
+                      const std::string& in_payload) {
+    return Status::Corruption("session file '" + name + "' is inconsistent: META says " + field +
+                              "=" + in_meta + ", the KV payload has " + in_payload +
+                              "; re-create it with 'kvstash save'");
+  };
+  if (layout.cell_count != meta.n_tokens) {
+    return mismatch("n_tokens", std::to_string(meta.n_tokens), std::to_string(layout.cell_count));
+  }
+  if (int64_t(layout.n_layer) != meta.n_layer) {
+    return mismatch("n_layer", std::to_string(meta.n_layer), std::to_string(layout.n_layer));
+  }
+  if (layout.v_trans == meta.flash_attn) {
+    return mismatch("flash_attn", meta.flash_attn ? "on" : "off",
+                    layout.v_trans ? "a transposed V" : "a row-major V");
+  }
+  // ValidateMeta ran first, so both types are in the table.
+  const CacheType& type_k = *FindCacheType(meta.type_k);
+  const CacheType& type_v = *FindCacheType(meta.type_v);
+  const uint64_t k_row = CacheRowBytes(type_k, uint64_t(meta.n_embd_k_gqa));
+  if (layout.k_type != meta.type_k || k_row == 0 || layout.k_row_bytes != k_row) {
+    return mismatch("type_k, n_embd_k_gqa",
+                    meta.type_k_name + ", " + std::to_string(meta.n_embd_k_gqa) + " (rows of " +
+                        std::to_string(k_row) + " bytes)",
+                    "type " + std::to_string(layout.k_type) + " rows of " +
+                        std::to_string(layout.k_row_bytes) + " bytes");
+  }
+  const bool v_ok = !layout.v_trans
+                        ? CacheRowBytes(type_v, uint64_t(meta.n_embd_v_gqa)) != 0 &&
+                              layout.v_row_bytes == CacheRowBytes(type_v, meta.n_embd_v_gqa)
+                        : !type_v.quantized && layout.v_elem_bytes == type_v.block_bytes &&
+                              int64_t(layout.n_embd_v) == meta.n_embd_v_gqa;
+  if (layout.v_type != meta.type_v || !v_ok) {
+    return mismatch(
+        "type_v, n_embd_v_gqa", meta.type_v_name + ", " + std::to_string(meta.n_embd_v_gqa),
+        "type " + std::to_string(layout.v_type) +
+            (layout.v_trans
+                 ? " (transposed), " + std::to_string(layout.n_embd_v) + " values per cell"
+                 : ", rows of " + std::to_string(layout.v_row_bytes) + " bytes"));
+  }
+  return Status::Ok();
+}
+
+}  // namespace kvstash::format
