@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
-# Builds the session-reader fuzzer with clang (libFuzzer + ASan + UBSan) and runs it for SECONDS
-# (default 60), seeded with valid session files and every regression input in tests/fuzz/regressions.
-# A crash is saved under tests/fuzz/regressions/ (commit it) and fails the run.
+# Builds and runs kvstash's two libFuzzer harnesses with clang (libFuzzer + ASan + UBSan), seeded
+# with valid session files and every regression input in tests/fuzz/regressions:
+#   session_reader_fuzz  the container and payload parsers on raw bytes (SECONDS/2)
+#   session_open_fuzz    a custom mutator recomputes every checksum after each mutation, so inputs
+#                        reach the range checks, the model checks and llama.cpp's restore (SECONDS)
+# The second links the Release build in build/ (make test builds it first). A crash is saved under
+# tests/fuzz/regressions/ (commit it) and fails the run.
 set -euo pipefail
 seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
+build="$root/build"
 out="$root/build-fuzz"
 mkdir -p "$out/corpus" "$root/tests/fuzz/regressions"
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing: apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
+[ -f "$build/libkvstash.a" ] || { echo "fuzz: $build/libkvstash.a is missing: run 'make build' first" >&2; exit 1; }
 
-bin="$out/session_reader_fuzz"
-srcs=("$root/tests/fuzz/session_reader_fuzz.cc" "$root/src/format/session_format.cc" "$root/src/format/llama_state.cc" "$root/src/format/meta_check.cc")
-if [ ! -x "$bin" ] || [ -n "$(find "${srcs[@]}" "$root/src/format" -newer "$bin" 2>/dev/null)" ]; then
-  clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -I"$root/include" -I"$root/src" "${srcs[@]}" -lxxhash -o "$bin"
+flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+       -I"$root/include" -I"$root/src" -I"$root/third_party/llama.cpp/include"
+       -I"$root/third_party/llama.cpp/ggml/include")
+format_srcs=("$root"/src/format/*.cc)
+reader="$out/session_reader_fuzz"
+opener="$out/session_open_fuzz"
+newer() { [ ! -x "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null | head -1)" ]; }
+if newer "$reader" "$root/tests/fuzz/session_reader_fuzz.cc" "$root/src/format" "$root/include"; then
+  clang++ "${flags[@]}" "$root/tests/fuzz/session_reader_fuzz.cc" "${format_srcs[@]}" -lxxhash -o "$reader"
+fi
+# The engine and llama.cpp come from the Release build (not instrumented: coverage guidance is for
+# kvstash's own checks, compiled here); the format code is compiled here, instrumented.
+libs=("$build/libkvstash.a" "$build/libkvstash_env.a" "$build/src/testmodel/libkvstash_testmodel.a"
+      "$build/llama.cpp/src/libllama.a" "$build/llama.cpp/ggml/src/libggml.a"
+      "$build/llama.cpp/ggml/src/libggml-cpu.a" "$build/llama.cpp/ggml/src/libggml-base.a")
+if newer "$opener" "$root/tests/fuzz/session_open_fuzz.cc" "$root/src/format" "$root/include" "${libs[@]}"; then
+  clang++ "${flags[@]}" "$root/tests/fuzz/session_open_fuzz.cc" "${format_srcs[@]}" "${libs[@]}" \
+    -lxxhash -lgomp -lpthread -ldl -lm -o "$opener"
 fi
 
-# Seeds: valid sessions (plain, q8_0 cache, no flash attention) from the built CLI, when present.
-kv="$root/build/kvstash"
+# Seeds: valid sessions (plain, q8_0 cache, no flash attention) from the built CLI, on the model
+# make-test-model writes by default (the one session_open_fuzz loads).
+kv="$build/kvstash"
 if [ -x "$kv" ] && [ ! -f "$out/corpus/plain.kvs" ]; then
   "$kv" make-test-model -o "$out/seed.gguf" >/dev/null
   "$kv" save -m "$out/seed.gguf" --prefix "A q8_0 seed." -o "$out/corpus/q8.kvs" -c 256 \
@@ -28,14 +48,25 @@ if [ -x "$kv" ] && [ ! -f "$out/corpus/plain.kvs" ]; then
     -c 256 >/dev/null || echo "fuzz: no plain seed" >&2
   rm -f "$out/seed.gguf"
 fi
+mkdir -p "$out/corpus-open"
+cp -n "$out"/corpus/*.kvs "$out/corpus-open/" 2>/dev/null || true
 
-log="$out/fuzz.log"
-set +e
-"$bin" "$out/corpus" "$root/tests/fuzz/regressions" -max_total_time="$seconds" -max_len=200000 \
-  -rss_limit_mb=2048 -artifact_prefix="$root/tests/fuzz/regressions/crash-" -print_final_stats=1 >"$log" 2>&1
-rc=$?
-set -e
-execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
-echo "fuzz: session reader, ${seconds}s, $execs executions, exit $rc (log: $log)"
-if [ $rc -ne 0 ]; then tail -40 "$log"; echo "fuzz: 0 passed, 1 failed"; exit 1; fi
-echo "fuzz: 1 passed, 0 failed"
+failed=0
+run() {  # name binary seconds corpus
+  local name=$1 bin=$2 secs=$3 corpus=$4 log="$out/$1.log" rc
+  set +e
+  KVSTASH_FUZZ_DIR="$out" "$bin" "$corpus" "$root/tests/fuzz/regressions" -max_total_time="$secs" \
+    -max_len=200000 -rss_limit_mb=4096 -timeout=30 -artifact_prefix="$root/tests/fuzz/regressions/crash-" \
+    -print_final_stats=1 >"$log" 2>&1
+  rc=$?
+  set -e
+  local execs
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+  echo "fuzz: $name, ${secs}s, $execs executions, exit $rc (log: $log)"
+  grep -h '^semantic fuzz:' "$log" | tail -1 || true
+  if [ $rc -ne 0 ]; then tail -40 "$log"; failed=$((failed + 1)); fi
+}
+run session_reader "$reader" $((seconds / 2 > 0 ? seconds / 2 : 1)) "$out/corpus"
+run session_open "$opener" "$seconds" "$out/corpus-open"
+echo "fuzz: $((2 - failed)) passed, $failed failed"
+[ $failed -eq 0 ]
