@@ -75,4 +75,4 @@ warm, llama_ms = result["kvstash run --session (warm)"], result["llama-completio
 print(f"\nllama-completion / kvstash: {llama_ms / warm:.2f}x")
 json.dump(result, open(f"{out}/cli.json", "w"), indent=2)
 PY
-python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" && echo "charts: $out/*.png"
+python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" && ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true

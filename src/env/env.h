@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,6 +69,13 @@ class StableFile {
   virtual const uint8_t* data() const = 0;
   virtual size_t size() const = 0;
   virtual bool leased() const = 0;
+  // Calls fn(bytes, n) for consecutive blocks of `block` bytes (the last may be shorter) covering
+  // [offset, offset + n) of the file. A leased file whose pages are mostly not in the page cache
+  // is read with pread through a small buffer: large sequential reads at disk speed, and the pages
+  // are then in the page cache for whoever reads the mapping next; otherwise the blocks point into
+  // data(). The bytes are the same either way (nobody can write while the lease is held).
+  virtual Status ReadBlocks(size_t offset, size_t n, size_t block,
+                            const std::function<void(const uint8_t*, size_t)>& fn) const = 0;
   // True when the bytes seen since opening cannot have been changed by anyone. Check it after the
   // last use of data(): false only for a leased file whose lease break could have timed out
   // (/proc/sys/fs/lease-break-time) or whose pages were truncated away.

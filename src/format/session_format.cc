@@ -191,6 +191,14 @@ uint64_t SectionChecksum(const uint8_t* data, size_t size, int n_threads) {
   return XXH3_64bits(le.data(), le.size());
 }
 
+void SectionHasher::AddBlock(const uint8_t* data, size_t size) {
+  PutU64(&block_sums_, XXH3_64bits(data, size));
+}
+
+uint64_t SectionHasher::Finish() const {
+  return XXH3_64bits(block_sums_.data(), block_sums_.size());
+}
+
 std::string EncodeMeta(const SessionMeta& meta) {
   std::string out;
   MetaEncoder encoder{&out};
@@ -467,8 +475,18 @@ Status ReadTokensAndLogits(const Sections& sections, const std::string& name, Pa
 
 }  // namespace
 
+Status VerifyKvChecksum(ParsedFile* parsed, const std::string& name, int n_threads) {
+  if (SectionChecksum(parsed->kv, parsed->kv_size, n_threads) != parsed->kv_checksum) {
+    return Bad(name,
+               "the checksum of the KV section does not match (the bytes were altered or "
+               "damaged)");
+  }
+  parsed->checksums_verified = true;
+  return Status::Ok();
+}
+
 Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
-                             bool verify_checksums, int n_threads) {
+                             bool verify_checksums, int n_threads, bool defer_kv_checksum) {
   KVSTASH_RETURN_IF_ERROR(CheckMagic(data, size, name));
   ParsedFile parsed;
   uint32_t n_sections = 0;
@@ -493,13 +511,13 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
 
   parsed.kv = sections[kSectionKv].data;
   parsed.kv_size = sections[kSectionKv].size;
+  parsed.kv_checksum = sections[kSectionKv].checksum;
   auto layout = ParseLlamaSeqState(parsed.kv, parsed.kv_size, name);
   if (!layout.ok()) return layout.status();
   parsed.layout = *layout;
   KVSTASH_RETURN_IF_ERROR(CheckPayloadMatchesMeta(parsed.meta, parsed.layout, name));
-  if (verify_checksums) {
-    KVSTASH_RETURN_IF_ERROR(VerifyChecksum(sections[kSectionKv], kSectionKv, n_threads, name));
-    parsed.checksums_verified = true;
+  if (verify_checksums && !defer_kv_checksum) {
+    KVSTASH_RETURN_IF_ERROR(VerifyKvChecksum(&parsed, name, n_threads));
   }
   return parsed;
 }

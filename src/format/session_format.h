@@ -44,6 +44,17 @@ inline constexpr uint64_t kMaxMetaBytes = 1u << 20;
 // `n_threads` threads for large inputs; the value does not depend on the thread count.
 uint64_t SectionChecksum(const uint8_t* data, size_t size, int n_threads = 1);
 
+// SectionChecksum computed block by block as the bytes arrive (e.g. while they are read from disk).
+// Feed it consecutive blocks of exactly kChecksumBlock bytes, the last one possibly shorter.
+class SectionHasher {
+ public:
+  void AddBlock(const uint8_t* data, size_t size);
+  uint64_t Finish() const;
+
+ private:
+  std::string block_sums_;  // little-endian XXH3-64 of each block
+};
+
 // Everything before the KV payload: header, section table, META, TOKENS, LOGITS and padding.
 // The writer appends the kv payload right after it. `kv_checksum` is SectionChecksum(kv).
 std::string EncodeFilePrefix(const SessionMeta& meta, const std::vector<int32_t>& tokens,
@@ -58,16 +69,24 @@ struct ParsedFile {
   std::vector<float> logits;    // empty when the file has none
   const uint8_t* kv = nullptr;  // points into the caller's buffer
   uint64_t kv_size = 0;
-  KvLayout layout;  // the KV payload's structure, checked against META
-  bool checksums_verified = false;
+  KvLayout layout;                  // the KV payload's structure, checked against META
+  uint64_t kv_checksum = 0;         // from the section table
+  bool checksums_verified = false;  // every section's, the KV one included
 };
 
 // Parses and checks `data` (the whole file): header, table layout, every META field's range
 // (format/meta_check.h), tokens, logits, and the KV payload's structure against META. With
 // `verify_checksums`, every section's checksum too (the KV one last, with `n_threads` threads).
 // Nothing a model decides is checked here (format/compat.h). `name` is used in errors.
+// With `defer_kv_checksum`, the KV checksum is left to VerifyKvChecksum, so that the caller can
+// compute it on another thread while it does something else (Session::Open creates the context).
 Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
-                             bool verify_checksums, int n_threads = 1);
+                             bool verify_checksums, int n_threads = 1,
+                             bool defer_kv_checksum = false);
+
+// The KV section's checksum against the table's; sets parsed->checksums_verified when the other
+// sections were verified too.
+Status VerifyKvChecksum(ParsedFile* parsed, const std::string& name, int n_threads);
 
 std::string EncodeMeta(const SessionMeta& meta);
 Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::string& name);
