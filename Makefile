@@ -31,7 +31,7 @@ bench: build
 	@scripts/bench.sh $(BUILD)
 
 fuzz: build
-	@scripts/fuzz.sh $(FUZZ_SECONDS)
+	@scripts/fuzz.sh $(FUZZ_SECONDS) $(BUILD)
 
 # The whole suite under ASan + UBSan (the fuzzer, already sanitized, runs in `make test`), then one
 # small benchmark case, so the benchmark's own code is checked too.

@@ -7,9 +7,9 @@
 # The second links the Release build in build/ (make test builds it first). A crash is saved under
 # tests/fuzz/regressions/ (commit it) and fails the run.
 set -euo pipefail
-seconds=${1:-60}
+seconds=${1:-60}  # usage: fuzz.sh [SECONDS] [BUILD_DIR]
 root=$(cd "$(dirname "$0")/.." && pwd)
-build="$root/build"
+build=$(cd "${2:-$root/build}" && pwd)
 out="$root/build-fuzz"
 mkdir -p "$out/corpus" "$root/tests/fuzz/regressions"
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing: apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
