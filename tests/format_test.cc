@@ -409,3 +409,46 @@ TEST(StatusTest, ResultContractsStopTheProgram) {
 
 }  // namespace
 }  // namespace kvstash::format
+
+namespace kvstash::format {
+namespace {
+
+TEST(PrintableTest, ControlCharactersAreEscaped) {
+  EXPECT_EQ(Printable("llama 1B"), "llama 1B");
+  EXPECT_EQ(Printable("\x1b]0;pwned\x07\x1b[2Jx\x7f"), "\\x1b]0;pwned\\x07\\x1b[2Jx\\x7f");
+  EXPECT_EQ(Printable("caf\xc3\xa9"), "caf\xc3\xa9");  // UTF-8 stays
+}
+
+TEST(FormatTest, SubnormalRopeParametersAreRefused) {
+  SessionMeta m = SampleMeta(5);
+  m.rope_freq_base = 1e-45f;
+  EXPECT_FALSE(ValidateMeta(m, "m").ok());
+  m = SampleMeta(5);
+  m.rope_scaling_type = 2;
+  m.rope_freq_scale = 1e-40f;
+  EXPECT_FALSE(ValidateMeta(m, "m").ok());
+  m = SampleMeta(5);
+  m.yarn_attn_factor = 1e-42f;
+  EXPECT_FALSE(ValidateMeta(m, "m").ok());
+  m = SampleMeta(5);
+  m.rope_freq_base = 500000.0f;
+  m.rope_freq_scale = 0.25f;
+  EXPECT_TRUE(ValidateMeta(m, "m").ok());
+}
+
+// A file that is no session, or a huge one whose header says another size, is refused from its
+// first bytes, before a reader maps or copies the rest.
+TEST(FormatTest, FileHeadIsCheckedAlone) {
+  const std::string file = SampleFile();
+  const auto* p = reinterpret_cast<const uint8_t*>(file.data());
+  EXPECT_TRUE(CheckFileHead(p, std::min<size_t>(file.size(), 4096), file.size(), "f").ok());
+  EXPECT_FALSE(CheckFileHead(p, std::min<size_t>(file.size(), 4096), uint64_t{2} << 30, "f").ok());
+  const std::string zeros(4096, '\0');
+  EXPECT_FALSE(
+      CheckFileHead(reinterpret_cast<const uint8_t*>(zeros.data()), 4096, uint64_t{2} << 30, "f")
+          .ok());
+  EXPECT_FALSE(CheckFileHead(p, 40, 40, "f").ok());
+}
+
+}  // namespace
+}  // namespace kvstash::format

@@ -112,6 +112,31 @@ TEST_F(StableFileTest, ReadBlocksHotColdAndCopied) {
   Env::Default()->set_read_leases(true);
 }
 
+// The head check runs before the rest of the file is read or copied: a 2 GiB sparse file that is
+// no session costs one small read, also when no lease can be had.
+TEST_F(StableFileTest, HeadIsCheckedBeforeTheFileIsCopied) {
+  const std::string sparse = path_ + ".sparse";
+  const int fd = open(sparse.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, off_t{2} << 30), 0);
+  close(fd);
+  for (bool leases : {true, false}) {
+    Env::Default()->set_read_leases(leases);
+    uint64_t seen_size = 0;
+    auto file = Env::Default()->OpenStableFile(sparse, uint64_t{4} << 30,
+                                               [&](const uint8_t* head, size_t n, uint64_t size) {
+                                                 seen_size = size;
+                                                 EXPECT_EQ(n, Env::kHeadBytes);
+                                                 EXPECT_EQ(head[0], 0);
+                                                 return Status::Corruption("not a session");
+                                               });
+    EXPECT_EQ(file.status().message(), "not a session");
+    EXPECT_EQ(seen_size, uint64_t{2} << 30);
+  }
+  Env::Default()->set_read_leases(true);
+  unlink(sparse.c_str());
+}
+
 TEST_F(StableFileTest, RefusesWhatIsNotARegularFileOrTooLarge) {
   EXPECT_EQ(Env::Default()->OpenStableFile(testing::TempDir(), 1 << 30).status().code(),
             Status::Code::kInvalidArgument);

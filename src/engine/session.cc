@@ -546,6 +546,12 @@ Status VerifyKvBytes(const StableFile& file, format::ParsedFile* parsed, const s
   return Status::Ok();
 }
 
+Env::HeadCheck HeadCheck(const std::string& path) {
+  return [&path](const uint8_t* head, size_t n, uint64_t file_size) {
+    return format::CheckFileHead(head, n, file_size, path);
+  };
+}
+
 Status ChangedWhileLoading(const std::string& path) {
   return Status::IOError("session file '" + path + "' was changed by another process while it " +
                          "was loaded; open it again once the writer is done");
@@ -595,7 +601,8 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   const auto t_start = Clock::now();
   const uint64_t ctx_bound =
       std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
-  auto opened = Env::Default()->OpenStableFile(path, MaxSessionBytes(*model, ctx_bound));
+  auto opened =
+      Env::Default()->OpenStableFile(path, MaxSessionBytes(*model, ctx_bound), HeadCheck(path));
   if (!opened.ok()) return opened.status();
   const StableFile& file = **opened;
   const auto t_mapped = Clock::now();
@@ -664,18 +671,23 @@ void Session::SetProgressCallback(ProgressFn progress) { impl_->progress = std::
 
 Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums) {
   // Without a model there is no tight bound; 64 GiB covers any context of any model kvstash runs.
-  auto mapped = Env::Default()->MapFile(path, uint64_t{64} << 30);
-  if (!mapped.ok()) return mapped.status();
-  auto parsed = format::ParseFile((*mapped)->data(), (*mapped)->size(), path, verify_checksums, 2);
-  if ((*mapped)->damaged()) {
-    return Status::IOError("session file '" + path + "' was truncated while it was read");
+  // The file is held still like Open's, so what is printed comes from one version of the file.
+  auto opened = Env::Default()->OpenStableFile(path, uint64_t{64} << 30, HeadCheck(path));
+  if (!opened.ok()) return opened.status();
+  const StableFile& file = **opened;
+  auto parsed = format::ParseFile(file.data(), file.size(), path, verify_checksums,
+                                  /*n_threads=*/1, /*defer_kv_checksum=*/true);
+  if (parsed.ok() && verify_checksums) {
+    Status kv = VerifyKvBytes(file, &*parsed, path);
+    if (!kv.ok()) parsed = kv;
   }
+  if (!file.Intact()) return ChangedWhileLoading(path);
   if (!parsed.ok()) return parsed.status();
   SessionFileInfo info;
   info.path = path;
   info.format_version = parsed->format_version;
   info.min_reader_version = parsed->min_reader_version;
-  info.file_size = (*mapped)->size();
+  info.file_size = file.size();
   info.meta = parsed->meta;
   info.tokens = parsed->tokens;
   info.kv_bytes = parsed->kv_size;

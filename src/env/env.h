@@ -136,9 +136,15 @@ class Env {
   // Maps `path` read-only. Refuses anything but a regular file, and files larger than max_size
   // (checked with fstat before a byte is read, so a huge sparse file costs nothing).
   Result<std::unique_ptr<MappedFile>> MapFile(const std::string& path, uint64_t max_size);
+  // Checks the first bytes of a file (at most kHeadBytes; all of it when shorter) and its size
+  // before the rest is read, so that a file that is no session (or a huge sparse one) is refused
+  // without reading or copying it.
+  using HeadCheck = std::function<Status(const uint8_t* head, size_t n, uint64_t file_size)>;
+  static constexpr size_t kHeadBytes = 4096;
   // Opens `path` for reading as a StableFile (a lease when one can be had and leases are on, else
-  // a private copy). Same refusals as MapFile.
-  Result<std::unique_ptr<StableFile>> OpenStableFile(const std::string& path, uint64_t max_size);
+  // a private copy). Same refusals as MapFile, then `check` on the first bytes.
+  Result<std::unique_ptr<StableFile>> OpenStableFile(const std::string& path, uint64_t max_size,
+                                                     const HeadCheck& check = {});
   // Whether OpenStableFile may take leases (on by default; tests turn it off to test the copy).
   void set_read_leases(bool on) { read_leases_ = on; }
   Result<FileInfo> Stat(const std::string& path);

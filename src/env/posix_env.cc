@@ -508,11 +508,32 @@ std::unique_ptr<StableFile> TryLease(int fd, uint64_t size) {
 
 }  // namespace
 
-Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path,
-                                                        uint64_t max_size) {
+Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path, uint64_t max_size,
+                                                        const HeadCheck& check) {
   uint64_t size = 0;
   auto fd = OpenForReading(path, max_size, &size);
   if (!fd.ok()) return fd.status();
+  if (check) {
+    uint8_t head[kHeadBytes];
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(size, sizeof(head)));
+    size_t got = 0;
+    while (got < want) {
+      const ssize_t n = pread(*fd, head + got, want - got, static_cast<off_t>(got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    Status head_ok =
+        got == want ? check(head, got, size)
+                    : Status::IOError("'" + path + "' returned " + std::to_string(got) +
+                                      " bytes where its size " + "says " + std::to_string(want) +
+                                      ": it is not a session file, or it was " +
+                                      "truncated while it was read");
+    if (!head_ok.ok()) {
+      sys_->Close(*fd);
+      return head_ok;
+    }
+  }
   posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   if (read_leases_) {
     if (auto leased = TryLease(*fd, size)) return leased;  // owns fd now
@@ -532,8 +553,9 @@ Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path,
       const int err = n < 0 ? errno : 0;
       sys_->Close(*fd);
       if (err == 0) {
-        return Status::IOError("session file '" + path + "' was truncated by another process " +
-                               "while it was read; save it again");
+        return Status::IOError("'" + path + "' returned fewer bytes than its size says: it is " +
+                               "not a session file, or another process truncated it while it " +
+                               "was read");
       }
       return Status::IOError("cannot read '" + path + "': " + ErrnoText(err));
     }

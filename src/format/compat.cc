@@ -42,11 +42,12 @@ const char* FlashName(bool on) { return on ? "on" : "off"; }
 Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
                              const std::string& path) {
   if (meta.model_fingerprint != model.fingerprint) {
-    return Status::Incompatible(
-        "session '" + path + "' was saved with another model (" + meta.model_description +
-        ", fingerprint " + meta.model_fingerprint.Hex().substr(0, 16) + "), not '" + model.path +
-        "' (fingerprint " + model.fingerprint.Hex().substr(0, 16) +
-        "): open it with the model it was saved with, or re-save it");
+    return Status::Incompatible("session '" + path + "' was saved with another model (" +
+                                Printable(meta.model_description) + ", fingerprint " +
+                                meta.model_fingerprint.Hex().substr(0, 16) + "), not '" +
+                                model.path + "' (fingerprint " +
+                                model.fingerprint.Hex().substr(0, 16) +
+                                "): open it with the model it was saved with, or re-save it");
   }
   if (meta.llama_state_version != model.llama_state_version) {
     return Status::Incompatible("session '" + path + "' holds llama.cpp state version " +
@@ -79,8 +80,8 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
     }
   }
   if (meta.model_arch != model.arch) {
-    return Status::Corruption("session '" + path + "' records architecture '" + meta.model_arch +
-                              "' but its model has '" + model.arch +
+    return Status::Corruption("session '" + path + "' records architecture '" +
+                              Printable(meta.model_arch) + "' but its model has '" + model.arch +
                               "'; re-create it with 'kvstash save'");
   }
   return Status::Ok();

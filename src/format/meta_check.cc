@@ -36,15 +36,19 @@ Status StringLen(const std::string& name, const char* field, const std::string& 
                  std::to_string(hi));
 }
 
-// A context parameter that llama.cpp reads as "from the model" when negative (-1) or zero, or uses
-// as given otherwise: finite, and either exactly `from_model` or within [0, kMaxFloatParam].
-Status FloatParam(const std::string& name, const char* field, float v, float from_model) {
-  if (std::isfinite(v) && (v == from_model || (v >= 0 && v <= kMaxFloatParam))) {
+// A context parameter that llama.cpp reads as "from the model" when it is `from_model` (-1 or 0),
+// or uses as given otherwise: then within [lo, kMaxFloatParam] and never subnormal (a subnormal
+// base or scale turns every logit into NaN, silently).
+Status FloatParam(const std::string& name, const char* field, float v, float from_model,
+                  float lo = 0.0f) {
+  if (v == from_model) return Status::Ok();
+  if (std::isfinite(v) && std::fpclassify(v) != FP_SUBNORMAL && v >= lo && v <= kMaxFloatParam) {
     return Status::Ok();
   }
   return Bad(name, field,
              "is " + std::to_string(v) + "; a writer records " + std::to_string(from_model) +
-                 " (from the model) or a finite value in 0.." + std::to_string(kMaxFloatParam));
+                 " (from the model) or a finite, normal value in " + std::to_string(lo) + ".." +
+                 std::to_string(kMaxFloatParam));
 }
 
 Status CheckCacheType(const std::string& name, const char* field, int32_t id,
@@ -99,8 +103,10 @@ Status ValidateContextFields(const SessionMeta& m, const std::string& name) {
   }
   // llama_rope_scaling_type: -1 unspecified (from the model), 0 none, 1 linear, 2 yarn, 3 longrope.
   KVSTASH_RETURN_IF_ERROR(IntIn(name, "rope_scaling_type", m.rope_scaling_type, -1, 3));
-  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "rope_freq_base", m.rope_freq_base, 0.0f));
-  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "rope_freq_scale", m.rope_freq_scale, 0.0f));
+  // No model uses a RoPE base below 1 or a frequency scale below 1e-6 (1/scale is the context
+  // stretch); both are divided by or raised to powers of in llama.cpp.
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "rope_freq_base", m.rope_freq_base, 0.0f, 1.0f));
+  KVSTASH_RETURN_IF_ERROR(FloatParam(name, "rope_freq_scale", m.rope_freq_scale, 0.0f, 1e-6f));
   KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_ext_factor", m.yarn_ext_factor, -1.0f));
   KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_attn_factor", m.yarn_attn_factor, -1.0f));
   KVSTASH_RETURN_IF_ERROR(FloatParam(name, "yarn_beta_fast", m.yarn_beta_fast, -1.0f));
@@ -112,6 +118,23 @@ Status ValidateContextFields(const SessionMeta& m, const std::string& name) {
 }
 
 }  // namespace
+
+std::string Printable(std::string_view text) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
 
 const CacheType* FindCacheType(int32_t id) {
   for (const CacheType& t : kCacheTypes) {

@@ -42,6 +42,10 @@ std::string CacheTypeNames();
 // Bytes of a row of `n` elements; 0 when `n` is not a whole number of blocks.
 uint64_t CacheRowBytes(const CacheType& type, uint64_t n);
 
+// `text` with every control character (and DEL) written as \xNN, so that a string from a file can
+// be printed in a message or on a terminal without reaching it as an escape sequence.
+std::string Printable(std::string_view text);
+
 // Every META field within the range a writer produces, names agreeing with type ids, floats finite.
 // A refusal is kCorruption naming the file and the field.
 Status ValidateMeta(const SessionMeta& meta, const std::string& name);

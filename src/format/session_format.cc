@@ -475,6 +475,34 @@ Status ReadTokensAndLogits(const Sections& sections, const std::string& name, Pa
 
 }  // namespace
 
+Status CheckFileHead(const uint8_t* head, size_t n, uint64_t file_size, const std::string& name) {
+  KVSTASH_RETURN_IF_ERROR(CheckMagic(head, n, name));
+  if (n < kHeaderSize) {
+    return Bad(name, "the header is cut short (" + std::to_string(n) + " bytes)");
+  }
+  ParsedFile scratch;
+  uint32_t n_sections = 0;
+  // CheckHeader reads bytes 0..63 only and compares its recorded size with the file's.
+  KVSTASH_RETURN_IF_ERROR(CheckHeader(head, file_size, name, &scratch, &n_sections));
+  const uint64_t table_size = uint64_t{n_sections} * kSectionEntrySize + 8;
+  if (table_size > file_size - kHeaderSize) {
+    return Bad(name, "the section table lies outside the file");
+  }
+  if (kHeaderSize + table_size > n) return Status::Ok();  // checked in full by ParseFile
+  const uint8_t* table = head + kHeaderSize;
+  if (XXH3_64bits(table, table_size - 8) != GetU64(table + table_size - 8)) {
+    return Bad(name, "the section table checksum does not match");
+  }
+  for (uint32_t i = 0; i < n_sections; ++i) {
+    const uint64_t off = GetU64(table + i * kSectionEntrySize + 8);
+    const uint64_t len = GetU64(table + i * kSectionEntrySize + 16);
+    if (off > file_size || len > file_size - off) {
+      return Bad(name, "section " + std::to_string(i) + " lies outside the file");
+    }
+  }
+  return Status::Ok();
+}
+
 Status VerifyKvChecksum(ParsedFile* parsed, const std::string& name, int n_threads) {
   if (SectionChecksum(parsed->kv, parsed->kv_size, n_threads) != parsed->kv_checksum) {
     return Bad(name,

@@ -84,6 +84,11 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
                              bool verify_checksums, int n_threads = 1,
                              bool defer_kv_checksum = false);
 
+// What can be checked from the first `n` bytes of a file of `file_size` bytes (magic, header, and
+// the section table when it lies within them), so that a reader refuses a file that is no session
+// before reading (or copying) the rest of it.
+Status CheckFileHead(const uint8_t* head, size_t n, uint64_t file_size, const std::string& name);
+
 // The KV section's checksum against the table's; sets parsed->checksums_verified when the other
 // sections were verified too.
 Status VerifyKvChecksum(ParsedFile* parsed, const std::string& name, int n_threads);
