@@ -515,6 +515,12 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   AtomicWriteOptions write_options;
   write_options.sync = options.sync;
   write_options.progress = options.progress;
+  write_options.cancel = options.cancel;
+  write_options.required_magic =
+      std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
+  write_options.replace_any = options.replace_any;
+  write_options.protected_paths = {s.model->path()};
+  write_options.protected_names = {"the model file"};
   return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
                          {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
                          write_options);
