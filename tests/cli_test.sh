@@ -135,6 +135,9 @@ check "[ -L '$dir/dangling.kvs' ] && [ -f '$dir/nowhere.kvs' ]" "dangling link: 
 ln -s /dev/null "$dir/null.kvs"
 expect_exit 1 "not a regular file" -- $KV save -m "$M" --prefix x -o "$dir/null.kvs" --force
 check "[ -c /dev/null ]" "/dev/null was replaced"
+$KV save -m "$M" --prefix x -o /dev/stdout --force 2>"$dir/err" | cat >/dev/null
+rc=${PIPESTATUS[0]}
+check "[ $rc -eq 1 ] && grep -q 'not a regular file' '$dir/err'" "save -o /dev/stdout on a pipe: exit $rc"
 expect_exit 2 "" -- $KV save -m "$M" --prefix x -o ""
 check "! ls '$dir' | grep -q kvstash-" "temp or backup files left in $dir"
 

@@ -195,6 +195,16 @@ TEST(EnvTest, SymlinkDestinationsUpdateTheTarget) {
   EXPECT_NE(s.message().find("not a regular file"), std::string::npos) << s.message();
   ASSERT_EQ(stat("/dev/null", &st), 0);
   EXPECT_TRUE(S_ISCHR(st.st_mode));
+
+  // /dev/stdout on a pipe: /proc/self/fd/1 links to "pipe:[...]", a name that exists nowhere.
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const std::string magic_link = "/proc/self/fd/" + std::to_string(fds[1]);
+  s = AtomicWriteFile(Env::Default(), magic_link, {"x"});
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("not a regular file"), std::string::npos) << s.message();
+  close(fds[0]);
+  close(fds[1]);
 }
 
 // Errors name the destination the caller asked for, never the internal temp name.

@@ -40,6 +40,22 @@ Status CancelledStatus(const std::string& path) {
                            "' was left as it was");
 }
 
+Status NotRegular(const std::string& path, const FileInfo& info) {
+  return Status::InvalidArgument(
+      "cannot save to '" + path + "': it is " +
+      (info.type == FileInfo::Type::kDirectory ? "a directory" : "a device, FIFO or socket") +
+      ", not a regular file; choose a file name");
+}
+
+// The name a rename must replace for `path`: its links followed. What `path` opens is looked at
+// first: a link to a pipe or terminal (/dev/stdout -> /proc/self/fd/1 -> "pipe:[...]") names no
+// file, and must be refused as what it is.
+Result<std::string> ResolveDestination(Env* env, const std::string& path) {
+  auto opens = env->Stat(path);
+  if (opens.ok() && opens->type != FileInfo::Type::kRegular) return NotRegular(path, *opens);
+  return env->ResolveLinks(path);
+}
+
 // The checks of CheckDestination on the resolved name `target`; `path` is what errors call it.
 Status CheckResolved(Env* env, const std::string& path, const std::string& target,
                      const AtomicWriteOptions& options) {
@@ -48,12 +64,7 @@ Status CheckResolved(Env* env, const std::string& path, const std::string& targe
     if (info.status().code() == Status::Code::kNotFound) return Status::Ok();
     return info.status();
   }
-  if (info->type != FileInfo::Type::kRegular) {
-    return Status::InvalidArgument(
-        "cannot save to '" + path + "': it is " +
-        (info->type == FileInfo::Type::kDirectory ? "a directory" : "a device, FIFO or socket") +
-        ", not a regular file; choose a file name");
-  }
+  if (info->type != FileInfo::Type::kRegular) return NotRegular(path, *info);
   for (size_t i = 0; i < options.protected_paths.size(); ++i) {
     auto other = env->Stat(options.protected_paths[i]);
     if (!other.ok() || !other->SameFile(*info)) continue;
@@ -148,7 +159,7 @@ int RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& ba
 }
 
 Status CheckDestination(Env* env, const std::string& path, const AtomicWriteOptions& options) {
-  auto target = env->ResolveLinks(path);
+  auto target = ResolveDestination(env, path);
   if (!target.ok()) return target.status();
   return CheckResolved(env, path, *target, options);
 }
@@ -158,7 +169,7 @@ Status AtomicWriteFile(Env* env, const std::string& path,
                        const AtomicWriteOptions& options) {
   if (Cancelled(options)) return CancelledStatus(path);
   // Replace what a link points to, not the link (which would turn e.g. /dev/stdout into a file).
-  auto target = env->ResolveLinks(path);
+  auto target = ResolveDestination(env, path);
   if (!target.ok()) return target.status();
   KVSTASH_RETURN_IF_ERROR(CheckResolved(env, path, *target, options));
   const std::string dir = DirName(*target);
