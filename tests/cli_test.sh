@@ -140,6 +140,19 @@ rc=${PIPESTATUS[0]}
 check "[ $rc -eq 1 ] && grep -q 'not a regular file' '$dir/err'" "save -o /dev/stdout on a pipe: exit $rc"
 expect_exit 2 "" -- $KV save -m "$M" --prefix x -o ""
 check "! ls '$dir' | grep -q kvstash-" "temp or backup files left in $dir"
+# A temp file whose writer holds its flock survives another save's cleanup, whatever the PID in
+# its name says (a writer in another PID namespace or on another host); an unlocked one goes.
+live="$dir/s.kvs.kvstash-tmp.999999.0.0badf00d"
+python3 -c "import fcntl,sys,time; f=open(sys.argv[1],'a'); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(60)" "$live" &
+locker=$!
+for _ in $(seq 1 100); do [ -e "$live" ] && ! flock -n "$live" true && break; sleep 0.05; done
+printf 'stale' >"$dir/s.kvs.kvstash-tmp.999998.0.0badf00d"
+expect_exit 0 "" -- $KV save -m "$M" --prefix "$PREFIX" -o "$dir/s.kvs"
+check "[ -e '$live' ] && [ ! -e '$dir/s.kvs.kvstash-tmp.999998.0.0badf00d' ]" "a live writer's temp was removed, or a stale one kept"
+kill $locker
+wait $locker 2>/dev/null
+expect_exit 0 "" -- $KV save -m "$M" --prefix "$PREFIX" -o "$dir/s.kvs"
+check "[ ! -e '$live' ]" "a temp file whose writer is gone was kept"
 
 # --- Signals: SIGINT during run prints what was generated; SIGTERM during save keeps the old file.
 run_and_signal() {  # SIGNAL DELAY OUT -- command...: starts it, signals it, returns its exit code
