@@ -149,7 +149,13 @@ class Env {
   // Uses the POSIX call directly: the removal may outlive a test's Syscalls. A removal lost to a
   // crash leaves a stale name that the next save in that folder cleans.
   static void RemoveFileInBackground(const std::string& path);
-  // Blocks until every background removal so far has finished.
+  // Opens `path` read-only (-1 if it cannot be opened) so that a file about to lose its last name
+  // keeps its blocks until CloseInBackground: replacing a large session frees them off the
+  // caller's path, as RemoveFileInBackground does for a name.
+  int OpenForBackgroundRelease(const std::string& path);
+  // Closes `fd` on the background thread (nothing for -1). POSIX call, like the removals.
+  static void CloseInBackground(int fd);
+  // Blocks until every background removal and close so far has finished.
   static void WaitForBackgroundRemovals();
   // Physical memory of this machine in bytes (0 if unknown).
   static uint64_t PhysicalMemoryBytes();

@@ -552,9 +552,10 @@ class Remover {
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
-  void Add(std::string path) {
+  // A path to unlink, or (fd >= 0) a descriptor to close.
+  void Add(std::string path, int fd = -1) {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(path));
+    queue_.push_back({std::move(path), fd});
     if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
     cv_.notify_all();
   }
@@ -569,11 +570,15 @@ class Remover {
     while (true) {
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
-      std::string path = std::move(queue_.front());
+      Job job = std::move(queue_.front());
       queue_.pop_front();
       ++busy_;
       lock.unlock();
-      ::unlink(path.c_str());
+      if (job.fd >= 0) {
+        ::close(job.fd);
+      } else {
+        ::unlink(job.path.c_str());
+      }
       lock.lock();
       --busy_;
       idle_.notify_all();
@@ -581,7 +586,11 @@ class Remover {
   }
   std::mutex mu_;
   std::condition_variable cv_, idle_;
-  std::deque<std::string> queue_;
+  struct Job {
+    std::string path;
+    int fd;
+  };
+  std::deque<Job> queue_;
   int busy_ = 0;
   bool stopping_ = false;
   std::thread thread_;
@@ -595,6 +604,17 @@ Remover& GlobalRemover() {
 }  // namespace
 
 void Env::RemoveFileInBackground(const std::string& path) { GlobalRemover().Add(path); }
+void Env::CloseInBackground(int fd) {
+  if (fd >= 0) GlobalRemover().Add("", fd);
+}
+
+int Env::OpenForBackgroundRelease(const std::string& path) {
+  int fd;
+  do {
+    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
 void Env::WaitForBackgroundRemovals() { GlobalRemover().Wait(); }
 
 uint64_t Env::PhysicalMemoryBytes() {
