@@ -155,19 +155,22 @@ expect_exit 0 "" -- $KV save -m "$M" --prefix "$PREFIX" -o "$dir/s.kvs"
 check "[ ! -e '$live' ]" "a temp file whose writer is gone was kept"
 
 # --- Signals: SIGINT during run prints what was generated; SIGTERM during save keeps the old file.
-run_and_signal() {  # SIGNAL DELAY OUT -- command...: starts it, signals it, returns its exit code
+# run_and_signal SIGNAL WHEN OUT -- command...: starts it, signals it, returns its exit code. WHEN:
+# first-output, handler (once it catches SIGNAL), handler:N (N seconds after that) or seconds.
+run_and_signal() {
   local sig=$1 delay=$2 out=$3; shift 4
   env --default-signal=INT,TERM "$@" >"$out" 2>"$dir/sigerr" &
   local pid=$!
   if [ "$delay" = first-output ]; then
     for _ in $(seq 1 200); do [ -s "$out" ] && break; sleep 0.05; done
-  elif [ "$delay" = handler ]; then  # until the process catches the signal (SigCgt in /proc)
+  elif [ "${delay%%:*}" = handler ]; then  # until it catches the signal (SigCgt), then :N s more
     local bit=$(($(kill -l "$sig") - 1))
     for _ in $(seq 1 200); do
       local caught=$(awk '/^SigCgt:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
       [ -n "$caught" ] && [ $(((0x$caught >> bit) & 1)) -eq 1 ] && break
       sleep 0.02
     done
+    [ "$delay" = handler ] || sleep "${delay#handler:}"
   else
     sleep "$delay"
   fi
@@ -177,7 +180,7 @@ run_and_signal() {  # SIGNAL DELAY OUT -- command...: starts it, signals it, ret
 run_and_signal INT first-output "$dir/int.txt" -- $KV run -m "$M" -p "$Q" -n 1000000 -c 60000 --temp 1 -s 3 --top-k 0 --top-p 1 --min-p 0
 rc=$?
 check "[ $rc -eq 130 ] && [ -s '$dir/int.txt' ] && [ \"\$(tail -c 1 '$dir/int.txt' | od -An -c | tr -d ' ')\" = '\n' ]" "SIGINT during run: exit $rc, want 130 and text ending in a newline"
-run_and_signal INT 1.5 "$dir/int.json" -- $KV run -m "$M" -p "$Q" -n 1000000 -c 60000 --temp 1 -s 3 --top-k 0 --top-p 1 --min-p 0 --json
+run_and_signal INT handler:1 "$dir/int.json" -- $KV run -m "$M" -p "$Q" -n 1000000 -c 60000 --temp 1 -s 3 --top-k 0 --top-p 1 --min-p 0 --json
 rc=$?
 check "[ $rc -eq 130 ] && python3 -c \"import json;d=json.load(open('$dir/int.json'));assert d['stop_reason']=='cancelled' and d['tokens'], d['stop_reason']\"" "SIGINT during run --json: exit $rc, want 130 and stop_reason cancelled"
 seq 1 3000 | tr '\n' ' ' >"$dir/long.txt"  # ~14k tokens: a prefill of seconds
