@@ -199,6 +199,14 @@ for args in "run -m $M -p x -n 2 --temp 0" "run -m $M -p x -n 2 --temp 0 --json"
   check "[ $rc -eq 1 ] && grep -q 'error: cannot write to standard output' '$dir/err'" "stdout write error: $args exits $rc"
 done
 
+# A closed stdout is an error only for a command that writes to it.
+$KV save -m "$M" --prefix x -o "$dir/closed.kvs" >&- 2>/dev/null
+rc=$?
+check "[ $rc -eq 0 ]" "save with stdout closed (it writes nothing there) exits $rc"
+$KV inspect "$dir/closed.kvs" >&- 2>/dev/null
+rc=$?
+check "[ $rc -eq 1 ]" "inspect with stdout closed exits $rc"
+
 # --- With --json every error is one JSON object on stdout.
 json_error() {  # EXIT CODE -- command...
   local code=$1 err=$2; shift 3

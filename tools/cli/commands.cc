@@ -204,8 +204,9 @@ int FinishStdout(int rc) {
   if (std::fflush(stdout) != 0 && err == 0) err = errno != 0 ? errno : EIO;
   if (std::ferror(stdout) && err == 0) err = EIO;
   // close() reports write errors some file systems (NFS) only find then. stdout is not used
-  // after this (main returns); later flushes of its empty buffer make no system call.
-  if (::close(STDOUT_FILENO) != 0 && errno != EINTR && err == 0) err = errno;
+  // after this (main returns); later flushes of its empty buffer make no system call. EBADF: it
+  // was closed when we started, which matters only if we wrote (then fflush failed above).
+  if (::close(STDOUT_FILENO) != 0 && errno != EINTR && errno != EBADF && err == 0) err = errno;
   if (err == 0) return rc;
   std::fprintf(stderr,
                "error: cannot write to standard output: %s; check where it goes (a full disk, a "
