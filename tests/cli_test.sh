@@ -227,7 +227,9 @@ json_error 2 usage -- $KV save -m "$M" --prefix x -o "" --json
 expect_exit 0 "" -- $KV save -m "$M" --prefix -fa -o "$dir/fa.kvs" -fa off
 $KV inspect "$dir/fa.kvs" --json >"$dir/fa.json"
 check "python3 -c \"import json;d=json.load(open('$dir/fa.json'));assert d['preview'].strip()=='-fa' and d['context']['flash_attn'] is False, d['preview']\"" "--prefix -fa was rewritten"
-expect_exit 0 "" -- $KV run -m "$M" -p x --stop -ub -n 1 --temp 0
+expect_exit 0 "" -- $KV save -m "$M" --prefix -ub -o "$dir/ub.kvs" -ub 256
+$KV inspect "$dir/ub.kvs" --json >"$dir/ub.json"
+check "python3 -c \"import json;d=json.load(open('$dir/ub.json'));assert d['preview'].strip()=='-ub' and d['context']['n_ubatch']==256, d\"" "--prefix -ub was rewritten"
 expect_exit 2 "4294967295" -- $KV run -m "$M" -p x -s 4294967295
 expect_exit 1 "at most 16777216 tokens" -- $KV save -m "$M" --prefix x -o "$dir/x.kvs" -c 16777217
 check "! grep -q 'this machine' '$dir/err'" "-c 16777217 blames the machine's memory"
