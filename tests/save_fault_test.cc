@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+
 #include "env/env.h"
 #include "env/fault_injection.h"
 #include "test_util.h"
@@ -44,31 +46,40 @@ class SaveFaultTest : public ::testing::Test {
 };
 
 TEST_F(SaveFaultTest, EveryFailingStepLeavesTheOldFileAndNoTemp) {
+  // Count the steps of a clean save, then fail each one.
+  FaultInjectionSyscalls counter;
+  counter.max_write = 16384;  // so that faults also land in the middle of the KV payload
+  Env counting_env(&counter);
+  SaveOptions count_options;
+  count_options.env = &counting_env;
+  ASSERT_TRUE(session_->Save(path_, count_options).ok());
+  testing::WriteFile(path_, old_bytes_);
   int points = 0;
   for (int err : {ENOSPC, EIO, EDQUOT}) {
-    for (int n = 1;; ++n) {
+    for (int n = 1; n <= counter.steps; ++n) {
       FaultInjectionSyscalls sys;
       sys.fail_at = n;
       sys.fail_errno = err;
-      sys.max_write = 16384;  // so that faults also land in the middle of the KV payload
+      sys.max_write = 16384;
       Env env(&sys);
       SaveOptions options;
       options.env = &env;
       Status s = session_->Save(path_, options);
-      if (s.ok()) {
-        EXPECT_EQ(ReadFile(path_), new_bytes_);
-        ASSERT_TRUE(Session::Create(TinyModel()).value()->AppendTokens({1}).ok());
-        testing::WriteFile(path_, old_bytes_);  // reset for the next errno
-        break;
-      }
+      ASSERT_EQ(FilesInDir(), 1u) << "temp file left at step " << n;
+      // Closing a read-only, lock or directory descriptor: a failure there changes nothing.
+      // The directory fsync comes after the rename: the file is new and the error says so.
+      const bool is_new = s.ok() || s.message().find("now holds the new") != std::string::npos;
+      ASSERT_EQ(ReadFile(path_), is_new ? new_bytes_ : old_bytes_)
+          << "step " << n << " errno " << err << ": " << s.message();
+      ASSERT_TRUE(Session::Open(TinyModel(), path_).ok());
+      if (is_new) testing::WriteFile(path_, old_bytes_);
+      if (s.ok()) continue;
       ++points;
       EXPECT_EQ(s.code(), Status::Code::kIOError);
-      EXPECT_NE(s.message().find(path_.substr(0, path_.size() - 6)), std::string::npos)
-          << s.message();
-      ASSERT_EQ(ReadFile(path_), old_bytes_) << "step " << n << " errno " << err;
-      ASSERT_EQ(FilesInDir(), 1u) << "temp file left at step " << n;
-      // The failed save leaves a usable session and the old file still opens.
-      ASSERT_TRUE(Session::Open(TinyModel(), path_).ok());
+      EXPECT_NE(s.message().find("'" + path_ + "'"), std::string::npos) << s.message();
+      EXPECT_EQ(s.message().find(".kvstash-tmp"), std::string::npos) << s.message();
+      // The failed save leaves a usable session.
+      ASSERT_TRUE(Session::Create(TinyModel()).value()->AppendTokens({1}).ok());
     }
   }
   RecordProperty("fault_points", points);
@@ -130,6 +141,81 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   ASSERT_TRUE(session_->Save(path_).ok());
   Env::WaitForBackgroundRemovals();
   EXPECT_EQ(FilesInDir(), 1u);
+}
+
+// The destination is never the model, even with replace_any, and through any other name for it.
+TEST_F(SaveFaultTest, NeverReplacesTheModelFile) {
+  const std::string model_path = TinyModel()->path();
+  const std::string model_bytes = ReadFile(model_path);
+  const std::string hard = dir_ + "/model-hardlink.gguf";
+  const std::string soft = dir_ + "/model-symlink.gguf";
+  ASSERT_EQ(link(model_path.c_str(), hard.c_str()), 0);
+  ASSERT_EQ(symlink(model_path.c_str(), soft.c_str()), 0);
+  for (const std::string& dest : {model_path, hard, soft}) {
+    Status s = session_->Save(dest);
+    ASSERT_FALSE(s.ok()) << dest;
+    EXPECT_NE(s.message().find("model"), std::string::npos) << s.message();
+    EXPECT_EQ(ReadFile(model_path), model_bytes) << "the model was replaced through " << dest;
+  }
+  unlink(hard.c_str());
+  unlink(soft.c_str());
+}
+
+// An existing file that is not a kvstash session is not replaced silently.
+TEST_F(SaveFaultTest, RefusesToReplaceAFileThatIsNotASession) {
+  const std::string notes = dir_ + "/notes.txt";
+  testing::WriteFile(notes, "my notes, not a session");
+  Status s = session_->Save(notes);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("'" + notes + "'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("not a kvstash session"), std::string::npos) << s.message();
+  EXPECT_EQ(ReadFile(notes), "my notes, not a session");
+  // An empty file is not a session either.
+  testing::WriteFile(notes, "");
+  EXPECT_FALSE(session_->Save(notes).ok());
+  // Replacing a session is what Save is for.
+  ASSERT_TRUE(session_->Save(path_).ok());
+  EXPECT_EQ(ReadFile(path_), new_bytes_);
+}
+
+// A cancellation in the middle of the write (a signal handler sets the flag) stops the save:
+// kCancelled, the old bytes, no temp file.
+class CancellingSyscalls : public FaultInjectionSyscalls {
+ public:
+  std::atomic<bool> cancel{false};
+  int writes = 0;
+  ssize_t Write(int fd, const void* buf, size_t n) override {
+    if (++writes == 2) cancel.store(true);
+    return FaultInjectionSyscalls::Write(fd, buf, n);
+  }
+};
+
+TEST_F(SaveFaultTest, CancellationMidWriteKeepsTheOldFile) {
+  CancellingSyscalls sys;
+  sys.max_write = 1024;  // the flag turns true while the header part is being written
+  Env env(&sys);
+  SaveOptions options;
+  options.env = &env;
+  options.cancel = &sys.cancel;
+  Status s = session_->Save(path_, options);
+  ASSERT_EQ(s.code(), Status::Code::kCancelled) << s.message();
+  EXPECT_NE(s.message().find("'" + path_ + "'"), std::string::npos) << s.message();
+  EXPECT_EQ(ReadFile(path_), old_bytes_);
+  EXPECT_EQ(FilesInDir(), 1u);
+  // Cancelled before it starts: nothing is created.
+  Status before = session_->Save(dir_ + "/never.kvs", options);
+  EXPECT_EQ(before.code(), Status::Code::kCancelled);
+  EXPECT_EQ(FilesInDir(), 1u);
+}
+
+// replace_any (the CLI's --force) replaces a file that is not a session.
+TEST_F(SaveFaultTest, ReplaceAnyReplacesAFileThatIsNotASession) {
+  const std::string notes = dir_ + "/notes.txt";
+  testing::WriteFile(notes, "my notes");
+  SaveOptions options;
+  options.replace_any = true;
+  ASSERT_TRUE(session_->Save(notes, options).ok());
+  EXPECT_EQ(ReadFile(notes), new_bytes_);
 }
 
 }  // namespace

@@ -14,12 +14,15 @@ namespace kvstash {
 
 struct SaveReport {
   size_t n_tokens = 0;
+  uint32_t n_ctx = 0;  // the context size llama.cpp made (it rounds the one asked for up)
   uint64_t bytes = 0;
   double prefill_ms = 0;
   double save_ms = 0;
 };
 
-// Decodes `prefix` (with BOS) in a fresh session and saves it to `path`.
+// Decodes `prefix` (with BOS) in a fresh session and saves it to `path`. A prefix too long for
+// the context is refused before it is tokenized (a text of B bytes is at least B / (the longest
+// token's text) tokens). save_options.cancel is also checked before the prefill.
 Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::string& prefix,
                               const std::string& path, const SessionOptions& options = {},
                               const SaveOptions& save_options = {},
@@ -39,6 +42,7 @@ struct RunReport {
   size_t n_prompt_tokens = 0;          // prefix + prompt
   size_t n_reused_tokens = 0;          // taken from the session file
   size_t n_decoded_prompt_tokens = 0;  // decoded in this run
+  uint32_t n_ctx = 0;                  // the context size of the session that answered
   double load_ms = 0;
   double prompt_ms = 0;
   double ttft_ms = 0;  // from the start of load (or of prompt processing, cold) to the first token

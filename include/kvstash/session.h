@@ -18,6 +18,7 @@
 #ifndef KVSTASH_SESSION_H_
 #define KVSTASH_SESSION_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -73,6 +74,12 @@ struct SaveOptions {
   bool sync = true;
   Env* env = nullptr;   // nullptr: the POSIX Env
   ProgressFn progress;  // bytes written
+  // Save refuses to replace an existing file that is not a kvstash session (a model, a text)
+  // unless this is set. The model file itself is never replaced, whatever this says.
+  bool replace_any = false;
+  // When it turns true (e.g. from a signal handler) the save stops with Status::Code::kCancelled
+  // and the destination keeps its previous bytes. nullptr: never.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct SampleOptions {
@@ -143,7 +150,11 @@ class Session {
   Result<Generation> Generate(const SampleOptions& options, const PieceCallback& on_piece = {});
 
   // Writes the session atomically and durably: temp file, fsync, rename, fsync of the directory.
-  // On failure the previous file at `path` is untouched and no temp file remains.
+  // On failure the previous file at `path` is untouched and no temp file remains (a failed fsync
+  // of the directory, after the rename, is the one exception: see env/atomic_file.h). A symbolic
+  // link at `path` stays and its target is written. Refused: a destination that is not a regular
+  // file, that is the model file (under any name), or that exists and is not a kvstash session
+  // (unless options.replace_any).
   Status Save(const std::string& path, const SaveOptions& options = {});
 
   // The model's logits for the next token (n_vocab floats), after everything appended so far.

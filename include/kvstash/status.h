@@ -26,6 +26,7 @@ class [[nodiscard]] Status {
     kIOError,          // the operating system refused (ENOSPC, EIO, EACCES, ...)
     kContextFull,      // the context has no room for more tokens
     kInternal,         // llama.cpp failed where kvstash's own checks said it would not
+    kCancelled,        // the caller asked to stop (e.g. a signal); nothing was left half done
   };
 
   Status() = default;
@@ -41,6 +42,7 @@ class [[nodiscard]] Status {
   static Status IOError(std::string msg) { return Status(Code::kIOError, std::move(msg)); }
   static Status ContextFull(std::string msg) { return Status(Code::kContextFull, std::move(msg)); }
   static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
+  static Status Cancelled(std::string msg) { return Status(Code::kCancelled, std::move(msg)); }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

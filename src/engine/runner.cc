@@ -3,8 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
 
+#include "engine/model_impl.h"
 #include "env/env.h"
+#include "format/session_format.h"
 
 namespace kvstash {
 namespace {
@@ -12,6 +17,53 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double MsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// The most bytes of text one token of `model` stands for (special tokens by their text, as the
+// tokenizer matches them). 0 when no bound holds: the Unigram (T5) normalizer folds runs of
+// whitespace, so there a text can be longer than all its tokens' texts.
+// One pass over the vocabulary (~10 ms for 128k tokens), so it is remembered per model content.
+size_t LongestTokenBytes(const Model& model) {
+  static std::mutex mu;
+  static std::map<std::string, size_t> known;
+  const std::string key = model.fingerprint().Hex();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = known.find(key);
+    if (it != known.end()) return it->second;
+  }
+  const llama_vocab* vocab = model.impl()->vocab;
+  size_t longest = 1;
+  char buf[512];
+  for (int32_t t = 0; t < model.n_vocab(); ++t) {
+    const int32_t n = llama_token_to_piece(vocab, t, buf, sizeof(buf), 0, /*special=*/true);
+    longest = std::max(longest, n < 0 ? static_cast<size_t>(-n) : static_cast<size_t>(n));
+  }
+  if (llama_vocab_type(vocab) == LLAMA_VOCAB_TYPE_UGM) longest = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  known[key] = longest;
+  return longest;
+}
+
+// Refuses `bytes` of text that cannot fit in `n_ctx` tokens, before it is tokenized: a 47 MB file
+// would otherwise take a minute and gigabytes before "context is full".
+Status CheckTextCanFit(const Model& model, uint64_t bytes, uint32_t n_ctx, const char* what) {
+  if (bytes <= n_ctx) return Status::Ok();  // then at_least <= bytes <= n_ctx below
+  const size_t longest = LongestTokenBytes(model);
+  if (longest == 0) return Status::Ok();
+  const uint64_t at_least = (bytes + longest - 1) / longest;
+  if (at_least <= n_ctx) return Status::Ok();
+  const std::string size = "the " + std::string(what) + " is " + std::to_string(bytes) +
+                           " bytes, at least " + std::to_string(at_least) +
+                           " tokens for this model (its longest token is " +
+                           std::to_string(longest) + " bytes)";
+  if (at_least > format::kMaxTokens) {
+    return Status::ContextFull(size + ", more than any context holds (at most " +
+                               std::to_string(format::kMaxTokens) + " tokens): split the text");
+  }
+  return Status::ContextFull(size + ", more than the " + std::to_string(n_ctx) +
+                             "-token context: use a larger -c (at least " +
+                             std::to_string(at_least) + ") or a shorter text");
 }
 
 }  // namespace
@@ -24,10 +76,17 @@ Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::str
   }
   auto session = Session::Create(model, options);
   if (!session.ok()) return session.status();
+  KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(*model, prefix.size(), (*session)->n_ctx(), "prefix"));
   auto tokens = model->Tokenize(prefix, /*add_bos=*/true);
   if (!tokens.ok()) return tokens.status();
   SaveReport report;
   report.n_tokens = tokens->size();
+  report.n_ctx = (*session)->n_ctx();
+  // A signal during the model load: do not start a prefill that may take minutes.
+  if (save_options.cancel != nullptr && save_options.cancel->load()) {
+    return Status::Cancelled("saving '" + path + "' was cancelled; '" + path +
+                             "' was left as it was");
+  }
   const auto t0 = Clock::now();
   (*session)->SetProgressCallback(progress);
   KVSTASH_RETURN_IF_ERROR((*session)->AppendTokens(*tokens));
@@ -46,24 +105,16 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   RunReport report;
   const auto t_start = Clock::now();
   std::unique_ptr<Session> session;
-  std::vector<Token> prefix_tokens;
-  if (request.prefix) {
-    auto tokens = model->Tokenize(*request.prefix, /*add_bos=*/true);
-    if (!tokens.ok()) return tokens.status();
-    prefix_tokens = std::move(tokens.value());
-  }
-
-  // The prompt is tokenized before the session exists: without BOS whenever something comes
-  // before it (a session always holds at least one token).
-  auto prompt_tokens =
-      model->Tokenize(request.prompt, /*add_bos=*/!request.session_path && prefix_tokens.empty());
-  if (!prompt_tokens.ok()) return prompt_tokens.status();
   if (request.session_path) {
     OpenOptions open = request.open;
     if (open.n_ctx == 0 && request.sample.n_predict >= 0) {
-      // Room for everything this run may add: a context sized to the run is cheaper to create.
-      const uint64_t room = uint64_t(prefix_tokens.size()) + prompt_tokens->size() +
-                            uint64_t(request.sample.n_predict);
+      // Room for everything this run may add, so that the context is sized to the run (cheaper to
+      // create than the saved size). Bounded from the texts' sizes, before tokenizing them: a
+      // token stands for at least one byte of text, besides BOS and a leading space some
+      // tokenizers add.
+      const uint64_t text_bytes =
+          (request.prefix ? request.prefix->size() : 0) + request.prompt.size();
+      const uint64_t room = text_bytes + 8 + uint64_t(request.sample.n_predict);
       open.n_room = static_cast<uint32_t>(std::min<uint64_t>(room, UINT32_MAX));
     }
     auto opened = Session::Open(model, *request.session_path, open);
@@ -77,6 +128,16 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   const auto t_prompt = Clock::now();
   if (request.session_path) report.load_ms = MsBetween(t_start, t_prompt);
   session->SetProgressCallback(progress);
+  report.n_ctx = session->n_ctx();
+  KVSTASH_RETURN_IF_ERROR(
+      CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
+                      session->n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
+  std::vector<Token> prefix_tokens;
+  if (request.prefix) {
+    auto tokens = model->Tokenize(*request.prefix, /*add_bos=*/true);
+    if (!tokens.ok()) return tokens.status();
+    prefix_tokens = std::move(tokens.value());
+  }
 
   if (request.session_path && request.prefix) {
     auto synced = session->Sync(prefix_tokens);
@@ -87,6 +148,8 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   } else if (!prefix_tokens.empty()) {
     KVSTASH_RETURN_IF_ERROR(session->AppendTokens(prefix_tokens));
   }
+  auto prompt_tokens = model->Tokenize(request.prompt, /*add_bos=*/session->tokens().empty());
+  if (!prompt_tokens.ok()) return prompt_tokens.status();
   KVSTASH_RETURN_IF_ERROR(session->AppendTokens(*prompt_tokens));
   // Open decodes nothing, so everything this session decoded was decoded by this run (including a
   // prefix token Sync may decode again for its logits).

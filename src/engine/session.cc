@@ -121,7 +121,12 @@ struct Session::Impl {
     const uint64_t n_ctx = p.n_ctx != 0 ? p.n_ctx : uint64_t(model.n_ctx_train());
     const uint64_t need = n_ctx * per_token;
     const uint64_t have = Env::PhysicalMemoryBytes();
-    if (n_ctx > format::kMaxTokens || (have != 0 && need > have)) {
+    if (n_ctx > format::kMaxTokens) {
+      return Status::InvalidArgument(
+          "a " + std::to_string(n_ctx) + "-token context is more than kvstash supports (at most " +
+          std::to_string(format::kMaxTokens) + " tokens, 2^24); use a smaller -c");
+    }
+    if (have != 0 && need > have) {
       auto gib = [](uint64_t b) { return std::to_string((b + (1u << 29)) >> 30); };
       return Status::InvalidArgument(
           "a " + std::to_string(n_ctx) + "-token context for model '" + model.path() + "' needs " +
@@ -512,6 +517,12 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   AtomicWriteOptions write_options;
   write_options.sync = options.sync;
   write_options.progress = options.progress;
+  write_options.cancel = options.cancel;
+  write_options.required_magic =
+      std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
+  write_options.replace_any = options.replace_any;
+  write_options.protected_paths = {s.model->path()};
+  write_options.protected_names = {"the model file"};
   return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
                          {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
                          write_options);

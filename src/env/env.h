@@ -105,6 +105,26 @@ struct FileInfo {
   enum class Type { kRegular, kDirectory, kOther };
   Type type = Type::kOther;
   uint64_t size = 0;
+  // Identity: two names are the same file exactly when both are equal.
+  uint64_t device = 0;
+  uint64_t inode = 0;
+  bool SameFile(const FileInfo& other) const {
+    return device == other.device && inode == other.inode;
+  }
+};
+
+// An exclusive advisory lock (flock) on a file, released when destroyed. flock is per open file
+// and works across PID namespaces and, on NFS, across hosts, unlike a PID written in a name.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
+// A directory opened before a rename, so that syncing it afterwards cannot fail on the open.
+class Directory {
+ public:
+  virtual ~Directory() = default;
+  virtual Status Sync() = 0;  // fsync: makes renames inside it durable
 };
 
 // The raw system calls, one virtual per call, so tests can fail or interrupt any single one.
@@ -119,7 +139,9 @@ class Syscalls {
   virtual int Close(int fd);
   virtual int Rename(const char* from, const char* to);
   virtual int Unlink(const char* path);
-  virtual int Link(const char* from, const char* to);
+  virtual ssize_t Read(int fd, void* buf, size_t n);
+  virtual ssize_t Readlink(const char* path, char* buf, size_t n);
+  virtual int Flock(int fd, int operation);
 };
 
 class Env {
@@ -131,8 +153,10 @@ class Env {
   explicit Env(Syscalls* syscalls) : sys_(syscalls) {}
   virtual ~Env() = default;
 
-  // Creates `path`, which must not exist yet (O_EXCL), mode 0644.
-  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path);
+  // Creates `path`, which must not exist yet (O_EXCL), mode 0644. Errors name `name_in_errors`
+  // (default: `path`), so that a temp file's errors can name the file the user asked for.
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
+                                                        const std::string& name_in_errors = "");
   // Maps `path` read-only. Refuses anything but a regular file, and files larger than max_size
   // (checked with fstat before a byte is read, so a huge sparse file costs nothing).
   Result<std::unique_ptr<MappedFile>> MapFile(const std::string& path, uint64_t max_size);
@@ -148,21 +172,38 @@ class Env {
   // Whether OpenStableFile may take leases (on by default; tests turn it off to test the copy).
   void set_read_leases(bool on) { read_leases_ = on; }
   Result<FileInfo> Stat(const std::string& path);
+  // Errors name `to`: the caller's destination, not its temp name.
   Status RenameFile(const std::string& from, const std::string& to);
   Status RemoveFile(const std::string& path);
-  // A second name for an existing file (hard link).
-  Status LinkFile(const std::string& from, const std::string& to);
+  // Up to `n` first bytes of the regular file `path` (fewer if it is shorter).
+  Result<std::string> ReadFilePrefix(const std::string& path, size_t n);
+  // `path` with symbolic links in its last component followed, as open() would follow them: the
+  // name a rename must replace so that the link stays a link. A dangling link gives the name of
+  // the file it would create. Directories on the way are left as they are (rename works in them).
+  Result<std::string> ResolveLinks(const std::string& path);
+  // Takes an exclusive flock on the existing file `path`. wait=false: a lock another open file
+  // holds gives kIOError "busy" at once. Fails with kNotFound if `path` was removed or replaced by
+  // another file before the lock was taken, so a lock held always belongs to the name `path`.
+  // Errors name `name_in_errors` (default: `path`).
+  Result<std::unique_ptr<FileLock>> LockFile(const std::string& path, bool wait,
+                                             const std::string& name_in_errors = "");
+  Result<std::unique_ptr<Directory>> OpenDirectory(const std::string& dir);
   // fsync of a directory, which makes a rename inside it durable.
   Status SyncDir(const std::string& dir);
   Result<std::vector<std::string>> ListDir(const std::string& dir);
   // Unlinks `path` on a background thread. Removing a large file frees its pages and blocks
-  // (~16 ms for 90 MiB here); a replaced session's old name needs no caller to wait for that.
+  // (~16 ms for 90 MiB here); a caller that only drops a name need not wait for that.
   // Uses the POSIX call directly: the removal may outlive a test's Syscalls. A removal lost to a
   // crash leaves a stale name that the next save in that folder cleans.
   static void RemoveFileInBackground(const std::string& path);
-  // Blocks until every background removal so far has finished.
+  // Opens `path` read-only (-1 if it cannot be opened) so that a file about to lose its last name
+  // keeps its blocks until CloseInBackground: replacing a large session frees them off the
+  // caller's path, as RemoveFileInBackground does for a name.
+  int OpenForBackgroundRelease(const std::string& path);
+  // Closes `fd` on the background thread (nothing for -1). POSIX call, like the removals.
+  static void CloseInBackground(int fd);
+  // Blocks until every background removal and close so far has finished.
   static void WaitForBackgroundRemovals();
-  bool ProcessAlive(pid_t pid);
   // Physical memory of this machine in bytes (0 if unknown).
   static uint64_t PhysicalMemoryBytes();
 

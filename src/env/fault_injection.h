@@ -11,8 +11,8 @@
 
 namespace kvstash {
 
-// Counts every open/write/fdatasync/fsync/close/rename/link as one step (unlink is never failed:
-// it is how a failed save cleans up, and a real cleanup failure cannot be helped).
+// Counts every open/read/readlink/write/fdatasync/fsync/flock/close/rename as one step (unlink is
+// never failed: it is how a failed save cleans up, and a real cleanup failure cannot be helped).
 class FaultInjectionSyscalls : public Syscalls {
  public:
   int fail_at = 0;  // fail step N (1-based) with fail_errno; 0: never
@@ -50,9 +50,17 @@ class FaultInjectionSyscalls : public Syscalls {
     if (int e = Step()) return Err(e);
     return Syscalls::Rename(from, to);
   }
-  int Link(const char* from, const char* to) override {
+  ssize_t Read(int fd, void* buf, size_t n) override {
     if (int e = Step()) return Err(e);
-    return Syscalls::Link(from, to);
+    return Syscalls::Read(fd, buf, n);
+  }
+  ssize_t Readlink(const char* path, char* buf, size_t n) override {
+    if (int e = Step()) return Err(e);
+    return Syscalls::Readlink(path, buf, n);
+  }
+  int Flock(int fd, int operation) override {
+    if (int e = Step()) return Err(e);
+    return Syscalls::Flock(fd, operation);
   }
 
  private:

@@ -1,6 +1,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,7 +29,11 @@ int Syscalls::Fsync(int fd) { return ::fsync(fd); }
 int Syscalls::Close(int fd) { return ::close(fd); }
 int Syscalls::Rename(const char* from, const char* to) { return ::rename(from, to); }
 int Syscalls::Unlink(const char* path) { return ::unlink(path); }
-int Syscalls::Link(const char* from, const char* to) { return ::link(from, to); }
+ssize_t Syscalls::Read(int fd, void* buf, size_t n) { return ::read(fd, buf, n); }
+ssize_t Syscalls::Readlink(const char* path, char* buf, size_t n) {
+  return ::readlink(path, buf, n);
+}
+int Syscalls::Flock(int fd, int operation) { return ::flock(fd, operation); }
 
 std::string ErrnoText(int err) {
   const char* name = nullptr;
@@ -71,6 +76,12 @@ std::string ErrnoText(int err) {
       break;
     case EFBIG:
       name = "EFBIG";
+      break;
+    case ENAMETOOLONG:
+      name = "ENAMETOOLONG";
+      break;
+    case EWOULDBLOCK:
+      name = "EWOULDBLOCK";
       break;
     default:
       break;
@@ -282,19 +293,23 @@ Env* Env::Default() {
   return env;
 }
 
-Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& path) {
+Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& path,
+                                                           const std::string& name_in_errors) {
+  const std::string& name = name_in_errors.empty() ? path : name_in_errors;
   int fd;
   do {
     fd = sys_->Open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     const int err = errno;
-    return Status::IOError("cannot create '" + path + "': " + ErrnoText(err) +
-                           (err == EACCES || err == EROFS ? "; choose a directory you can write to"
-                            : err == ENOENT               ? "; create the directory first"
-                                                          : ""));
+    const char* fix = err == EACCES || err == EROFS    ? "; choose a directory you can write to"
+                      : err == ENOENT                  ? "; create the directory first"
+                      : err == ENAMETOOLONG            ? "; choose a shorter name (up to 200 bytes)"
+                      : err == ENOSPC || err == EDQUOT ? "; free space or choose another directory"
+                                                       : "";
+    return Status::IOError("cannot create '" + name + "': " + ErrnoText(err) + fix);
   }
-  return std::unique_ptr<WritableFile>(new PosixWritableFile(sys_, path, fd));
+  return std::unique_ptr<WritableFile>(new PosixWritableFile(sys_, name, fd));
 }
 
 Result<int> Env::OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size) {
@@ -331,9 +346,12 @@ Result<int> Env::OpenForReading(const std::string& path, uint64_t max_size, uint
   *size = static_cast<uint64_t>(st.st_size);
   if (*size > max_size) {
     sys_->Close(fd);
+    // Callers bound the size by what they accept (a model's largest session, or any session at
+    // all for inspect), so the message speaks of sessions, not of a model.
     return Status::Corruption("'" + path + "' is " + std::to_string(*size) +
-                              " bytes, more than any session this model can produce (" +
-                              std::to_string(max_size) + "); it is not a kvstash session for it");
+                              " bytes, larger than any kvstash session that can be read here (at " +
+                              "most " + std::to_string(max_size) +
+                              " bytes); it is not a session file: check the path");
   }
   return fd;
 }
@@ -565,6 +583,49 @@ Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path,
   return std::unique_ptr<StableFile>(std::move(copy));
 }
 
+namespace {
+
+FileInfo InfoOf(const struct stat& st) {
+  FileInfo info;
+  info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
+              : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
+                                    : FileInfo::Type::kOther;
+  info.size = static_cast<uint64_t>(st.st_size);
+  info.device = static_cast<uint64_t>(st.st_dev);
+  info.inode = static_cast<uint64_t>(st.st_ino);
+  return info;
+}
+
+class PosixFileLock : public FileLock {
+ public:
+  PosixFileLock(Syscalls* sys, int fd) : sys_(sys), fd_(fd) {}
+  ~PosixFileLock() override { sys_->Close(fd_); }  // closing the file releases its flock
+
+ private:
+  Syscalls* sys_;
+  int fd_;
+};
+
+class PosixDirectory : public Directory {
+ public:
+  PosixDirectory(Syscalls* sys, std::string path, int fd)
+      : sys_(sys), path_(std::move(path)), fd_(fd) {}
+  ~PosixDirectory() override { sys_->Close(fd_); }
+  Status Sync() override {
+    if (RetryOnEintr([&] { return sys_->Fsync(fd_); }) != 0) {
+      return Status::IOError("cannot flush directory '" + path_ + "' to disk: " + ErrnoText(errno));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  Syscalls* sys_;
+  std::string path_;
+  int fd_;
+};
+
+}  // namespace
+
 Result<FileInfo> Env::Stat(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
@@ -572,19 +633,101 @@ Result<FileInfo> Env::Stat(const std::string& path) {
     if (err == ENOENT) return Status::NotFound("'" + path + "' does not exist");
     return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
   }
-  FileInfo info;
-  info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
-              : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
-                                    : FileInfo::Type::kOther;
-  info.size = static_cast<uint64_t>(st.st_size);
-  return info;
+  return InfoOf(st);
 }
 
 Status Env::RenameFile(const std::string& from, const std::string& to) {
   if (RetryOnEintr([&] { return sys_->Rename(from.c_str(), to.c_str()); }) != 0) {
-    return Status::IOError("cannot rename '" + from + "' to '" + to + "': " + ErrnoText(errno));
+    return Status::IOError("cannot replace '" + to + "': " + ErrnoText(errno));
   }
   return Status::Ok();
+}
+
+Result<std::string> Env::ReadFilePrefix(const std::string& path, size_t n) {
+  int fd;
+  do {
+    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Status::IOError("cannot read '" + path + "': " + ErrnoText(errno));
+  std::string bytes(n, '\0');
+  size_t got = 0;
+  while (got < n) {
+    const ssize_t r = sys_->Read(fd, &bytes[got], n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      const int err = errno;
+      sys_->Close(fd);
+      return Status::IOError("cannot read '" + path + "': " + ErrnoText(err));
+    }
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  sys_->Close(fd);
+  bytes.resize(got);
+  return bytes;
+}
+
+Result<std::string> Env::ResolveLinks(const std::string& path) {
+  std::string name = path;
+  // The kernel's own limit on links followed in one lookup (ELOOP beyond it).
+  for (int hops = 0; hops < 40; ++hops) {
+    std::string target(4096, '\0');
+    const ssize_t n =
+        RetryOnEintr([&] { return sys_->Readlink(name.c_str(), &target[0], target.size()); });
+    if (n < 0) {
+      const int err = errno;
+      // EINVAL: not a link; ENOENT: nothing there yet. Either way `name` is the file itself.
+      if (err == EINVAL || err == ENOENT) return name;
+      return Status::IOError("cannot resolve '" + path + "': " + ErrnoText(err));
+    }
+    target.resize(static_cast<size_t>(n));
+    if (target.empty()) return Status::InvalidArgument("'" + path + "' is an empty link");
+    name = target[0] == '/' ? target : DirName(name) + "/" + target;
+  }
+  return Status::InvalidArgument("cannot resolve '" + path + "': " + ErrnoText(ELOOP));
+}
+
+Result<std::unique_ptr<FileLock>> Env::LockFile(const std::string& path, bool wait,
+                                                const std::string& name_in_errors) {
+  const std::string& name = name_in_errors.empty() ? path : name_in_errors;
+  // Read-write where allowed: NFS emulates flock with POSIX locks, whose exclusive kind needs a
+  // file open for writing. O_NOFOLLOW and O_NONBLOCK: a link or FIFO under a temp name is not
+  // ours and must not hang us.
+  const int flags = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+  int fd;
+  do {
+    fd = sys_->Open(path.c_str(), O_RDWR | flags, 0);
+    if (fd < 0 && errno == EACCES) fd = sys_->Open(path.c_str(), O_RDONLY | flags, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return Status::NotFound("'" + name + "' does not exist");
+    return Status::IOError("cannot open '" + name + "' to lock it: " + ErrnoText(err));
+  }
+  auto lock = std::make_unique<PosixFileLock>(sys_, fd);
+  const int op = LOCK_EX | (wait ? 0 : LOCK_NB);
+  if (RetryOnEintr([&] { return sys_->Flock(fd, op); }) != 0) {
+    const int err = errno;
+    return Status::IOError("cannot lock '" + name +
+                           "': " + (err == EWOULDBLOCK ? std::string("in use") : ErrnoText(err)));
+  }
+  // The name may have been removed (or removed and made again) while we opened or waited: then
+  // the lock is on a file nobody else will look for.
+  struct stat held, named;
+  if (fstat(fd, &held) != 0 || !S_ISREG(held.st_mode) || held.st_nlink == 0 ||
+      lstat(path.c_str(), &named) != 0 || !InfoOf(held).SameFile(InfoOf(named))) {
+    return Status::NotFound("'" + name + "' was removed while it was being locked");
+  }
+  return std::unique_ptr<FileLock>(std::move(lock));
+}
+
+Result<std::unique_ptr<Directory>> Env::OpenDirectory(const std::string& dir) {
+  int fd;
+  do {
+    fd = sys_->Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Status::IOError("cannot open directory '" + dir + "': " + ErrnoText(errno));
+  return std::unique_ptr<Directory>(new PosixDirectory(sys_, dir, fd));
 }
 
 Status Env::RemoveFile(const std::string& path) {
@@ -594,27 +737,10 @@ Status Env::RemoveFile(const std::string& path) {
   return Status::Ok();
 }
 
-Status Env::LinkFile(const std::string& from, const std::string& to) {
-  if (RetryOnEintr([&] { return sys_->Link(from.c_str(), to.c_str()); }) != 0) {
-    return Status::IOError("cannot link '" + from + "' to '" + to + "': " + ErrnoText(errno));
-  }
-  return Status::Ok();
-}
-
 Status Env::SyncDir(const std::string& dir) {
-  int fd;
-  do {
-    fd = sys_->Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return Status::IOError("cannot open directory '" + dir + "': " + ErrnoText(errno));
-  Status status;
-  if (RetryOnEintr([&] { return sys_->Fsync(fd); }) != 0) {
-    status = Status::IOError("cannot flush directory '" + dir + "' to disk: " + ErrnoText(errno));
-  }
-  if (sys_->Close(fd) != 0 && status.ok()) {
-    status = Status::IOError("cannot close directory '" + dir + "': " + ErrnoText(errno));
-  }
-  return status;
+  auto directory = OpenDirectory(dir);
+  if (!directory.ok()) return directory.status();
+  return (*directory)->Sync();
 }
 
 Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
@@ -642,9 +768,10 @@ class Remover {
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
-  void Add(std::string path) {
+  // A path to unlink, or (fd >= 0) a descriptor to close.
+  void Add(std::string path, int fd = -1) {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(path));
+    queue_.push_back({std::move(path), fd});
     if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
     cv_.notify_all();
   }
@@ -659,11 +786,15 @@ class Remover {
     while (true) {
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
-      std::string path = std::move(queue_.front());
+      Job job = std::move(queue_.front());
       queue_.pop_front();
       ++busy_;
       lock.unlock();
-      ::unlink(path.c_str());
+      if (job.fd >= 0) {
+        ::close(job.fd);
+      } else {
+        ::unlink(job.path.c_str());
+      }
       lock.lock();
       --busy_;
       idle_.notify_all();
@@ -671,7 +802,11 @@ class Remover {
   }
   std::mutex mu_;
   std::condition_variable cv_, idle_;
-  std::deque<std::string> queue_;
+  struct Job {
+    std::string path;
+    int fd;
+  };
+  std::deque<Job> queue_;
   int busy_ = 0;
   bool stopping_ = false;
   std::thread thread_;
@@ -685,6 +820,17 @@ Remover& GlobalRemover() {
 }  // namespace
 
 void Env::RemoveFileInBackground(const std::string& path) { GlobalRemover().Add(path); }
+void Env::CloseInBackground(int fd) {
+  if (fd >= 0) GlobalRemover().Add("", fd);
+}
+
+int Env::OpenForBackgroundRelease(const std::string& path) {
+  int fd;
+  do {
+    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
 void Env::WaitForBackgroundRemovals() { GlobalRemover().Wait(); }
 
 uint64_t Env::PhysicalMemoryBytes() {
@@ -692,7 +838,5 @@ uint64_t Env::PhysicalMemoryBytes() {
   const long page_size = sysconf(_SC_PAGESIZE);
   return pages > 0 && page_size > 0 ? uint64_t(pages) * uint64_t(page_size) : 0;
 }
-
-bool Env::ProcessAlive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
 
 }  // namespace kvstash

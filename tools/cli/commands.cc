@@ -1,14 +1,20 @@
 #include "commands.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "env/atomic_file.h"
 #include "env/env.h"
+#include "format/session_format.h"
 #include "kvstash/session_file.h"
 #include "testmodel/test_model.h"
 
@@ -16,6 +22,60 @@ namespace kvstash::cli {
 namespace {
 
 using nlohmann::json;
+
+// Set by the SIGINT/SIGTERM handler; long work checks it and stops cleanly. A lock-free atomic is
+// the only kind of object a handler may touch.
+static_assert(std::atomic<bool>::is_always_lock_free);
+std::atomic<bool> g_cancel{false};
+volatile std::sig_atomic_t g_signal = 0;
+bool g_json_errors = false;
+int g_stdout_errno = 0;  // the first failed write to stdout, 0 if none
+
+void OnSignal(int sig) {
+  if (g_signal != 0) {  // a second signal: the user means it, stop now
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_signal = sig;
+  g_cancel.store(true);
+}
+
+// Exit code of a run stopped by a signal: the shell's 128 + signal number.
+int SignalExitCode() { return g_signal != 0 ? 128 + g_signal : 1; }
+
+// Writes to stdout; false (and remembers why) when it fails, e.g. on a full disk or closed pipe.
+bool WriteStdout(std::string_view text) {
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0) {
+    if (g_stdout_errno == 0) g_stdout_errno = errno != 0 ? errno : EIO;
+    return false;
+  }
+  return true;
+}
+
+const char* CodeName(Status::Code code) {
+  switch (code) {
+    case Status::Code::kOk:
+      return "ok";
+    case Status::Code::kInvalidArgument:
+      return "invalid_argument";
+    case Status::Code::kNotFound:
+      return "not_found";
+    case Status::Code::kCorruption:
+      return "corruption";
+    case Status::Code::kIncompatible:
+      return "incompatible";
+    case Status::Code::kIOError:
+      return "io_error";
+    case Status::Code::kContextFull:
+      return "context_full";
+    case Status::Code::kInternal:
+      return "internal";
+    case Status::Code::kCancelled:
+      return "cancelled";
+  }
+  return "internal";
+}
 
 // Generated text need not be valid UTF-8 (a token can end mid-character): replace, never throw.
 std::string Dump(const json& j, int indent = -1) {
@@ -87,9 +147,72 @@ Result<FlashAttention> ParseFlash(const std::string& value) {
 
 }  // namespace
 
-int Fail(const Status& status) {
+namespace {
+
+// Fail, with `fields` added to the JSON object (which always has "error").
+int FailWith(const Status& status, json fields) {
   std::fprintf(stderr, "error: %s\n", status.message().c_str());
-  return 1;
+  if (g_json_errors) {
+    fields["error"] = {{"code", CodeName(status.code())}, {"message", status.message()}};
+    WriteStdout(Dump(fields) + "\n");
+  }
+  return status.code() == Status::Code::kCancelled ? SignalExitCode() : 1;
+}
+
+std::string_view SessionMagic() {
+  return std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
+}
+
+// llama.cpp rounds a context size up (to a multiple of 256, at least 256); say so, never silently.
+void NoteContextSize(uint32_t asked, uint32_t got) {
+  if (asked == 0 || asked == got) return;
+  std::fprintf(stderr,
+               "note: -c %u became a %u-token context: llama.cpp rounds context sizes up (to a "
+               "multiple of 256, at least 256)\n",
+               asked, got);
+}
+
+}  // namespace
+
+int Fail(const Status& status) { return FailWith(status, json::object()); }
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  if (g_json_errors) {
+    WriteStdout(Dump({{"error", {{"code", "usage"}, {"message", message}}}}) + "\n");
+  }
+  return 2;
+}
+
+void SetJsonErrors(bool on) { g_json_errors = on; }
+
+void InstallSignalHandlers() {
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old;
+    // A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    struct sigaction action = {};
+    action.sa_handler = OnSignal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(sig, &action, nullptr);
+  }
+}
+
+int FinishStdout(int rc) {
+  int err = g_stdout_errno;
+  if (std::fflush(stdout) != 0 && err == 0) err = errno != 0 ? errno : EIO;
+  if (std::ferror(stdout) && err == 0) err = EIO;
+  // close() reports write errors some file systems (NFS) only find then. stdout is not used
+  // after this (main returns); later flushes of its empty buffer make no system call. EBADF: it
+  // was closed when we started, which matters only if we wrote (then fflush failed above).
+  if (::close(STDOUT_FILENO) != 0 && errno != EINTR && errno != EBADF && err == 0) err = errno;
+  if (err == 0) return rc;
+  std::fprintf(stderr,
+               "error: cannot write to standard output: %s; check where it goes (a full disk, a "
+               "closed pipe)\n",
+               ErrnoText(err).c_str());
+  return rc == 0 ? 1 : rc;
 }
 
 std::string VersionText() {
@@ -98,6 +221,21 @@ std::string VersionText() {
 }
 
 int RunSave(const SaveFlags& flags) {
+  InstallSignalHandlers();
+  // Refused before the model loads and the prefix is decoded (minutes, for a long prefix): an
+  // output that is the model or the prefix file under any name, that is not a regular file, or
+  // that is not a session (without --force). Session::Save checks all but the prefix file again.
+  AtomicWriteOptions destination;
+  destination.required_magic = SessionMagic();
+  destination.replace_any = flags.force;
+  destination.protected_paths = {flags.common.model};
+  destination.protected_names = {"the model file"};
+  if (flags.prefix_file) {
+    destination.protected_paths.push_back(*flags.prefix_file);
+    destination.protected_names.push_back("the prefix file");
+  }
+  Status usable = CheckDestination(Env::Default(), flags.output, destination);
+  if (!usable.ok()) return Fail(usable);
   auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
   if (!prefix.ok()) return Fail(prefix.status());
   if (!prefix->has_value())
@@ -107,16 +245,20 @@ int RunSave(const SaveFlags& flags) {
   SaveOptions save_options;
   save_options.sync = !flags.no_sync;
   save_options.progress = MakeProgress("save", "bytes", kBarBytes);
+  save_options.replace_any = flags.force;
+  save_options.cancel = &g_cancel;
   auto report = SavePrefix(*model, **prefix, flags.output, flags.session, save_options,
                            MakeProgress("prefill", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
+  NoteContextSize(flags.session.n_ctx, report->n_ctx);
   if (flags.common.json) {
-    std::cout << Dump({{"session", flags.output},
-                       {"n_tokens", report->n_tokens},
-                       {"bytes", report->bytes},
-                       {"prefill_ms", report->prefill_ms},
-                       {"save_ms", report->save_ms}})
-              << "\n";
+    WriteStdout(Dump({{"session", flags.output},
+                      {"n_tokens", report->n_tokens},
+                      {"n_ctx", report->n_ctx},
+                      {"bytes", report->bytes},
+                      {"prefill_ms", report->prefill_ms},
+                      {"save_ms", report->save_ms}}) +
+                "\n");
   } else {
     std::fprintf(stderr, "saved %zu tokens to '%s' (%.1f MiB): prefill %.1f ms, save %.1f ms\n",
                  report->n_tokens, flags.output.c_str(), report->bytes / 1048576.0,
@@ -126,6 +268,7 @@ int RunSave(const SaveFlags& flags) {
 }
 
 int RunRun(const RunFlags& flags) {
+  InstallSignalHandlers();
   RunRequest request;
   auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
   if (!prefix.ok()) return Fail(prefix.status());
@@ -155,16 +298,20 @@ int RunRun(const RunFlags& flags) {
 
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  PieceCallback stream;
-  if (!flags.common.json) {
-    stream = [](std::string_view piece) {
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-      return true;
-    };
-  }
+  // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
+  const bool json_out = flags.common.json;
+  PieceCallback stream = [json_out](std::string_view piece) {
+    if (g_cancel.load()) return false;
+    return json_out || WriteStdout(piece);
+  };
   auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
+  NoteContextSize(flags.n_ctx.value_or(0), report->n_ctx);
+  // What was generated before a signal is printed like a finished answer, then the exit code
+  // says it was cut short.
+  const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
+                     ? SignalExitCode()
+                     : 0;
   if (flags.common.json) {
     std::cout << Dump({{"text", report->generation.text},
                        {"tokens", report->generation.tokens},
@@ -175,12 +322,13 @@ int RunRun(const RunFlags& flags) {
                        {"prompt_ms", report->prompt_ms},
                        {"ttft_ms", report->ttft_ms},
                        {"generate_ms", report->generate_ms},
+                       {"n_ctx", report->n_ctx},
                        {"stop_reason", StopReasonName(report->generation.stop_reason)}})
               << "\n";
   } else {
-    std::fputs("\n", stdout);
+    WriteStdout("\n");
   }
-  return 0;
+  return rc;
 }
 
 int RunInspect(const InspectFlags& flags) {
@@ -253,13 +401,7 @@ int RunVerify(const VerifyFlags& flags) {
   if (!model.ok()) return Fail(model.status());
   auto session = Session::Open(*model, flags.session);
   if (!session.ok()) {
-    if (flags.common.json) {
-      std::cout << Dump({{"session", flags.session},
-                         {"ok", false},
-                         {"error", session.status().message()}})
-                << "\n";
-    }
-    return Fail(session.status());
+    return FailWith(session.status(), {{"session", flags.session}, {"ok", false}});
   }
   if (flags.common.json) {
     std::cout << Dump({{"session", flags.session},

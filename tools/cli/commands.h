@@ -24,6 +24,7 @@ struct SaveFlags {
   std::string output;
   SessionOptions session;
   bool no_sync = false;
+  bool force = false;  // replace an existing file that is not a session
 };
 
 struct RunFlags {
@@ -66,8 +67,20 @@ int RunVerify(const VerifyFlags& flags);
 int RunMakeTestModel(const MakeModelFlags& flags);
 std::string VersionText();
 
-// Prints "error: <message>" on stderr and returns 1.
+// Prints "error: <message>" on stderr (and, after SetJsonErrors(true), one JSON object
+// {"error": {"code", "message"}} on stdout). Returns 1, or 128 + the signal for a cancellation.
 int Fail(const Status& status);
+// Fail for a usage error: the same output with code "usage"; returns 2.
+int UsageError(const std::string& message);
+void SetJsonErrors(bool on);
+// From here on SIGINT and SIGTERM stop a save (the old file stays) or a generation (what was
+// generated is printed); the exit code is then 130 or 143. They are seen between steps (a prefill
+// runs to its end first); a second signal ends the process at once. RunSave and RunRun install
+// them; the other commands have nothing to clean up and keep the default (exit at once).
+void InstallSignalHandlers();
+// Flushes and closes stdout. A write to it that failed, now or before, turns `rc` 0 into 1 with an
+// error line: output that did not arrive is not a success.
+int FinishStdout(int rc);
 
 }  // namespace kvstash::cli
 
