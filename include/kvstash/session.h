@@ -109,7 +109,8 @@ struct SyncResult {
 
 class Session {
  public:
-  // A fresh, empty session on `model`.
+  // A fresh, empty session on `model`. Recurrent, hybrid and sliding-window models are refused
+  // (kIncompatible): kvstash saves only plain attention KV caches.
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model,
                                                  const SessionOptions& options = {});
   // Loads a session file saved from the same model. Checksums, the model fingerprint and every

@@ -7,6 +7,7 @@
 #include <optional>
 #include <thread>
 
+#include "engine/compat.h"
 #include "engine/llama_runtime.h"
 #include "engine/model_impl.h"
 #include "engine/session_internals.h"
@@ -278,6 +279,13 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
   KVSTASH_RETURN_IF_ERROR(
       CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
+  // Refused here, before a prefill that may take minutes, rather than at Save.
+  const llama_model* lm = model->impl()->model;
+  engine::ModelMemoryKind memory;
+  memory.recurrent = llama_model_is_recurrent(lm);
+  memory.hybrid = llama_model_is_hybrid(lm);
+  memory.n_swa = llama_model_n_swa(lm);
+  KVSTASH_RETURN_IF_ERROR(engine::CheckSupportedMemory(memory, model->path(), model->impl()->arch));
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = ResolveThreads(options.n_threads);
