@@ -196,6 +196,33 @@ TEST(ModelTest, DamagedCacheEntriesAreIgnored) {
   }
 }
 
+// Model::Load hashes through the descriptor it opened before llama.cpp's load and then checks that
+// the path still names that file: a model replaced or edited meanwhile is an error, not a
+// fingerprint of bytes llama.cpp never loaded.
+TEST(ModelTest, ModelFileNoticesAReplacedOrEditedFile) {
+  const std::string path = WriteModel("replaced.gguf", TestModelSpec{});
+  auto file = engine::ModelFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_TRUE((*file)->CheckPathUnchanged().ok());
+  TestModelSpec other;
+  other.seed = 2;
+  ASSERT_TRUE(WriteTestModel(other, path).ok());  // renamed over: a new inode at the same path
+  Status replaced = (*file)->CheckPathUnchanged();
+  EXPECT_EQ(replaced.code(), Status::Code::kIOError);
+  EXPECT_NE(replaced.message().find("changed while kvstash loaded it"), std::string::npos)
+      << replaced.message();
+  // Unlinking the old file changed its ctime too, so hashing through the descriptor refuses as
+  // well (conservative: Load has already failed on the path by then).
+  EXPECT_FALSE(engine::FingerprintModelFile(**file, "").ok());
+
+  auto edited = engine::ModelFile::Open(path);
+  ASSERT_TRUE(edited.ok());
+  usleep(20000);
+  FlipByte(path, TensorByteOffset(path, "token_embd.weight", 0.5));
+  EXPECT_EQ((*edited)->CheckFdUnchanged().code(), Status::Code::kIOError);
+  EXPECT_FALSE(engine::FingerprintModelFile(**edited, "").ok());
+}
+
 // Vocabularies with add_eos made add_special append EOS: a saved prefix ended in an EOS nobody
 // wrote, and a one-byte text needed 4 tokens in a buffer of 3.
 TEST(ModelTest, TokenizeNeverAppendsEosAndFitsBosPlusByteTokens) {
