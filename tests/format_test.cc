@@ -376,23 +376,45 @@ TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   SessionMeta meta = SampleMeta(200);
   meta.n_ctx = 4096;
   OpenOptions options;
-  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 4096u);  // as saved
+  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 4096u);  // as saved
   options.n_room = 40;
-  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 256u);  // 240 rounded up
+  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 256u);  // 240 rounded up
   options.n_room = 57;
-  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 512u);
+  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 512u);
   options.n_room = 100000;
-  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 4096u);  // never more than saved unless asked
+  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 4096u);  // never more than saved unless asked
   options.n_ctx = 8192;
-  EXPECT_EQ(*ResolveOpenContext(meta, options, "s"), 8192u);
+  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 8192u);
   options.n_ctx = 200;
-  EXPECT_FALSE(ResolveOpenContext(meta, options, "s").ok());
+  EXPECT_FALSE(ResolveOpenContext(meta, options, FactsFor(meta), "s").ok());
   options = {};
   options.cache_type_k = "q8_0";
-  EXPECT_EQ(ResolveOpenContext(meta, options, "s").status().code(), Status::Code::kIncompatible);
+  EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(), Status::Code::kIncompatible);
   options = {};
   options.flash_attn = FlashAttention::kOff;  // the sample was saved with flash attention
-  EXPECT_EQ(ResolveOpenContext(meta, options, "s").status().code(), Status::Code::kIncompatible);
+  EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),
+            Status::Code::kIncompatible);
+}
+
+// A LongRoPE session saved above the regime line keeps a context above it when sized to the run,
+// and a caller's -c across the line is refused.
+TEST(CompatTest, RoomSizingKeepsTheLongRopeRegime) {
+  SessionMeta meta = SampleMeta(200);
+  meta.n_ctx = 4096;
+  ModelFacts facts = FactsFor(meta);
+  facts.long_rope = true;
+  facts.n_ctx_orig = 1024;
+  OpenOptions options;
+  options.n_room = 40;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, facts, "s"), 1280u);  // not 256: stays long
+  options.n_ctx = 512;
+  auto refused = ResolveOpenContext(meta, options, facts, "s");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("LongRoPE"), std::string::npos);
+  meta.n_ctx = 512;  // saved below the line: room sizing stays below it by itself
+  options = {};
+  options.n_room = 40;
+  EXPECT_EQ(*ResolveOpenContext(meta, options, facts, "s"), 256u);
 }
 
 TEST(StatusTest, ResultContractsStopTheProgram) {

@@ -1,6 +1,7 @@
 // The Session API against every gotcha of the llama.cpp session-file guide.
 #include <cstring>
 #include <set>
+#include <stdexcept>
 
 #include "kvstash/session_file.h"
 #include "test_util.h"
@@ -354,7 +355,121 @@ TEST_F(SessionTest, EmptySessionsCannotGenerateOrSave) {
   EXPECT_NE(gen.status().message().find("append a prompt"), std::string::npos);
   Status saved = (*s)->Save(TempDir() + "/empty.kvs");
   EXPECT_FALSE(saved.ok());
-  EXPECT_NE(saved.message().find("empty"), std::string::npos);
+  // Not the generation message: the session is empty, there is nothing to save.
+  EXPECT_NE(saved.message().find("nothing to save"), std::string::npos) << saved.message();
+  EXPECT_EQ(saved.message().find("generating"), std::string::npos) << saved.message();
+}
+
+// A Sync that cannot fit used to truncate the session to the common prefix first, so the retry
+// re-decoded everything.
+TEST_F(SessionTest, SyncThatDoesNotFitLeavesTheSessionUnchanged) {
+  SessionOptions options;
+  options.n_ctx = 256;
+  auto s = Session::Create(TinyModel(), options);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE((*s)->Append(kPrefix).ok());
+  const std::vector<Token> before = (*s)->tokens();
+  const size_t decoded = (*s)->n_decoded_total();
+  std::vector<Token> too_long(before.begin(), before.begin() + 5);
+  too_long.resize((*s)->n_ctx() + 1, before[6]);
+  auto synced = (*s)->Sync(too_long);
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.status().code(), Status::Code::kContextFull) << synced.status().ToString();
+  EXPECT_EQ((*s)->tokens(), before);
+  EXPECT_EQ((*s)->n_decoded_total(), decoded);
+  auto retry = (*s)->Sync(before);
+  ASSERT_TRUE(retry.ok()) << retry.status().ToString();
+  EXPECT_EQ(retry->n_decoded, 0u);
+  EXPECT_EQ(retry->n_reused, before.size());
+}
+
+std::string LongText(int lines) {
+  std::string text;
+  for (int i = 0; i < lines; ++i) text += " line " + std::to_string(i) + " of the text.";
+  return text;
+}
+
+// A throwing progress callback used to unwind through llama.cpp, leak the batch and leave tokens()
+// out of step with the cache ("llama.cpp failed to decode" on the next Append).
+TEST_F(SessionTest, ThrowingProgressCallbackUndoesTheAppend) {
+  SessionOptions options;
+  options.n_batch = 16;
+  options.n_ubatch = 16;
+  auto s = Session::Create(TinyModel(), options);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE((*s)->Append(kPrefix).ok());
+  const std::vector<Token> before = (*s)->tokens();
+  int calls = 0;
+  (*s)->SetProgressCallback([&](uint64_t, uint64_t) {
+    if (++calls == 2) throw std::runtime_error("user abort");
+  });
+  const std::string text = LongText(10);
+  Status appended = (*s)->Append(text);
+  ASSERT_FALSE(appended.ok());
+  EXPECT_NE(appended.message().find("progress callback threw (user abort)"), std::string::npos)
+      << appended.message();
+  EXPECT_EQ((*s)->tokens(), before);
+  (*s)->SetProgressCallback({});
+  ASSERT_TRUE((*s)->Append(text).ok());
+  auto cold = Session::Create(TinyModel(), options);
+  ASSERT_TRUE(cold.ok());
+  ASSERT_TRUE((*cold)->Append(kPrefix).ok());
+  ASSERT_TRUE((*cold)->Append(text).ok());
+  EXPECT_EQ((*s)->tokens(), (*cold)->tokens());
+  auto a = (*s)->Logits();
+  auto b = (*cold)->Logits();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(BitEqual(*a, *b));
+}
+
+TEST_F(SessionTest, ThrowingPieceCallbackUndoesTheGeneration) {
+  auto reference = Warm()->Generate(Greedy(8));
+  ASSERT_TRUE(reference.ok());
+  auto warm = Warm();
+  ASSERT_TRUE(warm);
+  const std::vector<Token> before = warm->tokens();
+  int calls = 0;
+  auto gen = warm->Generate(Greedy(8), [&](std::string_view) -> bool {
+    if (++calls == 2) throw std::runtime_error("client went away");
+    return true;
+  });
+  ASSERT_FALSE(gen.ok());
+  EXPECT_NE(gen.status().message().find("piece callback passed to Generate threw"),
+            std::string::npos)
+      << gen.status().message();
+  EXPECT_EQ(warm->tokens(), before);
+  auto again = warm->Generate(Greedy(8));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->tokens, reference->tokens);
+}
+
+// The text stops before the match; the session used to keep every sampled token, so the next
+// Append continued after text the caller never saw.
+TEST_F(SessionTest, StopStringRollsTheSessionBackToTheReturnedText) {
+  auto reference = Warm()->Generate(Greedy(24));
+  ASSERT_TRUE(reference.ok());
+  ASSERT_GT(reference->text.size(), 12u);
+  const std::string stop = reference->text.substr(reference->text.size() / 2, 3);
+  SampleOptions options = Greedy(24);
+  options.stop = {stop};
+  auto warm = Warm();
+  ASSERT_TRUE(warm);
+  auto gen = warm->Generate(options);
+  ASSERT_TRUE(gen.ok());
+  ASSERT_EQ(gen->stop_reason, StopReason::kStopString);
+  std::vector<Token> expected = *saved_tokens_;
+  expected.insert(expected.end(), gen->tokens.begin(), gen->tokens.end());
+  EXPECT_EQ(warm->tokens(), expected);
+  const std::string kept = TinyModel()->Detokenize(gen->tokens);
+  EXPECT_EQ(gen->text.compare(0, kept.size(), kept), 0) << kept << " | " << gen->text;
+  EXPECT_EQ(kept.find(stop), std::string::npos);
+  // Only a token the match starts inside is missing from the session's text.
+  ASSERT_LT(gen->tokens.size(), reference->tokens.size());
+  EXPECT_LT(gen->text.size(),
+            kept.size() + TinyModel()->TokenToPiece(reference->tokens[gen->tokens.size()]).size());
+  ASSERT_TRUE(warm->Append(" Next.").ok());
+  EXPECT_EQ(warm->tokens().size(),
+            expected.size() + TinyModel()->Tokenize(" Next.", false)->size());
 }
 
 TEST_F(SessionTest, BadTokensAndCacheTypesAreRefused) {

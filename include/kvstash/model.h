@@ -22,8 +22,8 @@ struct ModelOptions {
 };
 
 // 128 bits that identify a model's weights and metadata, independent of where the file lives.
-// Computed from the GGUF header, metadata and tensor table plus samples of every tensor's data,
-// so two models of the same shape with different weights differ (see docs/FORMAT.md).
+// xxh3-128 over every byte of the GGUF file, so a model with any changed byte differs. The hash is
+// cached per file (device, inode, size, mtime, ctime) so that later loads do not read the weights.
 struct ModelFingerprint {
   uint8_t bytes[16] = {};
   std::string Hex() const;
@@ -49,9 +49,20 @@ class Model {
   std::string Description() const;
   int32_t n_vocab() const;
   int32_t n_ctx_train() const;
+  // LongRoPE (Phi-3 style rope_factors_long/short tensors): llama.cpp rotates with the long
+  // factors when the context exceeds n_ctx_orig() tokens and with the short ones otherwise, so KV
+  // caches from the two sides of that line do not mix (see CheckRopeRegime in src/engine/compat.h).
+  bool uses_long_rope() const;
+  // The original context of the rope scaling (llama.cpp's n_ctx_orig_yarn): the GGUF key
+  // <arch>.rope.scaling.original_context_length, else the training context.
+  uint32_t n_ctx_orig() const;
+  // Whether fingerprint() came from the per-file cache ($XDG_CACHE_HOME/kvstash/fingerprints)
+  // instead of hashing the whole file.
+  bool fingerprint_from_cache() const;
 
   // Tokens of `text`. add_bos follows the model's vocabulary: it is only added when the model
-  // asks for one. Special tokens written in the text (e.g. "<|eot_id|>") are parsed as such.
+  // asks for one. EOS is never added (even for vocabularies that set add_eos). Special tokens
+  // written in the text (e.g. "<|eot_id|>") are parsed as such.
   Result<std::vector<Token>> Tokenize(std::string_view text, bool add_bos) const;
   std::string TokenToPiece(Token token) const;
   std::string Detokenize(const std::vector<Token>& tokens) const;

@@ -37,7 +37,9 @@ struct SessionInternals;
 
 enum class FlashAttention { kAuto, kOff, kOn };
 
-// Progress of a long operation: units (tokens or bytes) done and in all.
+// Progress of a long operation: units (tokens or bytes) done and in all. A callback should not
+// throw; if the progress callback of an append does, the exception is caught, the append is undone
+// and it fails with a Status.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 
 struct SessionOptions {
@@ -95,6 +97,10 @@ struct SampleOptions {
 enum class StopReason { kEndOfGeneration, kMaxTokens, kStopString, kContextFull, kCancelled };
 const char* StopReasonName(StopReason reason);  // "eog", "n_predict", "stop", "context_full", ...
 
+// `tokens` are the generated tokens the session keeps. On a stop string, `text` ends right before
+// the match and the session is rolled back to the tokens whose text lies wholly before it, so the
+// next Append continues after the returned text. When the match starts inside a token, that
+// token's bytes before the match end `text` but are not in the session (at most one token's).
 struct Generation {
   std::string text;
   std::vector<Token> tokens;
@@ -102,7 +108,8 @@ struct Generation {
 };
 
 // Called with each piece of generated text as soon as it is final (text that might be the start
-// of a stop string is held back). Return false to stop.
+// of a stop string is held back). Return false to stop. Should not throw: an exception is caught,
+// the whole generation is undone and Generate fails with a Status.
 using PieceCallback = std::function<bool(std::string_view piece)>;
 
 // Where the time of Session::Open went (milliseconds).
@@ -125,7 +132,8 @@ struct SyncResult {
 
 class Session {
  public:
-  // A fresh, empty session on `model`.
+  // A fresh, empty session on `model`. Recurrent, hybrid and sliding-window models are refused
+  // (kIncompatible): kvstash saves only plain attention KV caches.
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model,
                                                  const SessionOptions& options = {});
   // Loads a session file saved from the same model. Checksums, the model fingerprint and every
@@ -143,7 +151,7 @@ class Session {
 
   // Makes the session hold exactly `tokens`: keeps the longest common prefix with what it holds,
   // drops the rest from the cache and decodes only the tail. Passing the saved prefix again
-  // decodes nothing.
+  // decodes nothing. Tokens that do not fit the context are refused before anything is dropped.
   Result<SyncResult> Sync(const std::vector<Token>& tokens);
 
   // Samples until a stop condition; generated tokens become part of the session.

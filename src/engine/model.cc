@@ -1,10 +1,11 @@
 #include <chrono>
+#include <climits>
+#include <cstdint>
 #include <cstring>
 
 #include "engine/fingerprint.h"
 #include "engine/llama_runtime.h"
 #include "engine/model_impl.h"
-#include "env/env.h"
 
 namespace kvstash {
 
@@ -22,6 +23,27 @@ int64_t MetaInt(const llama_model* model, const std::string& key) {
   return std::strtoll(buf, nullptr, 10);
 }
 
+// The vocabulary, architecture and the shapes the session code needs, from the loaded model.
+void FillShape(Model::Impl* impl) {
+  impl->vocab = llama_model_get_vocab(impl->model);
+  char arch[128] = {};
+  llama_model_meta_val_str(impl->model, "general.architecture", arch, sizeof(arch));
+  impl->arch = arch;
+  const int32_t n_head = llama_model_n_head(impl->model);
+  const int32_t n_head_kv = llama_model_n_head_kv(impl->model);
+  const int32_t n_embd = llama_model_n_embd(impl->model);
+  const int64_t key_length = MetaInt(impl->model, impl->arch + ".attention.key_length");
+  const int64_t value_length = MetaInt(impl->model, impl->arch + ".attention.value_length");
+  const int32_t head_dim = n_head > 0 ? n_embd / n_head : 0;
+  impl->n_embd_k_gqa = static_cast<int32_t>(key_length > 0 ? key_length : head_dim) * n_head_kv;
+  impl->n_embd_v_gqa = static_cast<int32_t>(value_length > 0 ? value_length : head_dim) * n_head_kv;
+  // llama.cpp's n_ctx_orig_yarn: the original context when the file records one, else the
+  // training context.
+  const int64_t orig = MetaInt(impl->model, impl->arch + ".rope.scaling.original_context_length");
+  impl->n_ctx_orig = static_cast<uint32_t>(
+      orig > 0 && orig <= UINT32_MAX ? orig : llama_model_n_ctx_train(impl->model));
+}
+
 }  // namespace
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -30,18 +52,10 @@ Model::~Model() = default;
 Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelOptions& options) {
   engine::EnsureLlamaBackend();
   engine::SetLlamaVerbose(options.verbose);
-
-  auto info = Env::Default()->Stat(path);
-  if (!info.ok()) {
-    if (info.status().code() == Status::Code::kNotFound) {
-      return Status::NotFound("model '" + path + "' does not exist; pass the path of a GGUF " +
-                              "file with -m (or create one with 'kvstash make-test-model')");
-    }
-    return info.status();
-  }
-  if (info->type != FileInfo::Type::kRegular) {
-    return Status::InvalidArgument("model '" + path + "' is not a regular file; pass a GGUF file");
-  }
+  // Opened once: the fingerprint is read through this descriptor, and the path must still name
+  // the same file after llama.cpp's load, so the fingerprint is that of the weights in use.
+  auto file = engine::ModelFile::Open(path);
+  if (!file.ok()) return file.status();
 
   auto impl = std::make_unique<Impl>();
   impl->path = path;
@@ -57,25 +71,16 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelO
                                    "; check that it is a complete GGUF model file");
   }
   impl->load_ms = MsSince(start);
+  KVSTASH_RETURN_IF_ERROR((*file)->CheckPathUnchanged());
 
   const auto fp_start = std::chrono::steady_clock::now();
-  auto fingerprint = engine::FingerprintGguf(path);
+  auto fingerprint = engine::FingerprintModelFile(**file, engine::DefaultFingerprintCacheDir());
   if (!fingerprint.ok()) return fingerprint.status();
-  impl->fingerprint = *fingerprint;
+  impl->fingerprint = fingerprint->fingerprint;
+  impl->fingerprint_from_cache = fingerprint->from_cache;
   impl->fingerprint_ms = MsSince(fp_start);
-
-  impl->vocab = llama_model_get_vocab(impl->model);
-  char arch[128] = {};
-  llama_model_meta_val_str(impl->model, "general.architecture", arch, sizeof(arch));
-  impl->arch = arch;
-  const int32_t n_head = llama_model_n_head(impl->model);
-  const int32_t n_head_kv = llama_model_n_head_kv(impl->model);
-  const int32_t n_embd = llama_model_n_embd(impl->model);
-  const int64_t key_length = MetaInt(impl->model, impl->arch + ".attention.key_length");
-  const int64_t value_length = MetaInt(impl->model, impl->arch + ".attention.value_length");
-  const int32_t head_dim = n_head > 0 ? n_embd / n_head : 0;
-  impl->n_embd_k_gqa = static_cast<int32_t>(key_length > 0 ? key_length : head_dim) * n_head_kv;
-  impl->n_embd_v_gqa = static_cast<int32_t>(value_length > 0 ? value_length : head_dim) * n_head_kv;
+  impl->uses_long_rope = fingerprint->facts.has_rope_factors && !fingerprint->facts.has_rope_freqs;
+  FillShape(impl.get());
   return std::shared_ptr<Model>(new Model(std::move(impl)));
 }
 
@@ -95,6 +100,8 @@ format::ModelFacts FactsOf(const Model& model) {
   facts.n_swa = llama_model_n_swa(m.model);
   facts.n_ctx_train = model.n_ctx_train();
   facts.llama_state_version = LLAMA_STATE_SEQ_VERSION;
+  facts.long_rope = model.uses_long_rope();
+  facts.n_ctx_orig = model.n_ctx_orig();
   return facts;
 }
 
@@ -104,6 +111,9 @@ double Model::fingerprint_ms() const { return impl_->fingerprint_ms; }
 double Model::load_ms() const { return impl_->load_ms; }
 int32_t Model::n_vocab() const { return llama_vocab_n_tokens(impl_->vocab); }
 int32_t Model::n_ctx_train() const { return llama_model_n_ctx_train(impl_->model); }
+bool Model::uses_long_rope() const { return impl_->uses_long_rope; }
+uint32_t Model::n_ctx_orig() const { return impl_->n_ctx_orig; }
+bool Model::fingerprint_from_cache() const { return impl_->fingerprint_from_cache; }
 
 std::string Model::Description() const {
   char buf[256] = {};
@@ -116,15 +126,28 @@ Result<std::vector<Token>> Model::Tokenize(std::string_view text, bool add_bos) 
     return Status::InvalidArgument("text of " + std::to_string(text.size()) +
                                    " bytes is too long to tokenize");
   }
+  // add_special=false and BOS by hand: with add_special llama.cpp also appends EOS for
+  // vocabularies that set add_eos, and a saved prefix must not end in an EOS nobody wrote.
   const bool bos = add_bos && llama_vocab_get_add_bos(impl_->vocab);
-  // A token is at least one byte (plus BOS), so this is always enough room.
   std::vector<Token> tokens(text.size() + 2);
-  const int32_t n = llama_tokenize(impl_->vocab, text.data(), static_cast<int32_t>(text.size()),
-                                   tokens.data(), static_cast<int32_t>(tokens.size()), bos,
-                                   /*parse_special=*/true);
-  if (n < 0) return Status::Internal("tokenizer needed " + std::to_string(-n) + " tokens");
-  tokens.resize(n);
-  return tokens;
+  const size_t offset = bos ? 1 : 0;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int32_t room = static_cast<int32_t>(tokens.size() - offset);
+    const int32_t n =
+        llama_tokenize(impl_->vocab, text.data(), static_cast<int32_t>(text.size()),
+                       tokens.data() + offset, room, /*add_special=*/false, /*parse_special=*/true);
+    if (n >= 0) {
+      tokens.resize(offset + static_cast<size_t>(n));
+      if (bos) tokens[0] = llama_vocab_bos(impl_->vocab);
+      return tokens;
+    }
+    // Too small: -n is the size it needs. Only INT32_MIN means an overflow inside llama.cpp.
+    if (n == INT32_MIN) break;
+    tokens.resize(offset + static_cast<size_t>(-static_cast<int64_t>(n)));
+  }
+  return Status::Internal("llama.cpp could not tokenize " + std::to_string(text.size()) +
+                          " bytes of text for model '" + impl_->path +
+                          "'; report this with the text");
 }
 
 std::string Model::TokenToPiece(Token token) const {

@@ -17,6 +17,9 @@ struct Model::Impl {
   ModelFingerprint fingerprint;
   double load_ms = 0;
   double fingerprint_ms = 0;
+  bool fingerprint_from_cache = false;
+  bool uses_long_rope = false;  // rope_factors_long/short tensors (and no fixed rope_freqs)
+  uint32_t n_ctx_orig = 0;      // llama.cpp's n_ctx_orig_yarn
   std::string arch;
   int32_t n_embd_k_gqa = 0;  // K row width of one layer's cache: head_dim_k * n_head_kv
   int32_t n_embd_v_gqa = 0;

@@ -4,13 +4,16 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <future>
 #include <optional>
 #include <thread>
 
+#include "engine/memory_support.h"
 #include "engine/llama_runtime.h"
 #include "engine/model_impl.h"
 #include "engine/session_internals.h"
+#include "engine/stop_matcher.h"
 #include "env/atomic_file.h"
 #include "env/env.h"
 #include "format/compat.h"
@@ -185,10 +188,36 @@ struct Session::Impl {
     const size_t count = tokens.size() - begin;
     if (tokens.size() > n_ctx()) {
       tokens.resize(begin);
-      return Status::ContextFull("the context is full: " + std::to_string(begin) + " of " +
-                                 std::to_string(n_ctx()) + " tokens used, " +
-                                 std::to_string(count) + " more do not fit; use a larger -c");
+      return ContextFullError(begin, count);
     }
+    Status status = DecodeGroup(begin, count);
+    const float* out = status.ok() ? llama_get_logits_ith(ctx.get(), -1) : nullptr;
+    if (status.ok() && out == nullptr) {
+      status = Status::Internal("llama.cpp decoded " + std::to_string(count) +
+                                " tokens but returned no logits for the last one (model '" +
+                                model->path() + "'); the tokens were not appended");
+    }
+    if (!status.ok()) {
+      llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
+      tokens.resize(begin);
+      return status;
+    }
+    logits.assign(out, out + model->n_vocab());
+    logits_valid = true;
+    n_cached = tokens.size();
+    n_decoded_total += count;
+    return Status::Ok();
+  }
+
+  Status ContextFullError(size_t used, size_t more) const {
+    return Status::ContextFull("the context is full: " + std::to_string(used) + " of " +
+                               std::to_string(n_ctx()) + " tokens used, " + std::to_string(more) +
+                               " more do not fit; use a larger -c");
+  }
+
+  // llama_decode of tokens[begin, begin + count) in n_batch steps, reporting progress. Leaves the
+  // rollback of a failure to Flush.
+  Status DecodeGroup(size_t begin, size_t count) {
     const uint32_t n_batch = llama_n_batch(ctx.get());
     llama_batch batch =
         llama_batch_init(static_cast<int32_t>(std::min<size_t>(count, n_batch)), 0, 1);
@@ -215,20 +244,28 @@ struct Session::Impl {
         break;
       }
       done += n;
-      if (progress && count > n_batch) progress(done, count);
+      if (progress && count > n_batch) status = ReportProgress(done, count);
     }
     llama_batch_free(batch);
-    if (!status.ok()) {
-      llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
-      tokens.resize(begin);
-      return status;
+    return status;
+  }
+
+  // The user's progress callback must not unwind through llama.cpp's frames or past the batch:
+  // an exception becomes a Status and the append is undone.
+  Status ReportProgress(size_t done, size_t count) {
+    std::string what;
+    try {
+      progress(done, count);
+      return Status::Ok();
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+      what = "an exception that is not a std::exception";
     }
-    const float* out = llama_get_logits_ith(ctx.get(), -1);
-    logits.assign(out, out + model->n_vocab());
-    logits_valid = true;
-    n_cached = tokens.size();
-    n_decoded_total += count;
-    return Status::Ok();
+    return Status::InvalidArgument("the progress callback threw (" + what + ") after " +
+                                   std::to_string(done) + " of " + std::to_string(count) +
+                                   " tokens; the append was undone: a callback must return " +
+                                   "normally");
   }
 
   Status CheckTokens(const std::vector<Token>& new_tokens) const {
@@ -257,6 +294,12 @@ struct Session::Impl {
     return Status::Ok();
   }
 
+  // Samples one token from the logits after the last token (decoding pending tokens first).
+  Result<Token> SampleNext(llama_sampler* chain, std::vector<llama_token_data>* candidates);
+  // Samples into `gen` until a stop condition; sampled tokens join `tokens`. On failure the caller
+  // undoes them.
+  Status SampleLoop(const SampleOptions& options, const PieceCallback& on_piece, Generation* gen);
+
   // Makes sure logits of the last token exist, re-decoding it if needed.
   Status EnsureLogits() {
     KVSTASH_RETURN_IF_ERROR(Flush());
@@ -279,6 +322,13 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
   KVSTASH_RETURN_IF_ERROR(
       CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
+  // Refused here, before a prefill that may take minutes, rather than at Save.
+  const llama_model* lm = model->impl()->model;
+  engine::ModelMemoryKind memory;
+  memory.recurrent = llama_model_is_recurrent(lm);
+  memory.hybrid = llama_model_is_hybrid(lm);
+  memory.n_swa = llama_model_n_swa(lm);
+  KVSTASH_RETURN_IF_ERROR(engine::CheckSupportedMemory(memory, model->path(), model->impl()->arch));
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = ResolveThreads(options.n_threads);
@@ -330,8 +380,12 @@ Status Session::Append(std::string_view text) {
 
 Status Session::AppendTokens(const std::vector<Token>& tokens) {
   KVSTASH_RETURN_IF_ERROR(impl_->CheckTokens(tokens));
-  // Anything still pending (the last sampled token) joins this group, as it would in a cold run
-  // that appends the generated text.
+  // Checked before the pending token is flushed, so that a refused append changes nothing.
+  if (impl_->tokens.size() + tokens.size() > impl_->n_ctx()) {
+    return impl_->ContextFullError(impl_->tokens.size(), tokens.size());
+  }
+  // Anything still pending (the last sampled token) is decoded first, as its own group: the same
+  // group Generate would have decoded it in.
   KVSTASH_RETURN_IF_ERROR(impl_->Flush());
   if (tokens.empty()) return Status::Ok();
   impl_->tokens.insert(impl_->tokens.end(), tokens.begin(), tokens.end());
@@ -341,6 +395,12 @@ Status Session::AppendTokens(const std::vector<Token>& tokens) {
 Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
   KVSTASH_RETURN_IF_ERROR(impl_->CheckTokens(tokens));
   Impl& s = *impl_;
+  // Refused before the truncation below, which a retry would otherwise pay for in full.
+  if (tokens.size() > s.n_ctx()) {
+    return Status::ContextFull("cannot sync to " + std::to_string(tokens.size()) + " tokens: the " +
+                               "context holds " + std::to_string(s.n_ctx()) +
+                               "; the session is unchanged; use a larger -c");
+  }
   const size_t before = s.n_decoded_total;
   size_t common = 0;
   while (common < tokens.size() && common < s.tokens.size() && tokens[common] == s.tokens[common]) {
@@ -359,107 +419,147 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
   return result;
 }
 
+namespace {
+
+using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
+
+SamplerPtr MakeSampler(const SampleOptions& options) {
+  SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+  if (options.temp <= 0) {
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
+    return chain;
+  }
+  if (options.top_k > 0)
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(options.top_k));
+  if (options.top_p < 1) {
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(options.top_p, 1));
+  }
+  if (options.min_p > 0) {
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(options.min_p, 1));
+  }
+  llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(options.temp));
+  llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(options.seed));
+  return chain;
+}
+
+// Hands text[*emitted, upto) to the caller's PieceCallback. The callback must not unwind through
+// Generate: an exception becomes a Status (and Generate undoes what it generated).
+Status EmitPiece(const PieceCallback& on_piece, const std::string& text, size_t upto,
+                 size_t* emitted, bool* cancelled) {
+  if (upto <= *emitted || !on_piece || *cancelled) {
+    *emitted = std::max(*emitted, upto);
+    return Status::Ok();
+  }
+  std::string what;
+  try {
+    if (!on_piece(std::string_view(text).substr(*emitted, upto - *emitted))) *cancelled = true;
+    *emitted = upto;
+    return Status::Ok();
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+    what = "an exception that is not a std::exception";
+  }
+  return Status::InvalidArgument("the piece callback passed to Generate threw (" + what +
+                                 "); the generation was undone: return false to stop instead");
+}
+
+}  // namespace
+
+Result<Token> Session::Impl::SampleNext(llama_sampler* chain,
+                                        std::vector<llama_token_data>* candidates) {
+  KVSTASH_RETURN_IF_ERROR(EnsureLogits());
+  const int32_t n_vocab = model->n_vocab();
+  candidates->resize(n_vocab);
+  for (int32_t i = 0; i < n_vocab; ++i) (*candidates)[i] = {i, logits[i], 0.0f};
+  llama_token_data_array array = {candidates->data(), candidates->size(), -1, false};
+  llama_sampler_apply(chain, &array);
+  if (array.selected < 0 || static_cast<size_t>(array.selected) >= array.size) {
+    return Status::Internal("the sampler selected no token");
+  }
+  const Token token = array.data[array.selected].id;
+  llama_sampler_accept(chain, token);
+  return token;
+}
+
+Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallback& on_piece,
+                                 Generation* gen) {
+  SamplerPtr chain = MakeSampler(options);
+  engine::StopMatcher matcher(options.stop);
+  std::vector<size_t> ends;  // text size after each generated token
+  std::vector<llama_token_data> candidates;
+  size_t emitted = 0;  // bytes of text handed to on_piece
+  bool cancelled = false;
+  while (true) {
+    if (options.n_predict >= 0 && gen->tokens.size() >= static_cast<size_t>(options.n_predict)) {
+      gen->stop_reason = StopReason::kMaxTokens;
+      break;
+    }
+    if (tokens.size() >= n_ctx()) {
+      gen->stop_reason = StopReason::kContextFull;
+      break;
+    }
+    Result<Token> token = SampleNext(chain.get(), &candidates);
+    if (!token.ok()) return token.status();
+    if (llama_vocab_is_eog(m().vocab, *token)) {
+      gen->stop_reason = StopReason::kEndOfGeneration;
+      break;
+    }
+    gen->tokens.push_back(*token);
+    tokens.push_back(*token);  // decoded lazily, before the next sample or any other call
+    logits_valid = false;
+    if (matcher.Add(model->TokenToPiece(*token))) {
+      gen->stop_reason = StopReason::kStopString;
+      break;
+    }
+    ends.push_back(matcher.text().size());
+    KVSTASH_RETURN_IF_ERROR(
+        EmitPiece(on_piece, matcher.text(), matcher.safe_size(), &emitted, &cancelled));
+    if (cancelled) {
+      gen->stop_reason = StopReason::kCancelled;
+      break;
+    }
+  }
+  gen->text = matcher.text();
+  KVSTASH_RETURN_IF_ERROR(EmitPiece(on_piece, gen->text, gen->text.size(), &emitted, &cancelled));
+  if (gen->stop_reason == StopReason::kStopString) {
+    // The session keeps only the tokens whose text the caller got: the token that completed the
+    // match (and any token the match starts in) is dropped, so the next Append continues right
+    // after the returned text.
+    const size_t kept = static_cast<size_t>(
+        std::upper_bound(ends.begin(), ends.end(), gen->text.size()) - ends.begin());
+    KVSTASH_RETURN_IF_ERROR(Truncate(tokens.size() - gen->tokens.size() + kept));
+    gen->tokens.resize(kept);
+  }
+  return Status::Ok();
+}
+
 Result<Generation> Session::Generate(const SampleOptions& options, const PieceCallback& on_piece) {
   Impl& s = *impl_;
   KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
-
-  std::unique_ptr<llama_sampler, SamplerDeleter> chain(
-      llama_sampler_chain_init(llama_sampler_chain_default_params()));
-  if (options.temp <= 0) {
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
-  } else {
-    if (options.top_k > 0)
-      llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(options.top_k));
-    if (options.top_p < 1)
-      llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(options.top_p, 1));
-    if (options.min_p > 0)
-      llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(options.min_p, 1));
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(options.temp));
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(options.seed));
-  }
-
-  size_t longest_stop = 0;
-  for (const auto& stop : options.stop) longest_stop = std::max(longest_stop, stop.size());
-
+  // What a failed call restores: the tokens and the logits after them (copied, not recomputed, so
+  // that a later sample is the one it would have been).
+  const size_t start = s.tokens.size();
+  const std::vector<float> start_logits = s.logits;
   Generation gen;
-  size_t emitted = 0;  // bytes of gen.text handed to on_piece
-  bool cancelled = false;
-  auto emit = [&](size_t upto) {
-    if (upto > emitted && on_piece && !cancelled) {
-      if (!on_piece(std::string_view(gen.text).substr(emitted, upto - emitted))) cancelled = true;
+  const Status status = s.SampleLoop(options, on_piece, &gen);
+  if (!status.ok()) {
+    if (s.Truncate(start).ok()) {
+      s.logits = start_logits;
+      s.logits_valid = s.n_cached == start;
     }
-    emitted = std::max(emitted, upto);
-  };
-
-  const int32_t n_vocab = s.model->n_vocab();
-  std::vector<llama_token_data> candidates(n_vocab);
-  while (true) {
-    if (options.n_predict >= 0 && gen.tokens.size() >= static_cast<size_t>(options.n_predict)) {
-      gen.stop_reason = StopReason::kMaxTokens;
-      break;
-    }
-    if (s.tokens.size() >= s.n_ctx()) {
-      gen.stop_reason = StopReason::kContextFull;
-      break;
-    }
-    KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
-    for (int32_t i = 0; i < n_vocab; ++i) candidates[i] = {i, s.logits[i], 0.0f};
-    llama_token_data_array array = {candidates.data(), candidates.size(), -1, false};
-    llama_sampler_apply(chain.get(), &array);
-    if (array.selected < 0 || static_cast<size_t>(array.selected) >= array.size) {
-      return Status::Internal("the sampler selected no token");
-    }
-    const Token token = array.data[array.selected].id;
-    llama_sampler_accept(chain.get(), token);
-    if (llama_vocab_is_eog(s.m().vocab, token)) {
-      gen.stop_reason = StopReason::kEndOfGeneration;
-      break;
-    }
-    gen.tokens.push_back(token);
-    s.tokens.push_back(token);  // decoded lazily, before the next sample or any other call
-    s.logits_valid = false;
-    const size_t search_from = gen.text.size() > longest_stop ? gen.text.size() - longest_stop : 0;
-    gen.text += s.model->TokenToPiece(token);
-
-    size_t stop_at = std::string::npos;
-    for (const auto& stop : options.stop) {
-      if (stop.empty()) continue;
-      const size_t at = gen.text.find(stop, search_from);
-      if (at != std::string::npos) stop_at = std::min(stop_at, at);
-    }
-    if (stop_at != std::string::npos) {
-      gen.text.resize(stop_at);
-      gen.stop_reason = StopReason::kStopString;
-      break;
-    }
-    // Hold back a tail that could still become a stop string.
-    size_t hold = 0;
-    for (const auto& stop : options.stop) {
-      for (size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), gen.text.size()); k > hold;
-           --k) {
-        if (gen.text.compare(gen.text.size() - k, k, stop, 0, k) == 0) {
-          hold = k;
-          break;
-        }
-      }
-    }
-    emit(gen.text.size() - hold);
-    if (cancelled) {
-      gen.stop_reason = StopReason::kCancelled;
-      break;
-    }
+    return status;
   }
-  emit(gen.text.size());
   return gen;
 }
 
 Status Session::Save(const std::string& path, const SaveOptions& options) {
   Impl& s = *impl_;
-  KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
   if (s.tokens.empty()) {
     return Status::InvalidArgument("nothing to save to '" + path + "': the session is empty; " +
                                    "append a prefix first");
   }
+  KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
   llama_context* ctx = s.ctx.get();
   const size_t size = llama_state_seq_get_size(ctx, kSeq);
   LargeBuffer kv(size);
@@ -625,8 +725,9 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                                   /*n_threads=*/1, /*defer_kv_checksum=*/true);
   if (!file.Intact()) return ChangedWhileLoading(path);
   if (!parsed.ok()) return parsed.status();
-  KVSTASH_RETURN_IF_ERROR(format::CheckSessionFitsModel(parsed->meta, FactsOf(*model), path));
-  auto n_ctx = format::ResolveOpenContext(parsed->meta, options, path);
+  const format::ModelFacts facts = FactsOf(*model);
+  KVSTASH_RETURN_IF_ERROR(format::CheckSessionFitsModel(parsed->meta, facts, path));
+  auto n_ctx = format::ResolveOpenContext(parsed->meta, options, facts, path);
   if (!n_ctx.ok()) return n_ctx.status();
   const auto t_verified = Clock::now();
   if (options.progress) options.progress(file.size(), 2 * uint64_t{file.size()});

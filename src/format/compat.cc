@@ -39,6 +39,29 @@ const char* FlashName(bool on) { return on ? "on" : "off"; }
 
 }  // namespace
 
+uint32_t PaddedContextSize(uint32_t n_ctx) {
+  if (n_ctx > UINT32_MAX - (kContextPad - 1)) return n_ctx;
+  return (n_ctx + kContextPad - 1) / kContextPad * kContextPad;
+}
+
+Status CheckRopeRegime(uint32_t saved_n_ctx, uint32_t new_n_ctx, uint32_t n_ctx_orig,
+                       bool uses_long_rope, const std::string& path) {
+  if (!uses_long_rope) return Status::Ok();
+  const uint32_t saved = PaddedContextSize(saved_n_ctx);
+  const uint32_t now = PaddedContextSize(new_n_ctx);
+  const bool saved_long = saved > n_ctx_orig;
+  if (saved_long == (now > n_ctx_orig)) return Status::Ok();
+  const std::string line = std::to_string(n_ctx_orig);
+  const std::string fix = saved_long ? "use -c " + std::to_string(n_ctx_orig + 1) + " or more"
+                                     : "use -c " + line + " or less";
+  return Status::Incompatible("session '" + path + "' was saved with a " + std::to_string(saved) +
+                              "-token context, this context has " + std::to_string(now) +
+                              " tokens: the model uses " + "LongRoPE, whose rotation changes at " +
+                              line + " tokens (" + (saved_long ? "long" : "short") +
+                              " factors in the file), so the cached keys would be " + "wrong; " +
+                              fix + ", or re-save the session with the context you need");
+}
+
 Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
                              const std::string& path) {
   if (meta.model_fingerprint != model.fingerprint) {
@@ -88,7 +111,7 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
 }
 
 Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& options,
-                                    const std::string& path) {
+                                    const ModelFacts& model, const std::string& path) {
   if (options.cache_type_k && *options.cache_type_k != meta.type_k_name) {
     return Mismatch(path, "cache type K", meta.type_k_name, *options.cache_type_k,
                     "open without --cache-type-k or re-save the session");
@@ -107,7 +130,13 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& 
   if (options.n_ctx != 0) {
     n_ctx = options.n_ctx;
   } else if (options.n_room != 0) {
-    const uint64_t need = (uint64_t{meta.n_tokens} + options.n_room + 255) / 256 * 256;
+    uint64_t need = (uint64_t{meta.n_tokens} + options.n_room + 255) / 256 * 256;
+    // A LongRoPE session saved above the regime line stays above it (the keys were rotated with
+    // the long factors).
+    const uint32_t line = meta.yarn_orig_ctx != 0 ? meta.yarn_orig_ctx : model.n_ctx_orig;
+    if (model.long_rope && meta.n_ctx > line) {
+      need = std::max<uint64_t>(need, uint64_t{PaddedContextSize(line + 1)});
+    }
     n_ctx = std::min<uint64_t>(n_ctx, need);
   }
   if (n_ctx <= meta.n_tokens) {
@@ -121,6 +150,10 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& 
                                    " tokens is more than kvstash supports (" +
                                    std::to_string(kMaxTokens) + "); use a smaller -c");
   }
+  KVSTASH_RETURN_IF_ERROR(CheckRopeRegime(meta.n_ctx, static_cast<uint32_t>(n_ctx),
+                                          meta.yarn_orig_ctx != 0 ? meta.yarn_orig_ctx
+                                                                  : model.n_ctx_orig,
+                                          model.long_rope, path));
   return static_cast<uint32_t>(n_ctx);
 }
 

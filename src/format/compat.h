@@ -12,6 +12,19 @@
 
 namespace kvstash::format {
 
+// llama.cpp rounds a context size up to a multiple of this (llama-context.cpp).
+constexpr uint32_t kContextPad = 256;
+uint32_t PaddedContextSize(uint32_t n_ctx);
+
+// LongRoPE models (Phi-3 style rope_factors_long/rope_factors_short tensors) rotate keys with the
+// long factors when the context exceeds n_ctx_orig (n_ctx_orig_yarn) and with the short ones
+// otherwise. Keys cached under one regime are wrong under the other, silently; so a session saved
+// with `saved_n_ctx` cannot be opened with a `new_n_ctx` on the other side of that line. Both sizes
+// are compared as llama.cpp will use them (padded). Ok for models without LongRoPE; `path` names
+// the session in the error.
+Status CheckRopeRegime(uint32_t saved_n_ctx, uint32_t new_n_ctx, uint32_t n_ctx_orig,
+                       bool uses_long_rope, const std::string& path);
+
 // What kvstash knows of a loaded model, as a writer records it in META.
 struct ModelFacts {
   std::string path;
@@ -27,6 +40,8 @@ struct ModelFacts {
   int32_t n_swa = 0;
   int32_t n_ctx_train = 0;
   uint32_t llama_state_version = 0;  // of this build
+  bool long_rope = false;            // LongRoPE factors (rope_factors_long/short)
+  uint32_t n_ctx_orig = 0;           // where LongRoPE switches from short to long factors
 };
 
 // The file was written for this model by this llama.cpp state version: fingerprint, state version,
@@ -36,10 +51,11 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
 
 // The caller's KV-deciding options agree with the file, and the context size to create: the
 // caller's n_ctx if given, else the saved one, shrunk to what the run needs when the caller says
-// how much room it needs (n_tokens + room, rounded up to 256). Never smaller than the tokens held
-// plus one.
+// how much room it needs (n_tokens + room, rounded up to 256), but never across a LongRoPE
+// model's regime line (CheckRopeRegime, which also refuses a caller's n_ctx across it). Never
+// smaller than the tokens held plus one.
 Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& options,
-                                    const std::string& path);
+                                    const ModelFacts& model, const std::string& path);
 
 }  // namespace kvstash::format
 

@@ -54,6 +54,23 @@ ShapeParams GetShapeParams(TestShape shape) {
 }
 
 const char* VocabName(TestVocab vocab) { return vocab == TestVocab::kSpm ? "spm" : "bpe"; }
+const char* ArchName(TestArch arch) {
+  switch (arch) {
+    case TestArch::kLlama:
+      return "llama";
+    case TestArch::kPhi3LongRope:
+      return "phi3";
+    case TestArch::kGemma2Swa:
+      return "gemma2";
+  }
+  return "llama";
+}
+
+// The sliding window of the kGemma2Swa models, in tokens.
+constexpr uint32_t kSlidingWindow = 512;
+// LongRoPE factors: the long ones stretch every rotation by 2, so the two regimes give visibly
+// different keys.
+constexpr float kRopeLongFactor = 2.0f;
 const char* TypeName(TestWeightType type) { return type == TestWeightType::kF16 ? "f16" : "q8_0"; }
 
 // Half-width of a uniform distribution with standard deviation 0.02 (a / sqrt(3) = 0.02): small
@@ -173,28 +190,52 @@ Status CopyKv(gguf_context* dst, const gguf_context* src, int64_t id) {
 struct TensorPlan {
   std::string name;
   ggml_type type;
-  int64_t ne0;   // row length
-  int64_t ne1;   // number of rows (1 for norms)
-  bool is_norm;  // all ones, f32, whatever the weight type
+  int64_t ne0;      // row length
+  int64_t ne1;      // number of rows (1 for norms)
+  bool is_norm;     // constant `value`, f32, whatever the weight type
+  float value = 1;  // of a constant tensor: 1 for norms
 };
 
-std::vector<TensorPlan> PlanTensors(const ShapeParams& s, int64_t n_vocab, ggml_type wtype) {
+// One layer's tensors; Phi-3 has no gate (its up matrix is gate and up), Gemma 2 adds post-norms.
+void PlanLayer(const ShapeParams& s, TestArch arch, int64_t il, ggml_type wtype,
+               std::vector<TensorPlan>* plan) {
   const int64_t n_embd_kv = s.n_embd / s.n_head * s.n_head_kv;
+  const std::string blk = "blk." + std::to_string(il) + ".";
+  plan->push_back({blk + "attn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  plan->push_back({blk + "attn_q.weight", wtype, s.n_embd, s.n_embd, false});
+  plan->push_back({blk + "attn_k.weight", wtype, s.n_embd, n_embd_kv, false});
+  plan->push_back({blk + "attn_v.weight", wtype, s.n_embd, n_embd_kv, false});
+  plan->push_back({blk + "attn_output.weight", wtype, s.n_embd, s.n_embd, false});
+  if (arch == TestArch::kGemma2Swa) {
+    plan->push_back({blk + "post_attention_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  }
+  plan->push_back({blk + "ffn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  if (arch == TestArch::kPhi3LongRope) {
+    plan->push_back({blk + "ffn_up.weight", wtype, s.n_embd, 2 * s.n_ff, false});
+  } else {
+    plan->push_back({blk + "ffn_gate.weight", wtype, s.n_embd, s.n_ff, false});
+    plan->push_back({blk + "ffn_up.weight", wtype, s.n_embd, s.n_ff, false});
+  }
+  plan->push_back({blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd, false});
+  if (arch == TestArch::kGemma2Swa) {
+    plan->push_back({blk + "post_ffw_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  }
+}
+
+std::vector<TensorPlan> PlanTensors(const ShapeParams& s, TestArch arch, int64_t n_vocab,
+                                    ggml_type wtype) {
   std::vector<TensorPlan> plan;
   plan.push_back({"token_embd.weight", wtype, s.n_embd, n_vocab, false});
-  for (int64_t il = 0; il < s.n_layer; ++il) {
-    const std::string blk = "blk." + std::to_string(il) + ".";
-    plan.push_back({blk + "attn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
-    plan.push_back({blk + "attn_q.weight", wtype, s.n_embd, s.n_embd, false});
-    plan.push_back({blk + "attn_k.weight", wtype, s.n_embd, n_embd_kv, false});
-    plan.push_back({blk + "attn_v.weight", wtype, s.n_embd, n_embd_kv, false});
-    plan.push_back({blk + "attn_output.weight", wtype, s.n_embd, s.n_embd, false});
-    plan.push_back({blk + "ffn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
-    plan.push_back({blk + "ffn_gate.weight", wtype, s.n_embd, s.n_ff, false});
-    plan.push_back({blk + "ffn_up.weight", wtype, s.n_embd, s.n_ff, false});
-    plan.push_back({blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd, false});
+  if (arch == TestArch::kPhi3LongRope) {
+    const int64_t n_rot = s.n_embd / s.n_head;
+    plan.push_back(
+        {"rope_factors_long.weight", GGML_TYPE_F32, n_rot / 2, 1, true, kRopeLongFactor});
+    plan.push_back({"rope_factors_short.weight", GGML_TYPE_F32, n_rot / 2, 1, true, 1.0f});
   }
+  for (int64_t il = 0; il < s.n_layer; ++il) PlanLayer(s, arch, il, wtype, &plan);
   plan.push_back({"output_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  // Gemma 2 always ties its output to token_embd (llama.cpp refuses an output.weight).
+  if (arch == TestArch::kGemma2Swa) return plan;
   // The real shapes (SmolLM2, Llama 3.2 1B) tie their output to token_embd. With tied random
   // weights a token's own embedding dominates its logits and greedy decoding repeats the last
   // prompt token, which would make output comparisons vacuous; so tiny and small get an output
@@ -331,8 +372,8 @@ Status WriteTensorData(const TensorPlan& t, uint64_t tensor_index, uint64_t seed
   const size_t row_bytes = ggml_row_size(t.type, t.ne0);
   if (t.is_norm) {
     // RMS norm weights of 1 leave the normalized activations as they are.
-    const std::vector<float> ones(static_cast<size_t>(t.ne0 * t.ne1), 1.0f);
-    return file->Write(path, ones.data(), ones.size() * sizeof(float));
+    const std::vector<float> values(static_cast<size_t>(t.ne0 * t.ne1), t.value);
+    return file->Write(path, values.data(), values.size() * sizeof(float));
   }
 
   const int64_t slab_rows = std::max<int64_t>(1, std::min(t.ne1, kSlabValues / t.ne0));
@@ -378,6 +419,34 @@ Result<GgufPtr> LoadVocab(TestVocab vocab) {
   return ctx;
 }
 
+// general.* and <arch>.* keys.
+void SetArchKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& shape,
+                 const std::string& name, int64_t n_vocab) {
+  const std::string a = ArchName(spec.arch);
+  auto key = [&](const char* suffix) { return a + "." + suffix; };
+  gguf_set_val_str(g, "general.architecture", a.c_str());
+  gguf_set_val_str(g, "general.name", name.c_str());
+  gguf_set_val_u32(g, "general.file_type", spec.type == TestWeightType::kF16 ? 1 : 7);
+  gguf_set_val_u32(g, key("context_length").c_str(), shape.n_ctx_train);
+  gguf_set_val_u32(g, key("embedding_length").c_str(), static_cast<uint32_t>(shape.n_embd));
+  gguf_set_val_u32(g, key("block_count").c_str(), static_cast<uint32_t>(shape.n_layer));
+  gguf_set_val_u32(g, key("feed_forward_length").c_str(), static_cast<uint32_t>(shape.n_ff));
+  gguf_set_val_u32(g, key("attention.head_count").c_str(), static_cast<uint32_t>(shape.n_head));
+  gguf_set_val_u32(g, key("attention.head_count_kv").c_str(),
+                   static_cast<uint32_t>(shape.n_head_kv));
+  gguf_set_val_f32(g, key("rope.freq_base").c_str(), shape.rope_freq_base);
+  gguf_set_val_f32(g, key("attention.layer_norm_rms_epsilon").c_str(), 1e-5f);
+  gguf_set_val_u32(g, key("vocab_size").c_str(), static_cast<uint32_t>(n_vocab));
+  gguf_set_val_u32(g, key("rope.dimension_count").c_str(),
+                   static_cast<uint32_t>(shape.n_embd / shape.n_head));
+  if (spec.arch == TestArch::kPhi3LongRope) {
+    gguf_set_val_u32(g, key("rope.scaling.original_context_length").c_str(), shape.n_ctx_train / 4);
+  }
+  if (spec.arch == TestArch::kGemma2Swa) {
+    gguf_set_val_u32(g, key("attention.sliding_window").c_str(), kSlidingWindow);
+  }
+}
+
 Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
   const ShapeParams shape = GetShapeParams(spec.shape);
   const ggml_type wtype = spec.type == TestWeightType::kF16 ? GGML_TYPE_F16 : GGML_TYPE_Q8_0;
@@ -395,31 +464,25 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
 
   GgufPtr out(gguf_init_empty());
   gguf_context* g = out.get();
+  // Not the architecture's name: llama.cpp gives vocabularies of models named "phi3" special
+  // token attributes that look up tokens the llama vocabularies do not have.
+  const char* arch_suffix = spec.arch == TestArch::kPhi3LongRope ? "-longrope"
+                            : spec.arch == TestArch::kGemma2Swa  ? "-swa"
+                                                                 : "";
   const std::string name = std::string("kvstash-test-") + shape.name + "-" + VocabName(spec.vocab) +
-                           "-" + TypeName(spec.type) + "-seed" + std::to_string(spec.seed);
-  gguf_set_val_str(g, "general.architecture", "llama");
-  gguf_set_val_str(g, "general.name", name.c_str());
-  gguf_set_val_u32(g, "general.file_type", spec.type == TestWeightType::kF16 ? 1 : 7);
-  gguf_set_val_u32(g, "llama.context_length", shape.n_ctx_train);
-  gguf_set_val_u32(g, "llama.embedding_length", static_cast<uint32_t>(shape.n_embd));
-  gguf_set_val_u32(g, "llama.block_count", static_cast<uint32_t>(shape.n_layer));
-  gguf_set_val_u32(g, "llama.feed_forward_length", static_cast<uint32_t>(shape.n_ff));
-  gguf_set_val_u32(g, "llama.attention.head_count", static_cast<uint32_t>(shape.n_head));
-  gguf_set_val_u32(g, "llama.attention.head_count_kv", static_cast<uint32_t>(shape.n_head_kv));
-  gguf_set_val_f32(g, "llama.rope.freq_base", shape.rope_freq_base);
-  gguf_set_val_f32(g, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  gguf_set_val_u32(g, "llama.vocab_size", static_cast<uint32_t>(n_vocab));
-  gguf_set_val_u32(g, "llama.rope.dimension_count",
-                   static_cast<uint32_t>(shape.n_embd / shape.n_head));
+                           "-" + TypeName(spec.type) + "-seed" + std::to_string(spec.seed) +
+                           arch_suffix;
+  SetArchKeys(g, spec, shape, name, n_vocab);
   const int64_t n_kv = gguf_get_n_kv(vctx);
   for (int64_t id = 0; id < n_kv; ++id) {
     if (std::strncmp(gguf_get_key(vctx, id), "tokenizer.", 10) == 0) {
       KVSTASH_RETURN_IF_ERROR(CopyKv(g, vctx, id));
     }
   }
+  if (spec.add_eos) gguf_set_val_bool(g, "tokenizer.ggml.add_eos_token", true);
 
   // Tensor descriptions only (no_alloc): the data is generated slab by slab further down.
-  const std::vector<TensorPlan> plan = PlanTensors(shape, n_vocab, wtype);
+  const std::vector<TensorPlan> plan = PlanTensors(shape, spec.arch, n_vocab, wtype);
   ggml_init_params tparams = {/*mem_size=*/plan.size() * ggml_tensor_overhead(),
                               /*mem_buffer=*/nullptr, /*no_alloc=*/true};
   GgmlPtr tctx(ggml_init(tparams));
@@ -491,6 +554,14 @@ Result<TestWeightType> ParseTestWeightType(const std::string& name) {
   if (name == "f16") return TestWeightType::kF16;
   if (name == "q8_0") return TestWeightType::kQ8_0;
   return Status::InvalidArgument("unknown test model weight type '" + name + "': use f16 or q8_0");
+}
+
+Result<TestArch> ParseTestArch(const std::string& name) {
+  if (name == "llama") return TestArch::kLlama;
+  if (name == "phi3") return TestArch::kPhi3LongRope;
+  if (name == "gemma2") return TestArch::kGemma2Swa;
+  return Status::InvalidArgument("unknown test model architecture '" + name +
+                                 "': use llama, phi3 or gemma2");
 }
 
 Status WriteTestModel(const TestModelSpec& spec, const std::string& path) {

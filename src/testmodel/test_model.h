@@ -19,12 +19,19 @@ namespace kvstash {
 enum class TestShape { kTiny, kSmall, kBench };
 enum class TestVocab { kSpm, kBpe };
 enum class TestWeightType { kF16, kQ8_0 };
+// kLlama: plain attention. kPhi3LongRope: Phi-3 with rope_factors_long/short tensors and an
+// original context of a quarter of the training context (LongRoPE switches factors there).
+// kGemma2Swa: Gemma 2 with sliding-window attention (a window of 512 tokens).
+enum class TestArch { kLlama, kPhi3LongRope, kGemma2Swa };
 
 struct TestModelSpec {
   TestShape shape = TestShape::kTiny;
   TestVocab vocab = TestVocab::kSpm;
   TestWeightType type = TestWeightType::kF16;
   uint64_t seed = 1;
+  TestArch arch = TestArch::kLlama;
+  // Sets tokenizer.ggml.add_eos_token: llama.cpp's add_special then appends EOS.
+  bool add_eos = false;
 };
 
 // Parse "tiny"/"small"/"bench", "spm"/"bpe", "f16"/"q8_0"; InvalidArgument naming the allowed
@@ -32,8 +39,10 @@ struct TestModelSpec {
 Result<TestShape> ParseTestShape(const std::string& name);
 Result<TestVocab> ParseTestVocab(const std::string& name);
 Result<TestWeightType> ParseTestWeightType(const std::string& name);
+// "llama"/"phi3"/"gemma2".
+Result<TestArch> ParseTestArch(const std::string& name);
 
-// Writes a valid llama-architecture GGUF with seeded random weights and a real tokenizer to
+// Writes a valid GGUF of spec.arch with seeded random weights and a real tokenizer to
 // `path`, replacing it atomically (a reader never sees a half-written model).
 // The same spec gives a byte-identical file; a different seed gives different weights of the same
 // shape. Tied embeddings: there is no output.weight, llama.cpp reuses token_embd.
