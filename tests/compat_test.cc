@@ -1,9 +1,10 @@
 // The pure compatibility decisions: LongRoPE regimes (src/format/compat.h) and the kinds of model
 // memory kvstash supports (src/engine/memory_support.h).
+#include "format/compat.h"
+
 #include <gtest/gtest.h>
 
 #include "engine/memory_support.h"
-#include "format/compat.h"
 
 namespace kvstash::engine {
 namespace {

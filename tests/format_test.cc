@@ -372,6 +372,17 @@ TEST(CompatTest, EveryRecordedDimensionIsComparedWithTheModel) {
   }
 }
 
+TEST(CompatTest, SessionsOfTheOldFingerprintAreToldToResave) {
+  SessionMeta meta = SampleMeta(5);
+  meta.writer = "kvstash 0.1.0";
+  ModelFacts facts = FactsFor(meta);
+  facts.fingerprint.bytes[0] ^= 1;
+  Status s = CheckSessionFitsModel(meta, facts, "old.kvs");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("re-save"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("another model"), std::string::npos) << s.message();
+}
+
 TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   SessionMeta meta = SampleMeta(200);
   meta.n_ctx = 4096;
@@ -382,14 +393,16 @@ TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   options.n_room = 57;
   EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 512u);
   options.n_room = 100000;
-  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 4096u);  // never more than saved unless asked
+  EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"),
+            4096u);  // never more than saved unless asked
   options.n_ctx = 8192;
   EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 8192u);
   options.n_ctx = 200;
   EXPECT_FALSE(ResolveOpenContext(meta, options, FactsFor(meta), "s").ok());
   options = {};
   options.cache_type_k = "q8_0";
-  EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(), Status::Code::kIncompatible);
+  EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),
+            Status::Code::kIncompatible);
   options = {};
   options.flash_attn = FlashAttention::kOff;  // the sample was saved with flash attention
   EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),

@@ -397,6 +397,29 @@ TEST_F(HostileTest, PathsThatAreNotFiles) {
   ExpectProcessStillUsable();
 }
 
+// NaN in the KV values passes every range check (they are data, not fields) but must not become
+// silent garbage: the first decode over them is refused. On 0.1, `run` printed empty text.
+TEST_F(HostileTest, NonFiniteKvValuesAreCaughtAtTheFirstDecode) {
+  for (uint16_t bits : {uint16_t{0x7e00}, uint16_t{0x7c00}}) {  // f16 NaN, +inf
+    const std::string bad = Rebuild([&](format::ParsedFile& f, std::string& kv) {
+      const size_t k_data = 16 + 12 * size_t{f.meta.n_tokens} + 8 + 12;  // layer 0's K rows
+      for (size_t i = 0; i < size_t(f.meta.n_embd_k_gqa) * 2 * f.meta.n_tokens; i += 2) {
+        std::memcpy(&kv[k_data + i], &bits, 2);
+      }
+    });
+    const std::string path = TempDir() + "/nan-kv.kvs";
+    WriteFile(path, bad);
+    auto opened = Session::Open(TinyModel(), path);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();  // well-formed: only values are bad
+    Status appended = (*opened)->Append(" Q: why? A:");
+    ASSERT_FALSE(appended.ok());
+    EXPECT_EQ(appended.code(), Status::Code::kCorruption);
+    EXPECT_NE(appended.message().find("non-finite"), std::string::npos) << appended.message();
+    ++cases_;
+  }
+  ExpectProcessStillUsable();
+}
+
 // The KV bytes a session's cache holds now, as llama.cpp serializes them.
 std::string CachedKv(Session& session) {
   llama_context* ctx = SessionInternals::Context(session);

@@ -9,8 +9,8 @@
 #include <optional>
 #include <thread>
 
-#include "engine/memory_support.h"
 #include "engine/llama_runtime.h"
+#include "engine/memory_support.h"
 #include "engine/model_impl.h"
 #include "engine/session_internals.h"
 #include "engine/stop_matcher.h"
@@ -197,6 +197,7 @@ struct Session::Impl {
                                 " tokens but returned no logits for the last one (model '" +
                                 model->path() + "'); the tokens were not appended");
     }
+    if (status.ok()) status = CheckFinite(out, begin + count);
     if (!status.ok()) {
       llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
       tokens.resize(begin);
@@ -206,6 +207,22 @@ struct Session::Impl {
     logits_valid = true;
     n_cached = tokens.size();
     n_decoded_total += count;
+    return Status::Ok();
+  }
+
+  // Non-finite logits poison every later sample (greedy picks token 0 forever). Range checks cannot
+  // see NaN hidden in a session's KV values, so the first decode after a load checks what comes
+  // out.
+  Status CheckFinite(const float* out, size_t n_tokens) const {
+    for (int32_t i = 0; i < model->n_vocab(); ++i) {
+      if (!std::isfinite(out[i])) {
+        return Status::Corruption(
+            "the model produced a non-finite logit after " + std::to_string(n_tokens) +
+            " tokens (model '" + model->path() + "'): the KV cache holds NaN or infinite values; " +
+            "if this session came from a file, the file is damaged: re-create it with 'kvstash " +
+            "save'");
+      }
+    }
     return Status::Ok();
   }
 

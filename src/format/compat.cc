@@ -65,6 +65,13 @@ Status CheckRopeRegime(uint32_t saved_n_ctx, uint32_t new_n_ctx, uint32_t n_ctx_
 Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
                              const std::string& path) {
   if (meta.model_fingerprint != model.fingerprint) {
+    if (meta.writer.rfind("kvstash 0.1.", 0) == 0) {
+      // 0.1 fingerprinted samples of each tensor; from 0.2 on every byte of the model counts.
+      return Status::Incompatible("session '" + path + "' was saved by " + Printable(meta.writer) +
+                                  ", whose model fingerprints this " +
+                                  "version no longer uses (it hashes the whole model file now): " +
+                                  "re-save the session with this kvstash");
+    }
     return Status::Incompatible("session '" + path + "' was saved with another model (" +
                                 Printable(meta.model_description) + ", fingerprint " +
                                 meta.model_fingerprint.Hex().substr(0, 16) + "), not '" +
@@ -150,10 +157,9 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& 
                                    " tokens is more than kvstash supports (" +
                                    std::to_string(kMaxTokens) + "); use a smaller -c");
   }
-  KVSTASH_RETURN_IF_ERROR(CheckRopeRegime(meta.n_ctx, static_cast<uint32_t>(n_ctx),
-                                          meta.yarn_orig_ctx != 0 ? meta.yarn_orig_ctx
-                                                                  : model.n_ctx_orig,
-                                          model.long_rope, path));
+  KVSTASH_RETURN_IF_ERROR(CheckRopeRegime(
+      meta.n_ctx, static_cast<uint32_t>(n_ctx),
+      meta.yarn_orig_ctx != 0 ? meta.yarn_orig_ctx : model.n_ctx_orig, model.long_rope, path));
   return static_cast<uint32_t>(n_ctx);
 }
 

@@ -14,6 +14,7 @@
 
 #include "env/atomic_file.h"
 #include "env/env.h"
+#include "format/meta_check.h"
 #include "format/session_format.h"
 #include "kvstash/session_file.h"
 #include "testmodel/test_model.h"
@@ -379,10 +380,12 @@ int RunInspect(const InspectFlags& flags) {
   std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info->format_version,
               info->min_reader_version, static_cast<unsigned long long>(info->file_size),
               info->checksums_verified ? "ok" : "not verified");
-  std::printf("written by   %s, llama.cpp %s (state v%u)\n", m.writer.c_str(),
-              m.llama_build.c_str(), m.llama_state_version);
-  std::printf("model        %s (%s), fingerprint %s\n", m.model_description.c_str(),
-              m.model_arch.c_str(), m.model_fingerprint.Hex().c_str());
+  // Strings from the file reach a terminal only escaped (no control sequences).
+  std::printf("written by   %s, llama.cpp %s (state v%u)\n", format::Printable(m.writer).c_str(),
+              format::Printable(m.llama_build).c_str(), m.llama_state_version);
+  std::printf("model        %s (%s), fingerprint %s\n",
+              format::Printable(m.model_description).c_str(),
+              format::Printable(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
   std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
               m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
   std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
@@ -396,18 +399,36 @@ int RunInspect(const InspectFlags& flags) {
   return 0;
 }
 
+namespace {
+// Truncates the session by its last token and decodes that token again.
+Status DecodeLastTokenAgain(Session& session) {
+  std::vector<Token> tokens = session.tokens();
+  const Token last = tokens.back();
+  tokens.pop_back();
+  auto synced = session.Sync(tokens);
+  if (!synced.ok()) return synced.status();
+  return session.AppendTokens({last});
+}
+}  // namespace
+
 int RunVerify(const VerifyFlags& flags) {
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  auto session = Session::Open(*model, flags.session);
-  if (!session.ok()) {
-    return FailWith(session.status(), {{"session", flags.session}, {"ok", false}});
+  // A context just large enough to restore the tokens: a (forged) n_ctx of 2^24 must not make a
+  // check allocate gigabytes.
+  OpenOptions open;
+  open.n_room = 1;
+  auto session = Session::Open(*model, flags.session, open);
+  // One decode over the restored cache (the last token again): NaN or infinities hidden in the KV
+  // values show up here as an error rather than as empty text in a later run.
+  Status decoded = session.ok() ? DecodeLastTokenAgain(**session) : session.status();
+  if (!decoded.ok()) {
+    return FailWith(decoded, {{"session", flags.session}, {"ok", false}});
   }
   if (flags.common.json) {
     std::cout << Dump({{"session", flags.session},
                        {"ok", true},
-                       {"n_tokens", (*session)->tokens().size()},
-                       {"n_ctx", (*session)->n_ctx()}})
+                       {"n_tokens", (*session)->tokens().size()}})
               << "\n";
   } else {
     std::printf("ok: '%s' opens with '%s' (%zu tokens, checksums verified)\n",
