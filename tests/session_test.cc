@@ -500,3 +500,36 @@ TEST_F(SessionTest, BadTokensAndCacheTypesAreRefused) {
 
 }  // namespace
 }  // namespace kvstash
+
+namespace kvstash {
+namespace {
+
+// A cancel flag stops a decode inside llama.cpp (abort callback) and leaves the session as it was;
+// with the flag cleared the same append then gives exactly the cold result.
+TEST(SessionCancelTest, CancelledAppendLeavesTheSessionAsItWas) {
+  auto s = Session::Create(testing::TinyModel());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE((*s)->Append(testing::kPrefix).ok());
+  const std::vector<Token> before = (*s)->tokens();
+  std::atomic<bool> cancel{true};
+  (*s)->SetCancelFlag(&cancel);
+  Status cancelled = (*s)->Append(" Q: why? A:");
+  ASSERT_FALSE(cancelled.ok());
+  EXPECT_EQ(cancelled.code(), Status::Code::kCancelled) << cancelled.message();
+  EXPECT_EQ((*s)->tokens(), before);
+  cancel = false;
+  ASSERT_TRUE((*s)->Append(" Q: why? A:").ok());
+  auto warm = (*s)->Logits();
+  ASSERT_TRUE(warm.ok());
+  auto cold = Session::Create(testing::TinyModel());
+  ASSERT_TRUE(cold.ok());
+  ASSERT_TRUE((*cold)->Append(testing::kPrefix).ok());
+  ASSERT_TRUE((*cold)->Append(" Q: why? A:").ok());
+  auto cold_logits = (*cold)->Logits();
+  ASSERT_TRUE(cold_logits.ok());
+  EXPECT_EQ(*warm, *cold_logits);
+  (*s)->SetCancelFlag(nullptr);
+}
+
+}  // namespace
+}  // namespace kvstash

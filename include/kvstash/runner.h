@@ -35,6 +35,9 @@ struct RunRequest {
   SessionOptions create;  // cold runs
   OpenOptions open;       // warm runs
   SampleOptions sample;
+  // When *cancel turns true, a running prefill stops and RunPrompt returns kCancelled
+  // (generation is stopped by the PieceCallback). nullptr: never.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct RunReport {

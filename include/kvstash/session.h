@@ -178,6 +178,10 @@ class Session {
   // Called after each llama_decode call of a multi-call append (long prefills), with tokens done
   // and total of that append. Empty: none.
   void SetProgressCallback(ProgressFn progress);
+  // When *cancel turns true (e.g. from a signal handler), a running decode stops within
+  // milliseconds and its call returns Status::Code::kCancelled, the session as it was before the
+  // call. nullptr: never. The flag must outlive the session or be reset with nullptr.
+  void SetCancelFlag(const std::atomic<bool>* cancel);
 
   struct Impl;
 

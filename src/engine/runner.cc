@@ -89,6 +89,7 @@ Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::str
   }
   const auto t0 = Clock::now();
   (*session)->SetProgressCallback(progress);
+  (*session)->SetCancelFlag(save_options.cancel);  // a signal stops the prefill, not only the write
   KVSTASH_RETURN_IF_ERROR((*session)->AppendTokens(*tokens));
   const auto t1 = Clock::now();
   KVSTASH_RETURN_IF_ERROR((*session)->Save(path, save_options));
@@ -128,6 +129,7 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   const auto t_prompt = Clock::now();
   if (request.session_path) report.load_ms = MsBetween(t_start, t_prompt);
   session->SetProgressCallback(progress);
+  session->SetCancelFlag(request.cancel);
   report.n_ctx = session->n_ctx();
   KVSTASH_RETURN_IF_ERROR(
       CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),

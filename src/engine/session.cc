@@ -107,6 +107,7 @@ struct Session::Impl {
   bool logits_valid = false;
   size_t n_decoded_total = 0;
   ProgressFn progress;
+  const std::atomic<bool>* cancel = nullptr;  // SetCancelFlag
   OpenStats open_stats;
 
   const Model::Impl& m() const { return *model->impl(); }
@@ -251,6 +252,12 @@ struct Session::Impl {
       }
       engine::ClearLlamaError();
       const int32_t rc = llama_decode(ctx.get(), batch);
+      if (rc == 2 && cancel != nullptr && cancel->load()) {
+        status = Status::Cancelled("decoding was cancelled after " + std::to_string(done) + " of " +
+                                   std::to_string(count) + " tokens; the session holds what " +
+                                   "it held before");
+        break;
+      }
       if (rc != 0) {
         const std::string why = engine::LastLlamaError();
         status = rc == 1 ? Status::ContextFull("the context has no free KV cells for " +
@@ -797,6 +804,16 @@ const OpenStats& Session::open_stats() const { return impl_->open_stats; }
 
 llama_context* SessionInternals::Context(Session& session) { return session.impl_->ctx.get(); }
 void Session::SetProgressCallback(ProgressFn progress) { impl_->progress = std::move(progress); }
+
+void Session::SetCancelFlag(const std::atomic<bool>* cancel) {
+  impl_->cancel = cancel;
+  // ggml checks the callback between graph nodes, so a long prefill stops within milliseconds.
+  llama_set_abort_callback(
+      impl_->ctx.get(),
+      cancel == nullptr ? nullptr
+                        : +[](void* flag) { return static_cast<std::atomic<bool>*>(flag)->load(); },
+      const_cast<std::atomic<bool>*>(cancel));
+}
 
 Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums) {
   // Without a model there is no tight bound; 64 GiB covers any context of any model kvstash runs.

@@ -279,6 +279,7 @@ int RunRun(const RunFlags& flags) {
   request.prompt = prompt->value_or("");
   request.session_path = flags.session;
   request.sample = flags.sample;
+  request.cancel = &g_cancel;
   request.create.n_threads = flags.n_threads;
   request.open.n_threads = flags.n_threads;
   if (flags.n_ctx) {
