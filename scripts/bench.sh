@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the standard benchmark set, a PNG chart, and the CLI end to end against
 # llama.cpp's llama-completion --prompt-cache. Results land in $build/bench-results/.
-#   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run
+#   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run, BENCH_ARGS="..." to
+#                                     pass kvstash-bench's flags yourself
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,9 @@ mkdir -p "$out" "$work"
 bench="$root/$build/bench/kvstash-bench"
 kv="$root/$build/kvstash"
 
-if [ "${BENCH_QUICK:-0}" = 1 ]; then
+if [ -n "${BENCH_ARGS:-}" ]; then
+  read -r -a args <<<"$BENCH_ARGS"   # e.g. BENCH_ARGS="--shapes small --cold-reps 1"
+elif [ "${BENCH_QUICK:-0}" = 1 ]; then
   args=(--shapes small --prefix-lengths 512,2048 --cache-types f16 --reps 3 --cold-reps 3)
 else
   args=(--shapes small,bench --prefix-lengths 512,2048,8192 --max-bench-prefix 2048
