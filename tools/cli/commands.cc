@@ -307,6 +307,12 @@ int RunRun(const RunFlags& flags) {
     return json_out || WriteStdout(piece);
   };
   auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
+  if (!report.ok() && report.status().code() == Status::Code::kCancelled && g_signal != 0) {
+    // Stopped during the prompt: nothing was generated, and the answer says so like any other.
+    RunReport cancelled;
+    cancelled.generation.stop_reason = StopReason::kCancelled;
+    report = std::move(cancelled);
+  }
   if (!report.ok()) return Fail(report.status());
   NoteContextSize(flags.n_ctx.value_or(0), report->n_ctx);
   // What was generated before a signal is printed like a finished answer, then the exit code
