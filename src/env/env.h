@@ -76,6 +76,9 @@ class StableFile {
   // data(). The bytes are the same either way (nobody can write while the lease is held).
   virtual Status ReadBlocks(size_t offset, size_t n, size_t block,
                             const std::function<void(const uint8_t*, size_t)>& fn) const = 0;
+  // Whether at least 7/8 of [offset, offset + n) is in memory already (always, for a copy): the
+  // caller can then overlap a pass over it with other work; a cold read is better done alone.
+  virtual bool Resident(size_t offset, size_t n) const = 0;
   // True when the bytes seen since opening cannot have been changed by anyone. Check it after the
   // last use of data(): false only for a leased file whose lease break could have timed out
   // (/proc/sys/fs/lease-break-time) or whose pages were truncated away.

@@ -419,16 +419,14 @@ class LeasedFile : public StableFile {
     if (offset > size() || n > size() - offset || block == 0) {
       return Status::InvalidArgument("ReadBlocks: range outside the file");
     }
-    if (MostlyResident(offset, n)) {
+    if (Resident(offset, n)) {
       ForEachBlock(data() + offset, n, block, fn);
       return Status::Ok();
     }
-    // Cold: ask for the whole range at once (the kernel queues it all), then read it in large
-    // chunks, handing out blocks as each chunk arrives.
-    posix_fadvise(fd_, off_t(offset), off_t(n), POSIX_FADV_WILLNEED);
-    const size_t chunk = std::max(block, size_t{16} << 20) / block * block;
-    LargeBuffer buffer(std::min(chunk, n));
-    if (buffer.data() == nullptr) return Status::IOError("cannot allocate a read buffer");
+    // Cold: sequential preads of one block each, into a buffer that stays in the CPU cache for
+    // `fn`. (Measured on the 2-core VM, 45 MiB cold: 1 MiB preads 25 ms, 16 MiB 27-32 ms, fread
+    // 29-35 ms; asking for the whole range first with POSIX_FADV_WILLNEED made it 37-44 ms.)
+    std::vector<uint8_t> buffer(std::min(block, n));
     for (size_t done = 0; done < n;) {
       const size_t want = std::min(buffer.size(), n - done);
       size_t got = 0;
@@ -440,7 +438,7 @@ class LeasedFile : public StableFile {
         }
         got += size_t(r);
       }
-      ForEachBlock(buffer.data(), want, block, fn);
+      fn(buffer.data(), want);
       done += want;
     }
     return Status::Ok();
@@ -455,10 +453,9 @@ class LeasedFile : public StableFile {
     return held + 1.0 < LeaseBreakSeconds();
   }
 
- private:
-  // Whether at least 7/8 of the range's pages are in the page cache (mincore: one call, one byte
-  // per page). Unknown counts as resident: the mapping then pulls the pages in itself.
-  bool MostlyResident(size_t offset, size_t n) const {
+  // mincore: one call, one byte per page. Unknown counts as resident: the mapping then pulls the
+  // pages in itself.
+  bool Resident(size_t offset, size_t n) const override {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     const size_t first = offset / page * page;
     const size_t pages = (offset + n - first + page - 1) / page;
@@ -471,6 +468,8 @@ class LeasedFile : public StableFile {
     for (unsigned char c : in_core) resident += c & 1;
     return resident * 8 >= pages * 7;
   }
+
+ private:
   int fd_;
   std::unique_ptr<PosixMappedFile> map_;
   SteadyClock::time_point taken_;
@@ -492,6 +491,7 @@ class CopiedFile : public StableFile {
     ForEachBlock(data() + offset, n, block, fn);
     return Status::Ok();
   }
+  bool Resident(size_t, size_t) const override { return true; }
   bool Intact() const override { return true; }
 
  private:
@@ -564,7 +564,8 @@ Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path,
   }
   uint64_t done = 0;
   while (done < size) {
-    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(size - done, uint64_t{64} << 20));
+    // 1 MiB preads: the fastest cold read measured here (see LeasedFile::ReadBlocks).
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(size - done, uint64_t{1} << 20));
     const ssize_t n = pread(*fd, copy->buffer() + done, chunk, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {

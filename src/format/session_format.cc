@@ -503,6 +503,13 @@ Status CheckFileHead(const uint8_t* head, size_t n, uint64_t file_size, const st
   return Status::Ok();
 }
 
+Status ParseKvPayload(ParsedFile* parsed, const std::string& name) {
+  auto layout = ParseLlamaSeqState(parsed->kv, parsed->kv_size, name);
+  if (!layout.ok()) return layout.status();
+  parsed->layout = *layout;
+  return CheckPayloadMatchesMeta(parsed->meta, parsed->layout, name);
+}
+
 Status VerifyKvChecksum(ParsedFile* parsed, const std::string& name, int n_threads) {
   if (SectionChecksum(parsed->kv, parsed->kv_size, n_threads) != parsed->kv_checksum) {
     return Bad(name,
@@ -514,7 +521,7 @@ Status VerifyKvChecksum(ParsedFile* parsed, const std::string& name, int n_threa
 }
 
 Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
-                             bool verify_checksums, int n_threads, bool defer_kv_checksum) {
+                             bool verify_checksums, int n_threads, bool defer_kv_payload) {
   KVSTASH_RETURN_IF_ERROR(CheckMagic(data, size, name));
   ParsedFile parsed;
   uint32_t n_sections = 0;
@@ -523,7 +530,8 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
   KVSTASH_RETURN_IF_ERROR(CheckTable(data, size, name, n_sections, sections));
 
   // Structure first, the large KV checksum last: a file whose parts do not fit together is refused
-  // before its payload is read (a 5 GiB sparse file costs nothing).
+  // before its payload is read (a 5 GiB sparse file costs nothing). The KV payload's own headers
+  // lie between its layers, all through the file: walking them first faults pages in one by one.
   if (verify_checksums) {
     for (int type : {int{kSectionMeta}, int{kSectionTokens}, int{kSectionLogits}}) {
       KVSTASH_RETURN_IF_ERROR(VerifyChecksum(sections[type], type, 1, name));
@@ -540,13 +548,9 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
   parsed.kv = sections[kSectionKv].data;
   parsed.kv_size = sections[kSectionKv].size;
   parsed.kv_checksum = sections[kSectionKv].checksum;
-  auto layout = ParseLlamaSeqState(parsed.kv, parsed.kv_size, name);
-  if (!layout.ok()) return layout.status();
-  parsed.layout = *layout;
-  KVSTASH_RETURN_IF_ERROR(CheckPayloadMatchesMeta(parsed.meta, parsed.layout, name));
-  if (verify_checksums && !defer_kv_checksum) {
-    KVSTASH_RETURN_IF_ERROR(VerifyKvChecksum(&parsed, name, n_threads));
-  }
+  if (defer_kv_payload) return parsed;
+  KVSTASH_RETURN_IF_ERROR(ParseKvPayload(&parsed, name));
+  if (verify_checksums) KVSTASH_RETURN_IF_ERROR(VerifyKvChecksum(&parsed, name, n_threads));
   return parsed;
 }
 

@@ -78,16 +78,22 @@ struct ParsedFile {
 // (format/meta_check.h), tokens, logits, and the KV payload's structure against META. With
 // `verify_checksums`, every section's checksum too (the KV one last, with `n_threads` threads).
 // Nothing a model decides is checked here (format/compat.h). `name` is used in errors.
-// With `defer_kv_checksum`, the KV checksum is left to VerifyKvChecksum, so that the caller can
-// compute it on another thread while it does something else (Session::Open creates the context).
+// With `defer_kv_payload`, the KV payload is left to the caller: VerifyKvChecksum (which it can
+// run on another thread while it does something else: Session::Open creates the context), then
+// ParseKvPayload. Its headers lie between its layers, all through the file: on a cold page cache,
+// walking them through a mapping faults the file in page by page, at a fraction of disk speed, so
+// a reader that reads the payload anyway parses it after the checksum pass brought it in.
 Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string& name,
                              bool verify_checksums, int n_threads = 1,
-                             bool defer_kv_checksum = false);
+                             bool defer_kv_payload = false);
 
 // What can be checked from the first `n` bytes of a file of `file_size` bytes (magic, header, and
 // the section table when it lies within them), so that a reader refuses a file that is no session
 // before reading (or copying) the rest of it.
 Status CheckFileHead(const uint8_t* head, size_t n, uint64_t file_size, const std::string& name);
+
+// The KV payload's structure (format/llama_state.h) and its agreement with META (layout filled).
+Status ParseKvPayload(ParsedFile* parsed, const std::string& name);
 
 // The KV section's checksum against the table's; sets parsed->checksums_verified when the other
 // sections were verified too.
