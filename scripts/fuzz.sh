@@ -56,7 +56,7 @@ run() {  # name binary seconds corpus
   local name=$1 bin=$2 secs=$3 corpus=$4 log="$out/$1.log" rc
   set +e
   KVSTASH_FUZZ_DIR="$out" "$bin" "$corpus" "$root/tests/fuzz/regressions" -max_total_time="$secs" \
-    -max_len=200000 -rss_limit_mb=4096 -timeout=30 -artifact_prefix="$root/tests/fuzz/regressions/crash-" \
+    -max_len=200000 -rss_limit_mb=4096 -timeout=30 -artifact_prefix="$root/tests/fuzz/regressions/" \
     -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e

@@ -115,10 +115,11 @@ using PieceCallback = std::function<bool(std::string_view piece)>;
 // Where the time of Session::Open went (milliseconds).
 struct OpenStats {
   double map_ms = 0;  // open + lease + map of the file, or reading it into memory
-  // Parse, ranges, small checksums, compatibility checks, plus the wait for the KV checksum beyond
-  // context creation (it runs on a second thread meanwhile).
+  // Parse, ranges, checksums, compatibility checks. The KV checksum of a file in the page cache
+  // runs on a second thread during context creation and counts here only where it outlasts it; a
+  // cold file's is computed before, alone, and counts in full.
   double verify_ms = 0;
-  double context_ms = 0;  // llama_init_from_model (the KV checksum runs alongside)
+  double context_ms = 0;  // llama_init_from_model
   double restore_ms = 0;  // copying the KV bytes into the cache
   double total_ms = 0;
   uint64_t file_bytes = 0;

@@ -126,9 +126,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto opened = kvstash::Session::Open(g_model, g_path, options);
   if (opened.ok()) {
     ++g_opened;
-    // What a user does next: the restored cache must be usable.
+    // What a user does next: the restored cache must be usable, or the decode over it must say
+    // that its values are not finite (NaN or infinities in the KV data pass every file check;
+    // Session refuses the logits they produce).
     auto logits = (*opened)->Logits();
-    if (!logits.ok() || !(*opened)->AppendTokens({1}).ok()) std::abort();
+    if (!logits.ok()) std::abort();
+    const kvstash::Status appended = (*opened)->AppendTokens({1});
+    if (!appended.ok() && appended.code() != kvstash::Status::Code::kCorruption) {
+      std::fprintf(stderr, "fuzz: decoding after a restore failed: %s\n",
+                   appended.ToString().c_str());
+      std::abort();
+    }
   }
   return 0;
 }
