@@ -83,7 +83,7 @@ TEST(EnvTest, AtomicWriteReplacesAndCleansStaleTemps) {
   WriteFile(dir + "/other.kvstash-tmp.999999.0", "not ours");
   ASSERT_TRUE(AtomicWriteFile(Env::Default(), path, {"new"}).ok());
   EXPECT_EQ(ReadFile(path), "new");
-  Env::WaitForBackgroundRemovals();
+  Env::WaitForBackgroundCloses();
   auto names = Env::Default()->ListDir(dir);
   ASSERT_TRUE(names.ok());
   std::sort(names->begin(), names->end());
@@ -163,7 +163,7 @@ TEST(EnvTest, CleanupKeepsATempFileWhoseWriterHoldsItsLock) {
   close(fd);
   // Once its writer is gone, the next save removes it.
   ASSERT_TRUE(AtomicWriteFile(Env::Default(), path, {"newer"}).ok());
-  Env::WaitForBackgroundRemovals();
+  Env::WaitForBackgroundCloses();
   EXPECT_EQ(*Env::Default()->ListDir(dir), std::vector<std::string>{"f"});
 }
 
@@ -253,7 +253,7 @@ TEST(EnvTest, SavesWithOnlyATempFileAndARename) {
   EXPECT_EQ(ReadFile(path), "new");
   ASSERT_EQ(sys.created.size(), 1u);
   EXPECT_EQ(sys.created[0].find(path + ".kvstash-tmp."), 0u) << sys.created[0];
-  Env::WaitForBackgroundRemovals();
+  Env::WaitForBackgroundCloses();
   EXPECT_EQ(*Env::Default()->ListDir(dir), std::vector<std::string>{"f"});
 }
 

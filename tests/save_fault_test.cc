@@ -37,7 +37,7 @@ class SaveFaultTest : public ::testing::Test {
     ASSERT_NE(old_bytes_, new_bytes_);
   }
   size_t FilesInDir() {
-    Env::WaitForBackgroundRemovals();
+    Env::WaitForBackgroundCloses();
     return Env::Default()->ListDir(dir_)->size();
   }
 
@@ -114,7 +114,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   // Writes are split into 2 KiB pieces so that there are kill points all through the data.
   for (int k = 1; k <= steps; ++k) {
     testing::WriteFile(path_, old_bytes_);
-    Env::WaitForBackgroundRemovals();  // no lock of the remover is held across fork()
+    Env::WaitForBackgroundCloses();  // no lock of the closer is held across fork()
     const pid_t child = fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
@@ -139,7 +139,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   RecordProperty("kill_points", kills);
   // The next save in the folder removes what the killed writers left.
   ASSERT_TRUE(session_->Save(path_).ok());
-  Env::WaitForBackgroundRemovals();
+  Env::WaitForBackgroundCloses();
   EXPECT_EQ(FilesInDir(), 1u);
 }
 

@@ -43,8 +43,6 @@ class MappedFile {
   virtual const uint8_t* data() const = 0;
   virtual size_t size() const = 0;
   virtual bool damaged() const = 0;
-  // Asks the kernel to read ahead the byte range [offset, offset + n) (a hint; errors ignored).
-  virtual void WillNeed(size_t offset, size_t n) const = 0;
 };
 
 // A whole regular file whose bytes cannot change while this object holds them, so that the bytes a
@@ -194,19 +192,15 @@ class Env {
   // fsync of a directory, which makes a rename inside it durable.
   Status SyncDir(const std::string& dir);
   Result<std::vector<std::string>> ListDir(const std::string& dir);
-  // Unlinks `path` on a background thread. Removing a large file frees its pages and blocks
-  // (~16 ms for 90 MiB here); a caller that only drops a name need not wait for that.
-  // Uses the POSIX call directly: the removal may outlive a test's Syscalls. A removal lost to a
-  // crash leaves a stale name that the next save in that folder cleans.
-  static void RemoveFileInBackground(const std::string& path);
   // Opens `path` read-only (-1 if it cannot be opened) so that a file about to lose its last name
-  // keeps its blocks until CloseInBackground: replacing a large session frees them off the
-  // caller's path, as RemoveFileInBackground does for a name.
+  // keeps its blocks until CloseInBackground: freeing a replaced large session's blocks (~16 ms for
+  // 90 MiB here) then happens off the caller's path.
   int OpenForBackgroundRelease(const std::string& path);
-  // Closes `fd` on the background thread (nothing for -1). POSIX call, like the removals.
+  // Closes `fd` on a background thread (nothing for -1). Uses the POSIX call directly: the close
+  // may outlive a test's Syscalls.
   static void CloseInBackground(int fd);
-  // Blocks until every background removal and close so far has finished.
-  static void WaitForBackgroundRemovals();
+  // Blocks until every background close so far has finished.
+  static void WaitForBackgroundCloses();
   // Physical memory of this machine in bytes (0 if unknown).
   static uint64_t PhysicalMemoryBytes();
 

@@ -91,12 +91,4 @@ bool PosixMappedFile::Guard() {
   return false;
 }
 
-void PosixMappedFile::WillNeed(size_t offset, size_t n) const {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t start = offset & ~(page - 1);
-  if (start >= size_) return;
-  if (n > size_ - start) n = size_ - start;
-  madvise(const_cast<uint8_t*>(data_) + start, n + (offset - start), MADV_WILLNEED);
-}
-
 }  // namespace kvstash

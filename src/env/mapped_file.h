@@ -26,7 +26,6 @@ class PosixMappedFile : public MappedFile {
   const uint8_t* data() const override { return data_; }
   size_t size() const override { return size_; }
   bool damaged() const override { return damaged_.load(std::memory_order_acquire); }
-  void WillNeed(size_t offset, size_t n) const override;
 
  private:
   const uint8_t* data_;

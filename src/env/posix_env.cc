@@ -452,9 +452,12 @@ Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
 namespace {
 
 // One thread, started on first use, joined at exit, so that no removal is cut off by a normal exit.
-class Remover {
+// Closes descriptors on one thread, started on first use and joined at exit, so that no close is
+// cut off by a normal exit. Closing the last descriptor of a file without names frees its blocks,
+// which blocks the closer (~16 ms for 90 MiB here).
+class Closer {
  public:
-  ~Remover() {
+  ~Closer() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
@@ -462,10 +465,9 @@ class Remover {
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
-  // A path to unlink, or (fd >= 0) a descriptor to close.
-  void Add(std::string path, int fd = -1) {
+  void Add(int fd) {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back({std::move(path), fd});
+    queue_.push_back(fd);
     if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
     cv_.notify_all();
   }
@@ -480,15 +482,11 @@ class Remover {
     while (true) {
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
-      Job job = std::move(queue_.front());
+      const int fd = queue_.front();
       queue_.pop_front();
       ++busy_;
       lock.unlock();
-      if (job.fd >= 0) {
-        ::close(job.fd);
-      } else {
-        ::unlink(job.path.c_str());
-      }
+      ::close(fd);
       lock.lock();
       --busy_;
       idle_.notify_all();
@@ -496,26 +494,21 @@ class Remover {
   }
   std::mutex mu_;
   std::condition_variable cv_, idle_;
-  struct Job {
-    std::string path;
-    int fd;
-  };
-  std::deque<Job> queue_;
+  std::deque<int> queue_;
   int busy_ = 0;
   bool stopping_ = false;
   std::thread thread_;
 };
 
-Remover& GlobalRemover() {
-  static Remover remover;
-  return remover;
+Closer& GlobalCloser() {
+  static Closer closer;
+  return closer;
 }
 
 }  // namespace
 
-void Env::RemoveFileInBackground(const std::string& path) { GlobalRemover().Add(path); }
 void Env::CloseInBackground(int fd) {
-  if (fd >= 0) GlobalRemover().Add("", fd);
+  if (fd >= 0) GlobalCloser().Add(fd);
 }
 
 int Env::OpenForBackgroundRelease(const std::string& path) {
@@ -525,7 +518,7 @@ int Env::OpenForBackgroundRelease(const std::string& path) {
   } while (fd < 0 && errno == EINTR);
   return fd;
 }
-void Env::WaitForBackgroundRemovals() { GlobalRemover().Wait(); }
+void Env::WaitForBackgroundCloses() { GlobalCloser().Wait(); }
 
 uint64_t Env::PhysicalMemoryBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES);
