@@ -1,0 +1,68 @@
+// The store's side of Session::Sync(tokens, store): finding and loading a verified prefix of
+// chunks, and queueing new ones. The engine (src/engine/store_sync.cc) computes the namespace and
+// the chain hashes, cuts the KV and restores it; this side knows files, not llama.cpp.
+#ifndef KVSTASH_STORE_STORE_IMPL_H_
+#define KVSTASH_STORE_STORE_IMPL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "env/env.h"
+#include "format/chunk_format.h"
+#include "kvstash/store.h"
+
+namespace kvstash {
+
+// One chunk to publish. `kv` holds layout.KvBytes(tokens.size()) bytes.
+struct ChunkWrite {
+  format::ChunkHeader header;  // hash, parent, ns, index, n_tokens, layout
+  std::vector<int32_t> tokens;
+  std::string kv;
+  // The lookup found a bad file under this name: replace it instead of keeping the first
+  // writer's (which would make the chunk a miss forever).
+  bool replace_bad = false;
+};
+
+// The chunks h_1..h_k that LoadPrefix accepted, held stable (env/env.h StableFile) so the bytes
+// verified are the bytes restored.
+struct LoadedPrefix {
+  std::vector<std::unique_ptr<StableFile>> files;
+  std::vector<format::ChunkView> chunks;  // chunks[j] is h_{j+1}, its kv points into files[j]
+  // Index (0-based into the chain) of the first chunk that exists but was refused (corrupt,
+  // misnamed, wrong tokens or parent, another layout), or -1. Its publish must replace it.
+  long first_bad = -1;
+  std::string first_bad_reason;
+  // True when every file was still intact after use (StableFile::Intact); check after restoring.
+  bool Intact() const;
+};
+
+struct Store::Impl {
+  // Loads the longest run h_1..h_k (k <= max_chunks, k <= chain.size()) of existing chunks of
+  // namespace `ns` whose every check passes against the request:
+  //   - the file is a regular file of the expected size, its header and payload checksums hold;
+  //   - its hash, parent (chain[j-1], or ns for the first), namespace and index are the
+  //     request's; its tokens are tokens[j*C, (j+1)*C);
+  //   - its layout equals `layout` (the live context's).
+  // Stops at the first chunk that is missing or refused; never fails the caller for a bad chunk
+  // (a refusal is a miss, recorded in first_bad). Touches the accepted chunks' mtimes with one
+  // time (use for LRU). I/O errors other than a missing file are misses too.
+  virtual LoadedPrefix LoadPrefix(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
+                                  const int32_t* tokens, size_t max_chunks,
+                                  const format::ChunkLayout& layout) = 0;
+
+  // Queues `writes` (chunks of one chain, in order) for the background writer, after recording
+  // the namespace's description `ns_text` once. When written, the chain h_1..h_{touch_upto}
+  // (hashes in `chain`) gets one mtime, so that a parent is never older than its children; then
+  // the store is evicted down to its budget. Returns how many chunks were queued (the rest were
+  // dropped: queue over max_pending_bytes, or the store is read-only).
+  virtual size_t Publish(const format::Hash256& ns, const std::string& ns_text,
+                         std::vector<ChunkWrite> writes,
+                         const std::vector<format::Hash256>& chain) = 0;
+
+  virtual ~Impl() = default;
+};
+
+}  // namespace kvstash
+
+#endif  // KVSTASH_STORE_STORE_IMPL_H_
