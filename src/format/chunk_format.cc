@@ -1,0 +1,365 @@
+#include "format/chunk_format.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+
+#include "format/meta_check.h"
+#include "format/session_format.h"
+
+namespace kvstash::format {
+namespace {
+
+// Field offsets of the header (chunk_format.h has the table).
+enum : size_t {
+  kOffVersion = 8,
+  kOffHeaderSize = 12,
+  kOffHash = 16,
+  kOffParent = 48,
+  kOffNs = 80,
+  kOffIndex = 112,
+  kOffNTokens = 116,
+  kOffNLayer = 120,
+  kOffVTrans = 124,
+  kOffKType = 128,
+  kOffVType = 132,
+  kOffKRow = 136,
+  kOffVRow = 144,
+  kOffVElem = 152,
+  kOffNEmbdV = 156,
+  kOffPayloadBytes = 160,
+  kOffPayloadSum = 168,
+  kOffReserved = 176,
+  kOffHeaderSum = 248,
+};
+
+void Put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+void Put64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+uint64_t Get64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+Status Bad(const std::string& name, const std::string& what) {
+  return Status::Corruption("chunk file '" + name + "' is corrupt: " + what +
+                            "; it is not used ('kvstash cache verify' lists such files, " +
+                            "'kvstash cache gc' or a later publish replaces them)");
+}
+
+// The payload checksum over the tokens and the KV bytes, as if they were one buffer.
+uint64_t PayloadChecksum(const uint8_t* tokens, size_t token_bytes, const uint8_t* kv,
+                         size_t kv_size) {
+  SectionHasher hasher;
+  // Blocks of kChecksumBlock bytes across the two pieces: the tokens are small (C * 4 bytes), so
+  // the first block is the tokens and the start of the KV bytes.
+  std::string first(reinterpret_cast<const char*>(tokens), token_bytes);
+  size_t taken = std::min(kv_size, kChecksumBlock - std::min(kChecksumBlock, token_bytes));
+  first.append(reinterpret_cast<const char*>(kv), taken);
+  hasher.AddBlock(reinterpret_cast<const uint8_t*>(first.data()), first.size());
+  while (taken < kv_size) {
+    const size_t n = std::min(kChecksumBlock, kv_size - taken);
+    hasher.AddBlock(kv + taken, n);
+    taken += n;
+  }
+  return hasher.Finish();
+}
+
+Status CheckLayout(const ChunkLayout& l, const std::string& name) {
+  if (l.n_layer == 0 || l.n_layer > 4096)
+    return Bad(name, "layer count " + std::to_string(l.n_layer) + " is out of range");
+  const CacheType* k = FindCacheType(l.k_type);
+  const CacheType* v = FindCacheType(l.v_type);
+  if (k == nullptr || v == nullptr) return Bad(name, "unknown K or V type id");
+  // A row is at most 64 Ki elements of at most 4 bytes: far beyond any model's KV width.
+  constexpr uint64_t kMaxRow = uint64_t{1} << 18;
+  if (l.k_row_bytes == 0 || l.k_row_bytes > kMaxRow) return Bad(name, "K row size out of range");
+  if (!l.v_trans) {
+    if (l.v_row_bytes == 0 || l.v_row_bytes > kMaxRow || l.v_elem_bytes != 0 || l.n_embd_v != 0)
+      return Bad(name, "V row size out of range");
+  } else if (l.v_row_bytes != 0 || l.v_elem_bytes == 0 || l.v_elem_bytes > 4 || l.n_embd_v == 0 ||
+             l.n_embd_v > (1u << 16)) {
+    return Bad(name, "transposed V sizes out of range");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string HashHex(const Hash256& hash) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (size_t i = 0; i < 32; ++i) {
+    out[2 * i] = kDigits[hash[i] >> 4];
+    out[2 * i + 1] = kDigits[hash[i] & 15];
+  }
+  return out;
+}
+
+bool ParseHashHex(std::string_view hex, Hash256* out) {
+  if (hex.size() != 64) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;  // upper case is not canonical: a name is the one spelling HashHex gives
+  };
+  for (size_t i = 0; i < 32; ++i) {
+    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    (*out)[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+ChunkLayout ChunkLayout::From(const KvLayout& kv) {
+  ChunkLayout l;
+  l.n_layer = kv.n_layer;
+  l.v_trans = kv.v_trans;
+  l.k_type = kv.k_type;
+  l.v_type = kv.v_type;
+  l.k_row_bytes = kv.k_row_bytes;
+  l.v_row_bytes = kv.v_trans ? 0 : kv.v_row_bytes;
+  l.v_elem_bytes = kv.v_trans ? kv.v_elem_bytes : 0;
+  l.n_embd_v = kv.v_trans ? kv.n_embd_v : 0;
+  return l;
+}
+
+uint64_t ChunkLayout::KvBytes(uint32_t n_cells) const {
+  const uint64_t v_per_cell = v_trans ? uint64_t{n_embd_v} * v_elem_bytes : v_row_bytes;
+  return uint64_t{n_layer} * n_cells * (k_row_bytes + v_per_cell);
+}
+
+bool ChunkLayout::operator==(const ChunkLayout& o) const {
+  return n_layer == o.n_layer && v_trans == o.v_trans && k_type == o.k_type &&
+         v_type == o.v_type && k_row_bytes == o.k_row_bytes && v_row_bytes == o.v_row_bytes &&
+         v_elem_bytes == o.v_elem_bytes && n_embd_v == o.n_embd_v;
+}
+
+std::string EncodeChunkHead(ChunkHeader h, const int32_t* tokens, const uint8_t* kv,
+                            size_t kv_size) {
+  const size_t token_bytes = size_t{h.n_tokens} * 4;
+  h.payload_bytes = token_bytes + kv_size;
+  h.payload_checksum =
+      PayloadChecksum(reinterpret_cast<const uint8_t*>(tokens), token_bytes, kv, kv_size);
+  std::string out(kChunkHeaderSize + token_bytes, '\0');
+  uint8_t* p = reinterpret_cast<uint8_t*>(out.data());
+  std::memcpy(p, kChunkMagic, 8);
+  Put32(p + kOffVersion, kChunkFormatVersion);
+  Put32(p + kOffHeaderSize, kChunkHeaderSize);
+  std::memcpy(p + kOffHash, h.hash.data(), 32);
+  std::memcpy(p + kOffParent, h.parent.data(), 32);
+  std::memcpy(p + kOffNs, h.ns.data(), 32);
+  Put32(p + kOffIndex, h.index);
+  Put32(p + kOffNTokens, h.n_tokens);
+  Put32(p + kOffNLayer, h.layout.n_layer);
+  Put32(p + kOffVTrans, h.layout.v_trans ? 1 : 0);
+  Put32(p + kOffKType, static_cast<uint32_t>(h.layout.k_type));
+  Put32(p + kOffVType, static_cast<uint32_t>(h.layout.v_type));
+  Put64(p + kOffKRow, h.layout.k_row_bytes);
+  Put64(p + kOffVRow, h.layout.v_row_bytes);
+  Put32(p + kOffVElem, h.layout.v_elem_bytes);
+  Put32(p + kOffNEmbdV, h.layout.n_embd_v);
+  Put64(p + kOffPayloadBytes, h.payload_bytes);
+  Put64(p + kOffPayloadSum, h.payload_checksum);
+  Put64(p + kOffHeaderSum, XXH3_64bits(p, kOffHeaderSum));
+  std::memcpy(p + kChunkHeaderSize, tokens, token_bytes);  // little-endian host (CMakeLists.txt)
+  return out;
+}
+
+Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_size,
+                                     const std::string& name) {
+  if (n < kChunkHeaderSize || file_size < kChunkHeaderSize)
+    return Bad(name, "it is shorter than a chunk header (" + std::to_string(file_size) + " bytes)");
+  if (std::memcmp(p, kChunkMagic, 8) != 0) return Bad(name, "it is not a kvstash chunk file");
+  if (Get32(p + kOffVersion) != kChunkFormatVersion) {
+    return Status::Incompatible("chunk file '" + name + "' has format version " +
+                                std::to_string(Get32(p + kOffVersion)) + "; this kvstash reads " +
+                                "version " + std::to_string(kChunkFormatVersion));
+  }
+  if (Get32(p + kOffHeaderSize) != kChunkHeaderSize) return Bad(name, "wrong header size");
+  if (Get64(p + kOffHeaderSum) != XXH3_64bits(p, kOffHeaderSum))
+    return Bad(name, "the header checksum does not match");
+  for (size_t i = kOffReserved; i < kOffHeaderSum; ++i)
+    if (p[i] != 0) return Bad(name, "reserved header bytes are not zero");
+  ChunkHeader h;
+  std::memcpy(h.hash.data(), p + kOffHash, 32);
+  std::memcpy(h.parent.data(), p + kOffParent, 32);
+  std::memcpy(h.ns.data(), p + kOffNs, 32);
+  h.index = Get32(p + kOffIndex);
+  h.n_tokens = Get32(p + kOffNTokens);
+  const uint32_t v_trans = Get32(p + kOffVTrans);
+  if (v_trans > 1) return Bad(name, "bad V layout flag");
+  h.layout.n_layer = Get32(p + kOffNLayer);
+  h.layout.v_trans = v_trans == 1;
+  h.layout.k_type = static_cast<int32_t>(Get32(p + kOffKType));
+  h.layout.v_type = static_cast<int32_t>(Get32(p + kOffVType));
+  h.layout.k_row_bytes = Get64(p + kOffKRow);
+  h.layout.v_row_bytes = Get64(p + kOffVRow);
+  h.layout.v_elem_bytes = Get32(p + kOffVElem);
+  h.layout.n_embd_v = Get32(p + kOffNEmbdV);
+  h.payload_bytes = Get64(p + kOffPayloadBytes);
+  h.payload_checksum = Get64(p + kOffPayloadSum);
+  if (h.n_tokens < kMinChunkTokens || h.n_tokens > kMaxChunkTokens || h.n_tokens % 16 != 0)
+    return Bad(name, "chunk size " + std::to_string(h.n_tokens) + " is out of range");
+  // Positions end at index * C, which must stay within the longest context kvstash supports.
+  if (h.index == 0 || uint64_t{h.index} * h.n_tokens > kMaxTokens)
+    return Bad(name, "chunk index " + std::to_string(h.index) + " is out of range");
+  KVSTASH_RETURN_IF_ERROR(CheckLayout(h.layout, name));
+  const uint64_t expected = uint64_t{h.n_tokens} * 4 + h.layout.KvBytes(h.n_tokens);
+  if (h.payload_bytes != expected)
+    return Bad(name, "the payload size does not match the recorded layout");
+  if (file_size != kChunkHeaderSize + h.payload_bytes) {
+    return Bad(name, "it has " + std::to_string(file_size) + " bytes, the header says " +
+                         std::to_string(kChunkHeaderSize + h.payload_bytes) +
+                         " (cut short or extended)");
+  }
+  return h;
+}
+
+Result<ChunkView> ParseChunk(const uint8_t* data, size_t size, const std::string& name,
+                             bool verify_checksum) {
+  auto header = ParseChunkHeader(data, size, size, name);
+  if (!header.ok()) return header.status();
+  ChunkView view;
+  view.header = *header;
+  const uint8_t* tokens = data + kChunkHeaderSize;
+  const size_t token_bytes = size_t{header->n_tokens} * 4;
+  view.kv = tokens + token_bytes;
+  view.kv_size = size - kChunkHeaderSize - token_bytes;
+  if (verify_checksum &&
+      PayloadChecksum(tokens, token_bytes, view.kv, view.kv_size) != header->payload_checksum) {
+    return Bad(name, "the payload checksum does not match (the bytes were altered or damaged)");
+  }
+  view.tokens.resize(header->n_tokens);
+  std::memcpy(view.tokens.data(), tokens, token_bytes);
+  for (int32_t t : view.tokens)
+    if (t < 0) return Bad(name, "a token id is negative");
+  return view;
+}
+
+// Offsets within a sequence state of `cells` cells (format/llama_state.h): the cell table, then
+// v_trans and n_layer, then each layer's K (type, row size, rows), then each layer's V.
+namespace {
+struct StateOffsets {
+  uint64_t k_first;  // first K row of layer 0
+  uint64_t k_layer;  // from one layer's K rows to the next's
+  uint64_t v_start;  // layer 0's V header
+  uint64_t v_first;  // first V byte of layer 0
+  uint64_t v_layer;
+};
+
+StateOffsets OffsetsOf(const ChunkLayout& l, uint64_t cells) {
+  StateOffsets o;
+  const uint64_t head = 4 + 4 + 4 + 4 + cells * 12 + 4 + 4;
+  o.k_first = head + 4 + 8;
+  o.k_layer = 4 + 8 + cells * l.k_row_bytes;
+  o.v_start = head + l.n_layer * o.k_layer;
+  if (!l.v_trans) {
+    o.v_first = o.v_start + 4 + 8;
+    o.v_layer = 4 + 8 + cells * l.v_row_bytes;
+  } else {
+    o.v_first = o.v_start + 4 + 4 + 4;
+    o.v_layer = 4 + 4 + 4 + uint64_t{l.n_embd_v} * cells * l.v_elem_bytes;
+  }
+  return o;
+}
+}  // namespace
+
+Status CutChunkKv(const uint8_t* state, size_t size, const KvLayout& kv, uint32_t begin,
+                  uint32_t n, uint8_t* out) {
+  const ChunkLayout l = ChunkLayout::From(kv);
+  if (uint64_t{begin} + n > kv.cell_count || SeqStateSize(l, kv.cell_count) != size) {
+    return Status::InvalidArgument("cells [" + std::to_string(begin) + ", " +
+                                   std::to_string(uint64_t{begin} + n) + ") are not in a state of " +
+                                   std::to_string(kv.cell_count) + " cells");
+  }
+  for (uint32_t i = begin; i < begin + n; ++i) {
+    if (static_cast<int32_t>(Get32(state + 16 + uint64_t{i} * 12)) != static_cast<int32_t>(i)) {
+      return Status::InvalidArgument("the KV cache does not hold its cells in position order " +
+                                     std::string("(cell ") + std::to_string(i) + ")");
+    }
+  }
+  const StateOffsets o = OffsetsOf(l, kv.cell_count);
+  for (uint32_t il = 0; il < l.n_layer; ++il) {
+    const size_t bytes = size_t{n} * l.k_row_bytes;
+    std::memcpy(out, state + o.k_first + il * o.k_layer + begin * l.k_row_bytes, bytes);
+    out += bytes;
+  }
+  for (uint32_t il = 0; il < l.n_layer; ++il) {
+    const uint8_t* layer = state + o.v_first + il * o.v_layer;
+    if (!l.v_trans) {
+      const size_t bytes = size_t{n} * l.v_row_bytes;
+      std::memcpy(out, layer + begin * l.v_row_bytes, bytes);
+      out += bytes;
+      continue;
+    }
+    const size_t row = size_t{kv.cell_count} * l.v_elem_bytes;
+    const size_t bytes = size_t{n} * l.v_elem_bytes;
+    for (uint32_t r = 0; r < l.n_embd_v; ++r) {
+      std::memcpy(out, layer + r * row + size_t{begin} * l.v_elem_bytes, bytes);
+      out += bytes;
+    }
+  }
+  return Status::Ok();
+}
+
+uint64_t SeqStateSize(const ChunkLayout& l, uint32_t n_cells) {
+  const StateOffsets o = OffsetsOf(l, n_cells);
+  return o.v_start + l.n_layer * o.v_layer;
+}
+
+void AssembleSeqState(const ChunkLayout& l, uint32_t chunk_tokens,
+                      const std::vector<const uint8_t*>& chunks, uint8_t* out) {
+  const uint32_t cells = static_cast<uint32_t>(chunks.size()) * chunk_tokens;
+  const StateOffsets o = OffsetsOf(l, cells);
+  uint8_t* p = out;
+  Put32(p, kLlamaSeqStateMagic);
+  Put32(p + 4, 0);      // seq_id
+  Put32(p + 8, 1);      // n_stream
+  Put32(p + 12, cells);  // cell_count
+  p += 16;
+  for (uint32_t i = 0; i < cells; ++i, p += 12) {
+    Put32(p, i);      // pos
+    Put32(p + 4, 1);  // n_seq_id
+    Put32(p + 8, 0);  // seq_id
+  }
+  Put32(p, l.v_trans ? 1 : 0);
+  Put32(p + 4, l.n_layer);
+  const uint64_t chunk_k = uint64_t{chunk_tokens} * l.k_row_bytes;
+  const uint64_t k_all = uint64_t{l.n_layer} * chunk_k;  // K bytes of one chunk
+  for (uint32_t il = 0; il < l.n_layer; ++il) {
+    uint8_t* layer = out + o.k_first + il * o.k_layer;
+    Put32(layer - 12, static_cast<uint32_t>(l.k_type));
+    Put64(layer - 8, l.k_row_bytes);
+    for (size_t j = 0; j < chunks.size(); ++j)
+      std::memcpy(layer + j * chunk_k, chunks[j] + il * chunk_k, chunk_k);
+  }
+  for (uint32_t il = 0; il < l.n_layer; ++il) {
+    uint8_t* layer = out + o.v_first + il * o.v_layer;
+    if (!l.v_trans) {
+      const uint64_t chunk_v = uint64_t{chunk_tokens} * l.v_row_bytes;
+      Put32(layer - 12, static_cast<uint32_t>(l.v_type));
+      Put64(layer - 8, l.v_row_bytes);
+      for (size_t j = 0; j < chunks.size(); ++j)
+        std::memcpy(layer + j * chunk_v, chunks[j] + k_all + il * chunk_v, chunk_v);
+      continue;
+    }
+    Put32(layer - 12, static_cast<uint32_t>(l.v_type));
+    Put32(layer - 8, l.v_elem_bytes);
+    Put32(layer - 4, l.n_embd_v);
+    const uint64_t piece = uint64_t{chunk_tokens} * l.v_elem_bytes;  // one V row of one chunk
+    const uint64_t chunk_layer = uint64_t{l.n_embd_v} * piece;
+    for (uint32_t r = 0; r < l.n_embd_v; ++r) {
+      uint8_t* row = layer + uint64_t{r} * cells * l.v_elem_bytes;
+      for (size_t j = 0; j < chunks.size(); ++j)
+        std::memcpy(row + j * piece, chunks[j] + k_all + il * chunk_layer + r * piece, piece);
+    }
+  }
+}
+
+}  // namespace kvstash::format
