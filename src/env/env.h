@@ -9,6 +9,7 @@
 #define KVSTASH_ENV_ENV_H_
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -103,9 +104,11 @@ class LargeBuffer {
 };
 
 struct FileInfo {
-  enum class Type { kRegular, kDirectory, kOther };
+  // kSymlink only from LinkStat (Stat follows links).
+  enum class Type { kRegular, kDirectory, kSymlink, kOther };
   Type type = Type::kOther;
   uint64_t size = 0;
+  int64_t mtime_ns = 0;  // last modification, ns since the epoch
   // Identity: two names are the same file exactly when both are equal.
   uint64_t device = 0;
   uint64_t inode = 0;
@@ -143,6 +146,10 @@ class Syscalls {
   virtual ssize_t Read(int fd, void* buf, size_t n);
   virtual ssize_t Readlink(const char* path, char* buf, size_t n);
   virtual int Flock(int fd, int operation);
+  virtual int Link(const char* from, const char* to);
+  virtual int Mkdir(const char* path, mode_t mode);
+  // utimensat(AT_FDCWD, path, {UTIME_OMIT, mtime}, 0): sets the mtime only.
+  virtual int Utimens(const char* path, const struct timespec& mtime);
 };
 
 class Env {
@@ -168,11 +175,26 @@ class Env {
   static constexpr size_t kHeadBytes = 4096;
   // Opens `path` for reading as a StableFile (a lease when one can be had and leases are on, else
   // a private copy). Same refusals as MapFile, then `check` on the first bytes.
+  // follow_links=false: a symbolic link at `path` is refused (kInvalidArgument), for directories
+  // whose entries must be files written there (the store's chunks).
   Result<std::unique_ptr<StableFile>> OpenStableFile(const std::string& path, uint64_t max_size,
-                                                     const HeadCheck& check = {});
+                                                     const HeadCheck& check = {},
+                                                     bool follow_links = true);
   // Whether OpenStableFile may take leases (on by default; tests turn it off to test the copy).
   void set_read_leases(bool on) { read_leases_ = on; }
+  // Follows symbolic links (what opening `path` would reach).
   Result<FileInfo> Stat(const std::string& path);
+  // lstat: a link, FIFO or directory is reported as what it is, without opening or following it.
+  Result<FileInfo> LinkStat(const std::string& path);
+  // Gives the file `from` the second name `to`, which must not exist: link(2) never replaces, so
+  // of many processes publishing the same name, exactly one wins. Returns true when linked, false
+  // when `to` already existed (EEXIST: not an error). Errors name `to`.
+  Result<bool> LinkFile(const std::string& from, const std::string& to);
+  // mkdir -p with mode 0755; existing directories are fine.
+  Status CreateDir(const std::string& path);
+  // Sets the modification time of `path` (links followed, as utimensat does by default); the
+  // access time is left alone.
+  Status SetMtime(const std::string& path, int64_t mtime_ns);
   // Errors name `to`: the caller's destination, not its temp name.
   Status RenameFile(const std::string& from, const std::string& to);
   Status RemoveFile(const std::string& path);
@@ -206,7 +228,8 @@ class Env {
 
  private:
   // Opens `path` read-only and checks it is a regular file of at most max_size bytes.
-  Result<int> OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size);
+  Result<int> OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size,
+                             bool follow_links = true);
   Syscalls* sys_;
   bool read_leases_ = true;
 };

@@ -11,7 +11,8 @@
 
 namespace kvstash {
 
-// Counts every open/read/readlink/write/fdatasync/fsync/flock/close/rename as one step (unlink is
+// Counts every open/read/readlink/write/fdatasync/fsync/flock/close/rename/link/mkdir/utimens as
+// one step (unlink is
 // never failed: it is how a failed save cleans up, and a real cleanup failure cannot be helped).
 class FaultInjectionSyscalls : public Syscalls {
  public:
@@ -61,6 +62,18 @@ class FaultInjectionSyscalls : public Syscalls {
   int Flock(int fd, int operation) override {
     if (int e = Step()) return Err(e);
     return Syscalls::Flock(fd, operation);
+  }
+  int Link(const char* from, const char* to) override {
+    if (int e = Step()) return Err(e);
+    return Syscalls::Link(from, to);
+  }
+  int Mkdir(const char* path, mode_t mode) override {
+    if (int e = Step()) return Err(e);
+    return Syscalls::Mkdir(path, mode);
+  }
+  int Utimens(const char* path, const struct timespec& mtime) override {
+    if (int e = Step()) return Err(e);
+    return Syscalls::Utimens(path, mtime);
   }
 
  private:

@@ -35,6 +35,12 @@ ssize_t Syscalls::Readlink(const char* path, char* buf, size_t n) {
   return ::readlink(path, buf, n);
 }
 int Syscalls::Flock(int fd, int operation) { return ::flock(fd, operation); }
+int Syscalls::Link(const char* from, const char* to) { return ::link(from, to); }
+int Syscalls::Mkdir(const char* path, mode_t mode) { return ::mkdir(path, mode); }
+int Syscalls::Utimens(const char* path, const struct timespec& mtime) {
+  const struct timespec times[2] = {{0, UTIME_OMIT}, mtime};
+  return ::utimensat(AT_FDCWD, path, times, 0);
+}
 
 std::string ErrnoText(int err) {
   const char* name = nullptr;
@@ -211,17 +217,23 @@ Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& pa
   return std::unique_ptr<WritableFile>(new PosixWritableFile(sys_, name, fd));
 }
 
-Result<int> Env::OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size) {
+Result<int> Env::OpenForReading(const std::string& path, uint64_t max_size, uint64_t* size,
+                                bool follow_links) {
   // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; it is refused below.
+  const int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (follow_links ? 0 : O_NOFOLLOW);
   int fd;
   do {
-    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
+    fd = sys_->Open(path.c_str(), flags, 0);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) {
       return Status::NotFound("session file '" + path + "' does not exist; check the path or " +
                               "create it with 'kvstash save'");
+    }
+    if (err == ELOOP && !follow_links) {
+      return Status::InvalidArgument("'" + path + "' is a symbolic link, not a file written " +
+                                     "there; remove it");
     }
     return Status::IOError("cannot open '" + path + "': " + ErrnoText(err));
   }
@@ -284,7 +296,9 @@ FileInfo InfoOf(const struct stat& st) {
   info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
               : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
                                     : FileInfo::Type::kOther;
+  if (S_ISLNK(st.st_mode)) info.type = FileInfo::Type::kSymlink;
   info.size = static_cast<uint64_t>(st.st_size);
+  info.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   info.device = static_cast<uint64_t>(st.st_dev);
   info.inode = static_cast<uint64_t>(st.st_ino);
   return info;
@@ -328,6 +342,61 @@ Result<FileInfo> Env::Stat(const std::string& path) {
     return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
   }
   return InfoOf(st);
+}
+
+Result<FileInfo> Env::LinkStat(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return Status::NotFound("'" + path + "' does not exist");
+    return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
+  }
+  return InfoOf(st);
+}
+
+Result<bool> Env::LinkFile(const std::string& from, const std::string& to) {
+  if (RetryOnEintr([&] { return sys_->Link(from.c_str(), to.c_str()); }) != 0) {
+    const int err = errno;
+    if (err == EEXIST) return false;
+    return Status::IOError("cannot create '" + to + "': " + ErrnoText(err));
+  }
+  return true;
+}
+
+Status Env::CreateDir(const std::string& path) {
+  if (path.empty()) return Status::InvalidArgument("cannot create a directory with an empty name");
+  // Parents first; each level tolerates EEXIST, so concurrent creators all succeed.
+  for (size_t at = path.find('/', 1);; at = path.find('/', at + 1)) {
+    const std::string part = at == std::string::npos ? path : path.substr(0, at);
+    if (!part.empty() && part.back() != '/') {
+      if (RetryOnEintr([&] { return sys_->Mkdir(part.c_str(), 0755); }) != 0 && errno != EEXIST) {
+        const int err = errno;
+        return Status::IOError("cannot create directory '" + part + "': " + ErrnoText(err));
+      }
+    }
+    if (at == std::string::npos) break;
+  }
+  // EEXIST also covers a file by that name: say so rather than fail later on a confusing open.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return Status::IOError("cannot create directory '" + path +
+                           "': something else by that name is in the way; remove it");
+  }
+  return Status::Ok();
+}
+
+Status Env::SetMtime(const std::string& path, int64_t mtime_ns) {
+  struct timespec t;
+  t.tv_sec = static_cast<time_t>(mtime_ns / 1000000000);
+  t.tv_nsec = static_cast<long>(mtime_ns % 1000000000);
+  if (t.tv_nsec < 0) {
+    t.tv_nsec += 1000000000;
+    --t.tv_sec;
+  }
+  if (RetryOnEintr([&] { return sys_->Utimens(path.c_str(), t); }) != 0) {
+    return Status::IOError("cannot set the time of '" + path + "': " + ErrnoText(errno));
+  }
+  return Status::Ok();
 }
 
 Status Env::RenameFile(const std::string& from, const std::string& to) {

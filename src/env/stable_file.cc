@@ -165,9 +165,10 @@ std::unique_ptr<StableFile> TryLease(int fd, uint64_t size) {
 }  // namespace
 
 Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path, uint64_t max_size,
-                                                        const HeadCheck& check) {
+                                                        const HeadCheck& check,
+                                                        bool follow_links) {
   uint64_t size = 0;
-  auto fd = OpenForReading(path, max_size, &size);
+  auto fd = OpenForReading(path, max_size, &size, follow_links);
   if (!fd.ok()) return fd.status();
   if (check) {
     uint8_t head[kHeadBytes];

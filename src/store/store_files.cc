@@ -1,0 +1,250 @@
+#include "store/store_files.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+namespace kvstash::store {
+
+std::string StorePaths::ChunkDir(const format::Hash256& hash) const {
+  return Chunks() + "/" + format::HashHex(hash).substr(0, 2);
+}
+
+std::string StorePaths::ChunkPath(const format::Hash256& hash, uint32_t index) const {
+  const std::string hex = format::HashHex(hash);
+  return Chunks() + "/" + hex.substr(0, 2) + "/" + hex + "." + std::to_string(index) + ".kvc";
+}
+
+std::string StorePaths::NamespacePath(const format::Hash256& ns) const {
+  return Namespaces() + "/" + format::HashHex(ns) + ".txt";
+}
+
+std::string StorePaths::NewTempPath() const {
+  static std::atomic<uint64_t> counter{0};
+  // Seeded once per process from the OS: writers in other PID namespaces or on other hosts that
+  // share the directory draw other names.
+  static const uint64_t seed = [] {
+    std::random_device rd;
+    return (uint64_t{rd()} << 32) ^ rd();
+  }();
+  uint64_t x = seed + counter.fetch_add(1) * 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;  // splitmix64's finalizer
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  char nonce[17];
+  std::snprintf(nonce, sizeof(nonce), "%016llx", static_cast<unsigned long long>(x));
+  return Temp() + "/" + std::to_string(getpid()) + "." + nonce + kTempSuffix;
+}
+
+bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* index) {
+  // 64 hex, '.', 1..10 digits, ".kvc"
+  constexpr size_t kHex = 64;
+  const std::string ext = ".kvc";
+  if (name.size() < kHex + 1 + 1 + ext.size() || name[kHex] != '.') return false;
+  if (name.compare(name.size() - ext.size(), ext.size(), ext) != 0) return false;
+  const std::string hex = name.substr(0, kHex);
+  for (char c : hex) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;  // lowercase only
+  }
+  if (!format::ParseHashHex(hex, hash)) return false;
+  const std::string digits = name.substr(kHex + 1, name.size() - kHex - 1 - ext.size());
+  if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
+  uint64_t value = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + uint64_t(c - '0');
+  }
+  if (value == 0 || value > UINT32_MAX) return false;
+  *index = static_cast<uint32_t>(value);
+  return true;
+}
+
+uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens) {
+  return format::kChunkHeaderSize + uint64_t{chunk_tokens} * 4 + layout.KvBytes(chunk_tokens);
+}
+
+namespace {
+
+bool IsHexPair(const std::string& name) {
+  if (name.size() != 2) return false;
+  for (char c : name) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+const char* TypeName(FileInfo::Type type) {
+  switch (type) {
+    case FileInfo::Type::kDirectory:
+      return "a directory";
+    case FileInfo::Type::kSymlink:
+      return "a symbolic link";
+    case FileInfo::Type::kRegular:
+      return "a regular file";
+    default:
+      return "a FIFO, socket or device";
+  }
+}
+
+// The entries of one chunks/<hh>/ directory.
+void ListSubdir(Env* env, const std::string& sub, const std::string& hh,
+                std::vector<ChunkEntry>* out) {
+  auto names = env->ListDir(sub);
+  if (!names.ok()) {
+    out->push_back(ChunkEntry{sub, "cannot be listed: " + names.status().message(), {}, 0, {}});
+    return;
+  }
+  for (const std::string& name : *names) {
+    ChunkEntry entry;
+    entry.path = sub + "/" + name;
+    auto info = env->LinkStat(entry.path);
+    if (!info.ok()) {
+      if (info.status().code() == Status::Code::kNotFound) continue;  // evicted meanwhile
+      entry.bad = info.status().message();
+      out->push_back(std::move(entry));
+      continue;
+    }
+    entry.info = *info;
+    if (!ParseChunkName(name, &entry.hash, &entry.index)) {
+      entry.bad = "not a chunk name (<64 hex>.<index>.kvc)";
+    } else if (name.compare(0, 2, hh) != 0) {
+      entry.bad = "in the wrong directory (chunks/" + name.substr(0, 2) + "/ is its place)";
+    } else if (info->type != FileInfo::Type::kRegular) {
+      entry.bad = std::string("is ") + TypeName(info->type) + ", not a chunk file";
+    }
+    out->push_back(std::move(entry));
+  }
+}
+
+}  // namespace
+
+Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths) {
+  auto subdirs = env->ListDir(paths.Chunks());
+  if (!subdirs.ok()) return subdirs.status();
+  std::vector<ChunkEntry> entries;
+  for (const std::string& hh : *subdirs) {
+    const std::string sub = paths.Chunks() + "/" + hh;
+    auto info = env->LinkStat(sub);
+    if (!info.ok()) continue;
+    if (!IsHexPair(hh) || info->type != FileInfo::Type::kDirectory) {
+      ChunkEntry entry;
+      entry.path = sub;
+      entry.info = *info;
+      entry.bad = std::string("is ") + TypeName(info->type) + " misplaced in chunks/";
+      entries.push_back(std::move(entry));
+      continue;
+    }
+    ListSubdir(env, sub, hh, &entries);
+  }
+  return entries;
+}
+
+std::string FailureKind(const Status& status) {
+  const std::string& m = status.message();
+  if (m.find("(ENOSPC)") != std::string::npos || m.find("(EDQUOT)") != std::string::npos) {
+    return "disk full";
+  }
+  if (m.find("(EROFS)") != std::string::npos) return "read-only";
+  if (m.find("(EACCES)") != std::string::npos || m.find("(EPERM)") != std::string::npos) {
+    return "permission denied";
+  }
+  if (m.find("(EIO)") != std::string::npos) return "I/O error";
+  return "write error";
+}
+
+bool IsReadOnlyFailure(const Status& status) {
+  const std::string kind = FailureKind(status);
+  return kind == "read-only" || kind == "permission denied";
+}
+
+void WarnOnce::Warn(const std::string& kind, const std::string& detail) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!said_.insert(kind).second) return;
+  }
+  std::string line = "kvstash: store '" + dir_ + "': " + kind +
+                     "; new chunks are not saved (answers are not affected)";
+  if (!detail.empty()) line += " [" + detail + "]";
+  if (warn_) {
+    warn_(line);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
+namespace {
+
+// Creates a temp file in tmp/ and takes its flock (retrying when a sweeper removed the fresh name
+// before it was locked).
+Status CreateLockedTemp(Env* env, const StorePaths& paths, std::string* temp,
+                        std::unique_ptr<WritableFile>* file, std::unique_ptr<FileLock>* lock) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    *temp = paths.NewTempPath();
+    auto created = env->NewWritableFile(*temp);
+    if (!created.ok()) return created.status();
+    auto locked = env->LockFile(*temp, /*wait=*/true);
+    if (locked.ok()) {
+      *file = std::move(created.value());
+      *lock = std::move(locked.value());
+      return Status::Ok();
+    }
+    created->reset();
+    if (locked.status().code() != Status::Code::kNotFound) {
+      (void)env->RemoveFile(*temp);  // best effort: the lock error is what matters
+      return locked.status();
+    }
+    // A sweeper removed the fresh name before we locked it (it looked unowned): another name.
+  }
+  return Status::IOError("cannot write to '" + paths.Temp() +
+                         "': another process keeps removing new temp files there");
+}
+
+}  // namespace
+
+Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::string_view>& parts,
+                   const std::string& dest, bool replace, bool sync, bool* existed) {
+  *existed = false;
+  std::string temp;
+  std::unique_ptr<WritableFile> file;
+  std::unique_ptr<FileLock> lock;
+  KVSTASH_RETURN_IF_ERROR(CreateLockedTemp(env, paths, &temp, &file, &lock));
+  Status status;
+  for (std::string_view part : parts) {
+    if (status.ok()) status = file->Append(part.data(), part.size());
+  }
+  // The data reaches the disk before the name does: after a crash a chunk name never points at
+  // bytes that were not written (it may be missing, which is a miss).
+  if (status.ok() && sync) status = file->Sync();
+  Status closed = file->Close();
+  if (status.ok()) status = closed;
+  if (status.ok()) {
+    if (replace) {
+      status = env->RenameFile(temp, dest);
+      if (status.ok()) return Status::Ok();  // the temp name is gone; the lock goes with `lock`
+    } else {
+      auto linked = env->LinkFile(temp, dest);
+      if (linked.ok()) {
+        *existed = !*linked;
+      } else {
+        status = linked.status();
+      }
+    }
+  }
+  // Unlinked while still locked: a sweeper that locks this name later finds it gone, never a
+  // file that is also a published chunk.
+  (void)env->RemoveFile(temp);
+  lock.reset();
+  return status;
+}
+
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace kvstash::store

@@ -1,0 +1,92 @@
+// The store directory's names and the small pieces every part of the store shares: chunk paths,
+// the parsing of chunk names, temp names, the size bound of a chunk file and one-time warnings.
+#ifndef KVSTASH_STORE_STORE_FILES_H_
+#define KVSTASH_STORE_STORE_FILES_H_
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "env/env.h"
+#include "format/chunk_format.h"
+#include "kvstash/status.h"
+
+namespace kvstash::store {
+
+inline constexpr const char* kManifestName = "STORE";
+inline constexpr const char* kGcLockName = "gc.lock";
+inline constexpr const char* kTempSuffix = ".tmp";
+
+// Paths inside one store directory (docs/STORE.md, "Directory layout").
+struct StorePaths {
+  std::string dir;
+  std::string Manifest() const { return dir + "/" + kManifestName; }
+  std::string GcLock() const { return dir + "/" + kGcLockName; }
+  std::string Chunks() const { return dir + "/chunks"; }
+  std::string Namespaces() const { return dir + "/ns"; }
+  std::string Temp() const { return dir + "/tmp"; }
+  // chunks/<first 2 hex>
+  std::string ChunkDir(const format::Hash256& hash) const;
+  // chunks/<hh>/<64 hex>.<index>.kvc
+  std::string ChunkPath(const format::Hash256& hash, uint32_t index) const;
+  std::string NamespacePath(const format::Hash256& ns) const;
+  // tmp/<pid>.<counter>.<nonce>.tmp: unique across threads, processes and hosts (O_EXCL refuses
+  // the rare collision anyway).
+  std::string NewTempPath() const;
+};
+
+// Parses "<64 hex>.<index>.kvc" (index 1..2^32-1, decimal without leading zeros).
+bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* index);
+
+// The size of a chunk file of `chunk_tokens` tokens in `layout`: header, tokens, KV.
+uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens);
+
+// A file under chunks/: what its name and lstat say, before it is opened.
+struct ChunkEntry {
+  std::string path;
+  std::string bad;  // why it is not a chunk by its name or type ("" when it may be one)
+  format::Hash256 hash{};
+  uint32_t index = 0;
+  FileInfo info;
+};
+
+// Every entry of chunks/*/ (and anything misplaced directly in chunks/). Never opens a file, so
+// FIFOs and devices cannot block it. Entries that vanish while listed are skipped.
+Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths);
+
+// Which kind of failure a writer's Status stands for, as the warning calls it ("disk full",
+// "read-only", ...). Env statuses carry the errno name (ErrnoText).
+std::string FailureKind(const Status& status);
+bool IsReadOnlyFailure(const Status& status);
+
+// Calls `warn` (or writes to standard error) once per kind.
+class WarnOnce {
+ public:
+  WarnOnce(std::string dir, std::function<void(const std::string&)> warn)
+      : dir_(std::move(dir)), warn_(std::move(warn)) {}
+  void Warn(const std::string& kind, const std::string& detail);
+
+ private:
+  std::string dir_;
+  std::function<void(const std::string&)> warn_;
+  std::mutex mu_;
+  std::set<std::string> said_;
+};
+
+// Writes `parts` to a new temp file in tmp/ (flock'ed from creation on; fdatasync'ed when `sync`)
+// and gives it the name `dest`: link(2), which never replaces, so the first writer wins and
+// *existed tells a later one; or rename(2) over `dest` when `replace`. The temp name is unlinked
+// before its lock is released, so a sweeper never removes a file it should not. On failure
+// nothing is left behind.
+Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::string_view>& parts,
+                   const std::string& dest, bool replace, bool sync, bool* existed);
+
+int64_t NowNs();
+
+}  // namespace kvstash::store
+
+#endif  // KVSTASH_STORE_STORE_FILES_H_
