@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "engine/session_internals.h"
 #include "env/env.h"
 #include "kvstash/session.h"
@@ -29,59 +30,13 @@
 namespace kvstash {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace bench;  // NOLINT: Ms, Median, Die, Check, ...
 using nlohmann::json;
-
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-// Runs `body` once as a warm-up, then `reps` times; returns the median of what body returns.
-double MedianOf(int reps, const std::function<double()>& body) {
-  body();
-  std::vector<double> samples;
-  for (int i = 0; i < reps; ++i) samples.push_back(body());
-  return Median(samples);
-}
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "kvstash-bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T Check(Result<T> r, const char* what) {
-  if (!r.ok()) Die(std::string(what) + ": " + r.status().message());
-  return std::move(r.value());
-}
-void Check(const Status& s, const char* what) {
-  if (!s.ok()) Die(std::string(what) + ": " + s.message());
-}
-
-void EvictFromPageCache(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  fdatasync(fd);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
-}
 
 OpenOptions ThreadsOnly(int threads) {
   OpenOptions options;
   options.n_threads = threads;
   return options;
-}
-
-uint64_t FileSize(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
 }
 
 double FreadMs(const std::string& path, std::vector<char>* buffer) {

@@ -132,6 +132,11 @@ struct SyncResult {
   size_t n_decoded = 0;  // tokens decoded now
   size_t n_restored = 0;   // of n_reused: loaded from the store (Sync with a store)
   size_t n_published = 0;  // tokens queued for the store in new chunks (Sync with a store)
+  // Where the time of a Sync with a store went (ms): finding, reading, checking and restoring
+  // chunks; decoding; copying new chunks out of llama.cpp for the background writer.
+  double restore_ms = 0;
+  double decode_ms = 0;
+  double publish_ms = 0;
 };
 
 class Session {

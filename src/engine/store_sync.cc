@@ -1,6 +1,7 @@
 // Session::Sync through a prefix store: restore the longest stored prefix of whole chunks, decode
 // the rest in chunk-aligned groups, publish the new chunks (docs/STORE.md, "Syncing a session").
 #include <algorithm>
+#include <chrono>
 
 #include "engine/session_impl.h"
 #include "format/chunk_format.h"
@@ -12,6 +13,11 @@
 
 namespace kvstash {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
 
 // The layout llama_state_seq_get_data uses for this session's cache (format/llama_state.h).
 format::ChunkLayout ExpectedLayout(const Session::Impl& s, bool v_trans) {
@@ -200,6 +206,7 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store)
     ++common;
   const size_t own =
       s.aligned_chunk == chunk ? std::min({common, s.n_aligned, usable * chunk}) / chunk : 0;
+  const auto t_restore = Clock::now();
   LoadedPrefix loaded;
   if (usable > own) {
     loaded = store.impl()->LoadPrefix(chain.h0, chain.hashes, tokens.data(), usable, layout);
@@ -217,19 +224,25 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store)
       keep = 0;
     }
   }
+  const size_t known = usable > own ? loaded.chunks.size() : 0;
+  const long first_bad = loaded.first_bad;
+  loaded = LoadedPrefix();  // the chunk files are closed: the restored bytes are llama.cpp's
+  result.restore_ms = MsSince(t_restore);
   KVSTASH_RETURN_IF_ERROR(s.Truncate(std::min(keep, s.n_cached)));
   keep = s.n_cached;
   s.tokens.assign(tokens.begin(), tokens.end());
+  const auto t_decode = Clock::now();
   KVSTASH_RETURN_IF_ERROR(FlushAligned(s, chunk));
+  result.decode_ms = MsSince(t_decode);
   s.n_aligned = tokens.size();
   s.aligned_chunk = chunk;
   result.n_reused = keep;
   result.n_decoded = tokens.size() - keep;
   // The store holds chunks 1..loaded.chunks.size() (all verified); the rest are new to it, as far
   // as this lookup knows (the writer skips any that another writer published meanwhile).
-  const size_t known = usable > own ? loaded.chunks.size() : 0;
-  result.n_published =
-      PublishChunks(s, store, chain, known, loaded.first_bad, layout, chunk);
+  const auto t_publish = Clock::now();
+  result.n_published = PublishChunks(s, store, chain, known, first_bad, layout, chunk);
+  result.publish_ms = MsSince(t_publish);
   return result;
 }
 
