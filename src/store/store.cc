@@ -18,9 +18,11 @@ using store::StorePaths;
 constexpr uint32_t kDefaultChunkTokens = 256;
 constexpr uint32_t kManifestVersion = 1;
 constexpr size_t kManifestMaxBytes = 4096;
-// Verify and Stats read chunks of any layout: the header is checked (file size included) before
-// the rest is read, so this bound only keeps a forged size from reaching the allocator.
-constexpr uint64_t kMaxAnyChunkBytes = uint64_t{1} << 40;
+// Verify reads chunks of any layout, so it cannot bound a file by this context's chunk size. The
+// header (file size included) is checked before the rest is read; this bound keeps a forged,
+// sparse file from costing more than a pass over 64 GiB (a 256-token chunk of a 70B f16 model
+// is ~80 MiB).
+constexpr uint64_t kMaxAnyChunkBytes = uint64_t{1} << 36;
 
 Status CheckChunkTokens(uint32_t c, const std::string& where) {
   if (c < format::kMinChunkTokens || c > format::kMaxChunkTokens || c % 16 != 0) {
