@@ -85,7 +85,8 @@ Prompt MakePrompt(const std::string& ns_text, size_t n_chunks, uint32_t seed, si
     w.tokens.resize(kC);
     std::memcpy(w.tokens.data(), p.tokens.data() + j * kC, kC * sizeof(int32_t));
     // KV bytes depend on the chunk's name, so equal chunks have equal bytes.
-    std::mt19937 rng(p.chain[j][0] | (uint32_t(p.chain[j][1]) << 8) | (uint32_t(p.chain[j][2]) << 16));
+    std::mt19937 rng(p.chain[j][0] | (uint32_t(p.chain[j][1]) << 8) |
+                     (uint32_t(p.chain[j][2]) << 16));
     w.kv.resize(layout.KvBytes(kC));
     for (char& c : w.kv) c = char(rng());
     p.writes.push_back(std::move(w));
@@ -120,8 +121,7 @@ class StoreTest : public ::testing::Test {
   void ExpectLoadedBytes(const LoadedPrefix& loaded, const Prompt& p) {
     for (size_t j = 0; j < loaded.chunks.size(); ++j) {
       ASSERT_EQ(loaded.chunks[j].kv_size, p.writes[j].kv.size());
-      EXPECT_EQ(0, std::memcmp(loaded.chunks[j].kv, p.writes[j].kv.data(),
-                               p.writes[j].kv.size()));
+      EXPECT_EQ(0, std::memcmp(loaded.chunks[j].kv, p.writes[j].kv.data(), p.writes[j].kv.size()));
       EXPECT_EQ(loaded.chunks[j].tokens, p.writes[j].tokens);
     }
   }
@@ -143,7 +143,6 @@ TEST(ChainHashTest, KnownVectorsAndChaining) {
   EXPECT_EQ(chain[1], store::ChunkHash(chain[0], tokens.data() + kC, kC));
   EXPECT_NE(store::NamespaceHash("model y"), h0);
 }
-
 
 TEST_F(StoreTest, PublishThenLoadReturnsTheSameBytes) {
   auto store = OpenStore();
@@ -174,10 +173,8 @@ TEST_F(StoreTest, LoadStopsAtMaxChunksAndAtAMissingMiddleChunk) {
   auto store = OpenStore();
   const Prompt p = MakePrompt("ns", 4, 1);
   PublishAll(store.get(), p);
-  EXPECT_EQ(store->impl()
-                ->LoadPrefix(p.ns, p.chain, p.tokens.data(), 2, TestLayout())
-                .chunks.size(),
-            2u);
+  EXPECT_EQ(
+      store->impl()->LoadPrefix(p.ns, p.chain, p.tokens.data(), 2, TestLayout()).chunks.size(), 2u);
   ASSERT_EQ(unlink(ChunkPath(p, 2).c_str()), 0);
   LoadedPrefix loaded = Load(store.get(), p);
   EXPECT_EQ(loaded.chunks.size(), 2u);
@@ -243,54 +240,70 @@ class HostileChunkTest : public StoreTest {
 };
 
 TEST_F(HostileChunkTest, CorruptTruncatedForeignAndPlantedFilesAreMisses) {
-  Check([](const std::string& path) {
-    std::string b = ReadAll(path);
-    WriteAll(path, b.substr(0, b.size() - 100));
-  }, "truncated");
-  Check([](const std::string& path) {
-    std::string b = ReadAll(path);
-    b[b.size() - 7] ^= 0x10;
-    WriteAll(path, b);
-  }, "one flipped bit in the KV");
+  Check(
+      [](const std::string& path) {
+        std::string b = ReadAll(path);
+        WriteAll(path, b.substr(0, b.size() - 100));
+      },
+      "truncated");
+  Check(
+      [](const std::string& path) {
+        std::string b = ReadAll(path);
+        b[b.size() - 7] ^= 0x10;
+        WriteAll(path, b);
+      },
+      "one flipped bit in the KV");
   Check([](const std::string& path) { WriteAll(path, "short"); }, "not a chunk");
   // A well-formed chunk with other tokens, under this name.
-  Check([this](const std::string& path) {
-    Prompt other = MakePrompt("ns", 3, 9);
-    ChunkWrite w = other.writes[1];
-    w.header.hash = p_.chain[1];
-    w.header.parent = p_.chain[0];
-    const std::string head = format::EncodeChunkHead(
-        w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
-    WriteAll(path, head + w.kv);
-  }, "tokens not the request's");
-  Check([this](const std::string& path) {
-    ChunkWrite w = p_.writes[1];
-    w.header.parent = p_.chain[1];  // wrong parent
-    const std::string head = format::EncodeChunkHead(
-        w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
-    WriteAll(path, head + w.kv);
-  }, "wrong parent");
+  Check(
+      [this](const std::string& path) {
+        Prompt other = MakePrompt("ns", 3, 9);
+        ChunkWrite w = other.writes[1];
+        w.header.hash = p_.chain[1];
+        w.header.parent = p_.chain[0];
+        const std::string head = format::EncodeChunkHead(
+            w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
+        WriteAll(path, head + w.kv);
+      },
+      "tokens not the request's");
+  Check(
+      [this](const std::string& path) {
+        ChunkWrite w = p_.writes[1];
+        w.header.parent = p_.chain[1];  // wrong parent
+        const std::string head = format::EncodeChunkHead(
+            w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
+        WriteAll(path, head + w.kv);
+      },
+      "wrong parent");
   // Another namespace's chunk 2, copied under this chunk's name.
-  Check([this](const std::string& path) {
-    Prompt other = MakePrompt("another model", 3, 1);
-    Store* s = store_.get();
-    PublishAll(s, other);
-    std::filesystem::copy_file(ChunkPath(other, 1), path,
-                               std::filesystem::copy_options::overwrite_existing);
-  }, "another namespace's chunk");
-  Check([](const std::string& path) {
-    unlink(path.c_str());
-    mkdir(path.c_str(), 0755);
-  }, "a directory");
-  Check([](const std::string& path) {
-    unlink(path.c_str());
-    ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
-  }, "a FIFO");
-  Check([](const std::string& path) {
-    const std::string copy = path + ".elsewhere";
-    std::filesystem::rename(path, copy);
-    ASSERT_EQ(symlink(copy.c_str(), path.c_str()), 0);
-  }, "a symbolic link to the right bytes");
+  Check(
+      [this](const std::string& path) {
+        Prompt other = MakePrompt("another model", 3, 1);
+        Store* s = store_.get();
+        PublishAll(s, other);
+        std::filesystem::copy_file(ChunkPath(other, 1), path,
+                                   std::filesystem::copy_options::overwrite_existing);
+      },
+      "another namespace's chunk");
+  Check(
+      [](const std::string& path) {
+        unlink(path.c_str());
+        mkdir(path.c_str(), 0755);
+      },
+      "a directory");
+  Check(
+      [](const std::string& path) {
+        unlink(path.c_str());
+        ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
+      },
+      "a FIFO");
+  Check(
+      [](const std::string& path) {
+        const std::string copy = path + ".elsewhere";
+        std::filesystem::rename(path, copy);
+        ASSERT_EQ(symlink(copy.c_str(), path.c_str()), 0);
+      },
+      "a symbolic link to the right bytes");
 }
 
 TEST_F(StoreTest, ReplaceBadRepairsAChunk) {
@@ -316,9 +329,10 @@ TEST_F(StoreTest, VerifyFindsPlantedAndMisnamedFiles) {
   w.header.hash[5] ^= 1;
   const std::string planted = store::StorePaths{dir_}.ChunkPath(w.header.hash, 2);
   std::filesystem::create_directories(DirName(planted));
-  WriteAll(planted, format::EncodeChunkHead(w.header, w.tokens.data(),
-                                            reinterpret_cast<const uint8_t*>(w.kv.data()),
-                                            w.kv.size()) + w.kv);
+  WriteAll(planted,
+           format::EncodeChunkHead(w.header, w.tokens.data(),
+                                   reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size()) +
+               w.kv);
   WriteAll(DirName(planted) + "/notes.txt", "hello");
   auto report = store->Verify();
   ASSERT_TRUE(report.ok());
@@ -338,8 +352,10 @@ TEST_F(StoreTest, GcEvictsLeastRecentlyUsedLeafFirst) {
   const uint64_t chunk = std::filesystem::file_size(ChunkPath(a, 0));
   Env* env = Env::Default();
   // b is older than a; within each chain all share one time (as the writer leaves them).
-  for (size_t j = 0; j < 3; ++j) ASSERT_TRUE(env->SetMtime(ChunkPath(a, j), 2'000'000'000'000'000'000).ok());
-  for (size_t j = 0; j < 2; ++j) ASSERT_TRUE(env->SetMtime(ChunkPath(b, j), 1'000'000'000'000'000'000).ok());
+  for (size_t j = 0; j < 3; ++j)
+    ASSERT_TRUE(env->SetMtime(ChunkPath(a, j), 2'000'000'000'000'000'000).ok());
+  for (size_t j = 0; j < 2; ++j)
+    ASSERT_TRUE(env->SetMtime(ChunkPath(b, j), 1'000'000'000'000'000'000).ok());
   // Budget for 4 chunks: b's leaf goes first.
   auto r = store->Gc(4 * chunk);
   ASSERT_TRUE(r.ok());
@@ -522,9 +538,9 @@ TEST_F(StoreTest, ManifestIsCheckedAndChunkSizeKept) {
   options.chunk_tokens = 20;
   EXPECT_EQ(Store::Open(dir_ + "2", options).status().code(), Status::Code::kInvalidArgument);
 
-  for (const char* bad : {"kvstash store\nversion 1\nchunk_tokens 17\n", "garbage",
-                          "kvstash store\nversion 1\nchunk_tokens 99999999999\n",
-                          "kvstash store\nversion 1\n"}) {
+  for (const char* bad :
+       {"kvstash store\nversion 1\nchunk_tokens 17\n", "garbage",
+        "kvstash store\nversion 1\nchunk_tokens 99999999999\n", "kvstash store\nversion 1\n"}) {
     WriteAll(dir_ + "/STORE", bad);
     auto opened = Store::Open(dir_, {});
     ASSERT_FALSE(opened.ok()) << bad;
@@ -585,7 +601,8 @@ TEST_F(StoreTest, ConcurrentPublishLoadAndGc) {
         if (!loaded.Intact() || loaded.first_bad != -1) ++bad;
         ++loads;
         hits += int(loaded.chunks.size());
-        std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()), p.writes.end());
+        std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()),
+                                       p.writes.end());
         store->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
         // Every other round, wait: the next round then often finds what was just published.
         if (round % 2 == 1) store->WaitForWrites();
@@ -620,6 +637,10 @@ TEST_F(StoreTest, EnvLinkStatAndLinkFile) {
   EXPECT_EQ(env->Stat(dir_ + "/l")->type, FileInfo::Type::kRegular);
   ASSERT_TRUE(env->SetMtime(dir_ + "/a", 1'500'000'000'123'456'789).ok());
   EXPECT_EQ(env->LinkStat(dir_ + "/a")->mtime_ns, 1'500'000'000'123'456'789);
+  // A link's own time, never its target's.
+  ASSERT_TRUE(env->SetMtime(dir_ + "/l", 1'600'000'000'000'000'000).ok());
+  EXPECT_EQ(env->LinkStat(dir_ + "/a")->mtime_ns, 1'500'000'000'123'456'789);
+  EXPECT_EQ(env->LinkStat(dir_ + "/l")->mtime_ns, 1'600'000'000'000'000'000);
   EXPECT_TRUE(env->CreateDir(dir_ + "/x/y/z").ok());
   EXPECT_TRUE(env->CreateDir(dir_ + "/x/y/z").ok());
   EXPECT_FALSE(env->CreateDir(dir_ + "/a/q").ok());

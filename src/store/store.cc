@@ -84,8 +84,7 @@ Result<uint32_t> ReadManifest(Env* env, const std::string& path) {
                                 ": use a kvstash that reads it, or another directory");
   }
   if (lines.size() != 3 || !ParseLine(lines[2], "chunk_tokens", &chunk_tokens)) {
-    return Status::Corruption("store manifest '" + path + "' has no valid chunk_tokens line" +
-                              fix);
+    return Status::Corruption("store manifest '" + path + "' has no valid chunk_tokens line" + fix);
   }
   Status range = CheckChunkTokens(chunk_tokens, "store manifest '" + path + "'");
   if (!range.ok()) return Status::Corruption(range.message());
@@ -126,8 +125,8 @@ class StoreImpl : public Store::Impl {
         chunk_tokens_(chunk_tokens),
         warn_(paths_.dir, options.warn),
         writer_(store::ChunkWriter::Options{env, paths_, chunk_tokens, options.sync,
-                                            options.max_pending_bytes, options.max_bytes,
-                                            &warn_}) {}
+                                            options.max_pending_bytes, options.max_bytes, &warn_}) {
+  }
 
   LoadedPrefix LoadPrefix(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
                           const int32_t* tokens, size_t max_chunks,
@@ -195,9 +194,8 @@ std::string StoreImpl::CheckLoaded(const format::ChunkView& view, const format::
 }
 
 LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
-                                   const std::vector<format::Hash256>& chain,
-                                   const int32_t* tokens, size_t max_chunks,
-                                   const format::ChunkLayout& layout) {
+                                   const std::vector<format::Hash256>& chain, const int32_t* tokens,
+                                   size_t max_chunks, const format::ChunkLayout& layout) {
   LoadedPrefix out;
   const size_t k = std::min(max_chunks, chain.size());
   const uint64_t bound = store::ChunkFileBytes(layout, chunk_tokens_);
@@ -212,8 +210,8 @@ LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
       break;
     }
     auto view = format::ParseChunk((*file)->data(), (*file)->size(), path, true);
-    std::string why = view.ok() ? CheckLoaded(*view, ns, chain, j, tokens, layout)
-                                : view.status().message();
+    std::string why =
+        view.ok() ? CheckLoaded(*view, ns, chain, j, tokens, layout) : view.status().message();
     if (!why.empty()) {
       out.first_bad = long(j);
       out.first_bad_reason = view.ok() ? "chunk '" + path + "' is refused: " + why : why;
@@ -311,9 +309,8 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   }
   if (!found.ok()) return found.status();
   if (options.chunk_tokens != 0 && options.chunk_tokens != *found) {
-    return Status::InvalidArgument("store '" + dir + "' holds chunks of " +
-                                   std::to_string(*found) + " tokens, but " +
-                                   std::to_string(options.chunk_tokens) +
+    return Status::InvalidArgument("store '" + dir + "' holds chunks of " + std::to_string(*found) +
+                                   " tokens, but " + std::to_string(options.chunk_tokens) +
                                    " were asked for; omit the chunk size or use another directory");
   }
   auto impl = std::make_unique<StoreImpl>(env, dir, *found, options);
