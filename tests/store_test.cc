@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -167,6 +168,28 @@ TEST_F(StoreTest, PublishThenLoadReturnsTheSameBytes) {
   ASSERT_EQ(stats->namespaces.size(), 1u);
   EXPECT_EQ(stats->namespaces[0].description, "ns a");
   EXPECT_TRUE(warnings_.empty());
+}
+
+// Chunks removed after LoadPrefix accepted them: the held files still give the verified bytes.
+// Both ways of holding a file: a read lease and a private copy.
+TEST_F(StoreTest, ChunksRemovedWhileRestoringStillGiveTheVerifiedBytes) {
+  for (bool leases : {true, false}) {
+    SCOPED_TRACE(leases ? "leased" : "copied");
+    Syscalls sys;
+    Env env(&sys);
+    env.set_read_leases(leases);
+    StoreOptions options;
+    options.env = &env;
+    auto store = OpenStore(options);
+    const Prompt p = MakePrompt(leases ? "leased" : "copied", 3, 1);
+    PublishAll(store.get(), p);
+    LoadedPrefix loaded = Load(store.get(), p);
+    ASSERT_EQ(loaded.chunks.size(), 3u);
+    ASSERT_EQ(*store->Clear(format::HashHex(p.ns)), 3u);
+    ExpectLoadedBytes(loaded, p);
+    EXPECT_TRUE(loaded.Intact());
+    EXPECT_EQ(Load(store.get(), p).chunks.size(), 0u);  // now a clean miss
+  }
 }
 
 TEST_F(StoreTest, LoadStopsAtMaxChunksAndAtAMissingMiddleChunk) {
@@ -619,6 +642,59 @@ TEST_F(StoreTest, ConcurrentPublishLoadAndGc) {
   auto report = first->Verify();
   ASSERT_TRUE(report.ok());
   EXPECT_TRUE(report->bad.empty()) << report->bad[0];
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
+}
+
+// The same with processes: 3 publishing and loading, 1 collecting. Each child exits 0 only when
+// every prefix it loaded had the published bytes.
+TEST_F(StoreTest, ConcurrentProcesses) {
+  std::vector<Prompt> prompts;
+  for (uint32_t i = 0; i < 6; ++i) prompts.push_back(MakePrompt("ns", 4, i, /*shared=*/i % 3));
+  const uint64_t chunk = store::ChunkFileBytes(TestLayout(), kC);
+  std::vector<pid_t> children;
+  for (int c = 0; c < 4; ++c) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid != 0) {
+      children.push_back(pid);
+      continue;
+    }
+    StoreOptions options;
+    options.chunk_tokens = kC;
+    options.sync = false;
+    options.warn = [](const std::string&) {};
+    auto store = Store::Open(dir_, options);
+    if (!store.ok()) _exit(2);
+    for (int round = 0; round < 30; ++round) {
+      if (c == 3) {
+        if (!(*store)->Gc(10 * chunk).ok()) _exit(3);
+        continue;
+      }
+      const Prompt& p = prompts[size_t(c + round / 2) % prompts.size()];
+      LoadedPrefix loaded = Load(store->get(), p);
+      for (size_t j = 0; j < loaded.chunks.size(); ++j) {
+        if (std::memcmp(loaded.chunks[j].kv, p.writes[j].kv.data(), p.writes[j].kv.size()) != 0) {
+          _exit(4);
+        }
+      }
+      if (loaded.first_bad != -1 || !loaded.Intact()) _exit(5);
+      std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()), p.writes.end());
+      (*store)->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+      (*store)->WaitForWrites();
+    }
+    store->reset();
+    _exit(0);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  }
+  auto store = OpenStore();
+  auto report = store->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->bad.empty()) << report->bad[0];
+  EXPECT_GT(report->chunks_ok, 0u);
   EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
 }
 
