@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kvstash/session.h"
+#include "kvstash/store.h"
 
 namespace kvstash {
 
@@ -38,13 +39,18 @@ struct RunRequest {
   // When *cancel turns true, a running prefill stops and RunPrompt returns kCancelled
   // (generation is stopped by the PieceCallback). nullptr: never.
   const std::atomic<bool>* cancel = nullptr;
+  // A prefix store (not with session_path): the whole token sequence is synced through it
+  // (Session::Sync(tokens, store)): the longest stored prefix is restored, the rest decoded in
+  // chunk-aligned groups, new chunks published in the background.
+  std::shared_ptr<Store> store;
 };
 
 struct RunReport {
   Generation generation;
   size_t n_prompt_tokens = 0;          // prefix + prompt
-  size_t n_reused_tokens = 0;          // taken from the session file
+  size_t n_reused_tokens = 0;          // taken from the session file or the store
   size_t n_decoded_prompt_tokens = 0;  // decoded in this run
+  size_t n_published_tokens = 0;       // queued for the store in new chunks
   uint32_t n_ctx = 0;                  // the context size of the session that answered
   double load_ms = 0;
   double prompt_ms = 0;
@@ -52,10 +58,29 @@ struct RunReport {
   double generate_ms = 0;
 };
 
-// The token sequence is tokens(prefix, BOS) + tokens(prompt, no BOS). Warm: the session's tokens
+// The token sequence is tokens(prefix, BOS) + tokens(prompt, no BOS) (the prompt gets BOS when
+// there is no prefix). With a store, the whole sequence goes through Session::Sync(tokens, store). Warm: the session's tokens
 // stand for the prefix; with `prefix` given too, the longest common prefix is reused and only the
 // rest is decoded. Decoding happens in the same groups as a cold run (prefix, then prompt), so warm
 // and cold runs of the same tokens give the same text at temp 0.
+struct PublishReport {
+  size_t n_tokens = 0;
+  size_t n_reused = 0;     // already in the store
+  size_t n_decoded = 0;    // decoded now
+  size_t n_published = 0;  // written to the store in new chunks
+  uint32_t n_ctx = 0;
+  double prefill_ms = 0;  // restore + decode
+  double publish_ms = 0;  // waiting for the chunks to be written
+};
+
+// Decodes `prefix` (with BOS) through `store` and waits until its whole chunks are written, so
+// that every later prompt that starts with it restores them (the tokens after the last whole
+// chunk are not stored). `cancel` as in RunRequest.
+Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const std::string& prefix,
+                                    Store& store, const SessionOptions& options = {},
+                                    const std::atomic<bool>* cancel = nullptr,
+                                    const ProgressFn& progress = {});
+
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
                             const PieceCallback& on_piece = {}, const ProgressFn& progress = {});
 

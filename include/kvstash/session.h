@@ -33,6 +33,7 @@
 namespace kvstash {
 
 class Env;
+class Store;
 struct SessionInternals;
 
 enum class FlashAttention { kAuto, kOff, kOn };
@@ -127,8 +128,10 @@ struct OpenStats {
 };
 
 struct SyncResult {
-  size_t n_reused = 0;   // tokens kept from the cache
+  size_t n_reused = 0;   // tokens kept from the cache (the session's own, or restored from a store)
   size_t n_decoded = 0;  // tokens decoded now
+  size_t n_restored = 0;   // of n_reused: loaded from the store (Sync with a store)
+  size_t n_published = 0;  // tokens queued for the store in new chunks (Sync with a store)
 };
 
 class Session {
@@ -154,6 +157,18 @@ class Session {
   // drops the rest from the cache and decodes only the tail. Passing the saved prefix again
   // decodes nothing. Tokens that do not fit the context are refused before anything is dropped.
   Result<SyncResult> Sync(const std::vector<Token>& tokens);
+
+  // Sync through a prefix store (kvstash/store.h): makes the session hold exactly `tokens`,
+  // keeping or restoring the longest prefix of whole chunks that the session or the store already
+  // holds, decoding the rest in groups that never cross a chunk boundary, and queueing the new
+  // whole chunks for the store's background writer. The last token is always decoded (never
+  // restored), so the logits after it are the ones a cold run computes.
+  // Warm == cold: the same tokens give bit-identical logits whether the store held none, some or
+  // all of their chunks, because every token is decoded in the same group either way. (Plain
+  // Append/Sync group tokens differently; mix them with store syncs only past the prompt.)
+  // A bad chunk is a miss; a store that cannot be written is skipped with a warning: only the
+  // session's own failures (context full, decode errors, cancellation) fail the call.
+  Result<SyncResult> Sync(const std::vector<Token>& tokens, Store& store);
 
   // Samples until a stop condition; generated tokens become part of the session.
   Result<Generation> Generate(const SampleOptions& options, const PieceCallback& on_piece = {});

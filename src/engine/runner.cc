@@ -101,9 +101,101 @@ Result<SaveReport> SavePrefix(std::shared_ptr<const Model> model, const std::str
   return report;
 }
 
+Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const std::string& prefix,
+                                    Store& store, const SessionOptions& options,
+                                    const std::atomic<bool>* cancel, const ProgressFn& progress) {
+  if (prefix.empty()) {
+    return Status::InvalidArgument("the prefix is empty: pass --prefix TEXT or --prefix-file FILE");
+  }
+  auto session = Session::Create(model, options);
+  if (!session.ok()) return session.status();
+  KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(*model, prefix.size(), (*session)->n_ctx(), "prefix"));
+  auto tokens = model->Tokenize(prefix, /*add_bos=*/true);
+  if (!tokens.ok()) return tokens.status();
+  if (cancel != nullptr && cancel->load())
+    return Status::Cancelled("publishing the prefix was cancelled before its prefill");
+  (*session)->SetProgressCallback(progress);
+  (*session)->SetCancelFlag(cancel);
+  const auto t0 = Clock::now();
+  auto synced = (*session)->Sync(*tokens, store);
+  if (!synced.ok()) return synced.status();
+  const auto t1 = Clock::now();
+  store.WaitForWrites();
+  PublishReport report;
+  report.n_tokens = tokens->size();
+  report.n_reused = synced->n_reused;
+  report.n_decoded = synced->n_decoded;
+  report.n_published = synced->n_published;
+  report.n_ctx = (*session)->n_ctx();
+  report.prefill_ms = MsBetween(t0, t1);
+  report.publish_ms = MsBetween(t1, Clock::now());
+  return report;
+}
+
+namespace {
+
+// tokens(prefix, BOS) + tokens(prompt), the prompt with BOS only when there is no prefix.
+Result<std::vector<Token>> PromptTokens(const Model& model, const RunRequest& request) {
+  std::vector<Token> tokens;
+  if (request.prefix) {
+    auto prefix = model.Tokenize(*request.prefix, /*add_bos=*/true);
+    if (!prefix.ok()) return prefix.status();
+    tokens = std::move(prefix.value());
+  }
+  auto prompt = model.Tokenize(request.prompt, /*add_bos=*/tokens.empty());
+  if (!prompt.ok()) return prompt.status();
+  tokens.insert(tokens.end(), prompt->begin(), prompt->end());
+  return tokens;
+}
+
+// The prompt through the store; fills the report's token counts.
+Status SyncThroughStore(Session& session, const RunRequest& request, RunReport* report) {
+  auto tokens = PromptTokens(session.model(), request);
+  if (!tokens.ok()) return tokens.status();
+  auto synced = session.Sync(*tokens, *request.store);
+  if (!synced.ok()) return synced.status();
+  report->n_prompt_tokens = tokens->size();
+  report->n_reused_tokens = synced->n_reused;
+  report->n_decoded_prompt_tokens = synced->n_decoded;
+  report->n_published_tokens = synced->n_published;
+  return Status::Ok();
+}
+
+// Samples the answer and fills the report's timings.
+Result<RunReport> Generate(Session& session, const RunRequest& request,
+                           const PieceCallback& on_piece, Clock::time_point t_start,
+                           Clock::time_point t_prompt, RunReport* out) {
+  RunReport& report = *out;
+  const auto t_generate = Clock::now();
+  report.prompt_ms = MsBetween(t_prompt, t_generate);
+
+  bool first = true;
+  auto t_first = t_generate;
+  auto generation = session.Generate(request.sample, [&](std::string_view piece) {
+    if (first) {
+      t_first = Clock::now();
+      first = false;
+    }
+    return on_piece ? on_piece(piece) : true;
+  });
+  if (!generation.ok()) return generation.status();
+  const auto t_end = Clock::now();
+  if (first) t_first = t_end;
+  report.ttft_ms = MsBetween(t_start, t_first);
+  report.generate_ms = MsBetween(t_generate, t_end);
+  report.generation = std::move(generation.value());
+  return std::move(report);
+}
+
+}  // namespace
+
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
                             const PieceCallback& on_piece, const ProgressFn& progress) {
   RunReport report;
+  if (request.store && request.session_path) {
+    return Status::InvalidArgument("a run uses a session file or a prefix store, not both: drop " +
+                                   std::string("--session or --cache-dir"));
+  }
   const auto t_start = Clock::now();
   std::unique_ptr<Session> session;
   if (request.session_path) {
@@ -134,6 +226,10 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   KVSTASH_RETURN_IF_ERROR(
       CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
                       session->n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
+  if (request.store) {
+    KVSTASH_RETURN_IF_ERROR(SyncThroughStore(*session, request, &report));
+    return Generate(*session, request, on_piece, t_start, t_prompt, &report);
+  }
   std::vector<Token> prefix_tokens;
   if (request.prefix) {
     auto tokens = model->Tokenize(*request.prefix, /*add_bos=*/true);
@@ -157,25 +253,8 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   // prefix token Sync may decode again for its logits).
   report.n_decoded_prompt_tokens = session->n_decoded_total();
   report.n_prompt_tokens = session->tokens().size();
-  const auto t_generate = Clock::now();
-  report.prompt_ms = MsBetween(t_prompt, t_generate);
-
-  bool first = true;
-  auto t_first = t_generate;
-  auto generation = session->Generate(request.sample, [&](std::string_view piece) {
-    if (first) {
-      t_first = Clock::now();
-      first = false;
-    }
-    return on_piece ? on_piece(piece) : true;
-  });
-  if (!generation.ok()) return generation.status();
-  const auto t_end = Clock::now();
-  if (first) t_first = t_end;
-  report.ttft_ms = MsBetween(t_start, t_first);
-  report.generate_ms = MsBetween(t_generate, t_end);
-  report.generation = std::move(generation.value());
-  return report;
+  return Generate(*session, request, on_piece, t_start, t_prompt, &report);
 }
+
 
 }  // namespace kvstash

@@ -134,6 +134,7 @@ class StoreImpl : public Store::Impl {
   size_t Publish(const format::Hash256& ns, const std::string& ns_text,
                  std::vector<ChunkWrite> writes,
                  const std::vector<format::Hash256>& chain) override;
+  void Warn(const std::string& message) override { warn_.Say(message); }
 
   // Why chunk j (0-based) of the request is refused, or "" when it is accepted.
   std::string CheckLoaded(const format::ChunkView& view, const format::Hash256& ns,

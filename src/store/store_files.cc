@@ -160,6 +160,18 @@ bool IsReadOnlyFailure(const Status& status) {
   return kind == "read-only" || kind == "permission denied";
 }
 
+void WarnOnce::Say(const std::string& line) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!said_.insert(line).second) return;
+  }
+  if (warn_) {
+    warn_(line);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
 void WarnOnce::Warn(const std::string& kind, const std::string& detail) {
   {
     std::lock_guard<std::mutex> lock(mu_);

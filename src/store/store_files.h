@@ -69,6 +69,8 @@ class WarnOnce {
   WarnOnce(std::string dir, std::function<void(const std::string&)> warn)
       : dir_(std::move(dir)), warn_(std::move(warn)) {}
   void Warn(const std::string& kind, const std::string& detail);
+  // `line` as it is, once.
+  void Say(const std::string& line);
 
  private:
   std::string dir_;

@@ -60,6 +60,10 @@ struct Store::Impl {
                          std::vector<ChunkWrite> writes,
                          const std::vector<format::Hash256>& chain) = 0;
 
+  // Reports a problem that costs caching but not the answer, on StoreOptions::warn (once per
+  // kind of problem and Store).
+  virtual void Warn(const std::string& message) = 0;
+
   virtual ~Impl() = default;
 };
 

@@ -17,6 +17,7 @@
 #include "format/meta_check.h"
 #include "format/session_format.h"
 #include "kvstash/session_file.h"
+#include "kvstash/store.h"
 #include "testmodel/test_model.h"
 
 namespace kvstash::cli {
@@ -146,6 +147,20 @@ Result<FlashAttention> ParseFlash(const std::string& value) {
   return Status::InvalidArgument("-fa takes on, off or auto, not '" + value + "'");
 }
 
+Result<std::shared_ptr<Store>> OpenStore(const std::string& dir, const StoreFlags* flags,
+                                         bool create) {
+  StoreOptions options;
+  options.create = create;
+  if (flags != nullptr) {
+    options.chunk_tokens = flags->chunk_tokens;
+    options.max_bytes = flags->max_bytes;
+  }
+  options.warn = [](const std::string& message) {
+    std::fprintf(stderr, "warning: %s\n", message.c_str());
+  };
+  return Store::Open(dir, options);
+}
+
 }  // namespace
 
 namespace {
@@ -172,6 +187,8 @@ void NoteContextSize(uint32_t asked, uint32_t got) {
                "multiple of 256, at least 256)\n",
                asked, got);
 }
+
+int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store);
 
 }  // namespace
 
@@ -221,11 +238,63 @@ std::string VersionText() {
          " (node-llama-cpp@3.21.1)\n";
 }
 
+namespace {
+
+void PrintPublished(const PublishReport& r, const Store& store) {
+  std::fprintf(stderr,
+               "published %zu of %zu tokens to store '%s' (%zu were there already, %zu decoded; "
+               "the %zu after the last whole %u-token chunk are not stored): prefill %.1f ms, "
+               "write %.1f ms\n",
+               r.n_published, r.n_tokens, store.dir().c_str(), r.n_reused, r.n_decoded,
+               r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms,
+               r.publish_ms);
+}
+
+// save --cache-dir without -o: publish the prefix's chunks only.
+int RunPublish(const SaveFlags& flags, Store& store) {
+  auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
+  if (!prefix.ok()) return Fail(prefix.status());
+  if (!prefix->has_value())
+    return Fail(Status::InvalidArgument("save needs --prefix or --prefix-file"));
+  auto model = LoadModel(flags.common);
+  if (!model.ok()) return Fail(model.status());
+  auto report = PublishPrefix(*model, **prefix, store, flags.session, &g_cancel,
+                              MakeProgress("prefill", "tokens", kBarTokens));
+  if (!report.ok()) return Fail(report.status());
+  NoteContextSize(flags.session.n_ctx, report->n_ctx);
+  const WriterStats written = store.writer_stats();
+  if (flags.common.json) {
+    WriteStdout(Dump({{"cache_dir", store.dir()},
+                      {"n_tokens", report->n_tokens},
+                      {"n_reused_tokens", report->n_reused},
+                      {"n_decoded_tokens", report->n_decoded},
+                      {"n_published_tokens", report->n_published},
+                      {"chunks_written", written.chunks_written},
+                      {"chunks_dropped", written.chunks_dropped},
+                      {"n_ctx", report->n_ctx},
+                      {"prefill_ms", report->prefill_ms},
+                      {"publish_ms", report->publish_ms}}) +
+                "\n");
+  } else {
+    PrintPublished(*report, store);
+  }
+  return 0;
+}
+
+}  // namespace
+
 int RunSave(const SaveFlags& flags) {
   InstallSignalHandlers();
   // Refused before the model loads and the prefix is decoded (minutes, for a long prefix): an
   // output that is the model or the prefix file under any name, that is not a regular file, or
   // that is not a session (without --force). Session::Save checks all but the prefix file again.
+  std::shared_ptr<Store> store;
+  if (flags.store.dir) {
+    auto opened = OpenStore(*flags.store.dir, &flags.store, /*create=*/true);
+    if (!opened.ok()) return Fail(opened.status());
+    store = std::move(opened.value());
+  }
+  if (flags.output.empty()) return RunPublish(flags, *store);
   AtomicWriteOptions destination;
   destination.required_magic = SessionMagic();
   destination.replace_any = flags.force;
@@ -252,6 +321,14 @@ int RunSave(const SaveFlags& flags) {
                            MakeProgress("prefill", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
   NoteContextSize(flags.session.n_ctx, report->n_ctx);
+  // A store too: its chunks are decoded in chunk-aligned groups, the session file's prefix in one
+  // group, so each needs its own prefill (warm == cold holds for each).
+  if (store) {
+    auto published = PublishPrefix(*model, **prefix, *store, flags.session, &g_cancel,
+                                   MakeProgress("prefill", "tokens", kBarTokens));
+    if (!published.ok()) return Fail(published.status());
+    if (!flags.common.json) PrintPublished(*published, *store);
+  }
   if (flags.common.json) {
     WriteStdout(Dump({{"session", flags.output},
                       {"n_tokens", report->n_tokens},
@@ -269,6 +346,17 @@ int RunSave(const SaveFlags& flags) {
 }
 
 int RunRun(const RunFlags& flags) {
+  std::shared_ptr<Store> store;
+  if (flags.store.dir) {
+    auto opened = OpenStore(*flags.store.dir, &flags.store, /*create=*/true);
+    if (!opened.ok()) return Fail(opened.status());
+    store = std::move(opened.value());
+  }
+  return RunRunWith(flags, store);
+}
+
+namespace {
+int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   InstallSignalHandlers();
   RunRequest request;
   auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
@@ -278,6 +366,7 @@ int RunRun(const RunFlags& flags) {
   if (!prompt.ok()) return Fail(prompt.status());
   request.prompt = prompt->value_or("");
   request.session_path = flags.session;
+  request.store = store;
   request.sample = flags.sample;
   request.cancel = &g_cancel;
   request.create.n_threads = flags.n_threads;
@@ -326,6 +415,7 @@ int RunRun(const RunFlags& flags) {
                        {"n_prompt_tokens", report->n_prompt_tokens},
                        {"n_reused_tokens", report->n_reused_tokens},
                        {"n_decoded_prompt_tokens", report->n_decoded_prompt_tokens},
+                       {"n_published_tokens", report->n_published_tokens},
                        {"load_ms", report->load_ms},
                        {"prompt_ms", report->prompt_ms},
                        {"ttft_ms", report->ttft_ms},
@@ -338,6 +428,7 @@ int RunRun(const RunFlags& flags) {
   }
   return rc;
 }
+}  // namespace
 
 int RunInspect(const InspectFlags& flags) {
   auto info = InspectSessionFile(flags.session, /*verify_checksums=*/true);
@@ -458,6 +549,142 @@ int RunMakeTestModel(const MakeModelFlags& flags) {
   spec.seed = flags.seed;
   Status status = WriteTestModel(spec, flags.output);
   if (!status.ok()) return Fail(status);
+  return 0;
+}
+
+Result<uint64_t> ParseByteCount(const std::string& text, const char* flag) {
+  const std::string usage = std::string(flag) + " takes a byte count such as 500000000, 512M " +
+                            "or 20G (K, M, G, T: powers of 1024), not '" + text + "'";
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 19) return Status::InvalidArgument(usage);
+  uint64_t value = std::stoull(text.substr(0, digits));
+  const std::string suffix = text.substr(digits);
+  int shift = 0;
+  if (suffix == "K" || suffix == "k") shift = 10;
+  else if (suffix == "M") shift = 20;
+  else if (suffix == "G") shift = 30;
+  else if (suffix == "T") shift = 40;
+  else if (!suffix.empty() && suffix != "B") return Status::InvalidArgument(usage);
+  if (shift != 0 && value > (UINT64_MAX >> shift)) return Status::InvalidArgument(usage);
+  return value << shift;
+}
+
+namespace {
+
+json StatsJson(const StoreStats& stats, const std::string& dir) {
+  json namespaces = json::array();
+  for (const auto& ns : stats.namespaces) {
+    namespaces.push_back({{"hash", ns.hash},
+                          {"description", ns.description},
+                          {"chunks", ns.chunks},
+                          {"bytes", ns.bytes}});
+  }
+  return {{"cache_dir", dir},
+          {"chunk_tokens", stats.chunk_tokens},
+          {"chunks", stats.chunks},
+          {"bytes", stats.bytes},
+          {"temp_files", stats.temp_files},
+          {"namespaces", namespaces}};
+}
+
+int CacheStats(const CacheFlags& flags, const Store& store) {
+  auto stats = store.Stats();
+  if (!stats.ok()) return Fail(stats.status());
+  if (flags.json) {
+    WriteStdout(Dump(StatsJson(*stats, store.dir())) + "\n");
+    return 0;
+  }
+  std::printf("store        %s (%u tokens per chunk)\n", store.dir().c_str(), stats->chunk_tokens);
+  std::printf("chunks       %llu, %.1f MiB in %zu namespace(s), %llu temp file(s)\n",
+              static_cast<unsigned long long>(stats->chunks), stats->bytes / 1048576.0,
+              stats->namespaces.size(), static_cast<unsigned long long>(stats->temp_files));
+  for (const auto& ns : stats->namespaces) {
+    std::printf("  %s  %llu chunks, %.1f MiB  %s\n", ns.hash.substr(0, 16).c_str(),
+                static_cast<unsigned long long>(ns.chunks), ns.bytes / 1048576.0,
+                format::Printable(ns.description).c_str());
+  }
+  return 0;
+}
+
+int CacheList(const CacheFlags& flags, const Store& store) {
+  auto chunks = store.List();
+  if (!chunks.ok()) return Fail(chunks.status());
+  json list = json::array();
+  for (const auto& c : *chunks) {
+    if (flags.json) {
+      list.push_back({{"path", c.path},
+                      {"hash", c.hash},
+                      {"namespace", c.ns},
+                      {"index", c.index},
+                      {"bytes", c.bytes},
+                      {"last_use_ns", c.last_use_ns}});
+    } else {
+      std::printf("%s  #%u  %llu bytes  ns %s\n", c.hash.c_str(), c.index,
+                  static_cast<unsigned long long>(c.bytes), c.ns.substr(0, 16).c_str());
+    }
+  }
+  if (flags.json) WriteStdout(Dump({{"cache_dir", store.dir()}, {"chunks", list}}) + "\n");
+  return 0;
+}
+
+int CacheGc(const CacheFlags& flags, Store& store) {
+  auto max_bytes = ParseByteCount(*flags.max_bytes, "--max-bytes");
+  if (!max_bytes.ok()) return UsageError(max_bytes.status().message());
+  auto report = store.Gc(*max_bytes);
+  if (!report.ok()) return Fail(report.status());
+  if (flags.json) {
+    WriteStdout(Dump({{"cache_dir", store.dir()},
+                      {"chunks_removed", report->chunks_removed},
+                      {"bytes_removed", report->bytes_removed},
+                      {"bytes_left", report->bytes_left},
+                      {"temp_files_removed", report->temp_files_removed}}) +
+                "\n");
+  } else {
+    std::printf("removed %llu chunks (%.1f MiB) and %llu temp files; %.1f MiB left\n",
+                static_cast<unsigned long long>(report->chunks_removed),
+                report->bytes_removed / 1048576.0,
+                static_cast<unsigned long long>(report->temp_files_removed),
+                report->bytes_left / 1048576.0);
+  }
+  return 0;
+}
+
+int CacheVerify(const CacheFlags& flags, const Store& store) {
+  auto report = store.Verify();
+  if (!report.ok()) return Fail(report.status());
+  const bool ok = report->bad.empty();
+  if (flags.json) {
+    WriteStdout(Dump({{"cache_dir", store.dir()},
+                      {"ok", ok},
+                      {"chunks_ok", report->chunks_ok},
+                      {"bad", report->bad}}) +
+                "\n");
+  } else {
+    for (const auto& bad : report->bad) std::printf("bad: %s\n", format::Printable(bad).c_str());
+    std::printf("%s: %llu chunks ok, %zu bad\n", ok ? "ok" : "damaged",
+                static_cast<unsigned long long>(report->chunks_ok), report->bad.size());
+  }
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int RunCache(const CacheFlags& flags) {
+  auto opened = OpenStore(flags.dir, nullptr, /*create=*/false);
+  if (!opened.ok()) return Fail(opened.status());
+  Store& store = **opened;
+  if (flags.action == "stats") return CacheStats(flags, store);
+  if (flags.action == "ls") return CacheList(flags, store);
+  if (flags.action == "gc") return CacheGc(flags, store);
+  if (flags.action == "verify") return CacheVerify(flags, store);
+  auto removed = store.Clear(flags.all ? "" : flags.ns);
+  if (!removed.ok()) return Fail(removed.status());
+  if (flags.json) {
+    WriteStdout(Dump({{"cache_dir", store.dir()}, {"chunks_removed", *removed}}) + "\n");
+  } else {
+    std::printf("removed %llu chunks\n", static_cast<unsigned long long>(*removed));
+  }
   return 0;
 }
 

@@ -17,8 +17,17 @@ struct CommonFlags {
   bool verbose = false;
 };
 
+// Where the prefix store is and how a new one is made (run, save).
+struct StoreFlags {
+  std::optional<std::string> dir;  // --cache-dir, or $KVSTASH_CACHE_DIR
+  bool no_cache = false;           // --no-cache: ignore $KVSTASH_CACHE_DIR
+  uint64_t max_bytes = 0;          // --cache-max-bytes: evict down to this after publishing
+  uint32_t chunk_tokens = 0;       // --cache-chunk: tokens per chunk of a new store
+};
+
 struct SaveFlags {
   CommonFlags common;
+  StoreFlags store;
   std::optional<std::string> prefix;
   std::optional<std::string> prefix_file;
   std::string output;
@@ -29,6 +38,7 @@ struct SaveFlags {
 
 struct RunFlags {
   CommonFlags common;
+  StoreFlags store;
   std::optional<std::string> session;
   std::optional<std::string> prefix;
   std::optional<std::string> prefix_file;
@@ -52,6 +62,16 @@ struct VerifyFlags {
   std::string session;
 };
 
+// kvstash cache stats|ls|gc|verify|rm
+struct CacheFlags {
+  std::string action;
+  std::string dir;
+  bool json = false;
+  std::optional<std::string> max_bytes;  // gc: a byte count, with an optional K/M/G/T suffix
+  std::string ns;                        // rm: one namespace (hash); empty: all
+  bool all = false;                      // rm: every chunk
+};
+
 struct MakeModelFlags {
   std::string output;
   std::string shape = "tiny";
@@ -65,6 +85,9 @@ int RunRun(const RunFlags& flags);
 int RunInspect(const InspectFlags& flags);
 int RunVerify(const VerifyFlags& flags);
 int RunMakeTestModel(const MakeModelFlags& flags);
+int RunCache(const CacheFlags& flags);
+// "512M" -> 536870912 (K, M, G, T: powers of 1024); InvalidArgument naming `flag` otherwise.
+Result<uint64_t> ParseByteCount(const std::string& text, const char* flag);
 std::string VersionText();
 
 // Prints "error: <message>" on stderr (and, after SetJsonErrors(true), one JSON object

@@ -26,7 +26,11 @@ struct Cli {
   InspectFlags inspect;
   VerifyFlags verify;
   MakeModelFlags make;
+  CacheFlags cache;
+  std::string save_max_bytes, run_max_bytes;
+  bool cache_dir_flag = false;  // --cache-dir on the command line (not from the environment)
   CLI::App* save_cmd = nullptr;
+  CLI::App* cache_cmd = nullptr;
   CLI::App* run_cmd = nullptr;
   CLI::App* inspect_cmd = nullptr;
   CLI::App* verify_cmd = nullptr;
@@ -40,6 +44,20 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* common) {
   cmd->add_flag("-v,--verbose", common->verbose, "show llama.cpp's log lines on stderr");
 }
 
+void AddStoreFlags(CLI::App* cmd, StoreFlags* store, std::string* max_bytes) {
+  cmd->add_option("--cache-dir", store->dir,
+                  "prefix store directory: reuse the longest prefix any earlier run computed, "
+                  "publish the new chunks (default: $KVSTASH_CACHE_DIR)")
+      ->envname("KVSTASH_CACHE_DIR");
+  cmd->add_flag("--no-cache", store->no_cache, "do not use a prefix store ($KVSTASH_CACHE_DIR)");
+  cmd->add_option("--cache-max-bytes", *max_bytes,
+                  "evict least recently used chunks down to this size after publishing "
+                  "(e.g. 20G; default: no limit)");
+  cmd->add_option("--cache-chunk", store->chunk_tokens,
+                  "tokens per chunk when the store is created (default 256; 16..16384, a "
+                  "multiple of 16)");
+}
+
 void AddSave(Cli* cli) {
   SaveFlags& save = cli->save;
   save.session.n_ctx = 4096;
@@ -51,8 +69,8 @@ void AddSave(Cli* cli) {
       cmd->add_option("--prefix-file", save.prefix_file, "file with the prefix text");
   prefix->excludes(prefix_file);
   cmd->add_option("-o,--output", save.output,
-                  "session file to write (a link: its target is written)")
-      ->required();
+                  "session file to write (a link: its target is written)");
+  AddStoreFlags(cmd, &save.store, &cli->save_max_bytes);
   cmd->add_flag("--force", save.force,
                 "replace an existing -o that is not a kvstash session (never the model or prefix)");
   cmd->add_option("-c,--ctx-size", save.session.n_ctx,
@@ -70,7 +88,10 @@ void AddSave(Cli* cli) {
   cmd->add_flag("--no-sync", save.no_sync,
                 "skip fsync (benchmarks only: a crash may lose the file)");
   cmd->footer(
-      "Example:\n  kvstash save -m model.gguf --prefix-file system.txt -o system.kvs -c 8192");
+      "Examples:\n"
+      "  kvstash save -m model.gguf --prefix-file system.txt -o system.kvs -c 8192\n"
+      "  kvstash save -m model.gguf --prefix-file system.txt --cache-dir ~/.cache/kvstash\n"
+      "      (publishes the prefix's whole chunks: every prompt that starts with it reuses them)");
 }
 
 // llama.cpp's seed 4294967295 (LLAMA_DEFAULT_SEED) means "random"; as a flag value it would
@@ -93,6 +114,7 @@ void AddRun(Cli* cli) {
   cli->run_cmd = cmd;
   AddModelFlags(cmd, &run.common);
   cmd->add_option("--session", run.session, "session file saved by 'kvstash save'");
+  AddStoreFlags(cmd, &run.store, &cli->run_max_bytes);
   auto* prefix = cmd->add_option("--prefix", run.prefix,
                                  "prefix text (reused from the session where it matches)");
   auto* prefix_file =
@@ -123,6 +145,8 @@ void AddRun(Cli* cli) {
       "  kvstash run -m model.gguf --prefix-file system.txt -p \"What is 2+2?\"   (cold)\n"
       "  kvstash run -m model.gguf --session system.kvs --prefix-file system.txt -p \"...\"\n"
       "      (only what differs from the session's tokens is decoded)\n"
+      "  kvstash run -m model.gguf --cache-dir ~/.cache/kvstash --prefix-file doc.txt -p \"...\"\n"
+      "      (the longest prefix any earlier run computed is restored, the rest decoded)\n"
       "SIGINT (Ctrl-C) stops generating: what was generated is printed, exit code 130.");
 }
 
@@ -136,6 +160,24 @@ void AddOthers(Cli* cli) {
   AddModelFlags(cli->verify_cmd, &cli->verify.common);
   cli->verify_cmd->add_option("session", cli->verify.session, "session file")->required();
   cli->verify_cmd->footer("Example:\n  kvstash verify -m model.gguf system.kvs && echo usable");
+
+  CacheFlags& cache = cli->cache;
+  cli->cache_cmd = cli->app.add_subcommand("cache", "look after a prefix store directory");
+  cli->cache_cmd->add_option("action", cache.action, "stats, ls, gc, verify or rm")
+      ->required()
+      ->check(CLI::IsMember({"stats", "ls", "gc", "verify", "rm"}));
+  cli->cache_cmd->add_option("--cache-dir", cache.dir, "the store (default: $KVSTASH_CACHE_DIR)")
+      ->envname("KVSTASH_CACHE_DIR");
+  cli->cache_cmd->add_flag("--json", cache.json, "print one JSON object (errors too)");
+  cli->cache_cmd->add_option("--max-bytes", cache.max_bytes,
+                             "gc: evict least recently used chunks down to this size (e.g. 2G)");
+  cli->cache_cmd->add_option("--namespace", cache.ns, "rm: the chunks of this namespace only");
+  cli->cache_cmd->add_flag("--all", cache.all, "rm: every chunk");
+  cli->cache_cmd->footer(
+      "Examples:\n"
+      "  kvstash cache stats --cache-dir ~/.cache/kvstash\n"
+      "  kvstash cache gc --cache-dir ~/.cache/kvstash --max-bytes 20G\n"
+      "  kvstash cache verify --cache-dir ~/.cache/kvstash   (exit 1 and the bad chunks' names)");
 
   MakeModelFlags& make = cli->make;
   CLI::App* cmd = cli->app.add_subcommand(
@@ -156,7 +198,8 @@ bool TakesValue(const Cli& cli, const std::string& arg) {
   for (const CLI::App* cmd :
        {&cli.app, static_cast<const CLI::App*>(cli.save_cmd),
         static_cast<const CLI::App*>(cli.run_cmd), static_cast<const CLI::App*>(cli.inspect_cmd),
-        static_cast<const CLI::App*>(cli.verify_cmd), static_cast<const CLI::App*>(cli.make_cmd)}) {
+        static_cast<const CLI::App*>(cli.verify_cmd), static_cast<const CLI::App*>(cli.make_cmd),
+        static_cast<const CLI::App*>(cli.cache_cmd)}) {
     const CLI::Option* opt = cmd->get_option_no_throw(arg);
     if (opt != nullptr) return opt->get_items_expected_min() > 0;
   }
@@ -177,6 +220,16 @@ void RenameTwoLetterFlags(const Cli& cli, std::vector<std::string>* args) {
   }
 }
 
+// --cache-max-bytes to a number; --no-cache (or an empty directory) turns the store off.
+int ResolveStoreFlags(const std::string& max_bytes, StoreFlags* store) {
+  if (store->no_cache || (store->dir && store->dir->empty())) store->dir.reset();
+  if (max_bytes.empty()) return 0;
+  auto parsed = ParseByteCount(max_bytes, "--cache-max-bytes");
+  if (!parsed.ok()) return UsageError(parsed.status().message());
+  store->max_bytes = *parsed;
+  return 0;
+}
+
 int Dispatch(Cli& cli) {
   if (cli.show_version) {
     std::fputs(VersionText().c_str(), stdout);
@@ -188,16 +241,34 @@ int Dispatch(Cli& cli) {
     if (!cli.save.prefix && !cli.save.prefix_file) {
       return UsageError("save needs --prefix TEXT or --prefix-file FILE");
     }
-    if (cli.save.output.empty()) return UsageError("save -o needs a file name, not \"\"");
+    if (int rc = ResolveStoreFlags(cli.save_max_bytes, &cli.save.store); rc != 0) return rc;
+    if (cli.save.output.empty() && !cli.save.store.dir)
+      return UsageError("save needs -o FILE (a session file) or --cache-dir DIR (a prefix store)");
     return RunSave(cli.save);
   }
   if (cli.run_cmd->parsed()) {
     if (!cli.run_fa.empty()) cli.run.flash_attn = cli.run_fa;
     if (!cli.run.prompt && !cli.run.prompt_file) return UsageError("run needs -p TEXT or -f FILE");
+    if (int rc = ResolveStoreFlags(cli.run_max_bytes, &cli.run.store); rc != 0) return rc;
+    // An explicit session file wins over a store that comes from the environment only.
+    if (cli.run.session && cli.run.store.dir) {
+      if (cli.cache_dir_flag)
+        return UsageError("run takes --session FILE or --cache-dir DIR, not both");
+      cli.run.store.dir.reset();
+    }
     return RunRun(cli.run);
   }
   if (cli.inspect_cmd->parsed()) return RunInspect(cli.inspect);
   if (cli.verify_cmd->parsed()) return RunVerify(cli.verify);
+  if (cli.cache_cmd->parsed()) {
+    if (cli.cache.dir.empty())
+      return UsageError("cache needs --cache-dir DIR (or $KVSTASH_CACHE_DIR)");
+    if (cli.cache.action == "gc" && !cli.cache.max_bytes)
+      return UsageError("cache gc needs --max-bytes N (e.g. 20G; 0 removes every chunk)");
+    if (cli.cache.action == "rm" && cli.cache.ns.empty() && !cli.cache.all)
+      return UsageError("cache rm needs --namespace HASH or --all");
+    return RunCache(cli.cache);
+  }
   if (cli.make_cmd->parsed()) {
     if (cli.make.output.empty()) return UsageError("make-test-model -o needs a file name");
     return RunMakeTestModel(cli.make);
@@ -216,6 +287,7 @@ int Main(int argc, char** argv) {
       "  kvstash save -m tiny.gguf --prefix-file system.txt -o system.kvs\n"
       "  kvstash run  -m tiny.gguf --session system.kvs -p \"Question: ...\" -n 64\n"
       "  kvstash inspect system.kvs\n"
+      "  kvstash run  -m tiny.gguf --cache-dir cache/ --prefix-file system.txt -p \"...\"\n"
       "Exit codes: 0 ok, 1 error, 2 usage, 130/143 stopped by SIGINT/SIGTERM.");
   AddSave(&cli);
   AddRun(&cli);
@@ -229,6 +301,7 @@ int Main(int argc, char** argv) {
   for (const auto& arg : args) {
     if (arg == "--") break;
     if (arg == "--json") SetJsonErrors(true);
+    if (arg == "--cache-dir" || arg.rfind("--cache-dir=", 0) == 0) cli.cache_dir_flag = true;
   }
 
   try {

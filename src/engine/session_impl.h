@@ -1,0 +1,289 @@
+// Session's private parts, shared by the engine's translation units (session.cc: the session
+// itself; store_sync.cc: syncing through a prefix store).
+#ifndef KVSTASH_ENGINE_SESSION_IMPL_H_
+#define KVSTASH_ENGINE_SESSION_IMPL_H_
+
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/llama_runtime.h"
+#include "engine/model_impl.h"
+#include "env/env.h"
+#include "format/meta_check.h"
+#include "format/session_format.h"
+#include "kvstash/session.h"
+#include "kvstash/session_file.h"
+#include "llama.h"
+
+namespace kvstash {
+
+struct ContextDeleter {
+  void operator()(llama_context* ctx) const { llama_free(ctx); }
+};
+using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
+
+inline constexpr llama_seq_id kSeq = 0;
+
+struct Session::Impl {
+  std::shared_ptr<const Model> model;
+  ContextPtr ctx;
+  SessionMeta params;  // the context parameters (model and sequence fields filled on save)
+  int n_threads = 1;
+  // Every token of the sequence. The first n_cached are in the KV cache; the rest (at most the
+  // last sampled token) are decoded lazily by Flush(), so that stopping generation never costs a
+  // decode nobody needs.
+  std::vector<Token> tokens;
+  size_t n_cached = 0;
+  // Logits after tokens[n_cached - 1]; valid only when every token is cached.
+  std::vector<float> logits;
+  bool logits_valid = false;
+  size_t n_decoded_total = 0;
+  ProgressFn progress;
+  const std::atomic<bool>* cancel = nullptr;  // SetCancelFlag
+  OpenStats open_stats;
+  // Prefix store (store_sync.cc): the first n_aligned cached tokens were decoded in groups that
+  // start and end at multiples of aligned_chunk tokens (the last group ending anywhere), as a cold
+  // Sync through a store with that chunk size decodes them; only whole chunks of them are reused.
+  size_t n_aligned = 0;
+  uint32_t aligned_chunk = 0;
+  // Whether V is stored transposed (flash attention off): known from Open's file, Create's flag,
+  // or, for flash attention "auto", a probe the first time a store needs it.
+  std::optional<bool> v_trans;
+
+  const Model::Impl& m() const { return *model->impl(); }
+  Status Restore(const format::ParsedFile& parsed, const StableFile& file, const std::string& path);
+  uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
+
+  // A context whose KV cache alone would not fit in this machine's memory is refused before
+  // llama.cpp tries to allocate it (a failed allocation there is an abort under sanitizers and
+  // can take the machine into swap elsewhere).
+  static Status CheckContextFits(const Model& model, const SessionMeta& p) {
+    const Model::Impl& m = *model.impl();
+    const uint64_t per_token = uint64_t(llama_model_n_layer(m.model)) *
+                               (ggml_row_size(static_cast<ggml_type>(p.type_k), m.n_embd_k_gqa) +
+                                ggml_row_size(static_cast<ggml_type>(p.type_v), m.n_embd_v_gqa));
+    const uint64_t n_ctx = p.n_ctx != 0 ? p.n_ctx : uint64_t(model.n_ctx_train());
+    const uint64_t need = n_ctx * per_token;
+    const uint64_t have = Env::PhysicalMemoryBytes();
+    if (n_ctx > format::kMaxTokens) {
+      return Status::InvalidArgument(
+          "a " + std::to_string(n_ctx) + "-token context is more than kvstash supports (at most " +
+          std::to_string(format::kMaxTokens) + " tokens, 2^24); use a smaller -c");
+    }
+    if (have != 0 && need > have) {
+      auto gib = [](uint64_t b) { return std::to_string((b + (1u << 29)) >> 30); };
+      return Status::InvalidArgument(
+          "a " + std::to_string(n_ctx) + "-token context for model '" + model.path() + "' needs " +
+          gib(need) + " GiB of KV cache" +
+          (have != 0 ? ", more than this machine's " + gib(have) + " GiB of memory" : "") +
+          "; use a smaller -c");
+    }
+    return Status::Ok();
+  }
+
+  // Creates the llama.cpp context described by `p`.
+  // `flash` overrides p.flash_attn for Create(), where "auto" is llama.cpp's to resolve.
+  static Result<ContextPtr> MakeContext(const Model& model, const SessionMeta& p, int n_threads,
+                                        std::optional<llama_flash_attn_type> flash = {}) {
+    KVSTASH_RETURN_IF_ERROR(CheckContextFits(model, p));
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = p.n_ctx;
+    cp.n_batch = p.n_batch;
+    cp.n_ubatch = p.n_ubatch;
+    cp.n_seq_max = 1;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads;
+    cp.type_k = static_cast<ggml_type>(p.type_k);
+    cp.type_v = static_cast<ggml_type>(p.type_v);
+    cp.flash_attn_type = flash          ? *flash
+                         : p.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                        : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.rope_scaling_type = static_cast<llama_rope_scaling_type>(p.rope_scaling_type);
+    cp.rope_freq_base = p.rope_freq_base;
+    cp.rope_freq_scale = p.rope_freq_scale;
+    cp.yarn_ext_factor = p.yarn_ext_factor;
+    cp.yarn_attn_factor = p.yarn_attn_factor;
+    cp.yarn_beta_fast = p.yarn_beta_fast;
+    cp.yarn_beta_slow = p.yarn_beta_slow;
+    cp.yarn_orig_ctx = p.yarn_orig_ctx;
+    cp.swa_full = p.swa_full;
+    cp.kv_unified = p.kv_unified;
+    cp.no_perf = true;
+    engine::ClearLlamaError();
+    llama_context* ctx = llama_init_from_model(model.impl()->model, cp);
+    if (ctx == nullptr) {
+      const std::string why = engine::LastLlamaError();
+      return Status::InvalidArgument("cannot create a " + std::to_string(p.n_ctx) +
+                                     "-token context for model '" + model.path() + "'" +
+                                     (why.empty() ? "" : " (llama.cpp: " + why + ")") +
+                                     "; try a smaller -c or other cache types");
+    }
+    return ContextPtr(ctx);
+  }
+
+  // Decodes tokens[n_cached..] as one group (split only at n_batch). On failure the cache and
+  // `tokens` are rolled back to what they were.
+  Status Flush() {
+    if (n_cached == tokens.size()) return Status::Ok();
+    const size_t begin = n_cached;
+    const size_t count = tokens.size() - begin;
+    if (tokens.size() > n_ctx()) {
+      tokens.resize(begin);
+      return ContextFullError(begin, count);
+    }
+    Status status = DecodeGroup(begin, count);
+    const float* out = status.ok() ? llama_get_logits_ith(ctx.get(), -1) : nullptr;
+    if (status.ok() && out == nullptr) {
+      status = Status::Internal("llama.cpp decoded " + std::to_string(count) +
+                                " tokens but returned no logits for the last one (model '" +
+                                model->path() + "'); the tokens were not appended");
+    }
+    if (status.ok()) status = CheckFinite(out, begin + count);
+    if (!status.ok()) {
+      llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
+      tokens.resize(begin);
+      return status;
+    }
+    logits.assign(out, out + model->n_vocab());
+    logits_valid = true;
+    n_cached = tokens.size();
+    n_decoded_total += count;
+    return Status::Ok();
+  }
+
+  // Non-finite logits poison every later sample (greedy picks token 0 forever). Range checks cannot
+  // see NaN hidden in a session's KV values, so the first decode after a load checks what comes
+  // out.
+  Status CheckFinite(const float* out, size_t n_tokens) const {
+    for (int32_t i = 0; i < model->n_vocab(); ++i) {
+      if (!std::isfinite(out[i])) {
+        return Status::Corruption(
+            "the model produced a non-finite logit after " + std::to_string(n_tokens) +
+            " tokens (model '" + model->path() + "'): the KV cache holds NaN or infinite values; " +
+            "if this session came from a file, the file is damaged: re-create it with 'kvstash " +
+            "save'");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status ContextFullError(size_t used, size_t more) const {
+    return Status::ContextFull("the context is full: " + std::to_string(used) + " of " +
+                               std::to_string(n_ctx()) + " tokens used, " + std::to_string(more) +
+                               " more do not fit; use a larger -c");
+  }
+
+  // llama_decode of tokens[begin, begin + count) in n_batch steps, reporting progress. Leaves the
+  // rollback of a failure to Flush.
+  Status DecodeGroup(size_t begin, size_t count) {
+    const uint32_t n_batch = llama_n_batch(ctx.get());
+    llama_batch batch =
+        llama_batch_init(static_cast<int32_t>(std::min<size_t>(count, n_batch)), 0, 1);
+    Status status;
+    for (size_t done = 0; done < count && status.ok();) {
+      const size_t n = std::min<size_t>(count - done, n_batch);
+      batch.n_tokens = static_cast<int32_t>(n);
+      for (size_t i = 0; i < n; ++i) {
+        batch.token[i] = tokens[begin + done + i];
+        batch.pos[i] = static_cast<llama_pos>(begin + done + i);
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = kSeq;
+        batch.logits[i] = (done + i + 1 == count) ? 1 : 0;
+      }
+      engine::ClearLlamaError();
+      const int32_t rc = llama_decode(ctx.get(), batch);
+      if (rc == 2 && cancel != nullptr && cancel->load()) {
+        status = Status::Cancelled("decoding was cancelled after " + std::to_string(done) + " of " +
+                                   std::to_string(count) + " tokens; the session holds what " +
+                                   "it held before");
+        break;
+      }
+      if (rc != 0) {
+        const std::string why = engine::LastLlamaError();
+        status = rc == 1 ? Status::ContextFull("the context has no free KV cells for " +
+                                               std::to_string(n) + " tokens; use a larger -c")
+                         : Status::Internal("llama.cpp failed to decode " + std::to_string(n) +
+                                            " tokens (code " + std::to_string(rc) + ")" +
+                                            (why.empty() ? "" : ": " + why));
+        break;
+      }
+      done += n;
+      if (progress && count > n_batch) status = ReportProgress(done, count);
+    }
+    llama_batch_free(batch);
+    return status;
+  }
+
+  // The user's progress callback must not unwind through llama.cpp's frames or past the batch:
+  // an exception becomes a Status and the append is undone.
+  Status ReportProgress(size_t done, size_t count) {
+    std::string what;
+    try {
+      progress(done, count);
+      return Status::Ok();
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+      what = "an exception that is not a std::exception";
+    }
+    return Status::InvalidArgument("the progress callback threw (" + what + ") after " +
+                                   std::to_string(done) + " of " + std::to_string(count) +
+                                   " tokens; the append was undone: a callback must return " +
+                                   "normally");
+  }
+
+  Status CheckTokens(const std::vector<Token>& new_tokens) const {
+    const int32_t n_vocab = model->n_vocab();
+    for (Token t : new_tokens) {
+      if (t < 0 || t >= n_vocab) {
+        return Status::InvalidArgument("token id " + std::to_string(t) +
+                                       " is outside the vocabulary of " + std::to_string(n_vocab) +
+                                       " tokens of model '" + model->path() + "'");
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Drops every cached token from position `keep` on.
+  Status Truncate(size_t keep) {
+    if (keep < n_cached) {
+      if (!llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(keep),
+                               -1)) {
+        return Status::Internal("llama.cpp cannot remove tokens from this model's cache");
+      }
+      n_cached = keep;
+      logits_valid = false;
+    }
+    n_aligned = std::min(n_aligned, keep);
+    if (keep < tokens.size()) tokens.resize(keep);
+    return Status::Ok();
+  }
+
+  // Samples one token from the logits after the last token (decoding pending tokens first).
+  Result<Token> SampleNext(llama_sampler* chain, std::vector<llama_token_data>* candidates);
+  // Samples into `gen` until a stop condition; sampled tokens join `tokens`. On failure the caller
+  // undoes them.
+  Status SampleLoop(const SampleOptions& options, const PieceCallback& on_piece, Generation* gen);
+
+  // Makes sure logits of the last token exist, re-decoding it if needed.
+  Status EnsureLogits() {
+    KVSTASH_RETURN_IF_ERROR(Flush());
+    if (logits_valid) return Status::Ok();
+    if (tokens.empty()) {
+      return Status::InvalidArgument("the session is empty: append a prompt before generating");
+    }
+    const Token last = tokens.back();
+    KVSTASH_RETURN_IF_ERROR(Truncate(tokens.size() - 1));
+    tokens.push_back(last);
+    return Flush();
+  }
+};
+
+}  // namespace kvstash
+
+#endif  // KVSTASH_ENGINE_SESSION_IMPL_H_
