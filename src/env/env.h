@@ -148,7 +148,7 @@ class Syscalls {
   virtual int Flock(int fd, int operation);
   virtual int Link(const char* from, const char* to);
   virtual int Mkdir(const char* path, mode_t mode);
-  // utimensat(AT_FDCWD, path, {UTIME_OMIT, mtime}, 0): sets the mtime only.
+  // utimensat(AT_FDCWD, path, {UTIME_OMIT, mtime}, AT_SYMLINK_NOFOLLOW): sets the mtime only.
   virtual int Utimens(const char* path, const struct timespec& mtime);
 };
 
@@ -192,8 +192,9 @@ class Env {
   Result<bool> LinkFile(const std::string& from, const std::string& to);
   // mkdir -p with mode 0755; existing directories are fine.
   Status CreateDir(const std::string& path);
-  // Sets the modification time of `path` (links followed, as utimensat does by default); the
-  // access time is left alone.
+  // Sets the modification time of `path` itself: a symbolic link's own time, never its target's
+  // (a link planted in a shared directory must not let us touch files elsewhere). The access time
+  // is left alone.
   Status SetMtime(const std::string& path, int64_t mtime_ns);
   // Errors name `to`: the caller's destination, not its temp name.
   Status RenameFile(const std::string& from, const std::string& to);

@@ -39,7 +39,7 @@ int Syscalls::Link(const char* from, const char* to) { return ::link(from, to); 
 int Syscalls::Mkdir(const char* path, mode_t mode) { return ::mkdir(path, mode); }
 int Syscalls::Utimens(const char* path, const struct timespec& mtime) {
   const struct timespec times[2] = {{0, UTIME_OMIT}, mtime};
-  return ::utimensat(AT_FDCWD, path, times, 0);
+  return ::utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW);
 }
 
 std::string ErrnoText(int err) {

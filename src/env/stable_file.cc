@@ -165,8 +165,7 @@ std::unique_ptr<StableFile> TryLease(int fd, uint64_t size) {
 }  // namespace
 
 Result<std::unique_ptr<StableFile>> Env::OpenStableFile(const std::string& path, uint64_t max_size,
-                                                        const HeadCheck& check,
-                                                        bool follow_links) {
+                                                        const HeadCheck& check, bool follow_links) {
   uint64_t size = 0;
   auto fd = OpenForReading(path, max_size, &size, follow_links);
   if (!fd.ok()) return fd.status();

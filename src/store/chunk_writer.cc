@@ -18,10 +18,15 @@ ChunkWriter::~ChunkWriter() {
 }
 
 size_t ChunkWriter::Enqueue(PublishItem item) {
+  const bool read_only_now = read_only();
+  if (read_only_now && !item.writes.empty() && options_.warn != nullptr) {
+    std::lock_guard<std::mutex> kind_lock(kind_mu_);
+    options_.warn->Warn(read_only_kind_, "");  // said once, by whoever found out first
+  }
   std::lock_guard<std::mutex> lock(mu_);
   size_t fit = 0;
   uint64_t bytes = 0;
-  if (!read_only()) {
+  if (!read_only_now) {
     for (const ChunkWrite& w : item.writes) {
       const uint64_t b = format::kChunkHeaderSize + w.tokens.size() * 4 + w.kv.size();
       if (pending_bytes_ + bytes + b > options_.max_pending_bytes) break;
@@ -30,14 +35,10 @@ size_t ChunkWriter::Enqueue(PublishItem item) {
     }
   }
   stats_.chunks_dropped += item.writes.size() - fit;
-  if (read_only() && !item.writes.empty() && options_.warn != nullptr) {
-    std::lock_guard<std::mutex> kind_lock(kind_mu_);
-    options_.warn->Warn(read_only_kind_, "");  // said once, by whoever found out first
-  }
   item.writes.resize(fit);
   // Nothing to write and nothing to touch: nothing to queue. (A touch alone, e.g. of a prefix
   // that was all loaded, still runs so that the LRU order holds.)
-  if (read_only() || (item.writes.empty() && item.touch.empty())) return fit;
+  if (read_only_now || (item.writes.empty() && item.touch.empty())) return fit;
   item.bytes = bytes;
   pending_bytes_ += bytes;
   queue_.push_back(std::move(item));
@@ -108,8 +109,8 @@ void ChunkWriter::Process(PublishItem& item) {
       ++stats_.chunks_existing;
     } else {
       ++stats_.chunks_written;
-      stats_.bytes_written += format::kChunkHeaderSize + item.writes[i].tokens.size() * 4 +
-                              item.writes[i].kv.size();
+      stats_.bytes_written +=
+          format::kChunkHeaderSize + item.writes[i].tokens.size() * 4 + item.writes[i].kv.size();
     }
   }
   // One time for the whole chain, parents included: a parent is then never older than a child,
@@ -136,9 +137,8 @@ Status ChunkWriter::WriteChunk(const ChunkWrite& write, bool* existed) {
         " or its layout; not saved (a bug in the caller)");
   }
   KVSTASH_RETURN_IF_ERROR(options_.env->CreateDir(options_.paths.ChunkDir(h.hash)));
-  const std::string head =
-      format::EncodeChunkHead(h, write.tokens.data(),
-                              reinterpret_cast<const uint8_t*>(write.kv.data()), write.kv.size());
+  const std::string head = format::EncodeChunkHead(
+      h, write.tokens.data(), reinterpret_cast<const uint8_t*>(write.kv.data()), write.kv.size());
   return PublishFile(options_.env, options_.paths, {head, write.kv},
                      options_.paths.ChunkPath(h.hash, h.index), write.replace_bad, options_.sync,
                      existed);

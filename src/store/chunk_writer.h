@@ -72,7 +72,7 @@ class ChunkWriter {
   WriterStats stats_;
   std::atomic<bool> read_only_{false};
   std::mutex kind_mu_;
-  std::string read_only_kind_;  // the warning's kind, e.g. "read-only"
+  std::string read_only_kind_;                    // the warning's kind, e.g. "read-only"
   std::set<format::Hash256> namespaces_written_;  // writer thread only
 };
 

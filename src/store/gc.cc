@@ -40,7 +40,7 @@ Result<std::unique_ptr<FileLock>> LockGc(Env* env, const StorePaths& paths, bool
 
 namespace {
 
-// Removes `victims` (sorted: first to go first) until the total is at most max_bytes.
+// Removes chunks, oldest first and leaf first among equals, until the total is at most max_bytes.
 void Evict(Env* env, std::vector<ChunkEntry>* chunks, uint64_t max_bytes, GcReport* report) {
   uint64_t total = 0;
   for (const ChunkEntry& c : *chunks) total += c.info.size;

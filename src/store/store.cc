@@ -18,9 +18,11 @@ using store::StorePaths;
 constexpr uint32_t kDefaultChunkTokens = 256;
 constexpr uint32_t kManifestVersion = 1;
 constexpr size_t kManifestMaxBytes = 4096;
-// Verify and Stats read chunks of any layout: the header is checked (file size included) before
-// the rest is read, so this bound only keeps a forged size from reaching the allocator.
-constexpr uint64_t kMaxAnyChunkBytes = uint64_t{1} << 40;
+// Verify reads chunks of any layout, so it cannot bound a file by this context's chunk size. The
+// header (file size included) is checked before the rest is read; this bound keeps a forged,
+// sparse file from costing more than a pass over 64 GiB (a 256-token chunk of a 70B f16 model
+// is ~80 MiB).
+constexpr uint64_t kMaxAnyChunkBytes = uint64_t{1} << 36;
 
 Status CheckChunkTokens(uint32_t c, const std::string& where) {
   if (c < format::kMinChunkTokens || c > format::kMaxChunkTokens || c % 16 != 0) {
@@ -82,8 +84,7 @@ Result<uint32_t> ReadManifest(Env* env, const std::string& path) {
                                 ": use a kvstash that reads it, or another directory");
   }
   if (lines.size() != 3 || !ParseLine(lines[2], "chunk_tokens", &chunk_tokens)) {
-    return Status::Corruption("store manifest '" + path + "' has no valid chunk_tokens line" +
-                              fix);
+    return Status::Corruption("store manifest '" + path + "' has no valid chunk_tokens line" + fix);
   }
   Status range = CheckChunkTokens(chunk_tokens, "store manifest '" + path + "'");
   if (!range.ok()) return Status::Corruption(range.message());
@@ -124,8 +125,8 @@ class StoreImpl : public Store::Impl {
         chunk_tokens_(chunk_tokens),
         warn_(paths_.dir, options.warn),
         writer_(store::ChunkWriter::Options{env, paths_, chunk_tokens, options.sync,
-                                            options.max_pending_bytes, options.max_bytes,
-                                            &warn_}) {}
+                                            options.max_pending_bytes, options.max_bytes, &warn_}) {
+  }
 
   LoadedPrefix LoadPrefix(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
                           const int32_t* tokens, size_t max_chunks,
@@ -194,9 +195,8 @@ std::string StoreImpl::CheckLoaded(const format::ChunkView& view, const format::
 }
 
 LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
-                                   const std::vector<format::Hash256>& chain,
-                                   const int32_t* tokens, size_t max_chunks,
-                                   const format::ChunkLayout& layout) {
+                                   const std::vector<format::Hash256>& chain, const int32_t* tokens,
+                                   size_t max_chunks, const format::ChunkLayout& layout) {
   LoadedPrefix out;
   const size_t k = std::min(max_chunks, chain.size());
   const uint64_t bound = store::ChunkFileBytes(layout, chunk_tokens_);
@@ -211,8 +211,8 @@ LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
       break;
     }
     auto view = format::ParseChunk((*file)->data(), (*file)->size(), path, true);
-    std::string why = view.ok() ? CheckLoaded(*view, ns, chain, j, tokens, layout)
-                                : view.status().message();
+    std::string why =
+        view.ok() ? CheckLoaded(*view, ns, chain, j, tokens, layout) : view.status().message();
     if (!why.empty()) {
       out.first_bad = long(j);
       out.first_bad_reason = view.ok() ? "chunk '" + path + "' is refused: " + why : why;
@@ -310,9 +310,8 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   }
   if (!found.ok()) return found.status();
   if (options.chunk_tokens != 0 && options.chunk_tokens != *found) {
-    return Status::InvalidArgument("store '" + dir + "' holds chunks of " +
-                                   std::to_string(*found) + " tokens, but " +
-                                   std::to_string(options.chunk_tokens) +
+    return Status::InvalidArgument("store '" + dir + "' holds chunks of " + std::to_string(*found) +
+                                   " tokens, but " + std::to_string(options.chunk_tokens) +
                                    " were asked for; omit the chunk size or use another directory");
   }
   auto impl = std::make_unique<StoreImpl>(env, dir, *found, options);

@@ -252,7 +252,6 @@ Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::str
   return status;
 }
 
-
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())

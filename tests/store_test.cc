@@ -1,0 +1,726 @@
+// The prefix store's files: publishing, verified loading, hostile chunk files, eviction, temp
+// sweeping, faults and concurrency. No llama.cpp: chunks are random bytes in a fixed layout.
+#include "kvstash/store.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "env/env.h"
+#include "store/chain_hash.h"
+#include "store/gc.h"
+#include "store/store_files.h"
+#include "store/store_impl.h"
+
+namespace kvstash {
+namespace {
+
+constexpr uint32_t kC = 16;
+
+format::ChunkLayout TestLayout() {
+  format::ChunkLayout l;
+  l.n_layer = 2;
+  l.k_type = 1;  // f16
+  l.v_type = 1;
+  l.k_row_bytes = 64;
+  l.v_row_bytes = 64;
+  return l;
+}
+
+std::string TestDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string dir = "/tmp/kvstash_store_test." + std::to_string(getuid()) + "/" +
+                          info->test_suite_name() + "." + info->name();
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir + "/store";
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+// One prompt: its tokens, chain hashes and the chunks a writer would publish for it.
+struct Prompt {
+  format::Hash256 ns{};
+  std::string ns_text;
+  std::vector<int32_t> tokens;
+  std::vector<format::Hash256> chain;
+  std::vector<ChunkWrite> writes;
+};
+
+// `shared` first chunks come from seed 0, the rest from `seed`: prompts with equal `shared`
+// share that prefix.
+Prompt MakePrompt(const std::string& ns_text, size_t n_chunks, uint32_t seed, size_t shared = 0) {
+  Prompt p;
+  p.ns_text = ns_text;
+  p.ns = store::NamespaceHash(ns_text);
+  const format::ChunkLayout layout = TestLayout();
+  for (size_t j = 0; j < n_chunks; ++j) {
+    std::mt19937 rng(j < shared ? uint32_t(j) * 7919 : seed * 1000003 + uint32_t(j));
+    for (uint32_t t = 0; t < kC; ++t) p.tokens.push_back(int32_t(rng() % 32000));
+  }
+  p.chain = store::ChainHashes(p.ns, p.tokens.data(), p.tokens.size(), kC);
+  for (size_t j = 0; j < n_chunks; ++j) {
+    ChunkWrite w;
+    w.header.hash = p.chain[j];
+    w.header.parent = j == 0 ? p.ns : p.chain[j - 1];
+    w.header.ns = p.ns;
+    w.header.index = uint32_t(j + 1);
+    w.header.n_tokens = kC;
+    w.header.layout = layout;
+    w.tokens.resize(kC);
+    std::memcpy(w.tokens.data(), p.tokens.data() + j * kC, kC * sizeof(int32_t));
+    // KV bytes depend on the chunk's name, so equal chunks have equal bytes.
+    std::mt19937 rng(p.chain[j][0] | (uint32_t(p.chain[j][1]) << 8) |
+                     (uint32_t(p.chain[j][2]) << 16));
+    w.kv.resize(layout.KvBytes(kC));
+    for (char& c : w.kv) c = char(rng());
+    p.writes.push_back(std::move(w));
+  }
+  return p;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = TestDir(); }
+  std::shared_ptr<Store> OpenStore(StoreOptions options = {}) {
+    if (options.chunk_tokens == 0) options.chunk_tokens = kC;
+    if (!options.warn) options.warn = [this](const std::string& w) { warnings_.push_back(w); };
+    auto store = Store::Open(dir_, options);
+    EXPECT_TRUE(store.ok()) << store.status().ToString();
+    return store.ok() ? *store : nullptr;
+  }
+  void PublishAll(Store* store, const Prompt& p, size_t n = SIZE_MAX) {
+    std::vector<ChunkWrite> writes(p.writes.begin(),
+                                   p.writes.begin() + long(std::min(n, p.writes.size())));
+    std::vector<format::Hash256> chain(p.chain.begin(), p.chain.begin() + long(writes.size()));
+    store->impl()->Publish(p.ns, p.ns_text, std::move(writes), chain);
+    store->WaitForWrites();
+  }
+  LoadedPrefix Load(Store* store, const Prompt& p) {
+    return store->impl()->LoadPrefix(p.ns, p.chain, p.tokens.data(), p.chain.size(), TestLayout());
+  }
+  std::string ChunkPath(const Prompt& p, size_t j) {
+    return store::StorePaths{dir_}.ChunkPath(p.chain[j], uint32_t(j + 1));
+  }
+  // kv bytes of every loaded chunk equal what was published.
+  void ExpectLoadedBytes(const LoadedPrefix& loaded, const Prompt& p) {
+    for (size_t j = 0; j < loaded.chunks.size(); ++j) {
+      ASSERT_EQ(loaded.chunks[j].kv_size, p.writes[j].kv.size());
+      EXPECT_EQ(0, std::memcmp(loaded.chunks[j].kv, p.writes[j].kv.data(), p.writes[j].kv.size()));
+      EXPECT_EQ(loaded.chunks[j].tokens, p.writes[j].tokens);
+    }
+  }
+
+  std::string dir_;
+  std::vector<std::string> warnings_;
+};
+
+TEST(ChainHashTest, KnownVectorsAndChaining) {
+  // SHA-256("kvstash-store 1\n"), computed with sha256sum.
+  EXPECT_EQ(format::HashHex(store::NamespaceHash("")),
+            "61daf20f3b1a5ea49c45b4b7c64814261d6286e8b108dfef0ca0bb52bb780087");
+  std::vector<int32_t> tokens(64);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t(i);
+  const auto h0 = store::NamespaceHash("model x");
+  const auto chain = store::ChainHashes(h0, tokens.data(), 40, kC);  // 2 full chunks
+  ASSERT_EQ(chain.size(), 2u);
+  EXPECT_EQ(chain[0], store::ChunkHash(h0, tokens.data(), kC));
+  EXPECT_EQ(chain[1], store::ChunkHash(chain[0], tokens.data() + kC, kC));
+  EXPECT_NE(store::NamespaceHash("model y"), h0);
+}
+
+TEST_F(StoreTest, PublishThenLoadReturnsTheSameBytes) {
+  auto store = OpenStore();
+  const Prompt p = MakePrompt("ns a", 3, 1);
+  PublishAll(store.get(), p);
+  EXPECT_EQ(store->writer_stats().chunks_written, 3u);
+  LoadedPrefix loaded = Load(store.get(), p);
+  ASSERT_EQ(loaded.chunks.size(), 3u);
+  EXPECT_EQ(loaded.first_bad, -1);
+  EXPECT_TRUE(loaded.Intact());
+  ExpectLoadedBytes(loaded, p);
+  // The namespace was recorded, nothing was left in tmp/, Verify agrees.
+  EXPECT_EQ(ReadAll(dir_ + "/ns/" + format::HashHex(p.ns) + ".txt"), "ns a");
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
+  auto report = store->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->chunks_ok, 3u);
+  EXPECT_TRUE(report->bad.empty());
+  auto stats = store->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->chunks, 3u);
+  ASSERT_EQ(stats->namespaces.size(), 1u);
+  EXPECT_EQ(stats->namespaces[0].description, "ns a");
+  EXPECT_TRUE(warnings_.empty());
+}
+
+// Chunks removed after LoadPrefix accepted them: the held files still give the verified bytes.
+// Both ways of holding a file: a read lease and a private copy.
+TEST_F(StoreTest, ChunksRemovedWhileRestoringStillGiveTheVerifiedBytes) {
+  for (bool leases : {true, false}) {
+    SCOPED_TRACE(leases ? "leased" : "copied");
+    Syscalls sys;
+    Env env(&sys);
+    env.set_read_leases(leases);
+    StoreOptions options;
+    options.env = &env;
+    auto store = OpenStore(options);
+    const Prompt p = MakePrompt(leases ? "leased" : "copied", 3, 1);
+    PublishAll(store.get(), p);
+    LoadedPrefix loaded = Load(store.get(), p);
+    ASSERT_EQ(loaded.chunks.size(), 3u);
+    ASSERT_EQ(*store->Clear(format::HashHex(p.ns)), 3u);
+    ExpectLoadedBytes(loaded, p);
+    EXPECT_TRUE(loaded.Intact());
+    EXPECT_EQ(Load(store.get(), p).chunks.size(), 0u);  // now a clean miss
+  }
+}
+
+TEST_F(StoreTest, LoadStopsAtMaxChunksAndAtAMissingMiddleChunk) {
+  auto store = OpenStore();
+  const Prompt p = MakePrompt("ns", 4, 1);
+  PublishAll(store.get(), p);
+  EXPECT_EQ(
+      store->impl()->LoadPrefix(p.ns, p.chain, p.tokens.data(), 2, TestLayout()).chunks.size(), 2u);
+  ASSERT_EQ(unlink(ChunkPath(p, 2).c_str()), 0);
+  LoadedPrefix loaded = Load(store.get(), p);
+  EXPECT_EQ(loaded.chunks.size(), 2u);
+  EXPECT_EQ(loaded.first_bad, -1);  // missing is a plain miss
+  ExpectLoadedBytes(loaded, p);
+}
+
+TEST_F(StoreTest, FirstWriterWins) {
+  auto a = OpenStore();
+  auto b = OpenStore();
+  Prompt p = MakePrompt("ns", 2, 1);
+  PublishAll(a.get(), p);
+  const std::string before = ReadAll(ChunkPath(p, 0));
+  struct stat st1;
+  ASSERT_EQ(stat(ChunkPath(p, 0).c_str(), &st1), 0);
+  PublishAll(b.get(), p);
+  EXPECT_EQ(b->writer_stats().chunks_existing, 2u);
+  EXPECT_EQ(b->writer_stats().chunks_written, 0u);
+  struct stat st2;
+  ASSERT_EQ(stat(ChunkPath(p, 0).c_str(), &st2), 0);
+  EXPECT_EQ(st1.st_ino, st2.st_ino);
+  EXPECT_EQ(ReadAll(ChunkPath(p, 0)), before);
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
+}
+
+TEST_F(StoreTest, SharedPrefixIsStoredOnce) {
+  auto store = OpenStore();
+  const Prompt a = MakePrompt("ns", 3, 1, /*shared=*/2);
+  const Prompt b = MakePrompt("ns", 3, 2, /*shared=*/2);
+  ASSERT_EQ(a.chain[1], b.chain[1]);
+  ASSERT_NE(a.chain[2], b.chain[2]);
+  PublishAll(store.get(), a);
+  PublishAll(store.get(), b);
+  EXPECT_EQ(store->writer_stats().chunks_existing, 2u);
+  EXPECT_EQ(store->Stats()->chunks, 4u);
+  EXPECT_EQ(Load(store.get(), b).chunks.size(), 3u);
+}
+
+// Each hostile file in place of chunk 2 (index 1) of p: a miss with first_bad == 1, and Verify
+// names it.
+class HostileChunkTest : public StoreTest {
+ protected:
+  void Check(const std::function<void(const std::string& path)>& plant, const char* what) {
+    SCOPED_TRACE(what);
+    std::filesystem::remove_all(dir_);
+    store_ = OpenStore();
+    p_ = MakePrompt("ns", 3, 1);
+    PublishAll(store_.get(), p_);
+    const std::string path = ChunkPath(p_, 1);
+    plant(path);
+    LoadedPrefix loaded = Load(store_.get(), p_);
+    EXPECT_EQ(loaded.chunks.size(), 1u);
+    EXPECT_EQ(loaded.first_bad, 1);
+    EXPECT_FALSE(loaded.first_bad_reason.empty());
+    ExpectLoadedBytes(loaded, p_);
+    auto report = store_->Verify();
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    ASSERT_FALSE(report->bad.empty());
+    EXPECT_NE(report->bad[0].find(path), std::string::npos) << report->bad[0];
+  }
+  std::shared_ptr<Store> store_;
+  Prompt p_;
+};
+
+TEST_F(HostileChunkTest, CorruptTruncatedForeignAndPlantedFilesAreMisses) {
+  Check(
+      [](const std::string& path) {
+        std::string b = ReadAll(path);
+        WriteAll(path, b.substr(0, b.size() - 100));
+      },
+      "truncated");
+  Check(
+      [](const std::string& path) {
+        std::string b = ReadAll(path);
+        b[b.size() - 7] ^= 0x10;
+        WriteAll(path, b);
+      },
+      "one flipped bit in the KV");
+  Check([](const std::string& path) { WriteAll(path, "short"); }, "not a chunk");
+  // A well-formed chunk with other tokens, under this name.
+  Check(
+      [this](const std::string& path) {
+        Prompt other = MakePrompt("ns", 3, 9);
+        ChunkWrite w = other.writes[1];
+        w.header.hash = p_.chain[1];
+        w.header.parent = p_.chain[0];
+        const std::string head = format::EncodeChunkHead(
+            w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
+        WriteAll(path, head + w.kv);
+      },
+      "tokens not the request's");
+  Check(
+      [this](const std::string& path) {
+        ChunkWrite w = p_.writes[1];
+        w.header.parent = p_.chain[1];  // wrong parent
+        const std::string head = format::EncodeChunkHead(
+            w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
+        WriteAll(path, head + w.kv);
+      },
+      "wrong parent");
+  // Another namespace's chunk 2, copied under this chunk's name.
+  Check(
+      [this](const std::string& path) {
+        Prompt other = MakePrompt("another model", 3, 1);
+        Store* s = store_.get();
+        PublishAll(s, other);
+        std::filesystem::copy_file(ChunkPath(other, 1), path,
+                                   std::filesystem::copy_options::overwrite_existing);
+      },
+      "another namespace's chunk");
+  Check(
+      [](const std::string& path) {
+        unlink(path.c_str());
+        mkdir(path.c_str(), 0755);
+      },
+      "a directory");
+  Check(
+      [](const std::string& path) {
+        unlink(path.c_str());
+        ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
+      },
+      "a FIFO");
+  Check(
+      [](const std::string& path) {
+        const std::string copy = path + ".elsewhere";
+        std::filesystem::rename(path, copy);
+        ASSERT_EQ(symlink(copy.c_str(), path.c_str()), 0);
+      },
+      "a symbolic link to the right bytes");
+}
+
+TEST_F(StoreTest, ReplaceBadRepairsAChunk) {
+  auto store = OpenStore();
+  Prompt p = MakePrompt("ns", 2, 1);
+  PublishAll(store.get(), p);
+  WriteAll(ChunkPath(p, 1), "garbage");
+  LoadedPrefix loaded = Load(store.get(), p);
+  ASSERT_EQ(loaded.first_bad, 1);
+  std::vector<ChunkWrite> writes = {p.writes[1]};
+  writes[0].replace_bad = true;
+  store->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+  store->WaitForWrites();
+  EXPECT_EQ(Load(store.get(), p).chunks.size(), 2u);
+}
+
+TEST_F(StoreTest, VerifyFindsPlantedAndMisnamedFiles) {
+  auto store = OpenStore();
+  Prompt p = MakePrompt("ns", 2, 1);
+  PublishAll(store.get(), p);
+  // A self-consistent chunk whose name is not the hash of its parent and tokens.
+  ChunkWrite w = p.writes[1];
+  w.header.hash[5] ^= 1;
+  const std::string planted = store::StorePaths{dir_}.ChunkPath(w.header.hash, 2);
+  std::filesystem::create_directories(DirName(planted));
+  WriteAll(planted,
+           format::EncodeChunkHead(w.header, w.tokens.data(),
+                                   reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size()) +
+               w.kv);
+  WriteAll(DirName(planted) + "/notes.txt", "hello");
+  auto report = store->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->chunks_ok, 2u);
+  ASSERT_EQ(report->bad.size(), 2u);
+  // Gc leaves files that are not chunks alone.
+  ASSERT_TRUE(store->Gc(0).ok());
+  EXPECT_TRUE(std::filesystem::exists(DirName(planted) + "/notes.txt"));
+}
+
+TEST_F(StoreTest, GcEvictsLeastRecentlyUsedLeafFirst) {
+  auto store = OpenStore();
+  const Prompt a = MakePrompt("ns", 3, 1);
+  const Prompt b = MakePrompt("ns", 2, 2);
+  PublishAll(store.get(), a);
+  PublishAll(store.get(), b);
+  const uint64_t chunk = std::filesystem::file_size(ChunkPath(a, 0));
+  Env* env = Env::Default();
+  // b is older than a; within each chain all share one time (as the writer leaves them).
+  for (size_t j = 0; j < 3; ++j)
+    ASSERT_TRUE(env->SetMtime(ChunkPath(a, j), 2'000'000'000'000'000'000).ok());
+  for (size_t j = 0; j < 2; ++j)
+    ASSERT_TRUE(env->SetMtime(ChunkPath(b, j), 1'000'000'000'000'000'000).ok());
+  // Budget for 4 chunks: b's leaf goes first.
+  auto r = store->Gc(4 * chunk);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->chunks_removed, 1u);
+  EXPECT_EQ(r->bytes_left, 4 * chunk);
+  EXPECT_FALSE(std::filesystem::exists(ChunkPath(b, 1)));
+  EXPECT_TRUE(std::filesystem::exists(ChunkPath(b, 0)));
+  // Then b's root, then a's leaf: a lookup always finds a prefix.
+  r = store->Gc(2 * chunk);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->chunks_removed, 2u);
+  EXPECT_FALSE(std::filesystem::exists(ChunkPath(b, 0)));
+  EXPECT_FALSE(std::filesystem::exists(ChunkPath(a, 2)));
+  EXPECT_EQ(Load(store.get(), a).chunks.size(), 2u);
+  EXPECT_EQ(store->Gc(0)->bytes_left, 0u);
+}
+
+TEST_F(StoreTest, WriterKeepsParentsAsNewAsChildrenAndEvictsToBudget) {
+  StoreOptions options;
+  const Prompt a = MakePrompt("ns", 2, 1);
+  const Prompt b = MakePrompt("ns", 2, 2, /*shared=*/1);
+  options.chunk_tokens = kC;
+  {
+    auto store = OpenStore(options);
+    PublishAll(store.get(), a);
+  }
+  const uint64_t chunk = std::filesystem::file_size(ChunkPath(a, 0));
+  options.max_bytes = 2 * chunk;
+  auto store = OpenStore(options);
+  usleep(20000);
+  PublishAll(store.get(), b);  // touches the shared root: a's leaf is now the oldest
+  EXPECT_EQ(store->Stats()->bytes, 2 * chunk);
+  EXPECT_FALSE(std::filesystem::exists(ChunkPath(a, 1)));
+  EXPECT_EQ(Load(store.get(), b).chunks.size(), 2u);
+}
+
+TEST_F(StoreTest, SweepRemovesOnlyUnlockedTempFiles) {
+  auto store = OpenStore();
+  Env* env = Env::Default();
+  const std::string dead = dir_ + "/tmp/1.dead.tmp";
+  const std::string alive = dir_ + "/tmp/2.alive.tmp";
+  const std::string foreign = dir_ + "/tmp/readme";
+  WriteAll(dead, "x");
+  WriteAll(alive, "y");
+  WriteAll(foreign, "z");
+  auto lock = env->LockFile(alive, /*wait=*/true);  // a live writer, as far as anyone can tell
+  ASSERT_TRUE(lock.ok());
+  auto r = store->Gc(UINT64_MAX);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->temp_files_removed, 1u);
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists(alive));
+  EXPECT_TRUE(std::filesystem::exists(foreign));
+  lock->reset();
+  EXPECT_EQ(store->Gc(UINT64_MAX)->temp_files_removed, 1u);
+}
+
+// Fails writes (ENOSPC) or every creation (EROFS), as a full or read-only disk would.
+class FullDiskSyscalls : public Syscalls {
+ public:
+  int write_errno = 0;
+  int create_errno = 0;
+  ssize_t Write(int fd, const void* buf, size_t n) override {
+    if (write_errno != 0) {
+      errno = write_errno;
+      return -1;
+    }
+    return Syscalls::Write(fd, buf, n);
+  }
+  int Open(const char* path, int flags, mode_t mode) override {
+    if (create_errno != 0 && (flags & O_CREAT) != 0) {
+      errno = create_errno;
+      return -1;
+    }
+    return Syscalls::Open(path, flags, mode);
+  }
+  int Link(const char* from, const char* to) override {
+    if (create_errno != 0) {
+      errno = create_errno;
+      return -1;
+    }
+    return Syscalls::Link(from, to);
+  }
+  int Mkdir(const char* path, mode_t mode) override {
+    if (create_errno != 0) {
+      errno = create_errno;
+      return -1;
+    }
+    return Syscalls::Mkdir(path, mode);
+  }
+};
+
+TEST_F(StoreTest, FullDiskDropsWithOneWarningAndNoTemp) {
+  { OpenStore(); }  // the store exists
+  FullDiskSyscalls sys;
+  Env env(&sys);
+  StoreOptions options;
+  options.env = &env;
+  auto store = OpenStore(options);
+  sys.write_errno = ENOSPC;
+  const Prompt a = MakePrompt("ns", 3, 1);
+  const Prompt b = MakePrompt("ns", 2, 2);
+  PublishAll(store.get(), a);
+  PublishAll(store.get(), b);
+  EXPECT_EQ(store->writer_stats().chunks_dropped, 5u);
+  ASSERT_EQ(warnings_.size(), 1u);
+  EXPECT_NE(warnings_[0].find("disk full"), std::string::npos) << warnings_[0];
+  EXPECT_NE(warnings_[0].find(dir_), std::string::npos) << warnings_[0];
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
+  EXPECT_EQ(store->Stats()->chunks, 0u);
+  // Space again: publishing works.
+  sys.write_errno = 0;
+  PublishAll(store.get(), a);
+  EXPECT_EQ(Load(store.get(), a).chunks.size(), 3u);
+}
+
+TEST_F(StoreTest, ReadOnlyStoreServesReadsAndDropsWrites) {
+  const Prompt a = MakePrompt("ns", 2, 1);
+  const Prompt b = MakePrompt("ns", 2, 2);
+  {
+    auto store = OpenStore();
+    PublishAll(store.get(), a);
+  }
+  FullDiskSyscalls sys;
+  sys.create_errno = EROFS;
+  Env env(&sys);
+  StoreOptions options;
+  options.env = &env;
+  auto store = OpenStore(options);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(Load(store.get(), a).chunks.size(), 2u);
+  PublishAll(store.get(), b);
+  PublishAll(store.get(), b);
+  EXPECT_EQ(store->writer_stats().chunks_dropped, 4u);
+  EXPECT_EQ(warnings_.size(), 1u);
+  EXPECT_EQ(Load(store.get(), b).chunks.size(), 0u);
+}
+
+TEST_F(StoreTest, ReadOnlyDiscoveredOnWrite) {
+  { OpenStore(); }
+  FullDiskSyscalls sys;
+  Env env(&sys);
+  StoreOptions options;
+  options.env = &env;
+  auto store = OpenStore(options);
+  sys.create_errno = EROFS;
+  const Prompt a = MakePrompt("ns", 2, 1);
+  PublishAll(store.get(), a);
+  EXPECT_EQ(store->impl()->Publish(a.ns, a.ns_text, a.writes, a.chain), 0u);
+  store->WaitForWrites();
+  EXPECT_EQ(store->writer_stats().chunks_dropped, 4u);
+  ASSERT_EQ(warnings_.size(), 1u);
+  EXPECT_NE(warnings_[0].find("read-only"), std::string::npos) << warnings_[0];
+}
+
+TEST_F(StoreTest, QueueBoundDrops) {
+  StoreOptions options;
+  options.max_pending_bytes = 1;  // not even one chunk fits
+  auto store = OpenStore(options);
+  const Prompt a = MakePrompt("ns", 2, 1);
+  EXPECT_EQ(store->impl()->Publish(a.ns, a.ns_text, a.writes, a.chain), 0u);
+  store->WaitForWrites();
+  EXPECT_EQ(store->writer_stats().chunks_dropped, 2u);
+  EXPECT_EQ(store->writer_stats().chunks_written, 0u);
+}
+
+TEST_F(StoreTest, ManifestIsCheckedAndChunkSizeKept) {
+  { OpenStore(); }
+  EXPECT_EQ(ReadAll(dir_ + "/STORE"), "kvstash store\nversion 1\nchunk_tokens 16\n");
+  StoreOptions options;
+  auto reopened = Store::Open(dir_, options);  // 0: the store's own
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ((*reopened)->chunk_tokens(), kC);
+  options.chunk_tokens = 32;
+  auto mismatch = Store::Open(dir_, options);
+  ASSERT_FALSE(mismatch.ok());
+  EXPECT_EQ(mismatch.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(mismatch.status().message().find("16"), std::string::npos);
+  EXPECT_NE(mismatch.status().message().find("32"), std::string::npos);
+  options.chunk_tokens = 20;
+  EXPECT_EQ(Store::Open(dir_ + "2", options).status().code(), Status::Code::kInvalidArgument);
+
+  for (const char* bad :
+       {"kvstash store\nversion 1\nchunk_tokens 17\n", "garbage",
+        "kvstash store\nversion 1\nchunk_tokens 99999999999\n", "kvstash store\nversion 1\n"}) {
+    WriteAll(dir_ + "/STORE", bad);
+    auto opened = Store::Open(dir_, {});
+    ASSERT_FALSE(opened.ok()) << bad;
+    EXPECT_EQ(opened.status().code(), Status::Code::kCorruption) << bad;
+    EXPECT_NE(opened.status().message().find("STORE"), std::string::npos);
+  }
+  WriteAll(dir_ + "/STORE", "kvstash store\nversion 2\nchunk_tokens 16\n");
+  auto newer = Store::Open(dir_, {});
+  ASSERT_FALSE(newer.ok());
+  EXPECT_NE(newer.status().message().find("version 2"), std::string::npos);
+  StoreOptions no_create;
+  no_create.create = false;
+  EXPECT_EQ(Store::Open(dir_ + "-missing", no_create).status().code(), Status::Code::kNotFound);
+}
+
+TEST_F(StoreTest, ClearRemovesOneNamespaceOrAll) {
+  auto store = OpenStore();
+  const Prompt a = MakePrompt("model a", 2, 1);
+  const Prompt b = MakePrompt("model b", 3, 1);
+  PublishAll(store.get(), a);
+  PublishAll(store.get(), b);
+  auto cleared = store->Clear(format::HashHex(a.ns));
+  ASSERT_TRUE(cleared.ok());
+  EXPECT_EQ(*cleared, 2u);
+  EXPECT_EQ(Load(store.get(), b).chunks.size(), 3u);
+  EXPECT_EQ(*store->Clear(), 3u);
+  EXPECT_EQ(store->List()->size(), 0u);
+  EXPECT_FALSE(store->Clear("xyz").ok());
+}
+
+// Writers, readers and a collector with a tiny budget at once: every load is a verified prefix
+// of what was published, and the store verifies clean afterwards.
+TEST_F(StoreTest, ConcurrentPublishLoadAndGc) {
+  StoreOptions options;
+  options.sync = false;
+  auto first = OpenStore(options);
+  const uint64_t chunk = store::ChunkFileBytes(TestLayout(), kC);
+  std::vector<Prompt> prompts;
+  for (uint32_t i = 0; i < 8; ++i) prompts.push_back(MakePrompt("ns", 4, i, /*shared=*/i % 3));
+  std::atomic<bool> stop{false};
+  std::atomic<int> loads{0}, bad{0}, hits{0};
+  std::thread gc([&] {
+    auto store = OpenStore(options);
+    while (!stop.load()) (void)store->Gc(12 * chunk);
+  });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 4; ++t) {
+    workers.emplace_back([&, t] {
+      auto store = OpenStore(options);  // one Store per "process"
+      for (int round = 0; round < 40; ++round) {
+        const Prompt& p = prompts[size_t(t + round / 2) % prompts.size()];
+        LoadedPrefix loaded = Load(store.get(), p);
+        for (size_t j = 0; j < loaded.chunks.size(); ++j) {
+          if (std::memcmp(loaded.chunks[j].kv, p.writes[j].kv.data(), p.writes[j].kv.size()) != 0) {
+            ++bad;
+          }
+        }
+        if (!loaded.Intact() || loaded.first_bad != -1) ++bad;
+        ++loads;
+        hits += int(loaded.chunks.size());
+        std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()),
+                                       p.writes.end());
+        store->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+        // Every other round, wait: the next round then often finds what was just published.
+        if (round % 2 == 1) store->WaitForWrites();
+      }
+      store->WaitForWrites();
+    });
+  }
+  for (auto& w : workers) w.join();
+  stop = true;
+  gc.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(loads.load(), 160);
+  EXPECT_GT(hits.load(), 0);
+  auto report = first->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->bad.empty()) << report->bad[0];
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
+}
+
+// The same with processes: 3 publishing and loading, 1 collecting. Each child exits 0 only when
+// every prefix it loaded had the published bytes.
+TEST_F(StoreTest, ConcurrentProcesses) {
+  std::vector<Prompt> prompts;
+  for (uint32_t i = 0; i < 6; ++i) prompts.push_back(MakePrompt("ns", 4, i, /*shared=*/i % 3));
+  const uint64_t chunk = store::ChunkFileBytes(TestLayout(), kC);
+  std::vector<pid_t> children;
+  for (int c = 0; c < 4; ++c) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid != 0) {
+      children.push_back(pid);
+      continue;
+    }
+    StoreOptions options;
+    options.chunk_tokens = kC;
+    options.sync = false;
+    options.warn = [](const std::string&) {};
+    auto store = Store::Open(dir_, options);
+    if (!store.ok()) _exit(2);
+    for (int round = 0; round < 30; ++round) {
+      if (c == 3) {
+        if (!(*store)->Gc(10 * chunk).ok()) _exit(3);
+        continue;
+      }
+      const Prompt& p = prompts[size_t(c + round / 2) % prompts.size()];
+      LoadedPrefix loaded = Load(store->get(), p);
+      for (size_t j = 0; j < loaded.chunks.size(); ++j) {
+        if (std::memcmp(loaded.chunks[j].kv, p.writes[j].kv.data(), p.writes[j].kv.size()) != 0) {
+          _exit(4);
+        }
+      }
+      if (loaded.first_bad != -1 || !loaded.Intact()) _exit(5);
+      std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()), p.writes.end());
+      (*store)->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+      (*store)->WaitForWrites();
+    }
+    store->reset();
+    _exit(0);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  }
+  auto store = OpenStore();
+  auto report = store->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->bad.empty()) << report->bad[0];
+  EXPECT_GT(report->chunks_ok, 0u);
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/tmp"));
+}
+
+TEST_F(StoreTest, EnvLinkStatAndLinkFile) {
+  Env* env = Env::Default();
+  std::filesystem::create_directories(dir_);
+  WriteAll(dir_ + "/a", "x");
+  auto linked = env->LinkFile(dir_ + "/a", dir_ + "/b");
+  ASSERT_TRUE(linked.ok());
+  EXPECT_TRUE(*linked);
+  linked = env->LinkFile(dir_ + "/a", dir_ + "/b");
+  ASSERT_TRUE(linked.ok());
+  EXPECT_FALSE(*linked);  // EEXIST: reported, not an error
+  ASSERT_EQ(symlink("a", (dir_ + "/l").c_str()), 0);
+  EXPECT_EQ(env->LinkStat(dir_ + "/l")->type, FileInfo::Type::kSymlink);
+  EXPECT_EQ(env->Stat(dir_ + "/l")->type, FileInfo::Type::kRegular);
+  ASSERT_TRUE(env->SetMtime(dir_ + "/a", 1'500'000'000'123'456'789).ok());
+  EXPECT_EQ(env->LinkStat(dir_ + "/a")->mtime_ns, 1'500'000'000'123'456'789);
+  // A link's own time, never its target's.
+  ASSERT_TRUE(env->SetMtime(dir_ + "/l", 1'600'000'000'000'000'000).ok());
+  EXPECT_EQ(env->LinkStat(dir_ + "/a")->mtime_ns, 1'500'000'000'123'456'789);
+  EXPECT_EQ(env->LinkStat(dir_ + "/l")->mtime_ns, 1'600'000'000'000'000'000);
+  EXPECT_TRUE(env->CreateDir(dir_ + "/x/y/z").ok());
+  EXPECT_TRUE(env->CreateDir(dir_ + "/x/y/z").ok());
+  EXPECT_FALSE(env->CreateDir(dir_ + "/a/q").ok());
+}
+
+}  // namespace
+}  // namespace kvstash
