@@ -136,12 +136,19 @@ Status ChunkWriter::WriteChunk(const ChunkWrite& write, bool* existed) {
         " does not match the store's chunk size " + std::to_string(options_.chunk_tokens) +
         " or its layout; not saved (a bug in the caller)");
   }
+  // Chunks the caller could not know to be stored (another process published them since its
+  // lookup, or the lookup stopped early) are common: skip them before paying for a checksum and a
+  // write. A bad file under the name is replaced (replace_bad), never kept.
+  const std::string path = options_.paths.ChunkPath(h.hash, h.index);
+  if (!write.replace_bad && options_.env->LinkStat(path).ok()) {
+    *existed = true;
+    return Status::Ok();
+  }
   KVSTASH_RETURN_IF_ERROR(options_.env->CreateDir(options_.paths.ChunkDir(h.hash)));
   const std::string head = format::EncodeChunkHead(
       h, write.tokens.data(), reinterpret_cast<const uint8_t*>(write.kv.data()), write.kv.size());
-  return PublishFile(options_.env, options_.paths, {head, write.kv},
-                     options_.paths.ChunkPath(h.hash, h.index), write.replace_bad, options_.sync,
-                     existed);
+  return PublishFile(options_.env, options_.paths, {head, write.kv}, path, write.replace_bad,
+                     options_.sync, existed);
 }
 
 void ChunkWriter::WriteNamespace(const format::Hash256& ns, const std::string& text) {
