@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "engine/llama_runtime.h"
 #include "kvstash/store.h"
 #include "test_util.h"
 
@@ -184,6 +185,14 @@ INSTANTIATE_TEST_SUITE_P(VLayouts, StoreSessionTest,
                                   : info.param == FlashAttention::kOff ? std::string("FlashOff")
                                                                        : std::string("Auto");
                          });
+
+// Flash attention "auto" is learnt from llama.cpp's log while the context is created, so that a
+// store's namespace costs no probe decode (store_sync.cc falls back to one if the line changes).
+TEST(StoreSessionFaultTest, FlashAttentionAutoIsReadFromLlamaLog) {
+  auto s = Session::Create(TinyModel());
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(engine::LastFlashAttnResolution(), 1) << "llama.cpp's log line was not seen";
+}
 
 // A damaged chunk is a miss: the answer is the cold one, and the next publish replaces the file.
 TEST(StoreSessionFaultTest, DamagedChunkIsAMissAndIsReplaced) {

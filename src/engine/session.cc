@@ -139,12 +139,17 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   p.yarn_orig_ctx = defaults.yarn_orig_ctx;
   p.swa_full = defaults.swa_full;
   p.kv_unified = defaults.kv_unified;
+  engine::ClearFlashAttnResolution();
   auto ctx = Impl::MakeContext(*model, p, impl->n_threads, flash);
   if (!ctx.ok()) return ctx.status();
   impl->ctx = std::move(ctx.value());
   p.n_ctx = llama_n_ctx(impl->ctx.get());  // llama.cpp rounds the size up
-  if (options.flash_attn != FlashAttention::kAuto)
+  // V is stored transposed exactly when flash attention is off (a store's namespace needs it).
+  if (options.flash_attn != FlashAttention::kAuto) {
     impl->v_trans = options.flash_attn == FlashAttention::kOff;
+  } else if (engine::LastFlashAttnResolution() >= 0) {
+    impl->v_trans = engine::LastFlashAttnResolution() == 0;
+  }
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
