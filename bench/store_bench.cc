@@ -37,6 +37,7 @@ struct Flags {
   std::string json_path;
   std::string system_prompt_file = "demo/system-prompt.txt";
   bool quick = false;  // smaller runs, for a smoke test
+  std::string only;    // one of dedup, restore, turns, align; empty: all
   int threads = 0;
 };
 
@@ -54,13 +55,15 @@ Flags ParseFlags(int argc, char** argv) {
       f.json_path = value();
     else if (arg == "--system-prompt")
       f.system_prompt_file = value();
+    else if (arg == "--only")
+      f.only = value();
     else if (arg == "--quick")
       f.quick = true;
     else if (arg == "-t")
       f.threads = std::stoi(value());
     else
       Die("usage: kvstash-store-bench [--dir DIR] [--json FILE] [--system-prompt FILE] [--quick] "
-          "[-t THREADS]");
+          "[--only dedup|restore|turns|align] [-t THREADS]");
   }
   return f;
 }
@@ -346,6 +349,7 @@ json Dedup(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
 
 void PrintTables(const json& r) {
   const json& d = r["dedup"];
+  if (!d.empty()) {
   std::printf("\n### Dedup: %d conversations x %d turns, %d-token system prompt (small, KV f16)\n\n",
               d["conversations"].get<int>(), d["turns"].get<int>(),
               d["system_tokens"].get<int>());
@@ -356,6 +360,7 @@ void PrintTables(const json& r) {
               d["ratio"].get<double>(), d["store_chunks"].get<unsigned long long>(),
               d["prompt_tokens_total"].get<unsigned long long>(),
               d["decoded_tokens_total"].get<unsigned long long>());
+  }
 
   std::printf("\n### Restore of a P-token prefix: chunks vs one session file (small, KV f16, "
               "median ms)\n\n");
@@ -398,15 +403,15 @@ int main(int argc, char** argv) {
   const Flags flags = ParseFlags(argc, argv);
   mkdir(flags.dir.c_str(), 0755);
   auto small = LoadShape(flags, "small");
-  json r;
-  r["dedup"] = Dedup(flags, small, flags.quick ? 4 : 50);
-  r["restore"] = json::array();
+  auto run = [&flags](const char* what) { return flags.only.empty() || flags.only == what; };
+  json r = {{"dedup", json::object()}, {"restore", json::array()}, {"turns", json::array()},
+            {"align", json::array()}};
+  if (run("dedup")) r["dedup"] = Dedup(flags, small, flags.quick ? 4 : 50);
   for (int P : flags.quick ? std::vector<int>{2048} : std::vector<int>{2048, 8192})
-    r["restore"].push_back(Restore(flags, small, P, flags.quick ? 2 : 5));
-  r["turns"] = Turns(flags, small, flags.quick ? 1 : 3);
-  r["align"] = json::array();
-  r["align"].push_back(Align(flags, small, "small", 2048, flags.quick ? 1 : 3));
-  if (!flags.quick) {
+    if (run("restore")) r["restore"].push_back(Restore(flags, small, P, flags.quick ? 2 : 5));
+  if (run("turns")) r["turns"] = Turns(flags, small, flags.quick ? 1 : 3);
+  if (run("align")) r["align"].push_back(Align(flags, small, "small", 2048, flags.quick ? 1 : 3));
+  if (!flags.quick && run("align")) {
     r["align"].push_back(Align(flags, small, "small", 8192, 1));
     auto big = LoadShape(flags, "bench");
     r["align"].push_back(Align(flags, big, "bench", 2048, 1));
