@@ -103,6 +103,11 @@ TEST(ChunkFormatTest, CutAndAssembleAreInverse) {
     }
     std::vector<uint8_t> state(SeqStateSize(layout, cells));
     AssembleSeqState(layout, c, pointers, state.data());
+    for (int threads : {2, 3}) {  // the layers split among threads: the same bytes
+      std::vector<uint8_t> threaded(state.size());
+      AssembleSeqState(layout, c, pointers, threaded.data(), threads);
+      EXPECT_EQ(threaded, state) << threads << " threads";
+    }
     auto parsed = ParseLlamaSeqState(state.data(), state.size(), "state");
     ASSERT_TRUE(parsed.ok()) << parsed.status().message();
     EXPECT_EQ(parsed->cell_count, cells);

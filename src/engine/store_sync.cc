@@ -117,7 +117,7 @@ Status RestoreChunks(Session::Impl& s, const LoadedPrefix& loaded, const std::ve
   if (state.data() == nullptr) return Status::IOError("cannot allocate the restored KV cache");
   std::vector<const uint8_t*> kv;
   for (const auto& c : loaded.chunks) kv.push_back(c.kv);
-  format::AssembleSeqState(layout, chunk, kv, state.data());
+  format::AssembleSeqState(layout, chunk, kv, state.data(), std::min(s.n_threads, 2));
   if (!loaded.Intact()) return Status::IOError("a chunk file changed while it was read");
   llama_memory_t mem = llama_get_memory(s.ctx.get());
   s.tokens.clear();

@@ -123,9 +123,9 @@ uint64_t SeqStateSize(const ChunkLayout& layout, uint32_t n_cells);
 // Writes to `out` (SeqStateSize(layout, chunks.size() * chunk_tokens) bytes) the llama.cpp
 // sequence state whose cells are the chunks' cells in order, positions 0..N-1 in sequence 0:
 // what llama_state_seq_get_data would have produced for those tokens. Each chunks[j] points at
-// layout.KvBytes(chunk_tokens) bytes.
+// layout.KvBytes(chunk_tokens) bytes. Layers are split among `n_threads` threads.
 void AssembleSeqState(const ChunkLayout& layout, uint32_t chunk_tokens,
-                      const std::vector<const uint8_t*>& chunks, uint8_t* out);
+                      const std::vector<const uint8_t*>& chunks, uint8_t* out, int n_threads = 1);
 
 }  // namespace kvstash::format
 
