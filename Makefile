@@ -34,12 +34,14 @@ fuzz: build
 	@scripts/fuzz.sh $(FUZZ_SECONDS) $(BUILD)
 
 # The whole suite under ASan + UBSan (the fuzzer, already sanitized, runs in `make test`), then one
-# small benchmark case, so the benchmark's own code is checked too.
+# small case of each benchmark, so the benchmarks' own code is checked too.
 asan:
 	@$(MAKE) --no-print-directory test BUILD=build-asan CTEST_ARGS="-E fuzz" \
 	  CMAKE_FLAGS="-DKVSTASH_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo"
 	build-asan/bench/kvstash-bench --shapes small --prefix-lengths 256 --cache-types f16 \
 	  --reps 1 --cold-reps 1 --dir build-asan/bench-work >/dev/null
+	build-asan/bench/kvstash-store-bench --quick --only restore --dir build-asan/store-bench-work \
+	  --system-prompt demo/system-prompt.txt >/dev/null
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: the standard benchmark set, a PNG chart, and the CLI end to end against
-# llama.cpp's llama-completion --prompt-cache. Results land in $build/bench-results/.
+# `make bench`: the standard benchmark set, PNG charts, the CLI end to end against llama.cpp's
+# llama-completion --prompt-cache, and the prefix store (kvstash-store-bench). Results land in
+# $build/bench-results/.
 #   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run, BENCH_ARGS="..." to
 #                                     pass kvstash-bench's flags yourself
 set -euo pipefail
@@ -98,4 +99,11 @@ print(f"\nCLI warm load_ms {load_ms:.1f} ms vs one read of the {size / 2**20:.1f
 result["cli_load_ms"], result["read_session_file_ms"] = load_ms, read_ms
 json.dump(result, open(f"{out}/cli.json", "w"), indent=2)
 PY
-python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" && ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true
+echo "== kvstash-store-bench: dedup, restore from chunks, TTFT per turn, cost of aligned decoding"
+store_args=()
+[ "${BENCH_QUICK:-0}" = 1 ] && store_args=(--quick)
+"$root/$build/bench/kvstash-store-bench" "${store_args[@]}" --dir "$work/store" \
+  --system-prompt "$root/demo/system-prompt.txt" --json "$out/store.json" | tee "$out/store.md"
+
+python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" "$out/store.json" &&
+  ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true

@@ -53,3 +53,14 @@ plot("ttft", "Time to first token: cold prefill vs warm open (median ms, log sca
     ("cold", [r["ttft"]["cold_ms"] for r in rows]),
     ("warm", [r["ttft"]["warm_ms"] for r in rows]),
 ], logscale=True)
+
+# The prefix store: time to first token of each turn of a conversation, store vs cold.
+if len(sys.argv) > 3 and os.path.exists(sys.argv[3]):
+    turns = json.load(open(sys.argv[3])).get("turns", [])
+    if turns:
+        labels = [f"turn {t['turn']} ({t['prompt_tokens']} tok)" for t in turns]
+        plot("store", "Time to first token of turn k (2,000-token system prompt, small shape): "
+             "prefix store vs cold (median ms, log scale)", "ms", [
+            ("cold (no store)", [t["cold_ttft_ms"] for t in turns]),
+            ("prefix store", [t["warm_ttft_ms"] for t in turns]),
+        ], logscale=True)
