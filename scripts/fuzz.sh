@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs kvstash's two libFuzzer harnesses with clang (libFuzzer + ASan + UBSan), seeded
 # with valid session files and every regression input in tests/fuzz/regressions:
-#   session_reader_fuzz  the container and payload parsers on raw bytes (SECONDS/2)
+#   session_reader_fuzz  the container, payload and chunk-file parsers on raw bytes (SECONDS/2)
 #   session_open_fuzz    a custom mutator recomputes every checksum after each mutation, so inputs
 #                        reach the range checks, the model checks and llama.cpp's restore (SECONDS)
 # The second links the Release build in build/ (make test builds it first). A crash is saved under
@@ -46,6 +46,14 @@ if [ -x "$kv" ] && [ ! -f "$out/corpus/plain.kvs" ]; then
     -fa off >/dev/null || echo "fuzz: no flash-attention-off seed" >&2
   "$kv" save -m "$out/seed.gguf" --prefix "Seed prefix for the fuzzer." -o "$out/corpus/plain.kvs" \
     -c 256 >/dev/null || echo "fuzz: no plain seed" >&2
+  # Chunk files of a prefix store (16-token chunks keep them small), with and without flash attention.
+  for fa in on off; do
+    "$kv" run -m "$out/seed.gguf" --cache-dir "$out/seed-store-$fa" --cache-chunk 16 -fa $fa \
+      --prefix "Chunk seeds for the fuzzer: a prefix long enough for two chunks of sixteen." \
+      -p " Question?" -n 1 >/dev/null 2>&1 || echo "fuzz: no chunk seeds (-fa $fa)" >&2
+    find "$out/seed-store-$fa/chunks" -name '*.kvc' -exec cp {} "$out/corpus/" \; 2>/dev/null || true
+    rm -rf "$out/seed-store-$fa"
+  done
   rm -f "$out/seed.gguf"
 fi
 mkdir -p "$out/corpus-open"

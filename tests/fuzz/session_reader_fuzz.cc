@@ -1,8 +1,15 @@
-// libFuzzer harness for everything kvstash reads from an untrusted session file before llama.cpp
-// sees a byte: the container (header, table, META, tokens, logits) and llama.cpp's KV payload.
+// libFuzzer harness for everything kvstash reads from an untrusted session file or prefix-store
+// chunk before llama.cpp sees a byte: the container (header, table, META, tokens, logits),
+// llama.cpp's KV payload, and chunk files (header, payload, assembling them into a state).
+#include <xxhash.h>
+
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
+#include "format/chunk_format.h"
 #include "format/llama_state.h"
 #include "format/session_format.h"
 
@@ -18,5 +25,32 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The payload parser on raw bytes too.
   auto layout = kvstash::format::ParseLlamaSeqState(data, size, "fuzz.kvs");
   (void)layout;
+  // A chunk file: whatever its header says must be safe to assemble into a sequence state that
+  // our own state parser accepts, and to cut back into the same bytes.
+  namespace f = kvstash::format;
+  // The same bytes with the header checksum made valid, so mutations reach the range checks behind
+  // it (the payload checksum is skipped below with verify = false).
+  std::vector<uint8_t> fixed(data, data + size);
+  if (size >= f::kChunkHeaderSize) {
+    const uint64_t sum = XXH3_64bits(fixed.data(), 248);
+    std::memcpy(fixed.data() + 248, &sum, 8);
+  }
+  for (int pass = 0; pass < 3; ++pass) {
+    const bool verify = pass == 0;
+    const uint8_t* bytes = pass == 2 ? fixed.data() : data;
+    auto chunk = f::ParseChunk(bytes, size, "fuzz.kvc", verify);
+    if (!chunk.ok() || verify) continue;
+    const f::ChunkLayout& l = chunk->header.layout;
+    std::vector<uint8_t> state(f::SeqStateSize(l, chunk->header.n_tokens));
+    f::AssembleSeqState(l, chunk->header.n_tokens, {chunk->kv}, state.data(), 2);
+    auto parsed = f::ParseLlamaSeqState(state.data(), state.size(), "assembled");
+    if (!parsed.ok()) __builtin_trap();  // an accepted chunk must assemble into a valid state
+    std::vector<uint8_t> cut(chunk->kv_size);
+    if (!f::CutChunkKv(state.data(), state.size(), *parsed, 0, chunk->header.n_tokens, cut.data())
+             .ok() ||
+        !std::equal(cut.begin(), cut.end(), chunk->kv)) {
+      __builtin_trap();
+    }
+  }
   return 0;
 }
