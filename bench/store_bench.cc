@@ -246,7 +246,8 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
   const int kTurns = 8;
   const std::vector<Token> system = SystemTokens(flags, *model, 2000);
   json rows = json::array();
-  std::vector<std::vector<double>> warm(kTurns), cold(kTurns), reused(kTurns);
+  std::vector<std::vector<double>> warm(kTurns), cold(kTurns), reused(kTurns), restore(kTurns),
+      decode(kTurns), publish(kTurns);
   for (int conv = 0; conv < n_conv; ++conv) {
     const Conversation c = MakeConversation(*model, 900 + conv, kTurns);
     auto store = FreshStore(flags.dir + "/turns-store", /*sync=*/true);
@@ -259,6 +260,9 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
       auto synced = Check(s->Sync(prompt, *store), "sync");
       warm[k - 1].push_back(FirstTokenMs(*s, t0));
       reused[k - 1].push_back(static_cast<double>(synced.n_reused));
+      restore[k - 1].push_back(synced.restore_ms);
+      decode[k - 1].push_back(synced.decode_ms);
+      publish[k - 1].push_back(synced.publish_ms);
       store->WaitForWrites();  // the next turn comes later than a background write takes
       if (conv == 0) {  // cold depends on the length only: one conversation is enough
         const auto t1 = Clock::now();
@@ -275,6 +279,9 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
                                                  k + 1).size()},
                     {"reused_tokens", Median(reused[k])},
                     {"warm_ttft_ms", w},
+                    {"warm_restore_ms", Median(restore[k])},
+                    {"warm_decode_ms", Median(decode[k])},
+                    {"warm_publish_ms", Median(publish[k])},
                     {"cold_ttft_ms", cl},
                     {"speedup", cl / w},
                     {"conversations", n_conv}});
@@ -378,12 +385,15 @@ void PrintTables(const json& r) {
   }
 
   std::printf("\n### Time to first token of turn k (small, KV f16, median ms)\n\n");
-  std::printf("| turn | prompt tokens | reused | store | cold | speed-up |\n|---|---|---|---|---|---|\n");
+  std::printf("| turn | prompt tokens | reused | store TTFT | cold TTFT | speed-up | store: restore "
+              "| decode | publish |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& t : r["turns"]) {
-    std::printf("| %d | %d | %.0f | %.1f | %.1f | %.1fx |\n", t["turn"].get<int>(),
-                t["prompt_tokens"].get<int>(), t["reused_tokens"].get<double>(),
-                t["warm_ttft_ms"].get<double>(), t["cold_ttft_ms"].get<double>(),
-                t["speedup"].get<double>());
+    std::printf("| %d | %d | %.0f | %.1f | %.1f | %.1fx | %.1f | %.1f | %.1f |\n",
+                t["turn"].get<int>(), t["prompt_tokens"].get<int>(),
+                t["reused_tokens"].get<double>(), t["warm_ttft_ms"].get<double>(),
+                t["cold_ttft_ms"].get<double>(), t["speedup"].get<double>(),
+                t["warm_restore_ms"].get<double>(), t["warm_decode_ms"].get<double>(),
+                t["warm_publish_ms"].get<double>());
   }
 
   std::printf("\n### Chunk-aligned decoding: prefill tokens/s (KV f16, median)\n\n");
