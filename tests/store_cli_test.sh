@@ -193,15 +193,7 @@ tamper() {
     flipped) python3 -c "import sys;p=sys.argv[1];b=bytearray(open(p,'rb').read());b[-7]^=0x40;open(p,'wb').write(b)" "$c2" ;;
     misnamed) cp "$c1" "$c2" ;;
     header_byte) python3 -c "import sys;p=sys.argv[1];b=bytearray(open(p,'rb').read());b[60]^=1;open(p,'wb').write(b)" "$c2" ;;
-    parent) python3 - "$c2" <<'EOF'
-import sys, struct, xxhash
-p = sys.argv[1]
-b = bytearray(open(p, 'rb').read())
-b[48] ^= 1  # the parent hash
-b[248:256] = struct.pack('<Q', xxhash.xxh3_64_intdigest(bytes(b[:248])))
-open(p, 'wb').write(b)
-EOF
-    ;;
+    parent) "$dir/forge_parent" "$c2" ;;
     other_model) cp "$(chunk_path "$dir/other.store" 2)" "$c2" ;;
     missing) rm "$c2" ;;
     directory) rm "$c2" && mkdir "$c2" ;;
@@ -210,8 +202,30 @@ EOF
   esac
 }
 kinds="truncated flipped misnamed header_byte other_model missing directory fifo symlink"
-if python3 -c "import xxhash" 2>/dev/null; then kinds="$kinds parent"; else
-  echo "SKIP parent-mismatch chunk: python3 has no xxhash module to re-checksum a forged header"; fi
+# Parent mismatch: another parent in a header whose checksum is recomputed (XXH3-64 of bytes
+# 0..247, stored at 248), so that only the chain check can refuse it. Needs a C compiler.
+xxh_dir="$(cd "$(dirname "$0")/.." && pwd)/third_party/llama.cpp/vendor/hash/xxhash"
+cat >"$dir/forge_parent.c" <<'EOF'
+#define XXH_INLINE_ALL
+#include <stdio.h>
+#include <stdint.h>
+#include "xxhash.h"
+int main(int argc, char** argv) {
+  unsigned char h[256];
+  FILE* f = argc == 2 ? fopen(argv[1], "r+b") : NULL;
+  if (f == NULL || fread(h, 1, 256, f) != 256) return 1;
+  h[48] ^= 1; /* the parent hash */
+  uint64_t sum = XXH3_64bits(h, 248);
+  for (int i = 0; i < 8; ++i) h[248 + i] = (unsigned char)(sum >> (8 * i));
+  rewind(f);
+  return fwrite(h, 1, 256, f) == 256 && fclose(f) == 0 ? 0 : 1;
+}
+EOF
+if cc -O1 -I"$xxh_dir" -o "$dir/forge_parent" "$dir/forge_parent.c" 2>"$dir/cc.err"; then
+  kinds="$kinds parent"
+else
+  echo "SKIP parent-mismatch chunk: cannot build the header forger: $(head -1 "$dir/cc.err")"
+fi
 for kind in $kinds; do
   rm -rf "$S4" && cp -a "$S4.orig" "$S4"
   tamper $kind
@@ -222,6 +236,9 @@ for kind in $kinds; do
     check "[ $rc -eq 0 ]" "hostile/missing: verify exit $rc"
   else
     check "[ $rc -eq 1 ] && grep -q \"^bad: .*\$(basename '$bad_path')\" '$dir/c4.verify'" "hostile/$kind: verify exit $rc (want 1, listing chunk #2): $(head -3 "$dir/c4.verify")"
+  fi
+  if [ $kind = parent ]; then
+    check "grep -q 'hash of its parent' '$dir/c4.verify'" "hostile/parent: refused for another reason: $(head -1 "$dir/c4.verify")"
   fi
   timeout 60 $KV run --json -m "$M" --cache-dir "$S4" "${A4[@]}" "${GREEDY[@]}" >"$dir/c4.$kind" 2>"$dir/c4.$kind.err"; rc=$?
   check "[ $rc -eq 0 ] && same_answer '$dir/c4.$kind' '$dir/c4.cold'" "hostile/$kind: run exit $rc or answer differs from cold: $(head -3 "$dir/c4.$kind.err")"
@@ -310,6 +327,26 @@ printf '%s' "$PREFIX" >"$dir/prefix.txt"
 expect_exit 0 "" -- $KV save -m "$M" --prefix-file "$dir/prefix.txt" --cache-dir "$S6s" --cache-chunk $C --json
 krun "$dir/c6.saved" -m "$M" --cache-dir "$S6s" --prefix-file "$dir/prefix.txt" -p "$Q_IN" "${GREEDY[@]}"
 check "[ \$(jf '$dir/c6.saved' n_reused_tokens) -gt 0 ] && same_answer '$dir/c6.saved' '$dir/c4.cold'" "save --cache-dir: the run reused nothing or differs"
+# --cache-max-bytes evicts down to the budget after publishing (leaf first: chunk #1 stays).
+S6m="$dir/budget"
+krun "$dir/c6.budget" -m "$M" --cache-dir "$S6m" --cache-chunk $C --cache-max-bytes 10K "${A4[@]}" "${GREEDY[@]}"
+$KV cache stats --cache-dir "$S6m" --json >"$dir/c6.bstats"
+check "[ \$(jf '$dir/c6.bstats' bytes) -le 10240 ] && [ \$(jf '$dir/c6.bstats' chunks) -ge 1 ] && [ -n \"\$(chunk_path '$S6m' 1)\" ] && same_answer '$dir/c6.budget' '$dir/c4.cold'" "--cache-max-bytes 10K: $(cat "$dir/c6.bstats" | head -c 200)"
+# Two models in one store: two namespaces; rm --namespace removes one model's chunks only.
+$KV cache stats --cache-dir "$S6" --json >"$dir/c6.stats1"
+krun "$dir/c6.other" -m "$dir/other.gguf" --cache-dir "$S6" --prefix "$PREFIX $PREFIX_DIV" -p "$Q_IN" "${GREEDY[@]}"
+$KV cache stats --cache-dir "$S6" --json >"$dir/c6.stats2"
+check "[ \$(python3 -c \"import json;print(len(json.load(open('$dir/c6.stats2'))['namespaces']))\") -eq 2 ]" "two models in one store: not two namespaces"
+ns_other=$(python3 -c "
+import json,sys
+old={n['hash'] for n in json.load(open(sys.argv[1]))['namespaces']}
+print(' '.join(n['hash'] for n in json.load(open(sys.argv[2]))['namespaces'] if n['hash'] not in old))" "$dir/c6.stats1" "$dir/c6.stats2")
+n_before=$(jf "$dir/c6.stats2" chunks)
+expect_exit 0 "" -- $KV cache rm --cache-dir "$S6" --namespace "$ns_other" --json
+removed=$(jf "$dir/out" chunks_removed)
+$KV cache stats --cache-dir "$S6" --json >"$dir/c6.stats3"
+check "[ $removed -ge 1 ] && [ \$(jf '$dir/c6.stats3' chunks) -eq $((n_before - removed)) ] && ! grep -q '$ns_other' '$dir/c6.stats3'" "cache rm --namespace: removed $removed of $n_before"
+expect_exit 1 "not a namespace hash" -- $KV cache rm --cache-dir "$S6" --namespace zz
 # rm --all empties the store; a later run is cold again and right.
 expect_exit 0 "" -- $KV cache rm --cache-dir "$S6" --all --json
 check "[ \$(jf '$dir/out' chunks_removed) -ge 2 ] && [ -z \"\$(find '$S6/chunks' -name '*.kvc')\" ]" "cache rm --all left chunks"
