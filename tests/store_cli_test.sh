@@ -169,6 +169,10 @@ expect_exit 0 "" -- $KV cache gc --cache-dir "$S3" --max-bytes 1G
 check "[ -d '$S3/tmp' ] && [ -z \"\$(ls -A '$S3/tmp')\" ]" "gc left temp files: $(ls -A "$S3/tmp" 2>/dev/null | head -3)"
 krun "$dir/c3.warm" -m "$M" --cache-dir "$S3" --prefix "$LONG" "${A3[@]}"
 check "[ $? -eq 0 ] && same_answer '$dir/c3.warm' '$dir/c3.cold'" "after kills: answer differs from the empty store's"
+# (~500 tokens: --no-cache agrees too. On much longer prompts with C=16 it need not: the store
+# decodes in C-token groups, --no-cache in n_ubatch ones, and the split changes the numbers.)
+krun "$dir/c3.nocache" -m "$M" --no-cache --prefix "$LONG" "${A3[@]}"
+check "same_answer '$dir/c3.warm' '$dir/c3.nocache'" "after kills: answer differs from --no-cache"
 krun "$dir/c3.warm2" -m "$M" --cache-dir "$S3" --prefix "3 $LONG" "${A3[@]}"; rc=$?
 krun "$dir/c3.cold2" -m "$M" --cache-dir "$dir/kill.empty2" --cache-chunk $C --prefix "3 $LONG" "${A3[@]}"
 check "[ $rc -eq 0 ] && same_answer '$dir/c3.warm2' '$dir/c3.cold2'" "after kills: a killed run's prompt differs from the empty store's"
