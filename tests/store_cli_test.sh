@@ -276,6 +276,11 @@ else
   nwarn=$(grep -c . "$dir/c5.full.err")
   check "[ $nwarn -eq 1 ] && grep -q \"$S5\" '$dir/c5.full.err'" "full disk: want one warning line naming the store, got: $(cat "$dir/c5.full.err")"
   check "[ \"\$(find '$S5' -type f | sort | md5sum)\" = '$before' ] && [ -z \"\$(ls -A '$S5/tmp')\" ]" "full disk: the store changed: $(find "$S5" -newer "$dir/c5.init")"
+  # save --cache-dir on the full disk: exit 0, and it does not claim to have published anything.
+  expect_exit 0 "disk full" -- $KV save -m "$M" --prefix "$PREFIX" --cache-dir "$S5" --json
+  check "[ \$(jf '$dir/out' n_published_tokens) = 0 ] && [ \$(jf '$dir/out' chunks_written) = 0 ]" "save --cache-dir on a full disk: $(cat "$dir/out")"
+  expect_exit 0 "disk full" -- $KV save -m "$M" --prefix "$PREFIX" --cache-dir "$S5"
+  check "grep -q '^published 0 of' '$dir/err'" "save --cache-dir on a full disk claims: $(grep published "$dir/err")"
   # Read-only: the chunks of a populated store are served, nothing is written.
   rm -f "$dir/full/filler" "$dir/full/filler2"
   rm -rf "$S5"
