@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -241,12 +242,21 @@ std::string VersionText() {
 
 namespace {
 
+// PublishPrefix's n_published counts the chunks it queued; a full or read-only disk drops them
+// after that (with a warning). This process's Store published this prefix only, so its writer's
+// counters tell how many are in the store now.
+size_t StoredTokens(const PublishReport& r, const Store& store) {
+  const WriterStats w = store.writer_stats();
+  return std::min<size_t>(r.n_published,
+                          (w.chunks_written + w.chunks_existing) * store.chunk_tokens());
+}
+
 void PrintPublished(const PublishReport& r, const Store& store) {
   std::fprintf(stderr,
                "published %zu of %zu tokens to store '%s' (%zu were there already, %zu decoded; "
                "the %zu after the last whole %u-token chunk are not stored): prefill %.1f ms, "
                "write %.1f ms\n",
-               r.n_published, r.n_tokens, store.dir().c_str(), r.n_reused, r.n_decoded,
+               StoredTokens(r, store), r.n_tokens, store.dir().c_str(), r.n_reused, r.n_decoded,
                r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms,
                r.publish_ms);
 }
@@ -269,7 +279,7 @@ int RunPublish(const SaveFlags& flags, Store& store) {
                       {"n_tokens", report->n_tokens},
                       {"n_reused_tokens", report->n_reused},
                       {"n_decoded_tokens", report->n_decoded},
-                      {"n_published_tokens", report->n_published},
+                      {"n_published_tokens", StoredTokens(*report, store)},
                       {"chunks_written", written.chunks_written},
                       {"chunks_dropped", written.chunks_dropped},
                       {"n_ctx", report->n_ctx},
