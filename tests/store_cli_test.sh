@@ -276,6 +276,7 @@ else
   nwarn=$(grep -c . "$dir/c5.full.err")
   check "[ $nwarn -eq 1 ] && grep -q \"$S5\" '$dir/c5.full.err'" "full disk: want one warning line naming the store, got: $(cat "$dir/c5.full.err")"
   check "[ \"\$(find '$S5' -type f | sort | md5sum)\" = '$before' ] && [ -z \"\$(ls -A '$S5/tmp')\" ]" "full disk: the store changed: $(find "$S5" -newer "$dir/c5.init")"
+  check "[ \$(jf '$dir/c5.full' n_published_tokens) = 0 ]" "run --json on a full disk claims it published: $(cat "$dir/c5.full")"
   # save --cache-dir on the full disk: exit 0, and it does not claim to have published anything.
   expect_exit 0 "disk full" -- $KV save -m "$M" --prefix "$PREFIX" --cache-dir "$S5" --json
   check "[ \$(jf '$dir/out' n_published_tokens) = 0 ] && [ \$(jf '$dir/out' chunks_written) = 0 ]" "save --cache-dir on a full disk: $(cat "$dir/out")"
@@ -330,6 +331,16 @@ rm -rf "$dir/env-off"
 KVSTASH_CACHE_DIR="$dir/env-off" krun "$dir/c6.off" -m "$M" --no-cache "${A4[@]}" "${GREEDY[@]}"
 check "[ ! -e '$dir/env-off' ] && [ \$(jf '$dir/c6.off' n_reused_tokens) = 0 ] && same_answer '$dir/c6.off' '$dir/c4.cold'" "--no-cache used KVSTASH_CACHE_DIR"
 KVSTASH_CACHE_DIR="$S6e" expect_exit 1 "does not exist" -- $KV run -m "$M" --session "$dir/none.kvs" -p x -n 1
+# save -o with a store only from the environment: the file only (no second prefill, no publish).
+KVSTASH_CACHE_DIR="$dir/env-save" expect_exit 0 "" -- $KV save -m "$M" --prefix "$PREFIX" -o "$dir/env.kvs"
+check "[ -f '$dir/env.kvs' ] && [ ! -e '$dir/env-save' ]" "save -o published into \$KVSTASH_CACHE_DIR"
+# A store that cannot be used (its manifest damaged) costs the cache, not the answer.
+S6d="$dir/damaged-manifest"
+krun "$dir/c6.dm0" -m "$M" --cache-dir "$S6d" --cache-chunk $C "${A4[@]}" "${GREEDY[@]}"
+printf 'kvstash store\nversion 1\nchunk_tokens banana\n' >"$S6d/STORE"
+krun "$dir/c6.dm" -m "$M" --cache-dir "$S6d" "${A4[@]}" "${GREEDY[@]}"; rc=$?
+check "[ $rc -eq 0 ] && same_answer '$dir/c6.dm' '$dir/c4.cold' && grep -q 'answering without the store' '$dir/c6.dm.err'" "damaged manifest: exit $rc or no answer: $(cat "$dir/c6.dm.err")"
+expect_exit 1 "STORE" -- $KV cache verify --cache-dir "$S6d"
 # save --cache-dir publishes the prefix's chunks.
 S6s="$dir/saved"
 printf '%s' "$PREFIX" >"$dir/prefix.txt"

@@ -58,16 +58,11 @@ struct RunReport {
   double generate_ms = 0;
 };
 
-// The token sequence is tokens(prefix, BOS) + tokens(prompt, no BOS) (the prompt gets BOS when
-// there is no prefix). With a store, the whole sequence goes through Session::Sync(tokens, store). Warm: the session's tokens
-// stand for the prefix; with `prefix` given too, the longest common prefix is reused and only the
-// rest is decoded. Decoding happens in the same groups as a cold run (prefix, then prompt), so warm
-// and cold runs of the same tokens give the same text at temp 0.
 struct PublishReport {
   size_t n_tokens = 0;
   size_t n_reused = 0;     // already in the store
   size_t n_decoded = 0;    // decoded now
-  size_t n_published = 0;  // written to the store in new chunks
+  size_t n_published = 0;  // queued for the store in new chunks (see WriterStats for what landed)
   uint32_t n_ctx = 0;
   double prefill_ms = 0;  // restore + decode
   double publish_ms = 0;  // waiting for the chunks to be written
@@ -81,6 +76,15 @@ Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const st
                                     const std::atomic<bool>* cancel = nullptr,
                                     const ProgressFn& progress = {});
 
+// The token sequence is tokens(prefix, BOS) + tokens(prompt, no BOS) (the prompt gets BOS when
+// there is no prefix). With a store, the whole sequence goes through Session::Sync(tokens, store).
+// Warm from a session file: the session's tokens stand for the prefix; with `prefix` given too,
+// the longest common prefix is reused and only the rest is decoded. Decoding happens in the same
+// groups as a cold run (prefix, then prompt), so warm and cold runs of the same tokens give the
+// same text at temp 0. A store run decodes in
+// chunk-aligned groups: it gives the same text as a store run with an empty store, which on long
+// prompts may differ from a run without a store (both are right; llama.cpp's numbers depend on
+// the grouping).
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
                             const PieceCallback& on_piece = {}, const ProgressFn& progress = {});
 

@@ -50,8 +50,8 @@ uint64_t Get64(const uint8_t* p) {
 
 Status Bad(const std::string& name, const std::string& what) {
   return Status::Corruption("chunk file '" + name + "' is corrupt: " + what +
-                            "; it is not used ('kvstash cache verify' lists such files, " +
-                            "'kvstash cache gc' or a later publish replaces them)");
+                            "; it is not used ('kvstash cache verify' lists such files; the next " +
+                            "run that needs the chunk replaces it, 'kvstash cache rm' removes all)");
 }
 
 // The payload checksum over the tokens and the KV bytes, as if they were one buffer.

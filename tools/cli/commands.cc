@@ -245,10 +245,12 @@ namespace {
 // PublishPrefix's n_published counts the chunks it queued; a full or read-only disk drops them
 // after that (with a warning). This process's Store published this prefix only, so its writer's
 // counters tell how many are in the store now.
-size_t StoredTokens(const PublishReport& r, const Store& store) {
+size_t StoredTokens(size_t queued, const Store& store) {
   const WriterStats w = store.writer_stats();
-  return std::min<size_t>(r.n_published,
-                          (w.chunks_written + w.chunks_existing) * store.chunk_tokens());
+  return std::min<size_t>(queued, (w.chunks_written + w.chunks_existing) * store.chunk_tokens());
+}
+size_t StoredTokens(const PublishReport& r, const Store& store) {
+  return StoredTokens(r.n_published, store);
 }
 
 void PrintPublished(const PublishReport& r, const Store& store) {
@@ -360,8 +362,16 @@ int RunRun(const RunFlags& flags) {
   std::shared_ptr<Store> store;
   if (flags.store.dir) {
     auto opened = OpenStore(*flags.store.dir, &flags.store, /*create=*/true);
-    if (!opened.ok()) return Fail(opened.status());
-    store = std::move(opened.value());
+    // A store that cannot be used (a damaged manifest, a directory that cannot be made) costs the
+    // cache, not the answer; a store made with other settings (--cache-chunk) is a usage mistake.
+    if (!opened.ok() && opened.status().code() == Status::Code::kInvalidArgument)
+      return Fail(opened.status());
+    if (!opened.ok()) {
+      std::fprintf(stderr, "warning: %s; answering without the store\n",
+                   opened.status().message().c_str());
+    } else {
+      store = std::move(opened.value());
+    }
   }
   return RunRunWith(flags, store);
 }
@@ -420,6 +430,12 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
                      ? SignalExitCode()
                      : 0;
+  if (store) {
+    // The answer is out (streamed, or about to be printed whole); the chunks are written before
+    // the process ends anyway, and --json then says how many reached the store (not just queued).
+    store->WaitForWrites();
+    report->n_published_tokens = StoredTokens(report->n_published_tokens, *store);
+  }
   if (flags.common.json) {
     std::cout << Dump({{"text", report->generation.text},
                        {"tokens", report->generation.tokens},

@@ -242,6 +242,9 @@ int Dispatch(Cli& cli) {
       return UsageError("save needs --prefix TEXT or --prefix-file FILE");
     }
     if (int rc = ResolveStoreFlags(cli.save_max_bytes, &cli.save.store); rc != 0) return rc;
+    // Like run: an explicit -o wins over a store that comes from the environment only (publishing
+    // too would cost a second prefill nobody asked for).
+    if (!cli.save.output.empty() && !cli.cache_dir_flag) cli.save.store.dir.reset();
     if (cli.save.output.empty() && !cli.save.store.dir)
       return UsageError("save needs -o FILE (a session file) or --cache-dir DIR (a prefix store)");
     return RunSave(cli.save);
