@@ -183,8 +183,9 @@ json Restore(const Flags& flags, const std::shared_ptr<Model>& model, int P, int
       // Both: a context of the same size, the P tokens restored, and the next token decoded.
       evict();
       const auto t0 = Clock::now();
-      auto s = Check(Session::Create(model, Context(flags, n_ctx)), "create");
-      auto synced = Check(s->Sync(tokens, *store), "sync");
+      SyncResult synced;
+      auto s = Check(Session::Create(model, Context(flags, n_ctx), tokens, *store, {}, &synced),
+                     "create through the store");
       const double st = Ms(t0, Clock::now());
       if (synced.n_restored != static_cast<size_t>(P)) Die("the store did not restore P tokens");
       evict();
@@ -256,8 +257,9 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
       const std::vector<Token> prompt = TurnPrompt(system, c, k);
       const uint32_t n_ctx = 4096;
       const auto t0 = Clock::now();
-      auto s = Check(Session::Create(model, Context(flags, n_ctx)), "create");
-      auto synced = Check(s->Sync(prompt, *store), "sync");
+      SyncResult synced;
+      auto s = Check(Session::Create(model, Context(flags, n_ctx), prompt, *store, {}, &synced),
+                     "create through the store");
       warm[k - 1].push_back(FirstTokenMs(*s, t0));
       reused[k - 1].push_back(static_cast<double>(synced.n_reused));
       restore[k - 1].push_back(synced.restore_ms);

@@ -177,6 +177,28 @@ TEST_P(StoreSessionTest, TurnsInOneSessionEqualFreshColdRuns) {
   }
 }
 
+// Create(model, options, tokens, store): the chunks fetched while the context is created give the
+// same session as Create + Sync.
+TEST_P(StoreSessionTest, CreateThroughStoreEqualsCreateThenSync) {
+  auto store = NewStore("create");
+  ASSERT_TRUE(store);
+  const std::vector<Token> tokens = RandomTokens(4 * kChunk + 9, 21);
+  const Outcome cold = SyncAndGenerate(*store, tokens, Options());
+  for (int round = 0; round < 2; ++round) {  // the second: the flash attention guess remembered
+    SessionOptions o = Options();
+    o.n_ctx = 1024;
+    SyncResult r;
+    auto s = Session::Create(TinyModel(), o, tokens, *store, {}, &r);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ(r.n_restored, 4 * kChunk);
+    EXPECT_EQ((*s)->tokens(), tokens);
+    auto logits = (*s)->Logits();
+    ASSERT_TRUE(logits.ok());
+    ASSERT_EQ(logits->size(), cold.logits.size());
+    EXPECT_EQ(std::memcmp(logits->data(), cold.logits.data(), logits->size() * 4), 0);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(VLayouts, StoreSessionTest,
                          ::testing::Values(FlashAttention::kOn, FlashAttention::kOff,
                                            FlashAttention::kAuto),

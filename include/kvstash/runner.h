@@ -52,8 +52,8 @@ struct RunReport {
   size_t n_decoded_prompt_tokens = 0;  // decoded in this run
   size_t n_published_tokens = 0;       // queued for the store in new chunks
   uint32_t n_ctx = 0;                  // the context size of the session that answered
-  double load_ms = 0;
-  double prompt_ms = 0;
+  double load_ms = 0;    // Open of the session file; with a store, fetching and restoring chunks
+  double prompt_ms = 0;  // everything before generation (with a store: context, restore, decode)
   double ttft_ms = 0;  // from the start of load (or of prompt processing, cold) to the first token
   double generate_ms = 0;
 };

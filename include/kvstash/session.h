@@ -139,6 +139,12 @@ struct SyncResult {
   double publish_ms = 0;
 };
 
+// For Session::Create(model, options, tokens, store, ...).
+struct StoreSyncOptions {
+  ProgressFn progress;                        // as Session::SetProgressCallback, for the decode
+  const std::atomic<bool>* cancel = nullptr;  // as Session::SetCancelFlag
+};
+
 class Session {
  public:
   // A fresh, empty session on `model`. Recurrent, hybrid and sliding-window models are refused
@@ -174,6 +180,15 @@ class Session {
   // A bad chunk is a miss; a store that cannot be written is skipped with a warning: only the
   // session's own failures (context full, decode errors, cancellation) fail the call.
   Result<SyncResult> Sync(const std::vector<Token>& tokens, Store& store);
+
+  // Create() then Sync(tokens, store), the store's counterpart of Open(): the chunks are read,
+  // checked and assembled on a second thread while llama.cpp creates the context (which needs
+  // none of them). `result` (optional) gets the Sync's report.
+  static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options,
+                                                 const std::vector<Token>& tokens, Store& store,
+                                                 const StoreSyncOptions& sync = {},
+                                                 SyncResult* result = nullptr);
 
   // Samples until a stop condition; generated tokens become part of the session.
   Result<Generation> Generate(const SampleOptions& options, const PieceCallback& on_piece = {});

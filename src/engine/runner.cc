@@ -9,6 +9,7 @@
 
 #include "engine/model_impl.h"
 #include "env/env.h"
+#include "format/compat.h"
 #include "format/session_format.h"
 
 namespace kvstash {
@@ -107,25 +108,27 @@ Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const st
   if (prefix.empty()) {
     return Status::InvalidArgument("the prefix is empty: pass --prefix TEXT or --prefix-file FILE");
   }
-  auto session = Session::Create(model, options);
-  if (!session.ok()) return session.status();
-  KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(*model, prefix.size(), (*session)->n_ctx(), "prefix"));
+  const uint32_t n_ctx = format::PaddedContextSize(options.n_ctx != 0 ? options.n_ctx
+                                                                      : uint32_t(model->n_ctx_train()));
+  KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(*model, prefix.size(), n_ctx, "prefix"));
   auto tokens = model->Tokenize(prefix, /*add_bos=*/true);
   if (!tokens.ok()) return tokens.status();
   if (cancel != nullptr && cancel->load())
     return Status::Cancelled("publishing the prefix was cancelled before its prefill");
-  (*session)->SetProgressCallback(progress);
-  (*session)->SetCancelFlag(cancel);
   const auto t0 = Clock::now();
-  auto synced = (*session)->Sync(*tokens, store);
-  if (!synced.ok()) return synced.status();
+  StoreSyncOptions sync;
+  sync.progress = progress;
+  sync.cancel = cancel;
+  SyncResult synced;
+  auto session = Session::Create(model, options, *tokens, store, sync, &synced);
+  if (!session.ok()) return session.status();
   const auto t1 = Clock::now();
   store.WaitForWrites();
   PublishReport report;
   report.n_tokens = tokens->size();
-  report.n_reused = synced->n_reused;
-  report.n_decoded = synced->n_decoded;
-  report.n_published = synced->n_published;
+  report.n_reused = synced.n_reused;
+  report.n_decoded = synced.n_decoded;
+  report.n_published = synced.n_published;
   report.n_ctx = (*session)->n_ctx();
   report.prefill_ms = MsBetween(t0, t1);
   report.publish_ms = MsBetween(t1, Clock::now());
@@ -148,17 +151,32 @@ Result<std::vector<Token>> PromptTokens(const Model& model, const RunRequest& re
   return tokens;
 }
 
-// The prompt through the store; fills the report's token counts.
-Status SyncThroughStore(Session& session, const RunRequest& request, RunReport* report) {
-  auto tokens = PromptTokens(session.model(), request);
+// A session holding the whole prompt, through the store (the chunks fetched while the context is
+// created); fills the report's token counts.
+Result<std::unique_ptr<Session>> CreateThroughStore(std::shared_ptr<const Model> model,
+                                                    const RunRequest& request,
+                                                    const ProgressFn& progress,
+                                                    RunReport* report) {
+  const uint32_t n_ctx = format::PaddedContextSize(
+      request.create.n_ctx != 0 ? request.create.n_ctx : uint32_t(model->n_ctx_train()));
+  KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(
+      *model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(), n_ctx,
+      request.prefix ? "prefix and prompt" : "prompt"));
+  auto tokens = PromptTokens(*model, request);
   if (!tokens.ok()) return tokens.status();
-  auto synced = session.Sync(*tokens, *request.store);
-  if (!synced.ok()) return synced.status();
+  StoreSyncOptions sync;
+  sync.progress = progress;
+  sync.cancel = request.cancel;
+  SyncResult synced;
+  auto session = Session::Create(model, request.create, *tokens, *request.store, sync, &synced);
+  if (!session.ok()) return session.status();
+  report->n_ctx = (*session)->n_ctx();
   report->n_prompt_tokens = tokens->size();
-  report->n_reused_tokens = synced->n_reused;
-  report->n_decoded_prompt_tokens = synced->n_decoded;
-  report->n_published_tokens = synced->n_published;
-  return Status::Ok();
+  report->n_reused_tokens = synced.n_reused;
+  report->n_decoded_prompt_tokens = synced.n_decoded;
+  report->n_published_tokens = synced.n_published;
+  report->load_ms = synced.restore_ms;
+  return session;
 }
 
 // Samples the answer and fills the report's timings.
@@ -197,6 +215,11 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
                                    std::string("--session or --cache-dir"));
   }
   const auto t_start = Clock::now();
+  if (request.store) {
+    auto session = CreateThroughStore(model, request, progress, &report);
+    if (!session.ok()) return session.status();
+    return Generate(**session, request, on_piece, t_start, t_start, &report);
+  }
   std::unique_ptr<Session> session;
   if (request.session_path) {
     OpenOptions open = request.open;
@@ -226,10 +249,6 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   KVSTASH_RETURN_IF_ERROR(
       CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
                       session->n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
-  if (request.store) {
-    KVSTASH_RETURN_IF_ERROR(SyncThroughStore(*session, request, &report));
-    return Generate(*session, request, on_piece, t_start, t_prompt, &report);
-  }
   std::vector<Token> prefix_tokens;
   if (request.prefix) {
     auto tokens = model->Tokenize(*request.prefix, /*add_bos=*/true);

@@ -91,22 +91,8 @@ const char* StopReasonName(StopReason reason) {
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
 
-Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> model,
-                                                 const SessionOptions& options) {
-  if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
-  KVSTASH_RETURN_IF_ERROR(
-      CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
-  // Refused here, before a prefill that may take minutes, rather than at Save.
-  const llama_model* lm = model->impl()->model;
-  engine::ModelMemoryKind memory;
-  memory.recurrent = llama_model_is_recurrent(lm);
-  memory.hybrid = llama_model_is_hybrid(lm);
-  memory.n_swa = llama_model_n_swa(lm);
-  KVSTASH_RETURN_IF_ERROR(engine::CheckSupportedMemory(memory, model->path(), model->impl()->arch));
-  auto impl = std::make_unique<Impl>();
-  impl->model = model;
-  impl->n_threads = ResolveThreads(options.n_threads);
-  SessionMeta& p = impl->params;
+Result<SessionMeta> Session::Impl::ParamsFor(const SessionOptions& options) {
+  SessionMeta p;
   p.n_ctx = options.n_ctx;
   p.n_batch = options.n_batch;
   p.n_ubatch = std::min(options.n_ubatch, options.n_batch);
@@ -117,12 +103,6 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!type_v.ok()) return type_v.status();
   p.type_k = *type_k;
   p.type_v = *type_v;
-  // The V layout depends on flash attention. "auto" is resolved by llama.cpp; Save records what
-  // it chose (from the V layout of the KV bytes) and Open asks for exactly that.
-  const llama_flash_attn_type flash =
-      options.flash_attn == FlashAttention::kOn    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
-      : options.flash_attn == FlashAttention::kOff ? LLAMA_FLASH_ATTN_TYPE_DISABLED
-                                                   : LLAMA_FLASH_ATTN_TYPE_AUTO;
   p.flash_attn = options.flash_attn != FlashAttention::kOff;
   if (options.flash_attn == FlashAttention::kOff && ggml_is_quantized(*type_v)) {
     return Status::InvalidArgument("a quantized V cache (" + options.cache_type_v +
@@ -139,6 +119,34 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   p.yarn_orig_ctx = defaults.yarn_orig_ctx;
   p.swa_full = defaults.swa_full;
   p.kv_unified = defaults.kv_unified;
+  return p;
+}
+
+Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options) {
+  if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
+  KVSTASH_RETURN_IF_ERROR(
+      CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
+  // Refused here, before a prefill that may take minutes, rather than at Save.
+  const llama_model* lm = model->impl()->model;
+  engine::ModelMemoryKind memory;
+  memory.recurrent = llama_model_is_recurrent(lm);
+  memory.hybrid = llama_model_is_hybrid(lm);
+  memory.n_swa = llama_model_n_swa(lm);
+  KVSTASH_RETURN_IF_ERROR(engine::CheckSupportedMemory(memory, model->path(), model->impl()->arch));
+  auto impl = std::make_unique<Impl>();
+  impl->model = model;
+  impl->n_threads = ResolveThreads(options.n_threads);
+  auto params = Impl::ParamsFor(options);
+  if (!params.ok()) return params.status();
+  SessionMeta& p = impl->params;
+  p = *params;
+  // The V layout depends on flash attention. "auto" is resolved by llama.cpp; Save records what
+  // it chose (from the V layout of the KV bytes) and Open asks for exactly that.
+  const llama_flash_attn_type flash =
+      options.flash_attn == FlashAttention::kOn    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+      : options.flash_attn == FlashAttention::kOff ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                                   : LLAMA_FLASH_ATTN_TYPE_AUTO;
   engine::ClearFlashAttnResolution();
   auto ctx = Impl::MakeContext(*model, p, impl->n_threads, flash);
   if (!ctx.ok()) return ctx.status();

@@ -56,6 +56,8 @@ struct Session::Impl {
   std::optional<bool> v_trans;
 
   const Model::Impl& m() const { return *model->impl(); }
+  // The context parameters Create() asks llama.cpp for (n_ctx as given: llama.cpp rounds it).
+  static Result<SessionMeta> ParamsFor(const SessionOptions& options);
   Status Restore(const format::ParsedFile& parsed, const StableFile& file, const std::string& path);
   uint32_t n_ctx() const { return llama_n_ctx(ctx.get()); }
 

@@ -2,6 +2,9 @@
 // the rest in chunk-aligned groups, publish the new chunks (docs/STORE.md, "Syncing a session").
 #include <algorithm>
 #include <chrono>
+#include <future>
+#include <map>
+#include <mutex>
 
 #include "engine/session_impl.h"
 #include "format/chunk_format.h"
@@ -19,20 +22,20 @@ double MsSince(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-// The layout llama_state_seq_get_data uses for this session's cache (format/llama_state.h).
-format::ChunkLayout ExpectedLayout(const Session::Impl& s, bool v_trans) {
-  const Model::Impl& m = s.m();
+// The layout llama_state_seq_get_data uses for a cache of `model` with `params`
+// (format/llama_state.h).
+format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& params, bool v_trans) {
   format::ChunkLayout l;
   l.n_layer = static_cast<uint32_t>(llama_model_n_layer(m.model));
   l.v_trans = v_trans;
-  l.k_type = s.params.type_k;
-  l.v_type = s.params.type_v;
-  l.k_row_bytes = ggml_row_size(static_cast<ggml_type>(s.params.type_k), m.n_embd_k_gqa);
+  l.k_type = params.type_k;
+  l.v_type = params.type_v;
+  l.k_row_bytes = ggml_row_size(static_cast<ggml_type>(params.type_k), m.n_embd_k_gqa);
   if (v_trans) {
-    l.v_elem_bytes = static_cast<uint32_t>(ggml_type_size(static_cast<ggml_type>(s.params.type_v)));
+    l.v_elem_bytes = static_cast<uint32_t>(ggml_type_size(static_cast<ggml_type>(params.type_v)));
     l.n_embd_v = static_cast<uint32_t>(m.n_embd_v_gqa);
   } else {
-    l.v_row_bytes = ggml_row_size(static_cast<ggml_type>(s.params.type_v), m.n_embd_v_gqa);
+    l.v_row_bytes = ggml_row_size(static_cast<ggml_type>(params.type_v), m.n_embd_v_gqa);
   }
   return l;
 }
@@ -108,25 +111,82 @@ Status FlushAligned(Session::Impl& s, uint32_t chunk) {
   return Status::Ok();
 }
 
-// Hands the chunks to llama.cpp as one sequence state (set_data erases the sequence first, so all
-// of them at once). On failure the session is empty and the caller decodes from the start.
-Status RestoreChunks(Session::Impl& s, const LoadedPrefix& loaded, const std::vector<Token>& tokens,
-                     uint32_t chunk, const format::ChunkLayout& layout) {
-  const uint32_t cells = static_cast<uint32_t>(loaded.chunks.size()) * chunk;
-  LargeBuffer state(format::SeqStateSize(layout, cells));
-  if (state.data() == nullptr) return Status::IOError("cannot allocate the restored KV cache");
+struct Chain {
+  format::Hash256 h0;
+  std::string text;
+  std::vector<format::Hash256> hashes;  // h_1..h_k of the full chunks
+  format::ChunkLayout layout;
+  uint32_t chunk = 0;
+};
+
+Chain MakeChain(const Model& model, const SessionMeta& params, bool v_trans, uint32_t chunk,
+                const std::vector<Token>& tokens) {
+  Chain c;
+  c.text = format::StoreNamespaceText(FactsOf(model), model.Description(), params, v_trans, chunk,
+                                      engine::LlamaBuildInfo());
+  c.h0 = store::NamespaceHash(c.text);
+  c.hashes = store::ChainHashes(c.h0, tokens.data(), tokens.size(), chunk);
+  c.layout = ExpectedLayout(*model.impl(), params, v_trans);
+  c.chunk = chunk;
+  return c;
+}
+
+// What the store holds of a prompt: its longest verified prefix of chunks, assembled into one
+// llama.cpp sequence state (the chunk files closed again). Needs no context, so Create(..., store)
+// fetches it on a second thread while llama.cpp creates the context.
+struct Fetched {
+  std::string ns_text;                  // the namespace it was looked up in
+  std::vector<format::Hash256> hashes;  // and the chain
+  size_t n_found = 0;                   // chunks the lookup accepted
+  size_t n_assembled = 0;               // chunks in `state` (0 if assembling failed)
+  std::unique_ptr<LargeBuffer> state;
+  long first_bad = -1;
+  Status status;  // why found chunks were not assembled
+};
+
+Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& tokens,
+                    size_t max_chunks, int n_threads) {
+  Fetched out;
+  out.ns_text = chain.text;
+  out.hashes = chain.hashes;
+  LoadedPrefix loaded =
+      store.impl()->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
+  out.n_found = loaded.chunks.size();
+  out.first_bad = loaded.first_bad;
+  if (loaded.chunks.empty()) return out;
+  const uint32_t cells = static_cast<uint32_t>(loaded.chunks.size()) * chain.chunk;
+  out.state = std::make_unique<LargeBuffer>(format::SeqStateSize(chain.layout, cells));
+  if (out.state->data() == nullptr) {
+    out.status = Status::IOError("cannot allocate the restored KV cache");
+    return out;
+  }
   std::vector<const uint8_t*> kv;
   for (const auto& c : loaded.chunks) kv.push_back(c.kv);
-  format::AssembleSeqState(layout, chunk, kv, state.data(), std::min(s.n_threads, 2));
-  if (!loaded.Intact()) return Status::IOError("a chunk file changed while it was read");
+  format::AssembleSeqState(chain.layout, chain.chunk, kv, out.state->data(), n_threads);
+  // After the last read of the files: their bytes were the verified ones throughout.
+  if (!loaded.Intact()) {
+    out.status = Status::IOError("a chunk file changed while it was read");
+    return out;
+  }
+  out.n_assembled = loaded.chunks.size();
+  return out;
+}
+
+// Hands the assembled chunks to llama.cpp (set_data erases the sequence first, so all of them at
+// once). On failure the session is empty and the caller decodes from the start.
+Status RestoreFetched(Session::Impl& s, const Fetched& fetched, const std::vector<Token>& tokens,
+                      uint32_t chunk) {
+  KVSTASH_RETURN_IF_ERROR(fetched.status);
+  const uint32_t cells = static_cast<uint32_t>(fetched.n_assembled) * chunk;
   llama_memory_t mem = llama_get_memory(s.ctx.get());
   s.tokens.clear();
   s.n_cached = 0;
   s.n_aligned = 0;
   s.logits_valid = false;
   engine::ClearLlamaError();
-  const size_t read = llama_state_seq_set_data(s.ctx.get(), state.data(), state.size(), kSeq);
-  if (read != state.size() || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
+  const size_t size = fetched.state->size();
+  const size_t read = llama_state_seq_set_data(s.ctx.get(), fetched.state->data(), size, kSeq);
+  if (read != size || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
       llama_memory_seq_pos_max(mem, kSeq) != llama_pos(cells) - 1) {
     llama_memory_seq_rm(mem, kSeq, -1, -1);
     return Status::Internal("llama.cpp refused the restored chunks: " + engine::LastLlamaError());
@@ -138,15 +198,12 @@ Status RestoreChunks(Session::Impl& s, const LoadedPrefix& loaded, const std::ve
   return Status::Ok();
 }
 
-struct Chain {
-  format::Hash256 h0;
-  std::string text;
-  std::vector<format::Hash256> hashes;  // h_1..h_k of the full chunks
-};
 
 // Queues chunks first_new+1..k (1-based) of the session's tokens. Returns tokens queued.
 size_t PublishChunks(Session::Impl& s, Store& store, const Chain& chain, size_t first_new,
-                     long bad, const format::ChunkLayout& expected, uint32_t chunk) {
+                     long bad) {
+  const format::ChunkLayout& expected = chain.layout;
+  const uint32_t chunk = chain.chunk;
   if (first_new >= chain.hashes.size()) return 0;
   std::unique_ptr<LargeBuffer> state;
   format::KvLayout kv;
@@ -179,24 +236,24 @@ size_t PublishChunks(Session::Impl& s, Store& store, const Chain& chain, size_t 
 
 }  // namespace
 
-Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store) {
-  Impl& s = *impl_;
+namespace {
+
+// Session::Sync(tokens, store), using `fetched` (from Create(..., store)) when it was fetched for
+// this namespace and these tokens.
+Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
+                                    const std::vector<Token>& tokens, Store& store,
+                                    Fetched* fetched) {
   KVSTASH_RETURN_IF_ERROR(s.CheckTokens(tokens));
   if (tokens.size() > s.n_ctx()) {
     return Status::ContextFull("cannot sync to " + std::to_string(tokens.size()) + " tokens: the " +
                                "context holds " + std::to_string(s.n_ctx()) +
                                "; the session is unchanged; use a larger -c");
   }
-  if (tokens.empty()) return Sync(tokens);
+  if (tokens.empty()) return session.Sync(tokens);
   const uint32_t chunk = store.chunk_tokens();
   auto v_trans = ResolveVTrans(s);
   if (!v_trans.ok()) return v_trans.status();
-  const format::ChunkLayout layout = ExpectedLayout(s, *v_trans);
-  Chain chain;
-  chain.text = format::StoreNamespaceText(FactsOf(*s.model), s.model->Description(), s.params,
-                                          *v_trans, chunk, engine::LlamaBuildInfo());
-  chain.h0 = store::NamespaceHash(chain.text);
-  chain.hashes = store::ChainHashes(chain.h0, tokens.data(), tokens.size(), chunk);
+  const Chain chain = MakeChain(*s.model, s.params, *v_trans, chunk, tokens);
 
   // Whole chunks that may be reused: never the one holding the last token, whose logits a cold
   // run computes by decoding it.
@@ -207,14 +264,17 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store)
   const size_t own =
       s.aligned_chunk == chunk ? std::min({common, s.n_aligned, usable * chunk}) / chunk : 0;
   const auto t_restore = Clock::now();
-  LoadedPrefix loaded;
-  if (usable > own) {
-    loaded = store.impl()->LoadPrefix(chain.h0, chain.hashes, tokens.data(), usable, layout);
+  Fetched local;
+  const bool lookup = usable > own;
+  if (lookup && (fetched == nullptr || fetched->ns_text != chain.text ||
+                 fetched->hashes != chain.hashes)) {
+    local = FetchPrefix(store, chain, tokens, usable, std::min(s.n_threads, 2));
+    fetched = &local;
   }
   SyncResult result;
   size_t keep = own * chunk;
-  if (loaded.chunks.size() > own) {
-    const Status restored = RestoreChunks(s, loaded, tokens, chunk, layout);
+  if (lookup && fetched->n_found > own) {
+    const Status restored = RestoreFetched(s, *fetched, tokens, chunk);
     if (restored.ok()) {
       keep = s.n_cached;
       result.n_restored = keep;
@@ -224,9 +284,12 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store)
       keep = 0;
     }
   }
-  const size_t known = usable > own ? loaded.chunks.size() : 0;
-  const long first_bad = loaded.first_bad;
-  loaded = LoadedPrefix();  // the chunk files are closed: the restored bytes are llama.cpp's
+  // The store holds chunks 1..n_found (all verified); the rest are new to it, as far as this
+  // lookup knows (the writer skips any that another writer published meanwhile).
+  const size_t known = lookup ? fetched->n_found : 0;
+  const long first_bad = lookup ? fetched->first_bad : -1;
+  local = Fetched();
+  if (fetched != nullptr) fetched->state.reset();  // restored: the bytes are llama.cpp's now
   result.restore_ms = MsSince(t_restore);
   KVSTASH_RETURN_IF_ERROR(s.Truncate(std::min(keep, s.n_cached)));
   keep = s.n_cached;
@@ -238,12 +301,68 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store)
   s.aligned_chunk = chunk;
   result.n_reused = keep;
   result.n_decoded = tokens.size() - keep;
-  // The store holds chunks 1..loaded.chunks.size() (all verified); the rest are new to it, as far
-  // as this lookup knows (the writer skips any that another writer published meanwhile).
   const auto t_publish = Clock::now();
-  result.n_published = PublishChunks(s, store, chain, known, first_bad, layout, chunk);
+  result.n_published = PublishChunks(s, store, chain, known, first_bad);
   result.publish_ms = MsSince(t_publish);
   return result;
+}
+
+// How llama.cpp resolved flash attention "auto" for a model earlier in this process (it does not
+// change between contexts of one model and build), so that Create(..., store) can look up the
+// right namespace before the context exists. A wrong guess costs the overlap, never correctness:
+// Sync fetches again when the namespace differs.
+std::mutex g_auto_mu;
+std::map<std::string, bool> g_auto_v_trans;  // model fingerprint -> V transposed
+
+bool PredictVTrans(const Model& model, FlashAttention flash) {
+  if (flash != FlashAttention::kAuto) return flash == FlashAttention::kOff;
+  std::lock_guard<std::mutex> lock(g_auto_mu);
+  auto it = g_auto_v_trans.find(model.fingerprint().Hex());
+  return it != g_auto_v_trans.end() ? it->second : false;  // CPU builds enable it
+}
+
+void RememberVTrans(const Model& model, bool v_trans) {
+  std::lock_guard<std::mutex> lock(g_auto_mu);
+  g_auto_v_trans[model.fingerprint().Hex()] = v_trans;
+}
+
+}  // namespace
+
+Result<SyncResult> Session::Sync(const std::vector<Token>& tokens, Store& store) {
+  return SyncThroughStore(*this, *impl_, tokens, store, nullptr);
+}
+
+Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> model,
+                                                 const SessionOptions& options,
+                                                 const std::vector<Token>& tokens, Store& store,
+                                                 const StoreSyncOptions& sync, SyncResult* result) {
+  if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
+  auto params = Impl::ParamsFor(options);
+  if (!params.ok()) return params.status();
+  // The namespace as the context will have it: llama.cpp's n_ctx (0: the training context, rounded
+  // up to 256) decides LongRoPE's factors.
+  params->n_ctx = format::PaddedContextSize(options.n_ctx != 0 ? options.n_ctx
+                                                               : uint32_t(model->n_ctx_train()));
+  const Chain predicted = MakeChain(*model, *params, PredictVTrans(*model, options.flash_attn),
+                                    store.chunk_tokens(), tokens);
+  const size_t usable = tokens.empty() ? 0 : (tokens.size() - 1) / predicted.chunk;
+  std::future<Fetched> fetching;
+  if (usable > 0) {
+    fetching = std::async(std::launch::async, [&] {
+      return FetchPrefix(store, predicted, tokens, usable, /*n_threads=*/1);
+    });
+  }
+  auto created = Create(model, options);
+  Fetched fetched = fetching.valid() ? fetching.get() : Fetched();
+  if (!created.ok()) return created.status();
+  Session& session = **created;
+  session.SetProgressCallback(sync.progress);
+  session.SetCancelFlag(sync.cancel);
+  auto synced = SyncThroughStore(session, *session.impl_, tokens, store, &fetched);
+  if (!synced.ok()) return synced.status();
+  if (session.impl_->v_trans) RememberVTrans(*model, *session.impl_->v_trans);
+  if (result != nullptr) *result = *synced;
+  return std::move(created.value());
 }
 
 }  // namespace kvstash
