@@ -263,15 +263,22 @@ void PrintPublished(const PublishReport& r, const Store& store) {
                r.publish_ms);
 }
 
+// The text of save's --prefix or --prefix-file.
+Result<std::string> SavePrefixText(const SaveFlags& flags) {
+  auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
+  if (!prefix.ok()) return prefix.status();
+  if (!prefix->has_value())
+    return Status::InvalidArgument("save needs --prefix or --prefix-file");
+  return std::move(**prefix);
+}
+
 // save --cache-dir without -o: publish the prefix's chunks only.
 int RunPublish(const SaveFlags& flags, Store& store) {
-  auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
+  auto prefix = SavePrefixText(flags);
   if (!prefix.ok()) return Fail(prefix.status());
-  if (!prefix->has_value())
-    return Fail(Status::InvalidArgument("save needs --prefix or --prefix-file"));
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  auto report = PublishPrefix(*model, **prefix, store, flags.session, &g_cancel,
+  auto report = PublishPrefix(*model, *prefix, store, flags.session, &g_cancel,
                               MakeProgress("prefill", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
   NoteContextSize(flags.session.n_ctx, report->n_ctx);
@@ -319,10 +326,8 @@ int RunSave(const SaveFlags& flags) {
   }
   Status usable = CheckDestination(Env::Default(), flags.output, destination);
   if (!usable.ok()) return Fail(usable);
-  auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
+  auto prefix = SavePrefixText(flags);
   if (!prefix.ok()) return Fail(prefix.status());
-  if (!prefix->has_value())
-    return Fail(Status::InvalidArgument("save needs --prefix or --prefix-file"));
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
   SaveOptions save_options;
@@ -330,14 +335,14 @@ int RunSave(const SaveFlags& flags) {
   save_options.progress = MakeProgress("save", "bytes", kBarBytes);
   save_options.replace_any = flags.force;
   save_options.cancel = &g_cancel;
-  auto report = SavePrefix(*model, **prefix, flags.output, flags.session, save_options,
+  auto report = SavePrefix(*model, *prefix, flags.output, flags.session, save_options,
                            MakeProgress("prefill", "tokens", kBarTokens));
   if (!report.ok()) return Fail(report.status());
   NoteContextSize(flags.session.n_ctx, report->n_ctx);
   // A store too: its chunks are decoded in chunk-aligned groups, the session file's prefix in one
   // group, so each needs its own prefill (warm == cold holds for each).
   if (store) {
-    auto published = PublishPrefix(*model, **prefix, *store, flags.session, &g_cancel,
+    auto published = PublishPrefix(*model, *prefix, *store, flags.session, &g_cancel,
                                    MakeProgress("prefill", "tokens", kBarTokens));
     if (!published.ok()) return Fail(published.status());
     if (!flags.common.json) PrintPublished(*published, *store);
