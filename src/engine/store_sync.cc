@@ -145,7 +145,7 @@ struct Fetched {
 };
 
 Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& tokens,
-                    size_t max_chunks, int n_threads) {
+                    size_t max_chunks, int n_threads, bool huge_pages) {
   Fetched out;
   out.ns_text = chain.text;
   out.hashes = chain.hashes;
@@ -155,7 +155,7 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
   out.first_bad = loaded.first_bad;
   if (loaded.chunks.empty()) return out;
   const uint32_t cells = static_cast<uint32_t>(loaded.chunks.size()) * chain.chunk;
-  out.state = std::make_unique<LargeBuffer>(format::SeqStateSize(chain.layout, cells));
+  out.state = std::make_unique<LargeBuffer>(format::SeqStateSize(chain.layout, cells), huge_pages);
   if (out.state->data() == nullptr) {
     out.status = Status::IOError("cannot allocate the restored KV cache");
     return out;
@@ -268,7 +268,7 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   const bool lookup = usable > own;
   if (lookup && (fetched == nullptr || fetched->ns_text != chain.text ||
                  fetched->hashes != chain.hashes)) {
-    local = FetchPrefix(store, chain, tokens, usable, std::min(s.n_threads, 2));
+    local = FetchPrefix(store, chain, tokens, usable, std::min(s.n_threads, 2), true);
     fetched = &local;
   }
   SyncResult result;
@@ -349,7 +349,8 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   std::future<Fetched> fetching;
   if (usable > 0) {
     fetching = std::async(std::launch::async, [&] {
-      return FetchPrefix(store, predicted, tokens, usable, /*n_threads=*/1);
+      // Alongside context creation: no huge-page compaction (env.h, LargeBuffer).
+      return FetchPrefix(store, predicted, tokens, usable, /*n_threads=*/1, /*huge_pages=*/false);
     });
   }
   auto created = Create(model, options);

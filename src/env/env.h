@@ -89,8 +89,11 @@ class StableFile {
 // than the copy itself (55 ms vs 7 ms); 2 MiB pages make it ~45 faults.
 class LargeBuffer {
  public:
-  // Empty on allocation failure (check data() != nullptr).
-  explicit LargeBuffer(size_t size);
+  // Empty on allocation failure (check data() != nullptr). huge_pages = false leaves the pages to
+  // the kernel's default: where THP is "madvise"d, asking for huge pages makes a fault compact
+  // memory on the spot, which stalled llama.cpp's context creation on the other thread by 40-80 ms
+  // (Session::Create through a store fetches chunks meanwhile).
+  explicit LargeBuffer(size_t size, bool huge_pages = true);
   ~LargeBuffer();
   LargeBuffer(const LargeBuffer&) = delete;
   LargeBuffer& operator=(const LargeBuffer&) = delete;

@@ -171,7 +171,7 @@ class PosixWritableFile : public WritableFile {
 
 }  // namespace
 
-LargeBuffer::LargeBuffer(size_t size) : size_(size) {
+LargeBuffer::LargeBuffer(size_t size, bool huge_pages) : size_(size) {
   constexpr size_t kHuge = size_t{2} << 20;
   mapped_ = (size + kHuge - 1) / kHuge * kHuge;
   if (mapped_ == 0) return;
@@ -180,7 +180,7 @@ LargeBuffer::LargeBuffer(size_t size) : size_(size) {
     mapped_ = 0;
     return;
   }
-  madvise(p, mapped_, MADV_HUGEPAGE);  // a hint; kernels without THP ignore it
+  if (huge_pages) madvise(p, mapped_, MADV_HUGEPAGE);  // a hint; kernels without THP ignore it
 #ifdef MADV_POPULATE_WRITE
   // Fault everything in with one call instead of one trap per page (Linux >= 5.14; else ignored).
   madvise(p, mapped_, MADV_POPULATE_WRITE);
