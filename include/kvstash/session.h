@@ -178,7 +178,8 @@ class Session {
   // all of their chunks, because every token is decoded in the same group either way. (Plain
   // Append/Sync group tokens differently; mix them with store syncs only past the prompt.)
   // A bad chunk is a miss; a store that cannot be written is skipped with a warning: only the
-  // session's own failures (context full, decode errors, cancellation) fail the call.
+  // session's own failures (context full, decode errors, cancellation) fail the call, and then
+  // the session holds a prefix of `tokens` (what was kept or restored before the failure).
   Result<SyncResult> Sync(const std::vector<Token>& tokens, Store& store);
 
   // Create() then Sync(tokens, store), the store's counterpart of Open(): the chunks are read,
