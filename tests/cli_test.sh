@@ -5,18 +5,7 @@ set -u
 KV=$1
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
-# expect_exit CODE PATTERN -- command...: exit code and a stderr line matching PATTERN
-expect_exit() {
-  local code=$1 pattern=$2; shift 3
-  "$@" >"$dir/out" 2>"$dir/err"; local rc=$?
-  if [ $rc -ne "$code" ]; then bad "exit $rc (want $code): $*"; cat "$dir/err"; return; fi
-  if [ -n "$pattern" ] && ! grep -q -- "$pattern" "$dir/err"; then bad "stderr lacks '$pattern': $*"; cat "$dir/err"; return; fi
-  ok
-}
+. "$(dirname "$0")/test_lib.sh"
 
 M="$dir/tiny.gguf"
 $KV make-test-model -o "$M" || { echo "cannot make model"; exit 1; }

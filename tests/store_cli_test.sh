@@ -17,20 +17,9 @@ cleanup() {
 }
 trap cleanup EXIT
 unset KVSTASH_CACHE_DIR
-pass=0 fail=0
+. "$(dirname "$0")/test_lib.sh"
 t_section=$SECONDS
 section() { echo "  [section before $1: $((SECONDS - t_section)) s]"; t_section=$SECONDS; }
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
-# expect_exit CODE PATTERN -- command...: exit code and a stderr line matching PATTERN
-expect_exit() {
-  local code=$1 pattern=$2; shift 3
-  "$@" >"$dir/out" 2>"$dir/err"; local rc=$?
-  if [ $rc -ne "$code" ]; then bad "exit $rc (want $code): $*"; cat "$dir/err"; return; fi
-  if [ -n "$pattern" ] && ! grep -q -- "$pattern" "$dir/err"; then bad "stderr lacks '$pattern': $*"; cat "$dir/err"; return; fi
-  ok
-}
 # jf FILE KEY: one field of a JSON object
 jf() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2" 2>/dev/null; }
 # same_answer A B: the two run --json outputs have the same text and tokens
