@@ -415,6 +415,29 @@ TEST_F(StoreTest, WriterKeepsParentsAsNewAsChildrenAndEvictsToBudget) {
   EXPECT_EQ(Load(store.get(), b).chunks.size(), 2u);
 }
 
+// The writer lists the store only when it may be over budget (its own estimate, or every 10 s);
+// its own writes past the budget must still trigger eviction at once.
+TEST_F(StoreTest, WriterEvictsWhenItsOwnWritesExceedTheBudget) {
+  StoreOptions options;
+  options.chunk_tokens = kC;
+  const Prompt a = MakePrompt("ns", 2, 1);
+  const Prompt c = MakePrompt("ns", 2, 3);
+  {
+    auto probe = OpenStore(options);
+    PublishAll(probe.get(), a);
+  }
+  const uint64_t chunk = std::filesystem::file_size(ChunkPath(a, 0));
+  ASSERT_TRUE(OpenStore(options)->Gc(0).ok());
+  options.max_bytes = 3 * chunk;
+  auto store = OpenStore(options);
+  PublishAll(store.get(), a);  // 2 chunks: under budget
+  EXPECT_EQ(store->Stats()->chunks, 2u);
+  usleep(20000);
+  PublishAll(store.get(), c);  // 4 chunks: over, a's leaf (the oldest) goes
+  EXPECT_EQ(store->Stats()->chunks, 3u);
+  EXPECT_FALSE(std::filesystem::exists(ChunkPath(a, 1)));
+}
+
 TEST_F(StoreTest, SweepRemovesOnlyUnlockedTempFiles) {
   auto store = OpenStore();
   Env* env = Env::Default();

@@ -122,9 +122,29 @@ void ChunkWriter::Process(PublishItem& item) {
     (void)options_.env->SetMtime(options_.paths.ChunkPath(item.touch[j], uint32_t(j + 1)), now);
   }
   if (options_.max_bytes != 0 && !read_only()) {
-    // Another process's collector at work: it does the same job, so skip rather than wait.
-    (void)CollectGarbage(options_.env, options_.paths, options_.max_bytes, /*wait=*/false);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      estimated_bytes_ += stats_.bytes_written - bytes_counted_;
+      bytes_counted_ = stats_.bytes_written;
+    }
+    if (MayBeOverBudget(now)) {
+      // Another process's collector at work: it does the same job, so skip rather than wait.
+      bool skipped = false;
+      auto report = CollectGarbage(options_.env, options_.paths, options_.max_bytes,
+                                   /*wait=*/false, &skipped);
+      if (report.ok() && !skipped) {
+        estimated_bytes_ = report->bytes_left;
+        listed_at_ns_ = now;
+      }
+    }
   }
+}
+
+bool ChunkWriter::MayBeOverBudget(int64_t now_ns) const {
+  // Other processes' chunks are seen only by listing; a few seconds over budget is allowed.
+  constexpr int64_t kRecheckNs = int64_t{10} * 1000 * 1000 * 1000;
+  return listed_at_ns_ == 0 || estimated_bytes_ > options_.max_bytes ||
+         now_ns - listed_at_ns_ > kRecheckNs;
 }
 
 Status ChunkWriter::WriteChunk(const ChunkWrite& write, bool* existed) {

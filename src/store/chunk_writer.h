@@ -74,6 +74,14 @@ class ChunkWriter {
   std::mutex kind_mu_;
   std::string read_only_kind_;                    // the warning's kind, e.g. "read-only"
   std::set<format::Hash256> namespaces_written_;  // writer thread only
+  // Eviction after publishing (writer thread only). Listing and stat'ing every chunk costs time
+  // proportional to the store, so it runs only when the store may be over budget: when this
+  // estimate (the bytes left by the last collection plus what this writer wrote since) exceeds
+  // it, or when kRecheckNs passed since the last listing (other processes write too).
+  bool MayBeOverBudget(int64_t now_ns) const;
+  uint64_t estimated_bytes_ = 0;
+  uint64_t bytes_counted_ = 0;  // stats_.bytes_written already in estimated_bytes_
+  int64_t listed_at_ns_ = 0;    // 0: never listed
 };
 
 }  // namespace kvstash::store
