@@ -800,5 +800,22 @@ TEST_F(StoreTest, ForgedKvWithRecomputedChecksumsIsAcceptedDocumentedTrustBounda
   EXPECT_TRUE(verified->bad.empty()) << "Verify does not notice forged KV bytes";
 }
 
+// Attack: ns/<h_0>.txt replaced by a symbolic link to a file outside the store: stats must not
+// print the target's bytes (a private file of whoever runs 'cache stats').
+TEST_F(StoreTest, StatsDoesNotFollowASymlinkedNamespaceFile) {
+  auto store = OpenStore();
+  const Prompt p = MakePrompt("ns", 1, 1);
+  PublishAll(store.get(), p);
+  const std::string secret = dir_ + ".secret";
+  WriteAll(secret, "SECRET=hunter2\n");
+  const std::string ns_file = store::StorePaths{dir_}.NamespacePath(p.ns);
+  ASSERT_EQ(unlink(ns_file.c_str()), 0);
+  ASSERT_EQ(symlink(secret.c_str(), ns_file.c_str()), 0);
+  auto stats = store->Stats();
+  ASSERT_TRUE(stats.ok());
+  ASSERT_EQ(stats->namespaces.size(), 1u);
+  EXPECT_EQ(stats->namespaces[0].description.find("SECRET"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace kvstash
