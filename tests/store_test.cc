@@ -745,5 +745,100 @@ TEST_F(StoreTest, EnvLinkStatAndLinkFile) {
   EXPECT_FALSE(env->CreateDir(dir_ + "/a/q").ok());
 }
 
+// Attack: D/tmp replaced by a symbolic link to a directory outside the store. The sweep must not
+// follow it and remove the outside directory's *.tmp files (e.g. someone's editor files).
+TEST_F(StoreTest, GcDoesNotSweepThroughASymlinkedTmpDir) {
+  { OpenStore(); }
+  const std::string outside = dir_ + ".outside_tmp";
+  std::filesystem::create_directories(outside);
+  WriteAll(outside + "/notes.tmp", "user data");
+  WriteAll(outside + "/1.0123456789abcdef.tmp", "user data");
+  std::filesystem::remove_all(dir_ + "/tmp");
+  ASSERT_EQ(symlink(outside.c_str(), (dir_ + "/tmp").c_str()), 0);
+  auto store = OpenStore();
+  (void)store->Gc(0);
+  EXPECT_TRUE(std::filesystem::exists(outside + "/notes.tmp"));
+  EXPECT_TRUE(std::filesystem::exists(outside + "/1.0123456789abcdef.tmp"));
+  // The writer's own eviction (max_bytes set) sweeps too.
+  StoreOptions options;
+  options.max_bytes = 1;
+  auto evicting = OpenStore(options);
+  PublishAll(evicting.get(), MakePrompt("ns", 1, 1));
+  EXPECT_TRUE(std::filesystem::exists(outside + "/notes.tmp"));
+}
+
+// Attack: D/chunks replaced by a symbolic link to another store's chunks/. gc and rm of this
+// store must not remove the other store's files.
+TEST_F(StoreTest, GcAndClearDoNotDeleteThroughASymlinkedChunksDir) {
+  const std::string victim = dir_ + ".victim";
+  {
+    auto other = Store::Open(victim, [] {
+      StoreOptions o;
+      o.chunk_tokens = kC;
+      return o;
+    }());
+    ASSERT_TRUE(other.ok());
+    PublishAll(other->get(), MakePrompt("ns", 3, 1));
+  }
+  const auto count = [&] {
+    size_t n = 0;
+    for (auto& e : std::filesystem::recursive_directory_iterator(victim + "/chunks"))
+      n += e.is_regular_file();
+    return n;
+  };
+  ASSERT_EQ(count(), 3u);
+  { OpenStore(); }
+  std::filesystem::remove_all(dir_ + "/chunks");
+  ASSERT_EQ(symlink((victim + "/chunks").c_str(), (dir_ + "/chunks").c_str()), 0);
+  auto store = OpenStore();
+  (void)store->Gc(0);
+  EXPECT_EQ(count(), 3u) << "gc deleted files outside the store";
+  (void)store->Clear("");
+  EXPECT_EQ(count(), 3u) << "rm deleted files outside the store";
+}
+
+// Attack (design): anyone who can write D can plant a chunk under its right name, with the right
+// header and tokens, but other KV bytes and recomputed checksums (xxh3 is not keyed). LoadPrefix
+// and Verify both accept it, so the restored cache (and the answer) is the attacker's. This test
+// documents the trust boundary: it passes today; it would fail only if the store gained a way to
+// authenticate KV bytes.
+TEST_F(StoreTest, ForgedKvWithRecomputedChecksumsIsAcceptedDocumentedTrustBoundary) {
+  auto store = OpenStore();
+  const Prompt p = MakePrompt("ns", 2, 1);
+  PublishAll(store.get(), p);
+  ChunkWrite forged = p.writes[1];
+  for (char& c : forged.kv) c = char(~c);
+  const std::string head = format::EncodeChunkHead(
+      forged.header, forged.tokens.data(), reinterpret_cast<const uint8_t*>(forged.kv.data()),
+      forged.kv.size());
+  const std::string path = ChunkPath(p, 1);
+  ASSERT_EQ(unlink(path.c_str()), 0);
+  WriteAll(path, head + forged.kv);
+  auto loaded = Load(store.get(), p);
+  ASSERT_EQ(loaded.chunks.size(), 2u);
+  EXPECT_EQ(0, std::memcmp(loaded.chunks[1].kv, forged.kv.data(), forged.kv.size()))
+      << "the forged KV bytes are what a run restores";
+  auto verified = store->Verify();
+  ASSERT_TRUE(verified.ok());
+  EXPECT_TRUE(verified->bad.empty()) << "Verify does not notice forged KV bytes";
+}
+
+// Attack: ns/<h_0>.txt replaced by a symbolic link to a file outside the store: stats must not
+// print the target's bytes (a private file of whoever runs 'cache stats').
+TEST_F(StoreTest, StatsDoesNotFollowASymlinkedNamespaceFile) {
+  auto store = OpenStore();
+  const Prompt p = MakePrompt("ns", 1, 1);
+  PublishAll(store.get(), p);
+  const std::string secret = dir_ + ".secret";
+  WriteAll(secret, "SECRET=hunter2\n");
+  const std::string ns_file = store::StorePaths{dir_}.NamespacePath(p.ns);
+  ASSERT_EQ(unlink(ns_file.c_str()), 0);
+  ASSERT_EQ(symlink(secret.c_str(), ns_file.c_str()), 0);
+  auto stats = store->Stats();
+  ASSERT_TRUE(stats.ok());
+  ASSERT_EQ(stats->namespaces.size(), 1u);
+  EXPECT_EQ(stats->namespaces[0].description.find("SECRET"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace kvstash

@@ -5,6 +5,8 @@
 namespace kvstash::store {
 
 uint64_t SweepTempFiles(Env* env, const StorePaths& paths) {
+  // A tmp/ that is a symbolic link is not swept: its *.tmp files may be anyone's.
+  if (!RealSubdir(env, paths.Temp()).ok()) return 0;
   auto names = env->ListDir(paths.Temp());
   if (!names.ok()) return 0;
   uint64_t removed = 0;

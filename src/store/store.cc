@@ -109,6 +109,8 @@ Result<uint32_t> CreateManifest(Env* env, const StorePaths& paths, uint32_t chun
 Status MakeSubdirs(Env* env, const StorePaths& paths) {
   for (const std::string& sub : {paths.Chunks(), paths.Namespaces(), paths.Temp()}) {
     KVSTASH_RETURN_IF_ERROR(env->CreateDir(sub));
+    // CreateDir accepts a symbolic link to a directory; the writer must not write through one.
+    KVSTASH_RETURN_IF_ERROR(store::RealSubdir(env, sub));
   }
   if (!env->LinkStat(paths.GcLock()).ok()) {
     auto lock = env->NewWritableFile(paths.GcLock());  // EEXIST from a racing opener is fine
@@ -435,8 +437,14 @@ Result<StoreStats> Store::Stats() const {
     ns.bytes += c.bytes;
   }
   for (auto& [hex, ns] : by_ns) {
-    auto text = impl->env_->ReadFilePrefix(impl->paths_.Namespaces() + "/" + hex + ".txt", 4096);
-    if (text.ok()) ns.description = *text;
+    // Only a regular file written there: a symbolic link planted under the name could make stats
+    // print any file the caller can read.
+    const std::string path = impl->paths_.Namespaces() + "/" + hex + ".txt";
+    auto info = impl->env_->LinkStat(path);
+    if (info.ok() && info->type == FileInfo::Type::kRegular) {
+      auto text = impl->env_->ReadFilePrefix(path, 4096);
+      if (text.ok()) ns.description = *text;
+    }
     stats.namespaces.push_back(std::move(ns));
   }
   auto temps = impl->env_->ListDir(impl->paths_.Temp());

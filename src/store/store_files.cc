@@ -121,7 +121,19 @@ void ListSubdir(Env* env, const std::string& sub, const std::string& hh,
 
 }  // namespace
 
+Status RealSubdir(Env* env, const std::string& path) {
+  auto info = env->LinkStat(path);
+  if (!info.ok()) return info.status();
+  if (info->type != FileInfo::Type::kDirectory) {
+    return Status::IOError("'" + path + "' is " + TypeName(info->type) +
+                           ", not a directory of the store; the store never follows it (its " +
+                           "files could be outside the store): remove it");
+  }
+  return Status::Ok();
+}
+
 Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths) {
+  KVSTASH_RETURN_IF_ERROR(RealSubdir(env, paths.Chunks()));
   auto subdirs = env->ListDir(paths.Chunks());
   if (!subdirs.ok()) return subdirs.status();
   std::vector<ChunkEntry> entries;

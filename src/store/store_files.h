@@ -55,8 +55,14 @@ struct ChunkEntry {
 };
 
 // Every entry of chunks/*/ (and anything misplaced directly in chunks/). Never opens a file, so
-// FIFOs and devices cannot block it. Entries that vanish while listed are skipped.
+// FIFOs and devices cannot block it. Entries that vanish while listed are skipped. chunks/ itself
+// must be a directory, not a symbolic link (RealSubdir): else collectors would remove files
+// outside the store.
 Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths);
+
+// Ok when `path` (a store's chunks/, ns/ or tmp/) is a directory itself, not a symbolic link to
+// one (lstat): nothing the store lists, writes or removes may lie outside its directory.
+Status RealSubdir(Env* env, const std::string& path);
 
 // Which kind of failure a writer's Status stands for, as the warning calls it ("disk full",
 // "read-only", ...). Env statuses carry the errno name (ErrnoText).
