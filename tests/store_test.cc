@@ -438,6 +438,16 @@ TEST_F(StoreTest, WriterEvictsWhenItsOwnWritesExceedTheBudget) {
   EXPECT_FALSE(std::filesystem::exists(ChunkPath(a, 1)));
 }
 
+// A new store is private (0700): its chunks hold prompts, and write access means control of the
+// answers. An existing directory keeps its mode.
+TEST_F(StoreTest, NewStoreDirectoryIsPrivate) {
+  const std::string fresh = dir_ + "/fresh/store";
+  auto store = Store::Open(fresh);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ(std::filesystem::status(fresh).permissions() & std::filesystem::perms::all,
+            std::filesystem::perms::owner_all);
+}
+
 TEST_F(StoreTest, SweepRemovesOnlyUnlockedTempFiles) {
   auto store = OpenStore();
   Env* env = Env::Default();

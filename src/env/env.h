@@ -193,8 +193,9 @@ class Env {
   // of many processes publishing the same name, exactly one wins. Returns true when linked, false
   // when `to` already existed (EEXIST: not an error). Errors name `to`.
   Result<bool> LinkFile(const std::string& from, const std::string& to);
-  // mkdir -p with mode 0755; existing directories are fine.
-  Status CreateDir(const std::string& path);
+  // mkdir -p; existing directories are fine (and keep their mode). The last component is made with
+  // `mode` (less the umask), its missing parents with 0755.
+  Status CreateDir(const std::string& path, mode_t mode = 0755);
   // Sets the modification time of `path` itself: a symbolic link's own time, never its target's
   // (a link planted in a shared directory must not let us touch files elsewhere). The access time
   // is left alone.

@@ -363,13 +363,14 @@ Result<bool> Env::LinkFile(const std::string& from, const std::string& to) {
   return true;
 }
 
-Status Env::CreateDir(const std::string& path) {
+Status Env::CreateDir(const std::string& path, mode_t mode) {
   if (path.empty()) return Status::InvalidArgument("cannot create a directory with an empty name");
   // Parents first; each level tolerates EEXIST, so concurrent creators all succeed.
   for (size_t at = path.find('/', 1);; at = path.find('/', at + 1)) {
     const std::string part = at == std::string::npos ? path : path.substr(0, at);
     if (!part.empty() && part.back() != '/') {
-      if (RetryOnEintr([&] { return sys_->Mkdir(part.c_str(), 0755); }) != 0 && errno != EEXIST) {
+      const mode_t m = at == std::string::npos ? mode : 0755;  // parents as mkdir -p makes them
+      if (RetryOnEintr([&] { return sys_->Mkdir(part.c_str(), m); }) != 0 && errno != EEXIST) {
         const int err = errno;
         return Status::IOError("cannot create directory '" + part + "': " + ErrnoText(err));
       }

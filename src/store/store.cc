@@ -335,7 +335,9 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   }
   const StorePaths paths{dir};
   if (options.create) {
-    Status made = env->CreateDir(dir);
+    // Private by default: chunks hold the prompts' tokens, and whoever can write them decides the
+    // answers (docs/STORE.md, "Trust"). An existing directory keeps its mode (a shared store).
+    Status made = env->CreateDir(dir, 0700);
     auto info = env->Stat(dir);
     if (!made.ok() && !(info.ok() && info->type == FileInfo::Type::kDirectory)) return made;
   }
