@@ -261,10 +261,14 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
       auto s = Check(Session::Create(model, Context(flags, n_ctx), prompt, *store, {}, &synced),
                      "create through the store");
       warm[k - 1].push_back(FirstTokenMs(*s, t0));
+      // The new chunks were copied out for the writer after the first token, off the TTFT path.
+      const auto t_copy = Clock::now();
+      s.reset();
+      const double copy_ms = Ms(t_copy, Clock::now());
       reused[k - 1].push_back(static_cast<double>(synced.n_reused));
       restore[k - 1].push_back(synced.restore_ms);
       decode[k - 1].push_back(synced.decode_ms);
-      publish[k - 1].push_back(synced.publish_ms);
+      publish[k - 1].push_back(copy_ms);
       store->WaitForWrites();  // the next turn comes later than a background write takes
       if (conv == 0) {  // cold depends on the length only: one conversation is enough
         const auto t1 = Clock::now();
@@ -388,7 +392,7 @@ void PrintTables(const json& r) {
 
   std::printf("\n### Time to first token of turn k (small, KV f16, median ms)\n\n");
   std::printf("| turn | prompt tokens | reused | store TTFT | cold TTFT | speed-up | store: restore "
-              "| decode | publish |\n|---|---|---|---|---|---|---|---|---|\n");
+              "| decode | copy-out after TTFT |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& t : r["turns"]) {
     std::printf("| %d | %d | %.0f | %.1f | %.1f | %.1fx | %.1f | %.1f | %.1f |\n",
                 t["turn"].get<int>(), t["prompt_tokens"].get<int>(),

@@ -246,6 +246,43 @@ TEST(StoreSessionFaultTest, DamagedChunkIsAMissAndIsReplaced) {
   EXPECT_EQ(SyncAndGenerate(*store, tokens).sync.n_restored, 4 * kChunk);
 }
 
+// The new chunks are copied out after the answer's first token, not before it: a store Sync
+// leaves them pending, Generate's first token hands them over, and so does the session's end.
+TEST(StoreSessionFaultTest, NewChunksAreHandedOverAfterTheFirstToken) {
+  auto store = NewStore("deferred");
+  ASSERT_TRUE(store);
+  const std::vector<Token> tokens = RandomTokens(3 * kChunk + 5, 31);
+  auto s = Session::Create(TinyModel());
+  ASSERT_TRUE(s.ok());
+  auto synced = (*s)->Sync(tokens, *store);
+  ASSERT_TRUE(synced.ok());
+  EXPECT_EQ(synced->n_published, 3 * kChunk);
+  store->WaitForWrites();
+  EXPECT_EQ(store->Stats()->chunks, 0u) << "copied out before the first token";
+  SampleOptions one;
+  one.temp = 0;
+  one.n_predict = 1;
+  ASSERT_TRUE((*s)->Generate(one).ok());
+  store->WaitForWrites();
+  EXPECT_EQ(store->Stats()->chunks, 3u);
+  // Without a Generate: at the session's end; and a changed prompt first hands over the last one.
+  const std::vector<Token> other = RandomTokens(2 * kChunk + 1, 32);
+  ASSERT_TRUE((*s)->Sync(other, *store).ok());
+  ASSERT_TRUE((*s)->Sync(Concat(other, RandomTokens(kChunk, 33)), *store).ok());
+  store->WaitForWrites();
+  EXPECT_EQ(store->Stats()->chunks, 5u);
+  s->reset();
+  store->WaitForWrites();
+  EXPECT_EQ(store->Stats()->chunks, 6u);
+  // What was handed over is right: a fresh run restores it and equals a cold one.
+  const auto longer = Concat(other, RandomTokens(kChunk, 33));
+  auto cold_store = NewStore("deferred-cold");
+  const Outcome cold = SyncAndGenerate(*cold_store, longer);
+  const Outcome warm = SyncAndGenerate(*store, longer);
+  EXPECT_EQ(warm.sync.n_restored, 3 * kChunk);
+  ExpectSame(warm, cold, "deferred chunks");
+}
+
 // Other cache types and another model's weights (same shape) live in other namespaces: no hits.
 TEST(StoreSessionFaultTest, OtherSettingsAndModelsDoNotHit) {
   auto store = NewStore("namespaces");
@@ -264,6 +301,8 @@ TEST(StoreSessionFaultTest, OtherSettingsAndModelsDoNotHit) {
   ASSERT_TRUE(synced.ok());
   EXPECT_EQ(synced->n_restored, 0u);
   EXPECT_EQ(SyncAndGenerate(*store, tokens).sync.n_restored, 3 * kChunk);
+  other->reset();  // a session hands its new chunks over after a first token, or when it ends
+  store->WaitForWrites();
   auto stats = store->Stats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->namespaces.size(), 4u);

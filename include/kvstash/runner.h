@@ -65,7 +65,7 @@ struct PublishReport {
   size_t n_published = 0;  // queued for the store in new chunks (see WriterStats for what landed)
   uint32_t n_ctx = 0;
   double prefill_ms = 0;  // restore + decode
-  double publish_ms = 0;  // waiting for the chunks to be written
+  double publish_ms = 0;  // copying the chunks out and waiting until they are written
 };
 
 // Decodes `prefix` (with BOS) through `store` and waits until its whole chunks are written, so

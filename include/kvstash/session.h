@@ -131,12 +131,15 @@ struct SyncResult {
   size_t n_reused = 0;   // tokens kept from the cache (the session's own, or restored from a store)
   size_t n_decoded = 0;  // tokens decoded now
   size_t n_restored = 0;   // of n_reused: loaded from the store (Sync with a store)
-  size_t n_published = 0;  // tokens queued for the store in new chunks (Sync with a store)
+  // Tokens in new whole chunks for the store (Sync with a store). They are copied out of llama.cpp
+  // for the store's background writer after the first token Generate produces (or at the next
+  // call that changes the cache, or when the session ends), so the answer never waits for the
+  // copy; the writer may still drop them (Store::writer_stats says what landed).
+  size_t n_published = 0;
   // Where the time of a Sync with a store went (ms): finding, reading, checking and restoring
-  // chunks; decoding; copying new chunks out of llama.cpp for the background writer.
+  // chunks; decoding.
   double restore_ms = 0;
   double decode_ms = 0;
-  double publish_ms = 0;
 };
 
 // For Session::Create(model, options, tokens, store, ...).

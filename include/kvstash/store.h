@@ -92,7 +92,7 @@ struct WriterStats {
   uint64_t bytes_written = 0;
 };
 
-class Store {
+class Store : public std::enable_shared_from_this<Store> {
  public:
   static Result<std::shared_ptr<Store>> Open(const std::string& dir,
                                              const StoreOptions& options = {});

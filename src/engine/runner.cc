@@ -123,13 +123,14 @@ Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const st
   auto session = Session::Create(model, options, *tokens, store, sync, &synced);
   if (!session.ok()) return session.status();
   const auto t1 = Clock::now();
-  store.WaitForWrites();
   PublishReport report;
+  report.n_ctx = (*session)->n_ctx();
+  session->reset();  // hands its new chunks to the writer (they wait for a first token otherwise)
+  store.WaitForWrites();
   report.n_tokens = tokens->size();
   report.n_reused = synced.n_reused;
   report.n_decoded = synced.n_decoded;
   report.n_published = synced.n_published;
-  report.n_ctx = (*session)->n_ctx();
   report.prefill_ms = MsBetween(t0, t1);
   report.publish_ms = MsBetween(t1, Clock::now());
   return report;

@@ -89,7 +89,9 @@ const char* StopReasonName(StopReason reason) {
 // Session::Impl is in engine/session_impl.h (shared with engine/store_sync.cc).
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Session::~Session() = default;
+Session::~Session() {
+  if (impl_) impl_->RunPendingPublish();
+}
 
 Result<SessionMeta> Session::Impl::ParamsFor(const SessionOptions& options) {
   SessionMeta p;
@@ -304,6 +306,7 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
     ends.push_back(matcher.text().size());
     KVSTASH_RETURN_IF_ERROR(
         EmitPiece(on_piece, matcher.text(), matcher.safe_size(), &emitted, &cancelled));
+    RunPendingPublish();  // after the first token: the answer does not wait for the copy
     if (cancelled) {
       gen->stop_reason = StopReason::kCancelled;
       break;
@@ -332,6 +335,7 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
   const std::vector<float> start_logits = s.logits;
   Generation gen;
   const Status status = s.SampleLoop(options, on_piece, &gen);
+  s.RunPendingPublish();  // when no token came (end of generation at once, n_predict 0, errors)
   if (!status.ok()) {
     if (s.Truncate(start).ok()) {
       s.logits = start_logits;
@@ -344,6 +348,7 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
 
 Status Session::Save(const std::string& path, const SaveOptions& options) {
   Impl& s = *impl_;
+  s.RunPendingPublish();
   if (s.tokens.empty()) {
     return Status::InvalidArgument("nothing to save to '" + path + "': the session is empty; " +
                                    "append a prefix first");

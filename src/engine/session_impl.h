@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,6 +55,19 @@ struct Session::Impl {
   // Whether V is stored transposed (flash attention off): known from Open's file, Create's flag,
   // or, for flash attention "auto", a probe the first time a store needs it.
   std::optional<bool> v_trans;
+  // New chunks a store Sync decoded, copied out for the store's writer only after the first token
+  // of the answer (store_sync.cc): llama_state_seq_get_data copies the whole sequence, tens of ms
+  // an answer need not wait for. Run before anything changes cells below pending_publish_upto
+  // (Truncate, a store Sync's restore), after Generate's first token, and when the session ends.
+  std::function<void(Impl&)> pending_publish;
+  size_t pending_publish_upto = 0;
+  void RunPendingPublish() {
+    if (!pending_publish) return;
+    auto publish = std::move(pending_publish);
+    pending_publish = nullptr;
+    pending_publish_upto = 0;
+    publish(*this);
+  }
 
   const Model::Impl& m() const { return *model->impl(); }
   // The context parameters Create() asks llama.cpp for (n_ctx as given: llama.cpp rounds it).
@@ -253,6 +267,7 @@ struct Session::Impl {
 
   // Drops every cached token from position `keep` on.
   Status Truncate(size_t keep) {
+    if (keep < pending_publish_upto) RunPendingPublish();
     if (keep < n_cached) {
       if (!llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(keep),
                                -1)) {

@@ -249,6 +249,7 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
                                "context holds " + std::to_string(s.n_ctx()) +
                                "; the session is unchanged; use a larger -c");
   }
+  s.RunPendingPublish();  // the previous sync's chunks, before a restore replaces the cache
   if (tokens.empty()) return session.Sync(tokens);
   const uint32_t chunk = store.chunk_tokens();
   auto v_trans = ResolveVTrans(s);
@@ -301,9 +302,16 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   s.aligned_chunk = chunk;
   result.n_reused = keep;
   result.n_decoded = tokens.size() - keep;
-  const auto t_publish = Clock::now();
-  result.n_published = PublishChunks(s, store, chain, known, first_bad);
-  result.publish_ms = MsSince(t_publish);
+  // The new chunks are copied out for the writer after the answer's first token (session_impl.h,
+  // pending_publish), or when the session is next changed or ends.
+  if (known < chain.hashes.size()) {
+    std::weak_ptr<Store> weak = store.weak_from_this();
+    s.pending_publish = [weak, chain, known, first_bad](Session::Impl& impl) {
+      if (auto alive = weak.lock()) PublishChunks(impl, *alive, chain, known, first_bad);
+    };
+    s.pending_publish_upto = chain.hashes.size() * chunk;
+    result.n_published = (chain.hashes.size() - known) * chunk;
+  }
   return result;
 }
 
