@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -235,12 +236,25 @@ std::vector<Token> TurnPrompt(const std::vector<Token>& system, const Conversati
   return Join(p, c.users[k - 1]);
 }
 
-double FirstTokenMs(Session& s, Clock::time_point since) {
+// Time from `since` to the first piece of text Generate hands out (or to its return, when the
+// token has no text). *after_ms (optional): from that moment until the session is gone (a store
+// session copies its new chunks out for the writer then, off the TTFT path).
+double FirstTokenMs(std::unique_ptr<Session> s, Clock::time_point since, double* after_ms = nullptr) {
   SampleOptions one;
   one.temp = 0;
   one.n_predict = 1;
-  Check(s.Generate(one).status(), "generate");
-  return Ms(since, Clock::now());
+  std::optional<Clock::time_point> first;
+  Check(s->Generate(one,
+                    [&first](std::string_view) {
+                      if (!first) first = Clock::now();
+                      return true;
+                    })
+            .status(),
+        "generate");
+  if (!first) first = Clock::now();
+  s.reset();
+  if (after_ms != nullptr) *after_ms = Ms(*first, Clock::now());
+  return Ms(since, *first);
 }
 
 json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) {
@@ -260,11 +274,8 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
       SyncResult synced;
       auto s = Check(Session::Create(model, Context(flags, n_ctx), prompt, *store, {}, &synced),
                      "create through the store");
-      warm[k - 1].push_back(FirstTokenMs(*s, t0));
-      // The new chunks were copied out for the writer after the first token, off the TTFT path.
-      const auto t_copy = Clock::now();
-      s.reset();
-      const double copy_ms = Ms(t_copy, Clock::now());
+      double copy_ms = 0;  // new chunks copied out for the writer, after the first token
+      warm[k - 1].push_back(FirstTokenMs(std::move(s), t0, &copy_ms));
       reused[k - 1].push_back(static_cast<double>(synced.n_reused));
       restore[k - 1].push_back(synced.restore_ms);
       decode[k - 1].push_back(synced.decode_ms);
@@ -274,7 +285,7 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
         const auto t1 = Clock::now();
         auto fresh = Check(Session::Create(model, Context(flags, n_ctx)), "create");
         Check(fresh->AppendTokens(prompt), "prefill");
-        cold[k - 1].push_back(FirstTokenMs(*fresh, t1));
+        cold[k - 1].push_back(FirstTokenMs(std::move(fresh), t1));
       }
     }
   }
@@ -392,7 +403,7 @@ void PrintTables(const json& r) {
 
   std::printf("\n### Time to first token of turn k (small, KV f16, median ms)\n\n");
   std::printf("| turn | prompt tokens | reused | store TTFT | cold TTFT | speed-up | store: restore "
-              "| decode | copy-out after TTFT |\n|---|---|---|---|---|---|---|---|---|\n");
+              "| decode | after TTFT: copy-out, free |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& t : r["turns"]) {
     std::printf("| %d | %d | %.0f | %.1f | %.1f | %.1fx | %.1f | %.1f | %.1f |\n",
                 t["turn"].get<int>(), t["prompt_tokens"].get<int>(),
