@@ -357,6 +357,18 @@ $KV cache stats --cache-dir "$S6" --json >"$dir/c6.stats3"
 check "[ $removed -ge 1 ] && [ \$(jf '$dir/c6.stats3' chunks) -eq $((n_before - removed)) ] && ! grep -q '$ns_other' '$dir/c6.stats3'" "cache rm --namespace: removed $removed of $n_before"
 expect_exit 1 "not a namespace hash" -- $KV cache rm --cache-dir "$S6" --namespace zz
 # rm --all empties the store; a later run is cold again and right.
+# Another process holds gc.lock: gc and rm say what they wait for, then do their job.
+if command -v flock >/dev/null; then
+  flock "$S6/gc.lock" sleep 2 &
+  sleep 0.3
+  expect_exit 0 "waiting for another process's garbage collector" -- $KV cache gc --cache-dir "$S6" --max-bytes 1G
+  flock "$S6/gc.lock" sleep 2 &
+  sleep 0.3
+  expect_exit 0 "gc.lock" -- $KV cache rm --cache-dir "$S6" --namespace "$(printf '0%.0s' $(seq 64))"
+  wait
+else
+  echo "SKIP gc.lock wait test: no flock(1)"
+fi
 expect_exit 0 "" -- $KV cache rm --cache-dir "$S6" --all --json
 check "[ \$(jf '$dir/out' chunks_removed) -ge 2 ] && [ -z \"\$(find '$S6/chunks' -name '*.kvc')\" ]" "cache rm --all left chunks"
 krun "$dir/c6.after" -m "$M" --cache-dir "$S6" "${A4[@]}" "${GREEDY[@]}"

@@ -369,8 +369,27 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   return std::shared_ptr<Store>(new Store(std::move(impl)));
 }
 
+namespace {
+// Says so (once) before waiting for another process's collector: a wait on gc.lock can be long
+// (a large eviction), or forever (someone holds the lock): the user should know which file.
+bool LockIsBusy(const Status& status) {  // Env::LockFile(wait = false) on a lock held elsewhere
+  return status.code() == Status::Code::kIOError &&
+         status.message().find("in use") != std::string::npos;
+}
+
+void SayWaitingForCollector(store::WarnOnce& warn, const StorePaths& paths) {
+  warn.Say("kvstash: store '" + paths.dir + "': waiting for another process's garbage " +
+           "collector (it holds an flock on '" + paths.dir + "/gc.lock')");
+}
+}  // namespace
+
 Result<GcReport> Store::Gc(uint64_t max_bytes) {
   StoreImpl* impl = Concrete(impl_.get());
+  // Only to say why it may wait: CollectGarbage takes the lock again, waiting.
+  if (auto probe = store::LockGc(impl->env_, impl->paths_, /*wait=*/false);
+      !probe.ok() && LockIsBusy(probe.status())) {
+    SayWaitingForCollector(impl->warn_, impl->paths_);
+  }
   return store::CollectGarbage(impl->env_, impl->paths_, max_bytes, /*wait=*/true);
 }
 
@@ -462,7 +481,11 @@ Result<uint64_t> Store::Clear(const std::string& ns_hash) {
                                    "see the store's stats for the namespaces it holds");
   }
   // As a collector: one at a time, so two clears or a clear and an eviction do not race.
-  auto lock = store::LockGc(impl->env_, impl->paths_, /*wait=*/true);
+  auto lock = store::LockGc(impl->env_, impl->paths_, /*wait=*/false);
+  if (!lock.ok() && LockIsBusy(lock.status())) {
+    SayWaitingForCollector(impl->warn_, impl->paths_);
+    lock = store::LockGc(impl->env_, impl->paths_, /*wait=*/true);
+  }
   if (!lock.ok()) return lock.status();
   auto entries = store::ListChunkEntries(impl->env_, impl->paths_);
   if (!entries.ok()) return entries.status();
