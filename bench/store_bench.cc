@@ -14,8 +14,8 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -110,9 +110,10 @@ std::vector<Token> SystemTokens(const Flags& flags, const Model& model, size_t n
 // A turn's text: `words` seeded pseudo-words, tokenized without BOS.
 std::vector<Token> TurnTokens(const Model& model, const std::string& who, int words,
                               uint32_t seed) {
-  static const char* kWords[] = {"tile", "saw", "rent", "weekend", "price", "deposit", "blade",
-                                 "store", "open", "sunday", "return", "late", "fee", "drill",
-                                 "ladder", "paint", "order", "delivery", "thanks", "question"};
+  static const char* kWords[] = {"tile",    "saw",   "rent",     "weekend", "price",
+                                 "deposit", "blade", "store",    "open",    "sunday",
+                                 "return",  "late",  "fee",      "drill",   "ladder",
+                                 "paint",   "order", "delivery", "thanks",  "question"};
   std::mt19937 rng(seed);
   std::string text = " " + who + ":";
   for (int i = 0; i < words; ++i) text += std::string(" ") + kWords[rng() % 20];
@@ -126,8 +127,8 @@ std::vector<Token> Join(std::vector<Token> a, const std::vector<Token>& b) {
 
 // ---- align: chunk-aligned groups against one free group (split only at n_batch) ----
 
-json Align(const Flags& flags, const std::shared_ptr<Model>& model, const std::string& shape,
-           int P, int reps) {
+json Align(const Flags& flags, const std::shared_ptr<Model>& model, const std::string& shape, int P,
+           int reps) {
   std::fprintf(stderr, "[align %s P=%d] ...\n", shape.c_str(), P);
   const std::vector<Token> tokens = SystemTokens(flags, *model, P);
   const uint32_t n_ctx = P + 256;
@@ -143,9 +144,14 @@ json Align(const Flags& flags, const std::shared_ptr<Model>& model, const std::s
     aligned_ms.push_back(synced.decode_ms);
   }
   const double f = Median(free_ms), a = Median(aligned_ms);
-  return {{"shape", shape}, {"tokens", P},           {"reps", reps},
-          {"free_ms", f},   {"aligned_ms", a},       {"free_tok_s", 1000.0 * P / f},
-          {"aligned_tok_s", 1000.0 * P / a},         {"aligned_over_free", a / f}};
+  return {{"shape", shape},
+          {"tokens", P},
+          {"reps", reps},
+          {"free_ms", f},
+          {"aligned_ms", a},
+          {"free_tok_s", 1000.0 * P / f},
+          {"aligned_tok_s", 1000.0 * P / a},
+          {"aligned_over_free", a / f}};
 }
 
 // ---- restore: P tokens from chunks against Session::Open of one file ----
@@ -203,13 +209,12 @@ json Restore(const Flags& flags, const std::shared_ptr<Model>& model, int P, int
       file_total.push_back(ft);
       file_restore.push_back(o->open_stats().total_ms - o->open_stats().context_ms);
     }
-    out[cold ? "cold" : "hot"] = {
-        {"store_total_ms", Median(store_total)},
-        {"file_total_ms", Median(file_total)},
-        {"store_restore_ms", Median(store_restore)},
-        {"file_restore_ms", Median(file_restore)},
-        {"total_ratio", Median(store_total) / Median(file_total)},
-        {"restore_ratio", Median(store_restore) / Median(file_restore)}};
+    out[cold ? "cold" : "hot"] = {{"store_total_ms", Median(store_total)},
+                                  {"file_total_ms", Median(file_total)},
+                                  {"store_restore_ms", Median(store_restore)},
+                                  {"file_restore_ms", Median(file_restore)},
+                                  {"total_ratio", Median(store_total) / Median(file_total)},
+                                  {"restore_ratio", Median(store_restore) / Median(file_restore)}};
   }
   return out;
 }
@@ -239,7 +244,8 @@ std::vector<Token> TurnPrompt(const std::vector<Token>& system, const Conversati
 // Time from `since` to the first piece of text Generate hands out (or to its return, when the
 // token has no text). *after_ms (optional): from that moment until the session is gone (a store
 // session copies its new chunks out for the writer then, off the TTFT path).
-double FirstTokenMs(std::unique_ptr<Session> s, Clock::time_point since, double* after_ms = nullptr) {
+double FirstTokenMs(std::unique_ptr<Session> s, Clock::time_point since,
+                    double* after_ms = nullptr) {
   SampleOptions one;
   one.temp = 0;
   one.n_predict = 1;
@@ -281,7 +287,7 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
       decode[k - 1].push_back(synced.decode_ms);
       publish[k - 1].push_back(copy_ms);
       store->WaitForWrites();  // the next turn comes later than a background write takes
-      if (conv == 0) {  // cold depends on the length only: one conversation is enough
+      if (conv == 0) {         // cold depends on the length only: one conversation is enough
         const auto t1 = Clock::now();
         auto fresh = Check(Session::Create(model, Context(flags, n_ctx)), "create");
         Check(fresh->AppendTokens(prompt), "prefill");
@@ -291,17 +297,17 @@ json Turns(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
   }
   for (int k = 0; k < kTurns; ++k) {
     const double w = Median(warm[k]), cl = Median(cold[k]);
-    rows.push_back({{"turn", k + 1},
-                    {"prompt_tokens", TurnPrompt(system, MakeConversation(*model, 900, kTurns),
-                                                 k + 1).size()},
-                    {"reused_tokens", Median(reused[k])},
-                    {"warm_ttft_ms", w},
-                    {"warm_restore_ms", Median(restore[k])},
-                    {"warm_decode_ms", Median(decode[k])},
-                    {"warm_publish_ms", Median(publish[k])},
-                    {"cold_ttft_ms", cl},
-                    {"speedup", cl / w},
-                    {"conversations", n_conv}});
+    rows.push_back(
+        {{"turn", k + 1},
+         {"prompt_tokens", TurnPrompt(system, MakeConversation(*model, 900, kTurns), k + 1).size()},
+         {"reused_tokens", Median(reused[k])},
+         {"warm_ttft_ms", w},
+         {"warm_restore_ms", Median(restore[k])},
+         {"warm_decode_ms", Median(decode[k])},
+         {"warm_publish_ms", Median(publish[k])},
+         {"cold_ttft_ms", cl},
+         {"speedup", cl / w},
+         {"conversations", n_conv}});
   }
   return rows;
 }
@@ -351,8 +357,8 @@ json Dedup(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
   size.fixed = double(real[0].second) - size.per_token * double(real[0].first);
   for (const auto& [n, bytes] : real) {
     if (std::llabs(static_cast<long long>(size.Bytes(n)) - static_cast<long long>(bytes)) > 128)
-      Die("session file size model is off for " + std::to_string(n) + " tokens: " +
-          std::to_string(size.Bytes(n)) + " vs " + std::to_string(bytes));
+      Die("session file size model is off for " + std::to_string(n) +
+          " tokens: " + std::to_string(size.Bytes(n)) + " vs " + std::to_string(bytes));
   }
   for (size_t n : turn_tokens) session_bytes += size.Bytes(n);
   auto stats = Check(store->Stats(), "stats");
@@ -374,22 +380,26 @@ json Dedup(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
 void PrintTables(const json& r) {
   const json& d = r["dedup"];
   if (!d.empty()) {
-  std::printf("\n### Dedup: %d conversations x %d turns, %d-token system prompt (small, KV f16)\n\n",
-              d["conversations"].get<int>(), d["turns"].get<int>(),
-              d["system_tokens"].get<int>());
-  std::printf("| store | one session file per turn | ratio | chunks | prompt tokens | decoded |\n");
-  std::printf("|---|---|---|---|---|---|\n");
-  std::printf("| %.1f MiB | %.1f MiB | %.1fx | %llu | %llu | %llu |\n",
-              d["store_bytes"].get<double>() / 1048576, d["session_files_bytes"].get<double>() / 1048576,
-              d["ratio"].get<double>(), d["store_chunks"].get<unsigned long long>(),
-              d["prompt_tokens_total"].get<unsigned long long>(),
-              d["decoded_tokens_total"].get<unsigned long long>());
+    std::printf(
+        "\n### Dedup: %d conversations x %d turns, %d-token system prompt (small, KV f16)\n\n",
+        d["conversations"].get<int>(), d["turns"].get<int>(), d["system_tokens"].get<int>());
+    std::printf(
+        "| store | one session file per turn | ratio | chunks | prompt tokens | decoded |\n");
+    std::printf("|---|---|---|---|---|---|\n");
+    std::printf("| %.1f MiB | %.1f MiB | %.1fx | %llu | %llu | %llu |\n",
+                d["store_bytes"].get<double>() / 1048576,
+                d["session_files_bytes"].get<double>() / 1048576, d["ratio"].get<double>(),
+                d["store_chunks"].get<unsigned long long>(),
+                d["prompt_tokens_total"].get<unsigned long long>(),
+                d["decoded_tokens_total"].get<unsigned long long>());
   }
 
-  std::printf("\n### Restore of a P-token prefix: chunks vs one session file (small, KV f16, "
-              "median ms)\n\n");
-  std::printf("| P | chunks | page cache | store total | file total | total ratio | store restore "
-              "| file restore | restore ratio |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "\n### Restore of a P-token prefix: chunks vs one session file (small, KV f16, "
+      "median ms)\n\n");
+  std::printf(
+      "| P | chunks | page cache | store total | file total | total ratio | store restore "
+      "| file restore | restore ratio |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& x : r["restore"]) {
     for (const char* which : {"hot", "cold"}) {
       const json& c = x[which];
@@ -402,8 +412,9 @@ void PrintTables(const json& r) {
   }
 
   std::printf("\n### Time to first token of turn k (small, KV f16, median ms)\n\n");
-  std::printf("| turn | prompt tokens | reused | store TTFT | cold TTFT | speed-up | store: restore "
-              "| decode | after TTFT: copy-out, free |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| turn | prompt tokens | reused | store TTFT | cold TTFT | speed-up | store: restore "
+      "| decode | after TTFT: copy-out, free |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& t : r["turns"]) {
     std::printf("| %d | %d | %.0f | %.1f | %.1f | %.1fx | %.1f | %.1f | %.1f |\n",
                 t["turn"].get<int>(), t["prompt_tokens"].get<int>(),
@@ -431,7 +442,9 @@ int main(int argc, char** argv) {
   mkdir(flags.dir.c_str(), 0755);
   auto small = LoadShape(flags, "small");
   auto run = [&flags](const char* what) { return flags.only.empty() || flags.only == what; };
-  json r = {{"dedup", json::object()}, {"restore", json::array()}, {"turns", json::array()},
+  json r = {{"dedup", json::object()},
+            {"restore", json::array()},
+            {"turns", json::array()},
             {"align", json::array()}};
   if (run("dedup")) r["dedup"] = Dedup(flags, small, flags.quick ? 4 : 50);
   for (int P : flags.quick ? std::vector<int>{2048} : std::vector<int>{2048, 8192})

@@ -1,11 +1,12 @@
 // Chunk files and the cutting of llama.cpp sequence states, no model involved (the engine tests
 // check the same against llama.cpp's own bytes).
+#include "format/chunk_format.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <random>
 
-#include "format/chunk_format.h"
 #include "format/llama_state.h"
 
 namespace kvstash::format {

@@ -30,9 +30,7 @@ TEST(CompatTest, StoreNamespaceTextCoversWhatDecidesTheKvBytes) {
   p.rope_freq_base = 10000.0f;
   const std::string base = format::StoreNamespaceText(model, "m", p, false, 256, "b1");
   EXPECT_NE(base.find("rope.freq_base=0x1.388p+13\n"), std::string::npos) << base;  // exact
-  auto differs = [&](const std::string& text, const char* what) {
-    EXPECT_NE(text, base) << what;
-  };
+  auto differs = [&](const std::string& text, const char* what) { EXPECT_NE(text, base) << what; };
   differs(format::StoreNamespaceText(model, "m", p, true, 256, "b1"), "V layout");
   differs(format::StoreNamespaceText(model, "m", p, false, 128, "b1"), "chunk size");
   differs(format::StoreNamespaceText(model, "m", p, false, 256, "b2"), "llama.cpp build");

@@ -818,9 +818,9 @@ TEST_F(StoreTest, ForgedKvWithRecomputedChecksumsIsAcceptedDocumentedTrustBounda
   PublishAll(store.get(), p);
   ChunkWrite forged = p.writes[1];
   for (char& c : forged.kv) c = char(~c);
-  const std::string head = format::EncodeChunkHead(
-      forged.header, forged.tokens.data(), reinterpret_cast<const uint8_t*>(forged.kv.data()),
-      forged.kv.size());
+  const std::string head =
+      format::EncodeChunkHead(forged.header, forged.tokens.data(),
+                              reinterpret_cast<const uint8_t*>(forged.kv.data()), forged.kv.size());
   const std::string path = ChunkPath(p, 1);
   ASSERT_EQ(unlink(path.c_str()), 0);
   WriteAll(path, head + forged.kv);

@@ -130,7 +130,7 @@ struct OpenStats {
 struct SyncResult {
   size_t n_reused = 0;   // tokens kept from the cache (the session's own, or restored from a store)
   size_t n_decoded = 0;  // tokens decoded now
-  size_t n_restored = 0;   // of n_reused: loaded from the store (Sync with a store)
+  size_t n_restored = 0;  // of n_reused: loaded from the store (Sync with a store)
   // Tokens in new whole chunks for the store (Sync with a store). They are copied out of llama.cpp
   // for the store's background writer after the first token Generate produces (or at the next
   // call that changes the cache, or when the session ends), so the answer never waits for the

@@ -63,9 +63,9 @@ struct StoreStats {
 
 struct ChunkInfo {
   std::string path;
-  std::string hash;       // h_i in hex
-  std::string ns;         // h_0 in hex ("" when the header cannot be read)
-  uint32_t index = 0;     // 1-based position in its chain
+  std::string hash;    // h_i in hex
+  std::string ns;      // h_0 in hex ("" when the header cannot be read)
+  uint32_t index = 0;  // 1-based position in its chain
   uint64_t bytes = 0;
   int64_t last_use_ns = 0;  // mtime
 };

@@ -198,7 +198,6 @@ Status RestoreFetched(Session::Impl& s, const Fetched& fetched, const std::vecto
   return Status::Ok();
 }
 
-
 // Queues chunks first_new+1..k (1-based) of the session's tokens. Returns tokens queued.
 size_t PublishChunks(Session::Impl& s, Store& store, const Chain& chain, size_t first_new,
                      long bad) {
@@ -267,8 +266,8 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   const auto t_restore = Clock::now();
   Fetched local;
   const bool lookup = usable > own;
-  if (lookup && (fetched == nullptr || fetched->ns_text != chain.text ||
-                 fetched->hashes != chain.hashes)) {
+  if (lookup &&
+      (fetched == nullptr || fetched->ns_text != chain.text || fetched->hashes != chain.hashes)) {
     local = FetchPrefix(store, chain, tokens, usable, std::min(s.n_threads, 2), true);
     fetched = &local;
   }
@@ -280,8 +279,8 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
       keep = s.n_cached;
       result.n_restored = keep;
     } else {
-      store.impl()->Warn("kvstash: chunks of store '" + store.dir() + "' were not used: " +
-                         restored.message());
+      store.impl()->Warn("kvstash: chunks of store '" + store.dir() +
+                         "' were not used: " + restored.message());
       keep = 0;
     }
   }

@@ -49,9 +49,10 @@ uint64_t Get64(const uint8_t* p) {
 }
 
 Status Bad(const std::string& name, const std::string& what) {
-  return Status::Corruption("chunk file '" + name + "' is corrupt: " + what +
-                            "; it is not used ('kvstash cache verify' lists such files; the next " +
-                            "run that needs the chunk replaces it, 'kvstash cache rm' removes all)");
+  return Status::Corruption(
+      "chunk file '" + name + "' is corrupt: " + what +
+      "; it is not used ('kvstash cache verify' lists such files; the next " +
+      "run that needs the chunk replaces it, 'kvstash cache rm' removes all)");
 }
 
 // The payload checksum over the tokens and the KV bytes, as if they were one buffer.
@@ -137,8 +138,8 @@ uint64_t ChunkLayout::KvBytes(uint32_t n_cells) const {
 }
 
 bool ChunkLayout::operator==(const ChunkLayout& o) const {
-  return n_layer == o.n_layer && v_trans == o.v_trans && k_type == o.k_type &&
-         v_type == o.v_type && k_row_bytes == o.k_row_bytes && v_row_bytes == o.v_row_bytes &&
+  return n_layer == o.n_layer && v_trans == o.v_trans && k_type == o.k_type && v_type == o.v_type &&
+         k_row_bytes == o.k_row_bytes && v_row_bytes == o.v_row_bytes &&
          v_elem_bytes == o.v_elem_bytes && n_embd_v == o.n_embd_v;
 }
 
@@ -272,13 +273,13 @@ StateOffsets OffsetsOf(const ChunkLayout& l, uint64_t cells) {
 }
 }  // namespace
 
-Status CutChunkKv(const uint8_t* state, size_t size, const KvLayout& kv, uint32_t begin,
-                  uint32_t n, uint8_t* out) {
+Status CutChunkKv(const uint8_t* state, size_t size, const KvLayout& kv, uint32_t begin, uint32_t n,
+                  uint8_t* out) {
   const ChunkLayout l = ChunkLayout::From(kv);
   if (uint64_t{begin} + n > kv.cell_count || SeqStateSize(l, kv.cell_count) != size) {
-    return Status::InvalidArgument("cells [" + std::to_string(begin) + ", " +
-                                   std::to_string(uint64_t{begin} + n) + ") are not in a state of " +
-                                   std::to_string(kv.cell_count) + " cells");
+    return Status::InvalidArgument(
+        "cells [" + std::to_string(begin) + ", " + std::to_string(uint64_t{begin} + n) +
+        ") are not in a state of " + std::to_string(kv.cell_count) + " cells");
   }
   for (uint32_t i = begin; i < begin + n; ++i) {
     if (static_cast<int32_t>(Get32(state + 16 + uint64_t{i} * 12)) != static_cast<int32_t>(i)) {
@@ -377,7 +378,8 @@ void AssembleSeqState(const ChunkLayout& l, uint32_t chunk_tokens,
   const uint32_t step = static_cast<uint32_t>(std::clamp(n_threads, 1, 8));
   std::vector<std::thread> helpers;
   for (uint32_t t = 1; t < step; ++t)
-    helpers.emplace_back(AssembleLayers, std::cref(l), chunk_tokens, std::cref(chunks), out, t, step);
+    helpers.emplace_back(AssembleLayers, std::cref(l), chunk_tokens, std::cref(chunks), out, t,
+                         step);
   AssembleLayers(l, chunk_tokens, chunks, out, 0, step);
   for (auto& h : helpers) h.join();
 }

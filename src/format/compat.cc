@@ -178,8 +178,9 @@ std::string StoreNamespaceText(const ModelFacts& model, const std::string& model
   };
   // Which LongRoPE factors rotate the keys depends on the context size (CheckRopeRegime).
   const uint32_t orig = p.yarn_orig_ctx != 0 ? p.yarn_orig_ctx : model.n_ctx_orig;
-  const char* rope_factors =
-      !model.long_rope ? "none" : PaddedContextSize(p.n_ctx) > orig ? "long" : "short";
+  const char* rope_factors = !model.long_rope                    ? "none"
+                             : PaddedContextSize(p.n_ctx) > orig ? "long"
+                                                                 : "short";
   std::string t;
   auto line = [&t](const char* key, const std::string& value) {
     t += key;

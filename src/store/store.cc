@@ -205,9 +205,9 @@ namespace {
 Status VerifyPayload(const StableFile& file, const format::ChunkHeader& header,
                      const std::string& path) {
   format::SectionHasher hasher;
-  KVSTASH_RETURN_IF_ERROR(file.ReadBlocks(
-      format::kChunkHeaderSize, header.payload_bytes, format::kChecksumBlock,
-      [&hasher](const uint8_t* block, size_t n) { hasher.AddBlock(block, n); }));
+  KVSTASH_RETURN_IF_ERROR(
+      file.ReadBlocks(format::kChunkHeaderSize, header.payload_bytes, format::kChecksumBlock,
+                      [&hasher](const uint8_t* block, size_t n) { hasher.AddBlock(block, n); }));
   if (hasher.Finish() != header.payload_checksum) {
     return Status::Corruption("chunk file '" + path + "' is corrupt: the payload checksum does " +
                               "not match (the bytes were altered or damaged)");

@@ -47,9 +47,9 @@ struct Store::Impl {
   // Stops at the first chunk that is missing or refused; never fails the caller for a bad chunk
   // (a refusal is a miss, recorded in first_bad). Touches the accepted chunks' mtimes with one
   // time (use for LRU). I/O errors other than a missing file are misses too.
-  virtual LoadedPrefix LoadPrefix(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
-                                  const int32_t* tokens, size_t max_chunks,
-                                  const format::ChunkLayout& layout) = 0;
+  virtual LoadedPrefix LoadPrefix(const format::Hash256& ns,
+                                  const std::vector<format::Hash256>& chain, const int32_t* tokens,
+                                  size_t max_chunks, const format::ChunkLayout& layout) = 0;
 
   // Queues `writes` (chunks of one chain, in order) for the background writer, after recording
   // the namespace's description `ns_text` once. When written, the chain h_1..h_{touch_upto}

@@ -259,16 +259,14 @@ void PrintPublished(const PublishReport& r, const Store& store) {
                "the %zu after the last whole %u-token chunk are not stored): prefill %.1f ms, "
                "write %.1f ms\n",
                StoredTokens(r, store), r.n_tokens, store.dir().c_str(), r.n_reused, r.n_decoded,
-               r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms,
-               r.publish_ms);
+               r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms, r.publish_ms);
 }
 
 // The text of save's --prefix or --prefix-file.
 Result<std::string> SavePrefixText(const SaveFlags& flags) {
   auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
   if (!prefix.ok()) return prefix.status();
-  if (!prefix->has_value())
-    return Status::InvalidArgument("save needs --prefix or --prefix-file");
+  if (!prefix->has_value()) return Status::InvalidArgument("save needs --prefix or --prefix-file");
   return std::move(**prefix);
 }
 
@@ -593,11 +591,16 @@ Result<uint64_t> ParseByteCount(const std::string& text, const char* flag) {
   uint64_t value = std::stoull(text.substr(0, digits));
   const std::string suffix = text.substr(digits);
   int shift = 0;
-  if (suffix == "K" || suffix == "k") shift = 10;
-  else if (suffix == "M") shift = 20;
-  else if (suffix == "G") shift = 30;
-  else if (suffix == "T") shift = 40;
-  else if (!suffix.empty() && suffix != "B") return Status::InvalidArgument(usage);
+  if (suffix == "K" || suffix == "k")
+    shift = 10;
+  else if (suffix == "M")
+    shift = 20;
+  else if (suffix == "G")
+    shift = 30;
+  else if (suffix == "T")
+    shift = 40;
+  else if (!suffix.empty() && suffix != "B")
+    return Status::InvalidArgument(usage);
   if (shift != 0 && value > (UINT64_MAX >> shift)) return Status::InvalidArgument(usage);
   return value << shift;
 }
@@ -612,12 +615,8 @@ json StatsJson(const StoreStats& stats, const std::string& dir) {
                           {"chunks", ns.chunks},
                           {"bytes", ns.bytes}});
   }
-  return {{"cache_dir", dir},
-          {"chunk_tokens", stats.chunk_tokens},
-          {"chunks", stats.chunks},
-          {"bytes", stats.bytes},
-          {"temp_files", stats.temp_files},
-          {"namespaces", namespaces}};
+  return {{"cache_dir", dir},     {"chunk_tokens", stats.chunk_tokens}, {"chunks", stats.chunks},
+          {"bytes", stats.bytes}, {"temp_files", stats.temp_files},     {"namespaces", namespaces}};
 }
 
 // One line for a namespace's text ("key=value" lines, docs/STORE.md): model, cache types, layout.
