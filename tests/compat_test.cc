@@ -60,6 +60,12 @@ TEST(CompatTest, StoreNamespaceTextCoversWhatDecidesTheKvBytes) {
   EXPECT_NE(format::StoreNamespaceText(model, "m", q, false, 256, "b1"), short_f);
 }
 
+TEST(CompatTest, CreatedContextSizeIsPaddedAndZeroMeansTheTrainingContext) {
+  EXPECT_EQ(format::CreatedContextSize(1000, 8192), 1024u);
+  EXPECT_EQ(format::CreatedContextSize(0, 8000), 8192u);
+  EXPECT_EQ(format::CreatedContextSize(4096, 8000), 4096u);
+}
+
 TEST(CompatTest, RopeRegimeRefusesAContextOnTheOtherSideOfTheLine) {
   // n_ctx_orig 1024: contexts up to 1024 use the short factors, larger ones the long factors.
   EXPECT_TRUE(CheckRopeRegime(512, 1024, 1024, true, "a.kvs").ok());

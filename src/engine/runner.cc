@@ -108,8 +108,7 @@ Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const st
   if (prefix.empty()) {
     return Status::InvalidArgument("the prefix is empty: pass --prefix TEXT or --prefix-file FILE");
   }
-  const uint32_t n_ctx = format::PaddedContextSize(
-      options.n_ctx != 0 ? options.n_ctx : uint32_t(model->n_ctx_train()));
+  const uint32_t n_ctx = format::CreatedContextSize(options.n_ctx, model->n_ctx_train());
   KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(*model, prefix.size(), n_ctx, "prefix"));
   auto tokens = model->Tokenize(prefix, /*add_bos=*/true);
   if (!tokens.ok()) return tokens.status();
@@ -157,8 +156,7 @@ Result<std::vector<Token>> PromptTokens(const Model& model, const RunRequest& re
 Result<std::unique_ptr<Session>> CreateThroughStore(std::shared_ptr<const Model> model,
                                                     const RunRequest& request,
                                                     const ProgressFn& progress, RunReport* report) {
-  const uint32_t n_ctx = format::PaddedContextSize(
-      request.create.n_ctx != 0 ? request.create.n_ctx : uint32_t(model->n_ctx_train()));
+  const uint32_t n_ctx = format::CreatedContextSize(request.create.n_ctx, model->n_ctx_train());
   KVSTASH_RETURN_IF_ERROR(
       CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
                       n_ctx, request.prefix ? "prefix and prompt" : "prompt"));

@@ -348,8 +348,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!params.ok()) return params.status();
   // The namespace as the context will have it: llama.cpp's n_ctx (0: the training context, rounded
   // up to 256) decides LongRoPE's factors.
-  params->n_ctx = format::PaddedContextSize(options.n_ctx != 0 ? options.n_ctx
-                                                               : uint32_t(model->n_ctx_train()));
+  params->n_ctx = format::CreatedContextSize(options.n_ctx, model->n_ctx_train());
   const Chain predicted = MakeChain(*model, *params, PredictVTrans(*model, options.flash_attn),
                                     store.chunk_tokens(), tokens);
   const size_t usable = tokens.empty() ? 0 : (tokens.size() - 1) / predicted.chunk;

@@ -45,6 +45,10 @@ uint32_t PaddedContextSize(uint32_t n_ctx) {
   return (n_ctx + kContextPad - 1) / kContextPad * kContextPad;
 }
 
+uint32_t CreatedContextSize(uint32_t n_ctx, int32_t n_ctx_train) {
+  return PaddedContextSize(n_ctx != 0 ? n_ctx : static_cast<uint32_t>(n_ctx_train));
+}
+
 Status CheckRopeRegime(uint32_t saved_n_ctx, uint32_t new_n_ctx, uint32_t n_ctx_orig,
                        bool uses_long_rope, const std::string& path) {
   if (!uses_long_rope) return Status::Ok();

@@ -15,6 +15,9 @@ namespace kvstash::format {
 // llama.cpp rounds a context size up to a multiple of this (llama-context.cpp).
 constexpr uint32_t kContextPad = 256;
 uint32_t PaddedContextSize(uint32_t n_ctx);
+// The context size Session::Create gets for a requested `n_ctx` (0: the model's training context),
+// known before the context exists.
+uint32_t CreatedContextSize(uint32_t n_ctx, int32_t n_ctx_train);
 
 // LongRoPE models (Phi-3 style rope_factors_long/rope_factors_short tensors) rotate keys with the
 // long factors when the context exceeds n_ctx_orig (n_ctx_orig_yarn) and with the short ones
