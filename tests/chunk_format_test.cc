@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -88,6 +89,48 @@ TEST(ChunkFormatTest, EveryFlippedBitAndEveryLengthIsRefused) {
     ASSERT_FALSE(view.ok()) << n;
     EXPECT_NE(view.status().message().find("chunk file 'c'"), std::string::npos);
   }
+}
+
+// A sequence's state from a cache with a stream per sequence is the one-stream state with empty
+// blocks around it; ToOneStream and ToStreams convert in place both ways, and cells in another
+// stream are refused.
+TEST(ChunkFormatTest, StreamsConvertInPlace) {
+  const ChunkLayout layout = SampleLayout(false);
+  const uint32_t c = 16;
+  const std::vector<uint8_t> kv = RandomBytes(layout.KvBytes(c), 7);
+  std::vector<uint8_t> one(SeqStateSize(layout, c));
+  AssembleSeqState(layout, c, {kv.data()}, one.data());
+  for (uint32_t n_stream : {1u, 2u, 4u}) {
+    for (uint32_t stream = 0; stream < n_stream; ++stream) {
+      // As llama.cpp writes it: magic, seq, n_stream, empty blocks, the block, empty blocks.
+      std::vector<uint8_t> multi(one.begin(), one.begin() + 8);
+      const uint8_t n[4] = {uint8_t(n_stream), 0, 0, 0};
+      multi.insert(multi.end(), n, n + 4);
+      multi.insert(multi.end(), 4 * stream, 0);
+      multi.insert(multi.end(), one.begin() + 12, one.end());
+      multi.insert(multi.end(), 4 * (n_stream - 1 - stream), 0);
+      auto offset = ToOneStream(multi.data(), multi.size(), n_stream, stream);
+      ASSERT_TRUE(offset.ok()) << offset.status().message();
+      EXPECT_EQ(std::vector<uint8_t>(multi.begin() + *offset, multi.begin() + *offset + one.size()),
+                one);
+      if (n_stream > 1) {  // a cell in another stream
+        std::vector<uint8_t> other(multi.size(), 0);
+        std::copy(one.begin(), one.begin() + 8, other.begin());
+        other[8] = uint8_t(n_stream);
+        std::copy(one.begin() + 12, one.end(), other.begin() + 12 + 4 * stream);
+        other[stream == 0 ? other.size() - 1 : 12] = 1;
+        EXPECT_FALSE(ToOneStream(other.data(), other.size(), n_stream, stream).ok());
+      }
+    }
+    std::vector<uint8_t> spare(one);
+    spare.resize(one.size() + 4 * (n_stream - 1), 0xee);
+    ToStreams(spare.data(), one.size(), n_stream);
+    EXPECT_EQ(spare[8], n_stream);
+    EXPECT_TRUE(std::all_of(spare.begin() + one.size(), spare.end(), [](uint8_t b) { return b == 0; }));
+  }
+  uint8_t tiny[8] = {};
+  EXPECT_FALSE(ToOneStream(tiny, sizeof tiny, 2, 0).ok());
+  EXPECT_FALSE(ToOneStream(one.data(), one.size(), 2, 2).ok());
 }
 
 // Cutting a state into chunks and assembling them again gives llama.cpp's bytes back, and the

@@ -130,4 +130,36 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
   return layout;
 }
 
+Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32_t stream) {
+  const auto bad = [&](const std::string& what) -> Result<size_t> {
+    return Status::Internal("llama.cpp's state of the sequence in KV stream " +
+                            std::to_string(stream) + " of " + std::to_string(n_stream) + " " +
+                            what);
+  };
+  if (n_stream == 0 || stream >= n_stream) return bad("names no stream");
+  const size_t empty = 4 * size_t{n_stream - 1};
+  if (size < 16 + empty) return bad("is too short");
+  uint32_t magic, count;
+  std::memcpy(&magic, data, 4);
+  std::memcpy(&count, data + 8, 4);
+  if (magic != kLlamaSeqStateMagic || count != n_stream) return bad("has another header");
+  const size_t before = 4 * size_t{stream}, after = empty - before;
+  for (size_t i = 0; i < before; ++i)
+    if (data[12 + i] != 0) return bad("has cells in another stream");
+  for (size_t i = 0; i < after; ++i)
+    if (data[size - after + i] != 0) return bad("has cells in another stream");
+  // The header moves forward over the empty blocks before the sequence's own.
+  uint8_t header[12];
+  std::memcpy(header, data, 8);
+  const uint32_t one = 1;
+  std::memcpy(header + 8, &one, 4);
+  std::memcpy(data + before, header, 12);
+  return before;
+}
+
+void ToStreams(uint8_t* data, size_t size, uint32_t n_stream) {
+  std::memcpy(data + 8, &n_stream, 4);
+  std::memset(data + size, 0, 4 * size_t{n_stream - 1});
+}
+
 }  // namespace kvstash::format
