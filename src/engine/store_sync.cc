@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "engine/session_impl.h"
+#include "engine/store_chain.h"
 #include "format/chunk_format.h"
 #include "format/compat.h"
 #include "format/llama_state.h"
@@ -22,39 +23,10 @@ double MsSince(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-// The layout llama_state_seq_get_data uses for a cache of `model` with `params`
-// (format/llama_state.h).
-format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& params, bool v_trans) {
-  format::ChunkLayout l;
-  l.n_layer = static_cast<uint32_t>(llama_model_n_layer(m.model));
-  l.v_trans = v_trans;
-  l.k_type = params.type_k;
-  l.v_type = params.type_v;
-  l.k_row_bytes = ggml_row_size(static_cast<ggml_type>(params.type_k), m.n_embd_k_gqa);
-  if (v_trans) {
-    l.v_elem_bytes = static_cast<uint32_t>(ggml_type_size(static_cast<ggml_type>(params.type_v)));
-    l.n_embd_v = static_cast<uint32_t>(m.n_embd_v_gqa);
-  } else {
-    l.v_row_bytes = ggml_row_size(static_cast<ggml_type>(params.type_v), m.n_embd_v_gqa);
-  }
-  return l;
-}
-
-// Copies the whole sequence out of llama.cpp and checks it with our own reader.
-Status GetSeqState(Session::Impl& s, std::unique_ptr<LargeBuffer>* out, format::KvLayout* layout) {
-  const size_t size = llama_state_seq_get_size(s.ctx.get(), kSeq);
-  auto buffer = std::make_unique<LargeBuffer>(size);
-  if (buffer->data() == nullptr)
-    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes for the KV cache");
-  engine::ClearLlamaError();
-  if (llama_state_seq_get_data(s.ctx.get(), buffer->data(), size, kSeq) != size)
-    return Status::Internal("llama.cpp could not copy the KV cache: " + engine::LastLlamaError());
-  auto parsed = format::ParseLlamaSeqState(buffer->data(), size, "the KV cache");
-  if (!parsed.ok()) return parsed.status();
-  *layout = *parsed;
-  *out = std::move(buffer);
-  return Status::Ok();
-}
+using engine::Chain;
+using engine::Fetched;
+using engine::FetchPrefix;
+using engine::MakeChain;
 
 // Flash attention "auto" is resolved inside llama.cpp, which does not say what it chose; the V
 // layout of one decoded token tells (V is transposed exactly when flash attention is off).
@@ -71,16 +43,15 @@ Result<bool> ResolveVTrans(Session::Impl& s) {
                               engine::LastLlamaError());
     }
   }
-  std::unique_ptr<LargeBuffer> state;
-  format::KvLayout layout;
-  const Status status = GetSeqState(s, &state, &layout);
+  engine::SeqState state;
+  const Status status = engine::GetSeqState(s.ctx.get(), kSeq, 1, &state);
   if (probe) {
     llama_memory_seq_rm(llama_get_memory(s.ctx.get()), kSeq, -1, -1);
     s.logits_valid = false;
   }
   if (!status.ok()) return status;
-  s.v_trans = layout.v_trans;
-  return layout.v_trans;
+  s.v_trans = state.layout.v_trans;
+  return state.layout.v_trans;
 }
 
 // Decodes tokens[n_cached..] in groups that end at multiples of `chunk` (and at the end), each
@@ -111,86 +82,17 @@ Status FlushAligned(Session::Impl& s, uint32_t chunk) {
   return Status::Ok();
 }
 
-struct Chain {
-  format::Hash256 h0;
-  std::string text;
-  std::vector<format::Hash256> hashes;  // h_1..h_k of the full chunks
-  format::ChunkLayout layout;
-  uint32_t chunk = 0;
-};
-
-Chain MakeChain(const Model& model, const SessionMeta& params, bool v_trans, uint32_t chunk,
-                const std::vector<Token>& tokens) {
-  Chain c;
-  c.text = format::StoreNamespaceText(FactsOf(model), model.Description(), params, v_trans, chunk,
-                                      engine::LlamaBuildInfo());
-  c.h0 = store::NamespaceHash(c.text);
-  c.hashes = store::ChainHashes(c.h0, tokens.data(), tokens.size(), chunk);
-  c.layout = ExpectedLayout(*model.impl(), params, v_trans);
-  c.chunk = chunk;
-  return c;
-}
-
-// What the store holds of a prompt: its longest verified prefix of chunks, assembled into one
-// llama.cpp sequence state (the chunk files closed again). Needs no context, so Create(..., store)
-// fetches it on a second thread while llama.cpp creates the context.
-struct Fetched {
-  std::string ns_text;                  // the namespace it was looked up in
-  std::vector<format::Hash256> hashes;  // and the chain
-  size_t n_found = 0;                   // chunks the lookup accepted
-  size_t n_assembled = 0;               // chunks in `state` (0 if assembling failed)
-  std::unique_ptr<LargeBuffer> state;
-  long first_bad = -1;
-  Status status;  // why found chunks were not assembled
-};
-
-Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& tokens,
-                    size_t max_chunks, int n_threads, bool huge_pages) {
-  Fetched out;
-  out.ns_text = chain.text;
-  out.hashes = chain.hashes;
-  LoadedPrefix loaded =
-      store.impl()->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
-  out.n_found = loaded.chunks.size();
-  out.first_bad = loaded.first_bad;
-  if (loaded.chunks.empty()) return out;
-  const uint32_t cells = static_cast<uint32_t>(loaded.chunks.size()) * chain.chunk;
-  out.state = std::make_unique<LargeBuffer>(format::SeqStateSize(chain.layout, cells), huge_pages);
-  if (out.state->data() == nullptr) {
-    out.status = Status::IOError("cannot allocate the restored KV cache");
-    return out;
-  }
-  std::vector<const uint8_t*> kv;
-  for (const auto& c : loaded.chunks) kv.push_back(c.kv);
-  format::AssembleSeqState(chain.layout, chain.chunk, kv, out.state->data(), n_threads);
-  // After the last read of the files: their bytes were the verified ones throughout.
-  if (!loaded.Intact()) {
-    out.status = Status::IOError("a chunk file changed while it was read");
-    return out;
-  }
-  out.n_assembled = loaded.chunks.size();
-  return out;
-}
-
 // Hands the assembled chunks to llama.cpp (set_data erases the sequence first, so all of them at
 // once). On failure the session is empty and the caller decodes from the start.
-Status RestoreFetched(Session::Impl& s, const Fetched& fetched, const std::vector<Token>& tokens,
+Status RestoreFetched(Session::Impl& s, Fetched& fetched, const std::vector<Token>& tokens,
                       uint32_t chunk) {
-  KVSTASH_RETURN_IF_ERROR(fetched.status);
-  const uint32_t cells = static_cast<uint32_t>(fetched.n_assembled) * chunk;
-  llama_memory_t mem = llama_get_memory(s.ctx.get());
+  KVSTASH_RETURN_IF_ERROR(fetched.status);  // before anything changes: the session stays whole
   s.tokens.clear();
   s.n_cached = 0;
   s.n_aligned = 0;
   s.logits_valid = false;
-  engine::ClearLlamaError();
-  const size_t size = fetched.state->size();
-  const size_t read = llama_state_seq_set_data(s.ctx.get(), fetched.state->data(), size, kSeq);
-  if (read != size || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
-      llama_memory_seq_pos_max(mem, kSeq) != llama_pos(cells) - 1) {
-    llama_memory_seq_rm(mem, kSeq, -1, -1);
-    return Status::Internal("llama.cpp refused the restored chunks: " + engine::LastLlamaError());
-  }
+  KVSTASH_RETURN_IF_ERROR(engine::RestoreFetched(s.ctx.get(), kSeq, 1, fetched, chunk));
+  const size_t cells = fetched.n_assembled * chunk;
   s.tokens.assign(tokens.begin(), tokens.begin() + cells);
   s.n_cached = cells;
   s.n_aligned = cells;
@@ -201,36 +103,15 @@ Status RestoreFetched(Session::Impl& s, const Fetched& fetched, const std::vecto
 // Queues chunks first_new+1..k (1-based) of the session's tokens. Returns tokens queued.
 size_t PublishChunks(Session::Impl& s, Store& store, const Chain& chain, size_t first_new,
                      long bad) {
-  const format::ChunkLayout& expected = chain.layout;
-  const uint32_t chunk = chain.chunk;
   if (first_new >= chain.hashes.size()) return 0;
-  std::unique_ptr<LargeBuffer> state;
-  format::KvLayout kv;
-  Status status = GetSeqState(s, &state, &kv);
-  if (status.ok() && format::ChunkLayout::From(kv) != expected)
-    status = Status::Internal("the KV cache's layout is not the one the namespace assumes");
-  std::vector<ChunkWrite> writes;
-  for (size_t j = first_new; j < chain.hashes.size() && status.ok(); ++j) {
-    ChunkWrite w;
-    w.header.hash = chain.hashes[j];
-    w.header.parent = j == 0 ? chain.h0 : chain.hashes[j - 1];
-    w.header.ns = chain.h0;
-    w.header.index = static_cast<uint32_t>(j + 1);
-    w.header.n_tokens = chunk;
-    w.header.layout = expected;
-    w.tokens.assign(s.tokens.begin() + j * chunk, s.tokens.begin() + (j + 1) * chunk);
-    w.kv.resize(expected.KvBytes(chunk));
-    status = format::CutChunkKv(state->data(), state->size(), kv, static_cast<uint32_t>(j * chunk),
-                                chunk, reinterpret_cast<uint8_t*>(w.kv.data()));
-    w.replace_bad = static_cast<long>(j) == bad;
-    writes.push_back(std::move(w));
-  }
+  engine::SeqState state;
+  const Status status = engine::GetSeqState(s.ctx.get(), kSeq, 1, &state);
   if (!status.ok()) {
     store.impl()->Warn("kvstash: the new chunks were not saved to store '" + store.dir() +
                        "': " + status.message());
     return 0;
   }
-  return store.impl()->Publish(chain.h0, chain.text, std::move(writes), chain.hashes) * chunk;
+  return engine::PublishChunks(store, chain, s.tokens, state, first_new, bad);
 }
 
 }  // namespace
