@@ -14,6 +14,12 @@ namespace kvstash {
 
 using Token = int32_t;
 
+// One message of a conversation, for a chat template.
+struct ChatMessage {
+  std::string role;  // "system", "user", "assistant"
+  std::string content;
+};
+
 struct ModelOptions {
   // Layers to offload to a GPU backend when llama.cpp was built with one (CPU builds ignore it).
   int n_gpu_layers = 0;
@@ -66,6 +72,18 @@ class Model {
   Result<std::vector<Token>> Tokenize(std::string_view text, bool add_bos) const;
   std::string TokenToPiece(Token token) const;
   std::string Detokenize(const std::vector<Token>& tokens) const;
+  // Whether `token` ends a generation (EOS, EOT, ...).
+  bool IsEndOfGeneration(Token token) const;
+
+  // The prompt text of `messages` in a chat template: llama.cpp's built-in template called
+  // `template_name` (e.g. "chatml", "llama3"; see ChatTemplateNames()) when it is not empty, else
+  // the model's own (tokenizer.chat_template), else ChatML. With add_assistant the text ends with
+  // the opening of the assistant's turn. llama.cpp recognises templates by their markers, not by
+  // running Jinja: a model template it does not know is an error that names --chat-template.
+  Result<std::string> ApplyChatTemplate(const std::vector<ChatMessage>& messages,
+                                        const std::string& template_name = "",
+                                        bool add_assistant = true) const;
+  static std::vector<std::string> ChatTemplateNames();
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }

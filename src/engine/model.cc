@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdint>
@@ -62,6 +63,7 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelO
   const auto start = std::chrono::steady_clock::now();
   llama_model_params params = llama_model_default_params();
   params.n_gpu_layers = options.n_gpu_layers;
+  impl->on_gpu = options.n_gpu_layers != 0 && llama_supports_gpu_offload();
   engine::ClearLlamaError();
   impl->model = llama_model_load_from_file(path.c_str(), params);
   if (impl->model == nullptr) {
@@ -165,6 +167,64 @@ std::string Model::Detokenize(const std::vector<Token>& tokens) const {
   std::string text;
   for (Token t : tokens) text += TokenToPiece(t);
   return text;
+}
+
+bool Model::IsEndOfGeneration(Token token) const {
+  return llama_vocab_is_eog(impl_->vocab, token);
+}
+
+std::vector<std::string> Model::ChatTemplateNames() {
+  const int32_t n = llama_chat_builtin_templates(nullptr, 0);
+  std::vector<const char*> names(n > 0 ? n : 0);
+  if (n > 0) llama_chat_builtin_templates(names.data(), names.size());
+  return std::vector<std::string>(names.begin(), names.end());
+}
+
+Result<std::string> Model::ApplyChatTemplate(const std::vector<ChatMessage>& messages,
+                                             const std::string& template_name,
+                                             bool add_assistant) const {
+  const char* tmpl = nullptr;
+  std::string source;
+  if (!template_name.empty()) {
+    const auto names = ChatTemplateNames();
+    if (std::find(names.begin(), names.end(), template_name) == names.end()) {
+      std::string list;
+      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+      return Status::InvalidArgument("unknown chat template '" + template_name +
+                                     "'; use one of " + list);
+    }
+    tmpl = template_name.c_str();
+    source = "built-in template '" + template_name + "'";
+  } else {
+    tmpl = llama_model_chat_template(impl_->model, nullptr);
+    source = "the chat template of model '" + path() + "'";
+    if (tmpl == nullptr) {
+      tmpl = "chatml";
+      source = "the default chat template (chatml)";
+    }
+  }
+  std::vector<llama_chat_message> chat;
+  size_t bytes = 0;
+  for (const auto& m : messages) {
+    chat.push_back({m.role.c_str(), m.content.c_str()});
+    bytes += m.role.size() + m.content.size();
+  }
+  std::string out(bytes * 2 + 256, '\0');
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int32_t n = llama_chat_apply_template(tmpl, chat.data(), chat.size(), add_assistant,
+                                                out.data(), static_cast<int32_t>(out.size()));
+    if (n < 0) {
+      return Status::InvalidArgument(
+          source + " is not one llama.cpp knows; pick a built-in one with --chat-template (" +
+          "e.g. chatml, llama3)");
+    }
+    if (static_cast<size_t>(n) <= out.size()) {
+      out.resize(n);
+      return out;
+    }
+    out.resize(n);
+  }
+  return Status::Internal("llama.cpp's chat template output changed size between two calls");
 }
 
 }  // namespace kvstash

@@ -419,6 +419,12 @@ Result<GgufPtr> LoadVocab(TestVocab vocab) {
   return ctx;
 }
 
+// ChatML, as Qwen and SmolLM2 write it.
+constexpr const char* kChatMlTemplate =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
 // general.* and <arch>.* keys.
 void SetArchKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& shape,
                  const std::string& name, int64_t n_vocab) {
@@ -480,6 +486,11 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
     }
   }
   if (spec.add_eos) gguf_set_val_bool(g, "tokenizer.ggml.add_eos_token", true);
+  // A chat template, as real chat models carry, so that `kvstash serve` applies the model's own
+  // (llama.cpp recognises ChatML by its markers; with these vocabs they are plain text).
+  if (gguf_find_key(g, "tokenizer.chat_template") < 0) {
+    gguf_set_val_str(g, "tokenizer.chat_template", kChatMlTemplate);
+  }
 
   // Tensor descriptions only (no_alloc): the data is generated slab by slab further down.
   const std::vector<TensorPlan> plan = PlanTensors(shape, spec.arch, n_vocab, wtype);
