@@ -5,9 +5,11 @@
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "commands.h"
+#include "server/http_server.h"
 
 namespace {
 
@@ -27,6 +29,9 @@ struct Cli {
   VerifyFlags verify;
   MakeModelFlags make;
   CacheFlags cache;
+  kvstash::server::ServeOptions serve;
+  std::string serve_fa = "off", serve_max_bytes, serve_max_body;
+  CLI::App* serve_cmd = nullptr;
   std::string save_max_bytes, run_max_bytes;
   bool cache_dir_flag = false;  // --cache-dir on the command line (not from the environment)
   CLI::App* save_cmd = nullptr;
@@ -150,6 +155,59 @@ void AddRun(Cli* cli) {
       "SIGINT (Ctrl-C) stops generating: what was generated is printed, exit code 130.");
 }
 
+void AddServe(Cli* cli) {
+  kvstash::server::ServeOptions& s = cli->serve;
+  CLI::App* cmd = cli->app.add_subcommand(
+      "serve", "OpenAI-compatible server whose prompt cache survives restarts and is shared");
+  cli->serve_cmd = cmd;
+  cmd->add_option("-m,--model", s.model_path, "GGUF model file")->required();
+  cmd->add_option("--host", s.host, "address to listen on (default 127.0.0.1)");
+  cmd->add_option("--port", s.port, "port (default 8080; 0: any free port, printed)")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--parallel", s.engine.n_slots,
+                  "requests decoded together, each in its own sequence (default 1; also -np)")
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("-c,--ctx-size", s.n_ctx,
+                  "the whole context, shared equally by the --parallel sequences (default: 4096 "
+                  "per sequence)");
+  cmd->add_option("--api-key", s.api_key,
+                  "require 'Authorization: Bearer KEY' on every endpoint but /health")
+      ->envname("KVSTASH_API_KEY");
+  cmd->add_option("--chat-template", s.chat_template,
+                  "a llama.cpp built-in chat template (chatml, llama3, ...; default: the "
+                  "model's own)");
+  cmd->add_option("-t,--threads", s.engine.n_threads, "threads (default: all cores)");
+  cmd->add_option("--n-gpu-layers", s.model.n_gpu_layers,
+                  "layers to offload to a GPU (also -ngl; CPU builds ignore it)");
+  cmd->add_option("--flash-attn", cli->serve_fa,
+                  "flash attention: off (default: answers independent of load), on or auto (-fa)")
+      ->check(CLI::IsMember({"on", "off", "auto"}));
+  cmd->add_option("--cache-type-k", s.engine.cache_type_k, "K cache type (default f16)");
+  cmd->add_option("--cache-type-v", s.engine.cache_type_v, "V cache type (default f16)");
+  cmd->add_option("-b,--batch-size", s.engine.n_batch, "tokens per decode step (default 2048)");
+  cmd->add_option("--ubatch-size", s.engine.n_ubatch, "physical batch size (default 512; -ub)");
+  cmd->add_option("--cache-dir", s.cache_dir,
+                  "prefix store directory (default: $KVSTASH_CACHE_DIR, else "
+                  "$XDG_CACHE_HOME/kvstash/store or ~/.cache/kvstash/store)")
+      ->envname("KVSTASH_CACHE_DIR");
+  cmd->add_flag("--no-cache", s.no_cache, "serve without a prefix store");
+  cmd->add_option("--cache-max-bytes", cli->serve_max_bytes,
+                  "evict least recently used chunks down to this size (e.g. 20G)");
+  cmd->add_option("--cache-chunk", s.cache_chunk, "tokens per chunk of a new store (default 256)");
+  cmd->add_option("--max-body", cli->serve_max_body, "largest request body (default 8M)");
+  cmd->add_option("--queue", s.max_queue,
+                  "requests that may wait for a sequence before 503 (default 64)");
+  cmd->add_option("--shutdown-timeout", s.shutdown_timeout_s,
+                  "seconds SIGTERM waits for running requests before cancelling them (default 10)");
+  cmd->add_flag("-v,--verbose", s.model.verbose, "show llama.cpp's log lines on stderr");
+  cmd->footer(
+      "Examples:\n"
+      "  kvstash serve -m model.gguf --parallel 4 -c 16384\n"
+      "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+      "    -d '{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'\n"
+      "SIGTERM/SIGINT: stop accepting, finish running requests, flush the store, exit 0.");
+}
+
 void AddOthers(Cli* cli) {
   cli->inspect_cmd = cli->app.add_subcommand("inspect", "print a session file's header");
   cli->inspect_cmd->add_option("session", cli->inspect.session, "session file")->required();
@@ -199,7 +257,8 @@ bool TakesValue(const Cli& cli, const std::string& arg) {
        {&cli.app, static_cast<const CLI::App*>(cli.save_cmd),
         static_cast<const CLI::App*>(cli.run_cmd), static_cast<const CLI::App*>(cli.inspect_cmd),
         static_cast<const CLI::App*>(cli.verify_cmd), static_cast<const CLI::App*>(cli.make_cmd),
-        static_cast<const CLI::App*>(cli.cache_cmd)}) {
+        static_cast<const CLI::App*>(cli.cache_cmd),
+        static_cast<const CLI::App*>(cli.serve_cmd)}) {
     const CLI::Option* opt = cmd->get_option_no_throw(arg);
     if (opt != nullptr) return opt->get_items_expected_min() > 0;
   }
@@ -216,6 +275,8 @@ void RenameTwoLetterFlags(const Cli& cli, std::vector<std::string>* args) {
     if (arg == "--") break;
     if (!is_value && arg == "-fa") arg = "--flash-attn";
     if (!is_value && arg == "-ub") arg = "--ubatch-size";
+    if (!is_value && arg == "-ngl") arg = "--n-gpu-layers";
+    if (!is_value && arg == "-np") arg = "--parallel";
     is_value = !is_value && TakesValue(cli, arg);
   }
 }
@@ -272,6 +333,25 @@ int Dispatch(Cli& cli) {
       return UsageError("cache rm needs --namespace HASH or --all");
     return RunCache(cli.cache);
   }
+  if (cli.serve_cmd->parsed()) {
+    auto& s = cli.serve;
+    s.engine.flash_attn = cli.serve_fa == "on"    ? kvstash::FlashAttention::kOn
+                          : cli.serve_fa == "off" ? kvstash::FlashAttention::kOff
+                                                  : kvstash::FlashAttention::kAuto;
+    for (auto [text, out, flag] :
+         {std::tuple{&cli.serve_max_bytes, &s.cache_max_bytes, "--cache-max-bytes"}}) {
+      if (text->empty()) continue;
+      auto parsed = ParseByteCount(*text, flag);
+      if (!parsed.ok()) return UsageError(parsed.status().message());
+      *out = *parsed;
+    }
+    if (!cli.serve_max_body.empty()) {
+      auto parsed = ParseByteCount(cli.serve_max_body, "--max-body");
+      if (!parsed.ok()) return UsageError(parsed.status().message());
+      s.max_body_bytes = *parsed;
+    }
+    return kvstash::server::RunServer(s);
+  }
   if (cli.make_cmd->parsed()) {
     if (cli.make.output.empty()) return UsageError("make-test-model -o needs a file name");
     return RunMakeTestModel(cli.make);
@@ -294,6 +374,7 @@ int Main(int argc, char** argv) {
       "Exit codes: 0 ok, 1 error, 2 usage, 130/143 stopped by SIGINT/SIGTERM.");
   AddSave(&cli);
   AddRun(&cli);
+  AddServe(&cli);
   AddOthers(&cli);
 
   std::vector<std::string> args(argv, argv + argc);
