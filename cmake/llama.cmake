@@ -13,6 +13,11 @@ function(kvstash_cpu_flags)
   # q8_0 weights (and is slower for small f16 batches) on the machines we run on. So we build with
   # GGML_NATIVE=OFF and switch on, one by one, the x86 extensions this machine reports, never AMX.
   set(GGML_NATIVE OFF CACHE BOOL "" FORCE)
+  # One matmul path for every batch size: llamafile's tinyBLAS serves products of two or more rows
+  # and ggml's vec_dot those of one, and they round differently, so a token's logits depended on
+  # what else shared its batch. Without it `kvstash serve` answers independently of load
+  # (docs/SERVER.md); the cost is in docs/PERFORMANCE.md.
+  set(GGML_LLAMAFILE OFF CACHE BOOL "" FORCE)
   foreach(amx AMX_TILE AMX_INT8 AMX_BF16)
     set(GGML_${amx} OFF CACHE BOOL "" FORCE)
   endforeach()

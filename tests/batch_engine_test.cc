@@ -1,0 +1,191 @@
+// BatchEngine, the server's decoding core: answers do not depend on what else is decoded in the
+// same steps, nor on whether the prompt came from a slot's cache, the store, or was decoded cold,
+// nor on which slot (KV stream) it lands in.
+#include "engine/batch_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "kvstash/store.h"
+#include "test_util.h"
+
+namespace kvstash::engine {
+namespace {
+
+using testing::TempDir;
+using testing::TinyModel;
+
+std::vector<Token> RandomTokens(size_t n, uint32_t seed, int32_t n_vocab) {
+  std::mt19937 rng(seed);
+  std::vector<Token> t(n);
+  for (auto& x : t) x = static_cast<Token>(3 + rng() % (n_vocab - 3));
+  return t;
+}
+
+std::shared_ptr<Store> OpenStore(const std::string& name, uint32_t chunk = 64) {
+  static int counter = 0;
+  StoreOptions options;
+  options.chunk_tokens = chunk;
+  options.sync = false;
+  auto store = Store::Open(TempDir() + "/" + name + "-" + std::to_string(counter++), options);
+  EXPECT_TRUE(store.ok()) << store.status().ToString();
+  return store.ok() ? *store : nullptr;
+}
+
+std::unique_ptr<BatchEngine> MakeEngine(uint32_t slots, std::shared_ptr<Store> store) {
+  BatchEngineOptions options;
+  options.n_slots = slots;
+  options.n_ctx_slot = 1024;
+  options.n_threads = 2;
+  options.chunk_tokens = 64;
+  auto engine = BatchEngine::Create(TinyModel(), options, std::move(store));
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+struct Request {
+  std::vector<Token> prompt;
+  size_t n_generate = 12;
+};
+
+// Runs `requests` on `engine`, all started at once (each on its own slot, requests[i] on the slot
+// PickSlot gives), greedy, and returns each one's generated tokens and prompt report.
+std::vector<std::vector<Token>> RunTogether(BatchEngine& engine,
+                                            const std::vector<Request>& requests,
+                                            std::vector<SlotReport>* reports = nullptr) {
+  std::vector<int> slot_of(requests.size(), -1);
+  std::vector<bool> busy(engine.n_slots());
+  SlotSampling greedy;
+  greedy.temperature = 0;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    slot_of[r] = engine.PickSlot(requests[r].prompt, busy);
+    EXPECT_GE(slot_of[r], 0);
+    busy[slot_of[r]] = true;
+    engine.Begin(slot_of[r], requests[r].prompt, greedy);
+  }
+  std::map<int, size_t> request_of;
+  for (size_t r = 0; r < requests.size(); ++r) request_of[slot_of[r]] = r;
+  std::vector<std::vector<Token>> out(requests.size());
+  std::vector<bool> done(requests.size());
+  if (reports) reports->resize(requests.size());
+  std::vector<int> ready, failed;
+  for (int guard = 0; guard < 10000 && engine.HasWork(); ++guard) {
+    const Status status = engine.Step(&ready, &failed);
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    for (int slot : ready) {
+      const size_t r = request_of[slot];
+      out[r].push_back(engine.Sample(slot));
+      if (out[r].size() == requests[r].n_generate) {
+        if (reports) (*reports)[r] = engine.report(slot);
+        engine.End(slot);
+        done[r] = true;
+      }
+    }
+  }
+  for (size_t r = 0; r < requests.size(); ++r) EXPECT_TRUE(done[r]) << "request " << r;
+  return out;
+}
+
+// With flash attention off and ggml's single matmul path (no llamafile), a sequence's answer is the
+// same alone or decoded in the same steps as others' prompts and answers.
+TEST(BatchEngineTest, AnswersDoNotDependOnTheBatch) {
+  auto model = TinyModel();
+  ASSERT_NE(model, nullptr);
+  const int32_t nv = model->n_vocab();
+  std::vector<Request> requests = {{RandomTokens(300, 1, nv)},
+                                   {RandomTokens(45, 2, nv), 30},
+                                   {RandomTokens(170, 3, nv), 5},
+                                   {RandomTokens(7, 4, nv), 20}};
+  auto together_engine = MakeEngine(4, nullptr);
+  ASSERT_NE(together_engine, nullptr);
+  ASSERT_TRUE(together_engine->batch_invariant())
+      << "this build cannot decode independently of the batch: " << together_engine->Describe();
+  const auto together = RunTogether(*together_engine, requests);
+  for (size_t r = 0; r < requests.size(); ++r) {
+    auto alone_engine = MakeEngine(1, nullptr);
+    ASSERT_NE(alone_engine, nullptr);
+    const auto alone = RunTogether(*alone_engine, {requests[r]});
+    EXPECT_EQ(alone[0], together[r]) << "request " << r;
+  }
+}
+
+// A prompt restored from the store, into any slot of an engine with any number of slots, answers
+// as the cold prompt does; the slot's own cache does too on the next request.
+TEST(BatchEngineTest, WarmFromStoreOrSlotEqualsCold) {
+  auto model = TinyModel();
+  ASSERT_NE(model, nullptr);
+  const int32_t nv = model->n_vocab();
+  const std::vector<Token> system = RandomTokens(200, 7, nv);
+  auto with = [&](uint32_t seed) {
+    Request r{system};
+    const auto q = RandomTokens(20, seed, nv);
+    r.prompt.insert(r.prompt.end(), q.begin(), q.end());
+    return r;
+  };
+  auto cold_engine = MakeEngine(1, nullptr);
+  ASSERT_NE(cold_engine, nullptr);
+  const auto cold1 = RunTogether(*cold_engine, {with(11)});
+  auto fresh = MakeEngine(1, nullptr);
+  const auto cold2 = RunTogether(*fresh, {with(12)});
+
+  auto store = OpenStore("warm");
+  ASSERT_NE(store, nullptr);
+  {
+    auto primer = MakeEngine(3, store);
+    std::vector<SlotReport> reports;
+    // Two busy slots first, so that the primed prompt lands in slot 2 (the third KV stream).
+    auto other = RandomTokens(30, 99, nv);
+    EXPECT_EQ(RunTogether(*primer, {{other}, {other}, with(11)}, &reports)[2], cold1[0]);
+    EXPECT_EQ(reports[2].n_reused, 0u);
+    store->WaitForWrites();
+    EXPECT_GT(store->writer_stats().chunks_written, 0u);
+  }
+  for (uint32_t slots : {1u, 4u}) {
+    auto engine = MakeEngine(slots, store);
+    ASSERT_NE(engine, nullptr);
+    std::vector<SlotReport> reports;
+    EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]) << slots << " slots";
+    EXPECT_EQ(reports[0].n_restored, 192u) << "three 64-token chunks of the 200-token prefix";
+    // The slot's own cache: the same prompt again reuses all but the last token.
+    EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]);
+    EXPECT_EQ(reports[0].n_reused, with(12).prompt.size() - 1);
+    EXPECT_EQ(reports[0].n_restored, 0u);
+  }
+}
+
+// A damaged chunk is a miss (decoded cold, same answer) and the publish replaces it.
+TEST(BatchEngineTest, DamagedChunkIsAMiss) {
+  auto model = TinyModel();
+  ASSERT_NE(model, nullptr);
+  const Request request{RandomTokens(150, 21, model->n_vocab())};
+  auto store = OpenStore("damaged");
+  ASSERT_NE(store, nullptr);
+  std::vector<Token> first;
+  {
+    auto engine = MakeEngine(2, store);
+    first = RunTogether(*engine, {request})[0];
+    store->WaitForWrites();
+  }
+  auto chunks = store->List();
+  ASSERT_TRUE(chunks.ok());
+  ASSERT_EQ(chunks->size(), 2u);
+  for (const auto& c : *chunks) {
+    if (c.index != 1) continue;
+    std::string bytes = testing::ReadFile(c.path);
+    bytes[bytes.size() - 100] ^= 0x40;
+    testing::WriteFile(c.path, bytes);
+  }
+  auto engine = MakeEngine(2, store);
+  std::vector<SlotReport> reports;
+  EXPECT_EQ(RunTogether(*engine, {request}, &reports)[0], first);
+  EXPECT_EQ(reports[0].n_restored, 0u);
+  store->WaitForWrites();
+  auto verify = store->Verify();
+  ASSERT_TRUE(verify.ok());
+  EXPECT_TRUE(verify->bad.empty()) << verify->bad[0];
+}
+
+}  // namespace
+}  // namespace kvstash::engine
