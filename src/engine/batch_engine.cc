@@ -389,7 +389,16 @@ Status BatchEngine::Step(std::vector<int>* ready, std::vector<int>* failed) {
     work = take_prompt ? prompt : gen;
     m.prompt_turn = !take_prompt;
   }
-  if (work.empty()) return Status::Ok();
+  if (work.empty()) {
+    // Only lookups in flight: wait a little for one instead of spinning.
+    for (Slot& s : m.slots) {
+      if (s.busy && s.fetch.valid()) {
+        s.fetch.wait_for(std::chrono::milliseconds(5));
+        break;
+      }
+    }
+    return Status::Ok();
+  }
   const Status status = m.Decode(work, ready);
   if (!status.ok()) {
     for (const auto& [i, end] : work) {

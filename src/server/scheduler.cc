@@ -120,11 +120,7 @@ void Scheduler::Loop() {
     for (size_t i = 0; i < running_.size(); ++i)
       if (running_[i] && running_[i]->job.channel->cancelled())
         Finish(static_cast<int>(i), JobFinish::kCancelled);
-    if (!engine_->HasWork()) {
-      // Only store lookups in flight (or nothing): do not spin.
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      continue;
-    }
+    if (!engine_->HasWork()) continue;  // every job was cancelled
     const Status status = engine_->Step(&ready, &failed);
     for (int slot : failed)
       if (running_[slot]) Finish(slot, JobFinish::kError, status);
