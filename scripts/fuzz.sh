@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Builds and runs kvstash's two libFuzzer harnesses with clang (libFuzzer + ASan + UBSan), seeded
-# with valid session files and every regression input in tests/fuzz/regressions:
+# Builds and runs kvstash's three libFuzzer harnesses with clang (libFuzzer + ASan + UBSan), seeded
+# with valid inputs and every regression input of their kind:
 #   session_reader_fuzz  the container, payload and chunk-file parsers on raw bytes (SECONDS/2)
 #   session_open_fuzz    a custom mutator recomputes every checksum after each mutation, so inputs
 #                        reach the range checks, the model checks and llama.cpp's restore (SECONDS)
+#   request_fuzz         the server's OpenAI request parser and response renderers on any body,
+#                        with a dictionary of field names (SECONDS/4)
 # The second links the Release build in build/ (make test builds it first). A crash is saved under
-# tests/fuzz/regressions/ (commit it) and fails the run.
+# tests/fuzz/regressions/ (tests/fuzz/regressions-request/ for request_fuzz; commit it) and fails
+# the run.
 set -euo pipefail
 seconds=${1:-60}  # usage: fuzz.sh [SECONDS] [BUILD_DIR]
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${2:-$root/build}" && pwd)
 out="$root/build-fuzz"
-mkdir -p "$out/corpus" "$root/tests/fuzz/regressions"
+mkdir -p "$out/corpus" "$out/corpus-request" "$root/tests/fuzz/regressions" \
+  "$root/tests/fuzz/regressions-request"
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing: apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
 [ -f "$build/libkvstash.a" ] || { echo "fuzz: $build/libkvstash.a is missing: run 'make build' first" >&2; exit 1; }
 
@@ -24,6 +28,12 @@ opener="$out/session_open_fuzz"
 newer() { [ ! -x "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null | head -1)" ]; }
 if newer "$reader" "$root/tests/fuzz/session_reader_fuzz.cc" "$root/src/format" "$root/include"; then
   clang++ "${flags[@]}" "$root/tests/fuzz/session_reader_fuzz.cc" "${format_srcs[@]}" -lxxhash -o "$reader"
+fi
+# The protocol harness needs only src/server/protocol.cc and nlohmann-json's headers.
+requester="$out/request_fuzz"
+if newer "$requester" "$root/tests/fuzz/request_fuzz.cc" "$root/src/server" "$root/include"; then
+  clang++ "${flags[@]}" "$root/tests/fuzz/request_fuzz.cc" "$root/src/server/protocol.cc" \
+    -o "$requester"
 fi
 # The engine and llama.cpp come from the Release build (not instrumented: coverage guidance is for
 # kvstash's own checks, compiled here); the format code is compiled here, instrumented.
@@ -57,15 +67,24 @@ if [ -x "$kv" ] && [ ! -f "$out/corpus/plain.kvs" ]; then
   rm -f "$out/seed.gguf"
 fi
 mkdir -p "$out/corpus-open"
+# Request seeds: one valid body per shape the parser accepts (chat with text parts and every
+# sampling field, a streamed chat, a text prompt, a token prompt) and one it refuses by name.
+seed() { [ -f "$out/corpus-request/$1" ] || printf '%s' "$2" >"$out/corpus-request/$1"; }
+seed chat.json '{"model":"m","messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi \u00e9"}]},{"role":"assistant","content":null}],"max_completion_tokens":16,"temperature":0.7,"top_p":0.9,"seed":42,"n":1,"stop":["\n","END"]}'
+seed stream.json '{"messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true},"logprobs":false,"response_format":{"type":"text"}}'
+seed completion.json '{"model":"m","prompt":"Once upon a time","max_tokens":8,"stop":".","echo":false,"best_of":1}'
+seed tokens.json '{"prompt":[1,2,3,2147483647],"max_tokens":1.0}'
+seed tools.json '{"messages":[{"role":"tool","content":"x"}],"tools":[{"type":"function"}]}'
 cp -n "$out"/corpus/*.kvs "$out/corpus-open/" 2>/dev/null || true
 
 failed=0
-run() {  # name binary seconds corpus
+run() {  # name binary seconds corpus [regressions dir [more libFuzzer flags]]
   local name=$1 bin=$2 secs=$3 corpus=$4 log="$out/$1.log" rc
+  local regressions=${5:-$root/tests/fuzz/regressions}
   set +e
-  KVSTASH_FUZZ_DIR="$out" "$bin" "$corpus" "$root/tests/fuzz/regressions" -max_total_time="$secs" \
-    -max_len=200000 -rss_limit_mb=4096 -timeout=30 -artifact_prefix="$root/tests/fuzz/regressions/" \
-    -print_final_stats=1 >"$log" 2>&1
+  KVSTASH_FUZZ_DIR="$out" "$bin" "$corpus" "$regressions" -max_total_time="$secs" \
+    -max_len=200000 -rss_limit_mb=4096 -timeout=30 -artifact_prefix="$regressions/" \
+    -print_final_stats=1 "${@:6}" >"$log" 2>&1
   rc=$?
   set -e
   local execs
@@ -76,5 +95,8 @@ run() {  # name binary seconds corpus
 }
 run session_reader "$reader" $((seconds / 2 > 0 ? seconds / 2 : 1)) "$out/corpus"
 run session_open "$opener" "$seconds" "$out/corpus-open"
-echo "fuzz: $((2 - failed)) passed, $failed failed"
+# Request bodies: 16 KiB is ample for every branch (the parser's limits are per field, not per body).
+run request "$requester" $((seconds / 4 > 0 ? seconds / 4 : 1)) "$out/corpus-request" \
+  "$root/tests/fuzz/regressions-request" -max_len=16384 -dict="$root/tests/fuzz/request.dict"
+echo "fuzz: $((3 - failed)) passed, $failed failed"
 [ $failed -eq 0 ]

@@ -312,7 +312,10 @@ TEST(RefuseTest, ChatUnsupportedFeatures) {
   ExpectChatRefused({{"logprobs", 1}}, "logprobs", "expected a boolean");
   ExpectChatRefused({{"top_logprobs", 3}}, "top_logprobs");
   ExpectChatRefused({{"n", 2}}, "n", "n = 1");
-  ExpectChatRefused({{"n", 0}}, "n", "out of range");
+  ExpectChatRefused({{"n", 0}}, "n", "n = 1");
+  ExpectChatRefused({{"n", 1000}}, "n", "n = 1");
+  ExpectChatRefused({{"n", -1}}, "n", "out of range");
+  ExpectChatRefused({{"n", "1"}}, "n", "expected an integer");
   ExpectChatRefused({{"response_format", {{"type", "json_object"}}}}, "response_format");
   ExpectChatRefused({{"response_format", {{"type", "json_schema"}, {"json_schema", {}}}}},
                     "response_format");

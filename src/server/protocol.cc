@@ -367,7 +367,7 @@ bool ParseSampling(const Json& body, const ParseLimits& limits, CompletionReques
   }
   if (const Json* v = Field(body, "n")) {
     int64_t n = 0;
-    if (!ReadInteger(*v, "n", 1, 128, &n, error)) return false;
+    if (!ReadInteger(*v, "n", 0, std::numeric_limits<int64_t>::max(), &n, error)) return false;
     if (n != 1) return Fail(error, "n", "n: only one choice per request is supported; send n = 1");
   }
   for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {

@@ -63,7 +63,9 @@ struct ParseLimits {
 // Parses and validates a request body for `endpoint`. On failure returns false and fills *error
 // (http_status 400, param = the field). Invalid JSON, invalid UTF-8, wrong types, out-of-range
 // numbers (negative or zero max_tokens, temperature outside [0, 2], top_p outside (0, 1], n != 1,
-// seed outside 0..2^32-1 when given) are all refused here.
+// seed outside 0..2^32-1 when given) are all refused here. A field sent as null reads as absent;
+// an integer field takes an integral float (10.0) but not 10.5 or "10"; booleans are true/false.
+// Bodies nesting arrays/objects deeper than 64 levels are refused before they are parsed.
 bool ParseCompletionRequest(std::string_view body, Endpoint endpoint, const ParseLimits& limits,
                             CompletionRequest* out, ApiError* error);
 
