@@ -38,6 +38,15 @@ bool KeyMatches(const std::string& presented, const std::string& key) {
   return CRYPTO_memcmp(a, b, sizeof a) == 0;
 }
 
+// The metrics label for a request path: the endpoints, or "other" (a raw path would let clients
+// create any number of series, with any bytes in them).
+std::string EndpointLabel(const std::string& path) {
+  for (const char* known : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics",
+                            "/health"})
+    if (path == known) return known;
+  return "other";
+}
+
 void SendError(httplib::Response& res, const ApiError& error) {
   res.status = error.http_status;
   res.set_content(RenderError(error), "application/json");
@@ -224,7 +233,7 @@ void Stream(ServerState& st, const std::string& path, const ResponseMeta& meta,
 
 void HandleCompletion(ServerState& st, Endpoint endpoint, const httplib::Request& req,
                       httplib::Response& res) {
-  const std::string path = req.path;
+  const std::string path = EndpointLabel(req.path);
   auto fail = [&](const ApiError& e) {
     SendError(res, e);
     st.metrics.CountRequest(path, e.http_status);
@@ -298,7 +307,7 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
       return httplib::Server::HandlerResponse::Unhandled;
     SendError(res, Error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                          "authentication_error", "", "invalid_api_key"));
-    st.metrics.CountRequest(req.path, 401);
+    st.metrics.CountRequest(EndpointLabel(req.path), 401);
     return httplib::Server::HandlerResponse::Handled;
   });
   http.Get("/health", [&st](const httplib::Request&, httplib::Response& res) {
@@ -310,7 +319,7 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
   });
   http.Get("/v1/models", [&st](const httplib::Request& req, httplib::Response& res) {
     res.set_content(RenderModels(st.model_id, st.created), "application/json");
-    st.metrics.CountRequest(req.path, 200);
+    st.metrics.CountRequest(EndpointLabel(req.path), 200);
   });
   http.Get("/metrics", [&st](const httplib::Request&, httplib::Response& res) {
     res.set_content(RenderMetrics(st), "text/plain; version=0.0.4");
@@ -330,7 +339,7 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
                                                 : "the request could not be served";
     SendError(res, Error(res.status, msg, res.status >= 500 ? "server_error"
                                                             : "invalid_request_error"));
-    st.metrics.CountRequest(res.status == 404 ? "other" : req.path, res.status);
+    st.metrics.CountRequest(EndpointLabel(req.path), res.status);
   });
   http.set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
