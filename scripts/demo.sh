@@ -2,7 +2,8 @@
 # `make demo`: the main job on a generated model of a real shape (SmolLM2-135M, random weights,
 # real Llama tokenizer). Saves a session for demo/system-prompt.txt once, then answers each question
 # cold (decoding the whole system prompt) and warm (loading the session), and shows the timings and
-# that both give the same text; then the same questions through a prefix store (--cache-dir).
+# that both give the same text; then the same questions through a prefix store (--cache-dir), and
+# through `kvstash serve` before and after a restart.
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,5 +70,44 @@ PY
 done
 "$kv" cache stats --cache-dir "$store" | sed 's/^/   /'
 "$kv" cache verify --cache-dir "$store" | sed 's/^/   /'
+echo "-- kvstash serve: an OpenAI-compatible server on the same store; its cache survives a restart"
+log="$work/serve.log"
+serve() {  # starts the server on a free port; sets $port and $pid
+  "$kv" serve -m "$model" --port 0 --cache-dir "$1" -c 8192 2>"$log" &
+  pid=$!
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")
+    [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; return 1; }
+    sleep 0.1
+  done
+  cat "$log"; return 1
+}
+ask() {  # prints cached tokens, time to first byte and the answer's start
+  python3 - "$port" "$prefix" "$1" <<'PY'
+import json, sys, time, urllib.request
+port, prefix, q = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+body = {"model": "demo", "max_tokens": 16, "temperature": 0,
+        "messages": [{"role": "system", "content": prefix}, {"role": "user", "content": q}]}
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                             {"Content-Type": "application/json"})
+t = time.time()
+d = json.load(urllib.request.urlopen(req))
+u = d["usage"]
+print(f"     {u['prompt_tokens']} prompt tokens, {u['prompt_tokens_details']['cached_tokens']:4d} cached, answered in {1000*(time.time()-t):6.0f} ms: "
+      + json.dumps(d["choices"][0]["message"]["content"][:40], ensure_ascii=False))
+PY
+}
+sstore="$work/serve-store"
+rm -rf "$sstore"
+serve "$sstore"
+echo "   started on port $port (empty store); the same system prompt, two questions:"
+ask "When does the Seattle Harbor store open on Saturday?"
+ask "Can I return custom-mixed paint?"
+kill -TERM "$pid"; wait "$pid"
+serve "$sstore"
+echo "   restarted (SIGTERM, then a new process on the same store); a new question:"
+ask "What does Northwind Pro add for contractors?"
+kill -TERM "$pid"; wait "$pid"
 echo "-- (random weights make the text gibberish; what matters is that warm == cold, bit for bit)"
 [ $all_same -eq 1 ] && echo "== demo ok: warm and cold outputs are identical" || { echo "== demo FAILED: outputs differ"; exit 1; }
