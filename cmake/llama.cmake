@@ -6,6 +6,8 @@
 # Whatever the source, the target `kvstash::llama` links llama and ggml.
 
 option(KVSTASH_LLAMA_SYSTEM "use an installed llama.cpp (find_package(llama))" OFF)
+option(KVSTASH_BATCH_INVARIANT
+       "build the pinned llama.cpp without llamafile's matmul, so answers do not depend on load" ON)
 set(KVSTASH_LLAMA_DIR "" CACHE PATH "a llama.cpp source tree to build instead of the pinned one")
 
 function(kvstash_cpu_flags)
@@ -16,8 +18,12 @@ function(kvstash_cpu_flags)
   # One matmul path for every batch size: llamafile's tinyBLAS serves products of two or more rows
   # and ggml's vec_dot those of one, and they round differently, so a token's logits depended on
   # what else shared its batch. Without it `kvstash serve` answers independently of load
-  # (docs/SERVER.md); the cost is in docs/PERFORMANCE.md.
-  set(GGML_LLAMAFILE OFF CACHE BOOL "" FORCE)
+  # (docs/SERVER.md); the cost (prefill speed) is in docs/PERFORMANCE.md.
+  if(KVSTASH_BATCH_INVARIANT)
+    set(GGML_LLAMAFILE OFF CACHE BOOL "" FORCE)
+  else()
+    set(GGML_LLAMAFILE ON CACHE BOOL "" FORCE)
+  endif()
   foreach(amx AMX_TILE AMX_INT8 AMX_BF16)
     set(GGML_${amx} OFF CACHE BOOL "" FORCE)
   endforeach()
