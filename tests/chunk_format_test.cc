@@ -126,7 +126,8 @@ TEST(ChunkFormatTest, StreamsConvertInPlace) {
     spare.resize(one.size() + 4 * (n_stream - 1), 0xee);
     ToStreams(spare.data(), one.size(), n_stream);
     EXPECT_EQ(spare[8], n_stream);
-    EXPECT_TRUE(std::all_of(spare.begin() + one.size(), spare.end(), [](uint8_t b) { return b == 0; }));
+    EXPECT_TRUE(
+        std::all_of(spare.begin() + one.size(), spare.end(), [](uint8_t b) { return b == 0; }));
   }
   uint8_t tiny[8] = {};
   EXPECT_FALSE(ToOneStream(tiny, sizeof tiny, 2, 0).ok());

@@ -55,8 +55,8 @@ struct Slot {
   // The store: the prompt's chain, the lookup in flight, what the store already holds.
   std::optional<Chain> chain;
   std::future<Fetched> fetch;
-  size_t known = 0;     // chunks of `chain` the store holds
-  long first_bad = -1;  // a chunk that exists but was refused (its publish replaces it)
+  size_t known = 0;      // chunks of `chain` the store holds
+  long first_bad = -1;   // a chunk that exists but was refused (its publish replaces it)
   size_t published = 0;  // chunks of the slot's tokens queued (or known) in the store
 };
 
@@ -213,8 +213,7 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::Create(std::shared_ptr<const M
   if (impl->options.chunk_tokens == 0) impl->options.chunk_tokens = 256;
   impl->options.n_ctx_slot = RoundUp256(std::max<uint32_t>(options.n_ctx_slot, 256));
   // A step holds every slot's generated token, and without batch invariance a whole prompt group.
-  impl->options.n_batch =
-      std::max({options.n_batch, options.n_slots, impl->options.chunk_tokens});
+  impl->options.n_batch = std::max({options.n_batch, options.n_slots, impl->options.chunk_tokens});
   SessionOptions so;
   so.n_ctx = impl->options.n_ctx_slot;
   so.n_batch = impl->options.n_batch;
@@ -251,11 +250,10 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::Create(std::shared_ptr<const M
   llama_context* ctx = llama_init_from_model(lm, cp);
   if (ctx == nullptr) {
     const std::string why = LastLlamaError();
-    return Status::InvalidArgument("cannot create a context of " + std::to_string(options.n_slots) +
-                                   " x " + std::to_string(impl->options.n_ctx_slot) +
-                                   " tokens for model '" + model->path() + "'" +
-                                   (why.empty() ? "" : " (llama.cpp: " + why + ")") +
-                                   "; try a smaller -c or --parallel");
+    return Status::InvalidArgument(
+        "cannot create a context of " + std::to_string(options.n_slots) + " x " +
+        std::to_string(impl->options.n_ctx_slot) + " tokens for model '" + model->path() + "'" +
+        (why.empty() ? "" : " (llama.cpp: " + why + ")") + "; try a smaller -c or --parallel");
   }
   impl->ctx.reset(ctx);
   impl->n_stream = llama_n_seq_max(ctx);  // one stream per sequence (kv_unified off)
@@ -276,10 +274,11 @@ const Model& BatchEngine::model() const { return *impl_->model; }
 
 std::string BatchEngine::Describe() const {
   const Impl& m = *impl_;
-  return std::to_string(m.slots.size()) + " sequence(s) of " + std::to_string(m.options.n_ctx_slot) +
-         " tokens, flash attention " + (m.v_trans ? "off" : "on") + ", KV " +
-         m.options.cache_type_k + "/" + m.options.cache_type_v + ", prompt groups of " +
-         std::to_string(m.chunk()) + " tokens; answers " +
+  return std::to_string(m.slots.size()) + " sequence(s) of " +
+         std::to_string(m.options.n_ctx_slot) + " tokens, flash attention " +
+         (m.v_trans ? "off" : "on") + ", KV " + m.options.cache_type_k + "/" +
+         m.options.cache_type_v + ", prompt groups of " + std::to_string(m.chunk()) +
+         " tokens; answers " +
          (m.invariant ? "independent of load (batch-invariant decoding)"
                       : std::string("may depend on load: ") +
                             (!m.v_trans ? "flash attention is on"

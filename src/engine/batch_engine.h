@@ -51,8 +51,8 @@ struct SlotSampling {
 // What a request's prompt cost, for usage.cached_tokens and the logs.
 struct SlotReport {
   size_t n_prompt = 0;
-  size_t n_reused = 0;    // prompt tokens not decoded: the slot's own cache or the store
-  size_t n_restored = 0;  // of n_reused: restored from the store
+  size_t n_reused = 0;     // prompt tokens not decoded: the slot's own cache or the store
+  size_t n_restored = 0;   // of n_reused: restored from the store
   size_t n_published = 0;  // tokens queued for the store's writer
 };
 

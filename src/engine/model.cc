@@ -169,9 +169,7 @@ std::string Model::Detokenize(const std::vector<Token>& tokens) const {
   return text;
 }
 
-bool Model::IsEndOfGeneration(Token token) const {
-  return llama_vocab_is_eog(impl_->vocab, token);
-}
+bool Model::IsEndOfGeneration(Token token) const { return llama_vocab_is_eog(impl_->vocab, token); }
 
 std::vector<std::string> Model::ChatTemplateNames() {
   const int32_t n = llama_chat_builtin_templates(nullptr, 0);
@@ -190,8 +188,8 @@ Result<std::string> Model::ApplyChatTemplate(const std::vector<ChatMessage>& mes
     if (std::find(names.begin(), names.end(), template_name) == names.end()) {
       std::string list;
       for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-      return Status::InvalidArgument("unknown chat template '" + template_name +
-                                     "'; use one of " + list);
+      return Status::InvalidArgument("unknown chat template '" + template_name + "'; use one of " +
+                                     list);
     }
     tmpl = template_name.c_str();
     source = "built-in template '" + template_name + "'";

@@ -128,9 +128,9 @@ size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>&
     w.header.layout = expected;
     w.tokens.assign(tokens.begin() + j * chunk, tokens.begin() + (j + 1) * chunk);
     w.kv.resize(expected.KvBytes(chunk));
-    status = format::CutChunkKv(state.data, state.size, state.layout,
-                                static_cast<uint32_t>(j * chunk), chunk,
-                                reinterpret_cast<uint8_t*>(w.kv.data()));
+    status =
+        format::CutChunkKv(state.data, state.size, state.layout, static_cast<uint32_t>(j * chunk),
+                           chunk, reinterpret_cast<uint8_t*>(w.kv.data()));
     w.replace_bad = static_cast<long>(j) == bad;
     writes.push_back(std::move(w));
   }

@@ -1,5 +1,6 @@
 #include "server/http_server.h"
 
+#include <httplib.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <signal.h>
@@ -9,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
-#include <httplib.h>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -41,8 +41,8 @@ bool KeyMatches(const std::string& presented, const std::string& key) {
 // The metrics label for a request path: the endpoints, or "other" (a raw path would let clients
 // create any number of series, with any bytes in them).
 std::string EndpointLabel(const std::string& path) {
-  for (const char* known : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics",
-                            "/health"})
+  for (const char* known :
+       {"/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/health"})
     if (path == known) return known;
   return "other";
 }
@@ -87,8 +87,9 @@ bool PromptTokens(ServerState& st, const CompletionRequest& req, std::vector<Tok
   if (req.endpoint == Endpoint::kCompletion && req.prompt_is_tokens) {
     for (int32_t t : req.prompt_tokens) {
       if (t < 0 || t >= st.model->n_vocab()) {
-        *error = Error(400, "prompt token " + std::to_string(t) + " is outside the model's " +
-                               "vocabulary of " + std::to_string(st.model->n_vocab()) + " tokens",
+        *error = Error(400,
+                       "prompt token " + std::to_string(t) + " is outside the model's " +
+                           "vocabulary of " + std::to_string(st.model->n_vocab()) + " tokens",
                        "invalid_request_error", "prompt");
         return false;
       }
@@ -163,8 +164,7 @@ void LogDone(const std::string& path, int status, const JobResult& r) {
   std::snprintf(line, sizeof line,
                 "%s %d: prompt %zu tokens (%zu cached), %zu generated, first token %.3f s, "
                 "total %.3f s%s",
-                path.c_str(), status, r.n_prompt, r.n_cached, r.n_generated, r.ttft_s,
-                r.duration_s,
+                path.c_str(), status, r.n_prompt, r.n_cached, r.n_generated, r.ttft_s, r.duration_s,
                 r.finish == JobFinish::kCancelled ? ", cancelled (client gone)" : "");
   Log(line);
 }
@@ -313,8 +313,9 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
   http.Get("/health", [&st](const httplib::Request&, httplib::Response& res) {
     const bool ok = st.ready && !st.draining;
     res.status = ok ? 200 : 503;
-    res.set_content(ok ? R"({"status":"ok"})" : st.draining ? R"({"status":"shutting down"})"
-                                                            : R"({"status":"loading model"})",
+    res.set_content(ok            ? R"({"status":"ok"})"
+                    : st.draining ? R"({"status":"shutting down"})"
+                                  : R"({"status":"loading model"})",
                     "application/json");
   });
   http.Get("/v1/models", [&st](const httplib::Request& req, httplib::Response& res) {
@@ -337,8 +338,8 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
                             : res.status == 413 ? "the request body is larger than this server " +
                                                       std::string("accepts (--max-body)")
                                                 : "the request could not be served";
-    SendError(res, Error(res.status, msg, res.status >= 500 ? "server_error"
-                                                            : "invalid_request_error"));
+    SendError(res,
+              Error(res.status, msg, res.status >= 500 ? "server_error" : "invalid_request_error"));
     st.metrics.CountRequest(EndpointLabel(req.path), res.status);
   });
   http.set_exception_handler(
@@ -446,8 +447,8 @@ int RunServer(const ServeOptions& options) {
   Log(std::string("got ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
       ": finishing running requests");
   st.draining = true;
-  const auto deadline =
-      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options.shutdown_timeout_s * 1000));
+  const auto deadline = Clock::now() + std::chrono::milliseconds(
+                                           static_cast<int64_t>(options.shutdown_timeout_s * 1000));
   while (!st.scheduler->Idle() && Clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   st.scheduler->Stop();  // cancels what is left

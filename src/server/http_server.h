@@ -19,7 +19,7 @@ struct ServeOptions {
   std::string model_path;
   ModelOptions model;
   std::string host = "127.0.0.1";
-  int port = 8080;  // 0: any free port (the chosen one is printed)
+  int port = 8080;     // 0: any free port (the chosen one is printed)
   uint32_t n_ctx = 0;  // the whole context, shared by the slots; 0: 4096 per slot
   engine::BatchEngineOptions engine;
   // The prefix store: cache_dir empty and !no_cache: the default under $XDG_CACHE_HOME/kvstash.

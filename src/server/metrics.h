@@ -17,7 +17,7 @@ namespace kvstash::server {
 class Histogram {
  public:
   static constexpr std::array<double, 14> kBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                                     1,     2.5,  5,     10,   30,  60,  120};
+                                                     1,     2.5,  5,     10,   30,  60,   120};
   void Observe(double seconds);
   // Appends "# HELP", "# TYPE", the _bucket lines (cumulative, then le="+Inf"), _sum and _count.
   void Render(const std::string& name, const std::string& help, std::string* out) const;
@@ -34,7 +34,7 @@ struct Gauges {
   int64_t queue_length = 0;      // requests waiting for a sequence
   int64_t active_sequences = 0;  // requests being decoded
   int64_t n_parallel = 0;
-  int64_t store_bytes = -1;      // -1: no store
+  int64_t store_bytes = -1;  // -1: no store
   int64_t store_chunks = -1;
   int64_t store_max_bytes = -1;  // the store's budget, -1: none
 };

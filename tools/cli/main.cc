@@ -257,8 +257,7 @@ bool TakesValue(const Cli& cli, const std::string& arg) {
        {&cli.app, static_cast<const CLI::App*>(cli.save_cmd),
         static_cast<const CLI::App*>(cli.run_cmd), static_cast<const CLI::App*>(cli.inspect_cmd),
         static_cast<const CLI::App*>(cli.verify_cmd), static_cast<const CLI::App*>(cli.make_cmd),
-        static_cast<const CLI::App*>(cli.cache_cmd),
-        static_cast<const CLI::App*>(cli.serve_cmd)}) {
+        static_cast<const CLI::App*>(cli.cache_cmd), static_cast<const CLI::App*>(cli.serve_cmd)}) {
     const CLI::Option* opt = cmd->get_option_no_throw(arg);
     if (opt != nullptr) return opt->get_items_expected_min() > 0;
   }
