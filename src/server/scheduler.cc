@@ -142,18 +142,27 @@ void Scheduler::Loop() {
 void Scheduler::OnToken(int slot, Token token) {
   Running& r = *running_[slot];
   const engine::BatchEngine& e = *engine_;
-  if (r.n_generated == 0) {
-    r.ttft_s = SecondsSince(r.job.submitted);
-    engine_->PublishPrompt(slot);
+  const bool first = r.ttft_s < 0;
+  if (first) r.ttft_s = SecondsSince(r.job.submitted);
+  std::optional<JobFinish> finish;
+  if (e.model().IsEndOfGeneration(token)) {
+    finish = JobFinish::kStop;
+  } else {
+    ++r.n_generated;
+    if (r.matcher.Add(e.model().TokenToPiece(token))) finish = JobFinish::kStop;
   }
-  if (e.model().IsEndOfGeneration(token)) return Finish(slot, JobFinish::kStop);
-  ++r.n_generated;
-  if (r.matcher.Add(e.model().TokenToPiece(token))) return Finish(slot, JobFinish::kStop);
-  Emit(r, false);
-  if (r.job.max_tokens >= 0 && static_cast<int64_t>(r.n_generated) >= r.job.max_tokens)
-    return Finish(slot, JobFinish::kLength);
-  // The sampled token is decoded next step: it needs a cell of its own.
-  if (e.tokens(slot).size() >= e.n_ctx_slot()) return Finish(slot, JobFinish::kLength);
+  if (!finish) {
+    Emit(r, false);
+    if (r.job.max_tokens >= 0 && static_cast<int64_t>(r.n_generated) >= r.job.max_tokens)
+      finish = JobFinish::kLength;
+    // The sampled token is decoded next step: it needs a cell of its own.
+    else if (e.tokens(slot).size() >= e.n_ctx_slot())
+      finish = JobFinish::kLength;
+  }
+  if (finish) return Finish(slot, *finish);  // End publishes
+  // The prompt's new chunks are copied out for the store after the first token went to the
+  // client: the copy takes tens of ms the first token need not wait for.
+  if (first) engine_->PublishPrompt(slot);
 }
 
 // Pushes the text no later token can change: not a possible start of a stop string, not half a
