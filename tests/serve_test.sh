@@ -426,6 +426,7 @@ stop_server b 20
 check "[ $RC = 0 ]" "SIGTERM: exit code $RC, want 0"
 check "[ $((SECONDS - t0)) -le 14 ]" "SIGTERM: took $((SECONDS - t0)) s with --shutdown-timeout 6"
 check "grep -q 'stopped' '$dir/b.log'" "SIGTERM: 'stopped' in the log"
+check "grep -q 'cancelled (shutdown)' '$dir/b.log' && ! grep -q 'client gone' '$dir/b.log'" "SIGTERM: the log says the long request was cancelled by the shutdown (not 'client gone')"
 
 # ============================================================================================
 section "7. concurrency"
