@@ -378,7 +378,8 @@ section "5. two processes, one store"
 n0=$($KV cache stats --cache-dir "$dir/c-r" --json 2>/dev/null | jq -r .chunks)
 jbody "$dir/q3" '{model:"m",messages:[{role:"system",content:$S2},{role:"user",content:"Which season?"}],max_tokens:4,temperature:0}'
 st=$(call r2 POST $CHAT "$dir/r" "$dir/q3")
-check "[ $st = 200 ] && jtrue '$dir/r' '.usage.prompt_tokens_details.cached_tokens == 0 and .usage.prompt_tokens > 600'" "two processes: priming on the first"
+# (The slot that served q2 may reuse the chat template's first tokens: a few, not a chunk.)
+check "[ $st = 200 ] && jtrue '$dir/r' '.usage.prompt_tokens_details.cached_tokens < 64 and .usage.prompt_tokens > 600'" "two processes: priming on the first: $st $(head -c 400 "$dir/r")"
 # The store writes chunks in the background: wait until their number settles.
 prev=-1
 for i in $(seq 1 50); do
