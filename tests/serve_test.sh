@@ -387,10 +387,12 @@ for i in $(seq 1 50); do
   [ "$n" = "$prev" ] && [ "$n" -gt "$n0" ] && break
   prev=$n; sleep 0.3
 done
-start_server b --cache-dir "$dir/c-r" --parallel 2 --shutdown-timeout 6 || exit 1
+# -c 131072: 65536 tokens per sequence, so that section 6's long request cannot finish before
+# its deadline even on a fast machine (the tiny model decodes thousands of tokens a second).
+start_server b --cache-dir "$dir/c-r" --parallel 2 -c 131072 --shutdown-timeout 6 || exit 1
 jbody "$dir/q4" '{model:"m",messages:[{role:"system",content:$S2},{role:"user",content:"Which river?"}],max_tokens:4,temperature:0}'
 st=$(call b POST $CHAT "$dir/r" "$dir/q4")
-check "[ $st = 200 ] && jtrue '$dir/r' '.usage.prompt_tokens_details.cached_tokens > 0'" "two processes: the second one's first request is cached"
+check "[ $st = 200 ] && jtrue '$dir/r' '.usage.prompt_tokens_details.cached_tokens > 0'" "two processes: the second one's first request (another -c) is cached"
 st=$(call r2 POST $CHAT "$dir/r" "$dir/q4")
 check "[ $st = 200 ]" "two processes: the first still serves"
 stop_server r2
@@ -400,7 +402,7 @@ section "6. SIGTERM with requests running"
 # b: --parallel 2 --shutdown-timeout 6. A short request finishes; a long stream is cancelled at
 # the deadline; a request sent while draining gets 503; the server exits 0.
 jbody "$dir/b1" '{model:"m",prompt:"The weather",max_tokens:8,temperature:0}'
-jbody "$dir/b2" '{model:"m",prompt:"A very long story",max_tokens:4000,temperature:0,stream:true}'
+jbody "$dir/b2" '{model:"m",prompt:"A very long story",max_tokens:60000,temperature:0,stream:true}'
 call b POST /v1/completions "$dir/t-long" "$dir/b2" >"$dir/t-long.st" & bg_pids+=($!); p_long=$!
 for i in $(seq 1 50); do scrape b "$dir/mb"; [ "$(metric "$dir/mb" kvstash_active_sequences)" = 1 ] && break; sleep 0.1; done
 call b POST /v1/completions "$dir/t-short" "$dir/b1" >"$dir/t-short.st" & bg_pids+=($!); p_short=$!
@@ -478,20 +480,22 @@ section "8. hostile clients"
 # The slow-loris connections (started in section 1) are still open or were closed by now.
 st=$(call main POST $CHAT "$dir/r" "$dir/bc")
 check "[ $st = 200 ]" "slow loris: other requests are served meanwhile: $st"
+# Disconnects, on a server whose sequences hold 65536 tokens (a long generation outlasts them).
+start_server h --no-cache --parallel 2 -c 131072 --shutdown-timeout 2 || exit 1
 # A client that disconnects mid-stream.
-scrape main "$dir/md0"
-jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:3000,stream:true}'
-curl -s -N --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[main]}/v1/completions"
+scrape h "$dir/md0"
+jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:60000,stream:true}'
+curl -s -N --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[h]}/v1/completions"
 rc=$?
 check "[ $rc = 28 ]" "disconnect: curl --max-time should have cut the stream (rc $rc)"
 freed=0
-for i in $(seq 1 50); do scrape main "$dir/md"; [ "$(metric "$dir/md" kvstash_active_sequences)" = 0 ] && { freed=1; break; }; sleep 0.1; done
+for i in $(seq 1 50); do scrape h "$dir/md"; [ "$(metric "$dir/md" kvstash_active_sequences)" = 0 ] && { freed=1; break; }; sleep 0.1; done
 check "[ $freed = 1 ]" "disconnect mid-stream: kvstash_active_sequences did not return to 0 within 5 s"
-st=$(call main POST $CHAT "$dir/r" "$dir/bc")
+st=$(call h POST $CHAT "$dir/r" "$dir/bc")
 check "[ $st = 200 ]" "disconnect: the server keeps serving: $st"
 # Known gap: the cancelled stream is neither logged nor counted (see the NOTE).
-sleep 0.3; scrape main "$dir/md1"
-if grep -q 'cancelled (client gone)' "$dir/main.log" &&
+sleep 0.3; scrape h "$dir/md1"
+if grep -q 'cancelled (client gone)' "$dir/h.log" &&
    [ $(( $(metric "$dir/md1" "$RQ_CMPL") - $(metric "$dir/md0" "$RQ_CMPL") )) -ge 1 ]; then ok
 elif [ "$STRICT_KNOWN_BUGS" = 1 ]; then
   bad "disconnect mid-stream: the cancelled request is neither logged ('cancelled (client gone)') nor counted in kvstash_requests_total"
@@ -505,16 +509,18 @@ echo "  slow loris: the server closed the half-sent requests after $loris s"
 check "[ '$loris' -le 20 ] 2>/dev/null" "slow loris: the server closed the half-sent requests after '$loris' s (want <= 20)"
 check "kill -0 ${PID[main]}" "the main server is still running"
 # A client that disconnects while waiting for a non-streamed answer (last: it may hold a slot).
-jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:3000}'
-curl -s --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[main]}/v1/completions"
+jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:60000}'
+curl -s --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[h]}/v1/completions"
 freed=0
-for i in $(seq 1 50); do scrape main "$dir/md"; [ "$(metric "$dir/md" kvstash_active_sequences)" = 0 ] && { freed=1; break; }; sleep 0.1; done
+for i in $(seq 1 50); do scrape h "$dir/md"; [ "$(metric "$dir/md" kvstash_active_sequences)" = 0 ] && { freed=1; break; }; sleep 0.1; done
 if [ $freed = 1 ]; then ok
 elif [ "$STRICT_KNOWN_BUGS" = 1 ]; then
   bad "disconnect while waiting (not streamed): the sequence still decodes 5 s after its client left"
 else
   echo "NOTE: known bug: a non-streamed request whose client left still decodes 5 s later (not failing: STRICT_KNOWN_BUGS=0)"
 fi
+stop_server h 20
+check "[ $RC = 0 ]" "hostile: SIGTERM exit code $RC (a request still decoding is cancelled)"
 stop_server main 20
 check "[ $RC = 0 ]" "main: SIGTERM exit code $RC"
 
