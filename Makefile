@@ -12,6 +12,7 @@ all: build
 setup:
 	@scripts/setup-deps.sh
 	@scripts/fetch-llama.sh
+	@scripts/setup-npm.sh
 
 $(BUILD)/CMakeCache.txt:
 	@$(MAKE) --no-print-directory setup

@@ -5,7 +5,7 @@ set -euo pipefail
 
 # clang and its runtime build the fuzzer that `make test` runs for a bounded time.
 packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohmann-json3-dev
-          libxxhash-dev libssl-dev clang libclang-rt-14-dev)
+          libxxhash-dev libssl-dev libcpp-httplib-dev clang libclang-rt-14-dev)
 [ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
 
 missing=()

@@ -159,13 +159,17 @@ FinishReason FinishOf(const JobResult& r) {
   return r.finish == JobFinish::kLength ? FinishReason::kLength : FinishReason::kStop;
 }
 
-void LogDone(const std::string& path, int status, const JobResult& r) {
+// `draining`: a cancelled job was cut by the shutdown (Scheduler::Stop), not left by its client.
+void LogDone(const std::string& path, int status, const JobResult& r, bool draining) {
   char line[256];
   std::snprintf(line, sizeof line,
                 "%s %d: prompt %zu tokens (%zu cached), %zu generated, first token %.3f s, "
                 "total %.3f s%s",
-                path.c_str(), status, r.n_prompt, r.n_cached, r.n_generated, r.ttft_s, r.duration_s,
-                r.finish == JobFinish::kCancelled ? ", cancelled (client gone)" : "");
+                path.c_str(), status, r.n_prompt, r.n_cached, r.n_generated, r.ttft_s,
+                r.duration_s,
+                r.finish != JobFinish::kCancelled ? ""
+                : draining                        ? ", cancelled (shutdown)"
+                                                  : ", cancelled (client gone)");
   Log(line);
 }
 
@@ -173,7 +177,7 @@ void Record(ServerState& st, const std::string& path, int status, const JobResul
   st.metrics.CountRequest(path, status);
   if (r.finish != JobFinish::kError)
     st.metrics.CountCompletion(r.n_prompt, r.n_cached, r.n_generated, r.ttft_s, r.duration_s);
-  LogDone(path, status, r);
+  LogDone(path, status, r, st.draining);
 }
 
 void Respond(ServerState& st, const std::string& path, const ResponseMeta& meta,
