@@ -12,9 +12,6 @@ set -u
 # mismatches are printed as NOTE lines and do not fail the suite (they always fail when the server
 # claims "answers independent of load").
 STRICT_LOAD_INVARIANCE=${KVSTASH_STRICT_LOAD_INVARIANCE:-0}
-# 1: the server bugs this suite found and reports as NOTE lines fail it (a stream cancelled by its
-# client is neither logged nor counted; a non-streamed request whose client left keeps decoding).
-STRICT_KNOWN_BUGS=${KVSTASH_STRICT_KNOWN_BUGS:-0}
 
 KV=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -425,6 +422,7 @@ fi
 wait $p_long
 sse_sum "$dir/t-long"
 check "[ \"\$(cat '$dir/t-long.st')\" = 200 ] && jtrue '$dir/t-long.json' '.framing_ok and .done_last'" "SIGTERM: the long stream is ended cleanly at the deadline: $(tail -c 300 "$dir/t-long")"
+check "grep -q '\"code\":\"shutdown\"' '$dir/t-long'" "SIGTERM: the cut stream ends with an error event (code shutdown), not a finish_reason: $(tail -c 300 "$dir/t-long")"
 stop_server b 20
 check "[ $RC = 0 ]" "SIGTERM: exit code $RC, want 0"
 check "[ $((SECONDS - t0)) -le 14 ]" "SIGTERM: took $((SECONDS - t0)) s with --shutdown-timeout 6"
@@ -493,15 +491,10 @@ for i in $(seq 1 50); do scrape h "$dir/md"; [ "$(metric "$dir/md" kvstash_activ
 check "[ $freed = 1 ]" "disconnect mid-stream: kvstash_active_sequences did not return to 0 within 5 s"
 st=$(call h POST $CHAT "$dir/r" "$dir/bc")
 check "[ $st = 200 ]" "disconnect: the server keeps serving: $st"
-# Known gap: the cancelled stream is neither logged nor counted (see the NOTE).
+# The cancelled stream is logged and counted (failed before: only the client's side knew).
 sleep 0.3; scrape h "$dir/md1"
-if grep -q 'cancelled (client gone)' "$dir/h.log" &&
-   [ $(( $(metric "$dir/md1" "$RQ_CMPL") - $(metric "$dir/md0" "$RQ_CMPL") )) -ge 1 ]; then ok
-elif [ "$STRICT_KNOWN_BUGS" = 1 ]; then
-  bad "disconnect mid-stream: the cancelled request is neither logged ('cancelled (client gone)') nor counted in kvstash_requests_total"
-else
-  echo "NOTE: known bug: a stream cancelled by its client is neither logged ('cancelled (client gone)') nor counted in /metrics (not failing: STRICT_KNOWN_BUGS=0)"
-fi
+check "grep -q 'cancelled (client gone)' '$dir/h.log' && [ \$(( \$(metric '$dir/md1' '$RQ_CMPL') - \$(metric '$dir/md0' '$RQ_CMPL') )) -ge 1 ]" \
+  "disconnect mid-stream: the cancelled request is logged ('cancelled (client gone)') and counted in kvstash_requests_total"
 wait $p_loris
 loris=$(cat "$dir/loris.out")
 # httplib waits up to the keep-alive timeout (5 s) for the first bytes, then the read timeout (10 s).
@@ -513,12 +506,9 @@ jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:60000}'
 curl -s --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[h]}/v1/completions"
 freed=0
 for i in $(seq 1 50); do scrape h "$dir/md"; [ "$(metric "$dir/md" kvstash_active_sequences)" = 0 ] && { freed=1; break; }; sleep 0.1; done
-if [ $freed = 1 ]; then ok
-elif [ "$STRICT_KNOWN_BUGS" = 1 ]; then
-  bad "disconnect while waiting (not streamed): the sequence still decodes 5 s after its client left"
-else
-  echo "NOTE: known bug: a non-streamed request whose client left still decodes 5 s later (not failing: STRICT_KNOWN_BUGS=0)"
-fi
+# Failed before: nothing noticed the hang-up until the answer was written (the server now writes
+# a space every second while a non-streamed answer runs).
+check "[ $freed = 1 ]" "disconnect while waiting (not streamed): the sequence still decodes 5 s after its client left"
 stop_server h 20
 check "[ $RC = 0 ]" "hostile: SIGTERM exit code $RC (a request still decoding is cancelled)"
 stop_server main 20

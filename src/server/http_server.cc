@@ -159,8 +159,22 @@ FinishReason FinishOf(const JobResult& r) {
   return r.finish == JobFinish::kLength ? FinishReason::kLength : FinishReason::kStop;
 }
 
-// `draining`: a cancelled job was cut by the shutdown (Scheduler::Stop), not left by its client.
-void LogDone(const std::string& path, int status, const JobResult& r, bool draining) {
+// The status a finished job is counted and logged under: 499 (nginx's "client closed request")
+// for a client that left, 503 for a job cut by the shutdown.
+int StatusOf(const JobResult& r, bool draining) {
+  if (r.finish == JobFinish::kError) return 500;
+  if (r.finish == JobFinish::kCancelled) return draining ? 503 : 499;
+  return 200;
+}
+
+// Counts and logs a finished job; called on the scheduler thread, whether or not a client is left
+// to read the answer.
+void Record(ServerState& st, const std::string& path, const JobResult& r) {
+  const bool draining = st.draining;
+  const int status = StatusOf(r, draining);
+  st.metrics.CountRequest(path, status);
+  if (r.finish != JobFinish::kError)
+    st.metrics.CountCompletion(r.n_prompt, r.n_cached, r.n_generated, r.ttft_s, r.duration_s);
   char line[256];
   std::snprintf(line, sizeof line,
                 "%s %d: prompt %zu tokens (%zu cached), %zu generated, first token %.3f s, "
@@ -173,35 +187,56 @@ void LogDone(const std::string& path, int status, const JobResult& r, bool drain
   Log(line);
 }
 
-void Record(ServerState& st, const std::string& path, int status, const JobResult& r) {
-  st.metrics.CountRequest(path, status);
-  if (r.finish != JobFinish::kError)
-    st.metrics.CountCompletion(r.n_prompt, r.n_cached, r.n_generated, r.ttft_s, r.duration_s);
-  LogDone(path, status, r, st.draining);
+// The error a client still connected gets for a job that did not finish: it failed, or the
+// shutdown cut it (an answer cut short must not look like a finished one).
+std::optional<ApiError> FailureOf(const JobResult& r) {
+  if (r.finish == JobFinish::kError)
+    return Error(500, r.status.message(), "server_error", "", "decode_failed");
+  if (r.finish == JobFinish::kCancelled)
+    return Error(503, "the server shut down before the answer was complete; retry", "server_error",
+                 "", "shutdown");
+  return std::nullopt;
 }
 
-void Respond(ServerState& st, const std::string& path, const ResponseMeta& meta,
-             const std::shared_ptr<Channel>& channel, httplib::Response& res) {
-  std::string text;
-  std::optional<JobResult> result;
-  while (!(result = channel->Wait(&text, std::chrono::milliseconds(200)))) {
-  }
-  if (!result->status.ok()) {
-    SendError(res, Error(500, result->status.message(), "server_error"));
-  } else {
-    res.status = 200;
-    res.set_content(RenderResponse(meta, text, FinishOf(*result), UsageOf(*result)),
-                    "application/json");
-  }
-  Record(st, path, res.status, *result);
+// A non-streamed answer. It is sent chunked, with a space (JSON allows leading whitespace) every
+// second while the job runs, so that a client that hung up is noticed by a failed write and its
+// job cancelled, as a stream's is: the HTTP library offers no other way to see the hang-up. The
+// cost: a failure after the request was accepted comes as an error object in a 200 response.
+void Respond(const ResponseMeta& meta, const std::shared_ptr<Channel>& channel,
+             httplib::Response& res) {
+  auto text = std::make_shared<std::string>();
+  auto last_write = std::make_shared<Clock::time_point>(Clock::now());
+  res.set_chunked_content_provider(
+      "application/json",
+      [meta, channel, text, last_write](size_t, httplib::DataSink& sink) {
+        const std::optional<JobResult> result =
+            channel->Wait(text.get(), std::chrono::milliseconds(200));
+        if (!result) {
+          if (Clock::now() - *last_write < std::chrono::seconds(1)) return true;
+          *last_write = Clock::now();
+          if (sink.write(" ", 1)) return true;
+          channel->Cancel();
+          return false;
+        }
+        const std::optional<ApiError> failure = FailureOf(*result);
+        const std::string body =
+            failure ? RenderError(*failure)
+                    : RenderResponse(meta, *text, FinishOf(*result), UsageOf(*result));
+        if (!sink.write(body.data(), body.size())) return false;
+        sink.done();
+        return true;
+      },
+      [channel](bool success) {
+        if (!success) channel->Cancel();  // the client went away
+      });
 }
 
-void Stream(ServerState& st, const std::string& path, const ResponseMeta& meta,
-            const std::shared_ptr<Channel>& channel, bool include_usage, httplib::Response& res) {
+void Stream(const ResponseMeta& meta, const std::shared_ptr<Channel>& channel, bool include_usage,
+            httplib::Response& res) {
   auto first = std::make_shared<bool>(true);
   res.set_chunked_content_provider(
       "text/event-stream",
-      [&st, path, meta, channel, include_usage, first](size_t, httplib::DataSink& sink) {
+      [meta, channel, include_usage, first](size_t, httplib::DataSink& sink) {
         auto send = [&](const std::string& json) {
           const std::string event = "data: " + json + "\n\n";
           return sink.write(event.data(), event.size());
@@ -216,8 +251,8 @@ void Stream(ServerState& st, const std::string& path, const ResponseMeta& meta,
         *first = false;
         if (!result) return true;  // called again
         bool ok = true;
-        if (!result->status.ok()) {
-          ok = send(RenderError(Error(500, result->status.message(), "server_error")));
+        if (const std::optional<ApiError> failure = FailureOf(*result)) {
+          ok = send(RenderError(*failure));
         } else {
           ok = send(RenderChunk(meta, "", false, FinishOf(*result)));
           if (ok && include_usage) ok = send(RenderUsageChunk(meta, UsageOf(*result)));
@@ -226,7 +261,6 @@ void Stream(ServerState& st, const std::string& path, const ResponseMeta& meta,
           static const char kDone[] = "data: [DONE]\n\n";
           ok = sink.write(kDone, sizeof kDone - 1);
         }
-        Record(st, path, result->status.ok() ? 200 : 500, *result);
         if (ok) sink.done();
         return ok;
       },
@@ -261,6 +295,7 @@ void HandleCompletion(ServerState& st, Endpoint endpoint, const httplib::Request
   job.sampling.top_p = static_cast<float>(request.top_p);
   job.sampling.seed = request.seed ? *request.seed : std::random_device{}();
   job.channel = std::make_shared<Channel>();
+  job.on_done = [&st, path](const JobResult& r) { Record(st, path, r); };
   std::shared_ptr<Channel> channel = job.channel;
   if (!st.scheduler->Submit(std::move(job))) {
     res.set_header("Retry-After", "1");
@@ -272,8 +307,8 @@ void HandleCompletion(ServerState& st, Endpoint endpoint, const httplib::Request
   meta.id = NewResponseId(endpoint);
   meta.created = UnixNow();
   meta.model = request.model.empty() ? st.model_id : request.model;
-  if (request.stream) return Stream(st, path, meta, channel, request.include_usage, res);
-  Respond(st, path, meta, channel, res);
+  if (request.stream) return Stream(meta, channel, request.include_usage, res);
+  Respond(meta, channel, res);
 }
 
 std::string RenderMetrics(ServerState& st) {

@@ -11,6 +11,21 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// Ends a job: counted (on_done) before its client can see the result.
+void Complete(Job& job, JobResult result) {
+  if (job.on_done) job.on_done(result);
+  job.channel->Finish(std::move(result));
+}
+
+// A job cancelled before it reached a slot.
+void CancelQueued(Job& job) {
+  JobResult r;
+  r.finish = JobFinish::kCancelled;
+  r.n_prompt = job.prompt.size();
+  r.duration_s = SecondsSince(job.submitted);
+  Complete(job, std::move(r));
+}
+
 }  // namespace
 
 std::optional<JobResult> Channel::Wait(std::string* text, std::chrono::milliseconds timeout) {
@@ -89,13 +104,11 @@ void Scheduler::Admit() {
       if (slot < 0) return;
       job = std::move(queue_.front());
       queue_.pop_front();
-      busy[slot] = true;
       if (job.channel->cancelled()) {
-        JobResult r;
-        r.finish = JobFinish::kCancelled;
-        job.channel->Finish(r);
+        CancelQueued(job);
         continue;
       }
+      busy[slot] = true;
       engine::StopMatcher matcher(job.stop);
       Running run{std::move(job), std::move(matcher)};
       engine_->Begin(slot, run.job.prompt, run.job.sampling);
@@ -131,11 +144,7 @@ void Scheduler::Loop() {
   for (size_t i = 0; i < running_.size(); ++i)
     if (running_[i]) Finish(static_cast<int>(i), JobFinish::kCancelled);
   std::lock_guard<std::mutex> lock(mu_);
-  for (Job& job : queue_) {
-    JobResult r;
-    r.finish = JobFinish::kCancelled;
-    job.channel->Finish(r);
-  }
+  for (Job& job : queue_) CancelQueued(job);
   queue_.clear();
 }
 
@@ -192,11 +201,11 @@ void Scheduler::Finish(int slot, JobFinish finish, Status status) {
   result.n_generated = r.n_generated;
   result.ttft_s = r.ttft_s;
   result.duration_s = SecondsSince(r.job.submitted);
-  std::shared_ptr<Channel> channel = r.job.channel;
+  Job job = std::move(r.job);
   running_[slot].reset();
   --active_;
   engine_->End(slot);
-  channel->Finish(std::move(result));
+  Complete(job, std::move(result));
 }
 
 }  // namespace kvstash::server

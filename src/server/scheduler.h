@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -66,6 +67,9 @@ struct Job {
   int64_t max_tokens = -1;  // < 0: until end of generation or the slot's context is full
   std::vector<std::string> stop;
   std::shared_ptr<Channel> channel;
+  // Called on the scheduler thread when the job ends, however it ends (before the channel's
+  // Finish): the place to count and log it, as its client may be gone.
+  std::function<void(const JobResult&)> on_done;
   std::chrono::steady_clock::time_point submitted = std::chrono::steady_clock::now();
 };
 
