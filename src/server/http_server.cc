@@ -414,6 +414,9 @@ Status Start(ServerState& st) {
   engine::BatchEngineOptions eo = o.engine;
   const uint32_t slots = std::max<uint32_t>(eo.n_slots, 1);
   eo.n_ctx_slot = o.n_ctx != 0 ? std::max<uint32_t>(o.n_ctx / slots, 1) : 4096;
+  // A chat template llama.cpp cannot apply fails here, not on every chat request.
+  auto probe = st.model->ApplyChatTemplate({{"user", "hello"}}, o.chat_template);
+  if (!probe.ok()) return probe.status();
   auto engine = engine::BatchEngine::Create(st.model, eo, st.store);
   if (!engine.ok()) return engine.status();
   st.engine = std::move(*engine);
