@@ -477,7 +477,8 @@ def main():
     os.makedirs(work, exist_ok=True)
     system = system_prompt(args)
     res = {"args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": {"nproc": os.cpu_count(), "uname": " ".join(os.uname())}}
+           "machine": {"nproc": os.cpu_count(), "uname": " ".join(os.uname())},
+           "loadavg_start": os.getloadavg()}
     t_all = time.perf_counter()
     kv_cache = os.path.join(work, "kv-store")
     slot_dir = os.path.join(work, "slots")
@@ -513,6 +514,7 @@ def main():
             res["turns"] = {"kvstash": k, "llama": l}
     finally:
         res["elapsed_s"] = time.perf_counter() - t_all
+        res["loadavg_end"] = os.getloadavg()
         with open(os.path.join(args.out, "serve.json"), "w") as f:
             json.dump(res, f, indent=2)
     md = markdown(res)
