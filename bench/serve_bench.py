@@ -124,12 +124,15 @@ class Server:
         raise RuntimeError(f"{self.kind} not healthy after {timeout} s; log {self.log_path}")
 
     def log_tail(self, n=3000):
-        self.logf.flush()
+        if not self.logf.closed:
+            self.logf.flush()
         with open(self.log_path, errors="replace") as f:
             return f.read()[-n:]
 
     def log_text(self):
-        self.logf.flush()
+        """The whole log; after stop() it holds every request's line (written after the reply)."""
+        if not self.logf.closed:
+            self.logf.flush()
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
@@ -144,6 +147,8 @@ class Server:
         return json.loads(body) if body else None
 
     def stop(self):
+        if self.logf.closed:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -252,12 +257,12 @@ def bench_repeated(args, work, system, kind, slot_dir=None, cache_dir=None):
                "requests": runs, "ready_s": s.ready_s}
         if save_ms is not None:
             res["slot_save_ms"] = save_ms
-        if kind == "kvstash":
-            res["mode"] = kvstash_mode(s)
-            res["server_log"] = kvstash_request_log(s)
-        return res
     finally:
         s.stop()
+    if kind == "kvstash":
+        res["mode"] = kvstash_mode(s)
+        res["server_log"] = kvstash_request_log(s)
+    return res
 
 
 # ---------------------------------------------------------------- 2. first request after restart
@@ -269,12 +274,12 @@ def bench_restart(args, work, system, kv_cache, slot_dir):
         s = Server("kvstash", args, work, 1, args.ctx_per_seq, cache_dir=kv_cache, tag=f"-restart{rep}")
         try:
             r = chat(s, msgs(system, q), args.gen_tokens)
-            r["server_log"] = kvstash_request_log(s)
             r["ready_s"] = s.ready_s
             r["time_ms"] = r["ttft_s"] * 1000
             out["kvstash_warm"].append(r)
         finally:
             s.stop()
+        r["server_log"] = kvstash_request_log(s)
         # llama-server cold
         s = Server("llama", args, work, 1, args.ctx_per_seq, tag=f"-cold{rep}")
         try:
@@ -352,10 +357,13 @@ def bench_throughput(args, work, kind, cache_dir=None):
                            "per_client_gen_tokens_per_s": gen,
                            "ttft_ms": [r["ttft_s"] * 1000 for r in results],
                            "prompt_tokens": [r.get("prompt_tokens") for r in results]})
-        return {"rounds": rounds,
-                "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds)}
+        res = {"rounds": rounds,
+               "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds)}
     finally:
         s.stop()
+    if kind == "kvstash":
+        res["server_log"] = kvstash_request_log(s)
+    return res
 
 
 # ---------------------------------------------------------------- 4. multi-turn chat
@@ -373,11 +381,11 @@ def bench_turns(args, work, system, kind, cache_dir=None):
                           "cached_tokens": r.get("cached_tokens", r.get("server_cache_n")),
                           "completion_tokens": r["completion_tokens"]})
         res = {"turns": turns}
-        if kind == "kvstash":
-            res["server_log"] = kvstash_request_log(s)
-        return res
     finally:
         s.stop()
+    if kind == "kvstash":
+        res["server_log"] = kvstash_request_log(s)
+    return res
 
 
 def markdown(res):
