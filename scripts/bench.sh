@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the standard benchmark set, PNG charts, the CLI end to end against llama.cpp's
-# llama-completion --prompt-cache, and the prefix store (kvstash-store-bench). Results land in
+# llama-completion --prompt-cache, the prefix store (kvstash-store-bench), and `kvstash serve`
+# against llama-server (bench/serve_bench.py). Results land in
 # $build/bench-results/.
 #   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run, BENCH_ARGS="..." to
 #                                     pass kvstash-bench's flags yourself
@@ -22,17 +23,24 @@ else
         --cache-types f16,q8_0 --reps 5 --cold-reps 5)
 fi
 
-# llama-completion from the same pinned tree and the same CPU flags, only for the CLI comparison.
+# llama-completion and llama-server from the same pinned tree and the same CPU flags, only for the
+# comparisons (CLI, server). Rebuilt when a binary is missing or kvstash's CPU flags changed.
 tools="$root/build-llama-tools"
-if [ ! -x "$tools/bin/llama-completion" ]; then
-  flags=$(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|FMA|F16C|BMI2|AMX_[A-Z0-9]+):BOOL' "$root/$build/CMakeCache.txt" |
-          sed -E 's/^([A-Z0-9_]+):BOOL=(.*)$/-D\1=\2/' | tr '\n' ' ')
+flags=$(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|FMA|F16C|BMI2|AMX_[A-Z0-9]+|LLAMAFILE):BOOL' "$root/$build/CMakeCache.txt" |
+        sed -E 's/^([A-Z0-9_]+):BOOL=(.*)$/-D\1=\2/' | tr '\n' ' ')
+need=()
+[ -x "$tools/bin/llama-completion" ] || need+=(llama-completion)
+[ -x "$tools/bin/llama-server" ] || need+=(llama-server)
+if [ "$(cat "$tools/kvstash-flags" 2>/dev/null)" != "$flags" ]; then need=(llama-completion llama-server); fi
+if [ ${#need[@]} -gt 0 ]; then
   # shellcheck disable=SC2086
   cmake -S "$root/third_party/llama.cpp" -B "$tools" -DCMAKE_BUILD_TYPE=Release $flags \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >"$out/llama-tools-build.log" 2>&1
-  echo "== building llama-completion for the CLI comparison (log: $out/llama-tools-build.log)"
-  cmake --build "$tools" -j "$(nproc)" --target llama-completion >>"$out/llama-tools-build.log" 2>&1
+  echo "== building ${need[*]} for the comparisons (log: $out/llama-tools-build.log)"
+  cmake --build "$tools" -j "$(nproc)" --target "${need[@]}" >>"$out/llama-tools-build.log" 2>&1
+  printf '%s' "$flags" >"$tools/kvstash-flags"
 fi
 
 echo "== kvstash-bench ${args[*]}"
@@ -107,3 +115,9 @@ store_args=()
 
 python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" "$out/store.json" &&
   ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true
+
+echo "== kvstash serve vs llama-server: repeated system prompt, restart, 4 clients, multi-turn"
+serve_args=()
+[ "${BENCH_QUICK:-0}" = 1 ] && serve_args=(--quick)
+python3 "$root/bench/serve_bench.py" "${serve_args[@]}" --kvstash "$kv" --llama-server "$tools/bin/llama-server" \
+  --model "$model" --work "$work/serve" --out "$out"
