@@ -24,10 +24,13 @@ else
 fi
 
 # llama-completion and llama-server from the same pinned tree and the same CPU flags, only for the
-# comparisons (CLI, server). Rebuilt when a binary is missing or kvstash's CPU flags changed.
+# comparisons (CLI, server). Rebuilt when a binary is missing or kvstash's CPU flags changed. They
+# keep llama.cpp's own matmul (GGML_LLAMAFILE on, its default), as their users run them: kvstash's
+# batch-invariant build gives that up (docs/SERVER.md), and the comparison shows what it costs.
 tools="$root/build-llama-tools"
-flags=$(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|FMA|F16C|BMI2|AMX_[A-Z0-9]+|LLAMAFILE):BOOL' "$root/$build/CMakeCache.txt" |
+flags=$(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|FMA|F16C|BMI2|AMX_[A-Z0-9]+):BOOL' "$root/$build/CMakeCache.txt" |
         sed -E 's/^([A-Z0-9_]+):BOOL=(.*)$/-D\1=\2/' | tr '\n' ' ')
+flags+="-DGGML_LLAMAFILE=ON "
 need=()
 [ -x "$tools/bin/llama-completion" ] || need+=(llama-completion)
 [ -x "$tools/bin/llama-server" ] || need+=(llama-server)
