@@ -493,8 +493,9 @@ st=$(call h POST $CHAT "$dir/r" "$dir/bc")
 check "[ $st = 200 ]" "disconnect: the server keeps serving: $st"
 # The cancelled stream is logged and counted (failed before: only the client's side knew).
 sleep 0.3; scrape h "$dir/md1"
-check "grep -q 'cancelled (client gone)' '$dir/h.log' && [ \$(( \$(metric '$dir/md1' '$RQ_CMPL') - \$(metric '$dir/md0' '$RQ_CMPL') )) -ge 1 ]" \
-  "disconnect mid-stream: the cancelled request is logged ('cancelled (client gone)') and counted in kvstash_requests_total"
+RQ_GONE='kvstash_requests_total{endpoint="/v1/completions",status="499"}'
+check "grep -q 'cancelled (client gone)' '$dir/h.log' && [ \$(( \$(metric '$dir/md1' '$RQ_GONE') - \$(metric '$dir/md0' '$RQ_GONE') )) -ge 1 ]" \
+  "disconnect mid-stream: the cancelled request is logged ('cancelled (client gone)') and counted in kvstash_requests_total with status 499"
 wait $p_loris
 loris=$(cat "$dir/loris.out")
 # httplib waits up to the keep-alive timeout (5 s) for the first bytes, then the read timeout (10 s).
