@@ -266,29 +266,29 @@ def bench_repeated(args, work, system, kind, slot_dir=None, cache_dir=None):
 
 
 # ---------------------------------------------------------------- 2. first request after restart
+
+def first_request(server, messages, gen_tokens, results):
+    """One timed chat on a freshly started server, which is then stopped; appended to results."""
+    try:
+        r = chat(server, messages, gen_tokens)
+        r["ready_s"] = server.ready_s
+        r["time_ms"] = r["ttft_s"] * 1000
+        results.append(r)
+    finally:
+        server.stop()
+    return r
+
 def bench_restart(args, work, system, kv_cache, slot_dir):
     out = {"kvstash_warm": [], "llama_cold": [], "llama_restore": []}
     for rep in range(args.restarts):
         q = QUESTIONS[(args.questions + rep) % len(QUESTIONS)]
         # kvstash on its warm store
         s = Server("kvstash", args, work, 1, args.ctx_per_seq, cache_dir=kv_cache, tag=f"-restart{rep}")
-        try:
-            r = chat(s, msgs(system, q), args.gen_tokens)
-            r["ready_s"] = s.ready_s
-            r["time_ms"] = r["ttft_s"] * 1000
-            out["kvstash_warm"].append(r)
-        finally:
-            s.stop()
+        r = first_request(s, msgs(system, q), args.gen_tokens, out["kvstash_warm"])
         r["server_log"] = kvstash_request_log(s)
         # llama-server cold
         s = Server("llama", args, work, 1, args.ctx_per_seq, tag=f"-cold{rep}")
-        try:
-            r = chat(s, msgs(system, q), args.gen_tokens)
-            r["ready_s"] = s.ready_s
-            r["time_ms"] = r["ttft_s"] * 1000
-            out["llama_cold"].append(r)
-        finally:
-            s.stop()
+        first_request(s, msgs(system, q), args.gen_tokens, out["llama_cold"])
         # llama-server with a manual slot restore
         s = Server("llama", args, work, 1, args.ctx_per_seq, slot_dir=slot_dir, tag=f"-restore{rep}")
         try:

@@ -24,14 +24,8 @@ std::vector<Token> RandomTokens(size_t n, uint32_t seed, int32_t n_vocab) {
   return t;
 }
 
-std::shared_ptr<Store> OpenStore(const std::string& name, uint32_t chunk = 64) {
-  static int counter = 0;
-  StoreOptions options;
-  options.chunk_tokens = chunk;
-  options.sync = false;
-  auto store = Store::Open(TempDir() + "/" + name + "-" + std::to_string(counter++), options);
-  EXPECT_TRUE(store.ok()) << store.status().ToString();
-  return store.ok() ? *store : nullptr;
+std::shared_ptr<Store> OpenStore(const std::string& name) {
+  return testing::NewTestStore(name, 64);
 }
 
 std::unique_ptr<BatchEngine> MakeEngine(uint32_t slots, std::shared_ptr<Store> store) {

@@ -31,13 +31,7 @@ std::vector<Token> Concat(std::vector<Token> a, const std::vector<Token>& b) {
 }
 
 std::shared_ptr<Store> NewStore(const std::string& name, uint32_t chunk = kChunk) {
-  static int counter = 0;
-  StoreOptions options;
-  options.chunk_tokens = chunk;
-  options.sync = false;
-  auto store = Store::Open(TempDir() + "/" + name + "-" + std::to_string(counter++), options);
-  EXPECT_TRUE(store.ok()) << store.status().ToString();
-  return store.ok() ? *store : nullptr;
+  return testing::NewTestStore(name, chunk);
 }
 
 struct Outcome {

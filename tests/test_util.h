@@ -15,6 +15,7 @@
 
 #include "kvstash/model.h"
 #include "kvstash/session.h"
+#include "kvstash/store.h"
 #include "testmodel/test_model.h"
 
 namespace kvstash::testing {
@@ -66,6 +67,17 @@ inline std::shared_ptr<Model> TinyModel(uint64_t seed = 1) {
     m = *loaded;
   }
   return m;
+}
+
+// A fresh prefix store under TempDir() (no fsync: tests do not survive power cuts).
+inline std::shared_ptr<Store> NewTestStore(const std::string& name, uint32_t chunk) {
+  static int counter = 0;
+  StoreOptions options;
+  options.chunk_tokens = chunk;
+  options.sync = false;
+  auto store = Store::Open(TempDir() + "/" + name + "-" + std::to_string(counter++), options);
+  EXPECT_TRUE(store.ok()) << store.status().ToString();
+  return store.ok() ? *store : nullptr;
 }
 
 inline std::string ReadFile(const std::string& path) {

@@ -179,8 +179,7 @@ void Record(ServerState& st, const std::string& path, const JobResult& r) {
   std::snprintf(line, sizeof line,
                 "%s %d: prompt %zu tokens (%zu cached), %zu generated, first token %.3f s, "
                 "total %.3f s%s",
-                path.c_str(), status, r.n_prompt, r.n_cached, r.n_generated, r.ttft_s,
-                r.duration_s,
+                path.c_str(), status, r.n_prompt, r.n_cached, r.n_generated, r.ttft_s, r.duration_s,
                 r.finish != JobFinish::kCancelled ? ""
                 : draining                        ? ", cancelled (shutdown)"
                                                   : ", cancelled (client gone)");
