@@ -15,7 +15,6 @@ namespace kvstash::engine {
 namespace {
 
 using testing::TempDir;
-using testing::TinyModel;
 
 std::vector<Token> RandomTokens(size_t n, uint32_t seed, int32_t n_vocab) {
   std::mt19937 rng(seed);
@@ -28,13 +27,26 @@ std::shared_ptr<Store> OpenStore(const std::string& name) {
   return testing::NewTestStore(name, 64);
 }
 
+// The tiny model loaded as the server loads it: no weight repacking.
+std::shared_ptr<Model> ServerModel() {
+  static std::shared_ptr<Model> model = [] {
+    ModelOptions options;
+    options.repack_weights = false;
+    auto loaded = Model::Load(
+        testing::ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, 1), options);
+    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    return loaded.ok() ? *loaded : nullptr;
+  }();
+  return model;
+}
+
 std::unique_ptr<BatchEngine> MakeEngine(uint32_t slots, std::shared_ptr<Store> store) {
   BatchEngineOptions options;
   options.n_slots = slots;
   options.n_ctx_slot = 1024;
   options.n_threads = 2;
   options.chunk_tokens = 64;
-  auto engine = BatchEngine::Create(TinyModel(), options, std::move(store));
+  auto engine = BatchEngine::Create(ServerModel(), options, std::move(store));
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return engine.ok() ? std::move(*engine) : nullptr;
 }
@@ -85,7 +97,7 @@ std::vector<std::vector<Token>> RunTogether(BatchEngine& engine,
 // With flash attention off and ggml's single matmul path (no llamafile), a sequence's answer is the
 // same alone or decoded in the same steps as others' prompts and answers.
 TEST(BatchEngineTest, AnswersDoNotDependOnTheBatch) {
-  auto model = TinyModel();
+  auto model = ServerModel();
   ASSERT_NE(model, nullptr);
   const int32_t nv = model->n_vocab();
   std::vector<Request> requests = {{RandomTokens(300, 1, nv)},
@@ -105,10 +117,26 @@ TEST(BatchEngineTest, AnswersDoNotDependOnTheBatch) {
   }
 }
 
+// Invariance is claimed only where it holds: a model loaded with weight repacking allowed (whose
+// kernels split by row count for some quantized types) is not batch-invariant.
+TEST(BatchEngineTest, InvarianceNeedsUnrepackedWeights) {
+  BatchEngineOptions options;
+  options.n_ctx_slot = 256;
+  auto engine = BatchEngine::Create(testing::TinyModel(), options, nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  EXPECT_FALSE((*engine)->batch_invariant());
+  EXPECT_NE((*engine)->Describe().find("repacked"), std::string::npos) << (*engine)->Describe();
+  options.flash_attn = FlashAttention::kOn;
+  auto flash = BatchEngine::Create(ServerModel(), options, nullptr);
+  ASSERT_TRUE(flash.ok()) << flash.status().ToString();
+  EXPECT_FALSE((*flash)->batch_invariant());
+  EXPECT_NE((*flash)->Describe().find("flash attention is on"), std::string::npos);
+}
+
 // A prompt restored from the store, into any slot of an engine with any number of slots, answers
 // as the cold prompt does; the slot's own cache does too on the next request.
 TEST(BatchEngineTest, WarmFromStoreOrSlotEqualsCold) {
-  auto model = TinyModel();
+  auto model = ServerModel();
   ASSERT_NE(model, nullptr);
   const int32_t nv = model->n_vocab();
   const std::vector<Token> system = RandomTokens(200, 7, nv);
@@ -151,7 +179,7 @@ TEST(BatchEngineTest, WarmFromStoreOrSlotEqualsCold) {
 
 // A damaged chunk is a miss (decoded cold, same answer) and the publish replaces it.
 TEST(BatchEngineTest, DamagedChunkIsAMiss) {
-  auto model = TinyModel();
+  auto model = ServerModel();
   ASSERT_NE(model, nullptr);
   const Request request{RandomTokens(150, 21, model->n_vocab())};
   auto store = OpenStore("damaged");

@@ -25,6 +25,10 @@ struct ModelOptions {
   int n_gpu_layers = 0;
   // llama.cpp's own log lines go to stderr only when true.
   bool verbose = false;
+  // llama.cpp's weight repacking (its "extra buffer types"), faster for some quantized types
+  // (q4_0, q4_K, iq4_nl on x86). Its kernels split a product by row count, so `kvstash serve` turns
+  // it off for answers independent of load.
+  bool repack_weights = true;
 };
 
 // 128 bits that identify a model's weights and metadata, independent of where the file lives.

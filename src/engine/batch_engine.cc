@@ -262,10 +262,13 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::Create(std::shared_ptr<const M
                      (options.flash_attn == FlashAttention::kAuto && fa != 0);
   impl->v_trans = !flash;
   impl->params.flash_attn = flash;
-  impl->invariant = !flash && !ggml_cpu_has_llamafile() && !model->impl()->on_gpu;
+  impl->invariant =
+      !flash && InvariantBuild() && !model->impl()->on_gpu && !model->impl()->repack_weights;
   impl->slots.resize(options.n_slots);
   return std::unique_ptr<BatchEngine>(new BatchEngine(std::move(impl)));
 }
+
+bool BatchEngine::InvariantBuild() { return !ggml_cpu_has_llamafile(); }
 
 uint32_t BatchEngine::n_slots() const { return static_cast<uint32_t>(impl_->slots.size()); }
 uint32_t BatchEngine::n_ctx_slot() const { return impl_->options.n_ctx_slot; }
@@ -284,7 +287,8 @@ std::string BatchEngine::Describe() const {
                             (!m.v_trans ? "flash attention is on"
                              : ggml_cpu_has_llamafile()
                                  ? "this llama.cpp uses the llamafile matmul (GGML_LLAMAFILE)"
-                                 : "layers run on a GPU"));
+                             : m.model->impl()->on_gpu ? "layers run on a GPU"
+                                                       : "the model's weights are repacked"));
 }
 
 int BatchEngine::PickSlot(const std::vector<Token>& prompt, const std::vector<bool>& busy) const {

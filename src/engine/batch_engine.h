@@ -66,6 +66,10 @@ class BatchEngine {
   BatchEngine(const BatchEngine&) = delete;
   BatchEngine& operator=(const BatchEngine&) = delete;
 
+  // Whether this llama.cpp build has one matmul path for every batch size (no llamafile): with
+  // flash attention off and a model loaded without weight repacking, an engine is batch-invariant.
+  static bool InvariantBuild();
+
   uint32_t n_slots() const;
   uint32_t n_ctx_slot() const;
   bool batch_invariant() const;

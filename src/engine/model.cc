@@ -63,6 +63,8 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelO
   const auto start = std::chrono::steady_clock::now();
   llama_model_params params = llama_model_default_params();
   params.n_gpu_layers = options.n_gpu_layers;
+  params.use_extra_bufts = options.repack_weights;
+  impl->repack_weights = options.repack_weights;
   impl->on_gpu = options.n_gpu_layers != 0 && llama_supports_gpu_offload();
   engine::ClearLlamaError();
   impl->model = llama_model_load_from_file(path.c_str(), params);

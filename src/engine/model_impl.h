@@ -23,7 +23,8 @@ struct Model::Impl {
   std::string arch;
   int32_t n_embd_k_gqa = 0;  // K row width of one layer's cache: head_dim_k * n_head_kv
   int32_t n_embd_v_gqa = 0;
-  bool on_gpu = false;  // some layers were offloaded to a GPU backend
+  bool on_gpu = false;         // some layers were offloaded to a GPU backend
+  bool repack_weights = true;  // ModelOptions::repack_weights
 
   ~Impl() {
     if (model != nullptr) llama_model_free(model);

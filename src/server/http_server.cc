@@ -389,7 +389,15 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
 // Loads the model, opens the store and starts the engine; /health turns 200 after.
 Status Start(ServerState& st) {
   const ServeOptions& o = *st.options;
-  auto model = Model::Load(o.model_path, o.model);
+  ModelOptions model_options = o.model;
+  if (o.engine.flash_attn == FlashAttention::kOff && engine::BatchEngine::InvariantBuild()) {
+    // The last two batch-size-dependent paths of ggml's CPU kernels, for quantized weights: the
+    // repacked gemm/gemv split, and the "IQ panel" used for k- and i-quants from 8 rows on
+    // (ggml-cpu/iqp.cpp reads this variable once, at its first product).
+    model_options.repack_weights = false;
+    setenv("GGML_NO_IQ_PANEL", "1", 0);
+  }
+  auto model = Model::Load(o.model_path, model_options);
   if (!model.ok()) return model.status();
   st.model = *model;
   const std::string id = o.model_path.substr(o.model_path.find_last_of('/') + 1);
