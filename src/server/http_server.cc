@@ -124,16 +124,16 @@ bool CheckFits(const ServerState& st, const CompletionRequest& req, size_t n_pro
   const size_t n_ctx = st.engine->n_ctx_slot();
   const std::string where = "this server's context holds " + std::to_string(n_ctx) +
                             " tokens per sequence (-c / --parallel)";
+  const char* prompt_field = req.endpoint == Endpoint::kChat ? "messages" : "prompt";
   if (n_prompt == 0) {
-    *error = Error(400, "the prompt is empty", "invalid_request_error",
-                   req.endpoint == Endpoint::kChat ? "messages" : "prompt");
+    *error = Error(400, "the prompt is empty", "invalid_request_error", prompt_field);
     return false;
   }
   if (n_prompt >= n_ctx) {
     *error = Error(400,
                    "the prompt has " + std::to_string(n_prompt) + " tokens; " + where +
                        ", and at least one must be left to generate",
-                   "invalid_request_error", "messages", "context_length_exceeded");
+                   "invalid_request_error", prompt_field, "context_length_exceeded");
     return false;
   }
   if (req.max_tokens && n_prompt + static_cast<uint64_t>(*req.max_tokens) > n_ctx) {
