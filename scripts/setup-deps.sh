@@ -3,9 +3,10 @@
 # apt-get; otherwise it prints the command for you to run.
 set -euo pipefail
 
-# clang and its runtime build the fuzzer that `make test` runs for a bounded time.
+# clang and its runtime build the fuzzer that `make test` runs for a bounded time; curl and jq are
+# the server tests' client and JSON checker.
 packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohmann-json3-dev
-          libxxhash-dev libssl-dev libcpp-httplib-dev clang libclang-rt-14-dev)
+          libxxhash-dev libssl-dev libcpp-httplib-dev clang libclang-rt-14-dev curl jq)
 [ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
 
 missing=()
