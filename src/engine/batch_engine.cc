@@ -52,13 +52,19 @@ struct Slot {
   SamplerPtr sampler;
   SlotReport report;
   uint64_t last_used = 0;
-  // The store: the prompt's chain, the lookup in flight, what the store already holds.
-  std::optional<Chain> chain;
+  // The store: the lookup in flight, what the store holds of the slot's tokens.
   std::future<Fetched> fetch;
-  size_t known = 0;      // chunks of `chain` the store holds
   long first_bad = -1;   // a chunk that exists but was refused (its publish replaces it)
   size_t published = 0;  // chunks of the slot's tokens queued (or known) in the store
 };
+
+// Tokens at the start of `prompt` that slot `s` holds exactly (reusable KV).
+size_t CommonPrefix(const Slot& s, const std::vector<Token>& prompt) {
+  size_t common = 0;
+  while (common < s.n_exact && common < prompt.size() && s.tokens[common] == prompt[common])
+    ++common;
+  return common;
+}
 
 struct BatchEngine::Impl {
   std::shared_ptr<const Model> model;
@@ -92,11 +98,10 @@ struct BatchEngine::Impl {
   void FinishFetch(int i) {
     Slot& s = slots[i];
     Fetched fetched = s.fetch.get();
-    s.known = fetched.n_found;
     s.first_bad = fetched.first_bad;
     const size_t cells = fetched.n_assembled * chunk();
     if (cells <= s.n_cached) {
-      s.published = std::max(s.published, std::min(s.known, s.n_cached / chunk()));
+      s.published = std::max(s.published, std::min(fetched.n_found, s.n_cached / chunk()));
       return;
     }
     const Status status = RestoreFetched(ctx.get(), i, n_stream, fetched, chunk());
@@ -298,9 +303,7 @@ int BatchEngine::PickSlot(const std::vector<Token>& prompt, const std::vector<bo
   for (size_t i = 0; i < impl_->slots.size(); ++i) {
     if (i < busy.size() && busy[i]) continue;
     const Slot& s = impl_->slots[i];
-    size_t common = 0;
-    while (common < s.n_exact && common < prompt.size() && s.tokens[common] == prompt[common])
-      ++common;
+    const size_t common = CommonPrefix(s, prompt);
     if (best < 0 || common > best_common || (common == best_common && s.last_used < best_used)) {
       best = static_cast<int>(i);
       best_common = common;
@@ -320,25 +323,20 @@ void BatchEngine::Begin(int i, std::vector<Token> prompt, const SlotSampling& sa
   s.sampler = MakeSampler(sampling);
   // Keep the common prefix the slot's cache holds exactly, never the last prompt token (its
   // logits come from decoding it); without batch invariance only whole chunks of it.
-  size_t common = 0;
-  while (common < s.n_exact && common < prompt.size() && s.tokens[common] == prompt[common])
-    ++common;
-  size_t keep = std::min(common, prompt.size() - 1);
+  size_t keep = std::min(CommonPrefix(s, prompt), prompt.size() - 1);
   if (!m.invariant) keep = keep / m.chunk() * m.chunk();
   m.Drop(i, keep);
   s.tokens = std::move(prompt);
   s.n_prompt = s.tokens.size();
   s.report.n_reused = s.n_cached;
-  s.chain.reset();
-  s.known = 0;
   s.first_bad = -1;
   if (!m.store) return;
   // The store holds at most the chunks before the one with the last token.
   const size_t usable = (s.n_prompt - 1) / m.chunk();
-  s.chain = m.ChainOf(std::vector<Token>(s.tokens.begin(), s.tokens.begin() + usable * m.chunk()));
+  const Chain chain =
+      m.ChainOf(std::vector<Token>(s.tokens.begin(), s.tokens.begin() + usable * m.chunk()));
   if (usable * m.chunk() <= s.n_cached) return;
   std::shared_ptr<Store> store = m.store;
-  const Chain chain = *s.chain;
   std::vector<Token> tokens = s.tokens;
   const uint32_t n_stream = m.n_stream;
   s.fetch = std::async(std::launch::async, [store, chain, tokens, usable, n_stream] {
@@ -411,9 +409,14 @@ Status BatchEngine::Step(std::vector<int>* ready, std::vector<int>* failed) {
     }
     return status;
   }
-  // Non-finite logits (a NaN in a restored or computed cache) would poison every sample.
+  // Non-finite logits (a NaN in a restored or computed cache) would poison every sample. They
+  // show at the first logits after the prompt, so only those are checked (not every token's).
   const int32_t n_vocab = m.model->n_vocab();
   for (auto it = ready->begin(); it != ready->end();) {
+    if (m.slots[*it].tokens.size() != m.slots[*it].n_prompt) {
+      ++it;
+      continue;
+    }
     const float* logits = llama_get_logits_ith(m.ctx.get(), m.slots[*it].logits_index);
     bool finite = logits != nullptr;
     for (int32_t t = 0; finite && t < n_vocab; ++t) finite = std::isfinite(logits[t]);
