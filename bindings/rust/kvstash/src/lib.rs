@@ -113,7 +113,9 @@ impl Status {
     /// The library's name for the status: "not_found", "corruption", ...
     pub fn name(self) -> &'static str {
         // Static storage in the library.
-        unsafe { CStr::from_ptr(sys::kvstash_status_name(self.to_raw())) }.to_str().unwrap_or("unknown")
+        unsafe { CStr::from_ptr(sys::kvstash_status_name(self.to_raw())) }
+            .to_str()
+            .unwrap_or("unknown")
     }
 }
 
@@ -132,7 +134,10 @@ pub struct Error {
 
 impl Error {
     fn new(status: Status, message: impl Into<String>) -> Error {
-        Error { status, message: message.into() }
+        Error {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -150,7 +155,9 @@ fn check(code: sys::kvstash_status) -> Result<()> {
         return Ok(());
     }
     // Borrowed until this thread's next kvstash call: copied now.
-    let message = unsafe { CStr::from_ptr(sys::kvstash_last_error()) }.to_string_lossy().into_owned();
+    let message = unsafe { CStr::from_ptr(sys::kvstash_last_error()) }
+        .to_string_lossy()
+        .into_owned();
     Err(Error::new(Status::from_raw(code), message))
 }
 
@@ -161,7 +168,10 @@ fn c_string(what: &str, s: &str) -> Result<CString> {
 fn c_path(path: &Path) -> Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        Error::new(Status::InvalidArgument, format!("path {:?} contains a NUL byte", path))
+        Error::new(
+            Status::InvalidArgument,
+            format!("path {:?} contains a NUL byte", path),
+        )
     })
 }
 
@@ -254,7 +264,10 @@ pub struct ModelOptions {
 impl Default for ModelOptions {
     fn default() -> Self {
         let c = unsafe { c_defaults(sys::kvstash_model_options_init) };
-        ModelOptions { n_gpu_layers: c.n_gpu_layers, repack_weights: c.repack_weights }
+        ModelOptions {
+            n_gpu_layers: c.n_gpu_layers,
+            repack_weights: c.repack_weights,
+        }
     }
 }
 
@@ -276,7 +289,10 @@ impl Drop for Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model").field("path", &self.path()).field("description", &self.description()).finish()
+        f.debug_struct("Model")
+            .field("path", &self.path())
+            .field("description", &self.description())
+            .finish()
     }
 }
 
@@ -290,7 +306,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -308,7 +327,9 @@ impl Model {
         c.repack_weights = options.repack_weights;
         let mut out = ptr::null_mut();
         check(unsafe { sys::kvstash_model_load(path.as_ptr(), &c, &mut out) })?;
-        Ok(Model { raw: NonNull::new(out).expect("kvstash_model_load returned OK and NULL") })
+        Ok(Model {
+            raw: NonNull::new(out).expect("kvstash_model_load returned OK and NULL"),
+        })
     }
 
     /// The path it was loaded from.
@@ -357,7 +378,13 @@ impl Model {
         let mut text = ptr::null_mut();
         let mut len = 0;
         check(unsafe {
-            sys::kvstash_model_detokenize(self.raw.as_ptr(), tokens.as_ptr(), tokens.len(), &mut text, &mut len)
+            sys::kvstash_model_detokenize(
+                self.raw.as_ptr(),
+                tokens.as_ptr(),
+                tokens.len(),
+                &mut text,
+                &mut len,
+            )
         })?;
         Ok(unsafe { take_string(text, len) })
     }
@@ -383,7 +410,10 @@ impl Model {
         }
         let c_messages: Vec<sys::kvstash_chat_message> = strings
             .chunks(2)
-            .map(|pair| sys::kvstash_chat_message { role: pair[0].as_ptr(), content: pair[1].as_ptr() })
+            .map(|pair| sys::kvstash_chat_message {
+                role: pair[0].as_ptr(),
+                content: pair[1].as_ptr(),
+            })
             .collect();
         let template = match template {
             Some(t) => Some(c_string("the template name", t)?),
@@ -505,7 +535,9 @@ impl Store {
         c.sync = options.sync;
         let mut out = ptr::null_mut();
         check(unsafe { sys::kvstash_store_open(dir.as_ptr(), &c, &mut out) })?;
-        Ok(Store { raw: NonNull::new(out).expect("kvstash_store_open returned OK and NULL") })
+        Ok(Store {
+            raw: NonNull::new(out).expect("kvstash_store_open returned OK and NULL"),
+        })
     }
 
     pub fn stats(&self) -> Result<StoreStats> {
@@ -541,7 +573,11 @@ impl Store {
         let (mut ok, mut bad, mut report) = (0, 0, ptr::null_mut());
         check(unsafe { sys::kvstash_store_verify(self.raw.as_ptr(), &mut ok, &mut bad, &mut report) })?;
         let report = CBuf(report);
-        Ok(VerifyReport { chunks_ok: ok, chunks_bad: bad, bad_report: unsafe { owned_str(report.0) } })
+        Ok(VerifyReport {
+            chunks_ok: ok,
+            chunks_bad: bad,
+            bad_report: unsafe { owned_str(report.0) },
+        })
     }
 
     /// Removes every chunk, or those of namespace `ns_hash` (hex); returns how many.
@@ -552,7 +588,11 @@ impl Store {
         };
         let mut removed = 0;
         check(unsafe {
-            sys::kvstash_store_clear(self.raw.as_ptr(), ns.as_ref().map_or(ptr::null(), |n| n.as_ptr()), &mut removed)
+            sys::kvstash_store_clear(
+                self.raw.as_ptr(),
+                ns.as_ref().map_or(ptr::null(), |n| n.as_ptr()),
+                &mut removed,
+            )
         })?;
         Ok(removed)
     }
@@ -649,8 +689,16 @@ impl Default for OpenOptions {
             n_room: c.n_room,
             n_threads: c.n_threads,
             flash_attn: FlashAttn::from_raw(c.flash_attn),
-            cache_type_k: if c.cache_type_k.is_null() { None } else { Some(unsafe { owned_str(c.cache_type_k) }) },
-            cache_type_v: if c.cache_type_v.is_null() { None } else { Some(unsafe { owned_str(c.cache_type_v) }) },
+            cache_type_k: if c.cache_type_k.is_null() {
+                None
+            } else {
+                Some(unsafe { owned_str(c.cache_type_k) })
+            },
+            cache_type_v: if c.cache_type_v.is_null() {
+                None
+            } else {
+                Some(unsafe { owned_str(c.cache_type_v) })
+            },
         }
     }
 }
@@ -705,7 +753,10 @@ pub struct SaveOptions {
 impl Default for SaveOptions {
     fn default() -> Self {
         let c = unsafe { c_defaults(sys::kvstash_save_options_init) };
-        SaveOptions { sync: c.sync, replace_any: c.replace_any }
+        SaveOptions {
+            sync: c.sync,
+            replace_any: c.replace_any,
+        }
     }
 }
 
@@ -805,7 +856,10 @@ impl Drop for Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("n_ctx", &self.n_ctx()).field("n_tokens", &self.n_tokens()).finish()
+        f.debug_struct("Session")
+            .field("n_ctx", &self.n_ctx())
+            .field("n_tokens", &self.n_tokens())
+            .finish()
     }
 }
 
@@ -881,7 +935,11 @@ unsafe extern "C" fn piece_trampoline(piece: *const c_char, len: usize, user_dat
     if state.panic.is_some() {
         return false;
     }
-    let bytes: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(piece as *const u8, len) };
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(piece as *const u8, len)
+    };
     // A panic must not unwind into C: keep it, stop the generation, re-raise after the call.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.feed(bytes))) {
         Ok(go_on) => go_on,
@@ -936,7 +994,12 @@ impl Session {
 
     fn from_raw(raw: *mut sys::kvstash_session) -> Session {
         let raw = NonNull::new(raw).expect("kvstash returned OK and a NULL session");
-        Session { raw, cell: Arc::new(SessionCell { raw: Mutex::new(raw.as_ptr()) }) }
+        Session {
+            raw,
+            cell: Arc::new(SessionCell {
+                raw: Mutex::new(raw.as_ptr()),
+            }),
+        }
     }
 
     /// Decodes `text` after what the session holds (the first text of an empty session gets
@@ -960,7 +1023,9 @@ impl Session {
         // Stores are shared by any number of threads: the C side takes a mutable pointer but
         // synchronizes itself.
         let store = store.map_or(ptr::null_mut(), |s| s.raw.as_ptr());
-        check(unsafe { sys::kvstash_session_sync(self.raw.as_ptr(), tokens.as_ptr(), tokens.len(), store, &mut r) })?;
+        check(unsafe {
+            sys::kvstash_session_sync(self.raw.as_ptr(), tokens.as_ptr(), tokens.len(), store, &mut r)
+        })?;
         Ok(SyncResult {
             n_reused: r.n_reused,
             n_decoded: r.n_decoded,
@@ -983,9 +1048,16 @@ impl Session {
     where
         F: FnMut(&str) -> bool,
     {
-        let mut state = StreamState { on_piece: &mut on_piece, pending: Vec::new(), panic: None };
-        let result =
-            self.generate_raw(options, Some(piece_trampoline), &mut state as *mut StreamState<'_> as *mut c_void);
+        let mut state = StreamState {
+            on_piece: &mut on_piece,
+            pending: Vec::new(),
+            panic: None,
+        };
+        let result = self.generate_raw(
+            options,
+            Some(piece_trampoline),
+            &mut state as *mut StreamState<'_> as *mut c_void,
+        );
         if let Some(payload) = state.panic.take() {
             std::panic::resume_unwind(payload);
         }
@@ -1003,8 +1075,11 @@ impl Session {
         on_piece: sys::kvstash_piece_fn,
         user_data: *mut c_void,
     ) -> Result<Generation> {
-        let stop: Vec<CString> =
-            options.stop.iter().map(|s| c_string("a stop string", s)).collect::<Result<_>>()?;
+        let stop: Vec<CString> = options
+            .stop
+            .iter()
+            .map(|s| c_string("a stop string", s))
+            .collect::<Result<_>>()?;
         let stop_ptrs: Vec<*const c_char> = stop.iter().map(|s| s.as_ptr()).collect();
         let mut c = unsafe { c_defaults(sys::kvstash_sample_options_init) };
         c.n_predict = options.n_predict;
@@ -1013,7 +1088,11 @@ impl Session {
         c.top_p = options.top_p;
         c.min_p = options.min_p;
         c.seed = options.seed;
-        c.stop = if stop_ptrs.is_empty() { ptr::null() } else { stop_ptrs.as_ptr() };
+        c.stop = if stop_ptrs.is_empty() {
+            ptr::null()
+        } else {
+            stop_ptrs.as_ptr()
+        };
         c.n_stop = stop_ptrs.len();
         let mut out = sys::kvstash_generation {
             text: ptr::null_mut(),
@@ -1022,7 +1101,8 @@ impl Session {
             n_tokens: 0,
             stop_reason: sys::KVSTASH_STOP_MAX_TOKENS,
         };
-        let code = unsafe { sys::kvstash_session_generate(self.raw.as_ptr(), &c, on_piece, user_data, &mut out) };
+        let code =
+            unsafe { sys::kvstash_session_generate(self.raw.as_ptr(), &c, on_piece, user_data, &mut out) };
         let generation = if code == sys::KVSTASH_OK {
             let text = if out.text.is_null() {
                 String::new()
@@ -1035,7 +1115,11 @@ impl Session {
             } else {
                 unsafe { std::slice::from_raw_parts(out.tokens, out.n_tokens) }.to_vec()
             };
-            Some(Generation { text, tokens, stop_reason: StopReason::from_raw(out.stop_reason) })
+            Some(Generation {
+                text,
+                tokens,
+                stop_reason: StopReason::from_raw(out.stop_reason),
+            })
         } else {
             None
         };
@@ -1110,7 +1194,9 @@ impl Session {
 
     /// A handle that cancels this session's running call from any thread.
     pub fn canceller(&self) -> Canceller {
-        Canceller { cell: Arc::clone(&self.cell) }
+        Canceller {
+            cell: Arc::clone(&self.cell),
+        }
     }
 }
 
@@ -1209,7 +1295,11 @@ mod tests {
             seen.push(s.to_string());
             true
         };
-        let mut state = StreamState { on_piece: &mut f, pending: Vec::new(), panic: None };
+        let mut state = StreamState {
+            on_piece: &mut f,
+            pending: Vec::new(),
+            panic: None,
+        };
         let e_acute = "é".as_bytes(); // 2 bytes
         assert!(state.feed(b"ab"));
         assert!(state.feed(&e_acute[..1]));

@@ -266,15 +266,26 @@ extern "C" {
     ) -> kvstash_status;
     pub fn kvstash_store_free(store: *mut kvstash_store);
     pub fn kvstash_store_wait_for_writes(store: *mut kvstash_store) -> kvstash_status;
-    pub fn kvstash_store_stats_get(store: *const kvstash_store, out: *mut kvstash_store_stats) -> kvstash_status;
-    pub fn kvstash_store_gc(store: *mut kvstash_store, max_bytes: u64, out: *mut kvstash_gc_report) -> kvstash_status;
+    pub fn kvstash_store_stats_get(
+        store: *const kvstash_store,
+        out: *mut kvstash_store_stats,
+    ) -> kvstash_status;
+    pub fn kvstash_store_gc(
+        store: *mut kvstash_store,
+        max_bytes: u64,
+        out: *mut kvstash_gc_report,
+    ) -> kvstash_status;
     pub fn kvstash_store_verify(
         store: *const kvstash_store,
         chunks_ok: *mut u64,
         chunks_bad: *mut u64,
         bad_report: *mut *mut c_char,
     ) -> kvstash_status;
-    pub fn kvstash_store_clear(store: *mut kvstash_store, ns_hash: *const c_char, removed: *mut u64) -> kvstash_status;
+    pub fn kvstash_store_clear(
+        store: *mut kvstash_store,
+        ns_hash: *const c_char,
+        removed: *mut u64,
+    ) -> kvstash_status;
 
     pub fn kvstash_session_options_init(options: *mut kvstash_session_options);
     pub fn kvstash_open_options_init(options: *mut kvstash_open_options);
@@ -290,7 +301,11 @@ extern "C" {
         out: *mut *mut kvstash_session,
     ) -> kvstash_status;
     pub fn kvstash_session_free(session: *mut kvstash_session);
-    pub fn kvstash_session_append_text(session: *mut kvstash_session, text: *const c_char, len: usize) -> kvstash_status;
+    pub fn kvstash_session_append_text(
+        session: *mut kvstash_session,
+        text: *const c_char,
+        len: usize,
+    ) -> kvstash_status;
     pub fn kvstash_session_append_tokens(
         session: *mut kvstash_session,
         tokens: *const kvstash_token,
@@ -318,12 +333,21 @@ extern "C" {
         path: *const c_char,
         options: *const kvstash_save_options,
     ) -> kvstash_status;
-    pub fn kvstash_session_logits(session: *mut kvstash_session, logits: *mut *mut f32, n_logits: *mut usize)
-        -> kvstash_status;
-    pub fn kvstash_session_tokens(session: *const kvstash_session, n_tokens: *mut usize) -> *const kvstash_token;
+    pub fn kvstash_session_logits(
+        session: *mut kvstash_session,
+        logits: *mut *mut f32,
+        n_logits: *mut usize,
+    ) -> kvstash_status;
+    pub fn kvstash_session_tokens(
+        session: *const kvstash_session,
+        n_tokens: *mut usize,
+    ) -> *const kvstash_token;
     pub fn kvstash_session_n_ctx(session: *const kvstash_session) -> u32;
     pub fn kvstash_session_n_decoded(session: *const kvstash_session) -> usize;
-    pub fn kvstash_session_open_stats(session: *const kvstash_session, out: *mut kvstash_open_stats) -> kvstash_status;
+    pub fn kvstash_session_open_stats(
+        session: *const kvstash_session,
+        out: *mut kvstash_open_stats,
+    ) -> kvstash_status;
     pub fn kvstash_session_set_progress(
         session: *mut kvstash_session,
         progress: kvstash_progress_fn,
@@ -331,8 +355,11 @@ extern "C" {
     ) -> kvstash_status;
     pub fn kvstash_session_cancel(session: *mut kvstash_session);
 
-    pub fn kvstash_inspect(path: *const c_char, verify_checksums: bool, out: *mut *mut kvstash_file_info)
-        -> kvstash_status;
+    pub fn kvstash_inspect(
+        path: *const c_char,
+        verify_checksums: bool,
+        out: *mut *mut kvstash_file_info,
+    ) -> kvstash_status;
     pub fn kvstash_file_info_free(info: *mut kvstash_file_info);
 }
 
@@ -347,7 +374,12 @@ mod tests {
     #[cfg(all(target_pointer_width = "64", not(windows)))]
     fn struct_layouts_match_the_c_compiler() {
         fn check<T>(name: &str, size: usize, align: usize) {
-            assert_eq!((size_of::<T>(), align_of::<T>()), (size, align), "layout of {}", name);
+            assert_eq!(
+                (size_of::<T>(), align_of::<T>()),
+                (size, align),
+                "layout of {}",
+                name
+            );
         }
         check::<kvstash_model_options>("kvstash_model_options", 12, 4);
         check::<kvstash_chat_message>("kvstash_chat_message", 16, 8);
