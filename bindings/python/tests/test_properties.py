@@ -12,7 +12,8 @@ import tempfile
 import threading
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if not os.environ.get("KVSTASH_PYTHON_INSTALLED"):  # else the installed package (PYTHONPATH)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import kvstash  # noqa: E402
 
 PREFIX = ("You are a helpful assistant for a hardware store. Answer in one sentence. "
@@ -28,6 +29,11 @@ def model_path(var):
             "and for KVSTASH_TEST_MODEL_B `... -o b.gguf --seed 7`); failing rather than "
             "skipping" % var)
     return path
+
+
+def setUpModule():
+    if not os.environ.get("KVSTASH_TEST_VERBOSE"):
+        kvstash.set_llama_logs("quiet")
 
 
 class Base(unittest.TestCase):

@@ -21,6 +21,9 @@ fn model(var: &str) -> Model {
             var
         ),
     };
+    if env::var_os("KVSTASH_TEST_VERBOSE").is_none() {
+        kvstash::set_llama_logs(kvstash::LlamaLogs::Quiet).unwrap();
+    }
     Model::load(&path).unwrap_or_else(|e| panic!("cannot load {}: {}", path, e))
 }
 
