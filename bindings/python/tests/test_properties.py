@@ -191,9 +191,13 @@ class StoreReuse(Base):
                 self.assertEqual((r.n_reused, r.n_decoded), (0, len(tokens)))
                 self.assertGreaterEqual(r.n_published, 32)
                 cold = first.logits()
+                # The session's own cache, kept in whole chunks (the tail is decoded again in the
+                # same groups, so the logits stay those of a cold run).
                 again = first.sync(tokens, store)
-                self.assertGreaterEqual(again.n_reused, len(tokens) - 1)
-                self.assertEqual(again.n_reused + again.n_decoded, len(tokens))
+                self.assertGreaterEqual(again.n_reused, len(tokens) // 16 * 16)
+                self.assertEqual((again.n_restored, again.n_reused + again.n_decoded),
+                                 (0, len(tokens)))
+                self.assertEqual(first.logits().tobytes(), cold.tobytes())
             store.wait_for_writes()
             stats = store.stats()
             self.assertGreaterEqual(stats.chunks, 2)
@@ -215,7 +219,8 @@ class ModelAndLifetimes(Base):
     def test_text_and_identity(self):
         tokens = self.model.tokenize("Hello, world!", add_bos=False)
         self.assertTrue(tokens)
-        self.assertEqual(self.model.detokenize(tokens), "Hello, world!")
+        # An SPM vocabulary's tokens of a text start with its space prefix.
+        self.assertEqual(self.model.detokenize(tokens).lstrip(), "Hello, world!")
         self.assertEqual(len(self.model.fingerprint), 32)
         self.assertTrue(self.model.description)
         prompt = self.model.apply_chat_template(

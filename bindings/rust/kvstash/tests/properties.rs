@@ -224,13 +224,15 @@ fn store_sync_twice_reuses_tokens() {
     assert_eq!((r.n_reused, r.n_decoded), (0, tokens.len()));
     assert!(r.n_published >= 32, "{:?}", r);
     let cold_logits = first.logits().unwrap();
-    // The same tokens again: the session's own cache.
+    // The same tokens again: the session's own cache, kept in whole chunks (the tail is decoded
+    // again in the same groups as before, so the logits stay those of a cold run).
     let again = first.sync(&tokens, Some(&store)).unwrap();
-    assert!(
-        again.n_reused >= tokens.len() - 1 && again.n_reused + again.n_decoded == tokens.len(),
-        "{:?}",
-        again
+    assert!(again.n_reused >= tokens.len() / 16 * 16, "{:?}", again);
+    assert_eq!(
+        (again.n_restored, again.n_reused + again.n_decoded),
+        (0, tokens.len())
     );
+    assert!(bits(&first.logits().unwrap()) == bits(&cold_logits));
     drop(first); // publishes what is still pending
     store.wait_for_writes().unwrap();
     let stats = store.stats().unwrap();
@@ -259,7 +261,8 @@ fn model_text_and_identity() {
     let model = model_a();
     let tokens = model.tokenize("Hello, world!", false).unwrap();
     assert!(!tokens.is_empty());
-    assert_eq!(model.detokenize(&tokens).unwrap(), "Hello, world!");
+    // An SPM vocabulary's tokens of a text start with its space prefix.
+    assert_eq!(model.detokenize(&tokens).unwrap().trim_start(), "Hello, world!");
     assert_eq!(model.fingerprint().len(), 32);
     assert!(!model.description().is_empty());
     let prompt = model
