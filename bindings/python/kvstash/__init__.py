@@ -549,7 +549,7 @@ class Session(_Handle):
             opts.n_stop = len(stops)
 
         raised = []
-        callback = None
+        callback = _ffi.kvstash_piece_fn()  # NULL: no callback
         if on_piece is not None:
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
