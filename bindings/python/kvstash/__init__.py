@@ -535,7 +535,7 @@ class Session(_Handle):
         """Samples until a stop condition; the generated tokens become part of the session.
 
         None takes the library's default: n_predict 128 (< 0: until the end of generation),
-        temp 0.8 (0: greedy), top_k 40, top_p 0.95, min_p 0.05, a random seed. The text stops
+        temp 0 (greedy), top_k 40, top_p 0.95, min_p 0.05, a random seed. The text stops
         before the first match of a ``stop`` string. ``on_piece(text)`` gets each piece as soon as
         it is final (whole characters); returning False stops (StopReason.CANCELLED). An exception
         it raises stops the generation and is re-raised here."""

@@ -864,7 +864,8 @@ impl fmt::Debug for Session {
 }
 
 /// Stops a session's running append, sync or save from any thread ([`Session::canceller`]).
-/// Does not keep the session alive: after the session is dropped, `cancel` does nothing.
+/// Does not keep the session alive: after the session is dropped, `cancel` does nothing. It takes
+/// a lock (against the session's drop), so call it from a thread, not from a signal handler.
 #[derive(Clone)]
 pub struct Canceller {
     cell: Arc<SessionCell>,
