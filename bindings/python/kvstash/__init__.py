@@ -51,6 +51,8 @@ __all__ = [
 
 _lib = _ffi.lib
 _c = ctypes
+for _cls in (KvstashError, LibraryNotFoundError, Status):
+    _cls.__module__ = __name__  # shown as kvstash.X in tracebacks
 
 # ---- Errors ----------------------------------------------------------------------------------
 
