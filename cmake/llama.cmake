@@ -3,7 +3,11 @@
 #      subdirectory with the user's own GGML_* options.
 #   2. third_party/llama.cpp, fetched and pinned by scripts/fetch-llama.sh (the default).
 #   3. An installed llama.cpp through find_package(llama) (-DKVSTASH_LLAMA_SYSTEM=ON).
+#   4. As a subproject: the parent's own `llama` target, when it already has one.
 # Whatever the source, the target `kvstash::llama` links llama and ggml.
+#
+# The pinned tree is configured with normal variables, never cache entries: as a subproject,
+# kvstash changes none of its parent's cache (BUILD_SHARED_LIBS, GGML_*, LLAMA_*).
 
 option(KVSTASH_LLAMA_SYSTEM "use an installed llama.cpp (find_package(llama))" OFF)
 option(KVSTASH_BATCH_INVARIANT
@@ -14,18 +18,18 @@ function(kvstash_cpu_flags)
   # ggml's -march=native build picks AMX on CPUs that report it, and its AMX matmul crashes with
   # q8_0 weights (and is slower for small f16 batches) on the machines we run on. So we build with
   # GGML_NATIVE=OFF and switch on, one by one, the x86 extensions this machine reports, never AMX.
-  set(GGML_NATIVE OFF CACHE BOOL "" FORCE)
+  set(GGML_NATIVE OFF PARENT_SCOPE)
   # One matmul path for every batch size: llamafile's tinyBLAS serves products of two or more rows
   # and ggml's vec_dot those of one, and they round differently, so a token's logits depended on
   # what else shared its batch. Without it `kvstash serve` answers independently of load
   # (docs/SERVER.md); the cost (prefill speed) is in docs/PERFORMANCE.md.
   if(KVSTASH_BATCH_INVARIANT)
-    set(GGML_LLAMAFILE OFF CACHE BOOL "" FORCE)
+    set(GGML_LLAMAFILE OFF PARENT_SCOPE)
   else()
-    set(GGML_LLAMAFILE ON CACHE BOOL "" FORCE)
+    set(GGML_LLAMAFILE ON PARENT_SCOPE)
   endif()
   foreach(amx AMX_TILE AMX_INT8 AMX_BF16)
-    set(GGML_${amx} OFF CACHE BOOL "" FORCE)
+    set(GGML_${amx} OFF PARENT_SCOPE)
   endforeach()
   if(NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64" OR NOT EXISTS /proc/cpuinfo)
     return()
@@ -41,10 +45,10 @@ function(kvstash_cpu_flags)
     list(GET kv 0 option)
     list(GET kv 1 flag)
     if(flag IN_LIST cpu_flags)
-      set(GGML_${option} ON CACHE BOOL "" FORCE)
+      set(GGML_${option} ON PARENT_SCOPE)
       list(APPEND chosen ${option})
     else()
-      set(GGML_${option} OFF CACHE BOOL "" FORCE)
+      set(GGML_${option} OFF PARENT_SCOPE)
     endif()
   endforeach()
   string(REPLACE ";" " " chosen "${chosen}")
@@ -52,7 +56,12 @@ function(kvstash_cpu_flags)
   set(KVSTASH_CPU_FEATURES "${chosen}" CACHE INTERNAL "")
 endfunction()
 
-if(KVSTASH_LLAMA_SYSTEM)
+set(kvstash_owns_llama OFF)  # whether kvstash builds llama.cpp itself (and may bundle it)
+if(TARGET llama)
+  message(STATUS "kvstash: using the existing llama target")
+  add_library(kvstash_llama INTERFACE)
+  target_link_libraries(kvstash_llama INTERFACE llama)
+elseif(KVSTASH_LLAMA_SYSTEM)
   find_package(llama REQUIRED)
   add_library(kvstash_llama INTERFACE)
   target_link_libraries(kvstash_llama INTERFACE llama)
@@ -67,17 +76,19 @@ else()
     message(FATAL_ERROR "llama.cpp not found at ${llama_src}: run scripts/fetch-llama.sh (make does "
                         "it for you) or pass -DKVSTASH_LLAMA_DIR=<your llama.cpp checkout>")
   endif()
-  set(BUILD_SHARED_LIBS OFF CACHE BOOL "" FORCE)
+  # Static and position-independent: libkvstash.so and libkvstash.a carry llama.cpp inside.
+  set(BUILD_SHARED_LIBS OFF)
   foreach(part COMMON TESTS TOOLS EXAMPLES SERVER APP)
-    set(LLAMA_BUILD_${part} OFF CACHE BOOL "" FORCE)
+    set(LLAMA_BUILD_${part} OFF)
   endforeach()
-  set(LLAMA_OPENSSL OFF CACHE BOOL "" FORCE)
-  set(LLAMA_CURL OFF CACHE BOOL "" FORCE)
-  set(GGML_BUILD_TESTS OFF CACHE BOOL "" FORCE)
-  set(GGML_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
+  set(LLAMA_OPENSSL OFF)
+  set(LLAMA_CURL OFF)
+  set(GGML_BUILD_TESTS OFF)
+  set(GGML_BUILD_EXAMPLES OFF)
   # llama.cpp is third-party code: build it without our warning flags.
   add_subdirectory(${llama_src} ${CMAKE_BINARY_DIR}/llama.cpp EXCLUDE_FROM_ALL SYSTEM)
   add_library(kvstash_llama INTERFACE)
   target_link_libraries(kvstash_llama INTERFACE llama ggml)
+  set(kvstash_owns_llama ON)
 endif()
 add_library(kvstash::llama ALIAS kvstash_llama)

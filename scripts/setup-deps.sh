@@ -12,6 +12,10 @@ packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohma
 missing=()
 # npm fetches llama.cpp's source; a Node.js installed outside Debian's packages is fine too.
 command -v npm >/dev/null || missing+=(npm)
+# The Rust binding's tests need cargo; one from rustup (~/.cargo/bin) is fine too. The Python
+# binding's install test needs pip and setuptools (Debian's, or the interpreter's own).
+command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || missing+=(cargo)
+python3 -c 'import setuptools, pip' 2>/dev/null || missing+=(python3-pip python3-setuptools)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
