@@ -1,6 +1,9 @@
 /* The C API (include/kvstash/kvstash.h), from C: every function, its error paths, and warm ==
  * cold through the boundary. Usage: capi_test A.gguf B.gguf SCRATCH_DIR (tests/capi_test.sh makes
  * them; B has other weights of the same shape). */
+/* nftw, to find a chunk file of the store. */
+#define _XOPEN_SOURCE 700
+#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -826,6 +829,45 @@ static kvstash_store* OpenStore(const char* dir) {
   return store;
 }
 
+static char g_chunk[4200];
+static int FindChunk(const char* path, const struct stat* st, int type, struct FTW* ftw) {
+  (void)st;
+  (void)ftw;
+  const size_t len = strlen(path);
+  if (type != FTW_F || len < 4 || strcmp(path + len - 4, ".kvc") != 0) return 0;
+  ASSERT(len < sizeof g_chunk);
+  strcpy(g_chunk, path);
+  return 1;
+}
+
+/* A chunk with a flipped byte: verify names it, and a sync treats it as a miss (same logits). */
+static void TestStoreBadChunk(const kvstash_model* model, kvstash_store* store, const char* dir,
+                              const kvstash_token* tokens, const float* cold) {
+  g_chunk[0] = '\0';
+  ASSERT(nftw(dir, FindChunk, 16, FTW_PHYS) == 1);
+  char copy[4200]; /* outside the store, where verify would count it as a stray file */
+  PathIn(copy, sizeof copy, "chunk.orig");
+  ASSERT(rename(g_chunk, copy) == 0);
+  CopyFlippingMiddle(copy, g_chunk);
+  uint64_t ok = 0, bad = 0;
+  char* report = NULL;
+  ASSERT_OK(kvstash_store_verify(store, &ok, &bad, &report));
+  ASSERT(ok == 1 && bad == 1 && report != NULL && strstr(report, ".kvc") != NULL);
+  ASSERT(report[strlen(report) - 1] == '\n');
+  kvstash_free(report);
+  kvstash_session* session = NewSession(model, 256);
+  kvstash_sync_result result;
+  ASSERT_OK(kvstash_session_sync(session, tokens, 40, store, &result));
+  ASSERT(result.n_reused + result.n_decoded == 40 && result.n_restored < 32);
+  size_t n = 0;
+  float* logits = Logits(session, &n);
+  ASSERT(memcmp(logits, cold, n * sizeof(float)) == 0);
+  kvstash_free(logits);
+  kvstash_session_free(session);
+  ASSERT_OK(kvstash_store_wait_for_writes(store));
+  ASSERT(rename(copy, g_chunk) == 0);
+}
+
 static void TestStore(const kvstash_model* model) {
   char dir[4200];
   PathIn(dir, sizeof dir, "store");
@@ -853,7 +895,6 @@ static void TestStore(const kvstash_model* model) {
   float* warm = Logits(session, &n_warm);
   ASSERT(n_warm == n_cold && memcmp(warm, cold, n_cold * sizeof(float)) == 0);
   kvstash_free(warm);
-  kvstash_free(cold);
   kvstash_session_free(session);
 
   uint64_t ok = 0, bad = 99;
@@ -862,10 +903,12 @@ static void TestStore(const kvstash_model* model) {
   ASSERT(ok == 2 && bad == 0 && report != NULL && report[0] == '\0');
   kvstash_free(report);
   ASSERT_OK(kvstash_store_verify(store, NULL, NULL, NULL));
+  TestStoreBadChunk(model, store, dir, tokens, cold);
   kvstash_gc_report gc;
   ASSERT_OK(kvstash_store_gc(store, UINT64_MAX, &gc));
   ASSERT(gc.chunks_removed == 0 && gc.bytes_left == stats.bytes);
   uint64_t removed = 0;
+  kvstash_free(cold);
   ASSERT_OK(kvstash_store_clear(store, "", &removed));
   ASSERT(removed == 2);
   ASSERT_OK(kvstash_store_clear(store, NULL, NULL));

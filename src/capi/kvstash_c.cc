@@ -136,14 +136,26 @@ kvstash_status Guard(const char* function, Body&& body) noexcept {
    std::min<size_t>((options)->size, sizeof(*(options))))
 
 // Copies `field` from the caller's options into `out` (which holds the defaults) when present.
-#define KVSTASH_READ_FIELD(out, options, field)                            \
-  do {                                                                     \
-    if (KVSTASH_HAS_FIELD(options, field)) (out).field = (options)->field; \
+// memcpy: an enum field from C may hold any int, which C++ may not load as the enum type.
+#define KVSTASH_READ_FIELD(out, options, field)                          \
+  do {                                                                   \
+    if (KVSTASH_HAS_FIELD(options, field))                               \
+      std::memcpy(&(out).field, &(options)->field, sizeof((out).field)); \
   } while (0)
 
-// The defaults of T, overlaid with the fields the caller's struct holds. NULL: the defaults.
+// A C enum's value as the int C passed: C allows values outside the enumerators, C++ does not
+// promise to load them as the enum type (clang's -fsanitize=enum stops on them).
+template <typename E>
+int EnumValue(const E& value) {
+  static_assert(std::is_enum_v<E> && sizeof(E) == sizeof(int), "a C enum");
+  int result;
+  std::memcpy(&result, &value, sizeof result);
+  return result;
+}
+
+// A size of 0 is a struct that its *_init never filled: its other fields are garbage too.
 template <typename T>
-kvstash_status ReadSize(const char* function, const T* options) {
+kvstash_status CheckSize(const char* function, const T* options) {
   if (options != nullptr && options->size == 0) {
     return Fail(KVSTASH_INVALID_ARGUMENT, function,
                 "options->size is 0; call the options' *_init function first");
@@ -168,8 +180,9 @@ char* MallocString(const std::string& text) {
   return buffer;
 }
 
-kvstash_status ToFlashAttn(const char* function, kvstash_flash_attn value, bool as_saved_ok,
+kvstash_status ToFlashAttn(const char* function, const kvstash_flash_attn& field, bool as_saved_ok,
                            kvstash::FlashAttention* out, bool* as_saved) {
+  const int value = EnumValue(field);
   switch (value) {
     case KVSTASH_FLASH_ATTN_AUTO:
       *out = kvstash::FlashAttention::kAuto;
@@ -186,7 +199,7 @@ kvstash_status ToFlashAttn(const char* function, kvstash_flash_attn value, bool 
       return KVSTASH_OK;
   }
   return Fail(KVSTASH_INVALID_ARGUMENT, function,
-              "flash_attn " + std::to_string(static_cast<int>(value)) + " is not a " +
+              "flash_attn " + std::to_string(value) + " is not a " +
                   (as_saved_ok ? "kvstash_flash_attn value"
                                : "value for a new session (AS_SAVED "
                                  "is for kvstash_open_options only)"));
@@ -243,7 +256,7 @@ const char* kvstash_last_error(void) {
 }
 
 const char* kvstash_status_name(kvstash_status status) {
-  switch (status) {
+  switch (EnumValue(status)) {
     case KVSTASH_OK:
       return "ok";
     case KVSTASH_INVALID_ARGUMENT:
@@ -273,7 +286,7 @@ void kvstash_free(void* buffer) { std::free(buffer); }
 kvstash_status kvstash_set_llama_logs(kvstash_llama_logs mode) {
   constexpr const char* kFn = "kvstash_set_llama_logs";
   return Guard(kFn, [&] {
-    switch (mode) {
+    switch (EnumValue(mode)) {
       case KVSTASH_LLAMA_LOGS_HOST:
         kvstash::engine::SetLlamaLogs(kvstash::engine::LlamaLogs::kHost);
         return KVSTASH_OK;
@@ -285,7 +298,7 @@ kvstash_status kvstash_set_llama_logs(kvstash_llama_logs mode) {
         return KVSTASH_OK;
     }
     return Fail(KVSTASH_INVALID_ARGUMENT, kFn,
-                "mode " + std::to_string(static_cast<int>(mode)) +
+                "mode " + std::to_string(EnumValue(mode)) +
                     " is not a kvstash_llama_logs value (HOST, QUIET or STDERR)");
   });
 }
@@ -306,7 +319,7 @@ kvstash_status kvstash_model_load(const char* path, const kvstash_model_options*
   return Guard(kFn, [&] {
     if (path == nullptr) return Null(kFn, "path");
     if (out == nullptr) return Null(kFn, "out");
-    if (kvstash_status s = ReadSize(kFn, options)) return s;
+    if (kvstash_status s = CheckSize(kFn, options)) return s;
     kvstash_model_options o;
     kvstash_model_options_init(&o);
     if (options != nullptr) {
@@ -442,7 +455,7 @@ kvstash_status kvstash_store_open(const char* dir, const kvstash_store_options* 
   return Guard(kFn, [&] {
     if (dir == nullptr) return Null(kFn, "dir");
     if (out == nullptr) return Null(kFn, "out");
-    if (kvstash_status s = ReadSize(kFn, options)) return s;
+    if (kvstash_status s = CheckSize(kFn, options)) return s;
     kvstash_store_options o;
     kvstash_store_options_init(&o);
     if (options != nullptr) {
@@ -589,7 +602,7 @@ kvstash_session* NewSessionHandle(std::unique_ptr<kvstash::Session> session) {
 
 kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options* options,
                                   kvstash::SessionOptions* out) {
-  if (kvstash_status s = ReadSize(fn, options)) return s;
+  if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_session_options o;
   kvstash_session_options_init(&o);
   if (options != nullptr) {
@@ -616,7 +629,7 @@ kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options*
 
 kvstash_status ReadOpenOptions(const char* fn, const kvstash_open_options* options,
                                kvstash::OpenOptions* out) {
-  if (kvstash_status s = ReadSize(fn, options)) return s;
+  if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_open_options o;
   kvstash_open_options_init(&o);
   if (options != nullptr) {
@@ -752,7 +765,7 @@ namespace {
 
 kvstash_status ReadSampleOptions(const char* fn, const kvstash_sample_options* options,
                                  kvstash::SampleOptions* out) {
-  if (kvstash_status s = ReadSize(fn, options)) return s;
+  if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_sample_options o;
   kvstash_sample_options_init(&o);
   if (options != nullptr) {
@@ -829,7 +842,7 @@ kvstash_status kvstash_session_save(kvstash_session* session, const char* path,
   return Guard(kFn, [&] {
     if (session == nullptr) return Null(kFn, "session");
     if (path == nullptr) return Null(kFn, "path");
-    if (kvstash_status s = ReadSize(kFn, options)) return s;
+    if (kvstash_status s = CheckSize(kFn, options)) return s;
     kvstash_save_options o;
     kvstash_save_options_init(&o);
     if (options != nullptr) {
