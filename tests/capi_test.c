@@ -778,6 +778,46 @@ static void TestProgressAndSave(const kvstash_model* model) {
   kvstash_session_free(session);
 }
 
+static void CancelOnProgress(uint64_t done, uint64_t total, void* user_data) {
+  (void)done;
+  (void)total;
+  kvstash_session_cancel(user_data);
+}
+
+/* kvstash_session_cancel while an append runs (from its progress callback, between two
+ * llama_decode calls): the append stops, the session is as before, the next append runs. */
+static void TestCancelDuringAppend(const kvstash_model* model) {
+  kvstash_session_options options;
+  kvstash_session_options_init(&options);
+  options.n_ctx = 512;
+  options.n_batch = 32;
+  options.n_ubatch = 32;
+  kvstash_session* session = NULL;
+  ASSERT_OK(kvstash_session_create(model, &options, &session));
+  kvstash_token tokens[100];
+  for (int i = 0; i < 100; ++i) tokens[i] = 200 + i;
+  ASSERT_OK(kvstash_session_append_tokens(session, tokens, 10));
+  ASSERT_OK(kvstash_session_set_progress(session, CancelOnProgress, session));
+  EXPECT_STATUS(kvstash_session_append_tokens(session, tokens + 10, 90), KVSTASH_CANCELLED);
+  size_t n = 0;
+  kvstash_session_tokens(session, &n);
+  ASSERT(n == 10);
+  ASSERT_OK(kvstash_session_set_progress(session, NULL, NULL));
+  ASSERT_OK(kvstash_session_append_tokens(session, tokens + 10, 90));
+  size_t n_logits = 0;
+  float* logits = Logits(session, &n_logits);
+  kvstash_session_free(session);
+  /* Same logits as a session that was never cancelled. */
+  ASSERT_OK(kvstash_session_create(model, &options, &session));
+  ASSERT_OK(kvstash_session_append_tokens(session, tokens, 10));
+  ASSERT_OK(kvstash_session_append_tokens(session, tokens + 10, 90));
+  float* expected = Logits(session, &n_logits);
+  ASSERT(memcmp(logits, expected, n_logits * sizeof(float)) == 0);
+  kvstash_free(expected);
+  kvstash_free(logits);
+  kvstash_session_free(session);
+}
+
 /* A session keeps its model alive. */
 static void TestModelFreedFirst(void) {
   kvstash_model* model = NULL;
@@ -964,6 +1004,7 @@ int main(int argc, char** argv) {
   TestSampleOptionErrors(model);
   TestCancel(model);
   TestProgressAndSave(model);
+  TestCancelDuringAppend(model);
   TestModelFreedFirst();
   TestStore(model);
   TestLastError(model);
