@@ -100,7 +100,7 @@ KVSTASH_API kvstash_status kvstash_model_load(const char* path,
                                               kvstash_model** out);
 KVSTASH_API void kvstash_model_free(kvstash_model* model);
 
-/* Borrowed strings, valid until kvstash_model_free. */
+/* Borrowed strings, valid until kvstash_model_free ("" for NULL). */
 KVSTASH_API const char* kvstash_model_path(const kvstash_model* model);
 KVSTASH_API const char* kvstash_model_description(const kvstash_model* model); /* "llama 1B F16" */
 /* 32 lowercase hex digits identifying the weights and metadata (xxh3-128 of the file). */
@@ -293,7 +293,8 @@ typedef struct kvstash_generation {
 KVSTASH_API void kvstash_generation_clear(kvstash_generation* generation);
 
 /* Samples until a stop condition; generated tokens become part of the session. options and
- * on_piece may be NULL; out may be NULL (the text then only reaches on_piece). */
+ * on_piece may be NULL; out may be NULL (the text then only reaches on_piece). On success *out is
+ * overwritten, not released: kvstash_generation_clear a struct before passing it again. */
 KVSTASH_API kvstash_status kvstash_session_generate(kvstash_session* session,
                                                     const kvstash_sample_options* options,
                                                     kvstash_piece_fn on_piece, void* user_data,
@@ -312,11 +313,12 @@ KVSTASH_API kvstash_status kvstash_session_save(kvstash_session* session, const 
 /* The logits for the next token (n_vocab floats). *logits: kvstash_free. */
 KVSTASH_API kvstash_status kvstash_session_logits(kvstash_session* session, float** logits,
                                                   size_t* n_logits);
-/* The tokens the session holds. Borrowed: valid until the next call on the session. */
+/* The tokens the session holds. Borrowed: valid until the next call on the session. NULL session:
+ * NULL and 0 tokens; n_tokens may be NULL. */
 KVSTASH_API const kvstash_token* kvstash_session_tokens(const kvstash_session* session,
                                                         size_t* n_tokens);
-KVSTASH_API uint32_t kvstash_session_n_ctx(const kvstash_session* session);
-/* Tokens decoded by this session object (loading a file decodes none). */
+KVSTASH_API uint32_t kvstash_session_n_ctx(const kvstash_session* session); /* 0 for NULL */
+/* Tokens decoded by this session object (loading a file decodes none). 0 for NULL. */
 KVSTASH_API size_t kvstash_session_n_decoded(const kvstash_session* session);
 
 typedef struct kvstash_open_stats {
