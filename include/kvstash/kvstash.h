@@ -105,13 +105,13 @@ KVSTASH_API const char* kvstash_model_path(const kvstash_model* model);
 KVSTASH_API const char* kvstash_model_description(const kvstash_model* model); /* "llama 1B F16" */
 /* 32 lowercase hex digits identifying the weights and metadata (xxh3-128 of the file). */
 KVSTASH_API const char* kvstash_model_fingerprint(const kvstash_model* model);
-KVSTASH_API int32_t kvstash_model_n_vocab(const kvstash_model* model);    /* 0 for NULL */
+KVSTASH_API int32_t kvstash_model_n_vocab(const kvstash_model* model);     /* 0 for NULL */
 KVSTASH_API int32_t kvstash_model_n_ctx_train(const kvstash_model* model); /* 0 for NULL */
 
 /* Tokens of `text` (len bytes). add_bos follows the model's vocabulary. *tokens: kvstash_free. */
 KVSTASH_API kvstash_status kvstash_model_tokenize(const kvstash_model* model, const char* text,
-                                                  size_t len, bool add_bos,
-                                                  kvstash_token** tokens, size_t* n_tokens);
+                                                  size_t len, bool add_bos, kvstash_token** tokens,
+                                                  size_t* n_tokens);
 /* Text of `tokens`. *text (NUL-terminated, *len bytes before the NUL): kvstash_free. */
 KVSTASH_API kvstash_status kvstash_model_detokenize(const kvstash_model* model,
                                                     const kvstash_token* tokens, size_t n_tokens,
@@ -199,10 +199,10 @@ typedef enum kvstash_flash_attn {
 
 typedef struct kvstash_session_options {
   uint32_t size;
-  uint32_t n_ctx;     /* 4096; 0: the model's training context */
-  int32_t n_threads;  /* 0: all cores */
-  uint32_t n_batch;   /* 2048 */
-  uint32_t n_ubatch;  /* 512 */
+  uint32_t n_ctx;                /* 4096; 0: the model's training context */
+  int32_t n_threads;             /* 0: all cores */
+  uint32_t n_batch;              /* 2048 */
+  uint32_t n_ubatch;             /* 512 */
   kvstash_flash_attn flash_attn; /* AUTO */
   const char* cache_type_k;      /* "f16"; also f32 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1 */
   const char* cache_type_v;      /* "f16" */
@@ -213,9 +213,9 @@ KVSTASH_API void kvstash_session_options_init(kvstash_session_options* options);
  * defaults below mean "as saved". Setting one that disagrees with the file is refused by name. */
 typedef struct kvstash_open_options {
   uint32_t size;
-  uint32_t n_ctx;    /* 0: as saved, or just what n_room needs */
-  uint32_t n_room;   /* tokens the caller will add after the saved ones (0: unknown) */
-  int32_t n_threads; /* 0: all cores */
+  uint32_t n_ctx;                /* 0: as saved, or just what n_room needs */
+  uint32_t n_room;               /* tokens the caller will add after the saved ones (0: unknown) */
+  int32_t n_threads;             /* 0: all cores */
   kvstash_flash_attn flash_attn; /* AS_SAVED */
   const char* cache_type_k;      /* NULL: as saved */
   const char* cache_type_v;      /* NULL: as saved */
@@ -254,8 +254,7 @@ typedef struct kvstash_sync_result {
  * new chunks are published in the background (Session::Sync(tokens, store)). result may be NULL. */
 KVSTASH_API kvstash_status kvstash_session_sync(kvstash_session* session,
                                                 const kvstash_token* tokens, size_t n_tokens,
-                                                kvstash_store* store,
-                                                kvstash_sync_result* result);
+                                                kvstash_store* store, kvstash_sync_result* result);
 
 typedef enum kvstash_stop_reason {
   KVSTASH_STOP_END_OF_GENERATION = 0,
@@ -267,12 +266,12 @@ typedef enum kvstash_stop_reason {
 
 typedef struct kvstash_sample_options {
   uint32_t size;
-  int32_t n_predict; /* 128; < 0: until end of generation or a full context */
-  float temp;        /* 0: greedy */
-  int32_t top_k;     /* 40; <= 0: off */
-  float top_p;       /* 0.95; >= 1: off */
-  float min_p;       /* 0.05; <= 0: off */
-  uint32_t seed;     /* 0xFFFFFFFF: random */
+  int32_t n_predict;       /* 128; < 0: until end of generation or a full context */
+  float temp;              /* 0: greedy */
+  int32_t top_k;           /* 40; <= 0: off */
+  float top_p;             /* 0.95; >= 1: off */
+  float min_p;             /* 0.05; <= 0: off */
+  uint32_t seed;           /* 0xFFFFFFFF: random */
   const char* const* stop; /* n_stop stop strings; the text stops before the first match */
   size_t n_stop;
 } kvstash_sample_options;
@@ -344,7 +343,7 @@ KVSTASH_API void kvstash_session_cancel(kvstash_session* session);
 typedef struct kvstash_file_info {
   uint32_t format_version;
   uint64_t file_size;
-  uint32_t n_ctx;   /* the context the KV was computed in */
+  uint32_t n_ctx; /* the context the KV was computed in */
   const kvstash_token* tokens;
   size_t n_tokens;
   uint64_t kv_bytes;
