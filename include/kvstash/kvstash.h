@@ -100,18 +100,18 @@ KVSTASH_API kvstash_status kvstash_model_load(const char* path,
                                               kvstash_model** out);
 KVSTASH_API void kvstash_model_free(kvstash_model* model);
 
-/* Borrowed strings, valid until kvstash_model_free. */
+/* Borrowed strings, valid until kvstash_model_free ("" for NULL). */
 KVSTASH_API const char* kvstash_model_path(const kvstash_model* model);
 KVSTASH_API const char* kvstash_model_description(const kvstash_model* model); /* "llama 1B F16" */
 /* 32 lowercase hex digits identifying the weights and metadata (xxh3-128 of the file). */
 KVSTASH_API const char* kvstash_model_fingerprint(const kvstash_model* model);
-KVSTASH_API int32_t kvstash_model_n_vocab(const kvstash_model* model);    /* 0 for NULL */
+KVSTASH_API int32_t kvstash_model_n_vocab(const kvstash_model* model);     /* 0 for NULL */
 KVSTASH_API int32_t kvstash_model_n_ctx_train(const kvstash_model* model); /* 0 for NULL */
 
 /* Tokens of `text` (len bytes). add_bos follows the model's vocabulary. *tokens: kvstash_free. */
 KVSTASH_API kvstash_status kvstash_model_tokenize(const kvstash_model* model, const char* text,
-                                                  size_t len, bool add_bos,
-                                                  kvstash_token** tokens, size_t* n_tokens);
+                                                  size_t len, bool add_bos, kvstash_token** tokens,
+                                                  size_t* n_tokens);
 /* Text of `tokens`. *text (NUL-terminated, *len bytes before the NUL): kvstash_free. */
 KVSTASH_API kvstash_status kvstash_model_detokenize(const kvstash_model* model,
                                                     const kvstash_token* tokens, size_t n_tokens,
@@ -199,10 +199,10 @@ typedef enum kvstash_flash_attn {
 
 typedef struct kvstash_session_options {
   uint32_t size;
-  uint32_t n_ctx;     /* 4096; 0: the model's training context */
-  int32_t n_threads;  /* 0: all cores */
-  uint32_t n_batch;   /* 2048 */
-  uint32_t n_ubatch;  /* 512 */
+  uint32_t n_ctx;                /* 4096; 0: the model's training context */
+  int32_t n_threads;             /* 0: all cores */
+  uint32_t n_batch;              /* 2048 */
+  uint32_t n_ubatch;             /* 512 */
   kvstash_flash_attn flash_attn; /* AUTO */
   const char* cache_type_k;      /* "f16"; also f32 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1 */
   const char* cache_type_v;      /* "f16" */
@@ -213,9 +213,9 @@ KVSTASH_API void kvstash_session_options_init(kvstash_session_options* options);
  * defaults below mean "as saved". Setting one that disagrees with the file is refused by name. */
 typedef struct kvstash_open_options {
   uint32_t size;
-  uint32_t n_ctx;    /* 0: as saved, or just what n_room needs */
-  uint32_t n_room;   /* tokens the caller will add after the saved ones (0: unknown) */
-  int32_t n_threads; /* 0: all cores */
+  uint32_t n_ctx;                /* 0: as saved, or just what n_room needs */
+  uint32_t n_room;               /* tokens the caller will add after the saved ones (0: unknown) */
+  int32_t n_threads;             /* 0: all cores */
   kvstash_flash_attn flash_attn; /* AS_SAVED */
   const char* cache_type_k;      /* NULL: as saved */
   const char* cache_type_v;      /* NULL: as saved */
@@ -254,8 +254,7 @@ typedef struct kvstash_sync_result {
  * new chunks are published in the background (Session::Sync(tokens, store)). result may be NULL. */
 KVSTASH_API kvstash_status kvstash_session_sync(kvstash_session* session,
                                                 const kvstash_token* tokens, size_t n_tokens,
-                                                kvstash_store* store,
-                                                kvstash_sync_result* result);
+                                                kvstash_store* store, kvstash_sync_result* result);
 
 typedef enum kvstash_stop_reason {
   KVSTASH_STOP_END_OF_GENERATION = 0,
@@ -267,12 +266,12 @@ typedef enum kvstash_stop_reason {
 
 typedef struct kvstash_sample_options {
   uint32_t size;
-  int32_t n_predict; /* 128; < 0: until end of generation or a full context */
-  float temp;        /* 0: greedy */
-  int32_t top_k;     /* 40; <= 0: off */
-  float top_p;       /* 0.95; >= 1: off */
-  float min_p;       /* 0.05; <= 0: off */
-  uint32_t seed;     /* 0xFFFFFFFF: random */
+  int32_t n_predict;       /* 128; < 0: until end of generation or a full context */
+  float temp;              /* 0: greedy */
+  int32_t top_k;           /* 40; <= 0: off */
+  float top_p;             /* 0.95; >= 1: off */
+  float min_p;             /* 0.05; <= 0: off */
+  uint32_t seed;           /* 0xFFFFFFFF: random */
   const char* const* stop; /* n_stop stop strings; the text stops before the first match */
   size_t n_stop;
 } kvstash_sample_options;
@@ -293,7 +292,8 @@ typedef struct kvstash_generation {
 KVSTASH_API void kvstash_generation_clear(kvstash_generation* generation);
 
 /* Samples until a stop condition; generated tokens become part of the session. options and
- * on_piece may be NULL; out may be NULL (the text then only reaches on_piece). */
+ * on_piece may be NULL; out may be NULL (the text then only reaches on_piece). On success *out is
+ * overwritten, not released: kvstash_generation_clear a struct before passing it again. */
 KVSTASH_API kvstash_status kvstash_session_generate(kvstash_session* session,
                                                     const kvstash_sample_options* options,
                                                     kvstash_piece_fn on_piece, void* user_data,
@@ -312,11 +312,12 @@ KVSTASH_API kvstash_status kvstash_session_save(kvstash_session* session, const 
 /* The logits for the next token (n_vocab floats). *logits: kvstash_free. */
 KVSTASH_API kvstash_status kvstash_session_logits(kvstash_session* session, float** logits,
                                                   size_t* n_logits);
-/* The tokens the session holds. Borrowed: valid until the next call on the session. */
+/* The tokens the session holds. Borrowed: valid until the next call on the session. NULL session:
+ * NULL and 0 tokens; n_tokens may be NULL. */
 KVSTASH_API const kvstash_token* kvstash_session_tokens(const kvstash_session* session,
                                                         size_t* n_tokens);
-KVSTASH_API uint32_t kvstash_session_n_ctx(const kvstash_session* session);
-/* Tokens decoded by this session object (loading a file decodes none). */
+KVSTASH_API uint32_t kvstash_session_n_ctx(const kvstash_session* session); /* 0 for NULL */
+/* Tokens decoded by this session object (loading a file decodes none). 0 for NULL. */
 KVSTASH_API size_t kvstash_session_n_decoded(const kvstash_session* session);
 
 typedef struct kvstash_open_stats {
@@ -342,7 +343,7 @@ KVSTASH_API void kvstash_session_cancel(kvstash_session* session);
 typedef struct kvstash_file_info {
   uint32_t format_version;
   uint64_t file_size;
-  uint32_t n_ctx;   /* the context the KV was computed in */
+  uint32_t n_ctx; /* the context the KV was computed in */
   const kvstash_token* tokens;
   size_t n_tokens;
   uint64_t kv_bytes;

@@ -10,7 +10,11 @@
 namespace kvstash::engine {
 namespace {
 
-std::atomic<bool> g_verbose{false};
+std::atomic<LlamaLogs> g_logs{LlamaLogs::kQuiet};
+// The callback llama.cpp had before kvstash's sink: written once, inside EnsureLlamaBackend's
+// call_once, before the sink can run, so the sink reads it without a lock.
+ggml_log_callback g_host_log = nullptr;
+void* g_host_log_data = nullptr;
 thread_local std::string t_last_error;
 thread_local int t_flash_attn = -1;  // LastFlashAttnResolution
 
@@ -26,8 +30,16 @@ void LogSink(ggml_log_level level, const char* text, void* /*user_data*/) {
     while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
     if (!line.empty()) t_last_error = line;
   }
-  if (g_verbose.load(std::memory_order_relaxed) && text != nullptr) {
-    std::fputs(text, stderr);
+  if (text == nullptr) return;
+  switch (g_logs.load(std::memory_order_relaxed)) {
+    case LlamaLogs::kHost:
+      if (g_host_log != nullptr) g_host_log(level, text, g_host_log_data);
+      break;
+    case LlamaLogs::kStderr:
+      std::fputs(text, stderr);
+      break;
+    case LlamaLogs::kQuiet:
+      break;
   }
 }
 
@@ -36,14 +48,20 @@ void LogSink(ggml_log_level level, const char* text, void* /*user_data*/) {
 void EnsureLlamaBackend() {
   static std::once_flag once;
   std::call_once(once, [] {
+    llama_log_get(&g_host_log, &g_host_log_data);
+    if (g_host_log == LogSink) g_host_log = nullptr;  // never forward to ourselves
     llama_log_set(LogSink, nullptr);
     llama_backend_init();
   });
 }
 
-void SetLlamaVerbose(bool verbose) {
+void SetLlamaLogs(LlamaLogs mode) {
   EnsureLlamaBackend();
-  g_verbose.store(verbose);
+  g_logs.store(mode);
+}
+
+void SetLlamaVerbose(bool verbose) {
+  SetLlamaLogs(verbose ? LlamaLogs::kStderr : LlamaLogs::kQuiet);
 }
 
 std::string LastLlamaError() { return t_last_error; }

@@ -12,6 +12,16 @@ namespace kvstash::engine {
 
 // Idempotent and thread-safe.
 void EnsureLlamaBackend();
+
+// Where llama.cpp's log lines go once kvstash's sink has read them.
+enum class LlamaLogs {
+  kHost,    // the callback installed before kvstash's (a host program's, else llama.cpp's default)
+  kQuiet,   // nowhere
+  kStderr,  // to stderr
+};
+// Thread-safe; takes effect for the next line.
+void SetLlamaLogs(LlamaLogs mode);
+// true: kStderr, false: kQuiet.
 void SetLlamaVerbose(bool verbose);
 // The last ERROR/WARN line llama.cpp logged on this thread since ClearLlamaError(), trimmed.
 std::string LastLlamaError();
