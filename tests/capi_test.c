@@ -115,12 +115,12 @@ static void TestBasics(void) {
   kvstash_file_info_free(NULL);
   kvstash_session_cancel(NULL);
   /* The options' *_init functions accept NULL too. */
-  kvstash_model_options_init(NULL);
-  kvstash_store_options_init(NULL);
-  kvstash_session_options_init(NULL);
-  kvstash_open_options_init(NULL);
-  kvstash_sample_options_init(NULL);
-  kvstash_save_options_init(NULL);
+  kvstash_model_options_init(NULL, 64);
+  kvstash_store_options_init(NULL, 64);
+  kvstash_session_options_init(NULL, 64);
+  kvstash_open_options_init(NULL, 64);
+  kvstash_sample_options_init(NULL, 64);
+  kvstash_save_options_init(NULL, 64);
 }
 
 /* ---- llama.cpp's logs ------------------------------------------------------------------------ */
@@ -174,20 +174,20 @@ static void TestModelLoadErrors(void) {
   EXPECT_STATUS(kvstash_model_load(missing, NULL, &model), KVSTASH_NOT_FOUND);
   ASSERT(model == untouched);
   kvstash_model_options options;
-  kvstash_model_options_init(&options);
+  kvstash_model_options_init(&options, sizeof options);
   ASSERT(options.size == sizeof options && options.n_gpu_layers == 0 && options.repack_weights);
   options.size = 0;
   EXPECT_STATUS(kvstash_model_load(g_model_a, &options, &model), KVSTASH_INVALID_ARGUMENT);
   ASSERT(model == untouched);
   /* An older header's struct: only n_gpu_layers; repack_weights (garbage here) is not read. */
-  kvstash_model_options_init(&options);
+  kvstash_model_options_init(&options, sizeof options);
   options.size = (uint32_t)(offsetof(kvstash_model_options, n_gpu_layers) + sizeof(int32_t));
   memset(&options.repack_weights, 0x5A, sizeof options.repack_weights);
   ASSERT_OK(kvstash_model_load(g_model_a, &options, &model));
   ASSERT(model != untouched);
   kvstash_model_free(model);
   /* A newer header's larger struct is accepted. */
-  kvstash_model_options_init(&options);
+  kvstash_model_options_init(&options, sizeof options);
   options.size = 4096;
   model = NULL;
   ASSERT_OK(kvstash_model_load(g_model_a, &options, &model));
@@ -312,7 +312,7 @@ static void TestChatTemplate(const kvstash_model* model) {
 
 static kvstash_session* NewSession(const kvstash_model* model, uint32_t n_ctx) {
   kvstash_session_options options;
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   options.n_ctx = n_ctx;
   options.n_threads = 2;
   kvstash_session* session = NULL;
@@ -330,7 +330,7 @@ static float* Logits(kvstash_session* session, size_t* n) {
 
 static kvstash_generation Greedy(kvstash_session* session, int32_t n_predict) {
   kvstash_sample_options options;
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   options.n_predict = n_predict;
   options.temp = 0.0f;
   kvstash_generation generation;
@@ -342,7 +342,7 @@ static kvstash_generation Greedy(kvstash_session* session, int32_t n_predict) {
 
 static void TestSessionCreateErrors(const kvstash_model* model) {
   kvstash_session_options options;
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   ASSERT(options.size == sizeof options && options.n_ctx == 4096 && options.n_batch == 2048 &&
          options.n_ubatch == 512 && options.flash_attn == KVSTASH_FLASH_ATTN_AUTO &&
          strcmp(options.cache_type_k, "f16") == 0 && strcmp(options.cache_type_v, "f16") == 0);
@@ -354,15 +354,15 @@ static void TestSessionCreateErrors(const kvstash_model* model) {
   options.cache_type_k = "q9_9";
   EXPECT_STATUS(kvstash_session_create(model, &options, &session), KVSTASH_INVALID_ARGUMENT);
   ASSERT(strstr(kvstash_last_error(), "q9_9") != NULL);
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   options.flash_attn = KVSTASH_FLASH_ATTN_AS_SAVED;
   EXPECT_STATUS(kvstash_session_create(model, &options, &session), KVSTASH_INVALID_ARGUMENT);
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   options.size = 0;
   EXPECT_STATUS(kvstash_session_create(model, &options, &session), KVSTASH_INVALID_ARGUMENT);
   ASSERT(session == NULL);
   /* An older header's struct ends after n_ctx: the fields after it are not read. */
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   options.size = (uint32_t)(offsetof(kvstash_session_options, n_ctx) + sizeof(uint32_t));
   options.n_ctx = 512;
   options.n_ubatch = 0;
@@ -389,7 +389,7 @@ static void TestWarmEqualsCold(const kvstash_model* model, const char* saved) {
   ASSERT(prefix_tokens != NULL && n_prefix > 10);
   ASSERT(kvstash_session_n_decoded(cold) == n_prefix);
   kvstash_save_options save;
-  kvstash_save_options_init(&save);
+  kvstash_save_options_init(&save, sizeof save);
   ASSERT(save.size == sizeof save && save.sync && !save.replace_any);
   ASSERT_OK(kvstash_session_save(cold, saved, &save));
   ASSERT_OK(kvstash_session_append_text(cold, kSuffix, strlen(kSuffix)));
@@ -446,20 +446,20 @@ static void TestOpenErrors(const kvstash_model* model, const kvstash_model* othe
   ASSERT(strstr(kvstash_last_error(), "path") != NULL);
   EXPECT_STATUS(kvstash_session_open(model, saved, NULL, NULL), KVSTASH_INVALID_ARGUMENT);
   kvstash_open_options options;
-  kvstash_open_options_init(&options);
+  kvstash_open_options_init(&options, sizeof options);
   ASSERT(options.size == sizeof options && options.flash_attn == KVSTASH_FLASH_ATTN_AS_SAVED &&
          options.cache_type_k == NULL && options.cache_type_v == NULL && options.n_ctx == 0);
   options.cache_type_k = "q8_0";
   ASSERT(kvstash_session_open(model, saved, &options, &session) != KVSTASH_OK);
   ASSERT(strstr(kvstash_last_error(), "q8_0") != NULL);
-  kvstash_open_options_init(&options);
+  kvstash_open_options_init(&options, sizeof options);
   options.flash_attn = (kvstash_flash_attn)99;
   EXPECT_STATUS(kvstash_session_open(model, saved, &options, &session), KVSTASH_INVALID_ARGUMENT);
   options.size = 0;
   EXPECT_STATUS(kvstash_session_open(model, saved, &options, &session), KVSTASH_INVALID_ARGUMENT);
   ASSERT(session == NULL);
   /* An older header's struct ends after n_room: the cache type after it is not read. */
-  kvstash_open_options_init(&options);
+  kvstash_open_options_init(&options, sizeof options);
   options.size = (uint32_t)(offsetof(kvstash_open_options, n_room) + sizeof(uint32_t));
   options.n_room = 100;
   options.cache_type_k = "q9_9";
@@ -552,7 +552,7 @@ static void TestContextFull(const kvstash_model* model) {
   EXPECT_STATUS(kvstash_session_sync(session, tokens, n_ctx + 1, NULL, NULL), KVSTASH_CONTEXT_FULL);
   ASSERT_OK(kvstash_session_append_tokens(session, tokens, n_ctx - 3));
   kvstash_sample_options options;
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   options.n_predict = -1;
   kvstash_generation generation;
   memset(&generation, 0, sizeof generation);
@@ -595,7 +595,7 @@ static void TestGenerate(const kvstash_model* model) {
   struct Pieces pieces;
   memset(&pieces, 0, sizeof pieces);
   kvstash_sample_options options;
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   ASSERT(options.size == sizeof options && options.n_predict == 128 && options.temp == 0.0f &&
          options.top_k == 40 && options.seed == 0xFFFFFFFFu && options.n_stop == 0);
   options.n_predict = 32;
@@ -628,7 +628,7 @@ static void TestGenerate(const kvstash_model* model) {
   session = PrefixSession(model);
   memset(&pieces, 0, sizeof pieces);
   pieces.stop_after = 1;
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   options.n_predict = 32;
   ASSERT_OK(kvstash_session_generate(session, &options, OnPiece, &pieces, &cut));
   ASSERT(cut.stop_reason == KVSTASH_STOP_CANCELLED && pieces.calls == 1);
@@ -647,7 +647,7 @@ static void TestGenerate(const kvstash_model* model) {
 static void TestSampleOptionErrors(const kvstash_model* model) {
   kvstash_session* session = PrefixSession(model);
   kvstash_sample_options options;
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   kvstash_generation generation;
   memset(&generation, 0, sizeof generation);
   options.n_stop = 1;
@@ -660,13 +660,13 @@ static void TestSampleOptionErrors(const kvstash_model* model) {
   EXPECT_STATUS(kvstash_session_generate(session, &options, NULL, NULL, &generation),
                 KVSTASH_INVALID_ARGUMENT);
   ASSERT(strstr(kvstash_last_error(), "stop[1]") != NULL);
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   options.size = 0;
   EXPECT_STATUS(kvstash_session_generate(session, &options, NULL, NULL, &generation),
                 KVSTASH_INVALID_ARGUMENT);
   ASSERT(generation.text == NULL);
   /* An older header's struct ends after temp: stop (garbage here) is not read. */
-  kvstash_sample_options_init(&options);
+  kvstash_sample_options_init(&options, sizeof options);
   options.size = (uint32_t)(offsetof(kvstash_sample_options, temp) + sizeof(float));
   options.n_predict = 3;
   options.stop = (const char* const*)&g_passed;
@@ -735,7 +735,7 @@ static void OnProgress(uint64_t done, uint64_t total, void* user_data) {
 
 static void TestProgressAndSave(const kvstash_model* model) {
   kvstash_session_options options;
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   options.n_ctx = 512;
   options.n_batch = 32;
   options.n_ubatch = 32;
@@ -759,15 +759,15 @@ static void TestProgressAndSave(const kvstash_model* model) {
   ASSERT(kvstash_session_save(session, path, NULL) != KVSTASH_OK);
   ASSERT(strlen(kvstash_last_error()) > 0);
   kvstash_save_options save;
-  kvstash_save_options_init(&save);
+  kvstash_save_options_init(&save, sizeof save);
   save.size = 0;
   EXPECT_STATUS(kvstash_session_save(session, path, &save), KVSTASH_INVALID_ARGUMENT);
   /* An older header's struct ends after sync: replace_any (set here) is not read. */
-  kvstash_save_options_init(&save);
+  kvstash_save_options_init(&save, sizeof save);
   save.size = (uint32_t)(offsetof(kvstash_save_options, sync) + sizeof(bool));
   save.replace_any = true;
   ASSERT(kvstash_session_save(session, path, &save) != KVSTASH_OK);
-  kvstash_save_options_init(&save);
+  kvstash_save_options_init(&save, sizeof save);
   save.replace_any = true;
   save.sync = false;
   ASSERT_OK(kvstash_session_save(session, path, &save));
@@ -788,7 +788,7 @@ static void CancelOnProgress(uint64_t done, uint64_t total, void* user_data) {
  * llama_decode calls): the append stops, the session is as before, the next append runs. */
 static void TestCancelDuringAppend(const kvstash_model* model) {
   kvstash_session_options options;
-  kvstash_session_options_init(&options);
+  kvstash_session_options_init(&options, sizeof options);
   options.n_ctx = 512;
   options.n_batch = 32;
   options.n_ubatch = 32;
@@ -838,12 +838,12 @@ static void TestStoreErrors(const char* dir) {
   ASSERT(strstr(kvstash_last_error(), "dir") != NULL);
   EXPECT_STATUS(kvstash_store_open(dir, NULL, NULL), KVSTASH_INVALID_ARGUMENT);
   kvstash_store_options options;
-  kvstash_store_options_init(&options);
+  kvstash_store_options_init(&options, sizeof options);
   ASSERT(options.size == sizeof options && options.chunk_tokens == 0 && options.create &&
          options.sync && options.max_pending_bytes == (uint64_t)1 << 30);
   options.size = 0;
   EXPECT_STATUS(kvstash_store_open(dir, &options, &store), KVSTASH_INVALID_ARGUMENT);
-  kvstash_store_options_init(&options);
+  kvstash_store_options_init(&options, sizeof options);
   options.chunk_tokens = 17;
   EXPECT_STATUS(kvstash_store_open(dir, &options, &store), KVSTASH_INVALID_ARGUMENT);
   ASSERT(store == NULL);
@@ -858,7 +858,7 @@ static void TestStoreErrors(const char* dir) {
 static kvstash_store* OpenStore(const char* dir) {
   /* An older header's struct ends after chunk_tokens: create (false here) is not read. */
   kvstash_store_options options;
-  kvstash_store_options_init(&options);
+  kvstash_store_options_init(&options, sizeof options);
   options.size = (uint32_t)(offsetof(kvstash_store_options, chunk_tokens) + sizeof(uint32_t));
   options.chunk_tokens = 16;
   options.create = false;
@@ -973,6 +973,90 @@ static void TestLastError(const kvstash_model* model) {
   kvstash_session_free(session);
 }
 
+/* An older header's smaller struct: *_init writes nothing past the size it is given. */
+static void TestInitWritesOnlyWithinSize(void) {
+  unsigned char buffer[sizeof(kvstash_sample_options) + 16];
+  memset(buffer, 0xAB, sizeof buffer);
+  const size_t old_size = offsetof(kvstash_sample_options, temp) + sizeof(float);
+  kvstash_sample_options_init((kvstash_sample_options*)(void*)buffer, old_size);
+  kvstash_sample_options head;
+  memcpy(&head, buffer, old_size);
+  ASSERT(head.size == old_size);
+  ASSERT(head.n_predict == 128 && head.temp == 0.0f);
+  for (size_t i = old_size; i < sizeof buffer; ++i) ASSERT(buffer[i] == 0xAB);
+  /* A newer header's larger struct: the library fills what it knows and says so in size. */
+  unsigned char large[sizeof(kvstash_save_options) + 32];
+  memset(large, 0xCD, sizeof large);
+  kvstash_save_options_init((kvstash_save_options*)(void*)large, sizeof large);
+  kvstash_save_options save;
+  memcpy(&save, large, sizeof save);
+  ASSERT(save.size == sizeof save && save.sync && !save.replace_any);
+  for (size_t i = sizeof save; i < sizeof large; ++i) ASSERT(large[i] == 0xCD);
+  /* Too small to hold even `size`: nothing is written. */
+  memset(buffer, 0xAB, sizeof buffer);
+  kvstash_sample_options_init((kvstash_sample_options*)(void*)buffer, 2);
+  for (size_t i = 0; i < sizeof buffer; ++i) ASSERT(buffer[i] == 0xAB);
+}
+
+/* kvstash_session_cancel during a generation (here from its piece callback, as another thread
+ * would): CANCELLED, the generation undone, the request used up. */
+static bool CancelAfterTwoPieces(const char* piece, size_t len, void* user_data) {
+  (void)piece;
+  (void)len;
+  kvstash_session* session = user_data;
+  static int pieces = 0;
+  if (++pieces == 2) kvstash_session_cancel(session);
+  return true;
+}
+
+static void TestCancelDuringGenerate(const kvstash_model* model) {
+  kvstash_session* session = PrefixSession(model);
+  size_t before = 0, after = 0;
+  kvstash_session_tokens(session, &before);
+  size_t n_vocab = 0;
+  float* logits_before = Logits(session, &n_vocab);
+  kvstash_sample_options options;
+  kvstash_sample_options_init(&options, sizeof options);
+  options.n_predict = 64;
+  kvstash_generation generation;
+  memset(&generation, 0, sizeof generation);
+  EXPECT_STATUS(
+      kvstash_session_generate(session, &options, CancelAfterTwoPieces, session, &generation),
+      KVSTASH_CANCELLED);
+  ASSERT(generation.text == NULL);
+  kvstash_session_tokens(session, &after);
+  ASSERT(after == before);
+  size_t n = 0;
+  float* logits_after = Logits(session, &n);
+  ASSERT(n == n_vocab && memcmp(logits_before, logits_after, n * sizeof(float)) == 0);
+  kvstash_free(logits_before);
+  kvstash_free(logits_after);
+  /* Used up: the next generation runs. */
+  options.n_predict = 4;
+  ASSERT_OK(kvstash_session_generate(session, &options, NULL, NULL, &generation));
+  ASSERT(generation.stop_reason != KVSTASH_STOP_CANCELLED);
+  kvstash_generation_clear(&generation);
+  kvstash_session_free(session);
+}
+
+/* Without the SIGBUS guard a session is read into memory instead of mapped: same logits. */
+static void TestSigbusGuardOff(const kvstash_model* model, const char* saved) {
+  kvstash_session* mapped = NULL;
+  ASSERT_OK(kvstash_session_open(model, saved, NULL, &mapped));
+  kvstash_set_sigbus_guard(false);
+  kvstash_session* copied = NULL;
+  ASSERT_OK(kvstash_session_open(model, saved, NULL, &copied));
+  kvstash_set_sigbus_guard(true);
+  size_t n_mapped = 0, n_copied = 0;
+  float* a = Logits(mapped, &n_mapped);
+  float* b = Logits(copied, &n_copied);
+  ASSERT(n_mapped == n_copied && memcmp(a, b, n_mapped * sizeof *a) == 0);
+  kvstash_free(a);
+  kvstash_free(b);
+  kvstash_session_free(mapped);
+  kvstash_session_free(copied);
+}
+
 int main(int argc, char** argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s A.gguf B.gguf SCRATCH_DIR\n", argv[0]);
@@ -983,6 +1067,7 @@ int main(int argc, char** argv) {
   ASSERT(strlen(argv[3]) < sizeof g_dir);
   strcpy(g_dir, argv[3]);
   TestBasics();
+  TestInitWritesOnlyWithinSize();
   kvstash_model* model = TestLogs();
   kvstash_model* other = NULL;
   ASSERT_OK(kvstash_model_load(g_model_b, NULL, &other));
@@ -1003,6 +1088,8 @@ int main(int argc, char** argv) {
   TestGenerate(model);
   TestSampleOptionErrors(model);
   TestCancel(model);
+  TestCancelDuringGenerate(model);
+  TestSigbusGuardOff(model, saved);
   TestProgressAndSave(model);
   TestCancelDuringAppend(model);
   TestModelFreedFirst();

@@ -19,11 +19,15 @@
  *     may contain NUL bytes.
  *   - A `const` pointer returned by an accessor is borrowed from its handle: valid until the next
  *     call that changes that handle, or its *_free.
- *   - Input pointers are only read during the call (callbacks: during the call that takes them).
+ *   - Input pointers are only read during the call. Callbacks and their user_data are used during
+ *     the call that takes them, except kvstash_session_set_progress's, which the session keeps
+ *     until it is replaced or the session is freed.
  *
- * Options structs begin with `size`, set by their *_init function, which also fills the defaults:
- * always call it first. The library reads only the fields that fit in `size`, so a program built
- * against an older header keeps working with a newer library. Passing NULL means the defaults.
+ * Options structs begin with `size`. Fill one with its *_init function first, passing the size of
+ * your struct: `kvstash_sample_options o; kvstash_sample_options_init(&o, sizeof o);`. It writes
+ * the defaults into at most that many bytes and sets `size`; the library later reads only the
+ * fields that fit in `size`. So a program built against an older header keeps working with a
+ * newer library, in both directions of the call. Passing NULL options means the defaults.
  *
  * Threads. A session is used by one thread at a time (kvstash_session_cancel() excepted); models
  * and stores may be shared by any number of threads and sessions.
@@ -80,7 +84,13 @@ typedef enum kvstash_llama_logs {
   KVSTASH_LLAMA_LOGS_QUIET = 1,  /* nowhere (the kvstash CLI without -v) */
   KVSTASH_LLAMA_LOGS_STDERR = 2, /* to stderr */
 } kvstash_llama_logs;
+/* Without a call, the default comes from the environment variable KVSTASH_LLAMA_LOGS (host, quiet
+ * or stderr), else HOST. */
 KVSTASH_API kvstash_status kvstash_set_llama_logs(kvstash_llama_logs mode);
+/* kvstash maps session files and installs a SIGBUS handler (chained to the previous one) on the
+ * first mapping, so that a file truncated under it is an error, not a crash. false: no handler
+ * is installed from now on, and files are read into memory instead (default: true). */
+KVSTASH_API void kvstash_set_sigbus_guard(bool enabled);
 
 /* ---- Model ------------------------------------------------------------------------------- */
 
@@ -92,7 +102,7 @@ typedef struct kvstash_model_options {
   int32_t n_gpu_layers; /* layers offloaded to a GPU backend when llama.cpp has one (0) */
   bool repack_weights;  /* llama.cpp's repacked weights for some quantized types (true) */
 } kvstash_model_options;
-KVSTASH_API void kvstash_model_options_init(kvstash_model_options* options);
+KVSTASH_API void kvstash_model_options_init(kvstash_model_options* options, size_t size);
 
 /* Loads a GGUF model. options may be NULL. */
 KVSTASH_API kvstash_status kvstash_model_load(const char* path,
@@ -145,7 +155,7 @@ typedef struct kvstash_store_options {
   bool create;                /* create the directory when missing (true) */
   bool sync;                  /* fsync chunk files before publishing (true) */
 } kvstash_store_options;
-KVSTASH_API void kvstash_store_options_init(kvstash_store_options* options);
+KVSTASH_API void kvstash_store_options_init(kvstash_store_options* options, size_t size);
 
 KVSTASH_API kvstash_status kvstash_store_open(const char* dir, const kvstash_store_options* options,
                                               kvstash_store** out);
@@ -207,7 +217,7 @@ typedef struct kvstash_session_options {
   const char* cache_type_k;      /* "f16"; also f32 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1 */
   const char* cache_type_v;      /* "f16" */
 } kvstash_session_options;
-KVSTASH_API void kvstash_session_options_init(kvstash_session_options* options);
+KVSTASH_API void kvstash_session_options_init(kvstash_session_options* options, size_t size);
 
 /* Open takes every parameter that decides the meaning of the KV bytes from the file; the
  * defaults below mean "as saved". Setting one that disagrees with the file is refused by name. */
@@ -220,7 +230,7 @@ typedef struct kvstash_open_options {
   const char* cache_type_k;      /* NULL: as saved */
   const char* cache_type_v;      /* NULL: as saved */
 } kvstash_open_options;
-KVSTASH_API void kvstash_open_options_init(kvstash_open_options* options);
+KVSTASH_API void kvstash_open_options_init(kvstash_open_options* options, size_t size);
 
 /* A fresh, empty session. options may be NULL. */
 KVSTASH_API kvstash_status kvstash_session_create(const kvstash_model* model,
@@ -267,7 +277,7 @@ typedef enum kvstash_stop_reason {
 typedef struct kvstash_sample_options {
   uint32_t size;
   int32_t n_predict;       /* 128; < 0: until end of generation or a full context */
-  float temp;              /* 0: greedy */
+  float temp;              /* 0 (greedy); <= 0: greedy */
   int32_t top_k;           /* 40; <= 0: off */
   float top_p;             /* 0.95; >= 1: off */
   float min_p;             /* 0.05; <= 0: off */
@@ -275,10 +285,12 @@ typedef struct kvstash_sample_options {
   const char* const* stop; /* n_stop stop strings; the text stops before the first match */
   size_t n_stop;
 } kvstash_sample_options;
-KVSTASH_API void kvstash_sample_options_init(kvstash_sample_options* options);
+KVSTASH_API void kvstash_sample_options_init(kvstash_sample_options* options, size_t size);
 
-/* Called with each piece of generated text (len bytes, not NUL-terminated) as soon as it is final.
- * Return false to stop (stop reason CANCELLED). */
+/* Called with each piece of generated text (len bytes, not NUL-terminated) as soon as it is final
+ * (text that may start a stop string is held back). Pieces are bytes as the tokens produce them:
+ * a multi-byte UTF-8 character may be split across two pieces, so decode the concatenation, not
+ * each piece. Return false to stop (stop reason CANCELLED). */
 typedef bool (*kvstash_piece_fn)(const char* piece, size_t len, void* user_data);
 
 typedef struct kvstash_generation {
@@ -304,7 +316,7 @@ typedef struct kvstash_save_options {
   bool sync;        /* fsync file and directory before returning (true) */
   bool replace_any; /* replace an existing file that is not a kvstash session (false) */
 } kvstash_save_options;
-KVSTASH_API void kvstash_save_options_init(kvstash_save_options* options);
+KVSTASH_API void kvstash_save_options_init(kvstash_save_options* options, size_t size);
 /* Writes the session atomically and durably. On failure the previous file is untouched. */
 KVSTASH_API kvstash_status kvstash_session_save(kvstash_session* session, const char* path,
                                                 const kvstash_save_options* options);
@@ -333,8 +345,9 @@ typedef void (*kvstash_progress_fn)(uint64_t done, uint64_t total, void* user_da
 KVSTASH_API kvstash_status kvstash_session_set_progress(kvstash_session* session,
                                                         kvstash_progress_fn progress,
                                                         void* user_data);
-/* Stops the session's running append, sync or save within milliseconds (it returns
- * KVSTASH_CANCELLED and the session is as before that call), or the next one if none runs.
+/* Stops the session's running append, sync, generate or save within milliseconds, or else the
+ * next such call: it returns KVSTASH_CANCELLED and the session is as before that call (a
+ * generation is undone; to stop one and keep its tokens, return false from the piece callback).
  * Safe from any thread and from a signal handler. */
 KVSTASH_API void kvstash_session_cancel(kvstash_session* session);
 

@@ -23,9 +23,6 @@ struct ChatMessage {
 struct ModelOptions {
   // Layers to offload to a GPU backend when llama.cpp was built with one (CPU builds ignore it).
   int n_gpu_layers = 0;
-  // true: llama.cpp's own log lines go to stderr from this load on. false leaves the process-wide
-  // setting as it is (quiet unless kvstash_set_llama_logs or an earlier verbose load changed it).
-  bool verbose = false;
   // llama.cpp's weight repacking (its "extra buffer types"), faster for some quantized types
   // (q4_0, q4_K, iq4_nl on x86). Its kernels split a product by row count, so `kvstash serve` turns
   // it off for answers independent of load.

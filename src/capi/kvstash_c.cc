@@ -12,9 +12,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "engine/llama_runtime.h"
 #include "kvstash/kvstash.h"
 #include "kvstash/model.h"
+#include "kvstash/process.h"
 #include "kvstash/session.h"
 #include "kvstash/session_file.h"
 #include "kvstash/store.h"
@@ -243,6 +243,17 @@ struct FileInfoHolder : kvstash_file_info {
       arch_storage, type_k_storage, type_v_storage;
 };
 
+// Writes the first `size` bytes of `defaults` (at most all of it) and sets `size` to what was
+// written. A program built against an older header passes its smaller struct's size, so nothing
+// past its struct is written, and the library later reads only the fields it set.
+template <typename T>
+void FillDefaults(T* options, size_t size, T* defaults) {
+  if (options == nullptr || size < sizeof(options->size)) return;
+  const size_t n = size < sizeof(T) ? size : sizeof(T);
+  defaults->size = static_cast<uint32_t>(n);
+  std::memcpy(static_cast<void*>(options), defaults, n);
+}
+
 }  // namespace
 
 // ---- Status and memory ----------------------------------------------------------------------
@@ -283,18 +294,20 @@ const char* kvstash_status_name(kvstash_status status) {
 
 void kvstash_free(void* buffer) { std::free(buffer); }
 
+void kvstash_set_sigbus_guard(bool enabled) { kvstash::SetSigbusGuard(enabled); }
+
 kvstash_status kvstash_set_llama_logs(kvstash_llama_logs mode) {
   constexpr const char* kFn = "kvstash_set_llama_logs";
   return Guard(kFn, [&] {
     switch (EnumValue(mode)) {
       case KVSTASH_LLAMA_LOGS_HOST:
-        kvstash::engine::SetLlamaLogs(kvstash::engine::LlamaLogs::kHost);
+        kvstash::SetLlamaLogs(kvstash::LlamaLogs::kHost);
         return KVSTASH_OK;
       case KVSTASH_LLAMA_LOGS_QUIET:
-        kvstash::engine::SetLlamaLogs(kvstash::engine::LlamaLogs::kQuiet);
+        kvstash::SetLlamaLogs(kvstash::LlamaLogs::kQuiet);
         return KVSTASH_OK;
       case KVSTASH_LLAMA_LOGS_STDERR:
-        kvstash::engine::SetLlamaLogs(kvstash::engine::LlamaLogs::kStderr);
+        kvstash::SetLlamaLogs(kvstash::LlamaLogs::kStderr);
         return KVSTASH_OK;
     }
     return Fail(KVSTASH_INVALID_ARGUMENT, kFn,
@@ -305,12 +318,11 @@ kvstash_status kvstash_set_llama_logs(kvstash_llama_logs mode) {
 
 // ---- Model ----------------------------------------------------------------------------------
 
-void kvstash_model_options_init(kvstash_model_options* options) {
-  if (options == nullptr) return;
-  *options = kvstash_model_options{};
-  options->size = sizeof(*options);
-  options->n_gpu_layers = 0;
-  options->repack_weights = true;
+void kvstash_model_options_init(kvstash_model_options* options, size_t size) {
+  kvstash_model_options d{};
+  d.n_gpu_layers = 0;
+  d.repack_weights = true;
+  FillDefaults(options, size, &d);
 }
 
 kvstash_status kvstash_model_load(const char* path, const kvstash_model_options* options,
@@ -321,7 +333,7 @@ kvstash_status kvstash_model_load(const char* path, const kvstash_model_options*
     if (out == nullptr) return Null(kFn, "out");
     if (kvstash_status s = CheckSize(kFn, options)) return s;
     kvstash_model_options o;
-    kvstash_model_options_init(&o);
+    kvstash_model_options_init(&o, sizeof o);
     if (options != nullptr) {
       KVSTASH_READ_FIELD(o, options, n_gpu_layers);
       KVSTASH_READ_FIELD(o, options, repack_weights);
@@ -438,15 +450,14 @@ kvstash_status kvstash_model_apply_chat_template(const kvstash_model* model,
 
 // ---- Store ----------------------------------------------------------------------------------
 
-void kvstash_store_options_init(kvstash_store_options* options) {
-  if (options == nullptr) return;
-  *options = kvstash_store_options{};
-  options->size = sizeof(*options);
-  options->chunk_tokens = 0;
-  options->max_bytes = 0;
-  options->max_pending_bytes = uint64_t{1} << 30;
-  options->create = true;
-  options->sync = true;
+void kvstash_store_options_init(kvstash_store_options* options, size_t size) {
+  kvstash_store_options d{};
+  d.chunk_tokens = 0;
+  d.max_bytes = 0;
+  d.max_pending_bytes = uint64_t{1} << 30;
+  d.create = true;
+  d.sync = true;
+  FillDefaults(options, size, &d);
 }
 
 kvstash_status kvstash_store_open(const char* dir, const kvstash_store_options* options,
@@ -457,7 +468,7 @@ kvstash_status kvstash_store_open(const char* dir, const kvstash_store_options* 
     if (out == nullptr) return Null(kFn, "out");
     if (kvstash_status s = CheckSize(kFn, options)) return s;
     kvstash_store_options o;
-    kvstash_store_options_init(&o);
+    kvstash_store_options_init(&o, sizeof o);
     if (options != nullptr) {
       KVSTASH_READ_FIELD(o, options, chunk_tokens);
       KVSTASH_READ_FIELD(o, options, max_bytes);
@@ -565,29 +576,27 @@ kvstash_status kvstash_store_clear(kvstash_store* store, const char* ns_hash, ui
 
 // ---- Session --------------------------------------------------------------------------------
 
-void kvstash_session_options_init(kvstash_session_options* options) {
-  if (options == nullptr) return;
-  *options = kvstash_session_options{};
-  options->size = sizeof(*options);
-  options->n_ctx = 4096;
-  options->n_threads = 0;
-  options->n_batch = 2048;
-  options->n_ubatch = 512;
-  options->flash_attn = KVSTASH_FLASH_ATTN_AUTO;
-  options->cache_type_k = "f16";
-  options->cache_type_v = "f16";
+void kvstash_session_options_init(kvstash_session_options* options, size_t size) {
+  kvstash_session_options d{};
+  d.n_ctx = 4096;
+  d.n_threads = 0;
+  d.n_batch = 2048;
+  d.n_ubatch = 512;
+  d.flash_attn = KVSTASH_FLASH_ATTN_AUTO;
+  d.cache_type_k = "f16";
+  d.cache_type_v = "f16";
+  FillDefaults(options, size, &d);
 }
 
-void kvstash_open_options_init(kvstash_open_options* options) {
-  if (options == nullptr) return;
-  *options = kvstash_open_options{};
-  options->size = sizeof(*options);
-  options->n_ctx = 0;
-  options->n_room = 0;
-  options->n_threads = 0;
-  options->flash_attn = KVSTASH_FLASH_ATTN_AS_SAVED;
-  options->cache_type_k = nullptr;
-  options->cache_type_v = nullptr;
+void kvstash_open_options_init(kvstash_open_options* options, size_t size) {
+  kvstash_open_options d{};
+  d.n_ctx = 0;
+  d.n_room = 0;
+  d.n_threads = 0;
+  d.flash_attn = KVSTASH_FLASH_ATTN_AS_SAVED;
+  d.cache_type_k = nullptr;
+  d.cache_type_v = nullptr;
+  FillDefaults(options, size, &d);
 }
 
 namespace {
@@ -604,7 +613,7 @@ kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options*
                                   kvstash::SessionOptions* out) {
   if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_session_options o;
-  kvstash_session_options_init(&o);
+  kvstash_session_options_init(&o, sizeof o);
   if (options != nullptr) {
     KVSTASH_READ_FIELD(o, options, n_ctx);
     KVSTASH_READ_FIELD(o, options, n_threads);
@@ -631,7 +640,7 @@ kvstash_status ReadOpenOptions(const char* fn, const kvstash_open_options* optio
                                kvstash::OpenOptions* out) {
   if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_open_options o;
-  kvstash_open_options_init(&o);
+  kvstash_open_options_init(&o, sizeof o);
   if (options != nullptr) {
     KVSTASH_READ_FIELD(o, options, n_ctx);
     KVSTASH_READ_FIELD(o, options, n_room);
@@ -740,18 +749,17 @@ kvstash_status kvstash_session_sync(kvstash_session* session, const kvstash_toke
   });
 }
 
-void kvstash_sample_options_init(kvstash_sample_options* options) {
-  if (options == nullptr) return;
-  *options = kvstash_sample_options{};
-  options->size = sizeof(*options);
-  options->n_predict = 128;
-  options->temp = 0.0f;
-  options->top_k = 40;
-  options->top_p = 0.95f;
-  options->min_p = 0.05f;
-  options->seed = 0xFFFFFFFFu;
-  options->stop = nullptr;
-  options->n_stop = 0;
+void kvstash_sample_options_init(kvstash_sample_options* options, size_t size) {
+  kvstash_sample_options d{};
+  d.n_predict = 128;
+  d.temp = 0.0f;
+  d.top_k = 40;
+  d.top_p = 0.95f;
+  d.min_p = 0.05f;
+  d.seed = 0xFFFFFFFFu;
+  d.stop = nullptr;
+  d.n_stop = 0;
+  FillDefaults(options, size, &d);
 }
 
 void kvstash_generation_clear(kvstash_generation* generation) {
@@ -767,7 +775,7 @@ kvstash_status ReadSampleOptions(const char* fn, const kvstash_sample_options* o
                                  kvstash::SampleOptions* out) {
   if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_sample_options o;
-  kvstash_sample_options_init(&o);
+  kvstash_sample_options_init(&o, sizeof o);
   if (options != nullptr) {
     KVSTASH_READ_FIELD(o, options, n_predict);
     KVSTASH_READ_FIELD(o, options, temp);
@@ -828,12 +836,11 @@ kvstash_status kvstash_session_generate(kvstash_session* session,
   });
 }
 
-void kvstash_save_options_init(kvstash_save_options* options) {
-  if (options == nullptr) return;
-  *options = kvstash_save_options{};
-  options->size = sizeof(*options);
-  options->sync = true;
-  options->replace_any = false;
+void kvstash_save_options_init(kvstash_save_options* options, size_t size) {
+  kvstash_save_options d{};
+  d.sync = true;
+  d.replace_any = false;
+  FillDefaults(options, size, &d);
 }
 
 kvstash_status kvstash_session_save(kvstash_session* session, const char* path,
@@ -844,7 +851,7 @@ kvstash_status kvstash_session_save(kvstash_session* session, const char* path,
     if (path == nullptr) return Null(kFn, "path");
     if (kvstash_status s = CheckSize(kFn, options)) return s;
     kvstash_save_options o;
-    kvstash_save_options_init(&o);
+    kvstash_save_options_init(&o, sizeof o);
     if (options != nullptr) {
       KVSTASH_READ_FIELD(o, options, sync);
       KVSTASH_READ_FIELD(o, options, replace_any);

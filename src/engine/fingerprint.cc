@@ -328,8 +328,8 @@ Result<std::unique_ptr<ModelFile>> ModelFile::Open(const std::string& path) {
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) {
-      return Status::NotFound("model '" + path + "' does not exist; pass the path of a GGUF " +
-                              "file with -m (or create one with 'kvstash make-test-model')");
+      return Status::NotFound("model '" + path + "' does not exist; check the path of the GGUF " +
+                              "file (a test model: 'kvstash make-test-model -o FILE')");
     }
     return Status::IOError("cannot open model '" + path + "': " + ErrnoText(err) +
                            "; check the path and its permissions");

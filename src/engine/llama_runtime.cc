@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -10,7 +11,8 @@
 namespace kvstash::engine {
 namespace {
 
-std::atomic<LlamaLogs> g_logs{LlamaLogs::kQuiet};
+// -1 until SetLlamaLogs or the first model load (which reads KVSTASH_LLAMA_LOGS) decides.
+std::atomic<int> g_logs{-1};
 // The callback llama.cpp had before kvstash's sink: written once, inside EnsureLlamaBackend's
 // call_once, before the sink can run, so the sink reads it without a lock.
 ggml_log_callback g_host_log = nullptr;
@@ -31,7 +33,7 @@ void LogSink(ggml_log_level level, const char* text, void* /*user_data*/) {
     if (!line.empty()) t_last_error = line;
   }
   if (text == nullptr) return;
-  switch (g_logs.load(std::memory_order_relaxed)) {
+  switch (static_cast<LlamaLogs>(g_logs.load(std::memory_order_relaxed))) {
     case LlamaLogs::kHost:
       if (g_host_log != nullptr) g_host_log(level, text, g_host_log_data);
       break;
@@ -43,6 +45,13 @@ void LogSink(ggml_log_level level, const char* text, void* /*user_data*/) {
   }
 }
 
+LlamaLogs LlamaLogsFromEnvironment() {
+  const char* value = std::getenv("KVSTASH_LLAMA_LOGS");
+  if (value != nullptr && std::strcmp(value, "quiet") == 0) return LlamaLogs::kQuiet;
+  if (value != nullptr && std::strcmp(value, "stderr") == 0) return LlamaLogs::kStderr;
+  return LlamaLogs::kHost;  // unset, "host", or a value we do not know
+}
+
 }  // namespace
 
 void EnsureLlamaBackend() {
@@ -50,18 +59,11 @@ void EnsureLlamaBackend() {
   std::call_once(once, [] {
     llama_log_get(&g_host_log, &g_host_log_data);
     if (g_host_log == LogSink) g_host_log = nullptr;  // never forward to ourselves
+    int unset = -1;
+    g_logs.compare_exchange_strong(unset, static_cast<int>(LlamaLogsFromEnvironment()));
     llama_log_set(LogSink, nullptr);
     llama_backend_init();
   });
-}
-
-void SetLlamaLogs(LlamaLogs mode) {
-  EnsureLlamaBackend();
-  g_logs.store(mode);
-}
-
-void SetLlamaVerbose(bool verbose) {
-  SetLlamaLogs(verbose ? LlamaLogs::kStderr : LlamaLogs::kQuiet);
 }
 
 std::string LastLlamaError() { return t_last_error; }
@@ -78,3 +80,12 @@ std::string LlamaBuildInfo() {
 }
 
 }  // namespace kvstash::engine
+
+namespace kvstash {
+
+void SetLlamaLogs(LlamaLogs mode) {
+  engine::EnsureLlamaBackend();
+  engine::g_logs.store(static_cast<int>(mode));
+}
+
+}  // namespace kvstash

@@ -2,27 +2,19 @@
 //
 // llama.cpp reports failures as log lines, not return values. kvstash keeps the last error line
 // of the calling thread so that a failed call can say *why* in its Status, in kvstash's words,
-// while llama.cpp's own output stays off unless verbose logging is on.
+// and passes llama.cpp's own lines on as kvstash::SetLlamaLogs says (kvstash/process.h).
 #ifndef KVSTASH_ENGINE_LLAMA_RUNTIME_H_
 #define KVSTASH_ENGINE_LLAMA_RUNTIME_H_
 
 #include <string>
+
+#include "kvstash/process.h"
 
 namespace kvstash::engine {
 
 // Idempotent and thread-safe.
 void EnsureLlamaBackend();
 
-// Where llama.cpp's log lines go once kvstash's sink has read them.
-enum class LlamaLogs {
-  kHost,    // the callback installed before kvstash's (a host program's, else llama.cpp's default)
-  kQuiet,   // nowhere
-  kStderr,  // to stderr
-};
-// Thread-safe; takes effect for the next line.
-void SetLlamaLogs(LlamaLogs mode);
-// true: kStderr, false: kQuiet.
-void SetLlamaVerbose(bool verbose);
 // The last ERROR/WARN line llama.cpp logged on this thread since ClearLlamaError(), trimmed.
 std::string LastLlamaError();
 void ClearLlamaError();

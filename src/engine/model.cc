@@ -52,9 +52,6 @@ Model::~Model() = default;
 
 Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelOptions& options) {
   engine::EnsureLlamaBackend();
-  // Only turned on: the routing is process-wide (kvstash_set_llama_logs), and a load without
-  // `verbose` must not undo a host's choice.
-  if (options.verbose) engine::SetLlamaVerbose(true);
   // Opened once: the fingerprint is read through this descriptor, and the path must still name
   // the same file after llama.cpp's load, so the fingerprint is that of the weights in use.
   auto file = engine::ModelFile::Open(path);

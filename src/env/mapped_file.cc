@@ -7,6 +7,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "kvstash/process.h"
+
 namespace kvstash {
 
 // --- SIGBUS guard for mapped files -------------------------------------------------------------
@@ -21,6 +23,7 @@ struct GuardSlot {
 
 namespace {
 
+std::atomic<bool> g_guard_enabled{true};  // kvstash::SetSigbusGuard
 constexpr int kGuardSlots = 256;
 GuardSlot g_guard[kGuardSlots];
 struct sigaction g_previous_sigbus;
@@ -76,6 +79,8 @@ PosixMappedFile::~PosixMappedFile() {
 
 bool PosixMappedFile::Guard() {
   if (size_ == 0) return true;
+  // Disabled by the host: no handler, and the caller reads the file into memory instead.
+  if (!g_guard_enabled.load(std::memory_order_acquire)) return false;
   InstallSigbusGuard();
   for (auto& slot : g_guard) {
     uintptr_t expected = 0;
@@ -90,5 +95,7 @@ bool PosixMappedFile::Guard() {
   }
   return false;
 }
+
+void SetSigbusGuard(bool enabled) { g_guard_enabled.store(enabled, std::memory_order_release); }
 
 }  // namespace kvstash

@@ -338,7 +338,7 @@ Status CheckMagic(const uint8_t* data, size_t size, const std::string& name) {
   }
   if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) {
     return Status::InvalidArgument("'" + name + "' is a GGUF model, not a session file; pass " +
-                                   "it with -m and the session with --session");
+                                   "it as the model and a .kvs file as the session");
   }
   return Status::Corruption("'" + name + "' is not a kvstash session file (wrong magic bytes)");
 }

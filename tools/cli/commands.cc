@@ -18,6 +18,7 @@
 #include "env/env.h"
 #include "format/meta_check.h"
 #include "format/session_format.h"
+#include "kvstash/process.h"
 #include "kvstash/session_file.h"
 #include "kvstash/store.h"
 #include "testmodel/test_model.h"
@@ -118,9 +119,8 @@ Result<std::optional<std::string>> TextOrFile(const std::optional<std::string>& 
 }
 
 Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
-  ModelOptions options;
-  options.verbose = flags.verbose;
-  return Model::Load(flags.model, options);
+  if (flags.verbose) SetLlamaLogs(LlamaLogs::kStderr);
+  return Model::Load(flags.model);
 }
 
 // A one-line progress bar on stderr, only when stderr is a terminal and the work is large

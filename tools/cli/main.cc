@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "kvstash/process.h"
 #include "server/http_server.h"
 
 namespace {
@@ -31,6 +32,7 @@ struct Cli {
   CacheFlags cache;
   kvstash::server::ServeOptions serve;
   std::string serve_fa = "off", serve_max_bytes, serve_max_body;
+  bool serve_verbose = false;
   CLI::App* serve_cmd = nullptr;
   std::string save_max_bytes, run_max_bytes;
   bool cache_dir_flag = false;  // --cache-dir on the command line (not from the environment)
@@ -199,7 +201,7 @@ void AddServe(Cli* cli) {
                   "requests that may wait for a sequence before 503 (default 64)");
   cmd->add_option("--shutdown-timeout", s.shutdown_timeout_s,
                   "seconds SIGTERM waits for running requests before cancelling them (default 10)");
-  cmd->add_flag("-v,--verbose", s.model.verbose, "show llama.cpp's log lines on stderr");
+  cmd->add_flag("-v,--verbose", cli->serve_verbose, "show llama.cpp's log lines on stderr");
   cmd->footer(
       "Examples:\n"
       "  kvstash serve -m model.gguf --parallel 4 -c 16384\n"
@@ -349,6 +351,7 @@ int Dispatch(Cli& cli) {
       if (!parsed.ok()) return UsageError(parsed.status().message());
       s.max_body_bytes = *parsed;
     }
+    if (cli.serve_verbose) kvstash::SetLlamaLogs(kvstash::LlamaLogs::kStderr);
     return kvstash::server::RunServer(s);
   }
   if (cli.make_cmd->parsed()) {
@@ -360,6 +363,9 @@ int Dispatch(Cli& cli) {
 }
 
 int Main(int argc, char** argv) {
+  // The CLI owns its process: llama.cpp's own lines only with -v (the library's default passes
+  // them on to whatever logger the process had, for host programs).
+  kvstash::SetLlamaLogs(kvstash::LlamaLogs::kQuiet);
   Cli cli;
   cli.app.require_subcommand(0, 1);
   cli.app.add_flag("--version", cli.show_version, "print kvstash's and llama.cpp's versions");

@@ -206,7 +206,8 @@ _FUNCTIONS = {
     "kvstash_status_name": (c_char_p, [c_int]),
     "kvstash_free": (None, [c_void_p]),
     "kvstash_set_llama_logs": (_status, [c_int]),
-    "kvstash_model_options_init": (None, [c_void_p]),
+    "kvstash_set_sigbus_guard": (None, [c_bool]),
+    "kvstash_model_options_init": (None, [c_void_p, c_size_t]),
     "kvstash_model_load": (_status, [c_char_p, _P(kvstash_model_options), _P(c_void_p)]),
     "kvstash_model_free": (None, [c_void_p]),
     "kvstash_model_path": (c_char_p, [c_void_p]),
@@ -221,7 +222,7 @@ _FUNCTIONS = {
     "kvstash_model_is_end_of_generation": (c_bool, [c_void_p, kvstash_token]),
     "kvstash_model_apply_chat_template": (_status, [c_void_p, _P(kvstash_chat_message), c_size_t,
                                                     c_char_p, c_bool, _P(c_void_p)]),
-    "kvstash_store_options_init": (None, [c_void_p]),
+    "kvstash_store_options_init": (None, [c_void_p, c_size_t]),
     "kvstash_store_open": (_status, [c_char_p, _P(kvstash_store_options), _P(c_void_p)]),
     "kvstash_store_free": (None, [c_void_p]),
     "kvstash_store_wait_for_writes": (_status, [c_void_p]),
@@ -229,8 +230,8 @@ _FUNCTIONS = {
     "kvstash_store_gc": (_status, [c_void_p, c_uint64, _P(kvstash_gc_report)]),
     "kvstash_store_verify": (_status, [c_void_p, _P(c_uint64), _P(c_uint64), _P(c_void_p)]),
     "kvstash_store_clear": (_status, [c_void_p, c_char_p, _P(c_uint64)]),
-    "kvstash_session_options_init": (None, [c_void_p]),
-    "kvstash_open_options_init": (None, [c_void_p]),
+    "kvstash_session_options_init": (None, [c_void_p, c_size_t]),
+    "kvstash_open_options_init": (None, [c_void_p, c_size_t]),
     "kvstash_session_create": (_status, [c_void_p, _P(kvstash_session_options), _P(c_void_p)]),
     "kvstash_session_open": (_status, [c_void_p, c_char_p, _P(kvstash_open_options),
                                        _P(c_void_p)]),
@@ -239,11 +240,11 @@ _FUNCTIONS = {
     "kvstash_session_append_tokens": (_status, [c_void_p, _P(kvstash_token), c_size_t]),
     "kvstash_session_sync": (_status, [c_void_p, _P(kvstash_token), c_size_t, c_void_p,
                                        _P(kvstash_sync_result)]),
-    "kvstash_sample_options_init": (None, [c_void_p]),
+    "kvstash_sample_options_init": (None, [c_void_p, c_size_t]),
     "kvstash_generation_clear": (None, [_P(kvstash_generation)]),
     "kvstash_session_generate": (_status, [c_void_p, _P(kvstash_sample_options),
                                            kvstash_piece_fn, c_void_p, _P(kvstash_generation)]),
-    "kvstash_save_options_init": (None, [c_void_p]),
+    "kvstash_save_options_init": (None, [c_void_p, c_size_t]),
     "kvstash_session_save": (_status, [c_void_p, c_char_p, _P(kvstash_save_options)]),
     "kvstash_session_logits": (_status, [c_void_p, _P(_P(c_float)), _P(c_size_t)]),
     "kvstash_session_tokens": (_P(kvstash_token), [c_void_p, _P(c_size_t)]),
@@ -280,12 +281,9 @@ lib = _declare(_load())
 
 
 def defaults(struct, init):
-    """``struct`` filled by its ``*_init`` function. The library writes sizeof() as *it* knows the
-    struct, which a newer library may make larger than this package's: it gets room for that, and
-    ``size`` is then set to this package's, so the library reads only the fields set here."""
-    scratch = (c_uint64 * 64)()
-    assert ctypes.sizeof(struct) <= ctypes.sizeof(scratch)
-    init(ctypes.cast(scratch, c_void_p))
-    value = struct.from_buffer_copy(scratch)
-    value.size = ctypes.sizeof(struct)
+    """``struct`` filled by its ``*_init`` function, which writes the library's defaults into at
+    most ``sizeof(struct)`` bytes and sets ``size`` to that, so the library reads only the fields
+    this package knows."""
+    value = struct()
+    init(ctypes.byref(value), ctypes.sizeof(struct))
     return value

@@ -1,15 +1,16 @@
-/* Save, open and generate through the C API, built with `cc $(pkg-config --cflags --libs kvstash)`. */
+/* Save, open and generate through the C API, built with `cc $(pkg-config --cflags --libs kvstash)`.
+ */
 #include <stdio.h>
 #include <string.h>
 
 #include "kvstash/kvstash.h"
 
-#define CHECK(call)                                                                \
-  do {                                                                             \
-    if ((call) != KVSTASH_OK) {                                                    \
-      fprintf(stderr, "consumer: %s: %s\n", #call, kvstash_last_error());          \
-      return 1;                                                                    \
-    }                                                                              \
+#define CHECK(call)                                                       \
+  do {                                                                    \
+    if ((call) != KVSTASH_OK) {                                           \
+      fprintf(stderr, "consumer: %s: %s\n", #call, kvstash_last_error()); \
+      return 1;                                                           \
+    }                                                                     \
   } while (0)
 
 int main(int argc, char** argv) {
@@ -19,7 +20,7 @@ int main(int argc, char** argv) {
   const char* prefix = "You are a terse assistant.";
   const char* question = " Question: why?";
   kvstash_sample_options sample;
-  kvstash_sample_options_init(&sample);
+  kvstash_sample_options_init(&sample, sizeof sample);
   sample.n_predict = 8;
   kvstash_generation answers[2];
   memset(answers, 0, sizeof(answers));

@@ -211,17 +211,12 @@ unsafe fn take_string(buf: *mut c_char, len: usize) -> String {
     }
 }
 
-/// An options struct filled by its `*_init` function. The library writes `sizeof` as *it* knows
-/// the struct, which a newer library may make larger than this crate's; it gets room for that,
-/// and `size` is then set to this crate's, so the library reads only the fields this crate sets.
-unsafe fn c_defaults<T: Copy>(init: unsafe extern "C" fn(*mut T)) -> T {
-    let mut scratch = [0u64; 64];
-    assert!(std::mem::size_of::<T>() <= std::mem::size_of_val(&scratch) && std::mem::align_of::<T>() <= 8);
-    init(scratch.as_mut_ptr() as *mut T);
-    let mut value = ptr::read(scratch.as_ptr() as *const T);
-    // Every options struct begins with `uint32_t size`.
-    *(&mut value as *mut T as *mut u32) = std::mem::size_of::<T>() as u32;
-    value
+/// An options struct filled by its `*_init` function, which writes the library's defaults into at
+/// most `size_of::<T>()` bytes and sets `size` to that, so the library reads only this crate's fields.
+unsafe fn c_defaults<T: Copy>(init: unsafe extern "C" fn(*mut T, usize)) -> T {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    init(value.as_mut_ptr(), std::mem::size_of::<T>());
+    value.assume_init()
 }
 
 /// The library's version, e.g. "0.2.0".
@@ -863,7 +858,7 @@ impl fmt::Debug for Session {
     }
 }
 
-/// Stops a session's running append, sync or save from any thread ([`Session::canceller`]).
+/// Stops a session's running append, sync, generate or save from any thread ([`Session::canceller`]).
 /// Does not keep the session alive: after the session is dropped, `cancel` does nothing. It takes
 /// a lock (against the session's drop), so call it from a thread, not from a signal handler.
 #[derive(Clone)]

@@ -220,8 +220,9 @@ extern "C" {
     pub fn kvstash_status_name(status: kvstash_status) -> *const c_char;
     pub fn kvstash_free(buffer: *mut c_void);
     pub fn kvstash_set_llama_logs(mode: kvstash_llama_logs) -> kvstash_status;
+    pub fn kvstash_set_sigbus_guard(enabled: bool);
 
-    pub fn kvstash_model_options_init(options: *mut kvstash_model_options);
+    pub fn kvstash_model_options_init(options: *mut kvstash_model_options, size: usize);
     pub fn kvstash_model_load(
         path: *const c_char,
         options: *const kvstash_model_options,
@@ -258,7 +259,7 @@ extern "C" {
         text: *mut *mut c_char,
     ) -> kvstash_status;
 
-    pub fn kvstash_store_options_init(options: *mut kvstash_store_options);
+    pub fn kvstash_store_options_init(options: *mut kvstash_store_options, size: usize);
     pub fn kvstash_store_open(
         dir: *const c_char,
         options: *const kvstash_store_options,
@@ -287,8 +288,8 @@ extern "C" {
         removed: *mut u64,
     ) -> kvstash_status;
 
-    pub fn kvstash_session_options_init(options: *mut kvstash_session_options);
-    pub fn kvstash_open_options_init(options: *mut kvstash_open_options);
+    pub fn kvstash_session_options_init(options: *mut kvstash_session_options, size: usize);
+    pub fn kvstash_open_options_init(options: *mut kvstash_open_options, size: usize);
     pub fn kvstash_session_create(
         model: *const kvstash_model,
         options: *const kvstash_session_options,
@@ -318,7 +319,7 @@ extern "C" {
         store: *mut kvstash_store,
         result: *mut kvstash_sync_result,
     ) -> kvstash_status;
-    pub fn kvstash_sample_options_init(options: *mut kvstash_sample_options);
+    pub fn kvstash_sample_options_init(options: *mut kvstash_sample_options, size: usize);
     pub fn kvstash_generation_clear(generation: *mut kvstash_generation);
     pub fn kvstash_session_generate(
         session: *mut kvstash_session,
@@ -327,7 +328,7 @@ extern "C" {
         user_data: *mut c_void,
         out: *mut kvstash_generation,
     ) -> kvstash_status;
-    pub fn kvstash_save_options_init(options: *mut kvstash_save_options);
+    pub fn kvstash_save_options_init(options: *mut kvstash_save_options, size: usize);
     pub fn kvstash_session_save(
         session: *mut kvstash_session,
         path: *const c_char,
@@ -398,21 +399,20 @@ mod tests {
 
     #[test]
     fn the_init_functions_set_size_to_the_rust_struct_size() {
-        // The library this crate was written for writes exactly these sizes; a newer one may
-        // write larger ones (the safe API gives it room and then sets `size` to the Rust size).
+        // Given the Rust struct's size, the library writes at most that many bytes and says so.
         unsafe {
             let mut m: kvstash_model_options = std::mem::zeroed();
-            kvstash_model_options_init(&mut m);
-            assert!(m.size as usize >= size_of::<kvstash_model_options>());
+            kvstash_model_options_init(&mut m, size_of::<kvstash_model_options>());
+            assert_eq!(m.size as usize, size_of::<kvstash_model_options>());
             let mut s: kvstash_session_options = std::mem::zeroed();
-            kvstash_session_options_init(&mut s);
-            assert!(s.size as usize >= size_of::<kvstash_session_options>());
+            kvstash_session_options_init(&mut s, size_of::<kvstash_session_options>());
+            assert_eq!(s.size as usize, size_of::<kvstash_session_options>());
             let mut o: kvstash_open_options = std::mem::zeroed();
-            kvstash_open_options_init(&mut o);
-            assert!(o.size as usize >= size_of::<kvstash_open_options>());
+            kvstash_open_options_init(&mut o, size_of::<kvstash_open_options>());
+            assert_eq!(o.size as usize, size_of::<kvstash_open_options>());
             let mut p: kvstash_sample_options = std::mem::zeroed();
-            kvstash_sample_options_init(&mut p);
-            assert!(p.size as usize >= size_of::<kvstash_sample_options>());
+            kvstash_sample_options_init(&mut p, size_of::<kvstash_sample_options>());
+            assert_eq!(p.size as usize, size_of::<kvstash_sample_options>());
         }
     }
 }
