@@ -205,6 +205,13 @@ def set_llama_logs(mode: str) -> None:
     _check(_lib.kvstash_set_llama_logs(modes[mode]))
 
 
+def set_sigbus_guard(enabled: bool) -> None:
+    """Whether kvstash may install its SIGBUS handler (chained to the previous one) when it maps a
+    session file, so that a file truncated under it is an error, not a crash. False: no handler,
+    files are read into memory instead. Process-wide; True by default."""
+    _lib.kvstash_set_sigbus_guard(bool(enabled))
+
+
 # ---- Model -----------------------------------------------------------------------------------
 
 class Model(_Handle):

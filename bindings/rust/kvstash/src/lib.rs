@@ -245,6 +245,13 @@ pub fn set_llama_logs(mode: LlamaLogs) -> Result<()> {
     check(unsafe { sys::kvstash_set_llama_logs(raw) })
 }
 
+/// Whether kvstash may install its SIGBUS handler (chained to the previous one) when it maps a
+/// session file, so that a file truncated under it is an error, not a crash. `false`: no handler,
+/// files are read into memory instead. Process-wide; `true` by default.
+pub fn set_sigbus_guard(enabled: bool) {
+    unsafe { sys::kvstash_set_sigbus_guard(enabled) }
+}
+
 // ---- Model -------------------------------------------------------------------------------------
 
 /// How to load a model. `Default` is the library's defaults.
