@@ -4,18 +4,18 @@
 set -euo pipefail
 
 # clang and its runtime build the fuzzer that `make test` runs for a bounded time; curl and jq are
-# the server tests' client and JSON checker.
+# the server tests' client and JSON checker; pip, setuptools and wheel install the Python binding
+# offline in its test (with /usr/bin/python3 when the python3 on PATH lacks them).
 packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohmann-json3-dev
-          libxxhash-dev libssl-dev libcpp-httplib-dev clang libclang-rt-14-dev curl jq)
+          libxxhash-dev libssl-dev libcpp-httplib-dev clang libclang-rt-14-dev curl jq
+          python3-pip python3-setuptools python3-wheel)
 [ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
 
 missing=()
 # npm fetches llama.cpp's source; a Node.js installed outside Debian's packages is fine too.
 command -v npm >/dev/null || missing+=(npm)
-# The Rust binding's tests need cargo; one from rustup (~/.cargo/bin) is fine too. The Python
-# binding's install test needs pip and setuptools (Debian's, or the interpreter's own).
+# The Rust binding's tests need cargo; one from rustup (~/.cargo/bin) is fine too.
 command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || missing+=(cargo)
-python3 -c 'import setuptools, pip' 2>/dev/null || missing+=(python3-pip python3-setuptools)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

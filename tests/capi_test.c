@@ -1039,6 +1039,31 @@ static void TestCancelDuringGenerate(const kvstash_model* model) {
   kvstash_session_free(session);
 }
 
+/* A cancel before a call that decodes nothing (a one-token generation, logits already there) is
+ * still that call's: CANCELLED, and not left over for the next, unrelated call. */
+static void TestCancelBeforeCallsWithoutDecoding(const kvstash_model* model) {
+  kvstash_session* session = PrefixSession(model);
+  kvstash_sample_options options;
+  kvstash_sample_options_init(&options, sizeof options);
+  options.n_predict = 1;
+  kvstash_generation generation;
+  memset(&generation, 0, sizeof generation);
+  kvstash_session_cancel(session);
+  EXPECT_STATUS(kvstash_session_generate(session, &options, NULL, NULL, &generation),
+                KVSTASH_CANCELLED);
+  ASSERT(generation.text == NULL);
+  ASSERT_OK(kvstash_session_append_text(session, kSuffix, strlen(kSuffix)));
+  float* logits = NULL;
+  size_t n = 0;
+  kvstash_session_cancel(session);
+  EXPECT_STATUS(kvstash_session_logits(session, &logits, &n), KVSTASH_CANCELLED);
+  ASSERT(logits == NULL);
+  ASSERT_OK(kvstash_session_generate(session, &options, NULL, NULL, &generation));
+  ASSERT(generation.n_tokens == 1);
+  kvstash_generation_clear(&generation);
+  kvstash_session_free(session);
+}
+
 /* Without the SIGBUS guard a session is read into memory instead of mapped: same logits. */
 static void TestSigbusGuardOff(const kvstash_model* model, const char* saved) {
   kvstash_session* mapped = NULL;
@@ -1089,6 +1114,7 @@ int main(int argc, char** argv) {
   TestSampleOptionErrors(model);
   TestCancel(model);
   TestCancelDuringGenerate(model);
+  TestCancelBeforeCallsWithoutDecoding(model);
   TestSigbusGuardOff(model, saved);
   TestProgressAndSave(model);
   TestCancelDuringAppend(model);

@@ -43,5 +43,16 @@ else
   bad "cargo run --example guide failed"; cat "$dir/guide.err"
 fi
 
+# The README promises Rust 1.63 (Debian 12's): when Debian's cargo is there besides the one used
+# above, the crate, its tests and examples must build with it too.
+if [ -x /usr/bin/cargo ] && [ "$(readlink -f /usr/bin/cargo)" != "$(readlink -f "$CARGO")" ]; then
+  if CARGO_TARGET_DIR=$dir/target-debian /usr/bin/cargo build --offline --quiet --all-targets \
+      >"$dir/debian.log" 2>&1; then
+    pass=$((pass + 1)); echo "ok: builds with $(/usr/bin/rustc --version)"
+  else
+    bad "the crate does not build with Debian's $(/usr/bin/rustc --version)"; cat "$dir/debian.log"
+  fi
+fi
+
 echo "rust_binding_test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

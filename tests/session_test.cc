@@ -531,5 +531,63 @@ TEST(SessionCancelTest, CancelledAppendLeavesTheSessionAsItWas) {
   (*s)->SetCancelFlag(nullptr);
 }
 
+// Generate leaves its last sampled token pending (decoded by the next call). A cancelled append,
+// sync, save, generate or logits call must keep it: the session is as it was before the call,
+// and continuing gives exactly what an uncancelled session gives.
+TEST(SessionCancelTest, CancelledCallsAfterAGenerationKeepItsLastToken) {
+  SampleOptions sample;
+  sample.n_predict = 3;
+  auto reference = Session::Create(testing::TinyModel());
+  ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+  ASSERT_TRUE((*reference)->Append(testing::kPrefix).ok());
+  ASSERT_TRUE((*reference)->Generate(sample).ok());
+  ASSERT_TRUE((*reference)->Append(" Q: why? A:").ok());
+  auto want = (*reference)->Logits();
+  ASSERT_TRUE(want.ok());
+
+  auto s = Session::Create(testing::TinyModel());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE((*s)->Append(testing::kPrefix).ok());
+  ASSERT_TRUE((*s)->Generate(sample).ok());
+  const std::vector<Token> before = (*s)->tokens();
+  std::atomic<bool> cancel{true};
+  (*s)->SetCancelFlag(&cancel);
+  const std::string path = TempDir() + "/pending.kvs";
+  const std::vector<Token> longer = [&] {
+    auto t = before;
+    t.push_back(before.front());
+    return t;
+  }();
+  for (int call = 0; call < 5; ++call) {
+    Status status;
+    switch (call) {
+      case 0:
+        status = (*s)->Append(" Q: why? A:");
+        break;
+      case 1:
+        status = (*s)->Sync(longer).status();
+        break;
+      case 2:
+        status = (*s)->Save(path);
+        break;
+      case 3:
+        status = (*s)->Generate(sample).status();
+        break;
+      case 4:
+        status = (*s)->Logits().status();
+        break;
+    }
+    EXPECT_EQ(status.code(), Status::Code::kCancelled)
+        << "call " << call << ": " << status.ToString();
+    EXPECT_EQ((*s)->tokens(), before) << "call " << call;
+  }
+  cancel = false;
+  ASSERT_TRUE((*s)->Append(" Q: why? A:").ok());
+  auto got = (*s)->Logits();
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, *want);
+  (*s)->SetCancelFlag(nullptr);
+}
+
 }  // namespace
 }  // namespace kvstash

@@ -118,11 +118,14 @@ KVSTASH_API const char* kvstash_model_fingerprint(const kvstash_model* model);
 KVSTASH_API int32_t kvstash_model_n_vocab(const kvstash_model* model);     /* 0 for NULL */
 KVSTASH_API int32_t kvstash_model_n_ctx_train(const kvstash_model* model); /* 0 for NULL */
 
-/* Tokens of `text` (len bytes). add_bos follows the model's vocabulary. *tokens: kvstash_free. */
+/* Tokens of `text` (len bytes). add_bos follows the model's vocabulary. Special tokens written
+ * in the text (e.g. "<|eot_id|>", "</s>") are parsed as such, as in kvstash_session_append_text:
+ * keep them out of untrusted text, or pass its tokens yourself. *tokens: kvstash_free. */
 KVSTASH_API kvstash_status kvstash_model_tokenize(const kvstash_model* model, const char* text,
                                                   size_t len, bool add_bos, kvstash_token** tokens,
                                                   size_t* n_tokens);
-/* Text of `tokens`. *text (NUL-terminated, *len bytes before the NUL): kvstash_free. */
+/* Text of `tokens` (control tokens such as BOS and EOS have none). *text (NUL-terminated, *len
+ * bytes before the NUL): kvstash_free. */
 KVSTASH_API kvstash_status kvstash_model_detokenize(const kvstash_model* model,
                                                     const kvstash_token* tokens, size_t n_tokens,
                                                     char** text, size_t* len);
@@ -243,8 +246,9 @@ KVSTASH_API kvstash_status kvstash_session_open(const kvstash_model* model, cons
                                                 kvstash_session** out);
 KVSTASH_API void kvstash_session_free(kvstash_session* session);
 
-/* Decodes text (len bytes; the first text of an empty session gets BOS) or tokens after what the
- * session holds. On failure the session is as it was before the call. */
+/* Decodes text (len bytes; the first text of an empty session gets BOS; special tokens in it are
+ * parsed, see kvstash_model_tokenize) or tokens after what the session holds. On failure the
+ * session is as it was before the call. */
 KVSTASH_API kvstash_status kvstash_session_append_text(kvstash_session* session, const char* text,
                                                        size_t len);
 KVSTASH_API kvstash_status kvstash_session_append_tokens(kvstash_session* session,
@@ -255,7 +259,10 @@ typedef struct kvstash_sync_result {
   size_t n_reused;    /* tokens kept from the cache or restored from the store */
   size_t n_decoded;   /* tokens decoded now */
   size_t n_restored;  /* of n_reused: loaded from the store */
-  size_t n_published; /* tokens in new whole chunks queued for the store */
+  /* Tokens in new whole chunks for the store. They are copied out for its background writer at
+   * the session's next generated token, next call that changes the cache, or free; until then a
+   * kvstash_store_wait_for_writes does not wait for them, and freeing the store first drops them. */
+  size_t n_published;
   double restore_ms;
   double decode_ms;
 } kvstash_sync_result;
@@ -294,7 +301,11 @@ KVSTASH_API void kvstash_sample_options_init(kvstash_sample_options* options, si
 typedef bool (*kvstash_piece_fn)(const char* piece, size_t len, void* user_data);
 
 typedef struct kvstash_generation {
-  char* text; /* NUL-terminated, text_len bytes before the NUL */
+  /* NUL-terminated, text_len bytes before the NUL. With STOP_STRING it ends right before the
+   * match; when the match starts inside a token, that token is not kept (not in `tokens`, not in
+   * the session) but its bytes before the match end `text`: at most one token's bytes of `text`
+   * are not in the session. */
+  char* text;
   size_t text_len;
   kvstash_token* tokens; /* the generated tokens the session keeps */
   size_t n_tokens;

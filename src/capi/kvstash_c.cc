@@ -211,7 +211,8 @@ kvstash_status SessionStatus(kvstash_session* session, const Status& status) {
   return FromStatus(status);
 }
 
-// kvstash_session_cancel before an append, sync or save stops that call before it starts.
+// kvstash_session_cancel before an append, sync, generate, save or logits call stops that call
+// before it starts (even one that would decode nothing, which llama.cpp's abort check never sees).
 kvstash_status CancelledBefore(kvstash_session* session, const char* function) {
   if (!session->cancel.load()) return KVSTASH_OK;
   session->cancel.store(false);
@@ -812,6 +813,7 @@ kvstash_status kvstash_session_generate(kvstash_session* session,
   constexpr const char* kFn = "kvstash_session_generate";
   return Guard(kFn, [&] {
     if (session == nullptr) return Null(kFn, "session");
+    if (kvstash_status s = CancelledBefore(session, kFn)) return s;
     kvstash::SampleOptions so;
     if (kvstash_status s = ReadSampleOptions(kFn, options, &so)) return s;
     kvstash::PieceCallback callback;
@@ -871,6 +873,7 @@ kvstash_status kvstash_session_logits(kvstash_session* session, float** logits, 
     if (session == nullptr) return Null(kFn, "session");
     if (logits == nullptr) return Null(kFn, "logits");
     if (n_logits == nullptr) return Null(kFn, "n_logits");
+    if (kvstash_status s = CancelledBefore(session, kFn)) return s;
     auto result = session->session->Logits();
     if (!result.ok()) return SessionStatus(session, result.status());
     *logits = MallocCopy(result->data(), result->size());

@@ -3,6 +3,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "engine/fingerprint.h"
 #include "engine/llama_runtime.h"
@@ -207,6 +208,13 @@ Result<std::string> Model::ApplyChatTemplate(const std::vector<ChatMessage>& mes
   for (const auto& m : messages) {
     chat.push_back({m.role.c_str(), m.content.c_str()});
     bytes += m.role.size() + m.content.size();
+  }
+  // llama.cpp takes and returns int32 lengths: a longer conversation would come back empty.
+  constexpr size_t kMaxText = std::numeric_limits<int32_t>::max();
+  if (bytes > (kMaxText - 256) / 2) {
+    return Status::InvalidArgument("the chat messages hold " + std::to_string(bytes) +
+                                   " bytes, more than a chat template can format (at most " +
+                                   std::to_string((kMaxText - 256) / 2) + ")");
   }
   std::string out(bytes * 2 + 256, '\0');
   for (int attempt = 0; attempt < 2; ++attempt) {

@@ -179,8 +179,9 @@ Status Session::AppendTokens(const std::vector<Token>& tokens) {
   // group Generate would have decoded it in.
   KVSTASH_RETURN_IF_ERROR(impl_->Flush());
   if (tokens.empty()) return Status::Ok();
+  const size_t held = impl_->tokens.size();
   impl_->tokens.insert(impl_->tokens.end(), tokens.begin(), tokens.end());
-  return impl_->Flush();
+  return impl_->Flush(/*keep=*/held);
 }
 
 Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
@@ -201,7 +202,7 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
   SyncResult result;
   result.n_reused = std::min(common, s.n_cached);
   s.tokens.assign(tokens.begin(), tokens.end());
-  KVSTASH_RETURN_IF_ERROR(s.Flush());
+  KVSTASH_RETURN_IF_ERROR(s.Flush(/*keep=*/common));
   if (!s.tokens.empty()) KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
   result.n_decoded = s.n_decoded_total - before;
   if (result.n_reused + result.n_decoded > tokens.size()) {

@@ -3,10 +3,12 @@
 #ifndef KVSTASH_ENGINE_SESSION_IMPL_H_
 #define KVSTASH_ENGINE_SESSION_IMPL_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -142,14 +144,17 @@ struct Session::Impl {
     return ContextPtr(ctx);
   }
 
-  // Decodes tokens[n_cached..] as one group (split only at n_batch). On failure the cache and
-  // `tokens` are rolled back to what they were.
-  Status Flush() {
+  // Decodes tokens[n_cached..] as one group (split only at n_batch). On failure the cache is as
+  // it was and `tokens` keeps its first `keep` tokens (never fewer than the cached ones): the
+  // tokens the caller held before its call. By default all of them, so that a token Generate left
+  // pending stays pending when the call that would have decoded it fails or is cancelled.
+  Status Flush(size_t keep = std::numeric_limits<size_t>::max()) {
     if (n_cached == tokens.size()) return Status::Ok();
     const size_t begin = n_cached;
     const size_t count = tokens.size() - begin;
+    const size_t rollback = std::max(begin, std::min(keep, tokens.size()));
     if (tokens.size() > n_ctx()) {
-      tokens.resize(begin);
+      tokens.resize(rollback);
       return ContextFullError(begin, count);
     }
     Status status = DecodeGroup(begin, count);
@@ -162,7 +167,7 @@ struct Session::Impl {
     if (status.ok()) status = CheckFinite(out, begin + count);
     if (!status.ok()) {
       llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
-      tokens.resize(begin);
+      tokens.resize(rollback);
       return status;
     }
     logits.assign(out, out + model->n_vocab());

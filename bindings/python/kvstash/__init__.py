@@ -148,8 +148,19 @@ def _take_bytes(ptr: _c.c_void_p, n: int) -> bytes:
         _lib.kvstash_free(ptr)
 
 
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
+
+
+def _token(token: int) -> int:
+    """A token id as C sees it: refused, not wrapped, when it does not fit in int32."""
+    if not _INT32_MIN <= token <= _INT32_MAX:
+        raise InvalidArgumentError(Status.INVALID_ARGUMENT,
+                                   "token %d does not fit in a 32-bit token id" % token)
+    return token
+
+
 def _tokens_array(tokens: Sequence[int]):
-    return (_ffi.kvstash_token * len(tokens))(*tokens)
+    return (_ffi.kvstash_token * len(tokens))(*[_token(t) for t in tokens])
 
 
 def _options(struct, init, values: dict, convert=None):
@@ -157,17 +168,48 @@ def _options(struct, init, values: dict, convert=None):
     c = _ffi.defaults(struct, init)
     for name, value in values.items():
         if value is not None:
-            setattr(c, name, convert(name, value) if convert else value)
+            value = convert(name, value) if convert else value
+            setattr(c, name, value)
+            # ctypes wraps integers that do not fit the field: refuse them instead.
+            if isinstance(value, int) and not isinstance(value, bool) and getattr(c, name) != value:
+                raise InvalidArgumentError(Status.INVALID_ARGUMENT,
+                                           "%s=%d is out of range" % (name, value))
     return c
 
 
 class _Handle:
-    """An owned C handle: freed once, by close(), the with statement or __del__."""
+    """An owned C handle: freed once, by close(), the with statement or __del__.
+
+    C calls go through _call(), which counts them: ctypes releases the GIL during a call, so
+    another thread's close() waits until the handle's running calls return before freeing it."""
     _free = None  # the C free function, set by subclasses
     _handle = None
+    _users = 0
+    _idle = None  # threading.Condition, made on first use
+
+    def _condition(self) -> threading.Condition:
+        if self._idle is None:
+            self._idle = threading.Condition()
+        return self._idle
+
+    def _call(self, fn, *args):
+        """fn(handle, *args), the handle kept alive for the call."""
+        idle = self._condition()
+        with idle:
+            handle = self._h()
+            self._users += 1
+        try:
+            return fn(handle, *args)
+        finally:
+            with idle:
+                self._users -= 1
+                idle.notify_all()
 
     def close(self) -> None:
-        handle, self._handle = self._handle, None
+        idle = self._condition()
+        with idle:
+            handle, self._handle = self._handle, None  # no new calls from here on
+            idle.wait_for(lambda: self._users == 0)
         if handle:
             type(self)._free(handle)
 
@@ -234,32 +276,32 @@ class Model(_Handle):
 
     @property
     def path(self) -> str:
-        return _str(_lib.kvstash_model_path(self._h()))
+        return _str(self._call(_lib.kvstash_model_path))
 
     @property
     def description(self) -> str:
         """E.g. "llama 1B F16"."""
-        return _str(_lib.kvstash_model_description(self._h()))
+        return _str(self._call(_lib.kvstash_model_description))
 
     @property
     def fingerprint(self) -> str:
         """32 lowercase hex digits identifying the weights and metadata."""
-        return _str(_lib.kvstash_model_fingerprint(self._h()))
+        return _str(self._call(_lib.kvstash_model_fingerprint))
 
     @property
     def n_vocab(self) -> int:
-        return _lib.kvstash_model_n_vocab(self._h())
+        return self._call(_lib.kvstash_model_n_vocab)
 
     @property
     def n_ctx_train(self) -> int:
-        return _lib.kvstash_model_n_ctx_train(self._h())
+        return self._call(_lib.kvstash_model_n_ctx_train)
 
     def tokenize(self, text: Union[str, bytes], add_bos: bool = True) -> List[int]:
         """The tokens of ``text``; ``add_bos`` follows the model's vocabulary."""
         data = _text(text)
         tokens = _c.POINTER(_ffi.kvstash_token)()
         n = _c.c_size_t()
-        _check(_lib.kvstash_model_tokenize(self._h(), data, len(data), add_bos, _c.byref(tokens),
+        _check(self._call(_lib.kvstash_model_tokenize, data, len(data), add_bos, _c.byref(tokens),
                                            _c.byref(n)))
         try:
             return tokens[:n.value]
@@ -270,12 +312,12 @@ class Model(_Handle):
         """The text of ``tokens`` (bytes that are not valid UTF-8 become U+FFFD)."""
         arr = _tokens_array(tokens)
         text, n = _c.c_void_p(), _c.c_size_t()
-        _check(_lib.kvstash_model_detokenize(self._h(), arr, len(arr), _c.byref(text),
+        _check(self._call(_lib.kvstash_model_detokenize, arr, len(arr), _c.byref(text),
                                              _c.byref(n)))
         return _take_bytes(text, n.value).decode("utf-8", "replace")
 
     def is_end_of_generation(self, token: int) -> bool:
-        return bool(_lib.kvstash_model_is_end_of_generation(self._h(), token))
+        return bool(self._call(_lib.kvstash_model_is_end_of_generation, _token(token)))
 
     def apply_chat_template(self, messages: Iterable, template: Optional[str] = None,
                             add_assistant: bool = True) -> str:
@@ -287,7 +329,7 @@ class Model(_Handle):
                                         _cstr("a chat message's content", c)) for r, c in pairs])
         name = _cstr("the template name", template) if template else None
         text = _c.c_void_p()
-        _check(_lib.kvstash_model_apply_chat_template(self._h(), arr, len(pairs), name,
+        _check(self._call(_lib.kvstash_model_apply_chat_template, arr, len(pairs), name,
                                                       add_assistant, _c.byref(text)))
         try:
             return _str(_c.string_at(text))
@@ -350,19 +392,19 @@ class Store(_Handle):
 
     def stats(self) -> StoreStats:
         s = _ffi.kvstash_store_stats()
-        _check(_lib.kvstash_store_stats_get(self._h(), _c.byref(s)))
+        _check(self._call(_lib.kvstash_store_stats_get, _c.byref(s)))
         return _from_c(StoreStats, s)
 
     def gc(self, max_bytes: int) -> GcReport:
         """Removes dead writers' temp files, then least recently used chunks down to max_bytes."""
         r = _ffi.kvstash_gc_report()
-        _check(_lib.kvstash_store_gc(self._h(), max_bytes, _c.byref(r)))
+        _check(self._call(_lib.kvstash_store_gc, max_bytes, _c.byref(r)))
         return _from_c(GcReport, r)
 
     def verify(self) -> VerifyReport:
         """Reads and checks every chunk."""
         ok, bad, report = _c.c_uint64(), _c.c_uint64(), _c.c_void_p()
-        _check(_lib.kvstash_store_verify(self._h(), _c.byref(ok), _c.byref(bad),
+        _check(self._call(_lib.kvstash_store_verify, _c.byref(ok), _c.byref(bad),
                                          _c.byref(report)))
         try:
             text = _str(_c.string_at(report)) if report.value else ""
@@ -374,12 +416,12 @@ class Store(_Handle):
         """Removes every chunk, or those of namespace ``ns_hash`` (hex); returns how many."""
         removed = _c.c_uint64()
         ns = _cstr("the namespace hash", ns_hash) if ns_hash else None
-        _check(_lib.kvstash_store_clear(self._h(), ns, _c.byref(removed)))
+        _check(self._call(_lib.kvstash_store_clear, ns, _c.byref(removed)))
         return removed.value
 
     def wait_for_writes(self) -> None:
         """Blocks until every chunk queued so far was written or dropped."""
-        _check(_lib.kvstash_store_wait_for_writes(self._h()))
+        _check(self._call(_lib.kvstash_store_wait_for_writes))
 
 
 # ---- Session ---------------------------------------------------------------------------------
@@ -443,6 +485,7 @@ class Session(_Handle):
         """Internal: use Session.create() or Session.open()."""
         self._handle = handle
         self._busy = threading.Lock()  # held by the call running on the session
+        self._stream_stop = None  # the Event that stops the open stream(), if any
         self._free_lock = threading.Lock()  # orders close() with cancel()
 
     @classmethod
@@ -458,7 +501,7 @@ class Session(_Handle):
                              flash_attn=flash_attn, cache_type_k=cache_type_k,
                              cache_type_v=cache_type_v), _convert_session_option)
         out = _c.c_void_p()
-        _check(_lib.kvstash_session_create(model._h(), _c.byref(opts), _c.byref(out)))
+        _check(model._call(_lib.kvstash_session_create, _c.byref(opts), _c.byref(out)))
         return cls(out.value)
 
     @classmethod
@@ -474,8 +517,8 @@ class Session(_Handle):
                              flash_attn=flash_attn, cache_type_k=cache_type_k,
                              cache_type_v=cache_type_v), _convert_session_option)
         out = _c.c_void_p()
-        _check(_lib.kvstash_session_open(model._h(), _path(path), _c.byref(opts),
-                                         _c.byref(out)))
+        _check(model._call(_lib.kvstash_session_open, _path(path), _c.byref(opts),
+                                 _c.byref(out)))
         return cls(out.value)
 
     def _enter(self):
@@ -498,7 +541,11 @@ class Session(_Handle):
             self._busy.release()
 
     def close(self) -> None:
-        """Frees the session (waits for a call running on another thread)."""
+        """Frees the session (waits for a call running on another thread; stops an open
+        stream(), which then ends with StopReason.CANCELLED)."""
+        stream_stop = self._stream_stop
+        if stream_stop is not None:
+            stream_stop.set()
         with self._busy:
             with self._free_lock:
                 super().close()
@@ -532,8 +579,11 @@ class Session(_Handle):
         restored and new chunks are published in the background."""
         arr = _tokens_array(tokens)
         r = _ffi.kvstash_sync_result()
-        store_handle = store._h() if store is not None else None
-        _check(self._call(_lib.kvstash_session_sync, arr, len(arr), store_handle, _c.byref(r)))
+        if store is None:
+            _check(self._call(_lib.kvstash_session_sync, arr, len(arr), None, _c.byref(r)))
+        else:  # the store too is kept alive for the call
+            _check(store._call(lambda h: self._call(_lib.kvstash_session_sync, arr, len(arr), h,
+                                                    _c.byref(r))))
         return _from_c(SyncResult, r)
 
     def generate(self, n_predict: Optional[int] = None, temp: Optional[float] = None,
@@ -626,16 +676,24 @@ class Session(_Handle):
                 put(done)
 
         worker = threading.Thread(target=run, name="kvstash-stream", daemon=True)
+        self._stream_stop = stopped
         worker.start()
         try:
             while True:
-                item = pieces.get()
+                try:
+                    item = pieces.get(timeout=0.05)
+                except queue.Empty:
+                    # Stopped from close(): the worker ends without handing over `done`.
+                    if stopped.is_set() and not worker.is_alive() and pieces.empty():
+                        break
+                    continue
                 if item is done:
                     break
                 yield item
         finally:
             stopped.set()
             worker.join()
+            self._stream_stop = None
         if "error" in outcome:
             raise outcome["error"]
         return outcome["generation"]

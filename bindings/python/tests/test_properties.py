@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 if not os.environ.get("KVSTASH_PYTHON_INSTALLED"):  # else the installed package (PYTHONPATH)
@@ -172,6 +173,20 @@ class Streaming(Base):
             s.generate(n_predict=16, temp=0, on_piece=boom)
         s.generate(n_predict=4, temp=0)
 
+    def test_closing_the_session_stops_an_open_stream(self):
+        s = kvstash.Session.create(self.model, n_ctx=512)
+        s.append(PREFIX)
+        gen = s.stream(n_predict=64, temp=0)
+        next(gen)
+        closer = threading.Thread(target=s.close)
+        closer.start()
+        closer.join(timeout=20)
+        self.assertFalse(closer.is_alive(), "close() hung on the open stream")
+        rest = list(gen)  # the stream ends instead of waiting forever
+        self.assertLess(len(rest), 64)
+        with self.assertRaises(kvstash.InvalidArgumentError):
+            s.append("x")  # closed
+
     def test_a_session_in_use_refuses_a_second_caller(self):
         s = self.new_session(None, PREFIX, SUFFIX)
         gen = s.stream(n_predict=16, temp=0)
@@ -251,6 +266,46 @@ class ModelAndLifetimes(Base):
             s.append(SUFFIX)
         self.assertEqual(s.tokens, before)
         s.append(SUFFIX)
+
+    def test_integers_that_do_not_fit_are_refused_not_wrapped(self):
+        with self.assertRaises(kvstash.InvalidArgumentError):
+            self.model.detokenize([2**32 + 450])
+        with self.assertRaises(kvstash.InvalidArgumentError):
+            self.model.is_end_of_generation(2**32 + 2)
+        with self.assertRaises(kvstash.InvalidArgumentError):
+            kvstash.Session.create(self.model, n_ctx=2**32 + 256)
+        s = self.new_session(None, PREFIX)
+        before = s.tokens
+        with self.assertRaises(kvstash.InvalidArgumentError):
+            s.append_tokens([1, 2**32 + 450])
+        with self.assertRaises(kvstash.InvalidArgumentError):
+            s.generate(n_predict=2**32 + 2)
+        self.assertEqual(s.tokens, before)
+
+    def test_closing_a_model_waits_for_its_running_calls(self):
+        model = kvstash.Model(model_path("KVSTASH_TEST_MODEL"))
+        text = "word " * 1_000_000
+        outcome = []
+
+        def tokenize():
+            try:
+                outcome.append(len(model.tokenize(text)))
+            except kvstash.KvstashError as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=tokenize)
+        t.start()
+        time.sleep(0.1)  # the tokenize call is running (it takes seconds)
+        model.close()
+        t.join()
+        # Either the call ran to its end before the free, or it found the model closed: never a
+        # call into a freed handle (which showed as InternalError or a crash).
+        self.assertEqual(len(outcome), 1)
+        if isinstance(outcome[0], kvstash.KvstashError):
+            self.assertIsInstance(outcome[0], kvstash.InvalidArgumentError)
+            self.assertIn("closed", outcome[0].message)
+        else:
+            self.assertGreater(outcome[0], 500_000)
 
     def test_errors_carry_status_and_message(self):
         with self.assertRaises(kvstash.NotFoundError) as cm:
