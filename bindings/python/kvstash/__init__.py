@@ -446,7 +446,10 @@ class SyncResult:
 
 @dataclass(frozen=True)
 class Generation:
-    text: str  # ends before a stop string's match
+    """``text`` ends before a stop string's match. When the match starts inside a token, that
+    token is not kept, but its bytes before the match end ``text``: at most one token's bytes of
+    ``text`` are not in the session."""
+    text: str
     tokens: List[int]  # the generated tokens the session keeps
     stop_reason: StopReason
 

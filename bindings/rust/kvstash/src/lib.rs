@@ -808,7 +808,9 @@ impl StopReason {
 /// The result of [`Session::generate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Generation {
-    /// The generated text (ends before a stop string's match).
+    /// The generated text (ends before a stop string's match). When the match starts inside a
+    /// token, that token is not kept, but its bytes before the match end `text`: at most one
+    /// token's bytes of `text` are not in the session.
     pub text: String,
     /// The generated tokens the session keeps.
     pub tokens: Vec<Token>,
