@@ -137,6 +137,10 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
                                                [&path](const uint8_t* head, size_t n, uint64_t) {
                                                  return format::CheckLlamaFileHead(head, n, path);
                                                });
+  if (!opened.ok() && opened.status().code() == Status::Code::kNotFound) {
+    // Env's message is about session files ("create it with 'kvstash save'").
+    return Status::NotFound("llama.cpp file '" + path + "' does not exist; check the path");
+  }
   if (!opened.ok()) return opened.status();
   const StableFile& file = **opened;
   const format::ModelFacts facts = FactsOf(*model);
