@@ -66,6 +66,9 @@ if [ -x "$kv" ] && [ ! -f "$out/corpus/plain.kvs" ]; then
   done
   rm -f "$out/seed.gguf"
 fi
+# llama.cpp files for the import parser: llama-completion's --prompt-cache file of the tiny test
+# model and the same cache as a sequence file.
+cp -n "$root"/tests/fuzz/llama-seeds/* "$out/corpus/"
 mkdir -p "$out/corpus-open"
 # Request seeds: one valid body per shape the parser accepts (chat with text parts and every
 # sampling field, a streamed chat, a text prompt, a token prompt) and one it refuses by name.

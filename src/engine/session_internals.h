@@ -1,5 +1,6 @@
 // Access to a Session's llama.cpp context, for the benchmark's side-by-side runs of llama.cpp's
-// own state functions on the very same KV cache. Not part of the public API.
+// own state functions on the very same KV cache, and to its state for import. Not part of the
+// public API.
 #ifndef KVSTASH_ENGINE_SESSION_INTERNALS_H_
 #define KVSTASH_ENGINE_SESSION_INTERNALS_H_
 
@@ -10,6 +11,8 @@ namespace kvstash {
 
 struct SessionInternals {
   static llama_context* Context(Session& session);
+  // For engine code that builds a session's state itself (engine/import.cc).
+  static Session::Impl& Impl(Session& session) { return *session.impl_; }
 };
 
 }  // namespace kvstash

@@ -32,14 +32,14 @@ class Reader {
   size_t left_;
 };
 
-Status Bad(const std::string& name, const std::string& what) {
-  return Status::Corruption("session file '" + name + "' has a corrupt KV payload: " + what +
-                            "; re-create it with 'kvstash save'");
-}
-
 }  // namespace
 
-Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name) {
+Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name,
+                                    const std::string& file_kind, const std::string& fix) {
+  const auto Bad = [&](const std::string&, const std::string& what) {
+    return Status::Corruption(file_kind + " '" + name + "' has a corrupt KV payload: " + what +
+                              "; " + fix);
+  };
   Reader r(data, size);
   uint32_t magic;
   int32_t seq_id;
@@ -128,6 +128,48 @@ Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std:
   if (r.left() != 0)
     return Bad(name, std::to_string(r.left()) + " unexpected bytes after the last layer");
   return layout;
+}
+
+Status CellBytes(const uint8_t* data, size_t size, const KvLayout& layout, int32_t pos,
+                 std::vector<uint8_t>* k, std::vector<uint8_t>* v) {
+  // The layout was walked to the last byte, so every offset below lies inside `size` bytes.
+  const uint64_t cells = layout.cell_count;
+  size_t at = 16;  // magic, seq_id, n_stream, cell_count
+  if (size < at + cells * 12) return Status::Internal("CellBytes: payload shorter than its layout");
+  uint64_t index = cells;
+  for (uint64_t i = 0; i < cells; ++i) {
+    int32_t p;
+    std::memcpy(&p, data + at + i * 12, 4);
+    if (p == pos) index = i;
+  }
+  if (index == cells) {
+    return Status::Incompatible("the KV cache holds no cell at position " + std::to_string(pos));
+  }
+  at += cells * 12 + 8;  // the cell table, v_trans and n_layer
+  k->clear();
+  v->clear();
+  for (uint32_t il = 0; il < layout.n_layer; ++il) {
+    at += 12;  // type, row bytes
+    const uint8_t* row = data + at + index * layout.k_row_bytes;
+    k->insert(k->end(), row, row + layout.k_row_bytes);
+    at += cells * layout.k_row_bytes;
+  }
+  for (uint32_t il = 0; il < layout.n_layer; ++il) {
+    at += 12;  // type, row bytes (or type, element bytes, n_embd_v)
+    if (!layout.v_trans) {
+      const uint8_t* row = data + at + index * layout.v_row_bytes;
+      v->insert(v->end(), row, row + layout.v_row_bytes);
+      at += cells * layout.v_row_bytes;
+      continue;
+    }
+    const uint64_t elem = layout.v_elem_bytes;
+    for (uint64_t j = 0; j < layout.n_embd_v; ++j) {
+      const uint8_t* value = data + at + (j * cells + index) * elem;
+      v->insert(v->end(), value, value + elem);
+    }
+    at += uint64_t{layout.n_embd_v} * cells * elem;
+  }
+  return Status::Ok();
 }
 
 Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32_t stream) {

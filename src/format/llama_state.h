@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kvstash/status.h"
 
@@ -39,8 +40,17 @@ struct KvLayout {
 
 // Parses the whole payload and checks that: the sizes add up to exactly `size` bytes; exactly one
 // stream holds cells; every cell belongs to one sequence; the positions are exactly 0..count-1;
-// and every layer has the same K and V types and row sizes. `name` is used in errors.
-Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name);
+// and every layer has the same K and V types and row sizes. Errors name the `what` '`name`' and
+// end with `fix` (import passes its own: its payloads come from llama.cpp's files).
+Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name,
+                                    const std::string& what = "session file",
+                                    const std::string& fix = "re-create it with 'kvstash save'");
+
+// The bytes of the cell at position `pos` of a payload ParseLlamaSeqState accepted as `layout`:
+// `k` gets its K row of every layer, `v` its V values of every layer (gathered from the columns
+// when V is transposed), in layer order. kIncompatible when no cell has that position.
+Status CellBytes(const uint8_t* data, size_t size, const KvLayout& layout, int32_t pos,
+                 std::vector<uint8_t>* k, std::vector<uint8_t>* v);
 
 // A context with a KV stream per sequence (kv_unified off, n_stream > 1) writes one sequence's
 // state as the one-stream state with an empty block (u32 0) for every other stream around its

@@ -1,6 +1,7 @@
 // libFuzzer harness for everything kvstash reads from an untrusted session file or prefix-store
 // chunk before llama.cpp sees a byte: the container (header, table, META, tokens, logits),
-// llama.cpp's KV payload, and chunk files (header, payload, assembling them into a state).
+// llama.cpp's KV payload, chunk files (header, payload, assembling them into a state), and
+// llama.cpp's own session and sequence files (`kvstash import`).
 #include <xxhash.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "format/chunk_format.h"
+#include "format/llama_file.h"
 #include "format/llama_state.h"
 #include "format/session_format.h"
 
@@ -20,6 +22,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (parsed.ok()) {
       auto layout = kvstash::format::ParseLlamaSeqState(parsed->kv, parsed->kv_size, "fuzz.kvs");
       (void)layout;
+    }
+  }
+  // A llama.cpp file, as `kvstash import` reads it with the tiny test model's vocabulary: an
+  // accepted one must hold a payload our own parser accepts again, with a last cell to compare.
+  {
+    namespace f = kvstash::format;
+    auto file = f::ParseLlamaFile(data, size, "fuzz.bin", 32000, 4095);
+    if (file.ok()) {
+      auto again = f::ParseLlamaSeqState(file->kv.data(), file->kv.size(), "again");
+      if (!again.ok()) __builtin_trap();
+      std::vector<uint8_t> k, v;
+      if (!f::CellBytes(file->kv.data(), file->kv.size(), *again,
+                        static_cast<int32_t>(again->cell_count) - 1, &k, &v)
+               .ok()) {
+        __builtin_trap();
+      }
+      f::ModelFacts tiny;
+      tiny.arch = "llama";
+      tiny.n_layer = 2;
+      tiny.n_embd_k_gqa = 32;
+      tiny.n_embd_v_gqa = 32;
+      auto fits = f::CheckLlamaFileFitsModel(*file, tiny, "fuzz.bin");
+      (void)fits;
     }
   }
   // The payload parser on raw bytes too.

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "import_command.h"
 #include "kvstash/process.h"
 #include "server/http_server.h"
 
@@ -43,6 +44,8 @@ struct Cli {
   CLI::App* verify_cmd = nullptr;
   CLI::App* make_cmd = nullptr;
   CLI::Option* seed = nullptr;
+  ImportFlags import;
+  CLI::App* import_cmd = nullptr;
 };
 
 void AddModelFlags(CLI::App* cmd, CommonFlags* common) {
@@ -251,6 +254,32 @@ void AddOthers(Cli* cli) {
   cmd->footer("Example:\n  kvstash make-test-model -o small.gguf --shape small --type q8_0");
 }
 
+void AddImport(Cli* cli) {
+  ImportFlags& f = cli->import;
+  CLI::App* cmd = cli->app.add_subcommand(
+      "import", "convert a llama.cpp session or sequence file into a kvstash session");
+  cli->import_cmd = cmd;
+  AddModelFlags(cmd, &f.common);
+  cmd->add_option("file", f.input,
+                  "llama.cpp file: llama_state_save_file (llama-completion --prompt-cache) or "
+                  "llama_state_seq_save_file (llama-server slot save)")
+      ->required();
+  cmd->add_option("-o,--output", f.output, "session file to write")->required();
+  cmd->add_option("-c,--ctx-size", f.import.n_ctx,
+                  "context size recorded for the session (default 4096, or what the tokens need)");
+  cmd->add_option("-t,--threads", f.import.n_threads, "threads (default: all cores)");
+  cmd->add_option("-b,--batch-size", f.import.n_batch,
+                  "tokens per llama_decode call (default 2048)");
+  cmd->add_option("--ubatch-size", f.import.n_ubatch, "physical batch size (default 512; -ub)");
+  cmd->add_flag("--force", f.force, "replace an existing -o that is not a kvstash session");
+  cmd->add_flag("--no-sync", f.no_sync, "skip fsync (tests only)");
+  cmd->footer(
+      "Example:\n"
+      "  llama-completion -m model.gguf -f system.txt --prompt-cache system.bin -n 0\n"
+      "  kvstash import -m model.gguf system.bin -o system.kvs\n"
+      "  kvstash run -m model.gguf --session system.kvs -p \"...\"");
+}
+
 // Whether `arg`, standing as a flag, makes the next argument its value.
 bool TakesValue(const Cli& cli, const std::string& arg) {
   if (arg.size() < 2 || arg[0] != '-' || arg.find('=') != std::string::npos) return false;
@@ -354,6 +383,7 @@ int Dispatch(Cli& cli) {
     if (cli.serve_verbose) kvstash::SetLlamaLogs(kvstash::LlamaLogs::kStderr);
     return kvstash::server::RunServer(s);
   }
+  if (cli.import_cmd->parsed()) return RunImport(cli.import);
   if (cli.make_cmd->parsed()) {
     if (cli.make.output.empty()) return UsageError("make-test-model -o needs a file name");
     return RunMakeTestModel(cli.make);
@@ -381,6 +411,7 @@ int Main(int argc, char** argv) {
   AddRun(&cli);
   AddServe(&cli);
   AddOthers(&cli);
+  AddImport(&cli);
 
   std::vector<std::string> args(argv, argv + argc);
   RenameTwoLetterFlags(cli, &args);
