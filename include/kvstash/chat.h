@@ -41,6 +41,10 @@ struct ChatOptions {
   // When set, each turn syncs through the store (Session::Sync(tokens, store)): the longest
   // stored prefix is restored, the rest decoded in chunk-aligned groups, new chunks published.
   std::shared_ptr<Store> store;
+  // When it turns true (e.g. from a signal handler) a turn's prefill stops and Say fails with
+  // kCancelled, the conversation as it was. The answer is stopped by on_piece instead, so that
+  // what was generated is kept: a cancel flag would undo it. nullptr: never.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // What one turn did.
@@ -100,7 +104,7 @@ class Chat {
 
   // One turn: the user's `text`, then the answer, streamed through on_piece. When on_piece
   // returns false the answer stops and what was generated stays in the conversation (the user saw
-  // it). On failure (a full context, a cancelled prefill through the session's cancel flag) the
+  // it). On failure (a full context, a prefill cancelled through options.cancel) the
   // conversation is as it was before the call.
   Result<ChatTurn> Say(std::string_view text, const PieceCallback& on_piece = {});
 

@@ -241,8 +241,11 @@ Result<std::vector<Token>> Chat::Render() const {
 }
 
 Result<SyncResult> Chat::SyncTo(const std::vector<Token>& tokens) {
-  if (options_.store) return session_->Sync(tokens, *options_.store);
-  return session_->Sync(tokens);
+  // Only the prefill is cancelled through the session: a cancelled Generate undoes the answer.
+  session_->SetCancelFlag(options_.cancel);
+  auto synced = options_.store ? session_->Sync(tokens, *options_.store) : session_->Sync(tokens);
+  session_->SetCancelFlag(nullptr);
+  return synced;
 }
 
 Result<ChatTurn> Chat::Say(std::string_view text, const PieceCallback& on_piece) {
