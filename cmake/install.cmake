@@ -78,7 +78,8 @@ install(TARGETS kvstash_shared kvstash_static EXPORT kvstashTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(FILES include/kvstash/kvstash.h include/kvstash/model.h include/kvstash/process.h
+install(FILES include/kvstash/chat.h include/kvstash/kvstash.h include/kvstash/model.h
+              include/kvstash/process.h
               include/kvstash/runner.h
               include/kvstash/session.h include/kvstash/session_file.h include/kvstash/status.h
               include/kvstash/store.h ${PROJECT_BINARY_DIR}/include/kvstash/version.h

@@ -472,6 +472,42 @@ TEST_F(SessionTest, StopStringRollsTheSessionBackToTheReturnedText) {
             expected.size() + TinyModel()->Tokenize(" Next.", false)->size());
 }
 
+// A conversation continues with Sync(everything so far + the next turn). The token Generate left
+// pending must be decoded in its own group, as Save does before writing it: otherwise a
+// conversation continued in this process and one saved and continued in another decode different
+// groups, and their answers part.
+TEST_F(SessionTest, SyncAfterGenerateDecodesThePendingTokenAsSaveAndOpenDo) {
+  for (FlashAttention fa : {FlashAttention::kOn, FlashAttention::kOff}) {
+    SessionOptions options;
+    options.flash_attn = fa;
+    auto live = Session::Create(TinyModel(), options);
+    ASSERT_TRUE(live.ok());
+    ASSERT_TRUE((*live)->Append(kPrefix).ok());
+    ASSERT_TRUE((*live)->Append(kPrompts[0]).ok());
+    ASSERT_TRUE((*live)->Generate(Greedy(6)).ok());
+    const std::string path = TempDir() + "/pending.kvs";
+    ASSERT_TRUE((*live)->Save(path).ok());  // decodes the pending token, alone
+    auto resumed = Session::Open(TinyModel(), path);
+    ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+
+    auto again = Session::Create(TinyModel(), options);  // the same, never saved
+    ASSERT_TRUE((*again)->Append(kPrefix).ok());
+    ASSERT_TRUE((*again)->Append(kPrompts[0]).ok());
+    ASSERT_TRUE((*again)->Generate(Greedy(6)).ok());
+
+    std::vector<Token> next = (*again)->tokens();
+    auto turn = TinyModel()->Tokenize(" Q: And the capital of Italy? A:", false);
+    next.insert(next.end(), turn->begin(), turn->end());
+    auto a = (*again)->Sync(next);
+    auto b = (*resumed)->Sync(next);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->n_decoded, turn->size() + 1);  // the pending token counts where it is decoded
+    EXPECT_EQ(b->n_decoded, turn->size());
+    EXPECT_TRUE(BitEqual(*(*again)->Logits(), *(*resumed)->Logits()))
+        << "flash attention " << int(fa);
+  }
+}
+
 TEST_F(SessionTest, BadTokensAndCacheTypesAreRefused) {
   auto s = Session::Create(TinyModel());
   EXPECT_EQ((*s)->AppendTokens({1, -5}).code(), Status::Code::kInvalidArgument);

@@ -198,6 +198,11 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
   while (common < tokens.size() && common < s.tokens.size() && tokens[common] == s.tokens[common]) {
     ++common;
   }
+  // A token Generate left pending that `tokens` keep is decoded first, in its own group: the
+  // group Append and Save decode it in. Otherwise a conversation continued here and one saved,
+  // opened and continued elsewhere would decode different groups, which builds whose kernels
+  // depend on the batch (llamafile) turn into different answers.
+  if (common >= s.tokens.size()) KVSTASH_RETURN_IF_ERROR(s.Flush());
   KVSTASH_RETURN_IF_ERROR(s.Truncate(common));
   SyncResult result;
   result.n_reused = std::min(common, s.n_cached);

@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "chat_command.h"
 #include "commands.h"
 #include "import_command.h"
 #include "kvstash/process.h"
@@ -46,6 +47,9 @@ struct Cli {
   CLI::Option* seed = nullptr;
   ImportFlags import;
   CLI::App* import_cmd = nullptr;
+  ChatFlags chat;
+  std::string chat_max_bytes;
+  CLI::App* chat_cmd = nullptr;
 };
 
 void AddModelFlags(CLI::App* cmd, CommonFlags* common) {
@@ -213,6 +217,47 @@ void AddServe(Cli* cli) {
       "SIGTERM/SIGINT: stop accepting, finish running requests, flush the store, exit 0.");
 }
 
+void AddChat(Cli* cli) {
+  ChatFlags& chat = cli->chat;
+  chat.sample.temp = 0.8f;  // llama.cpp's chat defaults
+  chat.sample.n_predict = -1;
+  CLI::App* cmd = cli->app.add_subcommand(
+      "chat", "talk with a model through its chat template; --session resumes a conversation");
+  cli->chat_cmd = cmd;
+  AddModelFlags(cmd, &chat.common);
+  cmd->add_option("--session", chat.session,
+                  "conversation to resume and save after every answer (FILE and FILE.chat)");
+  cmd->add_option("--system-prompt", chat.system_prompt,
+                  "system prompt (also -sys; on resume it replaces the saved one)");
+  cmd->add_option("--chat-template", chat.chat_template,
+                  "a llama.cpp built-in template (chatml, llama3, ...; default: the saved one, "
+                  "else the model's)");
+  AddStoreFlags(cmd, &chat.store, &cli->chat_max_bytes);
+  cmd->add_option("-n,--n-predict", chat.sample.n_predict,
+                  "tokens per answer (default -1: until end of turn or full context)");
+  cmd->add_option("--temp", chat.sample.temp, "temperature (default 0.8; 0: greedy)");
+  cmd->add_option("--top-k", chat.sample.top_k, "top-k (default 40; 0: off)");
+  cmd->add_option("--top-p", chat.sample.top_p, "top-p (default 0.95; 1: off)");
+  cmd->add_option("--min-p", chat.sample.min_p, "min-p (default 0.05; 0: off)");
+  cmd->add_option("-s,--seed", chat.sample.seed,
+                  "sampling seed for every answer, 0 to 4294967294 (default: random)")
+      ->check(SeedCheck());
+  cmd->add_option("-c,--ctx-size", chat.n_ctx, "context size (default: as saved, or 4096)");
+  cmd->add_option("-t,--threads", chat.n_threads, "threads (default: all cores)");
+  cmd->add_option("--n-gpu-layers", chat.n_gpu_layers,
+                  "layers to offload to a GPU (also -ngl; CPU builds ignore it)");
+  cmd->add_option("--flash-attn", chat.flash_attn, "flash attention: on, off or auto (-fa)")
+      ->check(CLI::IsMember({"on", "off", "auto"}));
+  cmd->footer(
+      "One message per line from the terminal or a pipe; the answers, one per line, on stdout.\n"
+      "Commands: /save FILE, /reset (keeps the system prompt), /exit; // sends a line that\n"
+      "starts with /. Ctrl-C stops an answer (it stays in the conversation); Ctrl-C at the\n"
+      "prompt or end of input leaves (saving --session).\n"
+      "Examples:\n"
+      "  kvstash chat -m model.gguf -sys \"You are terse.\" --session talk.kvs\n"
+      "  printf 'Hi\\nWhat is 2+2?\\n' | kvstash chat -m model.gguf --temp 0 -n 64");
+}
+
 void AddOthers(Cli* cli) {
   cli->inspect_cmd = cli->app.add_subcommand("inspect", "print a session file's header");
   cli->inspect_cmd->add_option("session", cli->inspect.session, "session file")->required();
@@ -288,7 +333,8 @@ bool TakesValue(const Cli& cli, const std::string& arg) {
        {&cli.app, static_cast<const CLI::App*>(cli.save_cmd),
         static_cast<const CLI::App*>(cli.run_cmd), static_cast<const CLI::App*>(cli.inspect_cmd),
         static_cast<const CLI::App*>(cli.verify_cmd), static_cast<const CLI::App*>(cli.make_cmd),
-        static_cast<const CLI::App*>(cli.cache_cmd), static_cast<const CLI::App*>(cli.serve_cmd)}) {
+        static_cast<const CLI::App*>(cli.cache_cmd), static_cast<const CLI::App*>(cli.serve_cmd),
+        static_cast<const CLI::App*>(cli.chat_cmd), static_cast<const CLI::App*>(cli.import_cmd)}) {
     const CLI::Option* opt = cmd->get_option_no_throw(arg);
     if (opt != nullptr) return opt->get_items_expected_min() > 0;
   }
@@ -307,6 +353,7 @@ void RenameTwoLetterFlags(const Cli& cli, std::vector<std::string>* args) {
     if (!is_value && arg == "-ub") arg = "--ubatch-size";
     if (!is_value && arg == "-ngl") arg = "--n-gpu-layers";
     if (!is_value && arg == "-np") arg = "--parallel";
+    if (!is_value && arg == "-sys") arg = "--system-prompt";
     is_value = !is_value && TakesValue(cli, arg);
   }
 }
@@ -351,6 +398,16 @@ int Dispatch(Cli& cli) {
       cli.run.store.dir.reset();
     }
     return RunRun(cli.run);
+  }
+  if (cli.chat_cmd->parsed()) {
+    if (int rc = ResolveStoreFlags(cli.chat_max_bytes, &cli.chat.store); rc != 0) return rc;
+    // As run: an explicit session wins over a store from the environment only.
+    if (cli.chat.session && cli.chat.store.dir) {
+      if (cli.cache_dir_flag)
+        return UsageError("chat takes --session FILE or --cache-dir DIR, not both");
+      cli.chat.store.dir.reset();
+    }
+    return RunChat(cli.chat);
   }
   if (cli.inspect_cmd->parsed()) return RunInspect(cli.inspect);
   if (cli.verify_cmd->parsed()) return RunVerify(cli.verify);
@@ -412,6 +469,7 @@ int Main(int argc, char** argv) {
   AddServe(&cli);
   AddOthers(&cli);
   AddImport(&cli);
+  AddChat(&cli);
 
   std::vector<std::string> args(argv, argv + argc);
   RenameTwoLetterFlags(cli, &args);
