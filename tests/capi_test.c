@@ -678,6 +678,20 @@ static void TestSampleOptionErrors(const kvstash_model* model) {
   ASSERT_OK(kvstash_session_generate(session, NULL, NULL, NULL, &generation));
   ASSERT(generation.n_tokens <= 128);
   kvstash_generation_clear(&generation);
+  /* The fields after n_stop: llama.cpp's penalties and --ignore-eos, defaults off; a struct that
+   * ends before them (an older header) leaves them off whatever lies beyond its size. */
+  kvstash_sample_options_init(&options, sizeof options);
+  ASSERT(options.repeat_penalty == 1.0f && options.repeat_last_n == 64 && !options.ignore_eos);
+  options.n_predict = 3;
+  options.repeat_penalty = 1.5f;
+  options.ignore_eos = true;
+  ASSERT_OK(kvstash_session_generate(session, &options, NULL, NULL, &generation));
+  ASSERT(generation.n_tokens == 3);
+  kvstash_generation_clear(&generation);
+  options.size = (uint32_t)(offsetof(kvstash_sample_options, n_stop) + sizeof(size_t));
+  options.repeat_last_n = -12345; /* not read */
+  ASSERT_OK(kvstash_session_generate(session, &options, NULL, NULL, &generation));
+  kvstash_generation_clear(&generation);
   kvstash_session_free(session);
 }
 

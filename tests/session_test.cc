@@ -422,6 +422,61 @@ TEST_F(SessionTest, ThrowingProgressCallbackUndoesTheAppend) {
   EXPECT_TRUE(BitEqual(*a, *b));
 }
 
+// A progress callback makes DecodeGroup step by n_ubatch (so that a bar moves from the first
+// physical batch); llama.cpp splits each call into the same ubatches, so the numbers are the ones
+// a session without a callback computes, bit for bit.
+TEST_F(SessionTest, ProgressDoesNotChangeLogits) {
+  SessionOptions options;
+  options.n_batch = 64;
+  options.n_ubatch = 16;
+  const std::string text = LongText(10);
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  auto with = Session::Create(TinyModel(), options);
+  auto without = Session::Create(TinyModel(), options);
+  ASSERT_TRUE(with.ok() && without.ok());
+  (*with)->SetProgressCallback([&](uint64_t done, uint64_t total) {
+    calls.push_back({done, total});
+  });
+  for (auto* s : {with->get(), without->get()}) {
+    ASSERT_TRUE(s->Append(kPrefix).ok());
+    ASSERT_TRUE(s->Append(text).ok());
+  }
+  auto a = (*with)->Logits();
+  auto b = (*without)->Logits();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(BitEqual(*a, *b));
+  // The text's append reports at 0, then after every 16 tokens.
+  const uint64_t n = (*with)->tokens().size();
+  ASSERT_GE(calls.size(), 3u);
+  EXPECT_EQ(calls.back().first, calls.back().second);
+  EXPECT_EQ(calls[calls.size() - 1 - (calls.back().second + 15) / 16].first, 0u);
+  EXPECT_LT(calls.back().second, n);
+}
+
+TEST_F(SessionTest, RepeatPenaltyAndIgnoreEosSample) {
+  SampleOptions plain = Greedy(32);
+  SampleOptions off = plain;
+  off.repeat_penalty = 1.0f;
+  off.repeat_last_n = 16;
+  // The test model never repeats itself greedily: a bonus (< 1) shows the penalty is applied.
+  SampleOptions penalized = plain;
+  penalized.repeat_penalty = 0.5f;
+  penalized.repeat_last_n = -1;
+  SampleOptions no_eos = plain;
+  no_eos.ignore_eos = true;
+  std::vector<std::string> texts;
+  for (const SampleOptions& o : {plain, off, penalized, no_eos}) {
+    auto s = Cold(kPrompts[0]);
+    ASSERT_TRUE(s);
+    auto g = s->Generate(o);
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    EXPECT_NE(g->stop_reason == StopReason::kEndOfGeneration && o.ignore_eos, true);
+    texts.push_back(g->text);
+  }
+  EXPECT_EQ(texts[0], texts[1]);  // a penalty of 1 is off
+  EXPECT_NE(texts[0], texts[2]);
+}
+
 TEST_F(SessionTest, ThrowingPieceCallbackUndoesTheGeneration) {
   auto reference = Warm()->Generate(Greedy(8));
   ASSERT_TRUE(reference.ok());

@@ -219,6 +219,7 @@ typedef struct kvstash_session_options {
   kvstash_flash_attn flash_attn; /* AUTO */
   const char* cache_type_k;      /* "f16"; also f32 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1 */
   const char* cache_type_v;      /* "f16" */
+  int32_t n_threads_batch;       /* threads for prompts (llama.cpp's -tb); 0: as n_threads */
 } kvstash_session_options;
 KVSTASH_API void kvstash_session_options_init(kvstash_session_options* options, size_t size);
 
@@ -232,6 +233,7 @@ typedef struct kvstash_open_options {
   kvstash_flash_attn flash_attn; /* AS_SAVED */
   const char* cache_type_k;      /* NULL: as saved */
   const char* cache_type_v;      /* NULL: as saved */
+  int32_t n_threads_batch;       /* threads for prompts; 0: as n_threads */
 } kvstash_open_options;
 KVSTASH_API void kvstash_open_options_init(kvstash_open_options* options, size_t size);
 
@@ -291,6 +293,9 @@ typedef struct kvstash_sample_options {
   uint32_t seed;           /* 0xFFFFFFFF: random */
   const char* const* stop; /* n_stop stop strings; the text stops before the first match */
   size_t n_stop;
+  float repeat_penalty;  /* 1 (off); llama.cpp's --repeat-penalty over the session's last tokens */
+  int32_t repeat_last_n; /* 64; 0: off, -1: the context */
+  bool ignore_eos;       /* false; true: end-of-generation tokens are never sampled */
 } kvstash_sample_options;
 KVSTASH_API void kvstash_sample_options_init(kvstash_sample_options* options, size_t size);
 

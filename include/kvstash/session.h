@@ -46,6 +46,8 @@ using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 struct SessionOptions {
   uint32_t n_ctx = 4096;  // 0: the model's training context
   int n_threads = 0;      // 0: all cores
+  // Threads for decoding prompts (llama.cpp's n_threads_batch, its -tb); 0: as n_threads.
+  int n_threads_batch = 0;
   uint32_t n_batch = 2048;
   uint32_t n_ubatch = 512;
   FlashAttention flash_attn = FlashAttention::kAuto;
@@ -64,11 +66,13 @@ struct OpenOptions {
   // clearing) a 4,096-token context costs more than loading a 2,048-token session, and the context
   // size does not change numerics. 0: unknown, use the saved size.
   uint32_t n_room = 0;
-  int n_threads = 0;  // 0: all cores
+  int n_threads = 0;        // 0: all cores
+  int n_threads_batch = 0;  // threads for decoding prompts; 0: as n_threads
   std::optional<FlashAttention> flash_attn;
   std::optional<std::string> cache_type_k;
   std::optional<std::string> cache_type_v;
-  // Bytes of the file verified, then restored (the restore is one llama.cpp call: one step).
+  // Bytes of the file: 0 before it is read, then (for a file not in the page cache) the bytes
+  // checked so far, the file's size once it is restored.
   ProgressFn progress;
 };
 
@@ -93,6 +97,13 @@ struct SampleOptions {
   float min_p = 0.05f;            // <= 0: off
   uint32_t seed = 0xFFFFFFFF;     // 0xFFFFFFFF: random
   std::vector<std::string> stop;  // stop strings; the text stops before the first match
+  // llama.cpp's repetition penalty over the last repeat_last_n tokens of the session (prompt
+  // included, as llama-completion counts them). 1: off; repeat_last_n 0: off, -1: the context.
+  float repeat_penalty = 1.0f;
+  int32_t repeat_last_n = 64;
+  // Never stop at end of generation: end-of-generation tokens get a -inf logit bias, as
+  // llama.cpp's --ignore-eos does.
+  bool ignore_eos = false;
 };
 
 enum class StopReason { kEndOfGeneration, kMaxTokens, kStopString, kContextFull, kCancelled };

@@ -618,6 +618,7 @@ kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options*
   if (options != nullptr) {
     KVSTASH_READ_FIELD(o, options, n_ctx);
     KVSTASH_READ_FIELD(o, options, n_threads);
+    KVSTASH_READ_FIELD(o, options, n_threads_batch);
     KVSTASH_READ_FIELD(o, options, n_batch);
     KVSTASH_READ_FIELD(o, options, n_ubatch);
     KVSTASH_READ_FIELD(o, options, flash_attn);
@@ -629,6 +630,7 @@ kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options*
     return s;
   out->n_ctx = o.n_ctx;
   out->n_threads = o.n_threads;
+  out->n_threads_batch = o.n_threads_batch;
   out->n_batch = o.n_batch;
   out->n_ubatch = o.n_ubatch;
   // NULL cache types mean the defaults, like a NULL options struct.
@@ -646,6 +648,7 @@ kvstash_status ReadOpenOptions(const char* fn, const kvstash_open_options* optio
     KVSTASH_READ_FIELD(o, options, n_ctx);
     KVSTASH_READ_FIELD(o, options, n_room);
     KVSTASH_READ_FIELD(o, options, n_threads);
+    KVSTASH_READ_FIELD(o, options, n_threads_batch);
     KVSTASH_READ_FIELD(o, options, flash_attn);
     KVSTASH_READ_FIELD(o, options, cache_type_k);
     KVSTASH_READ_FIELD(o, options, cache_type_v);
@@ -657,6 +660,7 @@ kvstash_status ReadOpenOptions(const char* fn, const kvstash_open_options* optio
   out->n_ctx = o.n_ctx;
   out->n_room = o.n_room;
   out->n_threads = o.n_threads;
+  out->n_threads_batch = o.n_threads_batch;
   if (o.cache_type_k != nullptr) out->cache_type_k = std::string(o.cache_type_k);
   if (o.cache_type_v != nullptr) out->cache_type_v = std::string(o.cache_type_v);
   return KVSTASH_OK;
@@ -760,6 +764,9 @@ void kvstash_sample_options_init(kvstash_sample_options* options, size_t size) {
   d.seed = 0xFFFFFFFFu;
   d.stop = nullptr;
   d.n_stop = 0;
+  d.repeat_penalty = 1.0f;
+  d.repeat_last_n = 64;
+  d.ignore_eos = false;
   FillDefaults(options, size, &d);
 }
 
@@ -784,6 +791,9 @@ kvstash_status ReadSampleOptions(const char* fn, const kvstash_sample_options* o
     KVSTASH_READ_FIELD(o, options, top_p);
     KVSTASH_READ_FIELD(o, options, min_p);
     KVSTASH_READ_FIELD(o, options, seed);
+    KVSTASH_READ_FIELD(o, options, repeat_penalty);
+    KVSTASH_READ_FIELD(o, options, repeat_last_n);
+    KVSTASH_READ_FIELD(o, options, ignore_eos);
     // stop and n_stop only make sense together.
     if (KVSTASH_HAS_FIELD(options, n_stop)) {
       o.stop = options->stop;
@@ -801,6 +811,9 @@ kvstash_status ReadSampleOptions(const char* fn, const kvstash_sample_options* o
   out->top_p = o.top_p;
   out->min_p = o.min_p;
   out->seed = o.seed;
+  out->repeat_penalty = o.repeat_penalty;
+  out->repeat_last_n = o.repeat_last_n;
+  out->ignore_eos = o.ignore_eos;
   return KVSTASH_OK;
 }
 

@@ -129,6 +129,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
   KVSTASH_RETURN_IF_ERROR(
       CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
+  KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
   // Refused here, before a prefill that may take minutes, rather than at Save.
   const llama_model* lm = model->impl()->model;
   engine::ModelMemoryKind memory;
@@ -139,6 +140,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = ResolveThreads(options.n_threads);
+  impl->n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : impl->n_threads;
   auto params = Impl::ParamsFor(options);
   if (!params.ok()) return params.status();
   SessionMeta& p = impl->params;
@@ -150,7 +152,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
       : options.flash_attn == FlashAttention::kOff ? LLAMA_FLASH_ATTN_TYPE_DISABLED
                                                    : LLAMA_FLASH_ATTN_TYPE_AUTO;
   engine::ClearFlashAttnResolution();
-  auto ctx = Impl::MakeContext(*model, p, impl->n_threads, flash);
+  auto ctx = Impl::MakeContext(*model, p, impl->n_threads, impl->n_threads_batch, flash);
   if (!ctx.ok()) return ctx.status();
   impl->ctx = std::move(ctx.value());
   p.n_ctx = llama_n_ctx(impl->ctx.get());  // llama.cpp rounds the size up
@@ -220,8 +222,30 @@ namespace {
 
 using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 
-SamplerPtr MakeSampler(const SampleOptions& options) {
+// llama.cpp's order (common/sampling.cpp): logit biases, penalties, then the truncations,
+// temperature and the draw. Biases and penalties apply to greedy sampling too, as in llama.cpp.
+SamplerPtr MakeSampler(const SampleOptions& options, const Model& model,
+                       const std::vector<Token>& history, uint32_t n_ctx) {
   SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+  if (options.ignore_eos) {
+    std::vector<llama_logit_bias> eog;
+    for (Token t = 0; t < model.n_vocab(); ++t) {
+      if (model.IsEndOfGeneration(t)) eog.push_back({t, -INFINITY});
+    }
+    llama_sampler_chain_add(
+        chain.get(), llama_sampler_init_logit_bias(model.n_vocab(),
+                                                   static_cast<int32_t>(eog.size()), eog.data()));
+  }
+  const int32_t last_n =
+      options.repeat_last_n < 0 ? static_cast<int32_t>(n_ctx) : options.repeat_last_n;
+  if (options.repeat_penalty != 1.0f && last_n > 0) {
+    llama_sampler* penalties =
+        llama_sampler_init_penalties(model.n_vocab(), last_n, options.repeat_penalty, 0, 0);
+    // llama-completion feeds the prompt to its sampler: the penalty counts the prompt's tokens.
+    const size_t from = history.size() - std::min<size_t>(history.size(), size_t(last_n));
+    for (size_t i = from; i < history.size(); ++i) llama_sampler_accept(penalties, history[i]);
+    llama_sampler_chain_add(chain.get(), penalties);
+  }
   if (options.temp <= 0) {
     llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
     return chain;
@@ -281,7 +305,13 @@ Result<Token> Session::Impl::SampleNext(llama_sampler* chain,
 
 Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallback& on_piece,
                                  Generation* gen) {
-  SamplerPtr chain = MakeSampler(options);
+  // llama.cpp divides positive logits by the penalty: 0, a negative or a NaN one breaks sampling.
+  if (!(options.repeat_penalty > 0) || !std::isfinite(options.repeat_penalty)) {
+    return Status::InvalidArgument(
+        "repeat penalty " + std::to_string(options.repeat_penalty) +
+        " is not a positive number; pass one above 0 (1: off, 1.1: " + "llama.cpp's usual)");
+  }
+  SamplerPtr chain = MakeSampler(options, *model, tokens, n_ctx());
   engine::StopMatcher matcher(options.stop);
   std::vector<size_t> ends;  // text size after each generated token
   std::vector<llama_token_data> candidates;
@@ -442,12 +472,20 @@ uint64_t MaxSessionBytes(const Model& model, uint64_t n_ctx) {
 }
 
 // The KV section's checksum, reading it through the file's ReadBlocks (at disk speed on a cold page
-// cache, see StableFile).
-Status VerifyKvBytes(const StableFile& file, format::ParsedFile* parsed, const std::string& path) {
+// cache, see StableFile). `progress` (optional) gets the file's bytes read so far, short of its
+// size: the restore that follows is what completes the load.
+Status VerifyKvBytes(const StableFile& file, format::ParsedFile* parsed, const std::string& path,
+                     const ProgressFn& progress = {}) {
   format::SectionHasher hasher;
-  KVSTASH_RETURN_IF_ERROR(file.ReadBlocks(
-      static_cast<size_t>(parsed->kv - file.data()), parsed->kv_size, format::kChecksumBlock,
-      [&hasher](const uint8_t* block, size_t n) { hasher.AddBlock(block, n); }));
+  const size_t offset = static_cast<size_t>(parsed->kv - file.data());
+  size_t read = offset;
+  KVSTASH_RETURN_IF_ERROR(
+      file.ReadBlocks(offset, parsed->kv_size, format::kChecksumBlock,
+                      [&hasher, &read, &progress, &file](const uint8_t* block, size_t n) {
+                        hasher.AddBlock(block, n);
+                        read += n;
+                        if (progress && read < file.size()) progress(read, file.size());
+                      }));
   if (hasher.Finish() != parsed->kv_checksum) {
     return Status::Corruption("session file '" + path + "' is corrupt: the checksum of the KV " +
                               "section does not match (the bytes were altered or damaged); " +
@@ -509,6 +547,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                                                const OpenOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads, 1, 1));
+  KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
   OpenStats stats;
   const auto t_start = Clock::now();
   const uint64_t ctx_bound =
@@ -530,7 +569,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   KVSTASH_RETURN_IF_ERROR(format::CheckSessionFitsModel(parsed->meta, facts, path));
   auto n_ctx = format::ResolveOpenContext(parsed->meta, options, facts, path);
   if (!n_ctx.ok()) return n_ctx.status();
-  if (options.progress) options.progress(file.size(), 2 * uint64_t{file.size()});
+  if (options.progress) options.progress(0, file.size());
 
   // The KV checksum, the one pass over the whole payload. With the file in the page cache it runs
   // on a second thread while this one creates the context, which needs no byte of the file. A cold
@@ -542,17 +581,19 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
     kv_checked =
         std::async(std::launch::async, [&] { return VerifyKvBytes(file, &*parsed, path); });
   } else {
+    // Read from the disk here, alone: the slow case a progress bar is for.
     std::promise<Status> done;
-    done.set_value(VerifyKvBytes(file, &*parsed, path));
+    done.set_value(VerifyKvBytes(file, &*parsed, path, options.progress));
     kv_checked = done.get_future();
   }
   const auto t_before_context = Clock::now();
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->n_threads = n_threads;
+  impl->n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : n_threads;
   SessionMeta params = parsed->meta;
   params.n_ctx = *n_ctx;
-  auto ctx = Impl::MakeContext(*model, params, n_threads);
+  auto ctx = Impl::MakeContext(*model, params, n_threads, impl->n_threads_batch);
   const auto t_context = Clock::now();
   const Status kv_status = kv_checked.get();
   if (!file.Intact()) return ChangedWhileLoading(path);
@@ -566,7 +607,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
 
   KVSTASH_RETURN_IF_ERROR(impl->Restore(*parsed, file, path));
   const auto t_restored = Clock::now();
-  if (options.progress) options.progress(2 * uint64_t{file.size()}, 2 * uint64_t{file.size()});
+  if (options.progress) options.progress(file.size(), file.size());
   stats.map_ms = MsBetween(t_start, t_mapped);
   stats.verify_ms = MsBetween(t_mapped, t_before_context) + MsBetween(t_context, t_checked);
   stats.context_ms = MsBetween(t_before_context, t_context);

@@ -37,6 +37,7 @@ struct Session::Impl {
   ContextPtr ctx;
   SessionMeta params;  // the context parameters (model and sequence fields filled on save)
   int n_threads = 1;
+  int n_threads_batch = 1;  // for prompts (llama.cpp's n_threads_batch)
   // Every token of the sequence. The first n_cached are in the KV cache; the rest (at most the
   // last sampled token) are decoded lazily by Flush(), so that stopping generation never costs a
   // decode nobody needs.
@@ -107,6 +108,7 @@ struct Session::Impl {
   // Creates the llama.cpp context described by `p`.
   // `flash` overrides p.flash_attn for Create(), where "auto" is llama.cpp's to resolve.
   static Result<ContextPtr> MakeContext(const Model& model, const SessionMeta& p, int n_threads,
+                                        int n_threads_batch,
                                         std::optional<llama_flash_attn_type> flash = {}) {
     KVSTASH_RETURN_IF_ERROR(CheckContextFits(model, p));
     llama_context_params cp = llama_context_default_params();
@@ -115,7 +117,7 @@ struct Session::Impl {
     cp.n_ubatch = p.n_ubatch;
     cp.n_seq_max = 1;
     cp.n_threads = n_threads;
-    cp.n_threads_batch = n_threads;
+    cp.n_threads_batch = n_threads_batch;
     cp.type_k = static_cast<ggml_type>(p.type_k);
     cp.type_v = static_cast<ggml_type>(p.type_v);
     cp.flash_attn_type = flash          ? *flash
@@ -200,9 +202,15 @@ struct Session::Impl {
   }
 
   // llama_decode of tokens[begin, begin + count) in n_batch steps, reporting progress. Leaves the
-  // rollback of a failure to Flush.
+  // rollback of a failure to Flush. With a progress callback the steps are n_ubatch tokens, so that
+  // it is called from the first physical batch on: llama.cpp splits each call into n_ubatch
+  // batches from the call's first token anyway, so the same ubatches are computed either way and
+  // the numbers do not change (session_test: ProgressDoesNotChangeLogits).
   Status DecodeGroup(size_t begin, size_t count) {
-    const uint32_t n_batch = llama_n_batch(ctx.get());
+    const uint32_t n_batch = progress ? llama_n_ubatch(ctx.get()) : llama_n_batch(ctx.get());
+    if (progress && count > n_batch) {
+      KVSTASH_RETURN_IF_ERROR(ReportProgress(0, count));
+    }
     llama_batch batch =
         llama_batch_init(static_cast<int32_t>(std::min<size_t>(count, n_batch)), 0, 1);
     Status status;

@@ -60,9 +60,17 @@ Status FlushAligned(Session::Impl& s, uint32_t chunk) {
   const size_t start = s.n_cached, n = s.tokens.size();
   if (start == n) return Status::Ok();
   Status status;
+  // DecodeGroup reports within its group; the caller's callback sees the whole sync's tokens.
+  const ProgressFn outer = s.progress;
   for (size_t begin = start; begin < n && status.ok();) {
     const size_t end = std::min(n, (begin / chunk + 1) * chunk);
+    if (outer) {
+      s.progress = [&outer, base = begin - start, total = n - start](uint64_t done, uint64_t) {
+        outer(base + done, total);
+      };
+    }
     status = s.DecodeGroup(begin, end - begin);
+    s.progress = outer;
     begin = end;
     if (status.ok() && s.progress && begin < n) status = s.ReportProgress(begin - start, n - start);
   }
