@@ -43,6 +43,17 @@ struct RunRequest {
   // (Session::Sync(tokens, store)): the longest stored prefix is restored, the rest decoded in
   // chunk-aligned groups, new chunks published in the background.
   std::shared_ptr<Store> store;
+  // llama-completion's --prompt-cache (not with session_path or store): `path` is a kvstash session
+  // file, or nothing yet (or an empty file). Its longest common token prefix with the whole
+  // sequence (prefix + prompt) is reused and the rest decoded; then, unless `read_only`, the
+  // prompt's state is saved to `path` before generating (when it differs from what the file
+  // held), and with `save_generated` once more after, with the generated tokens.
+  struct PromptCache {
+    std::string path;
+    bool save_generated = false;  // --prompt-cache-all
+    bool read_only = false;       // --prompt-cache-ro
+  };
+  std::optional<PromptCache> prompt_cache;
 };
 
 struct RunReport {
@@ -52,6 +63,13 @@ struct RunReport {
   size_t n_decoded_prompt_tokens = 0;  // decoded in this run
   size_t n_published_tokens = 0;       // queued for the store in new chunks
   uint32_t n_ctx = 0;                  // the context size of the session that answered
+  // Where the reused tokens came from: "session", "prompt cache", "store"; "" for a cold run.
+  const char* reused_from = "";
+  // Warm from a session file without a prefix: the prompt's tokens began with the session's (the
+  // whole prompt was passed, as llama-completion users do), so they were reused, not appended.
+  bool prompt_repeats_session = false;
+  bool prompt_cache_saved = false;  // the prompt cache file was written
+  double save_ms = 0;               // writing it
   double load_ms = 0;    // Open of the session file; with a store, fetching and restoring chunks
   double prompt_ms = 0;  // everything before generation (with a store: context, restore, decode)
   double ttft_ms = 0;  // from the start of load (or of prompt processing, cold) to the first token
@@ -79,12 +97,13 @@ Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const st
 // The token sequence is tokens(prefix, BOS) + tokens(prompt, no BOS) (the prompt gets BOS when
 // there is no prefix). With a store, the whole sequence goes through Session::Sync(tokens, store).
 // Warm from a session file: the session's tokens stand for the prefix; with `prefix` given too,
-// the longest common prefix is reused and only the rest is decoded. Decoding happens in the same
-// groups as a cold run (prefix, then prompt), so warm and cold runs of the same tokens give the
-// same text at temp 0. A store run decodes in
-// chunk-aligned groups: it gives the same text as a store run with an empty store, which on long
-// prompts may differ from a run without a store (both are right; llama.cpp's numbers depend on
-// the grouping).
+// the longest common prefix is reused and only the rest is decoded. Without `prefix`, a prompt
+// whose tokens (with BOS) begin with the session's is taken as the whole sequence: the session's
+// tokens are reused, not followed by a second copy (RunReport::prompt_repeats_session). Decoding
+// happens in the same groups as a cold run (prefix, then prompt), so warm and cold runs of the same
+// tokens give the same text at temp 0. A store run decodes in chunk-aligned groups: it gives the
+// same text as a store run with an empty store, which on long prompts may differ from a run without
+// a store (both are right; llama.cpp's numbers depend on the grouping).
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
                             const PieceCallback& on_piece = {}, const ProgressFn& progress = {});
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -205,72 +207,198 @@ Result<RunReport> Generate(Session& session, const RunRequest& request,
 
 }  // namespace
 
+namespace {
+
+// Warm runs: room for everything this run may add, so that the context is sized to the run
+// (cheaper to create than the saved size). Bounded from the texts' sizes, before tokenizing them: a
+// token stands for at least one byte of text, besides BOS and a leading space some tokenizers add.
+OpenOptions SizedOpenOptions(const RunRequest& request) {
+  OpenOptions open = request.open;
+  if (open.n_ctx == 0 && request.sample.n_predict >= 0) {
+    const uint64_t text_bytes =
+        (request.prefix ? request.prefix->size() : 0) + request.prompt.size();
+    const uint64_t room = text_bytes + 8 + uint64_t(request.sample.n_predict);
+    open.n_room = static_cast<uint32_t>(std::min<uint64_t>(room, UINT32_MAX));
+  }
+  return open;
+}
+
+// Whether `path` starts with llama.cpp's session magic ('ggsn' as a little-endian uint32), as
+// llama-completion's own --prompt-cache files do.
+bool IsLlamaSessionFile(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return false;
+  char magic[4] = {};
+  const bool read = std::fread(magic, 1, sizeof(magic), f) == sizeof(magic);
+  std::fclose(f);
+  return read && std::memcmp(magic, "nsgg", 4) == 0;
+}
+
+// The --prompt-cache file's session; a fresh one when there is no file or an empty one (as
+// llama-completion treats them). *replace_empty: the file exists and is empty.
+Result<std::unique_ptr<Session>> OpenPromptCache(std::shared_ptr<const Model> model,
+                                                 const RunRequest& request, bool* replace_empty) {
+  const std::string& path = request.prompt_cache->path;
+  auto info = Env::Default()->Stat(path);
+  *replace_empty = info.ok() && info->type == FileInfo::Type::kRegular && info->size == 0;
+  if (!info.ok() && info.status().code() == Status::Code::kNotFound) {
+    return Session::Create(model, request.create);
+  }
+  if (*replace_empty) return Session::Create(model, request.create);
+  // The context a cold run creates (-c, else 4096), not one sized to the file: a cache saved by a
+  // run sized to its own prompt records that small context, which would cap the next prompt.
+  OpenOptions options = request.open;
+  if (options.n_ctx == 0) options.n_ctx = request.create.n_ctx;
+  auto opened = Session::Open(model, path, options);
+  if (!opened.ok() && IsLlamaSessionFile(path)) {
+    return Status::Incompatible("prompt cache '" + path + "' is a llama.cpp session file, which " +
+                                "kvstash does not read; convert it with 'kvstash import', or " +
+                                "pass --prompt-cache a new file name");
+  }
+  return opened;
+}
+
+Status SavePromptCache(Session& session, const RunRequest& request, bool replace_empty,
+                       RunReport* report) {
+  const auto t0 = Clock::now();
+  SaveOptions save;
+  save.cancel = request.cancel;
+  save.replace_any = replace_empty;
+  KVSTASH_RETURN_IF_ERROR(session.Save(request.prompt_cache->path, save));
+  report->prompt_cache_saved = true;
+  report->save_ms += MsBetween(t0, Clock::now());
+  return Status::Ok();
+}
+
+// Whether `prompt` (tokenized with BOS) is the session's tokens and more: the whole prompt passed
+// again. The last session token may differ (a text that goes on can merge into it).
+bool RepeatsSession(const std::vector<Token>& prompt, const std::vector<Token>& session) {
+  if (session.size() < 2 || prompt.size() < session.size()) return false;
+  size_t common = 0;
+  while (common < session.size() && prompt[common] == session[common]) ++common;
+  return common + 1 >= session.size();
+}
+
+// --prompt-cache: sync the whole sequence with the file's session, save it, generate.
+Result<RunReport> RunWithPromptCache(std::shared_ptr<const Model> model, const RunRequest& request,
+                                     const PieceCallback& on_piece, const ProgressFn& progress) {
+  RunReport report;
+  const auto t_start = Clock::now();
+  bool replace_empty = false;
+  auto session = OpenPromptCache(model, request, &replace_empty);
+  if (!session.ok()) return session.status();
+  Session& s = **session;
+  const bool loaded = !s.tokens().empty();
+  const auto t_prompt = Clock::now();
+  if (loaded) report.load_ms = MsBetween(t_start, t_prompt);
+  s.SetProgressCallback(progress);
+  s.SetCancelFlag(request.cancel);
+  report.n_ctx = s.n_ctx();
+  KVSTASH_RETURN_IF_ERROR(
+      CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
+                      s.n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
+  auto tokens = PromptTokens(*model, request);
+  if (!tokens.ok()) return tokens.status();
+  auto synced = s.Sync(*tokens);
+  if (!synced.ok()) return synced.status();
+  report.n_reused_tokens = synced->n_reused;
+  report.n_decoded_prompt_tokens = s.n_decoded_total();
+  report.n_prompt_tokens = tokens->size();
+  if (report.n_reused_tokens > 0) report.reused_from = "prompt cache";
+  const auto& cache = *request.prompt_cache;
+  // As llama-completion: written when the prompt is not all in the file already.
+  if (!cache.read_only && (!loaded || report.n_reused_tokens < tokens->size())) {
+    KVSTASH_RETURN_IF_ERROR(SavePromptCache(s, request, replace_empty, &report));
+  }
+  const double saved_ms = report.save_ms;
+  auto answer = Generate(s, request, on_piece, t_start, t_prompt, &report);
+  if (!answer.ok()) return answer;
+  answer->prompt_ms -= saved_ms;  // the prompt's time, not the file's
+  if (cache.save_generated && !cache.read_only && !answer->generation.tokens.empty()) {
+    KVSTASH_RETURN_IF_ERROR(SavePromptCache(s, request, replace_empty, &*answer));
+  }
+  return answer;
+}
+
+// A session file's session (warm) or a fresh one (cold); load_ms for the file.
+Result<std::unique_ptr<Session>> OpenOrCreate(std::shared_ptr<const Model> model,
+                                              const RunRequest& request) {
+  if (request.session_path)
+    return Session::Open(model, *request.session_path, SizedOpenOptions(request));
+  return Session::Create(model, request.create);
+}
+
+}  // namespace
+
 Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
                             const PieceCallback& on_piece, const ProgressFn& progress) {
   RunReport report;
-  if (request.store && request.session_path) {
-    return Status::InvalidArgument("a run uses a session file or a prefix store, not both: drop " +
-                                   std::string("--session or --cache-dir"));
+  if ((request.store != nullptr) + request.session_path.has_value() +
+          request.prompt_cache.has_value() >
+      1) {
+    return Status::InvalidArgument(
+        "a run uses one of a session file, a prompt cache and a prefix " +
+        std::string("store: drop --session, --prompt-cache or ") + "--cache-dir");
   }
+  if (request.prompt_cache) return RunWithPromptCache(model, request, on_piece, progress);
   const auto t_start = Clock::now();
   if (request.store) {
     auto session = CreateThroughStore(model, request, progress, &report);
     if (!session.ok()) return session.status();
+    if (report.n_reused_tokens > 0) report.reused_from = "store";
     return Generate(**session, request, on_piece, t_start, t_start, &report);
   }
-  std::unique_ptr<Session> session;
-  if (request.session_path) {
-    OpenOptions open = request.open;
-    if (open.n_ctx == 0 && request.sample.n_predict >= 0) {
-      // Room for everything this run may add, so that the context is sized to the run (cheaper to
-      // create than the saved size). Bounded from the texts' sizes, before tokenizing them: a
-      // token stands for at least one byte of text, besides BOS and a leading space some
-      // tokenizers add.
-      const uint64_t text_bytes =
-          (request.prefix ? request.prefix->size() : 0) + request.prompt.size();
-      const uint64_t room = text_bytes + 8 + uint64_t(request.sample.n_predict);
-      open.n_room = static_cast<uint32_t>(std::min<uint64_t>(room, UINT32_MAX));
-    }
-    auto opened = Session::Open(model, *request.session_path, open);
-    if (!opened.ok()) return opened.status();
-    session = std::move(opened.value());
-  } else {
-    auto created = Session::Create(model, request.create);
-    if (!created.ok()) return created.status();
-    session = std::move(created.value());
-  }
+  auto opened = OpenOrCreate(model, request);
+  if (!opened.ok()) return opened.status();
+  Session& session = **opened;
   const auto t_prompt = Clock::now();
-  if (request.session_path) report.load_ms = MsBetween(t_start, t_prompt);
-  session->SetProgressCallback(progress);
-  session->SetCancelFlag(request.cancel);
-  report.n_ctx = session->n_ctx();
+  if (request.session_path) {
+    report.load_ms = MsBetween(t_start, t_prompt);
+    report.reused_from = "session";
+  }
+  session.SetProgressCallback(progress);
+  session.SetCancelFlag(request.cancel);
+  report.n_ctx = session.n_ctx();
   KVSTASH_RETURN_IF_ERROR(
       CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
-                      session->n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
+                      session.n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
   std::vector<Token> prefix_tokens;
   if (request.prefix) {
     auto tokens = model->Tokenize(*request.prefix, /*add_bos=*/true);
     if (!tokens.ok()) return tokens.status();
     prefix_tokens = std::move(tokens.value());
   }
+  std::vector<Token> whole;  // the prompt as a whole prompt, when it repeats the session
+  if (request.session_path && !request.prefix) {
+    auto tokens = model->Tokenize(request.prompt, /*add_bos=*/true);
+    if (!tokens.ok()) return tokens.status();
+    if (RepeatsSession(*tokens, session.tokens())) whole = std::move(tokens.value());
+  }
 
-  if (request.session_path && request.prefix) {
-    auto synced = session->Sync(prefix_tokens);
+  if (!whole.empty()) {
+    auto synced = session.Sync(whole);
+    if (!synced.ok()) return synced.status();
+    report.n_reused_tokens = synced->n_reused;
+    report.prompt_repeats_session = true;
+  } else if (request.session_path && request.prefix) {
+    auto synced = session.Sync(prefix_tokens);
     if (!synced.ok()) return synced.status();
     report.n_reused_tokens = synced->n_reused;
   } else if (request.session_path) {
-    report.n_reused_tokens = session->tokens().size();
+    report.n_reused_tokens = session.tokens().size();
   } else if (!prefix_tokens.empty()) {
-    KVSTASH_RETURN_IF_ERROR(session->AppendTokens(prefix_tokens));
+    KVSTASH_RETURN_IF_ERROR(session.AppendTokens(prefix_tokens));
   }
-  auto prompt_tokens = model->Tokenize(request.prompt, /*add_bos=*/session->tokens().empty());
-  if (!prompt_tokens.ok()) return prompt_tokens.status();
-  KVSTASH_RETURN_IF_ERROR(session->AppendTokens(*prompt_tokens));
+  if (whole.empty()) {
+    auto prompt_tokens = model->Tokenize(request.prompt, /*add_bos=*/session.tokens().empty());
+    if (!prompt_tokens.ok()) return prompt_tokens.status();
+    KVSTASH_RETURN_IF_ERROR(session.AppendTokens(*prompt_tokens));
+  }
   // Open decodes nothing, so everything this session decoded was decoded by this run (including a
   // prefix token Sync may decode again for its logits).
-  report.n_decoded_prompt_tokens = session->n_decoded_total();
-  report.n_prompt_tokens = session->tokens().size();
-  return Generate(*session, request, on_piece, t_start, t_prompt, &report);
+  report.n_decoded_prompt_tokens = session.n_decoded_total();
+  report.n_prompt_tokens = session.tokens().size();
+  return Generate(session, request, on_piece, t_start, t_prompt, &report);
 }
 
 }  // namespace kvstash
