@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -21,6 +22,8 @@
 #include "kvstash/process.h"
 #include "kvstash/session_file.h"
 #include "kvstash/store.h"
+#include "llama_flags.h"
+#include "run_summary.h"
 #include "testmodel/test_model.h"
 
 namespace kvstash::cli {
@@ -118,28 +121,119 @@ Result<std::optional<std::string>> TextOrFile(const std::optional<std::string>& 
   return std::optional<std::string>();
 }
 
+// A prompt file as llama.cpp reads one: "-" is standard input, and one trailing newline is
+// dropped (editors end files with one; llama-completion's -f never sees it).
+Result<std::string> ReadPromptFile(const std::string& path, const char* what) {
+  if (path != "-") {
+    auto text = ReadTextFile(path, what);
+    if (!text.ok()) return text.status();
+    return DropTrailingNewline(std::move(text.value()));
+  }
+  std::ostringstream buffer;
+  buffer << std::cin.rdbuf();
+  if (std::cin.bad()) {
+    return Status::IOError(std::string("cannot read the ") + what + " from standard input");
+  }
+  return DropTrailingNewline(buffer.str());
+}
+
+// The prefix: --prefix / --prefix-file as they are, or llama.cpp's -sys (escapes processed unless
+// --no-escape) / -sysf (one trailing newline dropped). main.cc lets at most one through.
+Result<std::optional<std::string>> PrefixText(const std::optional<std::string>& prefix,
+                                              const std::optional<std::string>& prefix_file,
+                                              const LlamaTextFlags& llama) {
+  if (llama.system_prompt) {
+    return std::optional<std::string>(llama.no_escape ? *llama.system_prompt
+                                                      : ProcessEscapes(*llama.system_prompt));
+  }
+  if (llama.system_prompt_file) {
+    auto text = ReadPromptFile(*llama.system_prompt_file, "system prompt");
+    if (!text.ok()) return text.status();
+    return std::optional<std::string>(std::move(text.value()));
+  }
+  return TextOrFile(prefix, prefix_file, "prefix");
+}
+
+// The prompt of -p or -f, as llama.cpp makes it: escapes processed in both unless --no-escape.
+Result<std::string> PromptText(const RunFlags& flags) {
+  std::string text;
+  if (flags.prompt) {
+    text = *flags.prompt;
+  } else if (flags.prompt_file) {
+    auto read = ReadPromptFile(*flags.prompt_file, "prompt");
+    if (!read.ok()) return read.status();
+    text = std::move(read.value());
+  }
+  return flags.llama.no_escape ? text : ProcessEscapes(text);
+}
+
 Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
   if (flags.verbose) SetLlamaLogs(LlamaLogs::kStderr);
-  return Model::Load(flags.model);
+  ModelOptions options;
+  options.n_gpu_layers = flags.n_gpu_layers;
+  return Model::Load(flags.model, options);
+}
+
+// "1.2 s", "3 min": an ETA that reads at a glance.
+std::string Duration(double seconds) {
+  char buf[32];
+  if (seconds < 60) {
+    std::snprintf(buf, sizeof(buf), "%.0f s", seconds);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.0f min", seconds / 60);
+  }
+  return buf;
 }
 
 // A one-line progress bar on stderr, only when stderr is a terminal and the work is large
-// enough (`min_total` units) to be worth watching.
+// enough (`min_total` units) to be worth watching. Tokens show their rate and an ETA once the
+// first batch is done; bytes show MiB. Redrawn at most every 100 ms.
 ProgressFn MakeProgress(const char* label, const char* unit, uint64_t min_total) {
   if (!isatty(STDERR_FILENO)) return {};
-  return [label, unit, min_total](uint64_t done, uint64_t total) {
+  using Clock = std::chrono::steady_clock;
+  struct State {
+    Clock::time_point start = Clock::now();
+    Clock::time_point drawn;
+    uint64_t first = 0;  // units done at the first report (the rate counts from there)
+    bool started = false;
+  };
+  auto state = std::make_shared<State>();
+  const bool bytes = std::string_view(unit) == "bytes";
+  return [label, unit, min_total, state, bytes](uint64_t done, uint64_t total) {
     if (total < min_total) return;
+    const auto now = Clock::now();
+    if (!state->started) *state = State{now, now, done, true};
+    const bool last = done >= total;
+    if (!last && done != state->first && now - state->drawn < std::chrono::milliseconds(100)) {
+      return;
+    }
+    state->drawn = now;
     const int width = 30;
-    const int filled = total ? static_cast<int>(width * done / total) : width;
-    std::fprintf(stderr, "\r%s [%-*s] %llu/%llu %s", label, width, std::string(filled, '=').c_str(),
-                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
-                 unit);
-    if (done >= total) std::fprintf(stderr, "\r%*s\r", width + 60, "");
+    const int filled = total ? static_cast<int>(width * std::min(done, total) / total) : width;
+    std::string counts;
+    char buf[128];
+    if (bytes) {
+      std::snprintf(buf, sizeof(buf), "%.1f/%.1f MiB", done / 1048576.0, total / 1048576.0);
+      counts = buf;
+    } else {
+      std::snprintf(buf, sizeof(buf), "%llu/%llu %s", static_cast<unsigned long long>(done),
+                    static_cast<unsigned long long>(total), unit);
+      counts = buf;
+      const double seconds = std::chrono::duration<double>(now - state->start).count();
+      if (done > state->first && seconds > 0) {
+        const double rate = (done - state->first) / seconds;
+        counts += ", " + std::to_string(static_cast<long long>(rate)) + " t/s, ETA " +
+                  Duration((total - std::min(done, total)) / rate);
+      }
+    }
+    std::fprintf(stderr, "\r%s [%-*s] %s\033[K", label, width, std::string(filled, '=').c_str(),
+                 counts.c_str());
+    if (last) std::fprintf(stderr, "\r\033[K");
     std::fflush(stderr);
   };
 }
 
-constexpr uint64_t kBarTokens = 1;           // prefill calls report only when split (> n_batch)
+constexpr uint64_t kBarTokens = 1;           // prefills report only when split (> n_ubatch)
 constexpr uint64_t kBarBytes = 64ull << 20;  // files under 64 MiB take milliseconds
 
 Result<FlashAttention> ParseFlash(const std::string& value) {
@@ -264,7 +358,7 @@ void PrintPublished(const PublishReport& r, const Store& store) {
 
 // The text of save's --prefix or --prefix-file.
 Result<std::string> SavePrefixText(const SaveFlags& flags) {
-  auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
+  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
   if (!prefix.ok()) return prefix.status();
   if (!prefix->has_value()) return Status::InvalidArgument("save needs --prefix or --prefix-file");
   return std::move(**prefix);
@@ -383,18 +477,30 @@ namespace {
 int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   InstallSignalHandlers();
   RunRequest request;
-  auto prefix = TextOrFile(flags.prefix, flags.prefix_file, "prefix");
+  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
   if (!prefix.ok()) return Fail(prefix.status());
   request.prefix = *prefix;
-  auto prompt = TextOrFile(flags.prompt, flags.prompt_file, "prompt");
+  auto prompt = PromptText(flags);
   if (!prompt.ok()) return Fail(prompt.status());
-  request.prompt = prompt->value_or("");
+  request.prompt = std::move(prompt.value());
   request.session_path = flags.session;
   request.store = store;
   request.sample = flags.sample;
+  // llama.cpp's reverse prompts end the answer where they appear: stop strings here.
+  for (const std::string& r : flags.reverse_prompts) {
+    request.sample.stop.push_back(flags.llama.no_escape ? r : ProcessEscapes(r));
+  }
+  if (flags.prompt_cache) {
+    request.prompt_cache =
+        RunRequest::PromptCache{*flags.prompt_cache, flags.prompt_cache_all, flags.prompt_cache_ro};
+  }
   request.cancel = &g_cancel;
   request.create.n_threads = flags.n_threads;
   request.open.n_threads = flags.n_threads;
+  request.create.n_threads_batch = flags.n_threads_batch;
+  request.open.n_threads_batch = flags.n_threads_batch;
+  if (flags.n_batch) request.create.n_batch = *flags.n_batch;
+  if (flags.n_ubatch) request.create.n_ubatch = *flags.n_ubatch;
   if (flags.n_ctx) {
     request.create.n_ctx = *flags.n_ctx;
     request.open.n_ctx = *flags.n_ctx;
@@ -428,6 +534,9 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   }
   if (!report.ok()) return Fail(report.status());
   NoteContextSize(flags.n_ctx.value_or(0), report->n_ctx);
+  if (report->prompt_repeats_session) {
+    std::fprintf(stderr, "%s\n", RepeatedSessionNote(*report).c_str());
+  }
   // What was generated before a signal is printed like a finished answer, then the exit code
   // says it was cut short.
   const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
@@ -451,10 +560,14 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
                        {"ttft_ms", report->ttft_ms},
                        {"generate_ms", report->generate_ms},
                        {"n_ctx", report->n_ctx},
+                       {"prompt_repeats_session", report->prompt_repeats_session},
+                       {"prompt_cache_saved", report->prompt_cache_saved},
+                       {"save_ms", report->save_ms},
                        {"stop_reason", StopReasonName(report->generation.stop_reason)}})
               << "\n";
   } else {
     WriteStdout("\n");
+    std::fprintf(stderr, "%s\n", RunSummary(*report).c_str());
   }
   return rc;
 }

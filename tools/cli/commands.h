@@ -15,6 +15,8 @@ struct CommonFlags {
   std::string model;
   bool json = false;
   bool verbose = false;
+  std::string gpu_layers;  // -ngl as given: N, "all" or "auto"
+  int n_gpu_layers = 0;    // from gpu_layers (main.cc)
 };
 
 // Where the prefix store is and how a new one is made (run, save).
@@ -25,11 +27,20 @@ struct StoreFlags {
   uint32_t chunk_tokens = 0;       // --cache-chunk: tokens per chunk of a new store
 };
 
+// llama.cpp's prompt flags, shared by save and run. Text from -p, -f, -sys and -r gets llama.cpp's
+// escape processing unless --no-escape; -f and -sysf files lose one trailing newline, as there.
+struct LlamaTextFlags {
+  std::optional<std::string> system_prompt;       // -sys: the stable prefix
+  std::optional<std::string> system_prompt_file;  // -sysf
+  bool no_escape = false;
+};
+
 struct SaveFlags {
   CommonFlags common;
   StoreFlags store;
   std::optional<std::string> prefix;
   std::optional<std::string> prefix_file;
+  LlamaTextFlags llama;
   std::string output;
   SessionOptions session;
   bool no_sync = false;
@@ -43,10 +54,18 @@ struct RunFlags {
   std::optional<std::string> prefix;
   std::optional<std::string> prefix_file;
   std::optional<std::string> prompt;
-  std::optional<std::string> prompt_file;
+  std::optional<std::string> prompt_file;  // "-": standard input
+  LlamaTextFlags llama;
+  std::vector<std::string> reverse_prompts;  // -r: stop strings, escapes processed
   SampleOptions sample;
   std::optional<uint32_t> n_ctx;
   int n_threads = 0;
+  int n_threads_batch = 0;
+  std::optional<uint32_t> n_batch;          // cold runs (a session keeps its own)
+  std::optional<uint32_t> n_ubatch;         // cold runs
+  std::optional<std::string> prompt_cache;  // --prompt-cache FILE
+  bool prompt_cache_all = false;
+  bool prompt_cache_ro = false;
   std::optional<std::string> flash_attn;
   std::optional<std::string> cache_type_k;
   std::optional<std::string> cache_type_v;

@@ -22,7 +22,9 @@ int RunImport(const ImportFlags& flags) {
   Status usable = CheckDestination(Env::Default(), flags.output, destination);
   if (!usable.ok()) return Fail(usable);
   if (flags.common.verbose) SetLlamaLogs(LlamaLogs::kStderr);
-  auto model = Model::Load(flags.common.model);
+  ModelOptions model_options;
+  model_options.n_gpu_layers = flags.common.n_gpu_layers;
+  auto model = Model::Load(flags.common.model, model_options);
   if (!model.ok()) return Fail(model.status());
   auto session = engine::ImportLlamaFile(*model, flags.input, flags.import);
   if (!session.ok()) return Fail(session.status());

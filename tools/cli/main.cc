@@ -1,5 +1,6 @@
 // kvstash: the command line. Flags follow llama.cpp's spellings (-m, -c, -t, -fa, -p, -f, -n,
-// --temp, ...). This file only parses; tools/cli/commands.cc does the work through the library.
+// --temp, -ngl, -ctk, -sys, ...; tools/cli/llama_flags.h renames the ones CLI11 cannot declare).
+// This file only parses; tools/cli/commands.cc does the work through the library.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include "commands.h"
 #include "import_command.h"
 #include "kvstash/process.h"
+#include "llama_flags.h"
 #include "server/http_server.h"
 
 namespace {
@@ -28,12 +30,13 @@ struct Cli {
   std::string save_fa = "auto";
   RunFlags run;
   std::string run_fa;
+  bool run_conversation = false;  // llama.cpp's -cnv: kvstash chat's job
   InspectFlags inspect;
   VerifyFlags verify;
   MakeModelFlags make;
   CacheFlags cache;
   kvstash::server::ServeOptions serve;
-  std::string serve_fa = "off", serve_max_bytes, serve_max_body;
+  std::string serve_fa = "off", serve_max_bytes, serve_max_body, serve_gpu_layers;
   bool serve_verbose = false;
   CLI::App* serve_cmd = nullptr;
   std::string save_max_bytes, run_max_bytes;
@@ -54,6 +57,8 @@ struct Cli {
 
 void AddModelFlags(CLI::App* cmd, CommonFlags* common) {
   cmd->add_option("-m,--model", common->model, "GGUF model file")->required();
+  cmd->add_option("--n-gpu-layers,--gpu-layers", common->gpu_layers,
+                  "layers to offload to a GPU: N, all or auto (also -ngl; CPU builds ignore it)");
   cmd->add_flag("--json", common->json, "print one JSON object on stdout (errors too)");
   cmd->add_flag("-v,--verbose", common->verbose, "show llama.cpp's log lines on stderr");
 }
@@ -72,6 +77,24 @@ void AddStoreFlags(CLI::App* cmd, StoreFlags* store, std::string* max_bytes) {
                   "multiple of 16)");
 }
 
+// llama.cpp's -sys/-sysf and escape flags (save, run). They and --prefix/--prefix-file exclude
+// each other: all four say what the prefix is.
+void AddLlamaTextFlags(CLI::App* cmd, LlamaTextFlags* llama, CLI::Option* prefix,
+                       CLI::Option* prefix_file) {
+  auto* sys = cmd->add_option("--system-prompt", llama->system_prompt,
+                              "the prefix, escapes processed like -p (llama.cpp's -sys)");
+  auto* sysf = cmd->add_option("--system-prompt-file", llama->system_prompt_file,
+                               "file with the prefix, one trailing newline dropped (-sysf)");
+  std::vector<CLI::Option*> prefixes = {prefix, prefix_file, sys, sysf};
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    for (size_t j = i + 1; j < prefixes.size(); ++j) prefixes[i]->excludes(prefixes[j]);
+  }
+  cmd->add_flag("--no-escape", llama->no_escape,
+                "take \\n, \\t, \\\\ ... in -p, -f, -sys and -r literally (llama.cpp turns "
+                "them into a newline, a tab, ...: the default)");
+  cmd->add_flag("-e,--escape", "process escapes (the default; llama.cpp's -e)");
+}
+
 void AddSave(Cli* cli) {
   SaveFlags& save = cli->save;
   save.session.n_ctx = 4096;
@@ -81,7 +104,7 @@ void AddSave(Cli* cli) {
   auto* prefix = cmd->add_option("--prefix", save.prefix, "prefix text");
   auto* prefix_file =
       cmd->add_option("--prefix-file", save.prefix_file, "file with the prefix text");
-  prefix->excludes(prefix_file);
+  AddLlamaTextFlags(cmd, &save.llama, prefix, prefix_file);
   cmd->add_option("-o,--output", save.output,
                   "session file to write (a link: its target is written)");
   AddStoreFlags(cmd, &save.store, &cli->save_max_bytes);
@@ -91,14 +114,18 @@ void AddSave(Cli* cli) {
                   "context size (default 4096; 0: the model's; llama.cpp rounds it up to a "
                   "multiple of 256)");
   cmd->add_option("-t,--threads", save.session.n_threads, "threads (default: all cores)");
+  cmd->add_option("--threads-batch", save.session.n_threads_batch,
+                  "threads for the prefix (default: as -t; also -tb)");
   cmd->add_option("-b,--batch-size", save.session.n_batch,
                   "tokens per llama_decode call (default 2048)");
   cmd->add_option("--ubatch-size", save.session.n_ubatch,
                   "physical batch size (default 512; also -ub)");
   cmd->add_option("--flash-attn", cli->save_fa, "flash attention: on, off or auto (-fa)")
       ->check(CLI::IsMember({"on", "off", "auto"}));
-  cmd->add_option("--cache-type-k", save.session.cache_type_k, "K cache type (default f16)");
-  cmd->add_option("--cache-type-v", save.session.cache_type_v, "V cache type (default f16)");
+  cmd->add_option("--cache-type-k", save.session.cache_type_k,
+                  "K cache type (default f16; also -ctk)");
+  cmd->add_option("--cache-type-v", save.session.cache_type_v,
+                  "V cache type (default f16; also -ctv)");
   cmd->add_flag("--no-sync", save.no_sync,
                 "skip fsync (benchmarks only: a crash may lose the file)");
   cmd->footer(
@@ -133,13 +160,33 @@ void AddRun(Cli* cli) {
                                  "prefix text (reused from the session where it matches)");
   auto* prefix_file =
       cmd->add_option("--prefix-file", run.prefix_file, "file with the prefix text");
-  prefix->excludes(prefix_file);
-  auto* prompt = cmd->add_option("-p,--prompt", run.prompt, "prompt text");
-  auto* prompt_file = cmd->add_option("-f,--file", run.prompt_file, "file with the prompt text");
+  AddLlamaTextFlags(cmd, &run.llama, prefix, prefix_file);
+  auto* prompt = cmd->add_option("-p,--prompt", run.prompt, "prompt text (escapes processed)");
+  auto* prompt_file = cmd->add_option(
+      "-f,--file", run.prompt_file,
+      "file with the prompt text, - for standard input (one trailing newline dropped, escapes "
+      "processed, as in llama.cpp)");
   prompt->excludes(prompt_file);
-  cmd->add_option("-n,--n-predict", run.sample.n_predict,
+  auto* prompt_cache = cmd->add_option(
+      "--prompt-cache", run.prompt_cache,
+      "llama-completion's prompt cache: -p/-f is the whole prompt; the longest common prefix "
+      "with FILE (a kvstash session) is reused, the prompt's state saved to FILE");
+  cmd->add_flag("--prompt-cache-all", run.prompt_cache_all,
+                "--prompt-cache: save the generated tokens too")
+      ->needs(prompt_cache);
+  cmd->add_flag("--prompt-cache-ro", run.prompt_cache_ro, "--prompt-cache: never write FILE")
+      ->needs(prompt_cache);
+  prompt_cache->excludes("--session");
+  cmd->add_option("-n,--n-predict,--predict", run.sample.n_predict,
                   "tokens to generate (default -1: until end of text or full context)");
-  cmd->add_option("--temp", run.sample.temp, "temperature (default 0.8; 0: greedy)");
+  cmd->add_option("--temp,--temperature", run.sample.temp, "temperature (default 0.8; 0: greedy)");
+  cmd->add_option("--repeat-penalty", run.sample.repeat_penalty,
+                  "penalize repeating the last --repeat-last-n tokens (default 1: off)");
+  cmd->add_option("--repeat-last-n", run.sample.repeat_last_n,
+                  "tokens --repeat-penalty looks back over, prompt included (default 64; -1: "
+                  "the context)");
+  cmd->add_flag("--ignore-eos", run.sample.ignore_eos,
+                "never stop at end of text (only -n, a stop string or a full context)");
   cmd->add_option("--top-k", run.sample.top_k, "top-k (default 40; 0: off)");
   cmd->add_option("--top-p", run.sample.top_p, "top-p (default 0.95; 1: off)");
   cmd->add_option("--min-p", run.sample.min_p, "min-p (default 0.05; 0: off)");
@@ -147,12 +194,25 @@ void AddRun(Cli* cli) {
                               "sampling seed, 0 to 4294967294 (default: random)")
                   ->check(SeedCheck());
   cmd->add_option("--stop", run.sample.stop, "stop before this text (repeatable)");
+  cmd->add_option("-r,--reverse-prompt", run.reverse_prompts,
+                  "llama.cpp's reverse prompt: --stop, escapes processed (repeatable)");
+  cmd->add_flag("--conversation", cli->run_conversation,
+                "llama.cpp's conversation mode (-cnv): see 'kvstash chat'");
+  cmd->add_flag("--no-conversation", "run never converses (llama.cpp's -no-cnv: accepted)");
   cmd->add_option("-c,--ctx-size", run.n_ctx, "context size (default: as saved, or 4096 cold)");
   cmd->add_option("-t,--threads", run.n_threads, "threads (default: all cores)");
+  cmd->add_option("--threads-batch", run.n_threads_batch,
+                  "threads for the prompt (default: as -t; also -tb)");
+  cmd->add_option("-b,--batch-size", run.n_batch,
+                  "tokens per llama_decode call (cold; a session keeps its own; default 2048)");
+  cmd->add_option("--ubatch-size", run.n_ubatch,
+                  "physical batch size (cold; default 512; also -ub)");
   cmd->add_option("--flash-attn", cli->run_fa, "flash attention: on, off or auto (-fa)")
       ->check(CLI::IsMember({"on", "off", "auto"}));
-  cmd->add_option("--cache-type-k", run.cache_type_k, "K cache type (cold; must match a session)");
-  cmd->add_option("--cache-type-v", run.cache_type_v, "V cache type (cold; must match a session)");
+  cmd->add_option("--cache-type-k", run.cache_type_k,
+                  "K cache type (cold; must match a session; also -ctk)");
+  cmd->add_option("--cache-type-v", run.cache_type_v,
+                  "V cache type (cold; must match a session; also -ctv)");
   cmd->footer(
       "Examples:\n"
       "  kvstash run -m model.gguf --session system.kvs -p \"What is 2+2?\" -n 32 --temp 0\n"
@@ -161,6 +221,15 @@ void AddRun(Cli* cli) {
       "      (only what differs from the session's tokens is decoded)\n"
       "  kvstash run -m model.gguf --cache-dir ~/.cache/kvstash --prefix-file doc.txt -p \"...\"\n"
       "      (the longest prefix any earlier run computed is restored, the rest decoded)\n"
+      "  kvstash run -m model.gguf -f full-prompt.txt --prompt-cache cache.kvs   "
+      "(llama-completion)\n"
+      "llama.cpp's flags mean what they mean there: -sys is the prefix, -r a stop string, "
+      "-p/-f/-sys/-r\n"
+      "have escapes processed (--no-escape), "
+      "--predict/--temperature/--repeat-penalty/--ignore-eos,\n"
+      "-f - reads standard input. Conversation mode (-cnv) is 'kvstash chat'. A prompt that "
+      "begins\n"
+      "with the --session's tokens reuses them. Plain runs end with one timing line on stderr.\n"
       "SIGINT (Ctrl-C) stops generating: what was generated is printed, exit code 130.");
 }
 
@@ -186,8 +255,8 @@ void AddServe(Cli* cli) {
                   "a llama.cpp built-in chat template (chatml, llama3, ...; default: the "
                   "model's own)");
   cmd->add_option("-t,--threads", s.engine.n_threads, "threads (default: all cores)");
-  cmd->add_option("--n-gpu-layers", s.model.n_gpu_layers,
-                  "layers to offload to a GPU (also -ngl; CPU builds ignore it)");
+  cmd->add_option("--n-gpu-layers,--gpu-layers", cli->serve_gpu_layers,
+                  "layers to offload to a GPU: N, all or auto (also -ngl; CPU builds ignore it)");
   cmd->add_option("--flash-attn", cli->serve_fa,
                   "flash attention: off (default: answers independent of load), on or auto (-fa)")
       ->check(CLI::IsMember({"on", "off", "auto"}));
@@ -244,8 +313,6 @@ void AddChat(Cli* cli) {
       ->check(SeedCheck());
   cmd->add_option("-c,--ctx-size", chat.n_ctx, "context size (default: as saved, or 4096)");
   cmd->add_option("-t,--threads", chat.n_threads, "threads (default: all cores)");
-  cmd->add_option("--n-gpu-layers", chat.n_gpu_layers,
-                  "layers to offload to a GPU (also -ngl; CPU builds ignore it)");
   cmd->add_option("--flash-attn", chat.flash_attn, "flash attention: on, off or auto (-fa)")
       ->check(CLI::IsMember({"on", "off", "auto"}));
   cmd->footer(
@@ -325,37 +392,57 @@ void AddImport(Cli* cli) {
       "  kvstash run -m model.gguf --session system.kvs -p \"...\"");
 }
 
-// Whether `arg`, standing as a flag, makes the next argument its value.
-bool TakesValue(const Cli& cli, const std::string& arg) {
-  if (arg.size() < 2 || arg[0] != '-' || arg.find('=') != std::string::npos) return false;
-  if (arg[1] != '-' && arg.size() > 2) return false;  // "-n5": the value is attached
-  for (const CLI::App* cmd :
-       {&cli.app, static_cast<const CLI::App*>(cli.save_cmd),
-        static_cast<const CLI::App*>(cli.run_cmd), static_cast<const CLI::App*>(cli.inspect_cmd),
-        static_cast<const CLI::App*>(cli.verify_cmd), static_cast<const CLI::App*>(cli.make_cmd),
-        static_cast<const CLI::App*>(cli.cache_cmd), static_cast<const CLI::App*>(cli.serve_cmd),
-        static_cast<const CLI::App*>(cli.chat_cmd), static_cast<const CLI::App*>(cli.import_cmd)}) {
-    const CLI::Option* opt = cmd->get_option_no_throw(arg);
-    if (opt != nullptr) return opt->get_items_expected_min() > 0;
+// Every spelling each command declares and whether it takes a value, for TranslateLlamaFlags.
+std::vector<CommandSpec> CommandSpecs(const CLI::App& app) {
+  auto spec_of = [](const CLI::App& cmd, const std::string& name) {
+    CommandSpec spec{name, {}};
+    for (const CLI::Option* opt : cmd.get_options()) {
+      const bool takes_value = opt->get_items_expected_min() > 0;
+      for (const std::string& l : opt->get_lnames()) spec.flags.push_back({"--" + l, takes_value});
+      for (const std::string& n : opt->get_snames()) spec.flags.push_back({"-" + n, takes_value});
+    }
+    return spec;
+  };
+  std::vector<CommandSpec> specs = {spec_of(app, "")};
+  for (const CLI::App* cmd : app.get_subcommands([](const CLI::App*) { return true; })) {
+    specs.push_back(spec_of(*cmd, cmd->get_name()));
   }
-  return false;
+  return specs;
 }
 
-// llama.cpp spells some flags with two letters after one dash ("-fa", "-ub"); CLI11 2.1 reads
-// those as bundles of one-letter flags, so they are renamed to their long forms, but only where
-// they stand as flags: not as the value of the option before them (--prefix -fa), nor after "--".
-void RenameTwoLetterFlags(const Cli& cli, std::vector<std::string>* args) {
-  bool is_value = false;
-  for (size_t i = 1; i < args->size(); ++i) {
-    std::string& arg = (*args)[i];
-    if (arg == "--") break;
-    if (!is_value && arg == "-fa") arg = "--flash-attn";
-    if (!is_value && arg == "-ub") arg = "--ubatch-size";
-    if (!is_value && arg == "-ngl") arg = "--n-gpu-layers";
-    if (!is_value && arg == "-np") arg = "--parallel";
-    if (!is_value && arg == "-sys") arg = "--system-prompt";
-    is_value = !is_value && TakesValue(cli, arg);
+// Each command's --help ends with the llama.cpp spellings it accepts.
+void AddLlamaFooters(CLI::App* app, const std::vector<CommandSpec>& specs) {
+  for (CLI::App* cmd : app->get_subcommands([](const CLI::App*) { return true; })) {
+    for (const CommandSpec& spec : specs) {
+      const std::string footer = spec.name == cmd->get_name() ? LlamaFlagsFooter(spec) : "";
+      if (!footer.empty()) cmd->footer(cmd->get_footer() + "\n" + footer);
+    }
   }
+}
+
+// -ngl's value into the number ModelOptions takes.
+int ResolveGpuLayers(const std::string& value, int* out) {
+  if (value.empty()) return 0;
+  const auto layers = ParseGpuLayers(value, kvstash::ModelOptions().n_gpu_layers);
+  if (!layers) {
+    return UsageError("-ngl takes a layer count, all or auto, not '" + value + "'");
+  }
+  *out = *layers;
+  return 0;
+}
+
+// llama.cpp's -cnv asks for a conversation: `kvstash chat` where this build has it.
+int ConversationUsage(const CLI::App& app) {
+  for (const CLI::App* cmd : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (cmd->get_name() == "chat") {
+      return UsageError(
+          "run answers one prompt; for llama.cpp's conversation mode (-cnv) use "
+          "'kvstash chat -m MODEL' (see kvstash chat --help)");
+    }
+  }
+  return UsageError(
+      "run answers one prompt and this kvstash has no conversation mode (-cnv) "
+      "yet: it comes as 'kvstash chat'; drop -cnv to answer one prompt");
 }
 
 // --cache-max-bytes to a number; --no-cache (or an empty directory) turns the store off.
@@ -374,10 +461,13 @@ int Dispatch(Cli& cli) {
     return 0;
   }
   if (cli.save_cmd->parsed()) {
+    if (int rc = ResolveGpuLayers(cli.save.common.gpu_layers, &cli.save.common.n_gpu_layers))
+      return rc;
     if (cli.save_fa == "on") cli.save.session.flash_attn = kvstash::FlashAttention::kOn;
     if (cli.save_fa == "off") cli.save.session.flash_attn = kvstash::FlashAttention::kOff;
-    if (!cli.save.prefix && !cli.save.prefix_file) {
-      return UsageError("save needs --prefix TEXT or --prefix-file FILE");
+    if (!cli.save.prefix && !cli.save.prefix_file && !cli.save.llama.system_prompt &&
+        !cli.save.llama.system_prompt_file) {
+      return UsageError("save needs --prefix TEXT or --prefix-file FILE (or -sys TEXT)");
     }
     if (int rc = ResolveStoreFlags(cli.save_max_bytes, &cli.save.store); rc != 0) return rc;
     // Like run: an explicit -o wins over a store that comes from the environment only (publishing
@@ -388,18 +478,26 @@ int Dispatch(Cli& cli) {
     return RunSave(cli.save);
   }
   if (cli.run_cmd->parsed()) {
+    if (cli.run_conversation) return ConversationUsage(cli.app);
+    if (int rc = ResolveGpuLayers(cli.run.common.gpu_layers, &cli.run.common.n_gpu_layers))
+      return rc;
     if (!cli.run_fa.empty()) cli.run.flash_attn = cli.run_fa;
     if (!cli.run.prompt && !cli.run.prompt_file) return UsageError("run needs -p TEXT or -f FILE");
     if (int rc = ResolveStoreFlags(cli.run_max_bytes, &cli.run.store); rc != 0) return rc;
-    // An explicit session file wins over a store that comes from the environment only.
-    if (cli.run.session && cli.run.store.dir) {
-      if (cli.cache_dir_flag)
-        return UsageError("run takes --session FILE or --cache-dir DIR, not both");
+    // An explicit session file or prompt cache wins over a store that comes from the environment
+    // only.
+    if ((cli.run.session || cli.run.prompt_cache) && cli.run.store.dir) {
+      if (cli.cache_dir_flag) {
+        return UsageError(std::string("run takes ") +
+                          (cli.run.session ? "--session FILE" : "--prompt-cache FILE") +
+                          " or --cache-dir DIR, not both");
+      }
       cli.run.store.dir.reset();
     }
     return RunRun(cli.run);
   }
   if (cli.chat_cmd->parsed()) {
+    if (int rc = ResolveGpuLayers(cli.chat.common.gpu_layers, &cli.chat.n_gpu_layers)) return rc;
     if (int rc = ResolveStoreFlags(cli.chat_max_bytes, &cli.chat.store); rc != 0) return rc;
     // As run: an explicit session wins over a store from the environment only.
     if (cli.chat.session && cli.chat.store.dir) {
@@ -410,7 +508,11 @@ int Dispatch(Cli& cli) {
     return RunChat(cli.chat);
   }
   if (cli.inspect_cmd->parsed()) return RunInspect(cli.inspect);
-  if (cli.verify_cmd->parsed()) return RunVerify(cli.verify);
+  if (cli.verify_cmd->parsed()) {
+    if (int rc = ResolveGpuLayers(cli.verify.common.gpu_layers, &cli.verify.common.n_gpu_layers))
+      return rc;
+    return RunVerify(cli.verify);
+  }
   if (cli.cache_cmd->parsed()) {
     if (cli.cache.dir.empty())
       return UsageError("cache needs --cache-dir DIR (or $KVSTASH_CACHE_DIR)");
@@ -422,6 +524,7 @@ int Dispatch(Cli& cli) {
   }
   if (cli.serve_cmd->parsed()) {
     auto& s = cli.serve;
+    if (int rc = ResolveGpuLayers(cli.serve_gpu_layers, &s.model.n_gpu_layers)) return rc;
     s.engine.flash_attn = cli.serve_fa == "on"    ? kvstash::FlashAttention::kOn
                           : cli.serve_fa == "off" ? kvstash::FlashAttention::kOff
                                                   : kvstash::FlashAttention::kAuto;
@@ -440,7 +543,11 @@ int Dispatch(Cli& cli) {
     if (cli.serve_verbose) kvstash::SetLlamaLogs(kvstash::LlamaLogs::kStderr);
     return kvstash::server::RunServer(s);
   }
-  if (cli.import_cmd->parsed()) return RunImport(cli.import);
+  if (cli.import_cmd->parsed()) {
+    if (int rc = ResolveGpuLayers(cli.import.common.gpu_layers, &cli.import.common.n_gpu_layers))
+      return rc;
+    return RunImport(cli.import);
+  }
   if (cli.make_cmd->parsed()) {
     if (cli.make.output.empty()) return UsageError("make-test-model -o needs a file name");
     return RunMakeTestModel(cli.make);
@@ -470,17 +577,21 @@ int Main(int argc, char** argv) {
   AddOthers(&cli);
   AddImport(&cli);
   AddChat(&cli);
+  const std::vector<CommandSpec> specs = CommandSpecs(cli.app);
+  AddLlamaFooters(&cli.app, specs);
 
-  std::vector<std::string> args(argv, argv + argc);
-  RenameTwoLetterFlags(cli, &args);
-  std::vector<char*> argv2;
-  for (auto& arg : args) argv2.push_back(arg.data());
   // Before parsing, so that a usage error is JSON too when --json was asked for.
-  for (const auto& arg : args) {
+  const std::vector<std::string> given(argv, argv + argc);
+  for (const auto& arg : given) {
     if (arg == "--") break;
     if (arg == "--json") SetJsonErrors(true);
     if (arg == "--cache-dir" || arg.rfind("--cache-dir=", 0) == 0) cli.cache_dir_flag = true;
   }
+  Translation translated = TranslateLlamaFlags(given, specs);
+  if (!translated.error.empty()) return UsageError(translated.error);
+  std::vector<std::string>& args = translated.args;
+  std::vector<char*> argv2;
+  for (auto& arg : args) argv2.push_back(arg.data());
 
   try {
     cli.app.parse(static_cast<int>(argv2.size()), argv2.data());
