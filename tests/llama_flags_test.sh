@@ -118,6 +118,15 @@ expect_exit 0 "" -- $KV run -m "$M" -p "$SYS$Q" -n 8 --temp 0 --prompt-cache "$d
 want=$(jq_ "$dir/out" 'd["n_prompt_tokens"] + len(d["tokens"])')
 $KV inspect "$dir/all.kvs" --json >"$dir/all.json"
 check "[ \"\$(jq_ '$dir/all.json' 'd[\"n_tokens\"]')\" = $want ]" "--prompt-cache-all keeps the generated tokens"
+# A llama-completion script's command line, unchanged but for the binary: the second run reuses the
+# whole prompt and answers the same.
+LC=(-m "$M" -f "$dir/lc.txt" -n 8 --temp 0 -c 2048 -t 2 -ngl 99 -fa auto --prompt-cache "$dir/lc.kvs"
+  --no-display-prompt -no-cnv --log-disable --no-warmup -e)
+printf '%s\\nQ: Why? A:\n' "$SYS" >"$dir/lc.txt"
+expect_exit 0 "reused 0 of" -- $KV run "${LC[@]}"
+cp "$dir/out" "$dir/lc1.out"
+expect_exit 0 "reused \([0-9]*\) of \1 prompt tokens (prompt cache), decoded 0" -- $KV run "${LC[@]}"
+check "cmp -s '$dir/out' '$dir/lc1.out'" "the llama-completion command line answered differently warm"
 # A llama.cpp session file where the cache should be: kvstash import converts it; kept as it was.
 printf 'nsgg\x09\x00\x00\x00junk' >"$dir/llama.bin"
 cp "$dir/llama.bin" "$dir/llama.copy"

@@ -199,6 +199,12 @@ void AddRun(Cli* cli) {
   cmd->add_flag("--conversation", cli->run_conversation,
                 "llama.cpp's conversation mode (-cnv): see 'kvstash chat'");
   cmd->add_flag("--no-conversation", "run never converses (llama.cpp's -no-cnv: accepted)");
+  // llama-completion's console flags, common in scripts: kvstash's output already is what they
+  // ask for (the answer alone on stdout, no llama.cpp log lines without -v, no warmup decode).
+  cmd->add_flag("--no-display-prompt", "accepted from llama.cpp: the prompt is never printed");
+  cmd->add_flag("--log-disable", "accepted from llama.cpp: its log lines show only with -v");
+  cmd->add_flag("--no-warmup", "accepted from llama.cpp: kvstash does no warmup decode");
+  cmd->add_flag("--simple-io", "accepted from llama.cpp: stdout gets the answer only");
   cmd->add_option("-c,--ctx-size", run.n_ctx, "context size (default: as saved, or 4096 cold)");
   cmd->add_option("-t,--threads", run.n_threads, "threads (default: all cores)");
   cmd->add_option("--threads-batch", run.n_threads_batch,
