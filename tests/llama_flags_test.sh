@@ -55,6 +55,11 @@ same_output "-ctk/-ctv run" -- run -m "$M" --session "$dir/q8.kvs" -ctk q8_0 -ct
   -- run -m "$M" --session "$dir/q8.kvs" --cache-type-k q8_0 --cache-type-v q8_0 -p "$Q" -n 6 --temp 0
 
 # --- Sampling and batch spellings mean what the kvstash spellings mean.
+# -s -1 is llama.cpp's random seed (its default); two runs then differ, as without -s.
+expect_exit 0 "" -- $KV run -m "$M" -p "$Q" -n 16 --temp 1.5 --top-k 0 -s -1 --json
+cp "$dir/out" "$dir/rand1.json"
+expect_exit 0 "" -- $KV run -m "$M" -p "$Q" -n 16 --temp 1.5 --top-k 0 -s -1 --json
+check "[ \"\$(jq_ '$dir/out' 'd[\"tokens\"]')\" != \"\$(jq_ '$dir/rand1.json' 'd[\"tokens\"]')\" ]" "-s -1 is not random"
 same_output "--temperature" -- run -m "$M" -p "$Q" -n 8 --temperature 0.7 -s 5 \
   -- run -m "$M" -p "$Q" -n 8 --temp 0.7 -s 5
 same_output "-b/-ub/-tb on run" -- run -m "$M" -p "$SYS$Q" -n 4 --temp 0 -b 16 -ub 8 -tb 1 \

@@ -136,10 +136,16 @@ void AddSave(Cli* cli) {
 }
 
 // llama.cpp's seed 4294967295 (LLAMA_DEFAULT_SEED) means "random"; as a flag value it would
-// silently do the opposite of what was asked, so it is refused. No -s at all means random.
+// silently do the opposite of what was asked, so it is refused. No -s at all means random, and so
+// does llama.cpp's own spelling of it, -s -1 (turned into the library's random seed here).
+// A transform, not a check: CLI11 gives checks a copy of the value, and -1 is rewritten.
 CLI::Validator SeedCheck() {
   return CLI::Validator(
       [](std::string& value) -> std::string {
+        if (value == "-1") {
+          value = "4294967295";
+          return "";
+        }
         if (std::strtoull(value.c_str(), nullptr, 10) != 4294967295ull) return "";
         return "-s 4294967295 is llama.cpp's code for a random seed; pass a seed from 0 to "
                "4294967294, or leave -s out for a random one";
@@ -190,9 +196,10 @@ void AddRun(Cli* cli) {
   cmd->add_option("--top-k", run.sample.top_k, "top-k (default 40; 0: off)");
   cmd->add_option("--top-p", run.sample.top_p, "top-p (default 0.95; 1: off)");
   cmd->add_option("--min-p", run.sample.min_p, "min-p (default 0.05; 0: off)");
-  cli->seed = cmd->add_option("-s,--seed", run.sample.seed,
-                              "sampling seed, 0 to 4294967294 (default: random)")
-                  ->check(SeedCheck());
+  cli->seed =
+      cmd->add_option("-s,--seed", run.sample.seed,
+                      "sampling seed, 0 to 4294967294 (default, or -1 as in llama.cpp: random)")
+          ->transform(SeedCheck());
   cmd->add_option("--stop", run.sample.stop, "stop before this text (repeatable)");
   cmd->add_option("-r,--reverse-prompt", run.reverse_prompts,
                   "llama.cpp's reverse prompt: --stop, escapes processed (repeatable)");
@@ -316,7 +323,7 @@ void AddChat(Cli* cli) {
   cmd->add_option("--min-p", chat.sample.min_p, "min-p (default 0.05; 0: off)");
   cmd->add_option("-s,--seed", chat.sample.seed,
                   "sampling seed for every answer, 0 to 4294967294 (default: random)")
-      ->check(SeedCheck());
+      ->transform(SeedCheck());
   cmd->add_option("-c,--ctx-size", chat.n_ctx, "context size (default: as saved, or 4096)");
   cmd->add_option("-t,--threads", chat.n_threads, "threads (default: all cores)");
   cmd->add_option("--flash-attn", chat.flash_attn, "flash attention: on, off or auto (-fa)")
