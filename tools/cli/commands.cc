@@ -474,14 +474,14 @@ int RunRun(const RunFlags& flags) {
 }
 
 namespace {
-int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
-  InstallSignalHandlers();
+// The library's request for run's flags: texts read and escape-processed, -r as stop strings.
+Result<RunRequest> MakeRunRequest(const RunFlags& flags, std::shared_ptr<Store> store) {
   RunRequest request;
   auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
-  if (!prefix.ok()) return Fail(prefix.status());
+  if (!prefix.ok()) return prefix.status();
   request.prefix = *prefix;
   auto prompt = PromptText(flags);
-  if (!prompt.ok()) return Fail(prompt.status());
+  if (!prompt.ok()) return prompt.status();
   request.prompt = std::move(prompt.value());
   request.session_path = flags.session;
   request.store = store;
@@ -507,7 +507,7 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   }
   if (flags.flash_attn) {
     auto fa = ParseFlash(*flags.flash_attn);
-    if (!fa.ok()) return Fail(fa.status());
+    if (!fa.ok()) return fa.status();
     request.create.flash_attn = *fa;
     request.open.flash_attn = *fa;
   }
@@ -516,7 +516,14 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   request.open.cache_type_k = flags.cache_type_k;
   request.open.cache_type_v = flags.cache_type_v;
   request.open.progress = MakeProgress("load", "bytes", kBarBytes);
+  return request;
+}
 
+int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
+  InstallSignalHandlers();
+  auto made = MakeRunRequest(flags, store);
+  if (!made.ok()) return Fail(made.status());
+  const RunRequest& request = *made;
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
   // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
