@@ -495,14 +495,17 @@ class Session(_Handle):
     def create(cls, model: Model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                n_batch: Optional[int] = None, n_ubatch: Optional[int] = None,
                flash_attn=None, cache_type_k: Optional[str] = None,
-               cache_type_v: Optional[str] = None) -> "Session":
+               cache_type_v: Optional[str] = None,
+               n_threads_batch: Optional[int] = None) -> "Session":
         """A fresh, empty session. None takes the library's default: n_ctx 4096 (0: the model's
-        training context), all cores, n_batch 2048, n_ubatch 512, flash_attn "auto", f16 caches.
+        training context), all cores, n_batch 2048, n_ubatch 512, flash_attn "auto", f16 caches,
+        n_threads_batch as n_threads.
         """
         opts = _options(_ffi.kvstash_session_options, _lib.kvstash_session_options_init,
                         dict(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
                              flash_attn=flash_attn, cache_type_k=cache_type_k,
-                             cache_type_v=cache_type_v), _convert_session_option)
+                             cache_type_v=cache_type_v, n_threads_batch=n_threads_batch),
+                        _convert_session_option)
         out = _c.c_void_p()
         _check(model._call(_lib.kvstash_session_create, _c.byref(opts), _c.byref(out)))
         return cls(out.value)
@@ -510,7 +513,8 @@ class Session(_Handle):
     @classmethod
     def open(cls, model: Model, path, n_ctx: Optional[int] = None, n_room: Optional[int] = None,
              n_threads: Optional[int] = None, flash_attn=None, cache_type_k: Optional[str] = None,
-             cache_type_v: Optional[str] = None) -> "Session":
+             cache_type_v: Optional[str] = None,
+             n_threads_batch: Optional[int] = None) -> "Session":
         """Loads a session file saved from the same model; every check runs before a byte reaches
         llama.cpp. The session then holds the saved tokens: append after them. Everything that
         decides the KV bytes' meaning comes from the file; None means "as saved" (n_room: tokens
@@ -518,7 +522,8 @@ class Session(_Handle):
         opts = _options(_ffi.kvstash_open_options, _lib.kvstash_open_options_init,
                         dict(n_ctx=n_ctx, n_room=n_room, n_threads=n_threads,
                              flash_attn=flash_attn, cache_type_k=cache_type_k,
-                             cache_type_v=cache_type_v), _convert_session_option)
+                             cache_type_v=cache_type_v, n_threads_batch=n_threads_batch),
+                        _convert_session_option)
         out = _c.c_void_p()
         _check(model._call(_lib.kvstash_session_open, _path(path), _c.byref(opts),
                                  _c.byref(out)))
@@ -593,11 +598,14 @@ class Session(_Handle):
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  min_p: Optional[float] = None, seed: Optional[int] = None,
                  stop: Optional[Sequence[str]] = None,
-                 on_piece: Optional[Callable[[str], Optional[bool]]] = None) -> Generation:
+                 on_piece: Optional[Callable[[str], Optional[bool]]] = None,
+                 repeat_penalty: Optional[float] = None, repeat_last_n: Optional[int] = None,
+                 ignore_eos: Optional[bool] = None) -> Generation:
         """Samples until a stop condition; the generated tokens become part of the session.
 
         None takes the library's default: n_predict 128 (< 0: until the end of generation),
-        temp 0 (greedy), top_k 40, top_p 0.95, min_p 0.05, a random seed. The text stops
+        temp 0 (greedy), top_k 40, top_p 0.95, min_p 0.05, a random seed, repeat_penalty 1 (off)
+        over the last repeat_last_n 64 tokens, ignore_eos False. The text stops
         before the first match of a ``stop`` string. ``on_piece(text)`` gets each piece as soon as
         it is final (whole characters); returning False stops (StopReason.CANCELLED). An exception
         it raises stops the generation and is re-raised here."""
@@ -605,7 +613,8 @@ class Session(_Handle):
         stop_arr = (_c.c_char_p * len(stops))(*stops)
         opts = _options(_ffi.kvstash_sample_options, _lib.kvstash_sample_options_init,
                         dict(n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p,
-                             min_p=min_p, seed=seed))
+                             min_p=min_p, seed=seed, repeat_penalty=repeat_penalty,
+                             repeat_last_n=repeat_last_n, ignore_eos=ignore_eos))
         if stops:
             opts.stop = _c.cast(stop_arr, _c.POINTER(_c.c_char_p))
             opts.n_stop = len(stops)

@@ -138,13 +138,14 @@ class kvstash_gc_report(Structure):
 class kvstash_session_options(Structure):
     _fields_ = [("size", c_uint32), ("n_ctx", c_uint32), ("n_threads", c_int32),
                 ("n_batch", c_uint32), ("n_ubatch", c_uint32), ("flash_attn", c_int),
-                ("cache_type_k", c_char_p), ("cache_type_v", c_char_p)]
+                ("cache_type_k", c_char_p), ("cache_type_v", c_char_p),
+                ("n_threads_batch", c_int32)]
 
 
 class kvstash_open_options(Structure):
     _fields_ = [("size", c_uint32), ("n_ctx", c_uint32), ("n_room", c_uint32),
                 ("n_threads", c_int32), ("flash_attn", c_int), ("cache_type_k", c_char_p),
-                ("cache_type_v", c_char_p)]
+                ("cache_type_v", c_char_p), ("n_threads_batch", c_int32)]
 
 
 class kvstash_sync_result(Structure):
@@ -155,7 +156,8 @@ class kvstash_sync_result(Structure):
 class kvstash_sample_options(Structure):
     _fields_ = [("size", c_uint32), ("n_predict", c_int32), ("temp", c_float), ("top_k", c_int32),
                 ("top_p", c_float), ("min_p", c_float), ("seed", c_uint32),
-                ("stop", POINTER(c_char_p)), ("n_stop", c_size_t)]
+                ("stop", POINTER(c_char_p)), ("n_stop", c_size_t),
+                ("repeat_penalty", c_float), ("repeat_last_n", c_int32), ("ignore_eos", c_bool)]
 
 
 # The piece is not NUL-terminated: c_void_p, read with ctypes.string_at(piece, len).
@@ -190,8 +192,8 @@ class kvstash_file_info(Structure):
 LAYOUTS = {
     kvstash_model_options: (12, 4), kvstash_chat_message: (16, 8),
     kvstash_store_options: (32, 8), kvstash_store_stats: (72, 8), kvstash_gc_report: (32, 8),
-    kvstash_session_options: (40, 8), kvstash_open_options: (40, 8),
-    kvstash_sync_result: (48, 8), kvstash_sample_options: (48, 8), kvstash_generation: (40, 8),
+    kvstash_session_options: (48, 8), kvstash_open_options: (48, 8),
+    kvstash_sync_result: (48, 8), kvstash_sample_options: (64, 8), kvstash_generation: (40, 8),
     kvstash_save_options: (8, 4), kvstash_open_stats: (48, 8), kvstash_file_info: (120, 8),
 }
 

@@ -267,6 +267,15 @@ class ModelAndLifetimes(Base):
         self.assertEqual(s.tokens, before)
         s.append(SUFFIX)
 
+    def test_llama_cpp_sampling_options(self):
+        s = self.new_session(None, PREFIX, SUFFIX)
+        g = s.generate(n_predict=8, temp=0, ignore_eos=True, repeat_penalty=1.3, repeat_last_n=32)
+        self.assertEqual(len(g.tokens), 8)
+        self.assertEqual(g.stop_reason, kvstash.StopReason.MAX_TOKENS)
+        self.assertFalse(any(self.model.is_end_of_generation(t) for t in g.tokens))
+        with kvstash.Session.create(self.model, n_ctx=512, n_threads_batch=1) as t:
+            t.append(PREFIX)
+
     def test_integers_that_do_not_fit_are_refused_not_wrapped(self):
         with self.assertRaises(kvstash.InvalidArgumentError):
             self.model.detokenize([2**32 + 450])

@@ -650,6 +650,8 @@ pub struct SessionOptions {
     /// "f16"; also f32 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1.
     pub cache_type_k: String,
     pub cache_type_v: String,
+    /// Threads for prompts (llama.cpp's `-tb`); 0: as `n_threads`.
+    pub n_threads_batch: i32,
 }
 
 impl Default for SessionOptions {
@@ -663,6 +665,7 @@ impl Default for SessionOptions {
             flash_attn: FlashAttn::from_raw(c.flash_attn),
             cache_type_k: unsafe { owned_str(c.cache_type_k) },
             cache_type_v: unsafe { owned_str(c.cache_type_v) },
+            n_threads_batch: c.n_threads_batch,
         }
     }
 }
@@ -681,6 +684,8 @@ pub struct OpenOptions {
     /// None: as saved.
     pub cache_type_k: Option<String>,
     pub cache_type_v: Option<String>,
+    /// Threads for prompts; 0: as `n_threads`.
+    pub n_threads_batch: i32,
 }
 
 impl Default for OpenOptions {
@@ -701,6 +706,7 @@ impl Default for OpenOptions {
             } else {
                 Some(unsafe { owned_str(c.cache_type_v) })
             },
+            n_threads_batch: c.n_threads_batch,
         }
     }
 }
@@ -722,6 +728,12 @@ pub struct SampleOptions {
     pub seed: u32,
     /// The text stops before the first match of any of these.
     pub stop: Vec<String>,
+    /// 1: off; llama.cpp's `--repeat-penalty` over the session's last `repeat_last_n` tokens.
+    pub repeat_penalty: f32,
+    /// 64; 0: off; -1: the whole context.
+    pub repeat_last_n: i32,
+    /// End-of-generation tokens are never sampled.
+    pub ignore_eos: bool,
 }
 
 impl SampleOptions {
@@ -739,6 +751,9 @@ impl Default for SampleOptions {
             min_p: c.min_p,
             seed: c.seed,
             stop: Vec::new(),
+            repeat_penalty: c.repeat_penalty,
+            repeat_last_n: c.repeat_last_n,
+            ignore_eos: c.ignore_eos,
         }
     }
 }
@@ -963,6 +978,7 @@ impl Session {
         let mut c = unsafe { c_defaults(sys::kvstash_session_options_init) };
         c.n_ctx = options.n_ctx;
         c.n_threads = options.n_threads;
+        c.n_threads_batch = options.n_threads_batch;
         c.n_batch = options.n_batch;
         c.n_ubatch = options.n_ubatch;
         c.flash_attn = options.flash_attn.to_raw();
@@ -989,6 +1005,7 @@ impl Session {
         c.n_ctx = options.n_ctx;
         c.n_room = options.n_room;
         c.n_threads = options.n_threads;
+        c.n_threads_batch = options.n_threads_batch;
         c.flash_attn = options.flash_attn.to_raw();
         c.cache_type_k = k.as_ref().map_or(ptr::null(), |k| k.as_ptr());
         c.cache_type_v = v.as_ref().map_or(ptr::null(), |v| v.as_ptr());
@@ -1093,6 +1110,9 @@ impl Session {
         c.top_p = options.top_p;
         c.min_p = options.min_p;
         c.seed = options.seed;
+        c.repeat_penalty = options.repeat_penalty;
+        c.repeat_last_n = options.repeat_last_n;
+        c.ignore_eos = options.ignore_eos;
         c.stop = if stop_ptrs.is_empty() {
             ptr::null()
         } else {

@@ -113,6 +113,7 @@ pub struct kvstash_session_options {
     pub flash_attn: kvstash_flash_attn,
     pub cache_type_k: *const c_char,
     pub cache_type_v: *const c_char,
+    pub n_threads_batch: i32,
 }
 
 #[repr(C)]
@@ -125,6 +126,7 @@ pub struct kvstash_open_options {
     pub flash_attn: kvstash_flash_attn,
     pub cache_type_k: *const c_char,
     pub cache_type_v: *const c_char,
+    pub n_threads_batch: i32,
 }
 
 #[repr(C)]
@@ -157,6 +159,9 @@ pub struct kvstash_sample_options {
     pub seed: u32,
     pub stop: *const *const c_char,
     pub n_stop: usize,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub ignore_eos: bool,
 }
 
 pub type kvstash_piece_fn =
@@ -387,10 +392,10 @@ mod tests {
         check::<kvstash_store_options>("kvstash_store_options", 32, 8);
         check::<kvstash_store_stats>("kvstash_store_stats", 72, 8);
         check::<kvstash_gc_report>("kvstash_gc_report", 32, 8);
-        check::<kvstash_session_options>("kvstash_session_options", 40, 8);
-        check::<kvstash_open_options>("kvstash_open_options", 40, 8);
+        check::<kvstash_session_options>("kvstash_session_options", 48, 8);
+        check::<kvstash_open_options>("kvstash_open_options", 48, 8);
         check::<kvstash_sync_result>("kvstash_sync_result", 48, 8);
-        check::<kvstash_sample_options>("kvstash_sample_options", 48, 8);
+        check::<kvstash_sample_options>("kvstash_sample_options", 64, 8);
         check::<kvstash_generation>("kvstash_generation", 40, 8);
         check::<kvstash_save_options>("kvstash_save_options", 8, 4);
         check::<kvstash_open_stats>("kvstash_open_stats", 48, 8);

@@ -328,3 +328,31 @@ fn context_full_is_an_error() {
     assert_eq!(e.status, Status::ContextFull, "{}", e);
     assert_eq!(s.n_tokens(), 0);
 }
+
+#[test]
+fn llama_cpp_sampling_options() {
+    let model = model_a();
+    let mut s = Session::create(&model, &small_ctx()).unwrap();
+    s.append_text(PREFIX).unwrap();
+    s.append_text(SUFFIX).unwrap();
+    let options = SampleOptions {
+        n_predict: 8,
+        temp: 0.0,
+        ignore_eos: true,
+        repeat_penalty: 1.3,
+        repeat_last_n: 32,
+        ..Default::default()
+    };
+    let g = s.generate(&options).unwrap();
+    assert_eq!(g.tokens.len(), 8);
+    assert_eq!(g.stop_reason, StopReason::MaxTokens);
+    assert!(g.tokens.iter().all(|t| !model.is_end_of_generation(*t)));
+    let batch = SessionOptions {
+        n_threads_batch: 1,
+        ..small_ctx()
+    };
+    Session::create(&model, &batch)
+        .unwrap()
+        .append_text(PREFIX)
+        .unwrap();
+}
