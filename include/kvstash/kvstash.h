@@ -258,12 +258,13 @@ KVSTASH_API kvstash_status kvstash_session_append_tokens(kvstash_session* sessio
                                                          size_t n_tokens);
 
 typedef struct kvstash_sync_result {
-  size_t n_reused;    /* tokens kept from the cache or restored from the store */
-  size_t n_decoded;   /* tokens decoded now */
-  size_t n_restored;  /* of n_reused: loaded from the store */
+  size_t n_reused;   /* tokens kept from the cache or restored from the store */
+  size_t n_decoded;  /* tokens decoded now */
+  size_t n_restored; /* of n_reused: loaded from the store */
   /* Tokens in new whole chunks for the store. They are copied out for its background writer at
    * the session's next generated token, next call that changes the cache, or free; until then a
-   * kvstash_store_wait_for_writes does not wait for them, and freeing the store first drops them. */
+   * kvstash_store_wait_for_writes does not wait for them, and freeing the store first drops them.
+   */
   size_t n_published;
   double restore_ms;
   double decode_ms;
