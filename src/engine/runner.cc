@@ -279,6 +279,18 @@ bool RepeatsSession(const std::vector<Token>& prompt, const std::vector<Token>& 
   return common + 1 >= session.size();
 }
 
+// What every path does to its session before the prompt: progress, cancellation, and a prompt
+// that cannot fit refused before it is tokenized.
+Status PrepareSession(const Model& model, const RunRequest& request, const ProgressFn& progress,
+                      Session* session, RunReport* report) {
+  session->SetProgressCallback(progress);
+  session->SetCancelFlag(request.cancel);
+  report->n_ctx = session->n_ctx();
+  return CheckTextCanFit(model,
+                         (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
+                         session->n_ctx(), request.prefix ? "prefix and prompt" : "prompt");
+}
+
 // --prompt-cache: sync the whole sequence with the file's session, save it, generate.
 Result<RunReport> RunWithPromptCache(std::shared_ptr<const Model> model, const RunRequest& request,
                                      const PieceCallback& on_piece, const ProgressFn& progress) {
@@ -291,12 +303,7 @@ Result<RunReport> RunWithPromptCache(std::shared_ptr<const Model> model, const R
   const bool loaded = !s.tokens().empty();
   const auto t_prompt = Clock::now();
   if (loaded) report.load_ms = MsBetween(t_start, t_prompt);
-  s.SetProgressCallback(progress);
-  s.SetCancelFlag(request.cancel);
-  report.n_ctx = s.n_ctx();
-  KVSTASH_RETURN_IF_ERROR(
-      CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
-                      s.n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
+  KVSTASH_RETURN_IF_ERROR(PrepareSession(*model, request, progress, &s, &report));
   auto tokens = PromptTokens(*model, request);
   if (!tokens.ok()) return tokens.status();
   auto synced = s.Sync(*tokens);
@@ -328,26 +335,12 @@ Result<std::unique_ptr<Session>> OpenOrCreate(std::shared_ptr<const Model> model
   return Session::Create(model, request.create);
 }
 
-}  // namespace
-
-Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
-                            const PieceCallback& on_piece, const ProgressFn& progress) {
+// A session file's session (warm: a prefix or a whole prompt synced with it) or a fresh one.
+Result<RunReport> RunWithSessionOrCold(std::shared_ptr<const Model> model,
+                                       const RunRequest& request, const PieceCallback& on_piece,
+                                       const ProgressFn& progress) {
   RunReport report;
-  if ((request.store != nullptr) + request.session_path.has_value() +
-          request.prompt_cache.has_value() >
-      1) {
-    return Status::InvalidArgument(
-        "a run uses one of a session file, a prompt cache and a prefix " +
-        std::string("store: drop --session, --prompt-cache or ") + "--cache-dir");
-  }
-  if (request.prompt_cache) return RunWithPromptCache(model, request, on_piece, progress);
   const auto t_start = Clock::now();
-  if (request.store) {
-    auto session = CreateThroughStore(model, request, progress, &report);
-    if (!session.ok()) return session.status();
-    if (report.n_reused_tokens > 0) report.reused_from = "store";
-    return Generate(**session, request, on_piece, t_start, t_start, &report);
-  }
   auto opened = OpenOrCreate(model, request);
   if (!opened.ok()) return opened.status();
   Session& session = **opened;
@@ -356,12 +349,7 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
     report.load_ms = MsBetween(t_start, t_prompt);
     report.reused_from = "session";
   }
-  session.SetProgressCallback(progress);
-  session.SetCancelFlag(request.cancel);
-  report.n_ctx = session.n_ctx();
-  KVSTASH_RETURN_IF_ERROR(
-      CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
-                      session.n_ctx(), request.prefix ? "prefix and prompt" : "prompt"));
+  KVSTASH_RETURN_IF_ERROR(PrepareSession(*model, request, progress, &session, &report));
   std::vector<Token> prefix_tokens;
   if (request.prefix) {
     auto tokens = model->Tokenize(*request.prefix, /*add_bos=*/true);
@@ -399,6 +387,27 @@ Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest
   report.n_decoded_prompt_tokens = session.n_decoded_total();
   report.n_prompt_tokens = session.tokens().size();
   return Generate(session, request, on_piece, t_start, t_prompt, &report);
+}
+
+}  // namespace
+
+Result<RunReport> RunPrompt(std::shared_ptr<const Model> model, const RunRequest& request,
+                            const PieceCallback& on_piece, const ProgressFn& progress) {
+  RunReport report;
+  if ((request.store != nullptr) + request.session_path.has_value() +
+          request.prompt_cache.has_value() >
+      1) {
+    return Status::InvalidArgument(
+        "a run uses one of a session file, a prompt cache and a prefix " +
+        std::string("store: drop --session, --prompt-cache or ") + "--cache-dir");
+  }
+  if (request.prompt_cache) return RunWithPromptCache(model, request, on_piece, progress);
+  if (!request.store) return RunWithSessionOrCold(model, request, on_piece, progress);
+  const auto t_start = Clock::now();
+  auto session = CreateThroughStore(model, request, progress, &report);
+  if (!session.ok()) return session.status();
+  if (report.n_reused_tokens > 0) report.reused_from = "store";
+  return Generate(**session, request, on_piece, t_start, t_start, &report);
 }
 
 }  // namespace kvstash
