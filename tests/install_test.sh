@@ -5,6 +5,7 @@
 # usage: install_test.sh BUILD_DIR SOURCE_DIR PREFIX CLI
 set -euo pipefail
 build=$1 src=$2 prefix=$3 cli=$4
+export KVSTASH_LLAMA_LOGS=quiet  # the consumers' llama.cpp lines would bury a failure
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 passed=0
@@ -19,7 +20,8 @@ for f in include/kvstash/kvstash.h include/kvstash/version.h include/kvstash/ses
 done
 soname=$(objdump -p "$prefix/lib/libkvstash.so" | awk '/SONAME/ {print $2}')
 [ "$soname" = "libkvstash.so.0.2" ] || { echo "FAIL: SONAME '$soname'"; exit 1; }
-if nm -D --defined-only "$prefix/lib/libkvstash.so" | grep -qE ' T (llama|ggml)_'; then
+exported=$(nm -D --defined-only "$prefix/lib/libkvstash.so")
+if grep -qE ' T (llama|ggml)_' <<<"$exported"; then
   echo "FAIL: libkvstash.so exports llama.cpp's symbols"; exit 1
 fi
 pass "install tree, SONAME $soname, llama.cpp's symbols hidden"
@@ -30,12 +32,16 @@ cmake -S "$src/tests/install/find_package" -B "$work/fp" -DCMAKE_PREFIX_PATH="$p
   -DCMAKE_BUILD_TYPE=Release >"$work/fp.log" || { cat "$work/fp.log"; exit 1; }
 cmake --build "$work/fp" -j 2 >>"$work/fp.log" || { cat "$work/fp.log"; exit 1; }
 "$work/fp/consumer_shared" "$work/m.gguf" "$work/a.kvs"
-ldd "$work/fp/consumer_shared" | grep -q "$prefix/lib/libkvstash.so" || {
-  echo "FAIL: consumer_shared does not use the installed libkvstash.so"; exit 1; }
+# ldd's output is kept before it is searched: with pipefail, `ldd | grep -q` fails whenever grep
+# exits at the first match before ldd has written everything (SIGPIPE).
+libs=$(ldd "$work/fp/consumer_shared")
+grep -q "$prefix/lib/libkvstash.so" <<<"$libs" || {
+  echo "FAIL: consumer_shared does not use the installed libkvstash.so"; echo "$libs"; exit 1; }
 pass "find_package(kvstash) -> kvstash::kvstash (shared)"
 "$work/fp/consumer_static" "$work/m.gguf" "$work/b.kvs"
-if ldd "$work/fp/consumer_static" | grep -q libkvstash; then
-  echo "FAIL: consumer_static links libkvstash.so"; exit 1
+libs=$(ldd "$work/fp/consumer_static")
+if grep -q libkvstash <<<"$libs"; then
+  echo "FAIL: consumer_static links libkvstash.so"; echo "$libs"; exit 1
 fi
 pass "find_package(kvstash) -> kvstash::kvstash_static"
 
