@@ -77,6 +77,12 @@ exec 3>&-
 check "[ $rc -eq 130 ] && [ \$(wc -l <'$dir/sig.out') -eq 1 ] && [ -s '$dir/after.kvs' ]" "SIGINT: rc $rc, $(wc -l <"$dir/sig.out") lines"
 check "[ \$(grep -c '^message' '$dir/sig.kvs.chat') -eq 2 ] && grep -q '^message assistant' '$dir/sig.kvs.chat'" "SIGINT: the stopped answer is kept and saved"
 
+# Through the prefix store instead of a session file: a second process restores the first one's
+# whole chunks (16 tokens each here) from its first turn on, and answers as the first did.
+printf 'Hello there\nWhat is two plus two?\n' | $KV "${CHAT[@]}" --cache-dir "$dir/store" --cache-chunk 16 >"$dir/st1.out" 2>"$dir/st1.err"
+printf 'Hello there\nWhat is two plus two?\n' | $KV "${CHAT[@]}" --cache-dir "$dir/store" >"$dir/st2.out" 2>"$dir/st2.err"
+check "[ \$(wc -l <'$dir/st1.out') -eq 2 ] && cmp -s '$dir/st1.out' '$dir/st2.out'" "store: the second process answers as the first"
+check "[ '$(field "$dir/st1.err" 1 2)' = 0 ] && [ $(field "$dir/st2.err" 1 2) -ge 16 ]" "store: turn 1 restored from the store ($(turns "$dir/st2.err" | head -1))"
 # Usage: --session and --cache-dir together.
 expect_exit 2 "not both" -- $KV chat -m "$M" --session "$dir/s.kvs" --cache-dir "$dir/store"
 
