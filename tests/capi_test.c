@@ -747,7 +747,9 @@ static void OnProgress(uint64_t done, uint64_t total, void* user_data) {
   p->last_total = total;
 }
 
-static void TestProgressAndSave(const kvstash_model* model) {
+/* A 512-token session that decodes in 32-token calls, so that a 100-token append makes several
+ * llama_decode calls (progress reports, a cancel between two of them). */
+static kvstash_session* SmallBatchSession(const kvstash_model* model) {
   kvstash_session_options options;
   kvstash_session_options_init(&options, sizeof options);
   options.n_ctx = 512;
@@ -755,6 +757,11 @@ static void TestProgressAndSave(const kvstash_model* model) {
   options.n_ubatch = 32;
   kvstash_session* session = NULL;
   ASSERT_OK(kvstash_session_create(model, &options, &session));
+  return session;
+}
+
+static void TestProgressAndSave(const kvstash_model* model) {
+  kvstash_session* session = SmallBatchSession(model);
   struct Progress progress = {0, 0, 0};
   ASSERT_OK(kvstash_session_set_progress(session, OnProgress, &progress));
   kvstash_token tokens[100];
@@ -801,13 +808,7 @@ static void CancelOnProgress(uint64_t done, uint64_t total, void* user_data) {
 /* kvstash_session_cancel while an append runs (from its progress callback, between two
  * llama_decode calls): the append stops, the session is as before, the next append runs. */
 static void TestCancelDuringAppend(const kvstash_model* model) {
-  kvstash_session_options options;
-  kvstash_session_options_init(&options, sizeof options);
-  options.n_ctx = 512;
-  options.n_batch = 32;
-  options.n_ubatch = 32;
-  kvstash_session* session = NULL;
-  ASSERT_OK(kvstash_session_create(model, &options, &session));
+  kvstash_session* session = SmallBatchSession(model);
   kvstash_token tokens[100];
   for (int i = 0; i < 100; ++i) tokens[i] = 200 + i;
   ASSERT_OK(kvstash_session_append_tokens(session, tokens, 10));
@@ -822,7 +823,7 @@ static void TestCancelDuringAppend(const kvstash_model* model) {
   float* logits = Logits(session, &n_logits);
   kvstash_session_free(session);
   /* Same logits as a session that was never cancelled. */
-  ASSERT_OK(kvstash_session_create(model, &options, &session));
+  session = SmallBatchSession(model);
   ASSERT_OK(kvstash_session_append_tokens(session, tokens, 10));
   ASSERT_OK(kvstash_session_append_tokens(session, tokens + 10, 90));
   float* expected = Logits(session, &n_logits);
