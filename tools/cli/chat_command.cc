@@ -8,6 +8,8 @@
 // of input leave, saving first. SIGTERM stops the answer, saves and exits 143.
 #include "chat_command.h"
 
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -51,6 +53,27 @@ void InstallChatSignals() {
 
 enum class ReadResult { kLine, kEnd, kInterrupted };
 
+// Waits until stdin can be read; false when SIGINT or SIGTERM stopped the chat. The signals are
+// blocked between the look at g_stop and the wait, and ppoll unblocks them atomically: one that
+// arrives just after the look would otherwise leave read(2) waiting for input that never comes.
+bool WaitForInput() {
+  sigset_t signals, previous;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  while (true) {
+    pthread_sigmask(SIG_BLOCK, &signals, &previous);
+    int ready = 0;
+    if (!g_stop.load()) {
+      pollfd input{STDIN_FILENO, POLLIN, 0};
+      ready = ppoll(&input, 1, nullptr, &previous);
+    }
+    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    if (g_stop.load()) return false;
+    if (ready > 0) return true;  // readable, at its end, or in error: read(2) says which
+  }
+}
+
 // Lines from stdin with read(2): a signal at the prompt must end the wait, which stdio retries.
 class LineReader {
  public:
@@ -64,7 +87,7 @@ class LineReader {
         if (!line->empty() && line->back() == '\r') line->pop_back();
         return ReadResult::kLine;
       }
-      if (g_stop.load()) return ReadResult::kInterrupted;
+      if (!WaitForInput()) return ReadResult::kInterrupted;
       char chunk[4096];
       const ssize_t n = ::read(STDIN_FILENO, chunk, sizeof(chunk));
       if (n < 0 && errno == EINTR) continue;  // g_stop says whether it was ours
