@@ -94,24 +94,26 @@ TEST(CompatTest, RopeRegimeComparesPaddedContextSizes) {
   EXPECT_FALSE(CheckRopeRegime(1024, 1100, 1100, true, "a.kvs").ok());
 }
 
-TEST(CompatTest, OnlyPlainAttentionCachesAreSupported) {
-  EXPECT_TRUE(CheckSupportedMemory({}, "m.gguf", "llama").ok());
+TEST(CompatTest, MemoryKindsFollowWhatLlamaCppReports) {
+  using format::MemoryKind;
+  EXPECT_EQ(*ClassifyMemory({}, "m.gguf", "llama"), MemoryKind::kKv);
   ModelMemoryKind recurrent;
   recurrent.recurrent = true;
-  Status r = CheckSupportedMemory(recurrent, "m.gguf", "mamba");
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.code(), Status::Code::kIncompatible);
-  EXPECT_NE(r.message().find("model 'm.gguf' (mamba) is a recurrent model"), std::string::npos)
-      << r.message();
+  EXPECT_EQ(*ClassifyMemory(recurrent, "m.gguf", "mamba2"), MemoryKind::kRecurrent);
   ModelMemoryKind hybrid;
-  hybrid.recurrent = true;  // llama.cpp reports hybrids as neither or both; hybrid wins
+  hybrid.recurrent = true;  // llama.cpp reports some hybrids as both; hybrid wins
   hybrid.hybrid = true;
-  EXPECT_NE(CheckSupportedMemory(hybrid, "m.gguf", "jamba").message().find("hybrid"),
-            std::string::npos);
+  EXPECT_EQ(*ClassifyMemory(hybrid, "m.gguf", "jamba"), MemoryKind::kHybrid);
   ModelMemoryKind swa;
   swa.n_swa = 4096;
-  EXPECT_NE(CheckSupportedMemory(swa, "m.gguf", "gemma2").message().find("sliding-window"),
-            std::string::npos);
+  EXPECT_EQ(*ClassifyMemory(swa, "m.gguf", "gemma2"), MemoryKind::kIswa);
+  // A hybrid with a sliding window is a layout kvstash does not read: refused up front.
+  hybrid.n_swa = 512;
+  auto r = ClassifyMemory(hybrid, "m.gguf", "x");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kIncompatible);
+  EXPECT_NE(r.status().message().find("model 'm.gguf' (x) is a hybrid"), std::string::npos)
+      << r.status().message();
 }
 
 }  // namespace

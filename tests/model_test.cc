@@ -261,19 +261,6 @@ TEST(ModelTest, TokenizeNeverAppendsEosAndFitsBosPlusByteTokens) {
   EXPECT_EQ(written->back(), 2);
 }
 
-// Sliding-window models were refused only at Save, after a prefill of any length.
-TEST(ModelTest, SlidingWindowModelsAreRefusedAtCreate) {
-  TestModelSpec spec;
-  spec.arch = TestArch::kGemma2Swa;
-  auto model = Model::Load(WriteModel("gemma2-swa.gguf", spec));
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  auto s = Session::Create(*model);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.status().code(), Status::Code::kIncompatible);
-  EXPECT_NE(s.status().message().find("sliding-window"), std::string::npos) << s.status().message();
-  EXPECT_NE(s.status().message().find("gemma2-swa.gguf"), std::string::npos);
-}
-
 std::vector<float> LogitsWithContext(const std::shared_ptr<Model>& model, uint32_t n_ctx) {
   SessionOptions options;
   options.n_ctx = n_ctx;

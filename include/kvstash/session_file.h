@@ -33,6 +33,10 @@ struct SessionMeta {
   int32_t n_embd_v_gqa = 0;
   int32_t n_swa = 0;
   int32_t n_ctx_train = 0;
+  // The kind of memory the model keeps per sequence, which decides the KV payload's layout
+  // (docs/FORMAT.md, "The KV payload"): 0 attention KV cache, 1 interleaved sliding-window
+  // attention, 2 recurrent, 3 hybrid (attention and recurrent layers).
+  uint32_t memory_kind = 0;
   // The context the KV cache was computed in.
   uint32_t n_ctx = 0;
   uint32_t n_batch = 0;

@@ -47,6 +47,8 @@ class [[nodiscard]] Status {
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The same code with `more` appended to the message (for a failure that had a consequence).
+  Status WithMore(const std::string& more) const { return Status(code_, message_ + more); }
   // "ok" or the message; for logs and CLI output.
   std::string ToString() const { return ok() ? "ok" : message_; }
 

@@ -1,26 +1,33 @@
-// Which kinds of model memory kvstash can save: a pure decision over plain values (no llama.h),
-// tested on its own.
+// Which kind of memory a model keeps, and whether kvstash can save it: a pure decision over plain
+// values (no llama.h), tested on its own.
 #ifndef KVSTASH_ENGINE_MEMORY_SUPPORT_H_
 #define KVSTASH_ENGINE_MEMORY_SUPPORT_H_
 
 #include <cstdint>
 #include <string>
 
+#include "format/llama_state.h"
 #include "kvstash/status.h"
 
 namespace kvstash::engine {
 
-// What kind of memory a model keeps, as llama.cpp reports it.
+// What llama.cpp reports of a model's memory.
 struct ModelMemoryKind {
   bool recurrent = false;  // llama_model_is_recurrent: Mamba, RWKV, ...
   bool hybrid = false;     // llama_model_is_hybrid: attention and recurrent layers (Jamba, ...)
   int32_t n_swa = 0;       // llama_model_n_swa: sliding-window attention (Gemma 2/3, ...)
 };
 
-// kvstash saves and validates only a plain attention KV cache. Session::Create refuses the other
-// kinds up front, before a prefill that could take minutes only for Save to refuse it.
-Status CheckSupportedMemory(const ModelMemoryKind& kind, const std::string& model_path,
-                            const std::string& arch);
+// The layout llama.cpp's sequence state has for such a model (format/llama_state.h). A hybrid
+// wins over recurrent (llama.cpp reports some hybrids as both). Refused (kIncompatible, before a
+// prefill that could take minutes only for Save to refuse it): a hybrid whose attention layers
+// also slide (llama.cpp's hybrid-iSWA memory, a third layout kvstash does not read).
+Result<format::MemoryKind> ClassifyMemory(const ModelMemoryKind& kind,
+                                          const std::string& model_path, const std::string& arch);
+
+// What a session of that kind can reuse when a later prompt shares only part of its tokens, in
+// words, for `kvstash inspect` and docs: "any prefix", "...".
+std::string ReuseRule(format::MemoryKind kind, int32_t n_swa);
 
 }  // namespace kvstash::engine
 

@@ -88,6 +88,15 @@ const char* StopReasonName(StopReason reason) {
 
 // Session::Impl is in engine/session_impl.h (shared with engine/store_sync.cc).
 
+Result<format::MemoryKind> MemoryKindOf(const Model& model) {
+  const llama_model* lm = model.impl()->model;
+  engine::ModelMemoryKind memory;
+  memory.recurrent = llama_model_is_recurrent(lm);
+  memory.hybrid = llama_model_is_hybrid(lm);
+  memory.n_swa = llama_model_n_swa(lm);
+  return engine::ClassifyMemory(memory, model.path(), model.impl()->arch);
+}
+
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() {
   if (impl_) impl_->RunPendingPublish();
@@ -131,14 +140,12 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
       CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
   // Refused here, before a prefill that may take minutes, rather than at Save.
-  const llama_model* lm = model->impl()->model;
-  engine::ModelMemoryKind memory;
-  memory.recurrent = llama_model_is_recurrent(lm);
-  memory.hybrid = llama_model_is_hybrid(lm);
-  memory.n_swa = llama_model_n_swa(lm);
-  KVSTASH_RETURN_IF_ERROR(engine::CheckSupportedMemory(memory, model->path(), model->impl()->arch));
+  auto memory = MemoryKindOf(*model);
+  if (!memory.ok()) return memory.status();
   auto impl = std::make_unique<Impl>();
   impl->model = model;
+  impl->memory = *memory;
+  impl->n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model->impl()->model)));
   impl->n_threads = ResolveThreads(options.n_threads);
   impl->n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : impl->n_threads;
   auto params = Impl::ParamsFor(options);
@@ -205,6 +212,9 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
   // opened and continued elsewhere would decode different groups, which builds whose kernels
   // depend on the batch (llamafile) turn into different answers.
   if (common >= s.tokens.size()) KVSTASH_RETURN_IF_ERROR(s.Flush());
+  // A window or recurrent state that cannot go back to `common` is decoded again from the start:
+  // never a state that does not match the tokens.
+  if (!s.CanCut(common)) common = 0;
   KVSTASH_RETURN_IF_ERROR(s.Truncate(common));
   SyncResult result;
   result.n_reused = std::min(common, s.n_cached);
@@ -401,17 +411,18 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   if (llama_state_seq_get_data(ctx, kv.data(), size, kSeq) != size) {
     return Status::Internal("llama.cpp could not copy the KV cache: " + engine::LastLlamaError());
   }
-  // Our own reader must accept what we write; this also refuses memory layouts (recurrent,
-  // sliding-window) that kvstash does not validate yet, before a file exists.
-  auto layout = format::ParseLlamaSeqState(kv.data(), size, path);
+  // Our own reader must accept what we write; this also refuses memory layouts kvstash does not
+  // read (a model whose cells carry extra data, a window of another shape), before a file exists.
+  auto layout = format::ParseSeqState(kv.data(), size, s.memory, s.n_swa, /*partial=*/false, path);
   if (!layout.ok()) {
-    return Status::Incompatible(
-        "kvstash cannot save sessions of model '" + s.model->path() + "' (" + s.m().arch +
-        "): its KV cache layout is not supported yet (" + layout.status().message() + ")");
+    return Status::Incompatible("kvstash cannot save sessions of model '" + s.model->path() +
+                                "' (" + s.m().arch + "): its " + format::MemoryKindName(s.memory) +
+                                " memory layout is not supported yet (" +
+                                layout.status().message() + ")");
   }
-  if (layout->cell_count != s.tokens.size()) {
-    return Status::Internal("the KV cache holds " + std::to_string(layout->cell_count) +
-                            " cells for " + std::to_string(s.tokens.size()) + " tokens");
+  if (layout->n_tokens != s.tokens.size()) {
+    return Status::Internal("the KV cache holds " + std::to_string(layout->n_tokens) +
+                            " positions for " + std::to_string(s.tokens.size()) + " tokens");
   }
 
   SessionMeta meta = s.params;
@@ -431,11 +442,13 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   meta.n_embd_k_gqa = facts.n_embd_k_gqa;
   meta.n_embd_v_gqa = facts.n_embd_v_gqa;
   meta.n_swa = facts.n_swa;
+  meta.memory_kind = static_cast<uint32_t>(s.memory);
   meta.n_ctx_train = facts.n_ctx_train;
   meta.n_ctx = s.n_ctx();
   meta.type_k_name = ggml_type_name(static_cast<ggml_type>(meta.type_k));
   meta.type_v_name = ggml_type_name(static_cast<ggml_type>(meta.type_v));
-  meta.flash_attn = !layout->v_trans;
+  // A recurrent model has no KV cells to tell; it keeps what the session was created with.
+  if (s.memory != format::MemoryKind::kRecurrent) meta.flash_attn = !layout->kv.v_trans;
   meta.n_tokens = static_cast<uint32_t>(s.tokens.size());
   meta.has_logits = true;
   std::vector<Token> head(s.tokens.begin(),
@@ -525,8 +538,14 @@ Status Session::Impl::Restore(const format::ParsedFile& parsed, const StableFile
     llama_memory_seq_rm(mem, kSeq, -1, -1);
     return ChangedWhileLoading(path);
   }
-  if (read != parsed.kv_size || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
-      llama_memory_seq_pos_max(mem, kSeq) != llama_pos(parsed.meta.n_tokens) - 1) {
+  // The lowest position llama.cpp then holds: 0 for KV cells; the window's first for iSWA (its
+  // window cache decides); the last one for a recurrent state (and so for a hybrid).
+  const llama_pos n = llama_pos(parsed.meta.n_tokens);
+  const llama_pos pos_min = memory == format::MemoryKind::kKv     ? 0
+                            : memory == format::MemoryKind::kIswa ? parsed.layout.swa.first_pos
+                                                                  : n - 1;
+  if (read != parsed.kv_size || llama_memory_seq_pos_min(mem, kSeq) != pos_min ||
+      llama_memory_seq_pos_max(mem, kSeq) != n - 1) {
     llama_memory_seq_rm(mem, kSeq, -1, -1);
     const std::string why = engine::LastLlamaError();
     return Status::Internal("llama.cpp refused the KV cache of session '" + path + "'" +
@@ -534,7 +553,8 @@ Status Session::Impl::Restore(const format::ParsedFile& parsed, const StableFile
   }
   tokens = parsed.tokens;
   n_cached = tokens.size();
-  v_trans = parsed.layout.v_trans;
+  v_trans =
+      memory == format::MemoryKind::kRecurrent ? !parsed.meta.flash_attn : parsed.layout.kv.v_trans;
   if (!parsed.logits.empty()) {
     logits = parsed.logits;
     logits_valid = true;
@@ -587,8 +607,12 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
     kv_checked = done.get_future();
   }
   const auto t_before_context = Clock::now();
+  auto memory = MemoryKindOf(*model);
+  if (!memory.ok()) return memory.status();
   auto impl = std::make_unique<Impl>();
   impl->model = model;
+  impl->memory = *memory;
+  impl->n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model->impl()->model)));
   impl->n_threads = n_threads;
   impl->n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : n_threads;
   SessionMeta params = parsed->meta;

@@ -17,6 +17,7 @@
 #include "engine/llama_runtime.h"
 #include "engine/model_impl.h"
 #include "env/env.h"
+#include "format/llama_state.h"
 #include "format/meta_check.h"
 #include "format/session_format.h"
 #include "kvstash/session.h"
@@ -32,12 +33,20 @@ using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
 
 inline constexpr llama_seq_id kSeq = 0;
 
+// The layout llama.cpp's sequence state has for `model` (engine/memory_support.h); refused for a
+// memory kvstash does not read.
+Result<format::MemoryKind> MemoryKindOf(const Model& model);
+
 struct Session::Impl {
   std::shared_ptr<const Model> model;
   ContextPtr ctx;
   SessionMeta params;  // the context parameters (model and sequence fields filled on save)
   int n_threads = 1;
   int n_threads_batch = 1;  // for prompts (llama.cpp's n_threads_batch)
+  // What the model keeps per token (format/llama_state.h). Every kind but kKv has a part that
+  // cannot be cut at an earlier position: a sliding window (iSWA) or a recurrent state.
+  format::MemoryKind memory = format::MemoryKind::kKv;
+  uint32_t n_swa = 0;
   // Every token of the sequence. The first n_cached are in the KV cache; the rest (at most the
   // last sampled token) are decoded lazily by Flush(), so that stopping generation never costs a
   // decode nobody needs.
@@ -159,6 +168,17 @@ struct Session::Impl {
       tokens.resize(rollback);
       return ContextFullError(begin, count);
     }
+    // A failed decode leaves a window or state half-advanced: a snapshot puts it back. One token
+    // is decoded without (a generated token: the copy would cost more than the decode); if that
+    // fails, the session starts again empty.
+    std::vector<uint8_t> snapshot;
+    if (format::HasTrailingState(memory) && begin > 0 && count > 1) {
+      Status taken = TakeSnapshot(&snapshot);
+      if (!taken.ok()) {
+        tokens.resize(rollback);
+        return taken;
+      }
+    }
     Status status = DecodeGroup(begin, count);
     const float* out = status.ok() ? llama_get_logits_ith(ctx.get(), -1) : nullptr;
     if (status.ok() && out == nullptr) {
@@ -168,9 +188,8 @@ struct Session::Impl {
     }
     if (status.ok()) status = CheckFinite(out, begin + count);
     if (!status.ok()) {
-      llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(begin), -1);
       tokens.resize(rollback);
-      return status;
+      return RollbackTo(begin, snapshot, status);
     }
     logits.assign(out, out + model->n_vocab());
     logits_valid = true;
@@ -278,9 +297,74 @@ struct Session::Impl {
     return Status::Ok();
   }
 
-  // Drops every cached token from position `keep` on.
+  // Whether the cache can be cut to its first `keep` tokens and continue as if only those had been
+  // decoded. Always for an attention KV cache; never below the last token for a recurrent state
+  // (it holds no earlier position); for an iSWA cache while the window of position `keep` is
+  // still held: cells the newest position cannot see are dropped (a restored window holds only
+  // the last n_swa), so only the last token, or anything while no token was ever out of sight.
+  bool CanCut(size_t keep) const {
+    if (keep == 0 || keep >= n_cached) return true;
+    switch (memory) {
+      case format::MemoryKind::kKv:
+        return true;
+      case format::MemoryKind::kIswa:
+        return keep + 1 == n_cached || n_cached <= n_swa;
+      case format::MemoryKind::kRecurrent:
+      case format::MemoryKind::kHybrid:
+        return false;
+    }
+    return false;
+  }
+
+  // Copies the memory's trailing part (the window or the recurrent state: llama.cpp's "partial"
+  // state) into `out`.
+  Status TakeSnapshot(std::vector<uint8_t>* out) const {
+    const size_t size =
+        llama_state_seq_get_size_ext(ctx.get(), kSeq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+    out->resize(size);
+    engine::ClearLlamaError();
+    if (size == 0 || llama_state_seq_get_data_ext(ctx.get(), out->data(), size, kSeq,
+                                                  LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != size) {
+      return Status::Internal("llama.cpp could not copy the model's recurrent or window state: " +
+                              engine::LastLlamaError());
+    }
+    return Status::Ok();
+  }
+
+  // Undoes a failed decode of the tokens from position `begin` on: the cells from `begin`, and the
+  // trailing part from `snapshot` (taken before the decode; empty when there is none). Returns
+  // `why`, or, when the memory could not be put back, why plus that the session is now empty.
+  Status RollbackTo(size_t begin, const std::vector<uint8_t>& snapshot, const Status& why) {
+    llama_memory_t mem = llama_get_memory(ctx.get());
+    bool ok = begin == 0 || !format::HasTrailingState(memory) || !snapshot.empty();
+    // The trailing part first: a hybrid's recurrent state refuses to be cut at `begin` while it
+    // stands past it, and then leaves the attention cells uncut too.
+    if (ok && !snapshot.empty()) {
+      ok = llama_state_seq_set_data_ext(ctx.get(), snapshot.data(), snapshot.size(), kSeq,
+                                        LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == snapshot.size();
+    }
+    if (ok) ok = llama_memory_seq_rm(mem, kSeq, static_cast<llama_pos>(begin), -1);
+    if (ok) return why;
+    llama_memory_seq_rm(mem, kSeq, -1, -1);
+    tokens.clear();
+    n_cached = 0;
+    n_aligned = 0;
+    logits_valid = false;
+    return why.WithMore(std::string(" (the model's ") + format::MemoryKindName(memory) +
+                        " state could not be put back, so the session is now empty: append the " +
+                        "prompt again)");
+  }
+
+  // Drops every cached token from position `keep` on. kIncompatible when the memory cannot be cut
+  // there (CanCut); the caller then decodes from the start or from a snapshot.
   Status Truncate(size_t keep) {
     if (keep < pending_publish_upto) RunPendingPublish();
+    if (!CanCut(keep)) {
+      return Status::Incompatible("the " + std::string(format::MemoryKindName(memory)) +
+                                  " memory of model '" + model->path() +
+                                  "' cannot be cut back to " + std::to_string(keep) + " of " +
+                                  std::to_string(n_cached) + " tokens");
+    }
     if (keep < n_cached) {
       if (!llama_memory_seq_rm(llama_get_memory(ctx.get()), kSeq, static_cast<llama_pos>(keep),
                                -1)) {
@@ -307,9 +391,11 @@ struct Session::Impl {
     if (tokens.empty()) {
       return Status::InvalidArgument("the session is empty: append a prompt before generating");
     }
-    const Token last = tokens.back();
-    KVSTASH_RETURN_IF_ERROR(Truncate(tokens.size() - 1));
-    tokens.push_back(last);
+    // The last token again; a recurrent state cannot step back one token, so all of them.
+    const size_t keep = CanCut(tokens.size() - 1) ? tokens.size() - 1 : 0;
+    std::vector<Token> all = tokens;
+    KVSTASH_RETURN_IF_ERROR(Truncate(keep));
+    tokens = std::move(all);
     return Flush();
   }
 };

@@ -1,6 +1,9 @@
 #include "format/llama_state.h"
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace kvstash::format {
@@ -34,100 +37,254 @@ class Reader {
 
 }  // namespace
 
-Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name,
-                                    const std::string& file_kind, const std::string& fix) {
-  const auto Bad = [&](const std::string&, const std::string& what) {
-    return Status::Corruption(file_kind + " '" + name + "' has a corrupt KV payload: " + what +
-                              "; " + fix);
+const char* MemoryKindName(MemoryKind kind) {
+  switch (kind) {
+    case MemoryKind::kKv:
+      return "kv";
+    case MemoryKind::kIswa:
+      return "iswa";
+    case MemoryKind::kRecurrent:
+      return "recurrent";
+    case MemoryKind::kHybrid:
+      return "hybrid";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// Walks one KV part (llama_kv_cache::state_write) from its n_stream field. On failure returns
+// what is wrong, for the caller's message. Positions must be consecutive; which ones is the
+// caller's to check (first_pos).
+Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
+  const auto bad = [part](const std::string& what) -> Result<KvLayout> {
+    return Status::Corruption(std::string(part) + ": " + what);
   };
-  Reader r(data, size);
-  uint32_t magic;
-  int32_t seq_id;
+  const size_t start = r.left();
   KvLayout layout;
-  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic)
-    return Bad(name, "wrong llama.cpp state magic");
-  if (!r.Get(&seq_id)) return Bad(name, "cut short");
   if (!r.Get(&layout.n_stream) || layout.n_stream == 0 || layout.n_stream > 1) {
-    return Bad(name, "expected one KV stream, found " + std::to_string(layout.n_stream));
+    return bad("expected one KV stream, found " + std::to_string(layout.n_stream));
   }
   uint32_t cell_count;
-  if (!r.Get(&cell_count)) return Bad(name, "cut short before the cell count");
-  if (cell_count == 0) return Bad(name, "it holds no cells");
+  if (!r.Get(&cell_count)) return bad("cut short before the cell count");
+  if (cell_count == 0) return bad("it holds no cells");
   layout.cell_count = cell_count;
 
   // A cell record is 12 bytes; refuse counts the payload cannot hold before allocating.
   if (cell_count > r.left() / 12)
-    return Bad(name, "cell count " + std::to_string(cell_count) + " exceeds the payload");
-  std::vector<bool> seen(cell_count, false);
+    return bad("cell count " + std::to_string(cell_count) + " exceeds the payload");
+  std::vector<int32_t> positions(cell_count);
+  int32_t first = INT32_MAX;
   for (uint32_t i = 0; i < cell_count; ++i) {
-    int32_t pos;
     uint32_t n_seq;
     int32_t cell_seq;
-    if (!r.Get(&pos) || !r.Get(&n_seq)) return Bad(name, "cut short in the cell table");
+    if (!r.Get(&positions[i]) || !r.Get(&n_seq)) return bad("cut short in the cell table");
     if (n_seq != 1)
-      return Bad(name, "cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) +
-                           " sequences");
-    if (!r.Get(&cell_seq)) return Bad(name, "cut short in the cell table");
-    if (pos < 0 || static_cast<uint32_t>(pos) >= cell_count || seen[pos]) {
-      return Bad(name, "cell positions are not exactly 0.." + std::to_string(cell_count - 1));
-    }
-    seen[pos] = true;
+      return bad("cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) +
+                 " sequences");
+    if (!r.Get(&cell_seq)) return bad("cut short in the cell table");
+    first = std::min(first, positions[i]);
   }
+  std::vector<bool> seen(cell_count, false);
+  for (int32_t pos : positions) {
+    const int64_t at = int64_t{pos} - first;
+    if (first < 0 || at >= int64_t{cell_count} || seen[at]) {
+      return bad("cell positions are not " + std::to_string(cell_count) + " consecutive ones");
+    }
+    seen[at] = true;
+  }
+  layout.first_pos = first;
 
   uint32_t v_trans;
-  if (!r.Get(&v_trans) || v_trans > 1) return Bad(name, "bad V layout flag");
+  if (!r.Get(&v_trans) || v_trans > 1) return bad("bad V layout flag");
   layout.v_trans = v_trans == 1;
   if (!r.Get(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
-    return Bad(name, "layer count " + std::to_string(layout.n_layer) + " is out of range");
+    return bad("layer count " + std::to_string(layout.n_layer) + " is out of range");
   }
   for (uint32_t il = 0; il < layout.n_layer; ++il) {
     int32_t type;
     uint64_t row;
     if (!r.Get(&type) || !r.Get(&row))
-      return Bad(name, "cut short in layer " + std::to_string(il) + " K");
+      return bad("cut short in layer " + std::to_string(il) + " K");
     if (il == 0) {
       layout.k_type = type;
       layout.k_row_bytes = row;
     } else if (type != layout.k_type || row != layout.k_row_bytes) {
-      return Bad(name, "layer " + std::to_string(il) + " K differs from layer 0");
+      return bad("layer " + std::to_string(il) + " K differs from layer 0");
     }
     if (row == 0 || !r.Skip(cell_count, row))
-      return Bad(name, "layer " + std::to_string(il) + " K data is cut short");
+      return bad("layer " + std::to_string(il) + " K data is cut short");
   }
   for (uint32_t il = 0; il < layout.n_layer; ++il) {
     int32_t type;
-    if (!r.Get(&type)) return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+    if (!r.Get(&type)) return bad("cut short in layer " + std::to_string(il) + " V");
     if (!layout.v_trans) {
       uint64_t row;
-      if (!r.Get(&row)) return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+      if (!r.Get(&row)) return bad("cut short in layer " + std::to_string(il) + " V");
       if (il == 0) {
         layout.v_type = type;
         layout.v_row_bytes = row;
       } else if (type != layout.v_type || row != layout.v_row_bytes) {
-        return Bad(name, "layer " + std::to_string(il) + " V differs from layer 0");
+        return bad("layer " + std::to_string(il) + " V differs from layer 0");
       }
       if (row == 0 || !r.Skip(cell_count, row))
-        return Bad(name, "layer " + std::to_string(il) + " V data is cut short");
+        return bad("layer " + std::to_string(il) + " V data is cut short");
     } else {
       uint32_t elem, n_embd_v;
       if (!r.Get(&elem) || !r.Get(&n_embd_v))
-        return Bad(name, "cut short in layer " + std::to_string(il) + " V");
+        return bad("cut short in layer " + std::to_string(il) + " V");
       if (il == 0) {
         layout.v_type = type;
         layout.v_elem_bytes = elem;
         layout.n_embd_v = n_embd_v;
       } else if (type != layout.v_type || elem != layout.v_elem_bytes ||
                  n_embd_v != layout.n_embd_v) {
-        return Bad(name, "layer " + std::to_string(il) + " V differs from layer 0");
+        return bad("layer " + std::to_string(il) + " V differs from layer 0");
       }
       if (elem == 0 || n_embd_v == 0 || !r.Skip(uint64_t{n_embd_v} * cell_count, elem)) {
-        return Bad(name, "layer " + std::to_string(il) + " V data is cut short");
+        return bad("layer " + std::to_string(il) + " V data is cut short");
       }
     }
   }
-  if (r.left() != 0)
-    return Bad(name, std::to_string(r.left()) + " unexpected bytes after the last layer");
+  layout.bytes = start - r.left();
   return layout;
+}
+
+// One R or S record of a recurrent part: type, row size, one row per cell (always one here).
+bool GetStateRecord(Reader& r, int32_t* type, uint64_t* row) {
+  return r.Get(type) && r.Get(row) && *row != 0 && r.Skip(1, *row);
+}
+
+// Walks a recurrent part (llama_memory_recurrent::state_write) to the end of the state.
+Result<RecurrentLayout> ParseRecurrentPart(Reader& r) {
+  const auto bad = [](const std::string& what) -> Result<RecurrentLayout> {
+    return Status::Corruption("recurrent state: " + what);
+  };
+  const size_t start = r.left();
+  RecurrentLayout layout;
+  uint32_t cell_count, n_seq, s_trans;
+  if (!r.Get(&cell_count)) return bad("cut short before the cell count");
+  // One sequence's state is one cell: llama.cpp asserts on anything else when restoring it.
+  if (cell_count != 1) return bad("holds " + std::to_string(cell_count) + " cells, not 1");
+  if (!r.Get(&layout.pos) || !r.Get(&n_seq)) return bad("cut short in the cell");
+  if (layout.pos < 0) return bad("its cell has position " + std::to_string(layout.pos));
+  if (n_seq != 0) return bad("its cell names " + std::to_string(n_seq) + " sequences, not 0");
+  if (!r.Get(&s_trans) || s_trans != 0) return bad("bad S layout flag");
+  if (!r.Get(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
+    return bad("layer count " + std::to_string(layout.n_layer) + " is out of range");
+  }
+  // The records run to the end; each says its own size, so they can be counted first.
+  std::vector<std::pair<int32_t, uint64_t>> records;
+  while (r.left() > 0) {
+    int32_t type;
+    uint64_t row;
+    if (records.size() >= 2 * size_t{layout.n_layer} || !GetStateRecord(r, &type, &row)) {
+      return bad("state record " + std::to_string(records.size()) +
+                 " is cut short or one too many");
+    }
+    records.emplace_back(type, row);
+  }
+  if (records.empty() || records.size() % 2 != 0) {
+    return bad(std::to_string(records.size()) + " state records, not an R and an S per layer");
+  }
+  layout.n_state_layers = static_cast<uint32_t>(records.size() / 2);
+  const auto& r0 = records.front();
+  const auto& s0 = records[layout.n_state_layers];
+  layout.r_type = r0.first;
+  layout.r_row_bytes = r0.second;
+  layout.s_type = s0.first;
+  layout.s_row_bytes = s0.second;
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i] != (i < layout.n_state_layers ? r0 : s0)) {
+      return bad("state record " + std::to_string(i) + " differs from the first of its kind");
+    }
+  }
+  layout.bytes = start - r.left();
+  return layout;
+}
+
+// The checks ParseSeqState makes across parts, once each part was walked.
+Status CheckPositions(const SeqLayout& l, uint32_t n_swa) {
+  const uint32_t n = l.n_tokens;
+  if (!l.partial && l.kind != MemoryKind::kRecurrent && l.kv.first_pos != 0) {
+    return Status::Corruption("the cell positions do not start at 0");
+  }
+  if (l.kind == MemoryKind::kIswa) {
+    const uint32_t window = std::min(n, n_swa);
+    if (n_swa == 0 || l.swa.cell_count != window ||
+        int64_t{l.swa.first_pos} != int64_t{n} - window) {
+      return Status::Corruption("the sliding-window cache holds " +
+                                std::to_string(l.swa.cell_count) + " cells from position " +
+                                std::to_string(l.swa.first_pos) + ", not the last " +
+                                std::to_string(window) + " of " + std::to_string(n) + " tokens");
+    }
+  }
+  if ((l.kind == MemoryKind::kRecurrent || l.kind == MemoryKind::kHybrid) &&
+      int64_t{l.rs.pos} != int64_t{n} - 1) {
+    return Status::Corruption("the recurrent state is at position " + std::to_string(l.rs.pos) +
+                              ", not at the last token's " + std::to_string(int64_t{n} - 1));
+  }
+  if (l.kind == MemoryKind::kHybrid && !l.partial && l.rs.n_state_layers >= l.rs.n_layer) {
+    return Status::Corruption("every layer has a recurrent state, so none is left for attention");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<SeqLayout> ParseSeqState(const uint8_t* data, size_t size, MemoryKind kind, uint32_t n_swa,
+                                bool partial, const std::string& name, const std::string& file_kind,
+                                const std::string& fix) {
+  const auto Bad = [&](const std::string& what) {
+    return Status::Corruption(file_kind + " '" + name + "' has a corrupt " +
+                              (partial ? "state snapshot" : "KV payload") + ": " + what + "; " +
+                              fix);
+  };
+  Reader r(data, size);
+  uint32_t magic;
+  int32_t seq_id;
+  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic) return Bad("wrong llama.cpp state magic");
+  if (!r.Get(&seq_id)) return Bad("cut short");
+  SeqLayout l;
+  l.kind = kind;
+  l.partial = partial;
+  const bool first_kv = !partial && (kind == MemoryKind::kKv || kind == MemoryKind::kIswa ||
+                                     kind == MemoryKind::kHybrid);
+  if (partial && kind == MemoryKind::kKv) {
+    return Bad("a full-attention cache has no snapshot");
+  }
+  if (first_kv) {
+    auto kv = ParseKvPart(r, kind == MemoryKind::kKv ? "KV cache" : "full-attention cache");
+    if (!kv.ok()) return Bad(kv.status().message());
+    l.kv = *kv;
+    l.n_tokens = kv->cell_count;
+    l.first_part_end = kSeqStateHeaderBytes + kv->bytes;
+  }
+  if (kind == MemoryKind::kIswa) {
+    auto swa = ParseKvPart(r, "sliding-window cache");
+    if (!swa.ok()) return Bad(swa.status().message());
+    l.swa = *swa;
+    if (partial) l.n_tokens = static_cast<uint32_t>(int64_t{swa->first_pos} + swa->cell_count);
+  }
+  if (kind == MemoryKind::kRecurrent || kind == MemoryKind::kHybrid) {
+    auto rs = ParseRecurrentPart(r);
+    if (!rs.ok()) return Bad(rs.status().message());
+    l.rs = *rs;
+    if (kind == MemoryKind::kRecurrent || partial) l.n_tokens = static_cast<uint32_t>(rs->pos) + 1;
+  }
+  if (r.left() != 0) {
+    return Bad(std::to_string(r.left()) + " unexpected bytes after the last layer");
+  }
+  const Status positions = CheckPositions(l, n_swa);
+  if (!positions.ok()) return Bad(positions.message());
+  return l;
+}
+
+Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name,
+                                    const std::string& file_kind, const std::string& fix) {
+  auto parsed = ParseSeqState(data, size, MemoryKind::kKv, 0, false, name, file_kind, fix);
+  if (!parsed.ok()) return parsed.status();
+  return parsed->kv;
 }
 
 Status CellBytes(const uint8_t* data, size_t size, const KvLayout& layout, int32_t pos,

@@ -1,9 +1,19 @@
-// A reader for the bytes llama_state_seq_get_data() produces for a plain (non-recurrent,
-// non-SWA) KV cache. kvstash walks them completely before llama.cpp sees them, because llama.cpp's
-// own restore path trusts its input (asserts, exceptions, half-restored caches).
+// A reader for the bytes llama_state_seq_get_data() produces for one sequence, for every kind of
+// memory llama.cpp keeps (MemoryKind). kvstash walks them completely before llama.cpp sees them,
+// because llama.cpp's own restore path trusts its input (asserts, exceptions, half-restored
+// caches).
 //
-// The layout is llama.cpp's, not ours (src/llama-kv-cache.cpp, state_write):
-//   u32 magic 0xaf143cd8, i32 seq_id, u32 n_stream,
+// The layout is llama.cpp's, not ours: u32 magic 0xaf143cd8, i32 seq_id, then the memory's parts
+// (src/llama-context.cpp state_seq_write_data and each memory's state_write):
+//   kKv:        KV part                    (llama-kv-cache.cpp)
+//   kIswa:      KV part (full-attention layers), KV part (sliding-window layers;
+//   llama-kv-cache-iswa) kRecurrent: recurrent part             (llama-memory-recurrent.cpp)
+//   kHybrid:    KV part (attention layers), recurrent part (llama-memory-hybrid.cpp)
+// With LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY (a "snapshot") iSWA and hybrid memories write only their
+// last part; a recurrent memory writes its one part either way.
+//
+// A KV part:
+//   u32 n_stream,
 //   per stream: u32 cell_count; if cell_count > 0:
 //     cell_count x { i32 pos, u32 n_seq_id (=1), i32 seq_id }
 //     u32 v_trans, u32 n_layer,
@@ -11,6 +21,16 @@
 //     v_trans == 0: n_layer x { i32 v_type, u64 v_row_bytes, cell_count * v_row_bytes bytes }
 //     v_trans == 1: n_layer x { i32 v_type, u32 v_elem_bytes, u32 n_embd_v,
 //                               n_embd_v * cell_count * v_elem_bytes bytes }
+// The sliding-window part holds only the cells the next token can see: for a sequence of n tokens
+// and a window of n_swa, positions [n - min(n, n_swa), n).
+//
+// A recurrent part (the state after the sequence's last token, in one cell):
+//   u32 cell_count (1), { i32 pos (n - 1), u32 n_seq_id (0) },
+//   u32 s_trans (0), u32 n_layer (all of the model's layers),
+//   for each layer with a state: { i32 r_type, u64 r_row_bytes, r_row_bytes bytes },
+//   for each layer with a state: { i32 s_type, u64 s_row_bytes, s_row_bytes bytes }
+// (the layers with a state are not listed: the R and S records run to the end of the part, as
+// many of each; the recurrent part is always the last one).
 #ifndef KVSTASH_FORMAT_LLAMA_STATE_H_
 #define KVSTASH_FORMAT_LLAMA_STATE_H_
 
@@ -24,10 +44,26 @@
 namespace kvstash::format {
 
 inline constexpr uint32_t kLlamaSeqStateMagic = 0xaf143cd8;
+// The magic and the sequence id before the first part.
+inline constexpr size_t kSeqStateHeaderBytes = 8;
+
+// What memory a model keeps per sequence (llama.cpp decides it from the architecture). The
+// numbers are stored in session files (META field 23) and chunk headers: they never change.
+enum class MemoryKind : uint32_t {
+  kKv = 0,         // one attention KV cache: llama, qwen, phi3, MoE models, ...
+  kIswa = 1,       // interleaved sliding-window attention: gemma2/3, gpt-oss, ...
+  kRecurrent = 2,  // a recurrent state: mamba, mamba2, rwkv, ...
+  kHybrid = 3,     // attention layers and recurrent layers: jamba, granite-hybrid, lfm2, ...
+};
+inline constexpr uint32_t kMaxMemoryKind = 3;
+const char* MemoryKindName(MemoryKind kind);  // "kv", "iswa", "recurrent", "hybrid"
+// Whether the memory has a part that cannot be cut at an earlier position (a window or a state).
+inline bool HasTrailingState(MemoryKind kind) { return kind != MemoryKind::kKv; }
 
 struct KvLayout {
   uint32_t n_stream = 0;
   uint32_t cell_count = 0;
+  int32_t first_pos = 0;  // the cells hold positions first_pos .. first_pos + cell_count - 1
   bool v_trans = false;
   uint32_t n_layer = 0;
   int32_t k_type = -1;
@@ -36,12 +72,49 @@ struct KvLayout {
   uint64_t v_row_bytes = 0;   // v_trans == false
   uint32_t v_elem_bytes = 0;  // v_trans == true
   uint32_t n_embd_v = 0;      // v_trans == true
+  uint64_t bytes = 0;         // the part's size, from its n_stream field on
 };
 
-// Parses the whole payload and checks that: the sizes add up to exactly `size` bytes; exactly one
-// stream holds cells; every cell belongs to one sequence; the positions are exactly 0..count-1;
-// and every layer has the same K and V types and row sizes. Errors name the `what` '`name`' and
-// end with `fix` (import passes its own: its payloads come from llama.cpp's files).
+struct RecurrentLayout {
+  int32_t pos = -1;             // of the one cell: the sequence's last position
+  uint32_t n_layer = 0;         // as llama.cpp writes it: all of the model's layers
+  uint32_t n_state_layers = 0;  // layers with a state (each has an R and an S record)
+  int32_t r_type = -1;
+  uint64_t r_row_bytes = 0;
+  int32_t s_type = -1;
+  uint64_t s_row_bytes = 0;
+  uint64_t bytes = 0;  // the part's size, from its cell_count field on
+};
+
+// A walked sequence state. Parts a kind does not have are left empty.
+struct SeqLayout {
+  MemoryKind kind = MemoryKind::kKv;
+  bool partial = false;   // a snapshot: only the last part (no `kv` for kIswa and kHybrid)
+  uint32_t n_tokens = 0;  // the state stands for positions 0 .. n_tokens - 1
+  KvLayout kv;            // kKv; kIswa: full-attention layers; kHybrid: attention layers
+  KvLayout swa;           // kIswa: the sliding-window layers' last window
+  RecurrentLayout rs;     // kRecurrent, kHybrid
+  // Bytes of the state before its last part (header and `kv`): a snapshot's last part follows a
+  // state's first part at this offset.
+  uint64_t first_part_end = kSeqStateHeaderBytes;
+};
+
+// Walks a whole state of `kind` (or, with `partial`, a snapshot) and checks it: every size adds up
+// to exactly `size` bytes; every KV part has one stream, cells of one sequence at consecutive
+// positions, and the same K and V types and row sizes in every layer; the full-attention part holds
+// exactly positions 0..n-1; an iSWA window holds exactly [n - min(n, n_swa), n); a recurrent part
+// holds one cell at n - 1, R and S records in equal number, each kind of record alike in every
+// layer. `n_swa` is the model's window (kIswa only). Errors as ParseLlamaSeqState's.
+Result<SeqLayout> ParseSeqState(const uint8_t* data, size_t size, MemoryKind kind, uint32_t n_swa,
+                                bool partial, const std::string& name,
+                                const std::string& what = "session file",
+                                const std::string& fix = "re-create it with 'kvstash save'");
+
+// ParseSeqState of a kKv state, returning its one KV part. Parses the whole payload and checks
+// that: the sizes add up to exactly `size` bytes; exactly one stream holds cells; every cell
+// belongs to one sequence; the positions are exactly 0..count-1; and every layer has the same K and
+// V types and row sizes. Errors name the `what` '`name`' and end with `fix` (import passes its own:
+// its payloads come from llama.cpp's files).
 Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name,
                                     const std::string& what = "session file",
                                     const std::string& fix = "re-create it with 'kvstash save'");

@@ -76,12 +76,17 @@ Status ValidateModelFields(const SessionMeta& m, const std::string& name) {
   KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_vocab", m.n_vocab, 1, kMaxVocab));
   KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_layer", m.n_layer, 1, kMaxLayers));
   KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd", m.n_embd, 1, kMaxEmbd));
-  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_head", m.n_head, 1, kMaxHeads));
-  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_head_kv", m.n_head_kv, 1, m.n_head));
-  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd_k_gqa", m.n_embd_k_gqa, 1, kMaxEmbd));
-  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd_v_gqa", m.n_embd_v_gqa, 1, kMaxEmbd));
-  // Sliding-window models are refused at Create, so a writer records 0.
-  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_swa", m.n_swa, 0, 0));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "memory_kind", m.memory_kind, 0, kMaxMemoryKind));
+  const auto kind = static_cast<MemoryKind>(m.memory_kind);
+  // llama.cpp reports the heads of layer 0, which a recurrent or hybrid model may not give any.
+  const int32_t min_heads = kind == MemoryKind::kRecurrent || kind == MemoryKind::kHybrid ? 0 : 1;
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_head", m.n_head, min_heads, kMaxHeads));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_head_kv", m.n_head_kv, min_heads, m.n_head));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd_k_gqa", m.n_embd_k_gqa, min_heads, kMaxEmbd));
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_embd_v_gqa", m.n_embd_v_gqa, min_heads, kMaxEmbd));
+  // The window decides which cells an iSWA payload holds; other kinds have none.
+  KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_swa", m.n_swa, kind == MemoryKind::kIswa ? 1 : 0,
+                                kind == MemoryKind::kIswa ? kMaxTokens : 0));
   KVSTASH_RETURN_IF_ERROR(IntIn(name, "n_ctx_train", m.n_ctx_train, 0, INT32_MAX));
   if (m.model_n_params == 0) return Bad(name, "model_n_params", "is 0");
   return Status::Ok();
@@ -168,30 +173,30 @@ Status ValidateMeta(const SessionMeta& meta, const std::string& name) {
   return Status::Ok();
 }
 
-Status CheckPayloadMatchesMeta(const SessionMeta& meta, const KvLayout& layout,
-                               const std::string& name) {
-  auto mismatch = [&](const std::string& field, const std::string& in_meta,
-                      const std::string& in_payload) {
-    return Status::Corruption("session file '" + name + "' is inconsistent: META says " + field +
-                              "=" + in_meta + ", the KV payload has " + in_payload +
-                              "; re-create it with 'kvstash save'");
-  };
-  if (layout.cell_count != meta.n_tokens) {
-    return mismatch("n_tokens", std::to_string(meta.n_tokens), std::to_string(layout.cell_count));
-  }
-  if (int64_t(layout.n_layer) != meta.n_layer) {
-    return mismatch("n_layer", std::to_string(meta.n_layer), std::to_string(layout.n_layer));
-  }
+namespace {
+
+Status Mismatch(const std::string& name, const std::string& field, const std::string& in_meta,
+                const std::string& in_payload) {
+  return Status::Corruption("session file '" + name + "' is inconsistent: META says " + field +
+                            "=" + in_meta + ", the KV payload has " + in_payload +
+                            "; re-create it with 'kvstash save'");
+}
+
+// One KV part's V layout and types against META; its row sizes too when `check_rows` (a hybrid's
+// attention layers may be wider than layer 0, whose heads META records: llama.cpp checks those
+// rows itself when it restores them).
+Status CheckKvPart(const SessionMeta& meta, const KvLayout& layout, bool check_rows,
+                   const std::string& name) {
   if (layout.v_trans == meta.flash_attn) {
-    return mismatch("flash_attn", meta.flash_attn ? "on" : "off",
+    return Mismatch(name, "flash_attn", meta.flash_attn ? "on" : "off",
                     layout.v_trans ? "a transposed V" : "a row-major V");
   }
   // ValidateMeta ran first, so both types are in the table.
   const CacheType& type_k = *FindCacheType(meta.type_k);
   const CacheType& type_v = *FindCacheType(meta.type_v);
   const uint64_t k_row = CacheRowBytes(type_k, uint64_t(meta.n_embd_k_gqa));
-  if (layout.k_type != meta.type_k || k_row == 0 || layout.k_row_bytes != k_row) {
-    return mismatch("type_k, n_embd_k_gqa",
+  if (layout.k_type != meta.type_k || (check_rows && (k_row == 0 || layout.k_row_bytes != k_row))) {
+    return Mismatch(name, "type_k, n_embd_k_gqa",
                     meta.type_k_name + ", " + std::to_string(meta.n_embd_k_gqa) + " (rows of " +
                         std::to_string(k_row) + " bytes)",
                     "type " + std::to_string(layout.k_type) + " rows of " +
@@ -202,13 +207,61 @@ Status CheckPayloadMatchesMeta(const SessionMeta& meta, const KvLayout& layout,
                               layout.v_row_bytes == CacheRowBytes(type_v, meta.n_embd_v_gqa)
                         : !type_v.quantized && layout.v_elem_bytes == type_v.block_bytes &&
                               int64_t(layout.n_embd_v) == meta.n_embd_v_gqa;
-  if (layout.v_type != meta.type_v || !v_ok) {
-    return mismatch(
-        "type_v, n_embd_v_gqa", meta.type_v_name + ", " + std::to_string(meta.n_embd_v_gqa),
+  if (layout.v_type != meta.type_v || (check_rows && !v_ok) ||
+      (layout.v_trans && layout.v_elem_bytes != type_v.block_bytes)) {
+    return Mismatch(
+        name, "type_v, n_embd_v_gqa", meta.type_v_name + ", " + std::to_string(meta.n_embd_v_gqa),
         "type " + std::to_string(layout.v_type) +
             (layout.v_trans
                  ? " (transposed), " + std::to_string(layout.n_embd_v) + " values per cell"
                  : ", rows of " + std::to_string(layout.v_row_bytes) + " bytes"));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status CheckPayloadMatchesMeta(const SessionMeta& meta, const SeqLayout& layout,
+                               const std::string& name) {
+  if (static_cast<uint32_t>(layout.kind) != meta.memory_kind) {
+    return Mismatch(name, "memory_kind", MemoryKindName(static_cast<MemoryKind>(meta.memory_kind)),
+                    std::string("the layout of ") + MemoryKindName(layout.kind));
+  }
+  if (layout.n_tokens != meta.n_tokens) {
+    return Mismatch(name, "n_tokens", std::to_string(meta.n_tokens),
+                    std::to_string(layout.n_tokens) + " tokens");
+  }
+  // Layers: an iSWA model's are in one of its two caches; llama.cpp's recurrent part counts all of
+  // a model's layers, and a hybrid's attention and recurrent layers are distinct (some models have
+  // layers with neither, Nemotron-H's MLP-only ones).
+  int64_t layers = 0;
+  switch (layout.kind) {
+    case MemoryKind::kKv:
+      layers = layout.kv.n_layer;
+      break;
+    case MemoryKind::kIswa:
+      layers = int64_t{layout.kv.n_layer} + layout.swa.n_layer;
+      break;
+    case MemoryKind::kRecurrent:
+    case MemoryKind::kHybrid:
+      layers = layout.rs.n_layer;
+      break;
+  }
+  if (layers != meta.n_layer) {
+    return Mismatch(name, "n_layer", std::to_string(meta.n_layer), std::to_string(layers));
+  }
+  if (layout.kind == MemoryKind::kHybrid &&
+      int64_t{layout.kv.n_layer} + layout.rs.n_state_layers > meta.n_layer) {
+    return Mismatch(name, "n_layer", std::to_string(meta.n_layer),
+                    std::to_string(layout.kv.n_layer) + " attention and " +
+                        std::to_string(layout.rs.n_state_layers) + " recurrent layers");
+  }
+  const bool strict = layout.kind == MemoryKind::kKv || layout.kind == MemoryKind::kIswa;
+  if (layout.kind != MemoryKind::kRecurrent) {
+    KVSTASH_RETURN_IF_ERROR(CheckKvPart(meta, layout.kv, strict, name));
+  }
+  if (layout.kind == MemoryKind::kIswa) {
+    KVSTASH_RETURN_IF_ERROR(CheckKvPart(meta, layout.swa, strict, name));
   }
   return Status::Ok();
 }

@@ -50,8 +50,9 @@ std::string Printable(std::string_view text);
 // A refusal is kCorruption naming the file and the field.
 Status ValidateMeta(const SessionMeta& meta, const std::string& name);
 
-// The KV payload's cell count, layer count, V layout, types and row sizes equal what META says.
-Status CheckPayloadMatchesMeta(const SessionMeta& meta, const KvLayout& layout,
+// The KV payload's memory kind, token count, layer count, V layout, types and row sizes equal what
+// META says.
+Status CheckPayloadMatchesMeta(const SessionMeta& meta, const SeqLayout& layout,
                                const std::string& name);
 
 }  // namespace kvstash::format

@@ -37,6 +37,7 @@ size_t AlignUp(size_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSec
 // One visitor lists every field once; the encoder and decoder both walk it, so the two cannot
 // drift apart. Field numbers are forever; a new field gets a new number.
 constexpr uint16_t kFlagCritical = 1;  // a reader that does not know this field must refuse
+constexpr uint16_t kMemoryKindField = 23;
 
 template <typename Visitor>
 void VisitMeta(SessionMeta& m, Visitor& v) {
@@ -56,6 +57,7 @@ void VisitMeta(SessionMeta& m, Visitor& v) {
   v(20, m.n_embd_v_gqa);
   v(21, m.n_swa);
   v(22, m.n_ctx_train);
+  v(kMemoryKindField, m.memory_kind);
   v(30, m.n_ctx);
   v(31, m.n_batch);
   v(32, m.n_ubatch);
@@ -83,6 +85,12 @@ void VisitMeta(SessionMeta& m, Visitor& v) {
 struct MetaEncoder {
   std::string* out;
   void Record(uint16_t id, const void* value, uint32_t size) {
+    // A plain KV cache (memory kind 0, the default) is written without the field, as kvstash 0.1
+    // wrote every file: 0.1 readers keep reading those, and refuse the other kinds as a field they
+    // do not know (every field is critical), rather than misreading their payloads.
+    uint32_t kind = 1;
+    if (id == kMemoryKindField && size == 4) std::memcpy(&kind, value, 4);
+    if (kind == 0) return;
     PutU16(out, id);
     PutU16(out, kFlagCritical);
     PutU32(out, size);
@@ -239,7 +247,8 @@ Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::stri
     at += len;
   }
   for (size_t i = 0; i < seen.size(); ++i) {
-    if (!seen[i] && lister.ids[i] != 62) {  // 62 (preview) is optional
+    // 62 (preview) is optional; 23 (memory kind) is absent for a plain KV cache (MetaEncoder).
+    if (!seen[i] && lister.ids[i] != 62 && lister.ids[i] != kMemoryKindField) {
       return Bad(name, "META field " + std::to_string(lister.ids[i]) + " is missing");
     }
   }
@@ -504,7 +513,10 @@ Status CheckFileHead(const uint8_t* head, size_t n, uint64_t file_size, const st
 }
 
 Status ParseKvPayload(ParsedFile* parsed, const std::string& name) {
-  auto layout = ParseLlamaSeqState(parsed->kv, parsed->kv_size, name);
+  // The META ranges were checked (ValidateMeta), so the kind is one ParseSeqState knows.
+  auto layout =
+      ParseSeqState(parsed->kv, parsed->kv_size, static_cast<MemoryKind>(parsed->meta.memory_kind),
+                    static_cast<uint32_t>(parsed->meta.n_swa), /*partial=*/false, name);
   if (!layout.ok()) return layout.status();
   parsed->layout = *layout;
   return CheckPayloadMatchesMeta(parsed->meta, parsed->layout, name);

@@ -69,7 +69,7 @@ struct ParsedFile {
   std::vector<float> logits;    // empty when the file has none
   const uint8_t* kv = nullptr;  // points into the caller's buffer
   uint64_t kv_size = 0;
-  KvLayout layout;                  // the KV payload's structure, checked against META
+  SeqLayout layout;                 // the KV payload's structure, checked against META
   uint64_t kv_checksum = 0;         // from the section table
   bool checksums_verified = false;  // every section's, the KV one included
 };
