@@ -800,13 +800,6 @@ void SetArchKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& 
 }
 
 Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
-  // A Qwen 2 model with a llama vocab would load, but a test asking for "qwen2" means the Qwen
-  // tokenizer too; refusing beats a silent mismatch.
-  if (spec.arch == TestArch::kQwen2 && spec.vocab != TestVocab::kQwen2) {
-    return Status::InvalidArgument(
-        std::string("a qwen2 test model carries the qwen2 vocab, not ") + VocabName(spec.vocab) +
-        ": set TestModelSpec::vocab to TestVocab::kQwen2 (--vocab qwen2)");
-  }
   const ShapeParams shape = ArchShapeParams(spec.shape, spec.arch);
   const ggml_type wtype = spec.type == TestWeightType::kF16 ? GGML_TYPE_F16 : GGML_TYPE_Q8_0;
 
@@ -937,6 +930,13 @@ Result<TestArch> ParseTestArch(const std::string& name) {
 Status WriteTestModel(const TestModelSpec& spec, const std::string& path) {
   if (path.empty()) {
     return Status::InvalidArgument("test model path is empty: pass the file to write");
+  }
+  // A Qwen 2 model with a llama vocab would load, but a test asking for "qwen2" means the Qwen
+  // tokenizer too; refusing beats a silent mismatch.
+  if (spec.arch == TestArch::kQwen2 && spec.vocab != TestVocab::kQwen2) {
+    return Status::InvalidArgument(
+        std::string("a qwen2 test model carries the qwen2 vocab, not ") + VocabName(spec.vocab) +
+        ": set TestModelSpec::vocab to TestVocab::kQwen2 (--vocab qwen2)");
   }
   try {
     return WriteTestModelImpl(spec, path);
