@@ -5,12 +5,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 
 #include "engine/fingerprint.h"
+#include "engine/model_impl.h"
 #include "format/meta_check.h"
 #include "ggml.h"
 #include "gguf.h"
+#include "llama.h"
 #include "test_util.h"
 
 namespace kvstash {
@@ -368,6 +373,226 @@ TEST(LongRopeSessionTest, OpenKeepsOrRefusesTheRegime) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Status::Code::kIncompatible);
   EXPECT_NE(refused.status().message().find("LongRoPE"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvstash
+
+namespace kvstash {
+namespace {
+
+// The families beyond plain attention: Session::Create still refuses them, so these tests drive a
+// raw llama_context. What they check is the generator: llama.cpp loads each model as the family it
+// claims to be, and a few hundred tokens (past any sliding window) decode to finite logits.
+
+std::string WriteArchModel(TestArch arch, uint64_t seed = 1) {
+  TestModelSpec spec;
+  spec.arch = arch;
+  spec.seed = seed;
+  if (arch == TestArch::kQwen2) spec.vocab = TestVocab::kQwen2;
+  const std::string path = testing::TempDir() + "/arch-" + std::to_string(int(arch)) + "-seed" +
+                           std::to_string(seed) + ".gguf";
+  Status status = WriteTestModel(spec, path);
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  return path;
+}
+
+std::shared_ptr<Model> LoadArch(TestArch arch) {
+  auto model = Model::Load(WriteArchModel(arch));
+  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  return model.ok() ? *model : nullptr;
+}
+
+std::string MetaValue(const llama_model* model, const std::string& key) {
+  char buf[256];
+  const int32_t n = llama_model_meta_val_str(model, key.c_str(), buf, sizeof(buf));
+  return n < 0 ? std::string() : std::string(buf);
+}
+
+// Real text, repeated up to n tokens (without BOS; the first decode call adds it).
+std::vector<llama_token> TextTokens(const llama_vocab* vocab, size_t n) {
+  std::string text;
+  while (text.size() < n * 8) {
+    text += "The quick brown fox jumps over the lazy dog 12345 times, and then it rests. ";
+  }
+  std::vector<llama_token> tokens(text.size() + 1);
+  const int32_t got = llama_tokenize(vocab, text.c_str(), static_cast<int32_t>(text.size()),
+                                     tokens.data(), static_cast<int32_t>(tokens.size()),
+                                     /*add_special=*/true, /*parse_special=*/false);
+  EXPECT_GT(got, 0);
+  tokens.resize(std::min<size_t>(n, static_cast<size_t>(std::max(got, 0))));
+  return tokens;
+}
+
+bool LastLogitsFinite(llama_context* ctx, int32_t n_vocab) {
+  const float* logits = llama_get_logits_ith(ctx, -1);
+  if (logits == nullptr) return false;
+  for (int32_t i = 0; i < n_vocab; ++i) {
+    if (!std::isfinite(logits[i])) return false;
+  }
+  return true;
+}
+
+struct RawDecode {
+  size_t state_bytes_at_100 = 0;  // llama_state_seq_get_size after the first 100 tokens
+  double ms = 0;
+};
+
+// Prefills n_prompt tokens in chunks of 50 (so every chunk boundary and the window are crossed),
+// then generates 16 tokens one by one; every decode's last logits must be finite.
+RawDecode DecodeRaw(const std::shared_ptr<Model>& model, size_t n_prompt) {
+  RawDecode out;
+  llama_model* m = model->impl()->model;
+  const llama_vocab* vocab = llama_model_get_vocab(m);
+  const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+  llama_context_params params = llama_context_default_params();
+  params.n_ctx = 1024;
+  params.n_batch = 512;
+  params.n_ubatch = 512;
+  params.n_seq_max = 1;
+  params.n_threads = params.n_threads_batch = 2;
+  llama_context* ctx = llama_init_from_model(m, params);
+  EXPECT_NE(ctx, nullptr);
+  if (ctx == nullptr) return out;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<llama_token> tokens = TextTokens(vocab, n_prompt);
+  EXPECT_EQ(tokens.size(), n_prompt);
+  for (size_t pos = 0; pos < tokens.size(); pos += 50) {
+    const int32_t n = static_cast<int32_t>(std::min<size_t>(50, tokens.size() - pos));
+    EXPECT_EQ(llama_decode(ctx, llama_batch_get_one(tokens.data() + pos, n)), 0) << pos;
+    EXPECT_TRUE(LastLogitsFinite(ctx, n_vocab)) << "after " << pos + n << " tokens";
+    if (pos + n == 100) out.state_bytes_at_100 = llama_state_seq_get_size(ctx, 0);
+  }
+  for (int i = 0; i < 16; ++i) {
+    const float* logits = llama_get_logits_ith(ctx, -1);
+    llama_token next =
+        static_cast<llama_token>(std::max_element(logits, logits + n_vocab) - logits);
+    EXPECT_EQ(llama_decode(ctx, llama_batch_get_one(&next, 1)), 0);
+    EXPECT_TRUE(LastLogitsFinite(ctx, n_vocab)) << "generated token " << i;
+  }
+  out.ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  llama_free(ctx);
+  return out;
+}
+
+void ReportState(const char* arch, const RawDecode& d) {
+  std::printf("[ info ] %s tiny: state of 100 tokens %zu bytes, 316 tokens decoded in %.0f ms\n",
+              arch, d.state_bytes_at_100, d.ms);
+}
+
+TEST(ArchModelTest, Gemma3SlidesA64TokenWindowEveryOtherLayer) {
+  auto model = LoadArch(TestArch::kGemma3Swa);
+  ASSERT_NE(model, nullptr);
+  const llama_model* m = model->impl()->model;
+  EXPECT_EQ(MetaValue(m, "general.architecture"), "gemma3");
+  EXPECT_EQ(llama_model_n_swa(m), 64);
+  EXPECT_FALSE(llama_model_is_recurrent(m));
+  EXPECT_FALSE(llama_model_is_hybrid(m));
+  const RawDecode d = DecodeRaw(model, 300);
+  EXPECT_GT(d.state_bytes_at_100, 0u);
+  ReportState("gemma3", d);
+}
+
+TEST(ArchModelTest, Gemma2TinyWindowIs64Tokens) {
+  auto model = LoadArch(TestArch::kGemma2Swa);
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(llama_model_n_swa(model->impl()->model), 64);
+  ReportState("gemma2", DecodeRaw(model, 300));
+}
+
+TEST(ArchModelTest, Mamba2IsRecurrentAndStaysFinite) {
+  auto model = LoadArch(TestArch::kMamba2);
+  ASSERT_NE(model, nullptr);
+  const llama_model* m = model->impl()->model;
+  EXPECT_EQ(MetaValue(m, "general.architecture"), "mamba2");
+  EXPECT_TRUE(llama_model_is_recurrent(m));
+  EXPECT_FALSE(llama_model_is_hybrid(m));
+  EXPECT_EQ(llama_model_n_swa(m), 0);
+  const RawDecode d = DecodeRaw(model, 300);
+  EXPECT_GT(d.state_bytes_at_100, 0u);
+  ReportState("mamba2", d);
+}
+
+TEST(ArchModelTest, Lfm2IsHybrid) {
+  auto model = LoadArch(TestArch::kLfm2Hybrid);
+  ASSERT_NE(model, nullptr);
+  const llama_model* m = model->impl()->model;
+  EXPECT_EQ(MetaValue(m, "general.architecture"), "lfm2");
+  EXPECT_TRUE(llama_model_is_hybrid(m));
+  EXPECT_FALSE(llama_model_is_recurrent(m));
+  EXPECT_EQ(llama_model_n_layer(m), 4);
+  const RawDecode d = DecodeRaw(model, 300);
+  EXPECT_GT(d.state_bytes_at_100, 0u);
+  ReportState("lfm2", d);
+}
+
+TEST(ArchModelTest, Qwen3MoeRoutesTwoOfFourExperts) {
+  auto model = LoadArch(TestArch::kQwen3Moe);
+  ASSERT_NE(model, nullptr);
+  const llama_model* m = model->impl()->model;
+  EXPECT_EQ(MetaValue(m, "general.architecture"), "qwen3moe");
+  EXPECT_EQ(MetaValue(m, "qwen3moe.expert_count"), "4");
+  EXPECT_EQ(MetaValue(m, "qwen3moe.expert_used_count"), "2");
+  EXPECT_FALSE(llama_model_is_recurrent(m));
+  EXPECT_FALSE(llama_model_is_hybrid(m));
+  ReportState("qwen3moe", DecodeRaw(model, 300));
+}
+
+// Size of each token's text: the qwen2 pre-tokenizer splits digits one by one, llama 3's keeps
+// groups of up to three.
+std::vector<size_t> PieceSizes(const std::shared_ptr<Model>& model, const std::string& text) {
+  auto tokens = model->Tokenize(text, false);
+  EXPECT_TRUE(tokens.ok()) << tokens.status().ToString();
+  std::vector<size_t> sizes;
+  if (!tokens.ok()) return sizes;
+  for (Token t : *tokens) sizes.push_back(model->Detokenize({t}).size());
+  return sizes;
+}
+
+TEST(ArchModelTest, Qwen2UsesTheQwen2PreTokenizer) {
+  auto qwen = LoadArch(TestArch::kQwen2);
+  ASSERT_NE(qwen, nullptr);
+  EXPECT_EQ(MetaValue(qwen->impl()->model, "general.architecture"), "qwen2");
+  EXPECT_EQ(MetaValue(qwen->impl()->model, "tokenizer.ggml.pre"), "qwen2");
+  auto llama3 =
+      Model::Load(testing::ModelPath(TestShape::kTiny, TestVocab::kBpe, TestWeightType::kF16, 1));
+  ASSERT_TRUE(llama3.ok()) << llama3.status().ToString();
+  const std::string text = "In 2024 we sold 1234567 apples.";
+  const std::vector<size_t> q = PieceSizes(qwen, text), l = PieceSizes(*llama3, text);
+  EXPECT_NE(q, l);
+  EXPECT_EQ(PieceSizes(qwen, "1234567"), std::vector<size_t>(7, 1));
+  EXPECT_EQ(PieceSizes(*llama3, "1234567"), (std::vector<size_t>{3, 3, 1}));
+  ReportState("qwen2", DecodeRaw(qwen, 300));
+
+  TestModelSpec spm_qwen;
+  spm_qwen.arch = TestArch::kQwen2;
+  Status refused = WriteTestModel(spm_qwen, testing::TempDir() + "/qwen2-spm.gguf");
+  EXPECT_EQ(refused.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(refused.message().find("--vocab qwen2"), std::string::npos) << refused.message();
+}
+
+TEST(ArchModelTest, EveryArchIsDeterministicAndSeedsDiffer) {
+  for (TestArch arch : {TestArch::kGemma3Swa, TestArch::kMamba2, TestArch::kLfm2Hybrid,
+                        TestArch::kQwen3Moe, TestArch::kQwen2}) {
+    const std::string a = testing::ReadFile(WriteArchModel(arch, 7));
+    const std::string b = testing::ReadFile(WriteArchModel(arch, 7));
+    const std::string c = testing::ReadFile(WriteArchModel(arch, 8));
+    EXPECT_EQ(a, b) << int(arch);
+    EXPECT_EQ(a.size(), c.size()) << int(arch);
+    EXPECT_NE(a, c) << int(arch);
+  }
+}
+
+TEST(ArchModelTest, ParseTestArchNamesEveryArch) {
+  for (const char* name :
+       {"llama", "phi3", "gemma2", "gemma3", "mamba2", "lfm2", "qwen3moe", "qwen2"}) {
+    EXPECT_TRUE(ParseTestArch(name).ok()) << name;
+  }
+  auto bad = ParseTestArch("rwkv");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("qwen3moe"), std::string::npos);
+  EXPECT_TRUE(ParseTestVocab("qwen2").ok());
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ extern const unsigned char kvstash_vocab_spm_begin[];
 extern const unsigned char kvstash_vocab_spm_end[];
 extern const unsigned char kvstash_vocab_bpe_begin[];
 extern const unsigned char kvstash_vocab_bpe_end[];
+extern const unsigned char kvstash_vocab_qwen2_begin[];
+extern const unsigned char kvstash_vocab_qwen2_end[];
 }
 
 namespace kvstash {
@@ -39,7 +41,23 @@ struct ShapeParams {
   int64_t n_ff;
   uint32_t n_ctx_train;
   float rope_freq_base;
+  // Beyond the llama shape; 0 where the architecture has no such thing.
+  int64_t head_dim = 0;       // attention.key_length; 0: n_embd / n_head
+  uint32_t n_swa = 0;         // sliding window, in tokens
+  uint32_t swa_pattern = 0;   // every swa_pattern-th layer is global, the others slide
+  int64_t n_expert = 0;       // MoE
+  int64_t n_expert_used = 0;  // top-k
+  int64_t n_ff_exp = 0;       // width of one expert
+  int64_t ssm_d_conv = 0;     // Mamba-2
+  int64_t ssm_d_inner = 0;
+  int64_t ssm_d_state = 0;
+  int64_t ssm_n_group = 0;
+  int64_t ssm_n_head = 0;          // ssm.time_step_rank: one dt, A and D per head
+  uint64_t attn_layers = 0;        // LFM2: bit il set, layer il is attention, else short conv
+  uint32_t shortconv_l_cache = 0;  // LFM2: conv kernel length; the state keeps l_cache - 1 inputs
 };
+
+int64_t HeadDim(const ShapeParams& s) { return s.head_dim > 0 ? s.head_dim : s.n_embd / s.n_head; }
 
 ShapeParams GetShapeParams(TestShape shape) {
   switch (shape) {
@@ -53,7 +71,138 @@ ShapeParams GetShapeParams(TestShape shape) {
   return {"tiny", 64, 2, 2, 1, 128, 4096, 10000.0f};
 }
 
-const char* VocabName(TestVocab vocab) { return vocab == TestVocab::kSpm ? "spm" : "bpe"; }
+// A shape's transformer dimensions in one call (the aggregate cannot take them by name in C++17).
+void SetDims(ShapeParams* p, int64_t n_embd, int64_t n_layer, int64_t n_head, int64_t n_head_kv,
+             int64_t n_ff, uint32_t n_ctx_train, float rope_freq_base) {
+  p->n_embd = n_embd;
+  p->n_layer = n_layer;
+  p->n_head = n_head;
+  p->n_head_kv = n_head_kv;
+  p->n_ff = n_ff;
+  p->n_ctx_train = n_ctx_train;
+  p->rope_freq_base = rope_freq_base;
+}
+
+// Gemma 3: 5 sliding layers (window 512) to each global one; tiny slides 64 tokens every other
+// layer so that tests of a few hundred tokens cross the window in both kinds of layer.
+ShapeParams Gemma3Shape(TestShape shape) {
+  ShapeParams p = GetShapeParams(shape);
+  p.n_swa = 512;
+  p.swa_pattern = 6;
+  if (shape == TestShape::kSmall) {  // Gemma-3-270M
+    SetDims(&p, 640, 18, 4, 1, 2048, 32768, 1000000.0f);
+    p.head_dim = 256;
+  } else if (shape == TestShape::kBench) {  // Gemma-3-1B
+    SetDims(&p, 1152, 26, 4, 1, 6912, 32768, 1000000.0f);
+    p.head_dim = 256;
+  } else {
+    p.n_swa = 64;
+    p.swa_pattern = 2;
+  }
+  return p;
+}
+
+// Mamba-2: no attention (head counts 0, as convert_hf_to_gguf.py writes them).
+ShapeParams Mamba2Shape(TestShape shape) {
+  ShapeParams p = GetShapeParams(shape);
+  p.ssm_d_conv = 4;
+  p.ssm_n_group = 1;
+  if (shape == TestShape::kSmall) {  // mamba2-130m: head_dim 64
+    SetDims(&p, 768, 24, 0, 0, 0, 1048576, 10000.0f);
+    p.ssm_d_inner = 1536;
+    p.ssm_d_state = 128;
+  } else if (shape == TestShape::kBench) {  // mamba2-1.3b
+    SetDims(&p, 2048, 48, 0, 0, 0, 1048576, 10000.0f);
+    p.ssm_d_inner = 4096;
+    p.ssm_d_state = 128;
+  } else {
+    SetDims(&p, 64, 2, 0, 0, 0, 4096, 10000.0f);
+    p.ssm_d_inner = 128;
+    p.ssm_d_state = 16;
+  }
+  p.ssm_n_head = p.ssm_d_inner / (shape == TestShape::kTiny ? 32 : 64);
+  return p;
+}
+
+// LFM2: attention at layers 2, 5, 8, 10, 12 and 14 of 16 in the real models, short convolutions
+// (kernel 3) elsewhere.
+ShapeParams Lfm2Shape(TestShape shape) {
+  ShapeParams p = GetShapeParams(shape);
+  p.shortconv_l_cache = 3;
+  p.attn_layers = (1u << 2) | (1u << 5) | (1u << 8) | (1u << 10) | (1u << 12) | (1u << 14);
+  if (shape == TestShape::kSmall) {  // LFM2-350M
+    SetDims(&p, 1024, 16, 16, 8, 4608, 128000, 1000000.0f);
+  } else if (shape == TestShape::kBench) {  // LFM2-1.2B
+    SetDims(&p, 2048, 16, 32, 8, 8192, 128000, 1000000.0f);
+  } else {
+    p.n_layer = 4;
+    p.attn_layers = 0xa;  // conv, attention, conv, attention
+  }
+  return p;
+}
+
+// Qwen3-MoE with a few experts: the real ones (128 experts of 48 layers) would be tens of GB.
+ShapeParams Qwen3MoeShape(TestShape shape) {
+  ShapeParams p = GetShapeParams(shape);
+  p.n_expert_used = 2;
+  if (shape == TestShape::kSmall) {
+    SetDims(&p, 512, 8, 8, 2, 1536, 40960, 1000000.0f);
+    p.head_dim = 64;
+    p.n_expert = 8;
+    p.n_ff_exp = 384;
+  } else if (shape == TestShape::kBench) {  // Qwen3-30B-A3B's widths, 8 layers, 8 experts
+    SetDims(&p, 2048, 8, 32, 4, 6144, 40960, 1000000.0f);
+    p.head_dim = 128;
+    p.n_expert = 8;
+    p.n_ff_exp = 768;
+  } else {
+    p.head_dim = 32;
+    p.n_expert = 4;
+    p.n_ff_exp = 64;
+  }
+  return p;
+}
+
+ShapeParams ArchShapeParams(TestShape shape, TestArch arch) {
+  ShapeParams p = GetShapeParams(shape);
+  switch (arch) {
+    case TestArch::kLlama:
+    case TestArch::kPhi3LongRope:
+      return p;
+    case TestArch::kGemma2Swa:
+      p.n_swa = shape == TestShape::kTiny ? 64 : 512;
+      return p;
+    case TestArch::kGemma3Swa:
+      return Gemma3Shape(shape);
+    case TestArch::kMamba2:
+      return Mamba2Shape(shape);
+    case TestArch::kLfm2Hybrid:
+      return Lfm2Shape(shape);
+    case TestArch::kQwen3Moe:
+      return Qwen3MoeShape(shape);
+    case TestArch::kQwen2:
+      if (shape == TestShape::kSmall) {  // Qwen2.5-0.5B
+        SetDims(&p, 896, 24, 14, 2, 4864, 32768, 1000000.0f);
+      } else if (shape == TestShape::kBench) {  // Qwen2.5-1.5B
+        SetDims(&p, 1536, 28, 12, 2, 8960, 32768, 1000000.0f);
+      }
+      return p;
+  }
+  return p;
+}
+
+const char* VocabName(TestVocab vocab) {
+  switch (vocab) {
+    case TestVocab::kSpm:
+      return "spm";
+    case TestVocab::kBpe:
+      return "bpe";
+    case TestVocab::kQwen2:
+      return "qwen2";
+  }
+  return "spm";
+}
+
 const char* ArchName(TestArch arch) {
   switch (arch) {
     case TestArch::kLlama:
@@ -62,12 +211,20 @@ const char* ArchName(TestArch arch) {
       return "phi3";
     case TestArch::kGemma2Swa:
       return "gemma2";
+    case TestArch::kGemma3Swa:
+      return "gemma3";
+    case TestArch::kMamba2:
+      return "mamba2";
+    case TestArch::kLfm2Hybrid:
+      return "lfm2";
+    case TestArch::kQwen3Moe:
+      return "qwen3moe";
+    case TestArch::kQwen2:
+      return "qwen2";
   }
   return "llama";
 }
 
-// The sliding window of the kGemma2Swa models, in tokens.
-constexpr uint32_t kSlidingWindow = 512;
 // LongRoPE factors: the long ones stretch every rotation by 2, so the two regimes give visibly
 // different keys.
 constexpr float kRopeLongFactor = 2.0f;
@@ -194,32 +351,140 @@ struct TensorPlan {
   int64_t ne1;      // number of rows (1 for norms)
   bool is_norm;     // constant `value`, f32, whatever the weight type
   float value = 1;  // of a constant tensor: 1 for norms
+  int64_t ne2 = 1;  // experts: ne1 rows of each
 };
 
+// Appends a weight matrix of n_rows rows of n_cols (ggml's ne0 = n_cols).
+void AddMatrix(std::vector<TensorPlan>* plan, const std::string& name, ggml_type type,
+               int64_t n_cols, int64_t n_rows) {
+  plan->push_back({name, type, n_cols, n_rows, false});
+}
+// Appends an f32 vector (or matrix) whose elements are all `value`.
+void AddConstant(std::vector<TensorPlan>* plan, const std::string& name, int64_t ne0, float value,
+                 int64_t ne1 = 1) {
+  plan->push_back({name, GGML_TYPE_F32, ne0, ne1, true, value});
+}
+
+std::string Blk(int64_t il) { return "blk." + std::to_string(il) + "."; }
+
+// q, k, v and output projections of head_dim-wide heads (Gemma 3 and Qwen3 decouple head_dim from
+// n_embd / n_head); Qwen 2 adds q/k/v biases (zero: real ones are small), Gemma 3, Qwen3-MoE and
+// LFM2 RMS-normalize each q and k head.
+void PlanAttention(const ShapeParams& s, TestArch arch, int64_t il, ggml_type wtype,
+                   std::vector<TensorPlan>* plan) {
+  const int64_t n_q = HeadDim(s) * s.n_head, n_kv = HeadDim(s) * s.n_head_kv;
+  const std::string blk = Blk(il);
+  AddMatrix(plan, blk + "attn_q.weight", wtype, s.n_embd, n_q);
+  AddMatrix(plan, blk + "attn_k.weight", wtype, s.n_embd, n_kv);
+  AddMatrix(plan, blk + "attn_v.weight", wtype, s.n_embd, n_kv);
+  AddMatrix(plan, blk + "attn_output.weight", wtype, n_q, s.n_embd);
+  if (arch == TestArch::kQwen2) {
+    AddConstant(plan, blk + "attn_q.bias", n_q, 0.0f);
+    AddConstant(plan, blk + "attn_k.bias", n_kv, 0.0f);
+    AddConstant(plan, blk + "attn_v.bias", n_kv, 0.0f);
+  }
+  if (arch == TestArch::kGemma3Swa || arch == TestArch::kQwen3Moe ||
+      arch == TestArch::kLfm2Hybrid) {
+    AddConstant(plan, blk + "attn_q_norm.weight", HeadDim(s), 1.0f);
+    AddConstant(plan, blk + "attn_k_norm.weight", HeadDim(s), 1.0f);
+  }
+}
+
+void PlanGatedFfn(const ShapeParams& s, const std::string& blk, ggml_type wtype,
+                  std::vector<TensorPlan>* plan) {
+  AddMatrix(plan, blk + "ffn_gate.weight", wtype, s.n_embd, s.n_ff);
+  AddMatrix(plan, blk + "ffn_up.weight", wtype, s.n_embd, s.n_ff);
+  AddMatrix(plan, blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd);
+}
+
 // One layer's tensors; Phi-3 has no gate (its up matrix is gate and up), Gemma 2 adds post-norms.
+// The order of llama, phi3 and gemma2 tensors is part of their bytes (each tensor's weights are
+// seeded by its index): keep it.
 void PlanLayer(const ShapeParams& s, TestArch arch, int64_t il, ggml_type wtype,
                std::vector<TensorPlan>* plan) {
   const int64_t n_embd_kv = s.n_embd / s.n_head * s.n_head_kv;
-  const std::string blk = "blk." + std::to_string(il) + ".";
+  const std::string blk = Blk(il);
   plan->push_back({blk + "attn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
-  plan->push_back({blk + "attn_q.weight", wtype, s.n_embd, s.n_embd, false});
-  plan->push_back({blk + "attn_k.weight", wtype, s.n_embd, n_embd_kv, false});
-  plan->push_back({blk + "attn_v.weight", wtype, s.n_embd, n_embd_kv, false});
-  plan->push_back({blk + "attn_output.weight", wtype, s.n_embd, s.n_embd, false});
-  if (arch == TestArch::kGemma2Swa) {
+  if (arch == TestArch::kGemma3Swa || arch == TestArch::kQwen2) {
+    PlanAttention(s, arch, il, wtype, plan);
+  } else {
+    plan->push_back({blk + "attn_q.weight", wtype, s.n_embd, s.n_embd, false});
+    plan->push_back({blk + "attn_k.weight", wtype, s.n_embd, n_embd_kv, false});
+    plan->push_back({blk + "attn_v.weight", wtype, s.n_embd, n_embd_kv, false});
+    plan->push_back({blk + "attn_output.weight", wtype, s.n_embd, s.n_embd, false});
+  }
+  const bool post_norms = arch == TestArch::kGemma2Swa || arch == TestArch::kGemma3Swa;
+  if (post_norms) {
     plan->push_back({blk + "post_attention_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
   }
   plan->push_back({blk + "ffn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
   if (arch == TestArch::kPhi3LongRope) {
     plan->push_back({blk + "ffn_up.weight", wtype, s.n_embd, 2 * s.n_ff, false});
+    plan->push_back({blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd, false});
   } else {
-    plan->push_back({blk + "ffn_gate.weight", wtype, s.n_embd, s.n_ff, false});
-    plan->push_back({blk + "ffn_up.weight", wtype, s.n_embd, s.n_ff, false});
+    PlanGatedFfn(s, blk, wtype, plan);
   }
-  plan->push_back({blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd, false});
-  if (arch == TestArch::kGemma2Swa) {
+  if (post_norms) {
     plan->push_back({blk + "post_ffw_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
   }
+}
+
+// Qwen3-MoE: the router (ffn_gate_inp) and n_expert experts stacked in 3-d tensors.
+void PlanMoeLayer(const ShapeParams& s, int64_t il, ggml_type wtype,
+                  std::vector<TensorPlan>* plan) {
+  const std::string blk = Blk(il);
+  AddConstant(plan, blk + "attn_norm.weight", s.n_embd, 1.0f);
+  PlanAttention(s, TestArch::kQwen3Moe, il, wtype, plan);
+  AddConstant(plan, blk + "ffn_norm.weight", s.n_embd, 1.0f);
+  AddMatrix(plan, blk + "ffn_gate_inp.weight", wtype, s.n_embd, s.n_expert);
+  TensorPlan gate{blk + "ffn_gate_exps.weight", wtype, s.n_embd, s.n_ff_exp, false};
+  gate.ne2 = s.n_expert;
+  TensorPlan up = gate;
+  up.name = blk + "ffn_up_exps.weight";
+  TensorPlan down{blk + "ffn_down_exps.weight", wtype, s.n_ff_exp, s.n_embd, false};
+  down.ne2 = s.n_expert;
+  plan->push_back(gate);
+  plan->push_back(up);
+  plan->push_back(down);
+}
+
+// Mamba-2, as convert_hf_to_gguf.py writes it: ssm_a holds A = -exp(A_log) (the real models'
+// A_log lies in [log 1, log 16]), ssm_dt.bias the softplus-inverse of dt (dt in [0.001, 0.1]) and
+// ssm_d the skip D (1). Per-head constants in those ranges keep the state decaying, so the random
+// model stays finite over any number of tokens. Convolution weights are f32, as in real files
+// (ggml's ssm_conv takes f32 only).
+void PlanMamba2Layer(const ShapeParams& s, int64_t il, ggml_type wtype,
+                     std::vector<TensorPlan>* plan) {
+  const std::string blk = Blk(il);
+  const int64_t conv_dim = s.ssm_d_inner + 2 * s.ssm_n_group * s.ssm_d_state;
+  // z, x, B, C and dt from one projection.
+  const int64_t d_in_proj = s.ssm_d_inner + conv_dim + s.ssm_n_head;
+  AddConstant(plan, blk + "attn_norm.weight", s.n_embd, 1.0f);
+  AddMatrix(plan, blk + "ssm_in.weight", wtype, s.n_embd, d_in_proj);
+  AddMatrix(plan, blk + "ssm_conv1d.weight", GGML_TYPE_F32, s.ssm_d_conv, conv_dim);
+  AddConstant(plan, blk + "ssm_conv1d.bias", conv_dim, 0.0f);
+  AddConstant(plan, blk + "ssm_dt.bias", s.ssm_n_head, -4.0f);  // softplus: dt ~ 0.018
+  AddConstant(plan, blk + "ssm_a", 1, -4.0f, s.ssm_n_head);
+  AddConstant(plan, blk + "ssm_d", 1, 1.0f, s.ssm_n_head);
+  AddConstant(plan, blk + "ssm_norm.weight", s.ssm_d_inner / s.ssm_n_group, 1.0f, s.ssm_n_group);
+  AddMatrix(plan, blk + "ssm_out.weight", wtype, s.ssm_d_inner, s.n_embd);
+}
+
+// LFM2: every layer has the gated FFN; attention layers have q/k norms, the others a short
+// convolution (in_proj gives its B, C and x gates; the f32 kernel is l_cache taps wide).
+void PlanLfm2Layer(const ShapeParams& s, int64_t il, ggml_type wtype,
+                   std::vector<TensorPlan>* plan) {
+  const std::string blk = Blk(il);
+  AddConstant(plan, blk + "attn_norm.weight", s.n_embd, 1.0f);
+  if ((s.attn_layers >> il) & 1) {
+    PlanAttention(s, TestArch::kLfm2Hybrid, il, wtype, plan);
+  } else {
+    AddMatrix(plan, blk + "shortconv.conv.weight", GGML_TYPE_F32, s.shortconv_l_cache, s.n_embd);
+    AddMatrix(plan, blk + "shortconv.in_proj.weight", wtype, s.n_embd, 3 * s.n_embd);
+    AddMatrix(plan, blk + "shortconv.out_proj.weight", wtype, s.n_embd, s.n_embd);
+  }
+  AddConstant(plan, blk + "ffn_norm.weight", s.n_embd, 1.0f);
+  PlanGatedFfn(s, blk, wtype, plan);
 }
 
 std::vector<TensorPlan> PlanTensors(const ShapeParams& s, TestArch arch, int64_t n_vocab,
@@ -232,8 +497,25 @@ std::vector<TensorPlan> PlanTensors(const ShapeParams& s, TestArch arch, int64_t
         {"rope_factors_long.weight", GGML_TYPE_F32, n_rot / 2, 1, true, kRopeLongFactor});
     plan.push_back({"rope_factors_short.weight", GGML_TYPE_F32, n_rot / 2, 1, true, 1.0f});
   }
-  for (int64_t il = 0; il < s.n_layer; ++il) PlanLayer(s, arch, il, wtype, &plan);
-  plan.push_back({"output_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  for (int64_t il = 0; il < s.n_layer; ++il) {
+    switch (arch) {
+      case TestArch::kQwen3Moe:
+        PlanMoeLayer(s, il, wtype, &plan);
+        break;
+      case TestArch::kMamba2:
+        PlanMamba2Layer(s, il, wtype, &plan);
+        break;
+      case TestArch::kLfm2Hybrid:
+        PlanLfm2Layer(s, il, wtype, &plan);
+        break;
+      default:
+        PlanLayer(s, arch, il, wtype, &plan);
+        break;
+    }
+  }
+  // LFM2's final norm is named token_embd_norm (a misnomer llama.cpp keeps for compatibility).
+  plan.push_back({arch == TestArch::kLfm2Hybrid ? "token_embd_norm.weight" : "output_norm.weight",
+                  GGML_TYPE_F32, s.n_embd, 1, true});
   // Gemma 2 always ties its output to token_embd (llama.cpp refuses an output.weight).
   if (arch == TestArch::kGemma2Swa) return plan;
   // The real shapes (SmolLM2, Llama 3.2 1B) tie their output to token_embd. With tied random
@@ -372,11 +654,13 @@ Status WriteTensorData(const TensorPlan& t, uint64_t tensor_index, uint64_t seed
   const size_t row_bytes = ggml_row_size(t.type, t.ne0);
   if (t.is_norm) {
     // RMS norm weights of 1 leave the normalized activations as they are.
-    const std::vector<float> values(static_cast<size_t>(t.ne0 * t.ne1), t.value);
+    const std::vector<float> values(static_cast<size_t>(t.ne0 * t.ne1 * t.ne2), t.value);
     return file->Write(path, values.data(), values.size() * sizeof(float));
   }
 
-  const int64_t slab_rows = std::max<int64_t>(1, std::min(t.ne1, kSlabValues / t.ne0));
+  // Experts' matrices are consecutive rows: row r of expert e is row e * ne1 + r.
+  const int64_t n_rows = t.ne1 * t.ne2;
+  const int64_t slab_rows = std::max<int64_t>(1, std::min(n_rows, kSlabValues / t.ne0));
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(n_threads, slab_rows * t.ne0 / kMinValuesPerThread)));
   const int64_t rows_per_thread = (slab_rows + threads - 1) / threads;
@@ -384,8 +668,8 @@ Status WriteTensorData(const TensorPlan& t, uint64_t tensor_index, uint64_t seed
   for (std::vector<float>& s : scratch) s.resize(static_cast<size_t>(rows_per_thread * t.ne0));
   std::vector<uint8_t> out(static_cast<size_t>(slab_rows) * row_bytes);
 
-  for (int64_t slab_begin = 0; slab_begin < t.ne1; slab_begin += slab_rows) {
-    const int64_t rows = std::min(slab_rows, t.ne1 - slab_begin);
+  for (int64_t slab_begin = 0; slab_begin < n_rows; slab_begin += slab_rows) {
+    const int64_t rows = std::min(slab_rows, n_rows - slab_begin);
     ParallelRows(rows, threads, [&](int64_t begin, int64_t end, int worker) {
       float* f32 = scratch[static_cast<size_t>(worker)].data();
       for (int64_t r = begin; r < end; ++r) {
@@ -405,10 +689,15 @@ Status WriteTensorData(const TensorPlan& t, uint64_t tensor_index, uint64_t seed
 }
 
 Result<GgufPtr> LoadVocab(TestVocab vocab) {
-  const unsigned char* begin =
-      vocab == TestVocab::kSpm ? kvstash_vocab_spm_begin : kvstash_vocab_bpe_begin;
-  const unsigned char* end =
-      vocab == TestVocab::kSpm ? kvstash_vocab_spm_end : kvstash_vocab_bpe_end;
+  const unsigned char* begin = kvstash_vocab_spm_begin;
+  const unsigned char* end = kvstash_vocab_spm_end;
+  if (vocab == TestVocab::kBpe) {
+    begin = kvstash_vocab_bpe_begin;
+    end = kvstash_vocab_bpe_end;
+  } else if (vocab == TestVocab::kQwen2) {
+    begin = kvstash_vocab_qwen2_begin;
+    end = kvstash_vocab_qwen2_end;
+  }
   gguf_init_params params = {/*no_alloc=*/true, /*ctx=*/nullptr};
   GgufPtr ctx(gguf_init_from_buffer(begin, static_cast<size_t>(end - begin), params));
   if (!ctx) {
@@ -419,11 +708,55 @@ Result<GgufPtr> LoadVocab(TestVocab vocab) {
   return ctx;
 }
 
+// The general.name suffix of each architecture's models (phi3's is not its name, see below).
+std::string NameSuffix(TestArch arch) {
+  switch (arch) {
+    case TestArch::kLlama:
+      return "";
+    case TestArch::kPhi3LongRope:
+      return "-longrope";
+    case TestArch::kGemma2Swa:
+      return "-swa";
+    default:
+      return std::string("-") + ArchName(arch);
+  }
+}
+
 // ChatML, as Qwen and SmolLM2 write it.
 constexpr const char* kChatMlTemplate =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
     "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+// The keys of the architectures beyond llama's set (appended, so older archs keep their bytes).
+void SetFamilyKeys(gguf_context* g, TestArch arch, const ShapeParams& s) {
+  const std::string a = ArchName(arch);
+  auto u32 = [&](const char* suffix, int64_t v) {
+    gguf_set_val_u32(g, (a + "." + suffix).c_str(), static_cast<uint32_t>(v));
+  };
+  if (s.head_dim > 0) {
+    u32("attention.key_length", s.head_dim);
+    u32("attention.value_length", s.head_dim);
+  }
+  if (arch == TestArch::kGemma3Swa) {
+    u32("attention.sliding_window", s.n_swa);
+    u32("attention.sliding_window_pattern", s.swa_pattern);
+    gguf_set_val_f32(g, (a + ".rope.freq_base_swa").c_str(), 10000.0f);
+  }
+  if (arch == TestArch::kQwen3Moe) {
+    u32("expert_count", s.n_expert);
+    u32("expert_used_count", s.n_expert_used);
+    u32("expert_feed_forward_length", s.n_ff_exp);
+  }
+  if (arch == TestArch::kMamba2) {
+    u32("ssm.conv_kernel", s.ssm_d_conv);
+    u32("ssm.inner_size", s.ssm_d_inner);
+    u32("ssm.state_size", s.ssm_d_state);
+    u32("ssm.time_step_rank", s.ssm_n_head);
+    u32("ssm.group_count", s.ssm_n_group);
+  }
+  if (arch == TestArch::kLfm2Hybrid) u32("shortconv.l_cache", s.shortconv_l_cache);
+}
 
 // general.* and <arch>.* keys.
 void SetArchKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& shape,
@@ -438,23 +771,36 @@ void SetArchKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& 
   gguf_set_val_u32(g, key("block_count").c_str(), static_cast<uint32_t>(shape.n_layer));
   gguf_set_val_u32(g, key("feed_forward_length").c_str(), static_cast<uint32_t>(shape.n_ff));
   gguf_set_val_u32(g, key("attention.head_count").c_str(), static_cast<uint32_t>(shape.n_head));
-  gguf_set_val_u32(g, key("attention.head_count_kv").c_str(),
-                   static_cast<uint32_t>(shape.n_head_kv));
+  if (spec.arch == TestArch::kLfm2Hybrid) {
+    // Per layer: llama.cpp makes the layers with no KV heads short-convolution layers.
+    std::vector<int32_t> n_head_kv(static_cast<size_t>(shape.n_layer));
+    for (int64_t il = 0; il < shape.n_layer; ++il) {
+      n_head_kv[static_cast<size_t>(il)] =
+          (shape.attn_layers >> il) & 1 ? static_cast<int32_t>(shape.n_head_kv) : 0;
+    }
+    gguf_set_arr_data(g, key("attention.head_count_kv").c_str(), GGUF_TYPE_INT32, n_head_kv.data(),
+                      n_head_kv.size());
+  } else if (shape.n_head > 0) {
+    gguf_set_val_u32(g, key("attention.head_count_kv").c_str(),
+                     static_cast<uint32_t>(shape.n_head_kv));
+  }
   gguf_set_val_f32(g, key("rope.freq_base").c_str(), shape.rope_freq_base);
   gguf_set_val_f32(g, key("attention.layer_norm_rms_epsilon").c_str(), 1e-5f);
   gguf_set_val_u32(g, key("vocab_size").c_str(), static_cast<uint32_t>(n_vocab));
-  gguf_set_val_u32(g, key("rope.dimension_count").c_str(),
-                   static_cast<uint32_t>(shape.n_embd / shape.n_head));
+  if (shape.n_head > 0) {
+    gguf_set_val_u32(g, key("rope.dimension_count").c_str(), static_cast<uint32_t>(HeadDim(shape)));
+  }
   if (spec.arch == TestArch::kPhi3LongRope) {
     gguf_set_val_u32(g, key("rope.scaling.original_context_length").c_str(), shape.n_ctx_train / 4);
   }
   if (spec.arch == TestArch::kGemma2Swa) {
-    gguf_set_val_u32(g, key("attention.sliding_window").c_str(), kSlidingWindow);
+    gguf_set_val_u32(g, key("attention.sliding_window").c_str(), shape.n_swa);
   }
+  SetFamilyKeys(g, spec.arch, shape);
 }
 
 Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
-  const ShapeParams shape = GetShapeParams(spec.shape);
+  const ShapeParams shape = ArchShapeParams(spec.shape, spec.arch);
   const ggml_type wtype = spec.type == TestWeightType::kF16 ? GGML_TYPE_F16 : GGML_TYPE_Q8_0;
 
   Result<GgufPtr> vocab = LoadVocab(spec.vocab);
@@ -472,9 +818,7 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
   gguf_context* g = out.get();
   // Not the architecture's name: llama.cpp gives vocabularies of models named "phi3" special
   // token attributes that look up tokens the llama vocabularies do not have.
-  const char* arch_suffix = spec.arch == TestArch::kPhi3LongRope ? "-longrope"
-                            : spec.arch == TestArch::kGemma2Swa  ? "-swa"
-                                                                 : "";
+  const std::string arch_suffix = NameSuffix(spec.arch);
   const std::string name = std::string("kvstash-test-") + shape.name + "-" + VocabName(spec.vocab) +
                            "-" + TypeName(spec.type) + "-seed" + std::to_string(spec.seed) +
                            arch_suffix;
@@ -499,8 +843,9 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
   GgmlPtr tctx(ggml_init(tparams));
   if (!tctx) return Status::Internal("ggml_init failed for the test model's tensor descriptions");
   for (const TensorPlan& t : plan) {
-    ggml_tensor* tensor = t.ne1 == 1 ? ggml_new_tensor_1d(tctx.get(), t.type, t.ne0)
-                                     : ggml_new_tensor_2d(tctx.get(), t.type, t.ne0, t.ne1);
+    ggml_tensor* tensor = t.ne2 > 1    ? ggml_new_tensor_3d(tctx.get(), t.type, t.ne0, t.ne1, t.ne2)
+                          : t.ne1 == 1 ? ggml_new_tensor_1d(tctx.get(), t.type, t.ne0)
+                                       : ggml_new_tensor_2d(tctx.get(), t.type, t.ne0, t.ne1);
     ggml_set_name(tensor, t.name.c_str());
     gguf_add_tensor(g, tensor);
   }
@@ -558,7 +903,8 @@ Result<TestShape> ParseTestShape(const std::string& name) {
 Result<TestVocab> ParseTestVocab(const std::string& name) {
   if (name == "spm") return TestVocab::kSpm;
   if (name == "bpe") return TestVocab::kBpe;
-  return Status::InvalidArgument("unknown test model vocab '" + name + "': use spm or bpe");
+  if (name == "qwen2") return TestVocab::kQwen2;
+  return Status::InvalidArgument("unknown test model vocab '" + name + "': use spm, bpe or qwen2");
 }
 
 Result<TestWeightType> ParseTestWeightType(const std::string& name) {
@@ -571,13 +917,26 @@ Result<TestArch> ParseTestArch(const std::string& name) {
   if (name == "llama") return TestArch::kLlama;
   if (name == "phi3") return TestArch::kPhi3LongRope;
   if (name == "gemma2") return TestArch::kGemma2Swa;
+  if (name == "gemma3") return TestArch::kGemma3Swa;
+  if (name == "mamba2") return TestArch::kMamba2;
+  if (name == "lfm2") return TestArch::kLfm2Hybrid;
+  if (name == "qwen3moe") return TestArch::kQwen3Moe;
+  if (name == "qwen2") return TestArch::kQwen2;
   return Status::InvalidArgument("unknown test model architecture '" + name +
-                                 "': use llama, phi3 or gemma2");
+                                 "': use llama, phi3, gemma2, gemma3, mamba2, lfm2, qwen3moe or "
+                                 "qwen2");
 }
 
 Status WriteTestModel(const TestModelSpec& spec, const std::string& path) {
   if (path.empty()) {
     return Status::InvalidArgument("test model path is empty: pass the file to write");
+  }
+  // A Qwen 2 model with a llama vocab would load, but a test asking for "qwen2" means the Qwen
+  // tokenizer too; refusing beats a silent mismatch.
+  if (spec.arch == TestArch::kQwen2 && spec.vocab != TestVocab::kQwen2) {
+    return Status::InvalidArgument(
+        std::string("a qwen2 test model carries the qwen2 vocab, not ") + VocabName(spec.vocab) +
+        ": set TestModelSpec::vocab to TestVocab::kQwen2 (--vocab qwen2)");
   }
   try {
     return WriteTestModelImpl(spec, path);

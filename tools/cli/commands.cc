@@ -689,13 +689,19 @@ int RunMakeTestModel(const MakeModelFlags& flags) {
   TestModelSpec spec;
   auto shape = ParseTestShape(flags.shape);
   if (!shape.ok()) return Fail(shape.status());
-  auto vocab = ParseTestVocab(flags.vocab);
+  auto arch = ParseTestArch(flags.arch);
+  if (!arch.ok()) return Fail(arch.status());
+  const std::string vocab_name = !flags.vocab.empty()        ? flags.vocab
+                                 : *arch == TestArch::kQwen2 ? "qwen2"
+                                                             : "spm";
+  auto vocab = ParseTestVocab(vocab_name);
   if (!vocab.ok()) return Fail(vocab.status());
   auto type = ParseTestWeightType(flags.type);
   if (!type.ok()) return Fail(type.status());
   spec.shape = *shape;
   spec.vocab = *vocab;
   spec.type = *type;
+  spec.arch = *arch;
   spec.seed = flags.seed;
   Status status = WriteTestModel(spec, flags.output);
   if (!status.ok()) return Fail(status);

@@ -94,9 +94,10 @@ struct CacheFlags {
 struct MakeModelFlags {
   std::string output;
   std::string shape = "tiny";
-  std::string vocab = "spm";
+  std::string vocab;  // empty: the architecture's own (qwen2 for qwen2, spm otherwise)
   std::string type = "f16";
   uint64_t seed = 1;
+  std::string arch = "llama";
 };
 
 int RunSave(const SaveFlags& flags);

@@ -372,11 +372,20 @@ void AddOthers(Cli* cli) {
       "make-test-model", "write a GGUF model with random weights and a real tokenizer");
   cli->make_cmd = cmd;
   cmd->add_option("-o,--output", make.output, "GGUF file to write")->required();
-  cmd->add_option("--shape", make.shape, "tiny, small (SmolLM2-135M) or bench (Llama-3.2-1B)");
-  cmd->add_option("--vocab", make.vocab, "spm (llama) or bpe (llama 3)");
+  cmd->add_option("--shape", make.shape,
+                  "tiny, small (SmolLM2-135M) or bench (Llama-3.2-1B); other archs take their "
+                  "family's shapes");
+  cmd->add_option(
+      "--vocab", make.vocab,
+      "spm (llama), bpe (llama 3) or qwen2 (default: qwen2 for --arch qwen2, else spm)");
+  cmd->add_option("--arch", make.arch,
+                  "llama, phi3 (LongRoPE), gemma2 or gemma3 (sliding window), mamba2 (recurrent), "
+                  "lfm2 (hybrid: short conv + attention), qwen3moe (mixture of experts) or qwen2");
   cmd->add_option("--type", make.type, "f16 or q8_0");
   cmd->add_option("--seed", make.seed, "weights seed (same seed, same bytes)");
-  cmd->footer("Example:\n  kvstash make-test-model -o small.gguf --shape small --type q8_0");
+  cmd->footer(
+      "Examples:\n  kvstash make-test-model -o small.gguf --shape small --type q8_0\n"
+      "  kvstash make-test-model -o mamba.gguf --arch mamba2");
 }
 
 void AddImport(Cli* cli) {
