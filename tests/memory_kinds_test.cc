@@ -37,6 +37,7 @@ std::shared_ptr<Model> FamilyModel(const Family& family, uint64_t seed = 1) {
     TestModelSpec spec;
     spec.arch = family.arch;
     spec.seed = seed;
+    if (family.arch == TestArch::kQwen2) spec.vocab = TestVocab::kQwen2;
     const std::string path = TempDir() + "/family-" + key + ".gguf";
     Status written = WriteTestModel(spec, path);
     if (!written.ok()) {
@@ -319,7 +320,13 @@ TEST_P(MemoryKindTest, ACancelledAppendLeavesTheSessionWhole) {
 
 const Family kFamilies[] = {
     {"llama", TestArch::kLlama, MemoryKind::kKv},
+    {"qwen2", TestArch::kQwen2, MemoryKind::kKv},
+    {"qwen3moe", TestArch::kQwen3Moe, MemoryKind::kKv},
+    {"phi3", TestArch::kPhi3LongRope, MemoryKind::kKv},
     {"gemma2", TestArch::kGemma2Swa, MemoryKind::kIswa},
+    {"gemma3", TestArch::kGemma3Swa, MemoryKind::kIswa},
+    {"mamba2", TestArch::kMamba2, MemoryKind::kRecurrent},
+    {"lfm2", TestArch::kLfm2Hybrid, MemoryKind::kHybrid},
 };
 
 INSTANTIATE_TEST_SUITE_P(Families, MemoryKindTest, ::testing::ValuesIn(kFamilies),

@@ -163,6 +163,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!ctx.ok()) return ctx.status();
   impl->ctx = std::move(ctx.value());
   p.n_ctx = llama_n_ctx(impl->ctx.get());  // llama.cpp rounds the size up
+  KVSTASH_RETURN_IF_ERROR(impl->LearnRecurrentShape());
   // V is stored transposed exactly when flash attention is off (a store's namespace needs it).
   if (options.flash_attn != FlashAttention::kAuto) {
     impl->v_trans = options.flash_attn == FlashAttention::kOff;
@@ -420,6 +421,7 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
                                 " memory layout is not supported yet (" +
                                 layout.status().message() + ")");
   }
+  KVSTASH_RETURN_IF_ERROR(s.CheckRecurrentShape(layout->rs, "the model's own state"));
   if (layout->n_tokens != s.tokens.size()) {
     return Status::Internal("the KV cache holds " + std::to_string(layout->n_tokens) +
                             " positions for " + std::to_string(s.tokens.size()) + " tokens");
@@ -627,6 +629,9 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   impl->ctx = std::move(ctx.value());
   params.n_ctx = llama_n_ctx(impl->ctx.get());
   impl->params = params;
+  KVSTASH_RETURN_IF_ERROR(impl->LearnRecurrentShape());
+  KVSTASH_RETURN_IF_ERROR(
+      impl->CheckRecurrentShape(parsed->layout.rs, "session file '" + path + "'"));
   const auto t_checked = Clock::now();
 
   KVSTASH_RETURN_IF_ERROR(impl->Restore(*parsed, file, path));

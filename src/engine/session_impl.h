@@ -47,6 +47,9 @@ struct Session::Impl {
   // cannot be cut at an earlier position: a sliding window (iSWA) or a recurrent state.
   format::MemoryKind memory = format::MemoryKind::kKv;
   uint32_t n_swa = 0;
+  // kRecurrent, kHybrid: the records a state of this context has (which layers keep one is
+  // nowhere in the payload), learnt from the empty context (LearnRecurrentShape).
+  std::optional<format::RecurrentLayout> rs_shape;
   // Every token of the sequence. The first n_cached are in the KV cache; the rest (at most the
   // last sampled token) are decoded lazily by Flush(), so that stopping generation never costs a
   // decode nobody needs.
@@ -314,6 +317,33 @@ struct Session::Impl {
         return false;
     }
     return false;
+  }
+
+  // Fills rs_shape from the context, whose sequence must still be empty.
+  Status LearnRecurrentShape() {
+    if (memory != format::MemoryKind::kRecurrent && memory != format::MemoryKind::kHybrid) {
+      return Status::Ok();
+    }
+    std::vector<uint8_t> empty;
+    KVSTASH_RETURN_IF_ERROR(TakeSnapshot(&empty));
+    auto shape = format::ParseRecurrentShape(empty.data(), empty.size(), memory, /*partial=*/true,
+                                             "model '" + model->path() + "'");
+    if (!shape.ok()) return shape.status();
+    rs_shape = *shape;
+    return Status::Ok();
+  }
+
+  // A state's recurrent records against the context's (kIncompatible naming `what` otherwise).
+  Status CheckRecurrentShape(const format::RecurrentLayout& rs, const std::string& what) const {
+    if (!rs_shape || rs.SameShape(*rs_shape)) return Status::Ok();
+    const auto describe = [](const format::RecurrentLayout& l) {
+      return std::to_string(l.n_layer) + " layers, " + std::to_string(l.n_r) + " R records of " +
+             std::to_string(l.r_row_bytes) + " bytes and " + std::to_string(l.n_s) +
+             " S records of " + std::to_string(l.s_row_bytes) + " bytes";
+    };
+    return Status::Corruption(what + " has a recurrent state of " + describe(rs) + ", but model '" +
+                              model->path() + "' keeps " + describe(*rs_shape) +
+                              "; re-create it with 'kvstash save'");
   }
 
   // Copies the memory's trailing part (the window or the recurrent state: llama.cpp's "partial"

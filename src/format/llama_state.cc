@@ -150,13 +150,50 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
   return layout;
 }
 
-// One R or S record of a recurrent part: type, row size, one row per cell (always one here).
-bool GetStateRecord(Reader& r, int32_t* type, uint64_t* row) {
-  return r.Get(type) && r.Get(row) && *row != 0 && r.Skip(1, *row);
+// Reads R and S records to the end of the state, each with `rows` rows, into `layout`: the R
+// records are those alike the first one; the rest, if any, must be as many and alike each other.
+// (Records all alike read as R only; a model whose S records equal its R ones would read as twice
+// the layers, which the model's own shape then refuses: never a misread accepted.)
+Status GetStateRecords(Reader& r, uint32_t rows, RecurrentLayout* layout) {
+  std::vector<std::pair<int32_t, uint64_t>> records;
+  while (r.left() > 0) {
+    int32_t type;
+    uint64_t row;
+    // A row may be empty: LFM2's short convolutions keep S records of 0 bytes.
+    if (records.size() >= 2 * size_t{layout->n_layer} || !r.Get(&type) || !r.Get(&row) ||
+        !r.Skip(rows, row)) {
+      return Status::Corruption("state record " + std::to_string(records.size()) +
+                                " is cut short or one too many");
+    }
+    records.emplace_back(type, row);
+  }
+  if (records.empty()) return Status::Corruption("no state records");
+  size_t n_r = 1;
+  while (n_r < records.size() && records[n_r] == records[0]) ++n_r;
+  const size_t n_s = records.size() - n_r;
+  if (n_s != 0 && n_s != n_r) {
+    return Status::Corruption(std::to_string(n_r) + " R records and " + std::to_string(n_s) +
+                              " S records: not one of each per layer");
+  }
+  for (size_t i = n_r; i < records.size(); ++i) {
+    if (records[i] != records[n_r]) {
+      return Status::Corruption("state record " + std::to_string(i) + " differs from the first S");
+    }
+  }
+  layout->n_r = static_cast<uint32_t>(n_r);
+  layout->n_s = static_cast<uint32_t>(n_s);
+  layout->r_type = records[0].first;
+  layout->r_row_bytes = records[0].second;
+  if (n_s > 0) {
+    layout->s_type = records[n_r].first;
+    layout->s_row_bytes = records[n_r].second;
+  }
+  return Status::Ok();
 }
 
-// Walks a recurrent part (llama_memory_recurrent::state_write) to the end of the state.
-Result<RecurrentLayout> ParseRecurrentPart(Reader& r) {
+// Walks a recurrent part (llama_memory_recurrent::state_write) to the end of the state: one cell
+// (`cells` 1) or, for an empty sequence's shape, none (`cells` 0).
+Result<RecurrentLayout> ParseRecurrentPart(Reader& r, uint32_t cells = 1) {
   const auto bad = [](const std::string& what) -> Result<RecurrentLayout> {
     return Status::Corruption("recurrent state: " + what);
   };
@@ -165,40 +202,18 @@ Result<RecurrentLayout> ParseRecurrentPart(Reader& r) {
   uint32_t cell_count, n_seq, s_trans;
   if (!r.Get(&cell_count)) return bad("cut short before the cell count");
   // One sequence's state is one cell: llama.cpp asserts on anything else when restoring it.
-  if (cell_count != 1) return bad("holds " + std::to_string(cell_count) + " cells, not 1");
-  if (!r.Get(&layout.pos) || !r.Get(&n_seq)) return bad("cut short in the cell");
-  if (layout.pos < 0) return bad("its cell has position " + std::to_string(layout.pos));
-  if (n_seq != 0) return bad("its cell names " + std::to_string(n_seq) + " sequences, not 0");
+  if (cell_count != cells) return bad("holds " + std::to_string(cell_count) + " cells, not 1");
+  if (cells == 1) {
+    if (!r.Get(&layout.pos) || !r.Get(&n_seq)) return bad("cut short in the cell");
+    if (layout.pos < 0) return bad("its cell has position " + std::to_string(layout.pos));
+    if (n_seq != 0) return bad("its cell names " + std::to_string(n_seq) + " sequences, not 0");
+  }
   if (!r.Get(&s_trans) || s_trans != 0) return bad("bad S layout flag");
   if (!r.Get(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
     return bad("layer count " + std::to_string(layout.n_layer) + " is out of range");
   }
-  // The records run to the end; each says its own size, so they can be counted first.
-  std::vector<std::pair<int32_t, uint64_t>> records;
-  while (r.left() > 0) {
-    int32_t type;
-    uint64_t row;
-    if (records.size() >= 2 * size_t{layout.n_layer} || !GetStateRecord(r, &type, &row)) {
-      return bad("state record " + std::to_string(records.size()) +
-                 " is cut short or one too many");
-    }
-    records.emplace_back(type, row);
-  }
-  if (records.empty() || records.size() % 2 != 0) {
-    return bad(std::to_string(records.size()) + " state records, not an R and an S per layer");
-  }
-  layout.n_state_layers = static_cast<uint32_t>(records.size() / 2);
-  const auto& r0 = records.front();
-  const auto& s0 = records[layout.n_state_layers];
-  layout.r_type = r0.first;
-  layout.r_row_bytes = r0.second;
-  layout.s_type = s0.first;
-  layout.s_row_bytes = s0.second;
-  for (size_t i = 0; i < records.size(); ++i) {
-    if (records[i] != (i < layout.n_state_layers ? r0 : s0)) {
-      return bad("state record " + std::to_string(i) + " differs from the first of its kind");
-    }
-  }
+  const Status records = GetStateRecords(r, cells, &layout);
+  if (!records.ok()) return bad(records.message());
   layout.bytes = start - r.left();
   return layout;
 }
@@ -224,7 +239,7 @@ Status CheckPositions(const SeqLayout& l, uint32_t n_swa) {
     return Status::Corruption("the recurrent state is at position " + std::to_string(l.rs.pos) +
                               ", not at the last token's " + std::to_string(int64_t{n} - 1));
   }
-  if (l.kind == MemoryKind::kHybrid && !l.partial && l.rs.n_state_layers >= l.rs.n_layer) {
+  if (l.kind == MemoryKind::kHybrid && !l.partial && l.rs.n_r >= l.rs.n_layer) {
     return Status::Corruption("every layer has a recurrent state, so none is left for attention");
   }
   return Status::Ok();
@@ -278,6 +293,26 @@ Result<SeqLayout> ParseSeqState(const uint8_t* data, size_t size, MemoryKind kin
   const Status positions = CheckPositions(l, n_swa);
   if (!positions.ok()) return Bad(positions.message());
   return l;
+}
+
+Result<RecurrentLayout> ParseRecurrentShape(const uint8_t* data, size_t size, MemoryKind kind,
+                                            bool partial, const std::string& name) {
+  const auto bad = [&name](const std::string& what) -> Result<RecurrentLayout> {
+    return Status::Internal("the recurrent state of " + name +
+                            " has an unexpected layout: " + what);
+  };
+  Reader r(data, size);
+  uint32_t magic, n_stream, cells;
+  int32_t seq_id;
+  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic || !r.Get(&seq_id)) return bad("no header");
+  // A hybrid's empty attention cache: its stream count, and no cells.
+  if (kind == MemoryKind::kHybrid && !partial &&
+      (!r.Get(&n_stream) || n_stream != 1 || !r.Get(&cells) || cells != 0)) {
+    return bad("the attention cache is not empty");
+  }
+  auto rs = ParseRecurrentPart(r, /*cells=*/0);
+  if (!rs.ok()) return bad(rs.status().message());
+  return *rs;
 }
 
 Result<KvLayout> ParseLlamaSeqState(const uint8_t* data, size_t size, const std::string& name,

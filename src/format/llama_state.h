@@ -29,6 +29,7 @@
 //   u32 s_trans (0), u32 n_layer (all of the model's layers),
 //   for each layer with a state: { i32 r_type, u64 r_row_bytes, r_row_bytes bytes },
 //   for each layer with a state: { i32 s_type, u64 s_row_bytes, s_row_bytes bytes }
+//   (s_row_bytes may be 0: LFM2's short convolutions keep only R)
 // (the layers with a state are not listed: the R and S records run to the end of the part, as
 // many of each; the recurrent part is always the last one).
 #ifndef KVSTASH_FORMAT_LLAMA_STATE_H_
@@ -76,14 +77,23 @@ struct KvLayout {
 };
 
 struct RecurrentLayout {
-  int32_t pos = -1;             // of the one cell: the sequence's last position
-  uint32_t n_layer = 0;         // as llama.cpp writes it: all of the model's layers
-  uint32_t n_state_layers = 0;  // layers with a state (each has an R and an S record)
+  int32_t pos = -1;      // of the one cell: the sequence's last position
+  uint32_t n_layer = 0;  // as llama.cpp writes it: all of the model's layers
+  // Records: one R per layer with a state, then as many S, or none (LFM2's short convolutions keep
+  // only R). Each kind is alike in every layer.
+  uint32_t n_r = 0;
+  uint32_t n_s = 0;
   int32_t r_type = -1;
   uint64_t r_row_bytes = 0;
   int32_t s_type = -1;
   uint64_t s_row_bytes = 0;
   uint64_t bytes = 0;  // the part's size, from its cell_count field on
+
+  // The same records (the shape a model's context has; positions and sizes aside).
+  bool SameShape(const RecurrentLayout& o) const {
+    return n_layer == o.n_layer && n_r == o.n_r && n_s == o.n_s && r_type == o.r_type &&
+           r_row_bytes == o.r_row_bytes && s_type == o.s_type && s_row_bytes == o.s_row_bytes;
+  }
 };
 
 // A walked sequence state. Parts a kind does not have are left empty.
@@ -103,12 +113,20 @@ struct SeqLayout {
 // to exactly `size` bytes; every KV part has one stream, cells of one sequence at consecutive
 // positions, and the same K and V types and row sizes in every layer; the full-attention part holds
 // exactly positions 0..n-1; an iSWA window holds exactly [n - min(n, n_swa), n); a recurrent part
-// holds one cell at n - 1, R and S records in equal number, each kind of record alike in every
-// layer. `n_swa` is the model's window (kIswa only). Errors as ParseLlamaSeqState's.
+// holds one cell at n - 1, R records then as many S records or none, each kind alike in every
+// layer (which layers have a state the payload does not say: compare the result's `rs` with
+// ParseRecurrentShape's from the model's own context, RecurrentLayout::SameShape). `n_swa` is the
+// model's window (kIswa only). Errors as ParseLlamaSeqState's.
 Result<SeqLayout> ParseSeqState(const uint8_t* data, size_t size, MemoryKind kind, uint32_t n_swa,
                                 bool partial, const std::string& name,
                                 const std::string& what = "session file",
                                 const std::string& fix = "re-create it with 'kvstash save'");
+
+// The recurrent records of an empty sequence's state (llama.cpp writes them with no rows and a cell
+// count of 0): what a state of this context must have. kRecurrent or kHybrid `kind`, whole or
+// partial state; `name` is used in errors.
+Result<RecurrentLayout> ParseRecurrentShape(const uint8_t* data, size_t size, MemoryKind kind,
+                                            bool partial, const std::string& name);
 
 // ParseSeqState of a kKv state, returning its one KV part. Parses the whole payload and checks
 // that: the sizes add up to exactly `size` bytes; exactly one stream holds cells; every cell

@@ -251,10 +251,10 @@ Status CheckPayloadMatchesMeta(const SessionMeta& meta, const SeqLayout& layout,
     return Mismatch(name, "n_layer", std::to_string(meta.n_layer), std::to_string(layers));
   }
   if (layout.kind == MemoryKind::kHybrid &&
-      int64_t{layout.kv.n_layer} + layout.rs.n_state_layers > meta.n_layer) {
+      int64_t{layout.kv.n_layer} + layout.rs.n_r > meta.n_layer) {
     return Mismatch(name, "n_layer", std::to_string(meta.n_layer),
                     std::to_string(layout.kv.n_layer) + " attention and " +
-                        std::to_string(layout.rs.n_state_layers) + " recurrent layers");
+                        std::to_string(layout.rs.n_r) + " recurrent layers");
   }
   const bool strict = layout.kind == MemoryKind::kKv || layout.kind == MemoryKind::kIswa;
   if (layout.kind != MemoryKind::kRecurrent) {
