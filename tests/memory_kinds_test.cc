@@ -318,6 +318,72 @@ TEST_P(MemoryKindTest, ACancelledAppendLeavesTheSessionWhole) {
   EXPECT_EQ(LogitsOf(*warm), LogitsOf(*cold));
 }
 
+// Through a prefix store (chunks of 32 tokens): a second session restores what the first one
+// published and answers bit-equal to a cold run through an empty store; diverging inside restores
+// up to the last chunk boundary the memory can be restored at (every boundary for attention and
+// iSWA, whose chunks keep their own window cells; boundaries with a snapshot for recurrent
+// states).
+struct StoreRun {
+  SyncResult sync;
+  std::vector<float> logits;
+  std::vector<Token> greedy;
+};
+
+StoreRun SyncThrough(const std::shared_ptr<Model>& model, Store& store,
+                     const std::vector<Token>& tokens) {
+  StoreRun out;
+  auto s = Session::Create(model, Options());
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!s.ok()) return out;
+  auto synced = (*s)->Sync(tokens, store);
+  EXPECT_TRUE(synced.ok()) << synced.status().ToString();
+  if (!synced.ok()) return out;
+  out.sync = *synced;
+  auto logits = (*s)->Logits();
+  EXPECT_TRUE(logits.ok());
+  if (logits.ok()) out.logits = *logits;
+  SampleOptions greedy;
+  greedy.n_predict = 8;
+  auto g = (*s)->Generate(greedy);
+  EXPECT_TRUE(g.ok()) << g.status().ToString();
+  if (g.ok()) out.greedy = g->tokens;
+  s->reset();  // hands its new chunks to the writer
+  store.WaitForWrites();
+  return out;
+}
+
+TEST_P(MemoryKindTest, TheStoreServesOtherSessionsWhereTheMemoryAllows) {
+  // Half the tiny iSWA models' window: a window is gathered from two chunks.
+  constexpr uint32_t kChunk = 32;
+  auto store = testing::NewTestStore(std::string("family-") + GetParam().name, kChunk);
+  ASSERT_NE(store, nullptr);
+  const std::vector<Token> full = Concat(prompt_, tail_);
+  const StoreRun first = SyncThrough(model_, *store, prompt_);
+  EXPECT_EQ(first.sync.n_restored, 0u);
+  EXPECT_GT(first.sync.n_published, 0u);
+
+  auto empty = testing::NewTestStore(std::string("family-cold-") + GetParam().name, kChunk);
+  ASSERT_NE(empty, nullptr);
+  const StoreRun cold = SyncThrough(model_, *empty, full);
+  const StoreRun warm = SyncThrough(model_, *store, full);
+  // Chunks of the first prompt, all but the one holding its last token... and for a recurrent
+  // state, those up to the last snapshot (every chunk for these small states).
+  const size_t stored = (prompt_.size() - 1) / kChunk;
+  EXPECT_EQ(warm.sync.n_restored, stored * kChunk);
+  EXPECT_EQ(warm.logits, cold.logits);  // bit-equal
+  EXPECT_EQ(warm.greedy, cold.greedy);
+
+  // Diverging inside chunk 5: chunks 1..4 are restored.
+  const std::vector<Token> other =
+      Concat(std::vector<Token>(prompt_.begin(), prompt_.begin() + 4 * kChunk + 10), tail_);
+  auto empty2 = testing::NewTestStore(std::string("family-cold2-") + GetParam().name, kChunk);
+  const StoreRun cold2 = SyncThrough(model_, *empty2, other);
+  const StoreRun warm2 = SyncThrough(model_, *store, other);
+  EXPECT_EQ(warm2.sync.n_restored, 4 * kChunk);
+  EXPECT_EQ(warm2.logits, cold2.logits);
+  EXPECT_EQ(warm2.greedy, cold2.greedy);
+}
+
 const Family kFamilies[] = {
     {"llama", TestArch::kLlama, MemoryKind::kKv},
     {"qwen2", TestArch::kQwen2, MemoryKind::kKv},

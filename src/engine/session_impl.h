@@ -9,6 +9,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,16 @@ using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
 
 inline constexpr llama_seq_id kSeq = 0;
 
+namespace engine {
+// What a context's sequence state looks like beyond what a model's facts say (which layers slide
+// or keep a state is not in llama.h): learnt from a state of the context itself. The prefix store
+// needs it for every memory kind but kKv (engine/store_chain.h).
+struct StateShape {
+  format::SeqLayout layout;     // of a whole state (cell counts aside)
+  uint64_t snapshot_bytes = 0;  // kRecurrent, kHybrid: a partial state's size
+};
+}  // namespace engine
+
 // The layout llama.cpp's sequence state has for `model` (engine/memory_support.h); refused for a
 // memory kvstash does not read.
 Result<format::MemoryKind> MemoryKindOf(const Model& model);
@@ -50,6 +61,11 @@ struct Session::Impl {
   // kRecurrent, kHybrid: the records a state of this context has (which layers keep one is
   // nowhere in the payload), learnt from the empty context (LearnRecurrentShape).
   std::optional<format::RecurrentLayout> rs_shape;
+  // Prefix store (store_sync.cc), every kind but kKv: the state's shape (learnt once), and what
+  // each chunk decoded here carries beyond its KV cells, captured at its last token (the window
+  // cells or a snapshot; chunk index -> bytes, engine::BoundaryPart), for the store's writer.
+  std::optional<engine::StateShape> shape;
+  std::map<uint32_t, std::vector<uint8_t>> boundary_parts;
   // Every token of the sequence. The first n_cached are in the KV cache; the rest (at most the
   // last sampled token) are decoded lazily by Flush(), so that stopping generation never costs a
   // decode nobody needs.
@@ -404,6 +420,11 @@ struct Session::Impl {
       logits_valid = false;
     }
     n_aligned = std::min(n_aligned, keep);
+    // Parts captured after a token that is gone describe another sequence.
+    if (aligned_chunk != 0) {
+      boundary_parts.erase(boundary_parts.upper_bound(static_cast<uint32_t>(keep / aligned_chunk)),
+                           boundary_parts.end());
+    }
     if (keep < tokens.size()) tokens.resize(keep);
     return Status::Ok();
   }

@@ -1,5 +1,8 @@
 #include "engine/store_chain.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "engine/llama_runtime.h"
 #include "format/compat.h"
 #include "format/llama_state.h"
@@ -24,17 +27,153 @@ format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& para
   return l;
 }
 
+format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLayout& plain,
+                                 uint32_t chunk, uint32_t n_swa) {
+  using format::MemoryKind;
+  const format::SeqLayout& l = shape.layout;
+  format::ChunkLayout c;
+  c.kind = l.kind;
+  c.k_type = plain.k_type;
+  c.v_type = plain.v_type;
+  c.v_trans = plain.v_trans;
+  if (l.kind != MemoryKind::kRecurrent) {
+    const format::ChunkLayout main = format::ChunkLayout::From(l.kv);
+    c.n_layer = main.n_layer;
+    c.v_trans = main.v_trans;
+    c.k_row_bytes = main.k_row_bytes;
+    c.v_row_bytes = main.v_row_bytes;
+    c.v_elem_bytes = main.v_elem_bytes;
+    c.n_embd_v = main.n_embd_v;
+  } else {
+    c.v_trans = false;  // no KV cells: the chunk header records none
+  }
+  if (l.kind == MemoryKind::kIswa) {
+    const format::ChunkLayout swa = format::ChunkLayout::From(l.swa);
+    c.swa_cells = std::min(chunk, n_swa);
+    c.swa_n_layer = swa.n_layer;
+    c.swa_k_row_bytes = swa.k_row_bytes;
+    c.swa_v_row_bytes = swa.v_row_bytes;
+    c.swa_v_elem_bytes = swa.v_elem_bytes;
+    c.swa_n_embd_v = swa.n_embd_v;
+  }
+  if (l.kind == MemoryKind::kRecurrent || l.kind == MemoryKind::kHybrid) {
+    // A snapshot every P chunks, P such that snapshots cost about the chunks' own KV (a plain
+    // model's, 1 MiB at least, for a recurrent model that has none), 1 to 64.
+    const uint64_t own = std::max<uint64_t>(c.KvBytes(chunk), uint64_t{1} << 20);
+    c.snapshot_bytes = shape.snapshot_bytes;
+    c.snapshot_every =
+        static_cast<uint32_t>(std::clamp<uint64_t>((shape.snapshot_bytes + own - 1) / own, 1, 64));
+  }
+  return c;
+}
+
 Chain MakeChain(const Model& model, const SessionMeta& params, bool v_trans, uint32_t chunk,
-                const std::vector<Token>& tokens) {
+                const std::vector<Token>& tokens, const StateShape* shape) {
   Chain c;
   c.text = format::StoreNamespaceText(FactsOf(model), model.Description(), params, v_trans, chunk,
                                       LlamaBuildInfo());
-  c.h0 = store::NamespaceHash(c.text);
-  c.hashes = store::ChainHashes(c.h0, tokens.data(), tokens.size(), chunk);
   c.layout = ExpectedLayout(*model.impl(), params, v_trans);
   c.chunk = chunk;
+  c.n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model.impl()->model)));
+  if (shape != nullptr && shape->layout.kind != format::MemoryKind::kKv) {
+    c.layout = ShapedLayout(*shape, c.layout, chunk, c.n_swa);
+    // Plain namespaces keep the text kvstash 0.2 gave them, so their stores stay valid.
+    c.text += std::string("memory.kind=") + format::MemoryKindName(c.layout.kind) + "\n";
+    c.text += "memory.n_swa=" + std::to_string(c.n_swa) + "\n";
+    c.text += "store.snapshot_every=" + std::to_string(c.layout.snapshot_every) + "\n";
+  }
+  c.h0 = store::NamespaceHash(c.text);
+  c.hashes = store::ChainHashes(c.h0, tokens.data(), tokens.size(), chunk);
   return c;
 }
+
+namespace {
+
+// How many of `found` verified chunks a state can be assembled from: all of them, but for a
+// recurrent state only up to the last chunk that keeps a snapshot.
+size_t RestorableChunks(const format::ChunkLayout& l, size_t found) {
+  if (l.kind != format::MemoryKind::kRecurrent && l.kind != format::MemoryKind::kHybrid) {
+    return found;
+  }
+  return found / l.snapshot_every * l.snapshot_every;
+}
+
+// The window of an iSWA state of `chunks.size()` chunks: positions [kC - w, kC), gathered from
+// the window cells the last chunks carry (each its own [jC - W, jC)).
+std::vector<format::CellRun> WindowRuns(const format::ChunkLayout& l, uint32_t chunk,
+                                        const std::vector<const uint8_t*>& windows, uint32_t n_swa,
+                                        int32_t* first_pos) {
+  const uint64_t end = uint64_t{windows.size()} * chunk;
+  const uint64_t w = std::min<uint64_t>(end, n_swa);
+  *first_pos = static_cast<int32_t>(end - w);
+  std::vector<format::CellRun> runs;
+  uint64_t need_from = end - w;  // first position still to gather
+  for (size_t j = 0; j < windows.size(); ++j) {
+    const uint64_t block_end = uint64_t{j + 1} * chunk;
+    const uint64_t block_begin = block_end - l.swa_cells;
+    if (block_end <= need_from) continue;
+    const uint64_t from = std::max(need_from, block_begin);
+    runs.push_back({windows[j], l.swa_cells, static_cast<uint32_t>(from - block_begin),
+                    static_cast<uint32_t>(block_end - from)});
+    need_from = block_end;
+  }
+  return runs;
+}
+
+// The whole llama.cpp state of the first `k` of `loaded` chunks (format/llama_state.h): the main
+// cells, then the window or the k-th chunk's snapshot. The result is walked by the state reader.
+Status AssembleState(const Chain& chain, const LoadedPrefix& loaded, size_t k, int n_threads,
+                     bool huge_pages, uint32_t n_stream, Fetched* out) {
+  using format::MemoryKind;
+  const format::ChunkLayout& l = chain.layout;
+  const uint32_t cells = static_cast<uint32_t>(k) * chain.chunk;
+  const uint64_t main_kv = l.KvBytes(chain.chunk);
+  const bool has_main = l.kind != MemoryKind::kRecurrent;
+  uint64_t size = has_main ? format::SeqStateSize(l, cells) : format::kSeqStateHeaderBytes;
+  std::vector<format::CellRun> window;
+  int32_t window_first = 0;
+  if (l.kind == MemoryKind::kIswa) {
+    std::vector<const uint8_t*> windows;
+    for (size_t j = 0; j < k; ++j) windows.push_back(loaded.chunks[j].kv + main_kv);
+    window = WindowRuns(l, chain.chunk, windows, chain.n_swa, &window_first);
+    size += format::KvPartSize(l.Swa(), std::min<uint32_t>(cells, chain.n_swa));
+  }
+  const bool snapshot = l.kind == MemoryKind::kRecurrent || l.kind == MemoryKind::kHybrid;
+  if (snapshot) size += l.snapshot_bytes - format::kSeqStateHeaderBytes;
+  out->state_size = size;
+  out->state = std::make_unique<LargeBuffer>(size + 4 * size_t{n_stream - 1}, huge_pages);
+  uint8_t* p = out->state->data();
+  if (p == nullptr) return Status::IOError("cannot allocate the restored KV cache");
+  std::vector<const uint8_t*> kv;
+  for (size_t j = 0; j < k; ++j) kv.push_back(loaded.chunks[j].kv);
+  if (has_main) {
+    format::AssembleSeqState(l, chain.chunk, kv, p, n_threads);
+  } else {
+    const uint32_t header[2] = {format::kLlamaSeqStateMagic, 0};
+    std::memcpy(p, header, sizeof header);
+  }
+  uint8_t* tail = p + (has_main ? format::SeqStateSize(l, cells) : format::kSeqStateHeaderBytes);
+  if (l.kind == MemoryKind::kIswa) format::AssembleKvPart(l.Swa(), window, window_first, tail);
+  if (snapshot) {
+    const uint8_t* snap = loaded.chunks[k - 1].kv + main_kv;
+    std::memcpy(tail, snap + format::kSeqStateHeaderBytes,
+                l.snapshot_bytes - format::kSeqStateHeaderBytes);
+  }
+  if (l.kind == MemoryKind::kKv) return Status::Ok();  // assembled from verified cells only
+  // The window and the snapshot came as bytes: walk the whole state as a session file's payload.
+  auto parsed = format::ParseSeqState(p, size, l.kind, chain.n_swa, /*partial=*/false,
+                                      "the chunks of " + format::HashHex(chain.h0), "store",
+                                      "they are not used");
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->n_tokens != cells) {
+    return Status::Corruption("the assembled state stands for " + std::to_string(parsed->n_tokens) +
+                              " tokens, not " + std::to_string(cells));
+  }
+  out->layout = *parsed;
+  return Status::Ok();
+}
+
+}  // namespace
 
 Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& tokens,
                     size_t max_chunks, int n_threads, bool huge_pages, uint32_t n_stream) {
@@ -45,23 +184,16 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
       store.impl()->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
   out.n_found = loaded.chunks.size();
   out.first_bad = loaded.first_bad;
-  if (loaded.chunks.empty()) return out;
-  const uint32_t cells = static_cast<uint32_t>(loaded.chunks.size()) * chain.chunk;
-  out.state_size = format::SeqStateSize(chain.layout, cells);
-  out.state = std::make_unique<LargeBuffer>(out.state_size + 4 * size_t{n_stream - 1}, huge_pages);
-  if (out.state->data() == nullptr) {
-    out.status = Status::IOError("cannot allocate the restored KV cache");
-    return out;
-  }
-  std::vector<const uint8_t*> kv;
-  for (const auto& c : loaded.chunks) kv.push_back(c.kv);
-  format::AssembleSeqState(chain.layout, chain.chunk, kv, out.state->data(), n_threads);
+  const size_t k = RestorableChunks(chain.layout, loaded.chunks.size());
+  if (k == 0) return out;
+  out.status = AssembleState(chain, loaded, k, n_threads, huge_pages, n_stream, &out);
+  if (!out.status.ok()) return out;
   // After the last read of the files: their bytes were the verified ones throughout.
   if (!loaded.Intact()) {
     out.status = Status::IOError("a chunk file changed while it was read");
     return out;
   }
-  out.n_assembled = loaded.chunks.size();
+  out.n_assembled = k;
   return out;
 }
 
@@ -77,7 +209,12 @@ Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, F
   }
   ClearLlamaError();
   const size_t read = llama_state_seq_set_data(ctx, fetched.state->data(), size, seq);
-  if (read != size || llama_memory_seq_pos_min(mem, seq) != 0 ||
+  // The lowest position then held: 0 for KV cells, the window's first, or the state's (the last).
+  const format::MemoryKind kind = fetched.layout.kind;
+  const llama_pos pos_min = kind == format::MemoryKind::kKv     ? 0
+                            : kind == format::MemoryKind::kIswa ? fetched.layout.swa.first_pos
+                                                                : llama_pos(cells) - 1;
+  if (read != size || llama_memory_seq_pos_min(mem, seq) != pos_min ||
       llama_memory_seq_pos_max(mem, seq) != llama_pos(cells) - 1) {
     llama_memory_seq_rm(mem, seq, -1, -1);
     return Status::Internal("llama.cpp refused the restored chunks: " + LastLlamaError());
@@ -85,7 +222,11 @@ Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, F
   return Status::Ok();
 }
 
-Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqState* out) {
+Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqState* out,
+                   format::MemoryKind kind, uint32_t n_swa) {
+  if (n_stream > 1 && kind != format::MemoryKind::kKv) {
+    return Status::Internal("a sequence state of several KV streams is read only for plain caches");
+  }
   const size_t size = llama_state_seq_get_size(ctx, seq);
   auto buffer = std::make_unique<LargeBuffer>(size);
   if (buffer->data() == nullptr)
@@ -100,37 +241,98 @@ Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqS
     offset = *at;
     one_size = size - 4 * size_t{n_stream - 1};
   }
-  auto parsed = format::ParseLlamaSeqState(buffer->data() + offset, one_size, "the KV cache");
+  auto parsed = format::ParseSeqState(buffer->data() + offset, one_size, kind, n_swa,
+                                      /*partial=*/false, "the KV cache");
   if (!parsed.ok()) return parsed.status();
-  out->layout = *parsed;
+  out->seq = *parsed;
+  out->layout = parsed->kv;
   out->data = buffer->data() + offset;
   out->size = one_size;
   out->buffer = std::move(buffer);
   return Status::Ok();
 }
 
+Status BoundaryPart(const Chain& chain, uint32_t index, const std::vector<uint8_t>& snapshot,
+                    BoundaryParts* parts) {
+  using format::MemoryKind;
+  const format::ChunkLayout& l = chain.layout;
+  if (l.kind == MemoryKind::kKv) return Status::Ok();
+  if (l.kind != MemoryKind::kIswa) {
+    if (!l.HasSnapshot(index)) return Status::Ok();
+    if (snapshot.size() != l.snapshot_bytes) {
+      return Status::Internal("the state snapshot has " + std::to_string(snapshot.size()) +
+                              " bytes, the namespace's have " + std::to_string(l.snapshot_bytes));
+    }
+    (*parts)[index] = snapshot;
+    return Status::Ok();
+  }
+  // The window at the chunk's end holds its last W positions (and those before, up to n_swa).
+  auto window = format::ParseSeqState(snapshot.data(), snapshot.size(), l.kind, chain.n_swa,
+                                      /*partial=*/true, "the window");
+  if (!window.ok()) return window.status();
+  const int64_t end = int64_t{index} * chain.chunk;
+  if (window->n_tokens != end || format::ChunkLayout::From(window->swa) != l.Swa()) {
+    return Status::Internal("the window snapshot does not end at chunk " + std::to_string(index) +
+                            " or has another layout");
+  }
+  const uint32_t begin = static_cast<uint32_t>(end - l.swa_cells - window->swa.first_pos);
+  std::vector<uint8_t> cells(l.Swa().KvBytes(l.swa_cells));
+  KVSTASH_RETURN_IF_ERROR(format::CutChunkKv(snapshot.data(), snapshot.size(), window->swa, begin,
+                                             l.swa_cells, cells.data()));
+  (*parts)[index] = std::move(cells);
+  return Status::Ok();
+}
+
 size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>& tokens,
-                     const SeqState& state, size_t first_new, long bad) {
+                     const SeqState& state, size_t first_new, long bad,
+                     const BoundaryParts* parts) {
   const format::ChunkLayout& expected = chain.layout;
   const uint32_t chunk = chain.chunk;
   if (first_new >= chain.hashes.size()) return 0;
+  const bool plain = expected.kind == format::MemoryKind::kKv;
+  const bool has_main = expected.kind != format::MemoryKind::kRecurrent;
   Status status;
-  if (format::ChunkLayout::From(state.layout) != expected)
+  format::ChunkLayout main = format::ChunkLayout::From(state.layout);
+  main.kind = expected.kind;
+  if (has_main && (main.n_layer != expected.n_layer || main.k_row_bytes != expected.k_row_bytes ||
+                   main.v_trans != expected.v_trans || main.v_row_bytes != expected.v_row_bytes ||
+                   main.n_embd_v != expected.n_embd_v || main.k_type != expected.k_type ||
+                   main.v_type != expected.v_type))
     status = Status::Internal("the KV cache's layout is not the one the namespace assumes");
+  // The main part of the state: its first (a whole plain state).
+  const size_t main_size = plain ? state.size : state.seq.first_part_end;
   std::vector<ChunkWrite> writes;
   for (size_t j = first_new; j < chain.hashes.size() && status.ok(); ++j) {
+    const uint32_t index = static_cast<uint32_t>(j + 1);
+    const std::vector<uint8_t>* part = nullptr;
+    if (!plain && (expected.kind == format::MemoryKind::kIswa || expected.HasSnapshot(index))) {
+      auto it = parts != nullptr ? parts->find(index) : BoundaryParts::const_iterator();
+      if (parts == nullptr || it == parts->end()) break;  // not captured: the chain stops here
+      part = &it->second;
+    }
     ChunkWrite w;
     w.header.hash = chain.hashes[j];
     w.header.parent = j == 0 ? chain.h0 : chain.hashes[j - 1];
     w.header.ns = chain.h0;
-    w.header.index = static_cast<uint32_t>(j + 1);
+    w.header.index = index;
     w.header.n_tokens = chunk;
     w.header.layout = expected;
     w.tokens.assign(tokens.begin() + j * chunk, tokens.begin() + (j + 1) * chunk);
-    w.kv.resize(expected.KvBytes(chunk));
-    status =
-        format::CutChunkKv(state.data, state.size, state.layout, static_cast<uint32_t>(j * chunk),
-                           chunk, reinterpret_cast<uint8_t*>(w.kv.data()));
+    w.kv.resize(expected.ChunkKvBytes(chunk, index));
+    const uint64_t main_bytes = expected.KvBytes(chunk);
+    if (has_main) {
+      status =
+          format::CutChunkKv(state.data, main_size, state.layout, static_cast<uint32_t>(j * chunk),
+                             chunk, reinterpret_cast<uint8_t*>(w.kv.data()));
+    }
+    if (part != nullptr) {
+      if (part->size() != w.kv.size() - main_bytes) {
+        status = Status::Internal("chunk " + std::to_string(index) + "'s captured part has " +
+                                  std::to_string(part->size()) + " bytes");
+        break;
+      }
+      std::memcpy(w.kv.data() + main_bytes, part->data(), part->size());
+    }
     w.replace_bad = static_cast<long>(j) == bad;
     writes.push_back(std::move(w));
   }
@@ -139,6 +341,7 @@ size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>&
                        "': " + status.message());
     return 0;
   }
+  if (writes.empty()) return 0;
   return store.impl()->Publish(chain.h0, chain.text, std::move(writes), chain.hashes) * chunk;
 }
 

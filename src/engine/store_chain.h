@@ -6,6 +6,7 @@
 #ifndef KVSTASH_ENGINE_STORE_CHAIN_H_
 #define KVSTASH_ENGINE_STORE_CHAIN_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,16 +25,26 @@ struct Chain {
   std::vector<format::Hash256> hashes;
   format::ChunkLayout layout;
   uint32_t chunk = 0;
+  uint32_t n_swa = 0;  // kIswa: the model's window
 };
 
-// The layout llama_state_seq_get_data uses for a cache of `model` with `params`.
+// The layout llama_state_seq_get_data uses for a plain cache of `model` with `params`.
 format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& params, bool v_trans);
+
+// The chunk layout of a namespace of `shape` with chunks of `chunk` tokens (kIswa: the window
+// cells each chunk carries; kRecurrent/kHybrid: every how many chunks a snapshot is kept, so
+// that snapshots cost about what the chunks' own KV costs, at most every 64th chunk).
+format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLayout& plain,
+                                 uint32_t chunk, uint32_t n_swa);
+
+// `shape` is required for every kind but kKv (whose layout comes from the model's facts).
 Chain MakeChain(const Model& model, const SessionMeta& params, bool v_trans, uint32_t chunk,
-                const std::vector<Token>& tokens);
+                const std::vector<Token>& tokens, const StateShape* shape = nullptr);
 
 // What the store holds of a prompt: its longest verified prefix of chunks, assembled into one
-// llama.cpp sequence state (the chunk files closed again). Needs no context, so it may run on
-// another thread while the context is busy.
+// llama.cpp sequence state (the chunk files closed again): every found chunk for kKv and kIswa
+// (each keeps its window cells), up to the last one with a snapshot for kRecurrent and kHybrid.
+// Needs no context, so it may run on another thread while the context is busy.
 struct Fetched {
   std::string ns_text;                  // the namespace it was looked up in
   std::vector<format::Hash256> hashes;  // and the chain
@@ -44,6 +55,8 @@ struct Fetched {
   size_t state_size = 0;
   long first_bad = -1;
   Status status;  // why found chunks were not assembled
+  // The assembled state's parts (kind kKv when plain: its cells are the verified chunks' own).
+  format::SeqLayout layout;
 };
 Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& tokens,
                     size_t max_chunks, int n_threads, bool huge_pages, uint32_t n_stream = 1);
@@ -58,16 +71,31 @@ struct SeqState {
   std::unique_ptr<LargeBuffer> buffer;
   const uint8_t* data = nullptr;  // the one-stream state inside buffer
   size_t size = 0;
-  format::KvLayout layout;
+  format::KvLayout layout;  // its first KV part (none for kRecurrent)
+  format::SeqLayout seq;    // all of it
 };
-Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqState* out);
+// `kind` and `n_swa` say what memory the context has; several streams only for kKv.
+Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqState* out,
+                   format::MemoryKind kind = format::MemoryKind::kKv, uint32_t n_swa = 0);
+
+// What a chunk carries beyond its main KV cells, captured while its tokens were decoded
+// (BoundaryPart): chunk index (1-based) -> the window cells (kIswa) or the snapshot (kRecurrent,
+// kHybrid, only at indexes that keep one).
+using BoundaryParts = std::map<uint32_t, std::vector<uint8_t>>;
+
+// Captures what chunk `index` of `chain` needs from `snapshot`, llama.cpp's partial state right
+// after the chunk's last token, into `parts`; nothing for kKv or an index without a snapshot.
+Status BoundaryPart(const Chain& chain, uint32_t index, const std::vector<uint8_t>& snapshot,
+                    BoundaryParts* parts);
 
 // Queues chunks first_new+1..k (1-based) of `chain` for the store's writer, cut from `state`
-// (which holds at least those tokens), whose tokens are `tokens`. `bad`: the index of a chunk that
-// exists but was refused, which the write replaces. Returns the tokens queued; failures are the
-// store's warnings, never the caller's.
+// (which holds at least those tokens), whose tokens are `tokens`, with their `parts` (every kind
+// but kKv; publishing stops before the first chunk whose part is missing). `bad`: the index of a
+// chunk that exists but was refused, which the write replaces. Returns the tokens queued; failures
+// are the store's warnings, never the caller's.
 size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>& tokens,
-                     const SeqState& state, size_t first_new, long bad);
+                     const SeqState& state, size_t first_new, long bad,
+                     const BoundaryParts* parts = nullptr);
 
 }  // namespace kvstash::engine
 

@@ -29,9 +29,12 @@ using engine::FetchPrefix;
 using engine::MakeChain;
 
 // Flash attention "auto" is resolved inside llama.cpp, which does not say what it chose; the V
-// layout of one decoded token tells (V is transposed exactly when flash attention is off).
-Result<bool> ResolveVTrans(Session::Impl& s) {
-  if (s.v_trans) return *s.v_trans;
+// layout of one decoded token tells (V is transposed exactly when flash attention is off). The
+// same state gives the shape of every kind but kKv (which layers slide or keep a state), which
+// the store's chunk layout needs.
+Result<bool> ResolveShape(Session::Impl& s) {
+  const bool plain = s.memory == format::MemoryKind::kKv;
+  if (s.v_trans && (plain || s.shape)) return *s.v_trans;
   const bool probe = s.n_cached == 0;
   if (probe) {
     llama_token token = 0;
@@ -44,21 +47,50 @@ Result<bool> ResolveVTrans(Session::Impl& s) {
     }
   }
   engine::SeqState state;
-  const Status status = engine::GetSeqState(s.ctx.get(), kSeq, 1, &state);
+  Status status = engine::GetSeqState(s.ctx.get(), kSeq, 1, &state, s.memory, s.n_swa);
+  std::vector<uint8_t> snapshot;
+  if (status.ok() && !plain) status = s.TakeSnapshot(&snapshot);
   if (probe) {
     llama_memory_seq_rm(llama_get_memory(s.ctx.get()), kSeq, -1, -1);
     s.logits_valid = false;
   }
   if (!status.ok()) return status;
-  s.v_trans = state.layout.v_trans;
-  return state.layout.v_trans;
+  if (!plain) {
+    engine::StateShape shape;
+    shape.layout = state.seq;
+    shape.snapshot_bytes = snapshot.size();
+    s.shape = shape;
+  }
+  // A recurrent model has no V to tell; its namespace records what was asked for.
+  s.v_trans =
+      s.memory == format::MemoryKind::kRecurrent ? !s.params.flash_attn : state.layout.v_trans;
+  return *s.v_trans;
+}
+
+// Takes what chunk `index`, just decoded, carries beyond its cells (its window cells, or a
+// snapshot where the namespace keeps one).
+Status CaptureBoundary(Session::Impl& s, const Chain& chain, uint32_t index) {
+  if (chain.layout.kind == format::MemoryKind::kKv) return Status::Ok();
+  if (chain.layout.kind != format::MemoryKind::kIswa && !chain.layout.HasSnapshot(index)) {
+    return Status::Ok();
+  }
+  std::vector<uint8_t> snapshot;
+  KVSTASH_RETURN_IF_ERROR(s.TakeSnapshot(&snapshot));
+  return engine::BoundaryPart(chain, index, snapshot, &s.boundary_parts);
 }
 
 // Decodes tokens[n_cached..] in groups that end at multiples of `chunk` (and at the end), each
 // split at n_batch from its start, as a cold sync would. Rolled back entirely on failure.
-Status FlushAligned(Session::Impl& s, uint32_t chunk) {
+// For every kind but kKv, what each chunk ending inside the decoded range carries beyond its cells
+// is captured right after its last token (engine::BoundaryPart), for `chain`'s writer.
+Status FlushAligned(Session::Impl& s, uint32_t chunk, const Chain& chain) {
   const size_t start = s.n_cached, n = s.tokens.size();
   if (start == n) return Status::Ok();
+  // A window or recurrent state half advanced by a failed group is put back from this.
+  std::vector<uint8_t> before;
+  if (format::HasTrailingState(s.memory) && start > 0) {
+    KVSTASH_RETURN_IF_ERROR(s.TakeSnapshot(&before));
+  }
   Status status;
   // DecodeGroup reports within its group; the caller's callback sees the whole sync's tokens.
   const ProgressFn outer = s.progress;
@@ -71,6 +103,9 @@ Status FlushAligned(Session::Impl& s, uint32_t chunk) {
     }
     status = s.DecodeGroup(begin, end - begin);
     s.progress = outer;
+    if (status.ok() && end % chunk == 0 && s.memory != format::MemoryKind::kKv) {
+      status = CaptureBoundary(s, chain, static_cast<uint32_t>(end / chunk));
+    }
     begin = end;
     if (status.ok() && s.progress && begin < n) status = s.ReportProgress(begin - start, n - start);
   }
@@ -79,9 +114,10 @@ Status FlushAligned(Session::Impl& s, uint32_t chunk) {
     status = Status::Internal("llama.cpp returned no logits for the last token");
   if (status.ok()) status = s.CheckFinite(out, n);
   if (!status.ok()) {
-    llama_memory_seq_rm(llama_get_memory(s.ctx.get()), kSeq, static_cast<llama_pos>(start), -1);
     s.tokens.resize(start);
-    return status;
+    s.boundary_parts.erase(s.boundary_parts.upper_bound(static_cast<uint32_t>(start / chunk)),
+                           s.boundary_parts.end());
+    return s.RollbackTo(start, before, status);
   }
   s.logits.assign(out, out + s.model->n_vocab());
   s.logits_valid = true;
@@ -95,10 +131,15 @@ Status FlushAligned(Session::Impl& s, uint32_t chunk) {
 Status RestoreFetched(Session::Impl& s, Fetched& fetched, const std::vector<Token>& tokens,
                       uint32_t chunk) {
   KVSTASH_RETURN_IF_ERROR(fetched.status);  // before anything changes: the session stays whole
+  if (fetched.layout.kind == format::MemoryKind::kRecurrent ||
+      fetched.layout.kind == format::MemoryKind::kHybrid) {
+    KVSTASH_RETURN_IF_ERROR(s.CheckRecurrentShape(fetched.layout.rs, "the store's snapshot"));
+  }
   s.tokens.clear();
   s.n_cached = 0;
   s.n_aligned = 0;
   s.logits_valid = false;
+  s.boundary_parts.clear();
   KVSTASH_RETURN_IF_ERROR(engine::RestoreFetched(s.ctx.get(), kSeq, 1, fetched, chunk));
   const size_t cells = fetched.n_assembled * chunk;
   s.tokens.assign(tokens.begin(), tokens.begin() + cells);
@@ -113,13 +154,13 @@ size_t PublishChunks(Session::Impl& s, Store& store, const Chain& chain, size_t 
                      long bad) {
   if (first_new >= chain.hashes.size()) return 0;
   engine::SeqState state;
-  const Status status = engine::GetSeqState(s.ctx.get(), kSeq, 1, &state);
+  const Status status = engine::GetSeqState(s.ctx.get(), kSeq, 1, &state, s.memory, s.n_swa);
   if (!status.ok()) {
     store.impl()->Warn("kvstash: the new chunks were not saved to store '" + store.dir() +
                        "': " + status.message());
     return 0;
   }
-  return engine::PublishChunks(store, chain, s.tokens, state, first_new, bad);
+  return engine::PublishChunks(store, chain, s.tokens, state, first_new, bad, &s.boundary_parts);
 }
 
 }  // namespace
@@ -140,9 +181,10 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   s.RunPendingPublish();  // the previous sync's chunks, before a restore replaces the cache
   if (tokens.empty()) return session.Sync(tokens);
   const uint32_t chunk = store.chunk_tokens();
-  auto v_trans = ResolveVTrans(s);
+  auto v_trans = ResolveShape(s);
   if (!v_trans.ok()) return v_trans.status();
-  const Chain chain = MakeChain(*s.model, s.params, *v_trans, chunk, tokens);
+  const Chain chain =
+      MakeChain(*s.model, s.params, *v_trans, chunk, tokens, s.shape ? &*s.shape : nullptr);
 
   // Whole chunks that may be reused: never the one holding the last token, whose logits a cold
   // run computes by decoding it.
@@ -150,8 +192,10 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   size_t common = 0;
   while (common < s.n_cached && common < tokens.size() && s.tokens[common] == tokens[common])
     ++common;
-  const size_t own =
+  size_t own =
       s.aligned_chunk == chunk ? std::min({common, s.n_aligned, usable * chunk}) / chunk : 0;
+  // A window or state that cannot be cut back there is not kept (the store may hold the chunks).
+  if (!s.CanCut(own * chunk)) own = 0;
   const auto t_restore = Clock::now();
   Fetched local;
   const bool lookup = usable > own;
@@ -184,7 +228,7 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   keep = s.n_cached;
   s.tokens.assign(tokens.begin(), tokens.end());
   const auto t_decode = Clock::now();
-  KVSTASH_RETURN_IF_ERROR(FlushAligned(s, chunk));
+  KVSTASH_RETURN_IF_ERROR(FlushAligned(s, chunk, chain));
   result.decode_ms = MsSince(t_decode);
   s.n_aligned = tokens.size();
   s.aligned_chunk = chunk;
@@ -240,7 +284,10 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   params->n_ctx = format::CreatedContextSize(options.n_ctx, model->n_ctx_train());
   const Chain predicted = MakeChain(*model, *params, PredictVTrans(*model, options.flash_attn),
                                     store.chunk_tokens(), tokens);
-  const size_t usable = tokens.empty() ? 0 : (tokens.size() - 1) / predicted.chunk;
+  // Other kinds' namespaces need the state's shape, known only once the context exists.
+  auto memory = MemoryKindOf(*model);
+  const bool plain = memory.ok() && *memory == format::MemoryKind::kKv;
+  const size_t usable = tokens.empty() || !plain ? 0 : (tokens.size() - 1) / predicted.chunk;
   std::future<Fetched> fetching;
   if (usable > 0) {
     fetching = std::async(std::launch::async, [&] {

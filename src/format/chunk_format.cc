@@ -31,7 +31,16 @@ enum : size_t {
   kOffNEmbdV = 156,
   kOffPayloadBytes = 160,
   kOffPayloadSum = 168,
-  kOffReserved = 176,
+  kOffKind = 176,
+  kOffSwaCells = 180,
+  kOffSwaNLayer = 184,
+  kOffSwaNEmbdV = 188,
+  kOffSwaKRow = 192,
+  kOffSwaVRow = 200,
+  kOffSwaVElem = 208,
+  kOffSnapshotEvery = 212,
+  kOffSnapshotBytes = 216,
+  kOffReserved = 224,
   kOffHeaderSum = 248,
 };
 
@@ -73,21 +82,50 @@ uint64_t PayloadChecksum(const uint8_t* tokens, size_t token_bytes, const uint8_
   return hasher.Finish();
 }
 
-Status CheckLayout(const ChunkLayout& l, const std::string& name) {
+// A KV layout's sizes within what any model produces.
+Status CheckKvSizes(const ChunkLayout& l, const std::string& name, const char* part) {
+  const auto bad = [&](const std::string& what) { return Bad(name, part + (" " + what)); };
   if (l.n_layer == 0 || l.n_layer > 4096)
-    return Bad(name, "layer count " + std::to_string(l.n_layer) + " is out of range");
+    return bad("layer count " + std::to_string(l.n_layer) + " is out of range");
+  // A row is at most 64 Ki elements of at most 4 bytes: far beyond any model's KV width.
+  constexpr uint64_t kMaxRow = uint64_t{1} << 18;
+  if (l.k_row_bytes == 0 || l.k_row_bytes > kMaxRow) return bad("K row size out of range");
+  if (!l.v_trans) {
+    if (l.v_row_bytes == 0 || l.v_row_bytes > kMaxRow || l.v_elem_bytes != 0 || l.n_embd_v != 0)
+      return bad("V row size out of range");
+  } else if (l.v_row_bytes != 0 || l.v_elem_bytes == 0 || l.v_elem_bytes > 4 || l.n_embd_v == 0 ||
+             l.n_embd_v > (1u << 16)) {
+    return bad("transposed V sizes out of range");
+  }
+  return Status::Ok();
+}
+
+Status CheckLayout(const ChunkLayout& l, uint32_t n_tokens, const std::string& name) {
+  if (static_cast<uint32_t>(l.kind) > kMaxMemoryKind) return Bad(name, "unknown memory kind");
   const CacheType* k = FindCacheType(l.k_type);
   const CacheType* v = FindCacheType(l.v_type);
   if (k == nullptr || v == nullptr) return Bad(name, "unknown K or V type id");
-  // A row is at most 64 Ki elements of at most 4 bytes: far beyond any model's KV width.
-  constexpr uint64_t kMaxRow = uint64_t{1} << 18;
-  if (l.k_row_bytes == 0 || l.k_row_bytes > kMaxRow) return Bad(name, "K row size out of range");
-  if (!l.v_trans) {
-    if (l.v_row_bytes == 0 || l.v_row_bytes > kMaxRow || l.v_elem_bytes != 0 || l.n_embd_v != 0)
-      return Bad(name, "V row size out of range");
-  } else if (l.v_row_bytes != 0 || l.v_elem_bytes == 0 || l.v_elem_bytes > 4 || l.n_embd_v == 0 ||
-             l.n_embd_v > (1u << 16)) {
-    return Bad(name, "transposed V sizes out of range");
+  if (l.kind == MemoryKind::kRecurrent) {
+    if (l.n_layer != 0 || l.k_row_bytes != 0 || l.v_row_bytes != 0 || l.v_elem_bytes != 0 ||
+        l.n_embd_v != 0)
+      return Bad(name, "a recurrent model's chunk has KV sizes");
+  } else {
+    KVSTASH_RETURN_IF_ERROR(CheckKvSizes(l, name, "main KV"));
+  }
+  if (l.kind == MemoryKind::kIswa) {
+    if (l.swa_cells == 0 || l.swa_cells > n_tokens)
+      return Bad(name, "window cell count " + std::to_string(l.swa_cells) + " is out of range");
+    KVSTASH_RETURN_IF_ERROR(CheckKvSizes(l.Swa(), name, "window KV"));
+  } else if (l.swa_cells != 0 || l.swa_n_layer != 0 || l.swa_k_row_bytes != 0 ||
+             l.swa_v_row_bytes != 0 || l.swa_v_elem_bytes != 0 || l.swa_n_embd_v != 0) {
+    return Bad(name, "window fields are set for a model without a window");
+  }
+  const bool stateful = l.kind == MemoryKind::kRecurrent || l.kind == MemoryKind::kHybrid;
+  // A snapshot is a few records per layer: 1 GiB is far beyond any model's state.
+  if (stateful ? l.snapshot_every == 0 || l.snapshot_every > 1024 || l.snapshot_bytes == 0 ||
+                     l.snapshot_bytes > (1u << 30)
+               : l.snapshot_every != 0 || l.snapshot_bytes != 0) {
+    return Bad(name, "snapshot fields are out of range");
   }
   return Status::Ok();
 }
@@ -132,6 +170,26 @@ ChunkLayout ChunkLayout::From(const KvLayout& kv) {
   return l;
 }
 
+ChunkLayout ChunkLayout::Swa() const {
+  ChunkLayout l;
+  l.n_layer = swa_n_layer;
+  l.v_trans = v_trans;
+  l.k_type = k_type;
+  l.v_type = v_type;
+  l.k_row_bytes = swa_k_row_bytes;
+  l.v_row_bytes = swa_v_row_bytes;
+  l.v_elem_bytes = swa_v_elem_bytes;
+  l.n_embd_v = swa_n_embd_v;
+  return l;
+}
+
+uint64_t ChunkLayout::ChunkKvBytes(uint32_t n_tokens, uint32_t index) const {
+  uint64_t bytes = KvBytes(n_tokens);
+  if (kind == MemoryKind::kIswa) bytes += Swa().KvBytes(swa_cells);
+  if (HasSnapshot(index)) bytes += snapshot_bytes;
+  return bytes;
+}
+
 uint64_t ChunkLayout::KvBytes(uint32_t n_cells) const {
   const uint64_t v_per_cell = v_trans ? uint64_t{n_embd_v} * v_elem_bytes : v_row_bytes;
   return uint64_t{n_layer} * n_cells * (k_row_bytes + v_per_cell);
@@ -140,7 +198,11 @@ uint64_t ChunkLayout::KvBytes(uint32_t n_cells) const {
 bool ChunkLayout::operator==(const ChunkLayout& o) const {
   return n_layer == o.n_layer && v_trans == o.v_trans && k_type == o.k_type && v_type == o.v_type &&
          k_row_bytes == o.k_row_bytes && v_row_bytes == o.v_row_bytes &&
-         v_elem_bytes == o.v_elem_bytes && n_embd_v == o.n_embd_v;
+         v_elem_bytes == o.v_elem_bytes && n_embd_v == o.n_embd_v && kind == o.kind &&
+         swa_cells == o.swa_cells && swa_n_layer == o.swa_n_layer &&
+         swa_k_row_bytes == o.swa_k_row_bytes && swa_v_row_bytes == o.swa_v_row_bytes &&
+         swa_v_elem_bytes == o.swa_v_elem_bytes && swa_n_embd_v == o.swa_n_embd_v &&
+         snapshot_every == o.snapshot_every && snapshot_bytes == o.snapshot_bytes;
 }
 
 std::string EncodeChunkHead(ChunkHeader h, const int32_t* tokens, const uint8_t* kv,
@@ -167,6 +229,15 @@ std::string EncodeChunkHead(ChunkHeader h, const int32_t* tokens, const uint8_t*
   Put64(p + kOffVRow, h.layout.v_row_bytes);
   Put32(p + kOffVElem, h.layout.v_elem_bytes);
   Put32(p + kOffNEmbdV, h.layout.n_embd_v);
+  Put32(p + kOffKind, static_cast<uint32_t>(h.layout.kind));
+  Put32(p + kOffSwaCells, h.layout.swa_cells);
+  Put32(p + kOffSwaNLayer, h.layout.swa_n_layer);
+  Put32(p + kOffSwaNEmbdV, h.layout.swa_n_embd_v);
+  Put64(p + kOffSwaKRow, h.layout.swa_k_row_bytes);
+  Put64(p + kOffSwaVRow, h.layout.swa_v_row_bytes);
+  Put32(p + kOffSwaVElem, h.layout.swa_v_elem_bytes);
+  Put32(p + kOffSnapshotEvery, h.layout.snapshot_every);
+  Put64(p + kOffSnapshotBytes, h.layout.snapshot_bytes);
   Put64(p + kOffPayloadBytes, h.payload_bytes);
   Put64(p + kOffPayloadSum, h.payload_checksum);
   Put64(p + kOffHeaderSum, XXH3_64bits(p, kOffHeaderSum));
@@ -205,6 +276,17 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   h.layout.v_row_bytes = Get64(p + kOffVRow);
   h.layout.v_elem_bytes = Get32(p + kOffVElem);
   h.layout.n_embd_v = Get32(p + kOffNEmbdV);
+  const uint32_t kind = Get32(p + kOffKind);
+  if (kind > kMaxMemoryKind) return Bad(name, "unknown memory kind " + std::to_string(kind));
+  h.layout.kind = static_cast<MemoryKind>(kind);
+  h.layout.swa_cells = Get32(p + kOffSwaCells);
+  h.layout.swa_n_layer = Get32(p + kOffSwaNLayer);
+  h.layout.swa_n_embd_v = Get32(p + kOffSwaNEmbdV);
+  h.layout.swa_k_row_bytes = Get64(p + kOffSwaKRow);
+  h.layout.swa_v_row_bytes = Get64(p + kOffSwaVRow);
+  h.layout.swa_v_elem_bytes = Get32(p + kOffSwaVElem);
+  h.layout.snapshot_every = Get32(p + kOffSnapshotEvery);
+  h.layout.snapshot_bytes = Get64(p + kOffSnapshotBytes);
   h.payload_bytes = Get64(p + kOffPayloadBytes);
   h.payload_checksum = Get64(p + kOffPayloadSum);
   if (h.n_tokens < kMinChunkTokens || h.n_tokens > kMaxChunkTokens || h.n_tokens % 16 != 0)
@@ -212,8 +294,8 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   // Positions end at index * C, which must stay within the longest context kvstash supports.
   if (h.index == 0 || uint64_t{h.index} * h.n_tokens > kMaxTokens)
     return Bad(name, "chunk index " + std::to_string(h.index) + " is out of range");
-  KVSTASH_RETURN_IF_ERROR(CheckLayout(h.layout, name));
-  const uint64_t expected = uint64_t{h.n_tokens} * 4 + h.layout.KvBytes(h.n_tokens);
+  KVSTASH_RETURN_IF_ERROR(CheckLayout(h.layout, h.n_tokens, name));
+  const uint64_t expected = uint64_t{h.n_tokens} * 4 + h.layout.ChunkKvBytes(h.n_tokens, h.index);
   if (h.payload_bytes != expected)
     return Bad(name, "the payload size does not match the recorded layout");
   if (file_size != kChunkHeaderSize + h.payload_bytes) {
@@ -282,7 +364,8 @@ Status CutChunkKv(const uint8_t* state, size_t size, const KvLayout& kv, uint32_
         ") are not in a state of " + std::to_string(kv.cell_count) + " cells");
   }
   for (uint32_t i = begin; i < begin + n; ++i) {
-    if (static_cast<int32_t>(Get32(state + 16 + uint64_t{i} * 12)) != static_cast<int32_t>(i)) {
+    if (static_cast<int64_t>(static_cast<int32_t>(Get32(state + 16 + uint64_t{i} * 12))) !=
+        int64_t{kv.first_pos} + i) {
       return Status::InvalidArgument("the KV cache does not hold its cells in position order " +
                                      std::string("(cell ") + std::to_string(i) + ")");
     }
@@ -314,6 +397,67 @@ Status CutChunkKv(const uint8_t* state, size_t size, const KvLayout& kv, uint32_
 uint64_t SeqStateSize(const ChunkLayout& l, uint32_t n_cells) {
   const StateOffsets o = OffsetsOf(l, n_cells);
   return o.v_start + l.n_layer * o.v_layer;
+}
+
+uint64_t KvPartSize(const ChunkLayout& l, uint32_t n_cells) {
+  return SeqStateSize(l, n_cells) - kSeqStateHeaderBytes;
+}
+
+void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int32_t first_pos,
+                    uint8_t* out) {
+  uint32_t cells = 0;
+  for (const CellRun& r : runs) cells += r.count;
+  // The offsets are those of a whole state; `base` is where its header would start.
+  uint8_t* base = out - kSeqStateHeaderBytes;
+  const StateOffsets o = OffsetsOf(l, cells);
+  Put32(base + 8, 1);       // n_stream
+  Put32(base + 12, cells);  // cell_count
+  for (uint32_t i = 0; i < cells; ++i) {
+    uint8_t* cell = base + 16 + uint64_t{i} * 12;
+    Put32(cell, static_cast<uint32_t>(first_pos + static_cast<int32_t>(i)));
+    Put32(cell + 4, 1);
+    Put32(cell + 8, 0);
+  }
+  Put32(base + 16 + uint64_t{cells} * 12, l.v_trans ? 1 : 0);
+  Put32(base + 20 + uint64_t{cells} * 12, l.n_layer);
+  for (uint32_t il = 0; il < l.n_layer; ++il) {
+    uint8_t* layer = base + o.k_first + il * o.k_layer;
+    Put32(layer - 12, static_cast<uint32_t>(l.k_type));
+    Put64(layer - 8, l.k_row_bytes);
+    for (const CellRun& r : runs) {
+      const uint8_t* from = r.block + (uint64_t{il} * r.block_cells + r.from) * l.k_row_bytes;
+      std::memcpy(layer, from, uint64_t{r.count} * l.k_row_bytes);
+      layer += uint64_t{r.count} * l.k_row_bytes;
+    }
+  }
+  for (uint32_t il = 0; il < l.n_layer; ++il) {
+    uint8_t* layer = base + o.v_first + il * o.v_layer;
+    Put32(layer - 12, static_cast<uint32_t>(l.v_type));
+    if (!l.v_trans) {
+      Put64(layer - 8, l.v_row_bytes);
+      for (const CellRun& r : runs) {
+        const uint64_t k_all = uint64_t{l.n_layer} * r.block_cells * l.k_row_bytes;
+        const uint8_t* from =
+            r.block + k_all + (uint64_t{il} * r.block_cells + r.from) * l.v_row_bytes;
+        std::memcpy(layer, from, uint64_t{r.count} * l.v_row_bytes);
+        layer += uint64_t{r.count} * l.v_row_bytes;
+      }
+      continue;
+    }
+    Put32(layer - 8, l.v_elem_bytes);
+    Put32(layer - 4, l.n_embd_v);
+    for (uint32_t row = 0; row < l.n_embd_v; ++row) {
+      uint8_t* dst = layer + uint64_t{row} * cells * l.v_elem_bytes;
+      for (const CellRun& r : runs) {
+        const uint64_t k_all = uint64_t{l.n_layer} * r.block_cells * l.k_row_bytes;
+        const uint64_t piece = uint64_t{r.block_cells} * l.v_elem_bytes;
+        const uint8_t* from = r.block + k_all + (uint64_t{il} * l.n_embd_v + row) * piece +
+                              uint64_t{r.from} * l.v_elem_bytes;
+        std::memcpy(dst, from, uint64_t{r.count} * l.v_elem_bytes);
+        dst += uint64_t{r.count} * l.v_elem_bytes;
+      }
+    }
+  }
 }
 
 namespace {

@@ -150,7 +150,7 @@ bool ChunkWriter::MayBeOverBudget(int64_t now_ns) const {
 Status ChunkWriter::WriteChunk(const ChunkWrite& write, bool* existed) {
   const format::ChunkHeader& h = write.header;
   if (write.tokens.size() != options_.chunk_tokens || h.n_tokens != options_.chunk_tokens ||
-      write.kv.size() != h.layout.KvBytes(h.n_tokens) || h.index == 0) {
+      h.index == 0 || write.kv.size() != h.layout.ChunkKvBytes(h.n_tokens, h.index)) {
     return Status::InvalidArgument(
         "chunk " + std::to_string(h.index) + " of " + format::HashHex(h.hash) +
         " does not match the store's chunk size " + std::to_string(options_.chunk_tokens) +

@@ -191,7 +191,8 @@ std::string StoreImpl::CheckLoaded(const format::ChunkView& view, const format::
            std::to_string(chunk_tokens_);
   }
   if (h.layout != layout) return "its KV layout (cache types, layers) differs from this context's";
-  if (view.kv_size != layout.KvBytes(chunk_tokens_)) return "its KV size does not fit its layout";
+  if (view.kv_size != layout.ChunkKvBytes(chunk_tokens_, h.index))
+    return "its KV size does not fit its layout";
   if (!std::equal(view.tokens.begin(), view.tokens.end(), tokens + j * chunk_tokens_)) {
     return "its tokens are not this prompt's";
   }
@@ -297,7 +298,8 @@ std::string StoreImpl::CheckAlone(const format::ChunkView& view, const ChunkEntr
     return "it holds " + std::to_string(h.n_tokens) + " tokens, the store's chunks hold " +
            std::to_string(chunk_tokens_);
   }
-  if (view.kv_size != h.layout.KvBytes(h.n_tokens)) return "its KV size does not fit its layout";
+  if (view.kv_size != h.layout.ChunkKvBytes(h.n_tokens, h.index))
+    return "its KV size does not fit its layout";
   if (h.index == 1 && h.parent != h.ns) return "chunk 1's parent is not its namespace";
   if (store::ChunkHash(h.parent, view.tokens.data(), view.tokens.size()) != h.hash) {
     return "its name is not the hash of its parent and tokens (planted or damaged)";

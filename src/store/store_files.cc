@@ -63,7 +63,10 @@ bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* in
 }
 
 uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens) {
-  return format::kChunkHeaderSize + uint64_t{chunk_tokens} * 4 + layout.KvBytes(chunk_tokens);
+  // The largest chunk of the namespace: one that carries a snapshot, if any do.
+  const uint32_t index = layout.snapshot_every != 0 ? layout.snapshot_every : 1;
+  return format::kChunkHeaderSize + uint64_t{chunk_tokens} * 4 +
+         layout.ChunkKvBytes(chunk_tokens, index);
 }
 
 namespace {
