@@ -209,5 +209,85 @@ TEST(BatchEngineTest, DamagedChunkIsAMiss) {
   EXPECT_TRUE(verify->bad.empty()) << verify->bad[0];
 }
 
+// Every memory kind (tests/memory_kinds_test.cc has the sessions): a prompt restored from the
+// store into any slot answers as the cold prompt does, and so does the slot's own cache, which a
+// sliding window or a recurrent state can give back only whole (else the store restores it).
+struct ServedFamily {
+  const char* name;
+  TestArch arch;
+  bool cut_anywhere;  // a plain KV cache: the slot keeps all but the last prompt token
+};
+
+class BatchEngineFamilyTest : public ::testing::TestWithParam<ServedFamily> {};
+
+TEST_P(BatchEngineFamilyTest, WarmFromStoreOrSlotEqualsCold) {
+  TestModelSpec spec;
+  spec.arch = GetParam().arch;
+  const std::string path = TempDir() + "/served-" + GetParam().name + ".gguf";
+  ASSERT_TRUE(WriteTestModel(spec, path).ok());
+  ModelOptions load;
+  load.repack_weights = false;
+  auto model = Model::Load(path, load);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  auto make = [&](uint32_t slots, std::shared_ptr<Store> store) {
+    BatchEngineOptions options;
+    options.n_slots = slots;
+    options.n_ctx_slot = 1024;
+    options.n_threads = 2;
+    options.chunk_tokens = 64;
+    auto engine = BatchEngine::Create(*model, options, std::move(store));
+    EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+    return engine.ok() ? std::move(*engine) : nullptr;
+  };
+  const int32_t nv = (*model)->n_vocab();
+  const std::vector<Token> system = RandomTokens(200, 7, nv);
+  auto with = [&](uint32_t seed) {
+    Request r{system};
+    const auto q = RandomTokens(20, seed, nv);
+    r.prompt.insert(r.prompt.end(), q.begin(), q.end());
+    return r;
+  };
+  auto cold_engine = make(1, nullptr);
+  ASSERT_NE(cold_engine, nullptr);
+  const auto cold1 = RunTogether(*cold_engine, {with(11)});
+  auto fresh = make(1, nullptr);
+  const auto cold2 = RunTogether(*fresh, {with(12)});
+
+  auto store = OpenStore(std::string("served-") + GetParam().name);
+  ASSERT_NE(store, nullptr);
+  {
+    auto primer = make(3, store);
+    ASSERT_NE(primer, nullptr);
+    std::vector<SlotReport> reports;
+    auto other = RandomTokens(30, 99, nv);
+    EXPECT_EQ(RunTogether(*primer, {{other}, {other}, with(11)}, &reports)[2], cold1[0]);
+    store->WaitForWrites();
+    EXPECT_GT(store->writer_stats().chunks_written, 0u);
+  }
+  for (uint32_t slots : {1u, 4u}) {
+    auto engine = make(slots, store);
+    ASSERT_NE(engine, nullptr);
+    std::vector<SlotReport> reports;
+    EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]) << slots << " slots";
+    EXPECT_EQ(reports[0].n_restored, 192u) << "three 64-token chunks of the 200-token prefix";
+    EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]);
+    if (GetParam().cut_anywhere) {
+      EXPECT_EQ(reports[0].n_reused, with(12).prompt.size() - 1);
+    } else {
+      // The slot holds the answer's tokens too: its window or state cannot go back into the
+      // prompt, so the store gives the prefix again.
+      EXPECT_EQ(reports[0].n_restored, 192u);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, BatchEngineFamilyTest,
+                         ::testing::Values(ServedFamily{"qwen3moe", TestArch::kQwen3Moe, true},
+                                           ServedFamily{"gemma2", TestArch::kGemma2Swa, false},
+                                           ServedFamily{"gemma3", TestArch::kGemma3Swa, false},
+                                           ServedFamily{"mamba2", TestArch::kMamba2, false},
+                                           ServedFamily{"lfm2", TestArch::kLfm2Hybrid, false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
 }  // namespace
 }  // namespace kvstash::engine

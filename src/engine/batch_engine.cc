@@ -56,6 +56,9 @@ struct Slot {
   std::future<Fetched> fetch;
   long first_bad = -1;   // a chunk that exists but was refused (its publish replaces it)
   size_t published = 0;  // chunks of the slot's tokens queued (or known) in the store
+  // Every memory kind but kKv: what each chunk decoded here carries beyond its cells (window
+  // cells or a snapshot), captured at its last token (engine/store_chain.h, BoundaryPart).
+  BoundaryParts parts;
 };
 
 // Tokens at the start of `prompt` that slot `s` holds exactly (reusable KV).
@@ -75,6 +78,10 @@ struct BatchEngine::Impl {
   bool v_trans = false;
   bool invariant = false;
   uint32_t n_stream = 1;
+  format::MemoryKind memory = format::MemoryKind::kKv;
+  uint32_t n_swa = 0;
+  std::optional<StateShape> shape;  // every kind but kKv, for the store's chunk layout
+  std::optional<format::RecurrentLayout> rs_shape;
   std::vector<Slot> slots;
   uint64_t clock = 0;
   bool prompt_turn = false;  // not invariant: steps alternate generation and one prompt group
@@ -82,16 +89,91 @@ struct BatchEngine::Impl {
   llama_memory_t mem() const { return llama_get_memory(ctx.get()); }
   uint32_t chunk() const { return options.chunk_tokens; }
 
+  // Whether slot `s`'s memory can go back to its first `keep` tokens (Session::Impl::CanCut).
+  bool CanCut(const Slot& s, size_t keep) const {
+    if (keep == 0 || keep >= s.n_cached || memory == format::MemoryKind::kKv) return true;
+    if (memory == format::MemoryKind::kIswa) return keep + 1 == s.n_cached || s.n_cached <= n_swa;
+    return false;
+  }
+
+  // Keeps the slot's first `keep` cached tokens, or none where its memory cannot be cut there.
   void Drop(int i, size_t keep) {
     Slot& s = slots[i];
-    if (keep < s.n_cached) llama_memory_seq_rm(mem(), i, static_cast<llama_pos>(keep), -1);
+    if (!CanCut(s, keep)) keep = 0;
+    if (keep < s.n_cached) {
+      if (keep == 0 || !llama_memory_seq_rm(mem(), i, static_cast<llama_pos>(keep), -1)) {
+        llama_memory_seq_rm(mem(), i, -1, -1);
+        keep = 0;
+      }
+    }
     s.n_cached = std::min(s.n_cached, keep);
     s.n_exact = std::min(s.n_exact, keep);
     s.published = std::min(s.published, keep / chunk());
+    s.parts.erase(s.parts.upper_bound(static_cast<uint32_t>(keep / chunk())), s.parts.end());
   }
 
   Chain ChainOf(const std::vector<Token>& tokens) const {
-    return MakeChain(*model, params, v_trans, chunk(), tokens);
+    return MakeChain(*model, params, v_trans, chunk(), tokens, shape ? &*shape : nullptr);
+  }
+
+  // Slot i's memory's trailing part (window or recurrent state) as a one-stream snapshot.
+  Status SlotSnapshot(int i, std::vector<uint8_t>* out) const {
+    const size_t size =
+        llama_state_seq_get_size_ext(ctx.get(), i, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+    out->resize(size);
+    ClearLlamaError();
+    if (size == 0 || llama_state_seq_get_data_ext(ctx.get(), out->data(), size, i,
+                                                  LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != size) {
+      return Status::Internal("llama.cpp could not copy a sequence's window or state: " +
+                              LastLlamaError());
+    }
+    if (n_stream > 1) {
+      auto one = format::StateToOneStream(out->data(), size, memory, /*partial=*/true, n_stream,
+                                          static_cast<uint32_t>(i));
+      if (!one.ok()) return one.status();
+      out->resize(*one);
+    }
+    return Status::Ok();
+  }
+
+  // After slot i's prompt reached the end of chunk `index`: what the chunk carries beyond its
+  // cells, for the store (nothing for kKv, or without a store).
+  void CaptureBoundary(int i, uint32_t index) {
+    if (!store || !shape) return;
+    const Chain chain = ChainOf({});
+    const format::ChunkLayout& l = chain.layout;
+    if (l.kind != format::MemoryKind::kIswa && !l.HasSnapshot(index)) return;
+    std::vector<uint8_t> snapshot;
+    Status status = SlotSnapshot(i, &snapshot);
+    if (status.ok()) status = BoundaryPart(chain, index, snapshot, &slots[i].parts);
+    if (!status.ok()) {
+      store->impl()->Warn("kvstash: chunk " + std::to_string(index) +
+                          " of a prompt will not be saved: " + status.message());
+    }
+  }
+
+  // Learns the state's shape from one token decoded in sequence 0 (then dropped): which layers
+  // slide or keep a state is not in llama.h, and the store's chunk layout depends on it.
+  Status LearnShape() {
+    llama_token token = 0;
+    llama_batch batch = llama_batch_get_one(&token, 1);
+    ClearLlamaError();
+    if (llama_decode(ctx.get(), batch) != 0) {
+      llama_memory_seq_rm(mem(), 0, -1, -1);
+      return Status::Internal("llama.cpp could not decode one token to learn the state's " +
+                              std::string("layout: ") + LastLlamaError());
+    }
+    SeqState state;
+    Status status = GetSeqState(ctx.get(), 0, n_stream, &state, memory, n_swa);
+    std::vector<uint8_t> snapshot;
+    if (status.ok()) status = SlotSnapshot(0, &snapshot);
+    llama_memory_seq_rm(mem(), 0, -1, -1);
+    if (!status.ok()) return status;
+    StateShape learnt;
+    learnt.layout = state.seq;
+    learnt.snapshot_bytes = snapshot.size();
+    shape = learnt;
+    return Status::Ok();
   }
 
   // A finished lookup: restore what it found beyond what the slot kept of its own.
@@ -104,7 +186,16 @@ struct BatchEngine::Impl {
       s.published = std::max(s.published, std::min(fetched.n_found, s.n_cached / chunk()));
       return;
     }
-    const Status status = RestoreFetched(ctx.get(), i, n_stream, fetched, chunk());
+    Status status = fetched.status;
+    if (status.ok() && shape &&
+        (memory == format::MemoryKind::kRecurrent || memory == format::MemoryKind::kHybrid)) {
+      if (!fetched.layout.rs.SameShape(shape->layout.rs))
+        status = Status::Corruption("the store's snapshot has another recurrent layout");
+    }
+    if (status.ok()) {
+      s.parts.clear();
+      status = RestoreFetched(ctx.get(), i, n_stream, fetched, chunk());
+    }
     if (!status.ok()) {
       store->impl()->Warn("kvstash: chunks of store '" + store->dir() +
                           "' were not used: " + status.message());
@@ -122,7 +213,8 @@ struct BatchEngine::Impl {
   // The tokens slot i decodes in this step: [n_cached, end).
   size_t GroupEnd(const Slot& s, size_t budget) const {
     const size_t n = s.tokens.size();
-    if (invariant) return std::min(n, s.n_cached + budget);
+    // A window or state is captured at chunk boundaries, so groups end there for those.
+    if (invariant && memory == format::MemoryKind::kKv) return std::min(n, s.n_cached + budget);
     const size_t boundary = (s.n_cached / chunk() + 1) * chunk();
     return std::min(n, boundary);
   }
@@ -165,6 +257,8 @@ Status BatchEngine::Impl::Decode(const std::vector<std::pair<int, size_t>>& work
     s.n_cached = end;
     if (invariant || prompt) s.n_exact = std::max(s.n_exact, std::min(end, s.n_prompt));
     if (invariant) s.n_exact = end;
+    if (prompt && end % chunk() == 0 && memory != format::MemoryKind::kKv)
+      CaptureBoundary(i, static_cast<uint32_t>(end / chunk()));
     if (s.logits_index >= 0) ready->push_back(i);
   }
   return Status::Ok();
@@ -178,14 +272,14 @@ void BatchEngine::Impl::Publish(int i, size_t upto_tokens) {
   std::vector<Token> tokens(s.tokens.begin(), s.tokens.begin() + n_chunks * chunk());
   const Chain chain = ChainOf(tokens);
   SeqState state;
-  const Status status = GetSeqState(ctx.get(), i, n_stream, &state);
+  const Status status = GetSeqState(ctx.get(), i, n_stream, &state, memory, n_swa);
   if (!status.ok()) {
     store->impl()->Warn("kvstash: the new chunks were not saved to store '" + store->dir() +
                         "': " + status.message());
     return;
   }
   const long bad = s.first_bad >= static_cast<long>(s.published) ? s.first_bad : -1;
-  s.report.n_published += PublishChunks(*store, chain, tokens, state, s.published, bad);
+  s.report.n_published += PublishChunks(*store, chain, tokens, state, s.published, bad, &s.parts);
   s.published = n_chunks;
 }
 
@@ -206,12 +300,12 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::Create(std::shared_ptr<const M
                                    " is out of range; use 1 to 256");
   }
   llama_model* lm = model->impl()->model;
-  if (llama_model_is_recurrent(lm) || llama_model_is_hybrid(lm) || llama_model_n_swa(lm) > 0) {
-    return Status::Incompatible("model '" + model->path() + "' is recurrent, hybrid or uses " +
-                                "sliding-window attention; kvstash serves plain attention models");
-  }
+  auto memory = MemoryKindOf(*model);
+  if (!memory.ok()) return memory.status();
   auto impl = std::make_unique<Impl>();
   impl->model = model;
+  impl->memory = *memory;
+  impl->n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(lm)));
   impl->store = store;
   impl->options = options;
   if (store) impl->options.chunk_tokens = store->chunk_tokens();
@@ -270,6 +364,7 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::Create(std::shared_ptr<const M
   impl->invariant =
       !flash && InvariantBuild() && !model->impl()->on_gpu && !model->impl()->repack_weights;
   impl->slots.resize(options.n_slots);
+  if (impl->memory != format::MemoryKind::kKv) KVSTASH_RETURN_IF_ERROR(impl->LearnShape());
   return std::unique_ptr<BatchEngine>(new BatchEngine(std::move(impl)));
 }
 

@@ -141,7 +141,8 @@ Status AssembleState(const Chain& chain, const LoadedPrefix& loaded, size_t k, i
   const bool snapshot = l.kind == MemoryKind::kRecurrent || l.kind == MemoryKind::kHybrid;
   if (snapshot) size += l.snapshot_bytes - format::kSeqStateHeaderBytes;
   out->state_size = size;
-  out->state = std::make_unique<LargeBuffer>(size + 4 * size_t{n_stream - 1}, huge_pages);
+  const size_t spare = 4 * size_t{n_stream - 1} * format::KvPartCount(l.kind, false);
+  out->state = std::make_unique<LargeBuffer>(size + spare, huge_pages);
   uint8_t* p = out->state->data();
   if (p == nullptr) return Status::IOError("cannot allocate the restored KV cache");
   std::vector<const uint8_t*> kv;
@@ -204,8 +205,9 @@ Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, F
   llama_memory_t mem = llama_get_memory(ctx);
   size_t size = fetched.state_size;
   if (n_stream > 1) {
-    format::ToStreams(fetched.state->data(), size, n_stream);
-    size += 4 * size_t{n_stream - 1};
+    const format::MemoryKind kind = fetched.layout.kind;
+    format::StateToStreams(fetched.state->data(), size, kind, false, n_stream);
+    size += 4 * size_t{n_stream - 1} * format::KvPartCount(kind, false);
   }
   ClearLlamaError();
   const size_t read = llama_state_seq_set_data(ctx, fetched.state->data(), size, seq);
@@ -224,9 +226,6 @@ Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, F
 
 Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqState* out,
                    format::MemoryKind kind, uint32_t n_swa) {
-  if (n_stream > 1 && kind != format::MemoryKind::kKv) {
-    return Status::Internal("a sequence state of several KV streams is read only for plain caches");
-  }
   const size_t size = llama_state_seq_get_size(ctx, seq);
   auto buffer = std::make_unique<LargeBuffer>(size);
   if (buffer->data() == nullptr)
@@ -235,11 +234,16 @@ Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqS
   if (llama_state_seq_get_data(ctx, buffer->data(), size, seq) != size)
     return Status::Internal("llama.cpp could not copy the KV cache: " + LastLlamaError());
   size_t offset = 0, one_size = size;
-  if (n_stream > 1) {
+  if (n_stream > 1 && kind == format::MemoryKind::kKv) {
     auto at = format::ToOneStream(buffer->data(), size, n_stream, static_cast<uint32_t>(seq));
     if (!at.ok()) return at.status();
     offset = *at;
     one_size = size - 4 * size_t{n_stream - 1};
+  } else if (n_stream > 1) {
+    auto one = format::StateToOneStream(buffer->data(), size, kind, false, n_stream,
+                                        static_cast<uint32_t>(seq));
+    if (!one.ok()) return one.status();
+    one_size = *one;
   }
   auto parsed = format::ParseSeqState(buffer->data() + offset, one_size, kind, n_swa,
                                       /*partial=*/false, "the KV cache");

@@ -74,7 +74,7 @@ struct SeqState {
   format::KvLayout layout;  // its first KV part (none for kRecurrent)
   format::SeqLayout seq;    // all of it
 };
-// `kind` and `n_swa` say what memory the context has; several streams only for kKv.
+// `kind` and `n_swa` say what memory the context has.
 Status GetSeqState(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, SeqState* out,
                    format::MemoryKind kind = format::MemoryKind::kKv, uint32_t n_swa = 0);
 

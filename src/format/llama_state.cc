@@ -364,6 +364,117 @@ Status CellBytes(const uint8_t* data, size_t size, const KvLayout& layout, int32
   return Status::Ok();
 }
 
+namespace {
+
+// Bytes of one stream's block of a KV part, from its cell_count on (0 cells: just the count).
+// Only walks sizes: the one-stream state it becomes is parsed in full afterwards.
+Result<size_t> KvBlockBytes(const uint8_t* p, size_t left) {
+  Reader r(p, left);
+  uint32_t cells, v_trans, n_layer;
+  const auto bad = []() -> Result<size_t> {
+    return Status::Internal("a KV stream block of llama.cpp's state is cut short");
+  };
+  if (!r.Get(&cells)) return bad();
+  if (cells == 0) return size_t{4};
+  if (!r.Skip(cells, 12) || !r.Get(&v_trans) || !r.Get(&n_layer) || n_layer > 4096) return bad();
+  for (uint32_t il = 0; il < n_layer; ++il) {
+    int32_t type;
+    uint64_t row;
+    if (!r.Get(&type) || !r.Get(&row) || !r.Skip(cells, row)) return bad();
+  }
+  for (uint32_t il = 0; il < n_layer; ++il) {
+    int32_t type;
+    if (!r.Get(&type)) return bad();
+    if (v_trans == 0) {
+      uint64_t row;
+      if (!r.Get(&row) || !r.Skip(cells, row)) return bad();
+    } else {
+      uint32_t elem, n_embd_v;
+      if (!r.Get(&elem) || !r.Get(&n_embd_v) || !r.Skip(uint64_t{n_embd_v} * cells, elem))
+        return bad();
+    }
+  }
+  return left - r.left();
+}
+
+// The KV parts a state of `kind` has (a snapshot: only the last part's).
+int KvParts(MemoryKind kind, bool partial) {
+  switch (kind) {
+    case MemoryKind::kKv:
+      return 1;
+    case MemoryKind::kIswa:
+      return partial ? 1 : 2;
+    case MemoryKind::kRecurrent:
+      return 0;
+    case MemoryKind::kHybrid:
+      return partial ? 0 : 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int KvPartCount(MemoryKind kind, bool partial) { return KvParts(kind, partial); }
+
+Result<size_t> StateToOneStream(uint8_t* data, size_t size, MemoryKind kind, bool partial,
+                                uint32_t n_stream, uint32_t stream) {
+  if (n_stream == 0 || stream >= n_stream) {
+    return Status::Internal("stream " + std::to_string(stream) + " of " + std::to_string(n_stream) +
+                            " names no stream");
+  }
+  size_t in = kSeqStateHeaderBytes, out = kSeqStateHeaderBytes;
+  for (int part = 0; part < KvParts(kind, partial); ++part) {
+    uint32_t count;
+    if (size - in < 4) return Status::Internal("llama.cpp's state is cut short");
+    std::memcpy(&count, data + in, 4);
+    if (count != n_stream) return Status::Internal("llama.cpp's state has another stream count");
+    const uint32_t one = 1;
+    std::memcpy(data + out, &one, 4);
+    in += 4;
+    out += 4;
+    for (uint32_t st = 0; st < n_stream; ++st) {
+      auto bytes = KvBlockBytes(data + in, size - in);
+      if (!bytes.ok()) return bytes.status();
+      if (st != stream && *bytes != 4) {
+        return Status::Internal("llama.cpp's state of one sequence has cells in another stream");
+      }
+      if (st == stream) {
+        std::memmove(data + out, data + in, *bytes);
+        out += *bytes;
+      }
+      in += *bytes;
+    }
+  }
+  // The rest (a recurrent part) has no streams.
+  std::memmove(data + out, data + in, size - in);
+  return out + (size - in);
+}
+
+void StateToStreams(uint8_t* data, size_t size, MemoryKind kind, bool partial, uint32_t n_stream) {
+  // The parts' ends in the one-stream state (it was walked by ParseSeqState: sizes are sound).
+  std::vector<size_t> ends;
+  size_t at = kSeqStateHeaderBytes;
+  for (int part = 0; part < KvParts(kind, partial); ++part) {
+    at += 4 + *KvBlockBytes(data + at + 4, size - at - 4);
+    ends.push_back(at);
+  }
+  const size_t grow = 4 * size_t{n_stream - 1};
+  // From the last segment back, each moves right by the growth of the parts before it; every KV
+  // part gets empty blocks after its own (llama.cpp restores a block into the destination
+  // sequence's stream whichever block it is).
+  for (size_t k = ends.size() + 1; k-- > 0;) {
+    const size_t begin = k == 0 ? 0 : ends[k - 1];
+    const size_t end = k == ends.size() ? size : ends[k];
+    std::memmove(data + begin + grow * k, data + begin, end - begin);
+    if (k > 0) std::memset(data + ends[k - 1] + grow * (k - 1), 0, grow);
+  }
+  at = kSeqStateHeaderBytes;
+  for (size_t k = 0; k < ends.size(); ++k) {
+    std::memcpy(data + at + grow * k, &n_stream, 4);
+    at = ends[k];
+  }
+}
+
 Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32_t stream) {
   const auto bad = [&](const std::string& what) -> Result<size_t> {
     return Status::Internal("llama.cpp's state of the sequence in KV stream " +

@@ -157,6 +157,16 @@ Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32
 // own stream whichever block it is, so the non-empty one comes first).
 void ToStreams(uint8_t* data, size_t size, uint32_t n_stream);
 
+// The same for a state of any kind (a snapshot with `partial`): each KV part loses its other
+// streams' empty blocks. Compacts `data` in place and returns the one-stream state's size.
+Result<size_t> StateToOneStream(uint8_t* data, size_t size, MemoryKind kind, bool partial,
+                                uint32_t n_stream, uint32_t stream);
+// And back: a one-stream state of `size` bytes followed by 4 * (n_stream - 1) spare bytes per KV
+// part becomes an n_stream one (its own block first in each part).
+void StateToStreams(uint8_t* data, size_t size, MemoryKind kind, bool partial, uint32_t n_stream);
+// KV parts in a state of `kind` (whole, or a snapshot with `partial`).
+int KvPartCount(MemoryKind kind, bool partial);
+
 }  // namespace kvstash::format
 
 #endif  // KVSTASH_FORMAT_LLAMA_STATE_H_
