@@ -161,8 +161,9 @@ struct StoreSyncOptions {
 
 class Session {
  public:
-  // A fresh, empty session on `model`. Recurrent, hybrid and sliding-window models are refused
-  // (kIncompatible): kvstash saves only plain attention KV caches.
+  // A fresh, empty session on `model`: any memory llama.cpp keeps (attention KV cache, sliding
+  // window, recurrent state, hybrid; README "Supported model families"). Only a hybrid whose
+  // attention layers also slide is refused (kIncompatible), before any prefill.
   static Result<std::unique_ptr<Session>> Create(std::shared_ptr<const Model> model,
                                                  const SessionOptions& options = {});
   // Loads a session file saved from the same model. Checksums, the model fingerprint and every
@@ -181,6 +182,9 @@ class Session {
   // Makes the session hold exactly `tokens`: keeps the longest common prefix with what it holds,
   // drops the rest from the cache and decodes only the tail. Passing the saved prefix again
   // decodes nothing. Tokens that do not fit the context are refused before anything is dropped.
+  // A sliding window or a recurrent state cannot always go back to the common prefix (a window
+  // only to its last token or while no token has left it, a recurrent state never): then
+  // everything is decoded again, and n_reused says 0. Never a state that does not match.
   Result<SyncResult> Sync(const std::vector<Token>& tokens);
 
   // Sync through a prefix store (kvstash/store.h): makes the session hold exactly `tokens`,
