@@ -262,6 +262,15 @@ TEST_F(ImportTest, ForeignFilesAreRefusedByName) {
   EXPECT_NE(s.message().find("was not computed by model"), std::string::npos) << s.message();
   s = ExpectRefused(ReadFile(Path("foreign.nsgg")), "seed-7 model", TinyModel(7));
   EXPECT_NE(s.message().find("was not computed by model"), std::string::npos) << s.message();
+  // A model with a sliding window: its files hold a window import does not translate.
+  TestModelSpec spec;
+  spec.arch = TestArch::kGemma2Swa;
+  ASSERT_TRUE(WriteTestModel(spec, Path("gemma2.gguf")).ok());
+  auto gemma = Model::Load(Path("gemma2.gguf"));
+  ASSERT_TRUE(gemma.ok()) << gemma.status().ToString();
+  s = ExpectRefused(ReadFile(Path("foreign.nsgg")), "an iSWA model", *gemma);
+  EXPECT_EQ(s.code(), Status::Code::kIncompatible) << s.message();
+  EXPECT_NE(s.message().find("keeps memory of kind iswa"), std::string::npos) << s.message();
 }
 
 TEST_F(ImportTest, DamagedLastCellIsRefused) {

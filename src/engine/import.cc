@@ -142,6 +142,17 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
     return Status::NotFound("llama.cpp file '" + path + "' does not exist; check the path");
   }
   if (!opened.ok()) return opened.status();
+  // llama.cpp's files of other memory kinds hold a window or a recurrent state that kvstash's
+  // import does not translate yet; said before the file is parsed as a plain cache.
+  auto memory = MemoryKindOf(*model);
+  if (!memory.ok()) return memory.status();
+  if (*memory != format::MemoryKind::kKv) {
+    return Status::Incompatible("cannot import '" + path + "': kvstash import reads llama.cpp " +
+                                "files of attention-cache models, and model '" + model->path() +
+                                "' keeps memory of kind " + format::MemoryKindName(*memory) +
+                                ": save the prompt again with 'kvstash save', or pass " +
+                                "--prompt-cache a new file name");
+  }
   const StableFile& file = **opened;
   const format::ModelFacts facts = FactsOf(*model);
   const uint32_t max_tokens = options.n_ctx != 0 ? options.n_ctx - 1 : format::kMaxTokens - 1;
@@ -165,7 +176,7 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
   session.flash_attn = kv->flash_attn ? FlashAttention::kOn : FlashAttention::kOff;
   session.cache_type_k = kv->type_k_name;
   session.cache_type_v = kv->type_v_name;
-  auto created = Session::Create(model, session);  // refuses recurrent, hybrid and SWA models
+  auto created = Session::Create(model, session);
   if (!created.ok()) return created.status();
   Session::Impl& s = SessionInternals::Impl(**created);
   KVSTASH_RETURN_IF_ERROR(RestorePayload(s, *parsed, path));
