@@ -66,6 +66,58 @@ if [ -x "$kv" ] && [ ! -f "$out/corpus/plain.kvs" ]; then
   done
   rm -f "$out/seed.gguf"
 fi
+# Sessions of the other memory kinds (format/llama_state.h): iSWA (gemma2, a prompt past its 64-token
+# window, so the window holds the last 64 of its cells), recurrent (mamba2) and hybrid (lfm2, S
+# rows of 0 bytes). Then the KV payloads of these and of plain.kvs alone, whole and as snapshots
+# (the header and the last part), behind the two bytes (kind | snapshot << 2, window) with which
+# session_reader_fuzz reads raw payloads.
+if [ -x "$kv" ] && [ ! -f "$out/corpus/hybrid.kvs" ]; then
+  long=$(printf 'seed%d ' $(seq 40))
+  for pair in gemma2:iswa mamba2:recurrent lfm2:hybrid; do
+    arch=${pair%%:*} name=${pair#*:}
+    { "$kv" make-test-model --arch "$arch" -o "$out/seed-$arch.gguf" >/dev/null &&
+      "$kv" save -m "$out/seed-$arch.gguf" --prefix "$long" -o "$out/corpus/$name.kvs" -c 256 \
+        >/dev/null; } || echo "fuzz: no $name seed" >&2
+    rm -f "$out/seed-$arch.gguf"
+  done
+  python3 - "$out/corpus" <<'PY' || echo "fuzz: no raw payload seeds" >&2
+import os, struct, sys
+corpus = sys.argv[1]
+
+def kv_part_end(b, at):  # a KV part from its n_stream field (docs/FORMAT.md, "KV (type 4)")
+    n_stream, cells = struct.unpack_from("<II", b, at)
+    at += 8 + 12 * cells
+    v_trans, n_layer = struct.unpack_from("<II", b, at)
+    at += 8
+    for _ in range(n_layer):
+        row = struct.unpack_from("<Q", b, at + 4)[0]
+        at += 12 + cells * row
+    for _ in range(n_layer):
+        if v_trans:
+            elem, n_embd = struct.unpack_from("<II", b, at + 4)
+            at += 12 + n_embd * cells * elem
+        else:
+            at += 12 + cells * struct.unpack_from("<Q", b, at + 4)[0]
+    return at
+
+for name, kind, n_swa in (("plain", 0, 0), ("iswa", 1, 64), ("recurrent", 2, 0), ("hybrid", 3, 0)):
+    path = os.path.join(corpus, name + ".kvs")
+    if not os.path.exists(path):
+        continue
+    f = open(path, "rb").read()
+    n = struct.unpack_from("<I", f, 20)[0]
+    for i in range(n):
+        kind_of_section, _, off, size = struct.unpack_from("<IIQQ", f, 64 + 32 * i)
+        if kind_of_section == 4:
+            kv = f[off:off + size]
+    open(os.path.join(corpus, "raw-" + name), "wb").write(bytes([kind, n_swa]) + kv)
+    # A snapshot: iSWA and hybrid states without their first (attention) part.
+    if kind in (1, 3):
+        last = kv_part_end(kv, 8)
+        open(os.path.join(corpus, "raw-" + name + "-snapshot"), "wb").write(
+            bytes([kind | 4, n_swa]) + kv[:8] + kv[last:])
+PY
+fi
 # llama.cpp files for the import parser: llama-completion's --prompt-cache file of the tiny test
 # model and the same cache as a sequence file.
 cp -n "$root"/tests/fuzz/llama-seeds/* "$out/corpus/"

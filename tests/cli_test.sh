@@ -48,8 +48,28 @@ check "python3 -c \"import json;d=json.load(open('$dir/stop.json'));assert d['st
 # inspect / verify
 expect_exit 0 "" -- $KV inspect "$dir/s.kvs"
 check "grep -q 'fingerprint' '$dir/out' && grep -q 'checksums ok' '$dir/out' && grep -q 'terse assistant' '$dir/out'" "inspect text"
+check "grep -q '^memory *kv: KV cells [0-9]* (positions 0[.][.]' '$dir/out' && grep -q '^reuse *any prefix' '$dir/out'" "inspect text of a plain session's memory"
 expect_exit 0 "" -- $KV inspect "$dir/s.kvs" --json
 check "python3 -c \"import json;d=json.load(open('$dir/out'));assert d['n_tokens']>10 and d['checksums']=='ok' and d['context']['cache_type_k']=='f16' and len(d['model']['fingerprint'])==32\"" "inspect --json"
+check "python3 -c \"import json;m=json.load(open('$dir/out'))['memory'];assert m['kind']=='kv' and 'n_swa' not in m and 'recurrent' not in m and m['reuse'].startswith('any prefix'), m\"" "inspect --json of a plain session's memory"
+# Each other memory kind: an iSWA window (gemma2's 64 tokens; the prompt is longer, so the window
+# holds its last 64 positions), a recurrent state (mamba2), and a hybrid (lfm2: attention KV and a
+# state whose S rows have 0 bytes).
+LONG=$(printf 'word%d ' $(seq 40))
+for arch in gemma2 mamba2 lfm2; do
+  $KV make-test-model --arch $arch -o "$dir/$arch.gguf" >/dev/null
+  expect_exit 0 "" -- $KV save -m "$dir/$arch.gguf" --prefix "$LONG" -o "$dir/$arch.kvs"
+  expect_exit 0 "" -- $KV inspect "$dir/$arch.kvs"
+  cp "$dir/out" "$dir/$arch.txt"
+  expect_exit 0 "" -- $KV inspect "$dir/$arch.kvs" --json
+  cp "$dir/out" "$dir/$arch.json"
+done
+check "grep -q '^memory *iswa, window of 64 tokens: KV cells [0-9]* (positions 0[.][.][0-9]*, .*), window cells 64 (positions [0-9]*[.][.][0-9]*, ' '$dir/gemma2.txt' && grep -q '^reuse .*64-token window' '$dir/gemma2.txt'" "inspect text of an iSWA session"
+check "python3 -c \"import json;d=json.load(open('$dir/gemma2.json'));m=d['memory'];n=d['n_tokens'];assert n>64 and m['kind']=='iswa' and m['n_swa']==64 and m['kv']['cells']==n and m['window']=={**m['window'],'cells':64,'first_pos':n-64} and 'recurrent' not in m, m\"" "inspect --json of an iSWA session"
+check "grep -q '^memory *recurrent: recurrent state .* (2 layers with a state: R rows of .*, S rows of ' '$dir/mamba2.txt' && grep -q '^reuse .*snapshot' '$dir/mamba2.txt'" "inspect text of a recurrent session"
+check "python3 -c \"import json;d=json.load(open('$dir/mamba2.json'));m=d['memory'];r=m['recurrent'];assert m['kind']=='recurrent' and 'kv' not in m and 'n_swa' not in m and r['pos']==d['n_tokens']-1 and r['r_records']==r['s_records']==2 and r['s_row_bytes']>0 and r['bytes']+8==d['kv_bytes'], m\"" "inspect --json of a recurrent session"
+check "grep -q '^memory *hybrid: KV cells [0-9]* (positions 0.*), recurrent state .*S rows of 0 bytes)' '$dir/lfm2.txt'" "inspect text of a hybrid session"
+check "python3 -c \"import json;d=json.load(open('$dir/lfm2.json'));m=d['memory'];r=m['recurrent'];assert m['kind']=='hybrid' and m['kv']['cells']==d['n_tokens'] and r['s_row_bytes']==0 and m['kv']['bytes']+r['bytes']+8==d['kv_bytes'], m\"" "inspect --json of a hybrid session"
 expect_exit 0 "" -- $KV verify -m "$M" "$dir/s.kvs"
 expect_exit 0 "" -- $KV verify -m "$M" "$dir/s.kvs" --json
 check "grep -q '\"ok\":true' '$dir/out'" "verify --json"

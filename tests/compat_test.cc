@@ -116,5 +116,38 @@ TEST(CompatTest, MemoryKindsFollowWhatLlamaCppReports) {
       << r.status().message();
 }
 
+// What inspect prints per kind: each part a kind has, with its positions and bytes.
+TEST(CompatTest, DescribePartsNamesEachPartOfAKind) {
+  using format::MemoryKind;
+  format::SeqLayout l;
+  l.kv.cell_count = 700;
+  l.kv.bytes = 3 << 20;
+  EXPECT_EQ(DescribeParts(l), "KV cells 700 (positions 0..699, 3.00 MiB)");
+  l.kind = MemoryKind::kIswa;
+  l.swa.cell_count = 64;
+  l.swa.first_pos = 636;
+  l.swa.bytes = 2048;
+  EXPECT_EQ(DescribeParts(l),
+            "KV cells 700 (positions 0..699, 3.00 MiB), window cells 64 (positions 636..699, "
+            "2.0 KiB)");
+  l.partial = true;  // a snapshot: the window alone
+  EXPECT_EQ(DescribeParts(l), "window cells 64 (positions 636..699, 2.0 KiB)");
+  l.partial = false;
+  l.kind = MemoryKind::kRecurrent;
+  l.rs.n_r = l.rs.n_s = 2;
+  l.rs.r_row_bytes = 512;
+  l.rs.s_row_bytes = 0;  // LFM2
+  l.rs.bytes = 1092;
+  EXPECT_EQ(DescribeParts(l),
+            "recurrent state 1.1 KiB (2 layers with a state: R rows of 512 bytes, S rows of 0 "
+            "bytes)");
+  l.kind = MemoryKind::kHybrid;
+  l.rs.n_s = 0;
+  EXPECT_EQ(DescribeParts(l),
+            "KV cells 700 (positions 0..699, 3.00 MiB), recurrent state 1.1 KiB (2 layers with a "
+            "state: R rows of 512 bytes, no S rows)");
+  EXPECT_NE(ReuseRule(MemoryKind::kIswa, 64).find("64-token window"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace kvstash::engine

@@ -372,6 +372,52 @@ TEST_F(HostileTest, ValuesAWriterNeverProducesWithValidChecksums) {
   ExpectProcessStillUsable();
 }
 
+// META field 23 decides how the KV payload is walked. With every checksum recomputed, a kind no
+// writer produces, or a plain (kKv) payload that claims another kind, is refused as corruption by
+// the field or by the payload that lacks that kind's layout: by Open before llama.cpp sees a byte,
+// and by the model-free reader (inspect), which has no model's n_swa to compare with.
+TEST_F(HostileTest, MemoryKindOutOfRangeOrNotThePayloadsOwn) {
+  struct Case {
+    const char* name;
+    uint32_t kind;
+    int32_t n_swa;
+    const char* open_expected;  // in Open's refusal
+    const char* file_expected;  // in the model-free reader's
+  } cases[] = {
+      {"memory_kind 9", 9, 0, "META field memory_kind is 9, outside 0..3", nullptr},
+      {"memory_kind 4", 4, 0, "META field memory_kind is 4, outside 0..3", nullptr},
+      {"memory_kind 2^32-1", 0xffffffffu, 0, "META field memory_kind is 4294967295", nullptr},
+      // iSWA needs a window: without one, META's range check refuses it by n_swa...
+      {"iswa without a window", 1, 0, "META field n_swa is 0, outside 1..", nullptr},
+      // ...with one, Open finds the model has none; the payload has a full-attention part and no
+      // sliding-window part after it.
+      {"iswa", 1, 64, "records n_swa=64 but its model",
+       "KV payload: sliding-window cache: cut short"},
+      {"recurrent", 2, 0, "KV payload: recurrent state", nullptr},
+      {"hybrid", 3, 0, "KV payload: recurrent state: cut short", nullptr},
+  };
+  for (const auto& c : cases) {
+    const std::string bytes = Rebuild([&](format::ParsedFile& f, std::string&) {
+      f.meta.memory_kind = c.kind;
+      f.meta.n_swa = c.n_swa;
+    });
+    Status s = ExpectRefused(bytes, c.name);
+    EXPECT_EQ(s.code(), Status::Code::kCorruption) << c.name << ": " << s.message();
+    EXPECT_NE(s.message().find(c.open_expected), std::string::npos)
+        << c.name << ": " << s.message();
+    auto parsed = format::ParseFile(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                                    "crafted.kvs", /*verify_checksums=*/true);
+    ASSERT_FALSE(parsed.ok()) << c.name;
+    EXPECT_EQ(parsed.status().code(), Status::Code::kCorruption) << c.name;
+    const char* file_expected = c.file_expected != nullptr ? c.file_expected : c.open_expected;
+    EXPECT_NE(parsed.status().message().find("'crafted.kvs'"), std::string::npos)
+        << c.name << ": " << parsed.status().message();
+    EXPECT_NE(parsed.status().message().find(file_expected), std::string::npos)
+        << c.name << ": " << parsed.status().message();
+  }
+  ExpectProcessStillUsable();
+}
+
 TEST_F(HostileTest, AValidFileFromAnotherModelOfTheSameShape) {
   auto other = Session::Create(TinyModel(/*seed=*/3));
   ASSERT_TRUE((*other)->Append(kPrefix).ok());

@@ -29,6 +29,13 @@ Result<format::MemoryKind> ClassifyMemory(const ModelMemoryKind& kind,
 // words, for `kvstash inspect` and docs: "any prefix", "...".
 std::string ReuseRule(format::MemoryKind kind, int32_t n_swa);
 
+// The parts of a walked state and their sizes, in words, for `kvstash inspect`: "KV cells 700
+// (positions 0..699, 1.37 MiB), window cells 64 (positions 636..699, 128.0 KiB)", "recurrent
+// state 2.06 MiB (2 layers with a state: R rows of 6.0 KiB, S rows of 1.00 MiB)". The sizes are
+// each part's bytes in the payload, headers included (they add up to the KV section's size less
+// its 8-byte header). A snapshot's (`partial`) first part is not there, so not described.
+std::string DescribeParts(const format::SeqLayout& layout);
+
 }  // namespace kvstash::engine
 
 #endif  // KVSTASH_ENGINE_MEMORY_SUPPORT_H_

@@ -62,7 +62,10 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
   };
   const size_t start = r.left();
   KvLayout layout;
-  if (!r.Get(&layout.n_stream) || layout.n_stream == 0 || layout.n_stream > 1) {
+  // A payload that ends where a part should begin (a plain file read as iSWA) is cut short, not a
+  // part with 0 streams.
+  if (!r.Get(&layout.n_stream)) return bad("cut short before the stream count");
+  if (layout.n_stream == 0 || layout.n_stream > 1) {
     return bad("expected one KV stream, found " + std::to_string(layout.n_stream));
   }
   uint32_t cell_count;

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/inspect.h"
 #include "env/atomic_file.h"
 #include "env/env.h"
 #include "format/meta_check.h"
@@ -583,7 +584,10 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
 int RunInspect(const InspectFlags& flags) {
   auto info = InspectSessionFile(flags.session, /*verify_checksums=*/true);
   if (!info.ok()) return Fail(info.status());
+  auto memory = engine::InspectSessionMemory(*info);
+  if (!memory.ok()) return Fail(memory.status());
   const SessionMeta& m = info->meta;
+  const format::SeqLayout& l = memory->layout;
   const size_t shown = std::min<size_t>(info->tokens.size(), 16);
   std::vector<Token> first(info->tokens.begin(), info->tokens.begin() + shown);
   json j = {{"path", info->path},
@@ -620,6 +624,21 @@ int RunInspect(const InspectFlags& flags) {
             {"n_tokens", m.n_tokens},
             {"first_tokens", first},
             {"preview", m.preview}};
+  // The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
+  // included; a kind's missing parts are left out.
+  auto kv_part = [](const format::KvLayout& kv) {
+    return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
+  };
+  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory->reuse}};
+  if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
+  if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
+  if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
+  if (l.kind == format::MemoryKind::kRecurrent || l.kind == format::MemoryKind::kHybrid) {
+    mem["recurrent"] = {{"bytes", l.rs.bytes},   {"pos", l.rs.pos},
+                        {"r_records", l.rs.n_r}, {"r_row_bytes", l.rs.r_row_bytes},
+                        {"s_records", l.rs.n_s}, {"s_row_bytes", l.rs.s_row_bytes}};
+  }
+  j["memory"] = std::move(mem);
   if (flags.json) {
     std::cout << Dump(j) << "\n";
     return 0;
@@ -641,6 +660,10 @@ int RunInspect(const InspectFlags& flags) {
               m.flash_attn ? "on" : "off");
   std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info->kv_bytes / 1048576.0,
               m.has_logits ? "stored" : "none");
+  std::printf("memory       %s", format::MemoryKindName(l.kind));
+  if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
+  std::printf(": %s\n", memory->parts.c_str());
+  std::printf("reuse        %s\n", memory->reuse.c_str());
   std::printf("first tokens");
   for (Token t : first) std::printf(" %d", t);
   std::printf("\npreview      %s\n", Dump(m.preview).c_str());
