@@ -301,6 +301,21 @@ TEST(FormatTest, MetaRecordsAreCheckedOneByOne) {
   optional.append(skippable, 10);
   EXPECT_TRUE(
       DecodeMeta(reinterpret_cast<const uint8_t*>(optional.data()), optional.size(), "m").ok());
+  // The memory kind: absent for a plain cache (0.1's bytes), written for the other kinds, and an
+  // explicit 0, which no writer produces, refused.
+  EXPECT_EQ(meta.find(std::string("\x17\x00\x01\x00", 4)), std::string::npos);
+  std::string with_kind = meta;
+  const char zero_kind[] = {0x17, 0x00, 0x01, 0x00, 4, 0, 0, 0, 0, 0, 0, 0};
+  with_kind.append(zero_kind, 12);
+  auto z = DecodeMeta(reinterpret_cast<const uint8_t*>(with_kind.data()), with_kind.size(), "m");
+  ASSERT_FALSE(z.ok());
+  EXPECT_NE(z.status().message().find("memory_kind"), std::string::npos) << z.status().message();
+  SessionMeta iswa = SampleMeta(5);
+  iswa.memory_kind = 1;
+  const std::string iswa_meta = EncodeMeta(iswa);
+  auto k = DecodeMeta(reinterpret_cast<const uint8_t*>(iswa_meta.data()), iswa_meta.size(), "m");
+  ASSERT_TRUE(k.ok()) << k.status().ToString();
+  EXPECT_EQ(k->memory_kind, 1u);
   // A missing required field.
   const size_t first_record = 8 + SampleMeta(5).writer.size();
   EXPECT_FALSE(DecodeMeta(reinterpret_cast<const uint8_t*>(meta.data()) + first_record,

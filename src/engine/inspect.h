@@ -11,18 +11,19 @@
 
 namespace kvstash::engine {
 
+// kvstash::InspectSessionFile that also gives the walked KV payload (format/llama_state.h), from
+// the same read of the file as everything else it returns.
+Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums,
+                                           format::SeqLayout* layout);
+
 struct SessionMemory {
-  format::SeqLayout layout;  // the walked KV payload (format/llama_state.h)
+  format::SeqLayout layout;  // the walked KV payload
   std::string parts;         // DescribeParts(layout)
   std::string reuse;         // ReuseRule(kind, n_swa)
 };
 
-// Walks the KV payload of the session file `info` describes (InspectSessionFile's result, which
-// checked the same structure and the checksums but keeps only the payload's size). The file is
-// read a second time, without checksums: a file that is no longer the one `info` describes (a save
-// replaced it meanwhile) is refused with kIOError, so the parts shown are always those of the
-// file whose checksums were verified.
-Result<SessionMemory> InspectSessionMemory(const SessionFileInfo& info);
+// The memory of the session file `info` describes, whose payload walked as `layout`.
+SessionMemory DescribeSessionMemory(const SessionFileInfo& info, const format::SeqLayout& layout);
 
 }  // namespace kvstash::engine
 

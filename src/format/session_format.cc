@@ -230,6 +230,11 @@ Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::stri
       return Bad(name, "META field " + std::to_string(id) + " runs past its section");
     MetaFieldDecoder decoder{id, data + at, len};
     VisitMeta(meta, decoder);
+    // A plain cache is written without the field (MetaEncoder): an explicit 0 no writer produces.
+    if (id == kMemoryKindField && decoder.matched && !decoder.bad_size && meta.memory_kind == 0) {
+      return Bad(name, "META field 23 (memory_kind) is written with the value 0, which a writer " +
+                           std::string("omits"));
+    }
     if (decoder.bad_size) {
       return Bad(name, "META field " + std::to_string(id) + " has length " + std::to_string(len));
     }

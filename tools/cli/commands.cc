@@ -582,12 +582,12 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
 }  // namespace
 
 int RunInspect(const InspectFlags& flags) {
-  auto info = InspectSessionFile(flags.session, /*verify_checksums=*/true);
+  format::SeqLayout layout;
+  auto info = engine::InspectSessionFile(flags.session, /*verify_checksums=*/true, &layout);
   if (!info.ok()) return Fail(info.status());
-  auto memory = engine::InspectSessionMemory(*info);
-  if (!memory.ok()) return Fail(memory.status());
+  const auto memory = engine::DescribeSessionMemory(*info, layout);
   const SessionMeta& m = info->meta;
-  const format::SeqLayout& l = memory->layout;
+  const format::SeqLayout& l = memory.layout;
   const size_t shown = std::min<size_t>(info->tokens.size(), 16);
   std::vector<Token> first(info->tokens.begin(), info->tokens.begin() + shown);
   json j = {{"path", info->path},
@@ -629,7 +629,7 @@ int RunInspect(const InspectFlags& flags) {
   auto kv_part = [](const format::KvLayout& kv) {
     return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
   };
-  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory->reuse}};
+  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory.reuse}};
   if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
   if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
   if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
@@ -662,8 +662,8 @@ int RunInspect(const InspectFlags& flags) {
               m.has_logits ? "stored" : "none");
   std::printf("memory       %s", format::MemoryKindName(l.kind));
   if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
-  std::printf(": %s\n", memory->parts.c_str());
-  std::printf("reuse        %s\n", memory->reuse.c_str());
+  std::printf(": %s\n", memory.parts.c_str());
+  std::printf("reuse        %s\n", memory.reuse.c_str());
   std::printf("first tokens");
   for (Token t : first) std::printf(" %d", t);
   std::printf("\npreview      %s\n", Dump(m.preview).c_str());
