@@ -482,7 +482,8 @@ check "[ $st = 200 ]" "slow loris: other requests are served meanwhile: $st"
 start_server h --no-cache --parallel 2 -c 131072 --shutdown-timeout 2 || exit 1
 # A client that disconnects mid-stream.
 scrape h "$dir/md0"
-jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:60000,stream:true}'
+# Greedy on the prompt section 6 shows runs long: a sampled answer could end at EOS within 0.5 s.
+jbody "$dir/b" '{model:"m",prompt:"A very long story",max_tokens:60000,temperature:0,stream:true}'
 curl -s -N --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[h]}/v1/completions"
 rc=$?
 check "[ $rc = 28 ]" "disconnect: curl --max-time should have cut the stream (rc $rc)"
@@ -503,7 +504,7 @@ echo "  slow loris: the server closed the half-sent requests after $loris s"
 check "[ '$loris' -le 20 ] 2>/dev/null" "slow loris: the server closed the half-sent requests after '$loris' s (want <= 20)"
 check "kill -0 ${PID[main]}" "the main server is still running"
 # A client that disconnects while waiting for a non-streamed answer (last: it may hold a slot).
-jbody "$dir/b" '{model:"m",prompt:"An endless story",max_tokens:60000}'
+jbody "$dir/b" '{model:"m",prompt:"A very long story",max_tokens:60000,temperature:0}'
 curl -s --max-time 0.5 -o /dev/null -H 'Content-Type: application/json' --data-binary @"$dir/b" "http://127.0.0.1:${PORT[h]}/v1/completions"
 freed=0
 for i in $(seq 1 50); do scrape h "$dir/md"; [ "$(metric "$dir/md" kvstash_active_sequences)" = 0 ] && { freed=1; break; }; sleep 0.1; done
@@ -514,6 +515,33 @@ stop_server h 20
 check "[ $RC = 0 ]" "hostile: SIGTERM exit code $RC (a request still decoding is cancelled)"
 stop_server main 20
 check "[ $RC = 0 ]" "main: SIGTERM exit code $RC"
+
+# ============================================================================================
+section "9. every memory kind"
+# A sliding-window, a recurrent and a hybrid model: a restarted server serves the long prompt from
+# the store (cached_tokens > 0) and answers as a server with an empty store does.
+M_PLAIN=$M
+for arch in gemma2 mamba2 lfm2; do
+  M="$dir/$arch.gguf"
+  $KV make-test-model -o "$M" --arch $arch >/dev/null 2>&1 || { bad "$arch: cannot make the model"; continue; }
+  jbody "$dir/k1" '{model:"m",prompt:($S + " Question one:"),max_tokens:8,temperature:0}'
+  jbody "$dir/k2" '{model:"m",prompt:($S + " Question two:"),max_tokens:8,temperature:0}'
+  start_server "k1-$arch" --cache-dir "$dir/c-$arch" || continue
+  st=$(call "k1-$arch" POST /v1/completions "$dir/r" "$dir/k1")
+  check "[ $st = 200 ] && jtrue '$dir/r' '.usage.prompt_tokens > 1400'" "$arch: the first request: $st $(head -c 300 "$dir/r")"
+  stop_server "k1-$arch"
+  start_server "k2-$arch" --cache-dir "$dir/c-$arch" || continue
+  st=$(call "k2-$arch" POST /v1/completions "$dir/kw" "$dir/k2")
+  check "[ $st = 200 ] && jtrue '$dir/kw' '.usage.prompt_tokens_details.cached_tokens > 1000'" "$arch: cached_tokens > 1000 after a restart: $(head -c 300 "$dir/kw")"
+  stop_server "k2-$arch"
+  start_server "k3-$arch" --cache-dir "$dir/c-$arch-empty" || continue
+  st=$(call "k3-$arch" POST /v1/completions "$dir/kc" "$dir/k2")
+  check "[ $st = 200 ] && jtrue '$dir/kc' '.usage.prompt_tokens_details.cached_tokens == 0'" "$arch: an empty store decodes everything"
+  W=$(jget "$dir/kw" .choices[0].text); C=$(jget "$dir/kc" .choices[0].text)
+  check "[ \"\$W\" = \"\$C\" ]" "$arch: the answer from the store differs from the cold one: '$W' vs '$C'"
+  stop_server "k3-$arch"
+done
+M=$M_PLAIN
 
 section "end"
 echo "serve_test: $pass passed, $fail failed"
