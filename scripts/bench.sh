@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the standard benchmark set, PNG charts, the CLI end to end against llama.cpp's
-# llama-completion --prompt-cache, the prefix store (kvstash-store-bench), and `kvstash serve`
+# llama-completion --prompt-cache, the prefix store (kvstash-store-bench), each memory kind
+# (kvstash-family-bench), and `kvstash serve`
 # against llama-server (bench/serve_bench.py). Results land in
 # $build/bench-results/.
 #   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run, BENCH_ARGS="..." to
@@ -115,6 +116,12 @@ store_args=()
 [ "${BENCH_QUICK:-0}" = 1 ] && store_args=(--quick)
 "$root/$build/bench/kvstash-store-bench" "${store_args[@]}" --dir "$work/store" \
   --system-prompt "$root/demo/system-prompt.txt" --json "$out/store.json" | tee "$out/store.md"
+
+echo "== kvstash-family-bench: sessions and the store for llama, gemma3 (iSWA), lfm2 (hybrid), mamba2"
+family_args=(--shape small --prefix-lengths 2048,8192)
+[ "${BENCH_QUICK:-0}" = 1 ] && family_args=(--shape small --prefix-lengths 512,2048)
+"$root/$build/bench/kvstash-family-bench" "${family_args[@]}" --dir "$work/family" \
+  --json "$out/family.json" | tee "$out/family.md"
 
 python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" "$out/store.json" &&
   ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true
