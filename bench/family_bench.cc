@@ -175,9 +175,20 @@ void Publish(const Case& c, Store& store, const std::string& file) {
   store.WaitForWrites();
 }
 
+// A file Session::Open refuses is reported in the row (open_error), not fatal: the other
+// families' numbers and this family's store numbers still get measured.
 json SessionFileNumbers(const Case& c, const std::string& file, int reps) {
   OpenOptions open;
   open.n_threads = c.options.n_threads;
+  auto probe = Session::Open(c.model, file, open);
+  if (!probe.ok()) {
+    std::fprintf(stderr, "Session::Open refused: %s\n", probe.status().message().c_str());
+    return {{"session_bytes", FileSize(file)},
+            {"open_error", probe.status().message()},
+            {"open_ms", nullptr},
+            {"warm_ttft_ms", nullptr}};
+  }
+  probe->reset();
   const double open_ms = MedianOf(reps, [&] {
     const auto t0 = Clock::now();
     auto s = Check(Session::Open(c.model, file, open), "open");
@@ -323,12 +334,19 @@ void PrintRow(const json& r) {
                expected = r["expected_restored_tokens"].get<size_t>();
   const uint32_t every = ch["snapshot_every"].get<uint32_t>();
   const std::string ctx = r["n_ctx"].get<int>() > r["n_ctx_train"].get<int>() ? " *" : "";
+  const bool refused = r.contains("open_error");
+  auto ms = [&](const char* key, const char* format) {
+    if (refused) return std::string("refused");
+    char out[32];
+    std::snprintf(out, sizeof(out), format, r[key].get<double>());
+    return std::string(out);
+  };
   std::printf(
-      "| %s | %s | %d%s | %.1f | %s | %.2f | %.1f | %.1f | %zu%s | %s / %s / %s (%.0f%%) | %s |\n",
+      "| %s | %s | %d%s | %.1f | %s | %s | %s | %.1f | %zu%s | %s / %s / %s (%.0f%%) | %s |\n",
       r["family"].get<std::string>().c_str(), r["kind"].get<std::string>().c_str(),
       r["prefix_tokens"].get<int>(), ctx.c_str(), r["cold_ttft_ms"].get<double>(),
-      Bytes(r["session_bytes"].get<double>()).c_str(), r["open_ms"].get<double>(),
-      r["warm_ttft_ms"].get<double>(), r["store_warm_ttft_ms"].get<double>(), restored,
+      Bytes(r["session_bytes"].get<double>()).c_str(), ms("open_ms", "%.2f").c_str(),
+      ms("warm_ttft_ms", "%.1f").c_str(), r["store_warm_ttft_ms"].get<double>(), restored,
       restored == expected ? "" : (" (expected " + std::to_string(expected) + "!)").c_str(),
       Bytes(ch["main_bytes_per_chunk"].get<double>()).c_str(),
       Bytes(ch["window_bytes_per_chunk"].get<double>()).c_str(),
@@ -347,10 +365,18 @@ void PrintTable(const Flags& flags, const std::vector<json>& rows) {
       "snapshot share) | snapshot every P |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   bool beyond_train = false;
+  std::vector<std::string> refusals;
   for (const auto& r : rows) {
     PrintRow(r);
     beyond_train = beyond_train || r["n_ctx"].get<int>() > r["n_ctx_train"].get<int>();
+    if (r.contains("open_error")) {
+      refusals.push_back(r["family"].get<std::string>() +
+                         " P=" + std::to_string(r["prefix_tokens"].get<int>()) + ": " +
+                         r["open_error"].get<std::string>());
+    }
   }
+  if (!refusals.empty()) std::printf("\nSession::Open refused the saved file:\n\n");
+  for (const auto& why : refusals) std::printf("- %s\n", why.c_str());
   if (beyond_train) {
     std::printf(
         "\n\\* the context (prefix + 256) is longer than the model's training context; llama.cpp "
