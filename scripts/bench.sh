@@ -117,12 +117,6 @@ store_args=()
 "$root/$build/bench/kvstash-store-bench" "${store_args[@]}" --dir "$work/store" \
   --system-prompt "$root/demo/system-prompt.txt" --json "$out/store.json" | tee "$out/store.md"
 
-echo "== kvstash-family-bench: sessions and the store for llama, gemma3 (iSWA), lfm2 (hybrid), mamba2"
-family_args=(--shape small --prefix-lengths 2048,8192)
-[ "${BENCH_QUICK:-0}" = 1 ] && family_args=(--shape small --prefix-lengths 512,2048)
-"$root/$build/bench/kvstash-family-bench" "${family_args[@]}" --dir "$work/family" \
-  --json "$out/family.json" | tee "$out/family.md"
-
 python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" "$out/store.json" &&
   ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true
 
@@ -131,3 +125,10 @@ serve_args=()
 [ "${BENCH_QUICK:-0}" = 1 ] && serve_args=(--quick)
 python3 "$root/bench/serve_bench.py" "${serve_args[@]}" --kvstash "$kv" --llama-server "$tools/bin/llama-server" \
   --model "$model" --work "$work/serve" --out "$out"
+
+# Last: a family whose run fails (it ends the script) leaves every other result in place.
+echo "== kvstash-family-bench: sessions and the store for llama, gemma3 (iSWA), lfm2 (hybrid), mamba2"
+family_args=(--shape small --prefix-lengths 2048,8192)
+[ "${BENCH_QUICK:-0}" = 1 ] && family_args=(--shape small --prefix-lengths 512,2048)
+"$root/$build/bench/kvstash-family-bench" "${family_args[@]}" --dir "$work/family" \
+  --json "$out/family.json" | tee "$out/family.md"
