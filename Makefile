@@ -46,6 +46,8 @@ asan:
 	  --reps 1 --cold-reps 1 --dir build-asan/bench-work >/dev/null
 	build-asan/bench/kvstash-store-bench --quick --only restore --dir build-asan/store-bench-work \
 	  --system-prompt demo/system-prompt.txt >/dev/null
+	build-asan/bench/kvstash-family-bench --shape tiny --prefix-lengths 256 --reps 1 \
+	  --dir build-asan/family-bench-work >/dev/null
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the standard benchmark set, PNG charts, the CLI end to end against llama.cpp's
-# llama-completion --prompt-cache, the prefix store (kvstash-store-bench), and `kvstash serve`
+# llama-completion --prompt-cache, the prefix store (kvstash-store-bench), each memory kind
+# (kvstash-family-bench), and `kvstash serve`
 # against llama-server (bench/serve_bench.py). Results land in
 # $build/bench-results/.
 #   scripts/bench.sh [build-dir]      BENCH_QUICK=1 for a 2-minute smoke run, BENCH_ARGS="..." to
@@ -124,3 +125,10 @@ serve_args=()
 [ "${BENCH_QUICK:-0}" = 1 ] && serve_args=(--quick)
 python3 "$root/bench/serve_bench.py" "${serve_args[@]}" --kvstash "$kv" --llama-server "$tools/bin/llama-server" \
   --model "$model" --work "$work/serve" --out "$out"
+
+# Last: a family whose run fails (it ends the script) leaves every other result in place.
+echo "== kvstash-family-bench: sessions and the store for llama, gemma3 (iSWA), lfm2 (hybrid), mamba2"
+family_args=(--shape small --prefix-lengths 2048,8192)
+[ "${BENCH_QUICK:-0}" = 1 ] && family_args=(--shape small --prefix-lengths 512,2048)
+"$root/$build/bench/kvstash-family-bench" "${family_args[@]}" --dir "$work/family" \
+  --json "$out/family.json" | tee "$out/family.md"
