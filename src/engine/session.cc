@@ -477,14 +477,21 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
 namespace {
 
 // Largest file a session of this model could be with a context of `n_ctx` tokens: anything
-// bigger is refused before a byte is read.
+// bigger is refused before a byte is read. Per token: its id, a cell record, and K and V of every
+// layer at up to 4 bytes a value, as wide as the model's widest row (llama.cpp reports layer 0's
+// heads, which a hybrid's first layer may not have: n_embd then bounds them). A recurrent state
+// (recurrent and hybrid models) adds a few rows per layer of at most 1024 x n_embd values
+// (mamba2's d_inner x d_state is 256 x n_embd).
 uint64_t MaxSessionBytes(const Model& model, uint64_t n_ctx) {
   const auto& m = *model.impl();
-  const uint64_t per_token = 4 + 12 +
-                             uint64_t(llama_model_n_layer(m.model)) *
-                                 (uint64_t(m.n_embd_k_gqa) + uint64_t(m.n_embd_v_gqa)) * 4;
-  return (uint64_t{1} << 20) + uint64_t(model.n_vocab()) * 4 + n_ctx * per_token +
-         uint64_t(llama_model_n_layer(m.model)) * 64;
+  const uint64_t n_layer = uint64_t(llama_model_n_layer(m.model));
+  const uint64_t n_embd = uint64_t(std::max(0, llama_model_n_embd(m.model)));
+  const uint64_t width = std::max({uint64_t(m.n_embd_k_gqa), uint64_t(m.n_embd_v_gqa), n_embd});
+  const uint64_t per_token = 4 + 12 + n_layer * 2 * width * 4;
+  const bool stateful = llama_model_is_recurrent(m.model) || llama_model_is_hybrid(m.model);
+  const uint64_t state = stateful ? n_layer * n_embd * 4 * 1024 : 0;
+  return (uint64_t{1} << 20) + uint64_t(model.n_vocab()) * 4 + n_ctx * per_token + n_layer * 64 +
+         state;
 }
 
 // The KV section's checksum, reading it through the file's ReadBlocks (at disk speed on a cold page

@@ -201,6 +201,9 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
 Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, Fetched& fetched,
                       uint32_t chunk) {
   KVSTASH_RETURN_IF_ERROR(fetched.status);
+  if (fetched.n_assembled == 0 || fetched.state == nullptr) {
+    return Status::Internal("no stored chunks were assembled to restore");
+  }
   const uint32_t cells = static_cast<uint32_t>(fetched.n_assembled) * chunk;
   llama_memory_t mem = llama_get_memory(ctx);
   size_t size = fetched.state_size;

@@ -206,7 +206,8 @@ Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
   }
   SyncResult result;
   size_t keep = own * chunk;
-  if (lookup && fetched->n_found > own) {
+  // What can be restored: for a recurrent state, only up to a snapshot (n_assembled <= n_found).
+  if (lookup && fetched->n_assembled > own) {
     const Status restored = RestoreFetched(s, *fetched, tokens, chunk);
     if (restored.ok()) {
       keep = s.n_cached;
