@@ -400,3 +400,56 @@ INSTANTIATE_TEST_SUITE_P(Families, MemoryKindTest, ::testing::ValuesIn(kFamilies
 
 }  // namespace
 }  // namespace kvstash
+
+namespace kvstash {
+namespace {
+
+// Real shapes (mamba2-130m's, q8_0): a state of ~19 MB, more than the bound Open used to allow
+// for a file (it left the state out), and a snapshot every 19 chunks of 16 tokens, more than a
+// 100-token prompt fills (a lookup that found chunks but no snapshot crashed).
+TEST(MemoryKindRealShapeTest, RecurrentSessionsOpenAndShortStoresAreAMiss) {
+  TestModelSpec spec;
+  spec.arch = TestArch::kMamba2;
+  spec.shape = TestShape::kSmall;
+  spec.type = TestWeightType::kQ8_0;
+  const std::string path = testing::TempDir() + "/mamba2-small.gguf";
+  ASSERT_TRUE(WriteTestModel(spec, path).ok());
+  auto model = Model::Load(path);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const std::vector<Token> prompt = Prompt(**model, 100);
+  ASSERT_FALSE(prompt.empty());
+  SessionOptions options;
+  options.n_ctx = 256;
+  {
+    auto s = Session::Create(*model, options);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE((*s)->AppendTokens(prompt).ok());
+    ASSERT_TRUE((*s)->Save(testing::TempDir() + "/mamba2-small.kvs").ok());
+  }
+  auto opened = Session::Open(*model, testing::TempDir() + "/mamba2-small.kvs");
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_EQ((*opened)->tokens(), prompt);
+
+  auto store = testing::NewTestStore("mamba2-small", 16);
+  ASSERT_NE(store, nullptr);
+  std::vector<float> first_logits;
+  for (int run = 0; run < 2; ++run) {
+    auto s = Session::Create(*model, options);
+    ASSERT_TRUE(s.ok());
+    auto synced = (*s)->Sync(prompt, *store);
+    ASSERT_TRUE(synced.ok()) << synced.status().ToString();
+    EXPECT_EQ(synced->n_restored, 0u) << "6 chunks stored, a snapshot only every 19";
+    auto logits = (*s)->Logits();
+    ASSERT_TRUE(logits.ok());
+    if (run == 0) {
+      first_logits = *logits;
+    } else {
+      EXPECT_EQ(*logits, first_logits);
+    }
+    s->reset();
+    store->WaitForWrites();
+  }
+}
+
+}  // namespace
+}  // namespace kvstash
