@@ -31,8 +31,9 @@ if(kvstash_owns_llama)
 endif()
 
 # What the static library needs at link time beyond its objects (Libs.private in kvstash.pc).
-set(kvstash_static_deps PkgConfig::XXHASH OpenSSL::Crypto Threads::Threads ${CMAKE_DL_LIBS} m)
-set(kvstash_pc_libs_private "-lxxhash -lcrypto -lpthread -ldl -lm -lstdc++")
+set(kvstash_static_deps PkgConfig::XXHASH PkgConfig::HIREDIS OpenSSL::Crypto Threads::Threads
+    ${CMAKE_DL_LIBS} m)
+set(kvstash_pc_libs_private "-lxxhash -lhiredis -lcrypto -lpthread -ldl -lm -lstdc++")
 set(kvstash_needs_openmp OFF)
 if(kvstash_owns_llama AND GGML_OPENMP)
   find_package(OpenMP COMPONENTS CXX)
@@ -53,7 +54,8 @@ set_target_properties(kvstash_shared PROPERTIES
 target_include_directories(kvstash_shared PUBLIC
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include> $<BUILD_INTERFACE:${PROJECT_BINARY_DIR}/include>
   $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
-target_link_libraries(kvstash_shared PRIVATE kvstash::llama PkgConfig::XXHASH OpenSSL::Crypto
+target_link_libraries(kvstash_shared PRIVATE kvstash::llama PkgConfig::XXHASH PkgConfig::HIREDIS
+                                             OpenSSL::Crypto
                                              Threads::Threads)
 target_link_options(kvstash_shared PRIVATE -Wl,--exclude-libs,ALL -Wl,--no-undefined)
 target_compile_features(kvstash_shared INTERFACE cxx_std_17)

@@ -5,10 +5,11 @@ set -euo pipefail
 
 # clang and its runtime build the fuzzer that `make test` runs for a bounded time; curl and jq are
 # the server tests' client and JSON checker; pip, setuptools and wheel install the Python binding
-# offline in its test (with /usr/bin/python3 when the python3 on PATH lacks them).
+# offline in its test (with /usr/bin/python3 when the python3 on PATH lacks them); redis-server and
+# hiredis are the Redis tier and the server that its tests start.
 packages=(cmake g++ make git pkg-config python3 libgtest-dev libcli11-dev nlohmann-json3-dev
           libxxhash-dev libssl-dev libcpp-httplib-dev clang libclang-rt-14-dev curl jq
-          python3-pip python3-setuptools python3-wheel)
+          python3-pip python3-setuptools python3-wheel redis-server libhiredis-dev)
 [ "${KVSTASH_WITH_BENCH_TOOLS:-0}" = 1 ] && packages+=(gnuplot-nox)
 
 missing=()

@@ -44,6 +44,30 @@ struct StoreOptions {
   // Where the one-line warnings go (e.g. "disk full: chunks are not being saved"); each kind is
   // reported once per Store. Empty: standard error.
   std::function<void(const std::string&)> warn;
+  // A second tier shared by several machines: redis://[user:password@]host:port[/db] (empty:
+  // none). Lookups that the directory cannot serve ask Redis for the next chunks; new chunks are
+  // published there in the background; Redis being down or full never fails a Sync (README,
+  // "Several machines"; docs/STORE.md, "The Redis tier"). The password is never printed.
+  std::string redis_url;
+  int redis_connect_timeout_ms = 1000;
+  int redis_command_timeout_ms = 3000;
+};
+
+// Counters of the Redis tier (Store::redis_stats), for /metrics and `cache stats`.
+struct RedisStats {
+  bool configured = false;
+  bool available = false;   // no outage now
+  uint64_t lookups = 0;     // lookups that asked Redis
+  uint64_t hits = 0;        // chunks restored from Redis
+  uint64_t misses = 0;      // lookups that found fewer chunks than they asked for
+  uint64_t bad_values = 0;  // values refused by the chunk checks (each a miss)
+  uint64_t errors = 0;      // failed commands: connection, timeout, error replies (OOM, ...)
+  uint64_t outages = 0;     // times Redis became unavailable
+  uint64_t bytes_read = 0;
+  uint64_t chunks_published = 0;
+  uint64_t chunks_existing = 0;  // another machine had published the chunk first
+  uint64_t publish_dropped = 0;  // queue full, Redis down or refusing writes
+  uint64_t bytes_written = 0;
 };
 
 struct NamespaceStats {
@@ -111,12 +135,14 @@ class Store : public std::enable_shared_from_this<Store> {
   Result<GcReport> Gc(uint64_t max_bytes);
   // Reads and checks every chunk file (header, checksum, name, chained hash).
   Result<VerifyReport> Verify() const;
-  // Removes every chunk (of namespace `ns_hash`, when not empty) and returns how many.
+  // Removes every chunk (of namespace `ns_hash`, when not empty) and returns how many; from the
+  // Redis tier too when there is one (UNLINK, counted with the files).
   Result<uint64_t> Clear(const std::string& ns_hash = "");
 
-  // Blocks until every chunk queued so far was written or dropped.
+  // Blocks until every chunk queued so far was written or dropped (to Redis too).
   void WaitForWrites();
   WriterStats writer_stats() const;
+  RedisStats redis_stats() const;  // configured == false without a Redis tier
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }

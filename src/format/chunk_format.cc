@@ -306,6 +306,13 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   return h;
 }
 
+uint64_t ChunkFileSizeFromHead(const uint8_t* head, size_t n) {
+  if (n < kChunkHeaderSize || std::memcmp(head, kChunkMagic, 8) != 0) return 0;
+  const uint64_t payload = Get64(head + kOffPayloadBytes);
+  if (payload > (uint64_t{1} << 40)) return 0;
+  return kChunkHeaderSize + payload;
+}
+
 Result<ChunkView> ParseChunk(const uint8_t* data, size_t size, const std::string& name,
                              bool verify_checksum) {
   auto header = ParseChunkHeader(data, size, size, name);

@@ -138,6 +138,10 @@ std::string EncodeChunkHead(ChunkHeader header, const int32_t* tokens, const uin
 Result<ChunkHeader> ParseChunkHeader(const uint8_t* head, size_t n, uint64_t file_size,
                                      const std::string& name);
 
+// The file size a chunk header claims (header + payload), from its first `n` bytes; 0 when they
+// are no chunk header (too short, another magic). Nothing else is checked: ParseChunk does.
+uint64_t ChunkFileSizeFromHead(const uint8_t* head, size_t n);
+
 struct ChunkView {
   ChunkHeader header;
   std::vector<int32_t> tokens;

@@ -19,6 +19,7 @@
 #include "server/metrics.h"
 #include "server/protocol.h"
 #include "server/scheduler.h"
+#include "store/redis_url.h"
 
 namespace kvstash::server {
 namespace {
@@ -26,6 +27,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 void Log(const std::string& line) { std::fprintf(stderr, "kvstash serve: %s\n", line.c_str()); }
+
+// ", Redis tier redis://host:port" for the start-up line: the URL without its password.
+std::string RedisLine(const std::string& url) {
+  auto parsed = store::ParseRedisUrl(url);
+  return parsed.ok() ? ", Redis tier " + parsed->Redacted() : "";
+}
 
 int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
 
@@ -330,6 +337,7 @@ std::string RenderMetrics(ServerState& st) {
     g.store_bytes = st.store_bytes;
     g.store_chunks = st.store_chunks;
     g.store_max_bytes = static_cast<int64_t>(st.options->cache_max_bytes);
+    g.redis = st.store->redis_stats();
   }
   return st.metrics.Render(g);
 }
@@ -407,13 +415,15 @@ Status Start(ServerState& st) {
     StoreOptions so;
     so.chunk_tokens = o.cache_chunk;
     so.max_bytes = o.cache_max_bytes;
+    so.redis_url = o.cache_redis;
+    so.warn = [](const std::string& line) { Log("warning: " + line); };
     auto store = dir.empty() ? Result<std::shared_ptr<Store>>(Status::InvalidArgument(
                                    "no cache directory: set --cache-dir or $HOME"))
                              : Store::Open(dir, so);
     if (store.ok()) {
       st.store = *store;
       Log("prefix store " + dir + " (" + std::to_string(st.store->chunk_tokens()) +
-          "-token chunks)");
+          "-token chunks)" + (o.cache_redis.empty() ? "" : RedisLine(o.cache_redis)));
     } else {
       Log("warning: serving without a prefix store: " + store.status().message());
     }

@@ -27,6 +27,7 @@ struct ServeOptions {
   bool no_cache = false;
   uint64_t cache_max_bytes = 0;  // 0: the store's default
   uint32_t cache_chunk = 0;      // 0: the store's default
+  std::string cache_redis;       // --cache-redis URL: the store's second tier (empty: none)
   std::string api_key;           // empty: none
   std::string chat_template;     // empty: the model's own
   size_t max_body_bytes = 8u << 20;

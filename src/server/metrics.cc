@@ -107,6 +107,39 @@ void Metrics::CountCompletion(int64_t prompt_tokens, int64_t cached_tokens,
   duration_.Observe(duration_seconds);
 }
 
+namespace {
+
+// The Redis tier's counters (RedisStats), as kvstash_redis_*.
+void RenderRedis(const RedisStats& r, std::string* out) {
+  Scalar("kvstash_redis_available", "1 while the Redis tier answers, 0 during an outage.", "gauge",
+         r.available ? "1" : "0", out);
+  const struct {
+    const char* name;
+    const char* help;
+    uint64_t value;
+  } counters[] = {
+      {"kvstash_redis_lookups_total", "Lookups that asked Redis for chunks.", r.lookups},
+      {"kvstash_redis_hits_total", "Chunks restored from Redis.", r.hits},
+      {"kvstash_redis_misses_total",
+       "Lookups that found fewer chunks in Redis than they asked for.", r.misses},
+      {"kvstash_redis_bad_values_total", "Values refused by the chunk checks (each a miss).",
+       r.bad_values},
+      {"kvstash_redis_errors_total",
+       "Failed Redis commands: connection, timeout, error replies (OOM, ...).", r.errors},
+      {"kvstash_redis_outages_total", "Times Redis became unavailable.", r.outages},
+      {"kvstash_redis_read_bytes_total", "Bytes of chunks read from Redis.", r.bytes_read},
+      {"kvstash_redis_published_chunks_total", "Chunks published to Redis.", r.chunks_published},
+      {"kvstash_redis_existing_chunks_total", "Chunks another writer had published first.",
+       r.chunks_existing},
+      {"kvstash_redis_dropped_chunks_total",
+       "Chunks not published: queue full, Redis down or refusing writes.", r.publish_dropped},
+      {"kvstash_redis_written_bytes_total", "Bytes of chunks published to Redis.", r.bytes_written},
+  };
+  for (const auto& c : counters) Scalar(c.name, c.help, "counter", std::to_string(c.value), out);
+}
+
+}  // namespace
+
 std::string Metrics::Render(const Gauges& gauges) const {
   std::map<std::pair<std::string, int>, uint64_t> requests;
   uint64_t completions, prompt, cached, generated;
@@ -157,6 +190,7 @@ std::string Metrics::Render(const Gauges& gauges) const {
     Scalar("kvstash_store_max_bytes", "The prefix store's byte budget.", "gauge",
            std::to_string(gauges.store_max_bytes), &out);
   }
+  if (gauges.redis.configured) RenderRedis(gauges.redis, &out);
   return out;
 }
 

@@ -11,6 +11,8 @@
 #include <mutex>
 #include <string>
 
+#include "kvstash/store.h"
+
 namespace kvstash::server {
 
 // A Prometheus histogram with fixed buckets (seconds).
@@ -37,6 +39,7 @@ struct Gauges {
   int64_t store_bytes = -1;  // -1: no store
   int64_t store_chunks = -1;
   int64_t store_max_bytes = -1;  // the store's budget, -1: none
+  RedisStats redis;              // the store's Redis tier (configured == false: none)
 };
 
 class Metrics {
@@ -53,7 +56,8 @@ class Metrics {
   // kvstash_completions_total, kvstash_ttft_seconds, kvstash_request_duration_seconds,
   // kvstash_queue_length, kvstash_active_sequences, kvstash_parallel_sequences,
   // kvstash_store_bytes, kvstash_store_chunks, kvstash_store_max_bytes (store ones only when a
-  // store is used), kvstash_cache_hit_ratio (cached / prompt tokens so far; 0 before any).
+  // store is used), kvstash_cache_hit_ratio (cached / prompt tokens so far; 0 before any), and
+  // with a Redis tier kvstash_redis_available and kvstash_redis_*_total (RedisStats' counters).
   std::string Render(const Gauges& gauges) const;
 
  private:

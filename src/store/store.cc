@@ -1,6 +1,7 @@
 // Store: opening a store directory, reading chunks (LoadPrefix, Verify, Stats, List) and handing
 // new ones to the background writer. docs/STORE.md describes the protocol.
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <thread>
 
@@ -8,6 +9,7 @@
 #include "store/chain_hash.h"
 #include "store/chunk_writer.h"
 #include "store/gc.h"
+#include "store/redis_tier.h"
 #include "store/store_files.h"
 #include "store/store_impl.h"
 
@@ -131,6 +133,11 @@ class StoreImpl : public Store::Impl {
         writer_(store::ChunkWriter::Options{env, paths_, chunk_tokens, options.sync,
                                             options.max_pending_bytes, options.max_bytes, &warn_}) {
   }
+  ~StoreImpl() override {
+    // The Redis publisher first: it reads nothing of the writer's, but the process may exit
+    // right after the Store, and queued chunks should reach Redis (bounded by its timeouts).
+    redis_.reset();
+  }
 
   LoadedPrefix LoadPrefix(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
                           const int32_t* tokens, size_t max_chunks,
@@ -150,10 +157,20 @@ class StoreImpl : public Store::Impl {
   // The namespace of a chunk file, from its header ("" when unreadable).
   std::string ReadNamespace(const ChunkEntry& entry) const;
 
+  // The Redis tier's part of LoadPrefix: chunks j >= out->chunks.size() of the request, checked
+  // as files are (CheckLoaded, the payload checksum), appended to `out` and queued for the
+  // directory.
+  void LoadFromRedis(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
+                     const int32_t* tokens, size_t k, const format::ChunkLayout& layout,
+                     LoadedPrefix* out);
+  // The new chunks of `writes` to Redis (encoded as files are).
+  void PublishToRedis(const std::vector<ChunkWrite>& writes);
+
   Env* env_;
   StorePaths paths_;
   uint32_t chunk_tokens_;
   store::WarnOnce warn_;
+  std::unique_ptr<store::RedisTier> redis_;  // null without --cache-redis
   store::ChunkWriter writer_;  // last: its thread uses the members above until it is joined
 };
 
@@ -276,12 +293,77 @@ LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
   for (size_t j = 0; j < out.chunks.size(); ++j) {
     (void)env_->SetMtime(paths[j], now);
   }
+  if (redis_ && out.chunks.size() < k) LoadFromRedis(ns, chain, tokens, k, layout, &out);
   return out;
+}
+
+void StoreImpl::LoadFromRedis(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
+                              const int32_t* tokens, size_t k, const format::ChunkLayout& layout,
+                              LoadedPrefix* out) {
+  const size_t first = out->chunks.size();
+  const std::string ns_hex = format::HashHex(ns);
+  std::vector<std::string> keys;
+  for (size_t j = first; j < k; ++j) {
+    keys.push_back(store::RedisChunkKey(ns_hex, format::HashHex(chain[j])));
+  }
+  const uint64_t bound = store::ChunkFileBytes(layout, chunk_tokens_);
+  // A value's size is in its header (everything else is checked once its parts are joined).
+  auto size_of = [](const std::string& head) -> uint64_t {
+    return format::ChunkFileSizeFromHead(reinterpret_cast<const uint8_t*>(head.data()),
+                                         head.size());
+  };
+  std::vector<std::string> values = redis_->FetchConsecutive(keys, bound, size_of);
+  uint64_t hits = 0, bad = 0;
+  std::vector<ChunkWrite> local;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const size_t j = first + i;
+    auto owned = std::make_unique<std::string>(std::move(values[i]));
+    const std::string name = "redis value " + keys[i];
+    auto view = format::ParseChunk(reinterpret_cast<const uint8_t*>(owned->data()), owned->size(),
+                                   name, /*verify_checksum=*/true);
+    const std::string why =
+        view.ok() ? CheckLoaded(*view, ns, chain, j, tokens, layout) : view.status().message();
+    if (!why.empty()) {
+      ++bad;  // never restored, whatever else is behind it
+      Warn("kvstash: " + name + " is refused: " + why);
+      break;
+    }
+    ++hits;
+    // Into the directory, so the next lookup here is local (not sent back to Redis).
+    ChunkWrite w;
+    w.header = view->header;
+    w.tokens = view->tokens;
+    w.kv.assign(reinterpret_cast<const char*>(view->kv), view->kv_size);
+    w.replace_bad = long(j) == out->first_bad;
+    local.push_back(std::move(w));
+    out->chunks.push_back(std::move(view.value()));
+    out->remote.push_back(std::move(owned));
+  }
+  redis_->Counted(hits, bad);
+  if (!local.empty()) {
+    store::PublishItem item;
+    item.ns = ns;
+    item.writes = std::move(local);
+    item.touch = chain;
+    (void)writer_.Enqueue(std::move(item));
+  }
+}
+
+void StoreImpl::PublishToRedis(const std::vector<ChunkWrite>& writes) {
+  for (const ChunkWrite& w : writes) {
+    std::string bytes = format::EncodeChunkHead(
+        w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
+    bytes += w.kv;
+    redis_->Publish(
+        store::RedisChunkKey(format::HashHex(w.header.ns), format::HashHex(w.header.hash)),
+        std::move(bytes));
+  }
 }
 
 size_t StoreImpl::Publish(const format::Hash256& ns, const std::string& ns_text,
                           std::vector<ChunkWrite> writes,
                           const std::vector<format::Hash256>& chain) {
+  if (redis_) PublishToRedis(writes);
   store::PublishItem item;
   item.ns = ns;
   item.ns_text = ns_text;
@@ -326,8 +408,16 @@ StoreImpl* Concrete(Store::Impl* impl) { return static_cast<StoreImpl*>(impl); }
 
 const std::string& Store::dir() const { return Concrete(impl_.get())->paths_.dir; }
 uint32_t Store::chunk_tokens() const { return Concrete(impl_.get())->chunk_tokens_; }
-void Store::WaitForWrites() { Concrete(impl_.get())->writer_.WaitIdle(); }
+void Store::WaitForWrites() {
+  StoreImpl* impl = Concrete(impl_.get());
+  impl->writer_.WaitIdle();
+  if (impl->redis_) impl->redis_->WaitIdle();
+}
 WriterStats Store::writer_stats() const { return Concrete(impl_.get())->writer_.stats(); }
+RedisStats Store::redis_stats() const {
+  const StoreImpl* impl = Concrete(impl_.get());
+  return impl->redis_ ? impl->redis_->stats() : RedisStats();
+}
 
 Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOptions& options) {
   Env* env = options.env != nullptr ? options.env : Env::Default();
@@ -368,6 +458,17 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   }
   auto impl = std::make_unique<StoreImpl>(env, dir, *found, options);
   if (!writable) impl->writer_.set_read_only("read-only");
+  if (!options.redis_url.empty()) {
+    auto url = store::ParseRedisUrl(options.redis_url);
+    if (!url.ok()) return url.status();
+    store::RedisTierOptions ro;
+    ro.url = *url;
+    ro.connect_timeout_ms = options.redis_connect_timeout_ms;
+    ro.command_timeout_ms = options.redis_command_timeout_ms;
+    store::WarnOnce* warn = &impl->warn_;
+    ro.warn = [warn](const std::string& line) { warn->SayAlways(line); };
+    impl->redis_ = std::make_unique<store::RedisTier>(std::move(ro));
+  }
   return std::shared_ptr<Store>(new Store(std::move(impl)));
 }
 
@@ -496,6 +597,12 @@ Result<uint64_t> Store::Clear(const std::string& ns_hash) {
     if (!entry.bad.empty()) continue;  // not ours to judge: Verify reports it
     if (!ns_hash.empty() && impl->ReadNamespace(entry) != format::HashHex(wanted)) continue;
     if (impl->env_->RemoveFile(entry.path).ok()) ++removed;
+  }
+  if (impl->redis_) {
+    auto unlinked = impl->redis_->Unlink(
+        "kvs:" + (ns_hash.empty() ? std::string("*") : format::HashHex(wanted) + ":*"));
+    if (!unlinked.ok()) return unlinked.status();
+    removed += *unlinked;
   }
   return removed;
 }

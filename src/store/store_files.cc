@@ -187,6 +187,14 @@ void WarnOnce::Say(const std::string& line) {
   }
 }
 
+void WarnOnce::SayAlways(const std::string& line) {
+  if (warn_) {
+    warn_(line);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
 void WarnOnce::Warn(const std::string& kind, const std::string& detail) {
   {
     std::lock_guard<std::mutex> lock(mu_);

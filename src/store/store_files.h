@@ -77,6 +77,8 @@ class WarnOnce {
   void Warn(const std::string& kind, const std::string& detail);
   // `line` as it is, once.
   void Say(const std::string& line);
+  // `line` as it is, every time (the caller decides how often: the Redis tier, once per outage).
+  void SayAlways(const std::string& line);
 
  private:
   std::string dir_;

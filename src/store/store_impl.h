@@ -29,6 +29,9 @@ struct ChunkWrite {
 struct LoadedPrefix {
   std::vector<std::unique_ptr<StableFile>> files;
   std::vector<format::ChunkView> chunks;  // chunks[j] is h_{j+1}, its kv points into files[j]
+  // Chunks after the files' come from the Redis tier: their bytes, which chunks[files.size()..]
+  // point into.
+  std::vector<std::unique_ptr<std::string>> remote;
   // Index (0-based into the chain) of the first chunk that exists but was refused (corrupt,
   // misnamed, wrong tokens or parent, another layout), or -1. Its publish must replace it.
   long first_bad = -1;

@@ -219,6 +219,7 @@ Result<std::shared_ptr<Store>> OpenChatStore(const StoreFlags& flags) {
   StoreOptions options;
   options.chunk_tokens = flags.chunk_tokens;
   options.max_bytes = flags.max_bytes;
+  options.redis_url = flags.redis;
   options.warn = [](const std::string& message) {
     std::fprintf(stderr, "warning: %s\n", message.c_str());
   };

@@ -251,6 +251,7 @@ Result<std::shared_ptr<Store>> OpenStore(const std::string& dir, const StoreFlag
   if (flags != nullptr) {
     options.chunk_tokens = flags->chunk_tokens;
     options.max_bytes = flags->max_bytes;
+    options.redis_url = flags->redis;
   }
   options.warn = [](const std::string& message) {
     std::fprintf(stderr, "warning: %s\n", message.c_str());
@@ -865,7 +866,9 @@ int CacheVerify(const CacheFlags& flags, const Store& store) {
 }  // namespace
 
 int RunCache(const CacheFlags& flags) {
-  auto opened = OpenStore(flags.dir, nullptr, /*create=*/false);
+  StoreFlags tiers;  // rm with --cache-redis also unlinks the chunks' keys in Redis
+  tiers.redis = flags.redis;
+  auto opened = OpenStore(flags.dir, &tiers, /*create=*/false);
   if (!opened.ok()) return Fail(opened.status());
   Store& store = **opened;
   if (flags.action == "stats") return CacheStats(flags, store);

@@ -25,6 +25,7 @@ struct StoreFlags {
   bool no_cache = false;           // --no-cache: ignore $KVSTASH_CACHE_DIR
   uint64_t max_bytes = 0;          // --cache-max-bytes: evict down to this after publishing
   uint32_t chunk_tokens = 0;       // --cache-chunk: tokens per chunk of a new store
+  std::string redis;               // --cache-redis URL (or $KVSTASH_CACHE_REDIS): a second tier
 };
 
 // llama.cpp's prompt flags, shared by save and run. Text from -p, -f, -sys and -r gets llama.cpp's
@@ -89,6 +90,7 @@ struct CacheFlags {
   std::optional<std::string> max_bytes;  // gc: a byte count, with an optional K/M/G/T suffix
   std::string ns;                        // rm: one namespace (hash); empty: all
   bool all = false;                      // rm: every chunk
+  std::string redis;                     // --cache-redis: stats and rm cover the Redis tier too
 };
 
 struct MakeModelFlags {

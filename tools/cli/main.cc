@@ -63,12 +63,21 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* common) {
   cmd->add_flag("-v,--verbose", common->verbose, "show llama.cpp's log lines on stderr");
 }
 
+// --cache-redis: the prefix store's Redis tier (README, "Several machines").
+void AddRedisFlag(CLI::App* cmd, std::string* url) {
+  cmd->add_option("--cache-redis", *url,
+                  "share the prefix store through Redis: redis://[user:password@]host:port[/db] "
+                  "(default: $KVSTASH_CACHE_REDIS); Redis being down never fails a request")
+      ->envname("KVSTASH_CACHE_REDIS");
+}
+
 void AddStoreFlags(CLI::App* cmd, StoreFlags* store, std::string* max_bytes) {
   cmd->add_option("--cache-dir", store->dir,
                   "prefix store directory: reuse the longest prefix any earlier run computed, "
                   "publish the new chunks (default: $KVSTASH_CACHE_DIR)")
       ->envname("KVSTASH_CACHE_DIR");
   cmd->add_flag("--no-cache", store->no_cache, "do not use a prefix store ($KVSTASH_CACHE_DIR)");
+  AddRedisFlag(cmd, &store->redis);
   cmd->add_option("--cache-max-bytes", *max_bytes,
                   "evict least recently used chunks down to this size after publishing "
                   "(e.g. 20G; default: no limit)");
@@ -282,6 +291,7 @@ void AddServe(Cli* cli) {
                   "$XDG_CACHE_HOME/kvstash/store or ~/.cache/kvstash/store)")
       ->envname("KVSTASH_CACHE_DIR");
   cmd->add_flag("--no-cache", s.no_cache, "serve without a prefix store");
+  AddRedisFlag(cmd, &s.cache_redis);
   cmd->add_option("--cache-max-bytes", cli->serve_max_bytes,
                   "evict least recently used chunks down to this size (e.g. 20G)");
   cmd->add_option("--cache-chunk", s.cache_chunk, "tokens per chunk of a new store (default 256)");
@@ -357,6 +367,7 @@ void AddOthers(Cli* cli) {
   cli->cache_cmd->add_option("--cache-dir", cache.dir, "the store (default: $KVSTASH_CACHE_DIR)")
       ->envname("KVSTASH_CACHE_DIR");
   cli->cache_cmd->add_flag("--json", cache.json, "print one JSON object (errors too)");
+  AddRedisFlag(cli->cache_cmd, &cache.redis);
   cli->cache_cmd->add_option("--max-bytes", cache.max_bytes,
                              "gc: evict least recently used chunks down to this size (e.g. 2G)");
   cli->cache_cmd->add_option("--namespace", cache.ns, "rm: the chunks of this namespace only");
