@@ -5,9 +5,11 @@
 //   restore   a P-token prefix from chunks against Session::Open of one session file of the same
 //             tokens, page cache hot and cold;
 //   turns     time to first token of turn k of a conversation, through the store and cold;
-//   align     prefill tokens/s decoding in chunk-aligned groups against one free group.
+//   align     prefill tokens/s decoding in chunk-aligned groups against one free group;
+//   redis     (with --redis URL) time to first token of a P-token prefix restored from Redis into
+//             an empty directory, against the local directory, and where the time went.
 //
-//   kvstash-store-bench [--dir DIR] [--json FILE] [--quick] [-t THREADS]
+//   kvstash-store-bench [--dir DIR] [--json FILE] [--quick] [-t THREADS] [--redis URL]
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,8 +40,9 @@ struct Flags {
   std::string json_path;
   std::string system_prompt_file = "demo/system-prompt.txt";
   bool quick = false;  // smaller runs, for a smoke test
-  std::string only;    // one of dedup, restore, turns, align; empty: all
+  std::string only;    // one of dedup, restore, turns, align, redis; empty: all
   int threads = 0;
+  std::string redis;  // redis://host:port of a server the bench may fill (and empty)
 };
 
 Flags ParseFlags(int argc, char** argv) {
@@ -62,9 +65,11 @@ Flags ParseFlags(int argc, char** argv) {
       f.quick = true;
     else if (arg == "-t")
       f.threads = std::stoi(value());
+    else if (arg == "--redis")
+      f.redis = value();
     else
       Die("usage: kvstash-store-bench [--dir DIR] [--json FILE] [--system-prompt FILE] [--quick] "
-          "[--only dedup|restore|turns|align] [-t THREADS]");
+          "[--only dedup|restore|turns|align|redis] [-t THREADS] [--redis URL]");
   }
   return f;
 }
@@ -377,6 +382,76 @@ json Dedup(const Flags& flags, const std::shared_ptr<Model>& model, int n_conv) 
           {"ratio", double(session_bytes) / double(stats.bytes)}};
 }
 
+// A P-token prefix published through a store with a Redis tier; then, each repetition, a context
+// created through the store and the next token decoded: from the local directory (page cache hot)
+// and from Redis into an empty directory (loopback). RedisStats splits the Redis restore into the
+// EXISTS/GET rounds and the checks; the rest is assembling and llama.cpp's restore.
+json RedisRestore(const Flags& flags, const std::shared_ptr<Model>& model, const std::string& shape,
+                  int P, int reps) {
+  std::fprintf(stderr, "[redis %s P=%d] prefill and publish...\n", shape.c_str(), P);
+  std::vector<Token> tokens = SystemTokens(flags, *model, P + 1);
+  const std::vector<Token> prefix(tokens.begin(), tokens.begin() + P);
+  const uint32_t n_ctx = P + 256;
+  const std::string local_dir = flags.dir + "/redis-local-" + shape + std::to_string(P);
+  StoreOptions with_redis;
+  with_redis.sync = false;
+  with_redis.redis_url = flags.redis;
+  {
+    if (std::system(("rm -rf '" + local_dir + "'").c_str()) != 0) Die("cannot clear");
+    auto store = Check(Store::Open(local_dir, with_redis), "open store");
+    (void)Check(store->Clear(), "empty the directory and Redis");
+    auto s = Check(Session::Create(model, Context(flags, n_ctx)), "create");
+    const auto t0 = Clock::now();
+    Check(s->Sync(tokens, *store).status(), "sync");
+    const double prefill = Ms(t0, Clock::now());
+    s.reset();
+    store->WaitForWrites();
+    if (store->redis_stats().chunks_published == 0) Die("nothing reached Redis");
+    json out = {{"shape", shape}, {"tokens", P}, {"cold_ttft_ms", prefill}};
+    StoreOptions local_only;
+    local_only.sync = false;
+    auto local = Check(Store::Open(local_dir, local_only), "open local store");
+    std::vector<double> local_ttft, redis_ttft, redis_restore, fetch, check, mbps;
+    uint64_t bytes = 0;
+    for (int r = 0; r <= reps; ++r) {  // the first is a warm-up
+      SyncResult synced;
+      auto t1 = Clock::now();
+      auto l = Check(Session::Create(model, Context(flags, n_ctx), tokens, *local, {}, &synced),
+                     "create through the local store");
+      const double lt = Ms(t1, Clock::now());
+      if (synced.n_restored != static_cast<size_t>(P)) Die("the local store did not restore P");
+      l.reset();
+      const std::string empty_dir = local_dir + "-empty";
+      if (std::system(("rm -rf '" + empty_dir + "'").c_str()) != 0) Die("cannot clear");
+      auto remote = Check(Store::Open(empty_dir, with_redis), "open an empty store with Redis");
+      t1 = Clock::now();
+      auto s2 = Check(Session::Create(model, Context(flags, n_ctx), tokens, *remote, {}, &synced),
+                      "create through Redis");
+      const double rt = Ms(t1, Clock::now());
+      if (synced.n_restored != static_cast<size_t>(P)) Die("Redis did not restore P tokens");
+      const RedisStats st = remote->redis_stats();
+      s2.reset();
+      remote->WaitForWrites();
+      if (r == 0) continue;
+      local_ttft.push_back(lt);
+      redis_ttft.push_back(rt);
+      redis_restore.push_back(synced.restore_ms);
+      fetch.push_back(st.fetch_ms);
+      check.push_back(st.check_ms);
+      bytes = st.bytes_read;
+      mbps.push_back(st.bytes_read / 1048576.0 / (st.fetch_ms / 1000.0));
+    }
+    out["bytes"] = bytes;
+    out["local_ttft_ms"] = Median(local_ttft);
+    out["redis_ttft_ms"] = Median(redis_ttft);
+    out["redis_restore_ms"] = Median(redis_restore);
+    out["redis_fetch_ms"] = Median(fetch);
+    out["redis_check_ms"] = Median(check);
+    out["redis_fetch_mib_s"] = Median(mbps);
+    return out;
+  }
+}
+
 void PrintTables(const json& r) {
   const json& d = r["dedup"];
   if (!d.empty()) {
@@ -424,6 +499,26 @@ void PrintTables(const json& r) {
                 t["warm_publish_ms"].get<double>());
   }
 
+  if (!r["redis"].empty()) {
+    std::printf(
+        "\n### A P-token prefix from Redis (loopback) into an empty directory, against the local "
+        "directory and a cold prefill (KV f16, median ms)\n\n");
+    std::printf(
+        "| shape | P | MiB | cold TTFT | local TTFT | Redis TTFT | Redis restore | of which "
+        "EXISTS+GET | checks | assemble+llama | GET MiB/s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const auto& x : r["redis"]) {
+      const double restore = x["redis_restore_ms"].get<double>();
+      const double fetch = x["redis_fetch_ms"].get<double>();
+      const double check = x["redis_check_ms"].get<double>();
+      std::printf("| %s | %d | %.1f | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f |\n",
+                  x["shape"].get<std::string>().c_str(), x["tokens"].get<int>(),
+                  x["bytes"].get<double>() / 1048576, x["cold_ttft_ms"].get<double>(),
+                  x["local_ttft_ms"].get<double>(), x["redis_ttft_ms"].get<double>(), restore,
+                  fetch, check, restore - fetch - check, x["redis_fetch_mib_s"].get<double>());
+    }
+  }
+
   std::printf("\n### Chunk-aligned decoding: prefill tokens/s (KV f16, median)\n\n");
   std::printf("| shape | P | free | aligned | aligned/free time |\n|---|---|---|---|---|\n");
   for (const auto& a : r["align"]) {
@@ -445,7 +540,8 @@ int main(int argc, char** argv) {
   json r = {{"dedup", json::object()},
             {"restore", json::array()},
             {"turns", json::array()},
-            {"align", json::array()}};
+            {"align", json::array()},
+            {"redis", json::array()}};
   if (run("dedup")) r["dedup"] = Dedup(flags, small, flags.quick ? 4 : 50);
   for (int P : flags.quick ? std::vector<int>{2048} : std::vector<int>{2048, 8192})
     if (run("restore")) r["restore"].push_back(Restore(flags, small, P, flags.quick ? 2 : 5));
@@ -455,6 +551,15 @@ int main(int argc, char** argv) {
     r["align"].push_back(Align(flags, small, "small", 8192, 1));
     auto big = LoadShape(flags, "bench");
     r["align"].push_back(Align(flags, big, "bench", 2048, 1));
+  }
+  if (!flags.redis.empty() && run("redis")) {
+    const int reps = flags.quick ? 1 : 3;
+    for (int P : flags.quick ? std::vector<int>{2048} : std::vector<int>{2048, 8192})
+      r["redis"].push_back(RedisRestore(flags, small, "small", P, reps));
+    if (!flags.quick) {
+      auto big = LoadShape(flags, "bench");
+      r["redis"].push_back(RedisRestore(flags, big, "bench", 2048, reps));
+    }
   }
   PrintTables(r);
   if (!flags.json_path.empty()) {

@@ -68,6 +68,8 @@ struct RedisStats {
   uint64_t chunks_existing = 0;  // another machine had published the chunk first
   uint64_t publish_dropped = 0;  // queue full, Redis down or refusing writes
   uint64_t bytes_written = 0;
+  double fetch_ms = 0;  // time in lookups' EXISTS and GET rounds (the network and Redis)
+  double check_ms = 0;  // time checking fetched values (checksums, chain, tokens, layout)
 };
 
 struct NamespaceStats {

@@ -71,9 +71,10 @@ class RedisTier {
 
   // The store's verdict on values FetchConsecutive returned: `hits` used, `bad` refused by the
   // chunk checks (each a miss).
-  void Counted(uint64_t hits, uint64_t bad) {
+  void Counted(uint64_t hits, uint64_t bad, int64_t check_ns) {
     counters_.hits += hits;
     counters_.bad += bad;
+    counters_.check_ns += static_cast<uint64_t>(check_ns);
   }
 
   RedisStats stats() const;
@@ -109,7 +110,7 @@ class RedisTier {
 
   struct Counters {
     std::atomic<uint64_t> lookups{0}, hits{0}, misses{0}, bad{0}, errors{0}, outages{0};
-    std::atomic<uint64_t> bytes_read{0};
+    std::atomic<uint64_t> bytes_read{0}, fetch_ns{0}, check_ns{0};
     std::atomic<uint64_t> published{0}, existing{0}, dropped{0}, bytes_written{0};
   };
   mutable Counters counters_;

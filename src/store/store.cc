@@ -314,6 +314,7 @@ void StoreImpl::LoadFromRedis(const format::Hash256& ns, const std::vector<forma
   };
   std::vector<std::string> values = redis_->FetchConsecutive(keys, bound, size_of);
   uint64_t hits = 0, bad = 0;
+  const int64_t check_start = store::NowNs();
   std::vector<ChunkWrite> local;
   for (size_t i = 0; i < values.size(); ++i) {
     const size_t j = first + i;
@@ -339,7 +340,7 @@ void StoreImpl::LoadFromRedis(const format::Hash256& ns, const std::vector<forma
     out->chunks.push_back(std::move(view.value()));
     out->remote.push_back(std::move(owned));
   }
-  redis_->Counted(hits, bad);
+  redis_->Counted(hits, bad, store::NowNs() - check_start);
   if (!local.empty()) {
     store::PublishItem item;
     item.ns = ns;
@@ -465,6 +466,7 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
     ro.url = *url;
     ro.connect_timeout_ms = options.redis_connect_timeout_ms;
     ro.command_timeout_ms = options.redis_command_timeout_ms;
+    ro.max_pending_bytes = options.max_pending_bytes;  // the same bound as the directory's writer
     store::WarnOnce* warn = &impl->warn_;
     ro.warn = [warn](const std::string& line) { warn->SayAlways(line); };
     impl->redis_ = std::make_unique<store::RedisTier>(std::move(ro));
