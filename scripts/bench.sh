@@ -111,11 +111,23 @@ print(f"\nCLI warm load_ms {load_ms:.1f} ms vs one read of the {size / 2**20:.1f
 result["cli_load_ms"], result["read_session_file_ms"] = load_ms, read_ms
 json.dump(result, open(f"{out}/cli.json", "w"), indent=2)
 PY
-echo "== kvstash-store-bench: dedup, restore from chunks, TTFT per turn, cost of aligned decoding"
+echo "== kvstash-store-bench: dedup, restore from chunks, TTFT per turn, cost of aligned decoding, Redis"
 store_args=()
 [ "${BENCH_QUICK:-0}" = 1 ] && store_args=(--quick)
+# The Redis tier against a redis-server of its own on a free loopback port (emptied by the bench).
+redis_dir=$(mktemp -d)
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+if command -v redis-server >/dev/null; then
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" --save "" --appendonly no \
+    --loglevel warning >/dev/null 2>&1 &
+  redis_pid=$!
+  sleep 0.5
+  store_args+=(--redis "redis://127.0.0.1:$redis_port")
+fi
 "$root/$build/bench/kvstash-store-bench" "${store_args[@]}" --dir "$work/store" \
   --system-prompt "$root/demo/system-prompt.txt" --json "$out/store.json" | tee "$out/store.md"
+[ -n "${redis_pid:-}" ] && { kill "$redis_pid"; wait "$redis_pid" 2>/dev/null; }
+rm -rf "$redis_dir"
 
 python3 "$root/scripts/bench_chart.py" "$out/bench.json" "$out" "$out/store.json" &&
   ls "$out"/*.png 2>/dev/null | sed "s/^/chart: /" || true

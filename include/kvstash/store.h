@@ -33,8 +33,9 @@ struct StoreOptions {
   // The byte budget of the chunks: after publishing, the writer evicts (least recently used,
   // leaf first) down to it. 0: no budget.
   uint64_t max_bytes = 0;
-  // Bytes of chunks waiting for the background writer; a publish that would exceed it is dropped
-  // (counted in WriterStats), so a slow disk never blocks an answer.
+  // Bytes of chunks waiting for the background writer (and, with Redis, as many for its publisher);
+  // a publish that would exceed it is dropped (counted in WriterStats, RedisStats), so a slow disk
+  // or network never blocks an answer.
   uint64_t max_pending_bytes = uint64_t{1} << 30;
   // Create the directory (and its parents) when missing.
   bool create = true;
