@@ -157,6 +157,10 @@ typedef struct kvstash_store_options {
   uint64_t max_pending_bytes; /* bytes queued for the background writer (1 GiB) */
   bool create;                /* create the directory when missing (true) */
   bool sync;                  /* fsync chunk files before publishing (true) */
+  /* A Redis tier shared by several machines: "redis://[user:password@]host:port[/db]"; NULL or
+     "": none. Redis being down or full never fails a lookup (README, "Several machines"). The
+     password is never printed. Copied by kvstash_store_open. */
+  const char* redis_url;
 } kvstash_store_options;
 KVSTASH_API void kvstash_store_options_init(kvstash_store_options* options, size_t size);
 

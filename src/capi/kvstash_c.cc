@@ -458,6 +458,7 @@ void kvstash_store_options_init(kvstash_store_options* options, size_t size) {
   d.max_pending_bytes = uint64_t{1} << 30;
   d.create = true;
   d.sync = true;
+  d.redis_url = nullptr;
   FillDefaults(options, size, &d);
 }
 
@@ -476,6 +477,7 @@ kvstash_status kvstash_store_open(const char* dir, const kvstash_store_options* 
       KVSTASH_READ_FIELD(o, options, max_pending_bytes);
       KVSTASH_READ_FIELD(o, options, create);
       KVSTASH_READ_FIELD(o, options, sync);
+      KVSTASH_READ_FIELD(o, options, redis_url);
     }
     kvstash::StoreOptions so;
     so.chunk_tokens = o.chunk_tokens;
@@ -483,6 +485,7 @@ kvstash_status kvstash_store_open(const char* dir, const kvstash_store_options* 
     so.max_pending_bytes = o.max_pending_bytes;
     so.create = o.create;
     so.sync = o.sync;
+    if (o.redis_url != nullptr) so.redis_url = o.redis_url;
     auto store = kvstash::Store::Open(dir, so);
     if (!store.ok()) return FromStatus(store.status());
     auto handle = std::make_unique<kvstash_store>();

@@ -376,16 +376,21 @@ class Store(_Handle):
     close() waits for queued writes.
 
     ``Store(dir, chunk_tokens=None, max_bytes=None, max_pending_bytes=None, create=None,
-    sync=None)``: None takes the library's default (256 tokens a chunk for a new store, no byte
-    budget, 1 GiB queued, create the directory, fsync chunks)."""
+    sync=None, redis_url=None)``: None takes the library's default (256 tokens a chunk for a new
+    store, no byte budget, 1 GiB queued, create the directory, fsync chunks, no Redis tier).
+    ``redis_url``: "redis://[user:password@]host:port[/db]", a Redis tier shared by several
+    machines; Redis being down or full never fails a lookup, and the password is never printed."""
     _free = _lib.kvstash_store_free
 
     def __init__(self, dir, chunk_tokens: Optional[int] = None, max_bytes: Optional[int] = None,
                  max_pending_bytes: Optional[int] = None, create: Optional[bool] = None,
-                 sync: Optional[bool] = None):
+                 sync: Optional[bool] = None, redis_url: Optional[str] = None):
+        # The bytes stay referenced (by redis_b) until kvstash_store_open has copied them.
+        redis_b = None if redis_url is None else _cstr("redis_url", redis_url)
         opts = _options(_ffi.kvstash_store_options, _lib.kvstash_store_options_init,
                         dict(chunk_tokens=chunk_tokens, max_bytes=max_bytes,
-                             max_pending_bytes=max_pending_bytes, create=create, sync=sync))
+                             max_pending_bytes=max_pending_bytes, create=create, sync=sync,
+                             redis_url=redis_b))
         out = _c.c_void_p()
         _check(_lib.kvstash_store_open(_path(dir), _c.byref(opts), _c.byref(out)))
         self._handle = out.value

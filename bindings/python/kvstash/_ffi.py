@@ -120,7 +120,8 @@ class kvstash_chat_message(Structure):
 
 class kvstash_store_options(Structure):
     _fields_ = [("size", c_uint32), ("chunk_tokens", c_uint32), ("max_bytes", c_uint64),
-                ("max_pending_bytes", c_uint64), ("create", c_bool), ("sync", c_bool)]
+                ("max_pending_bytes", c_uint64), ("create", c_bool), ("sync", c_bool),
+                ("redis_url", c_char_p)]
 
 
 class kvstash_store_stats(Structure):
@@ -191,7 +192,7 @@ class kvstash_file_info(Structure):
 # (size, alignment) as gcc gives them on LP64 Linux; checked when the library is loaded.
 LAYOUTS = {
     kvstash_model_options: (12, 4), kvstash_chat_message: (16, 8),
-    kvstash_store_options: (32, 8), kvstash_store_stats: (72, 8), kvstash_gc_report: (32, 8),
+    kvstash_store_options: (40, 8), kvstash_store_stats: (72, 8), kvstash_gc_report: (32, 8),
     kvstash_session_options: (48, 8), kvstash_open_options: (48, 8),
     kvstash_sync_result: (48, 8), kvstash_sample_options: (64, 8), kvstash_generation: (40, 8),
     kvstash_save_options: (8, 4), kvstash_open_stats: (48, 8), kvstash_file_info: (120, 8),

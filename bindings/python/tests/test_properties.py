@@ -197,6 +197,20 @@ class Streaming(Base):
 
 
 class StoreReuse(Base):
+    def test_redis_url(self):
+        # A URL that cannot be parsed is refused, without its password.
+        with self.assertRaises(kvstash.InvalidArgumentError) as e:
+            kvstash.Store(self.path("store-bad"), redis_url="http://user:pa55word@127.0.0.1:1")
+        self.assertIn("redis://", str(e.exception))
+        self.assertNotIn("pa55word", str(e.exception))
+        # A Redis that is not there: the store works without it (every lookup a miss).
+        with kvstash.Store(self.path("store-down"), chunk_tokens=16,
+                           redis_url="redis://:pa55word@127.0.0.1:1") as store:
+            tokens = self.model.tokenize(PREFIX + SUFFIX)
+            with kvstash.Session.create(self.model, n_ctx=512) as s:
+                r = s.sync(tokens, store)
+                self.assertEqual((r.n_restored, r.n_decoded), (0, len(tokens)))
+
     def test_sync_twice(self):
         with kvstash.Store(self.path("store"), chunk_tokens=16) as store:
             tokens = self.model.tokenize(PREFIX + PREFIX + SUFFIX)

@@ -452,6 +452,9 @@ pub struct StoreOptions {
     pub create: bool,
     /// fsync chunk files before publishing (true).
     pub sync: bool,
+    /// A Redis tier shared by several machines, `redis://[user:password@]host:port[/db]` (None:
+    /// none). Redis being down or full never fails a lookup; the password is never printed.
+    pub redis_url: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -463,6 +466,11 @@ impl Default for StoreOptions {
             max_pending_bytes: c.max_pending_bytes,
             create: c.create,
             sync: c.sync,
+            redis_url: if c.redis_url.is_null() {
+                None
+            } else {
+                Some(unsafe { owned_str(c.redis_url) })
+            },
         }
     }
 }
@@ -529,12 +537,17 @@ impl Store {
 
     pub fn open_with(dir: impl AsRef<Path>, options: &StoreOptions) -> Result<Store> {
         let dir = c_path(dir.as_ref())?;
+        let redis_url = match &options.redis_url {
+            Some(u) => Some(c_string("redis_url", u)?),
+            None => None,
+        };
         let mut c = unsafe { c_defaults(sys::kvstash_store_options_init) };
         c.chunk_tokens = options.chunk_tokens;
         c.max_bytes = options.max_bytes;
         c.max_pending_bytes = options.max_pending_bytes;
         c.create = options.create;
         c.sync = options.sync;
+        c.redis_url = redis_url.as_ref().map_or(ptr::null(), |u| u.as_ptr());
         let mut out = ptr::null_mut();
         check(unsafe { sys::kvstash_store_open(dir.as_ptr(), &c, &mut out) })?;
         Ok(Store {

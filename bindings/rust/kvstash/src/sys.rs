@@ -71,6 +71,7 @@ pub struct kvstash_store_options {
     pub max_pending_bytes: u64,
     pub create: bool,
     pub sync: bool,
+    pub redis_url: *const c_char,
 }
 
 #[repr(C)]
@@ -389,7 +390,7 @@ mod tests {
         }
         check::<kvstash_model_options>("kvstash_model_options", 12, 4);
         check::<kvstash_chat_message>("kvstash_chat_message", 16, 8);
-        check::<kvstash_store_options>("kvstash_store_options", 32, 8);
+        check::<kvstash_store_options>("kvstash_store_options", 40, 8);
         check::<kvstash_store_stats>("kvstash_store_stats", 72, 8);
         check::<kvstash_gc_report>("kvstash_gc_report", 32, 8);
         check::<kvstash_session_options>("kvstash_session_options", 48, 8);

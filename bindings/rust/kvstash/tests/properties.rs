@@ -356,3 +356,35 @@ fn llama_cpp_sampling_options() {
         .append_text(PREFIX)
         .unwrap();
 }
+
+#[test]
+fn store_redis_url_is_passed_on() {
+    let dir = TempDir::new("store-redis");
+    // A URL that cannot be parsed is refused, without its password.
+    let e = Store::open_with(
+        dir.path("bad"),
+        &StoreOptions {
+            redis_url: Some("http://user:pa55word@127.0.0.1:1".to_string()),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::InvalidArgument, "{}", e);
+    assert!(e.to_string().contains("redis://") && !e.to_string().contains("pa55word"), "{}", e);
+    assert_eq!(StoreOptions::default().redis_url, None);
+    // A Redis that is not there: the store works without it (every lookup a miss).
+    let model = model_a();
+    let store = Store::open_with(
+        dir.path("down"),
+        &StoreOptions {
+            chunk_tokens: 16,
+            redis_url: Some("redis://:pa55word@127.0.0.1:1".to_string()),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let tokens = model.tokenize(&format!("{}{}", PREFIX, SUFFIX), true).unwrap();
+    let mut s = Session::create(&model, &small_ctx()).unwrap();
+    let r = s.sync(&tokens, Some(&store)).unwrap();
+    assert_eq!((r.n_restored, r.n_decoded), (0, tokens.len()));
+}
