@@ -119,9 +119,12 @@ RedisTier::~RedisTier() {
 }
 
 RedisConnection* RedisTier::Usable(std::unique_ptr<RedisConnection>& conn) {
-  if (conn) return conn.get();
   {
     std::lock_guard<std::mutex> lock(state_mu_);
+    // An outage the other connection saw: this one, idle meanwhile, is as dead (its first command
+    // would fail and report the same outage twice). Reconnect when the backoff allows.
+    if (conn && !down_) return conn.get();
+    conn.reset();
     if (down_ && NowNs() < retry_at_ns_) return nullptr;
   }
   auto made = RedisConnection::Connect(options_);
@@ -331,9 +334,12 @@ bool RedisTier::PublishOne(const std::string& key, const std::string& value) {
       oom_warned_ = true;
     }
     if (say && options_.warn) {
-      options_.warn("kvstash: Redis at " + options_.url.Redacted() + " refuses writes (" +
-                    std::string(r->str, r->len) +
-                    "); chunks are not published to it (set maxmemory-policy allkeys-lru)");
+      const std::string why(r->str, r->len);
+      const bool oom = why.rfind("OOM", 0) == 0;
+      options_.warn(
+          "kvstash: Redis at " + options_.url.Redacted() + " refuses writes (" + why +
+          "); chunks are not published to it" +
+          (oom ? " (set maxmemory-policy allkeys-lru so that Redis evicts instead)" : ""));
     }
     return false;
   }

@@ -199,7 +199,7 @@ std::string StoreImpl::CheckLoaded(const format::ChunkView& view, const format::
                                    const int32_t* tokens, const format::ChunkLayout& layout) const {
   const format::ChunkHeader& h = view.header;
   const format::Hash256& parent = j == 0 ? ns : chain[j - 1];
-  if (h.hash != chain[j]) return "its header names another chunk than its file name";
+  if (h.hash != chain[j]) return "its header names another chunk than its file name or key";
   if (h.index != j + 1) return "its header gives index " + std::to_string(h.index);
   if (h.ns != ns) return "it belongs to another namespace (" + format::HashHex(h.ns) + ")";
   if (h.parent != parent) return "its parent is not the previous chunk of this prompt";
