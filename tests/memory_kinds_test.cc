@@ -405,9 +405,11 @@ namespace kvstash {
 namespace {
 
 // Real shapes (mamba2-130m's, q8_0): a state of ~19 MB, more than the bound Open used to allow
-// for a file (it left the state out), and a snapshot every 19 chunks of 16 tokens, more than a
-// 100-token prompt fills (a lookup that found chunks but no snapshot crashed).
-TEST(MemoryKindRealShapeTest, RecurrentSessionsOpenAndShortStoresAreAMiss) {
+// for a file (it left the state out), and a snapshot every 3 chunks (P = 3 for 16-token chunks):
+// a store holding fewer chunks than that is a miss (such a lookup crashed: it restored chunks it
+// had found but not assembled), and one holding more restores up to the last snapshot, with the
+// cold run's logits.
+TEST(MemoryKindRealShapeTest, RecurrentSessionsOpenAndTheStoreRestoresAtSnapshots) {
   TestModelSpec spec;
   spec.arch = TestArch::kMamba2;
   spec.shape = TestShape::kSmall;
@@ -432,23 +434,28 @@ TEST(MemoryKindRealShapeTest, RecurrentSessionsOpenAndShortStoresAreAMiss) {
 
   auto store = testing::NewTestStore("mamba2-small", 16);
   ASSERT_NE(store, nullptr);
-  std::vector<float> first_logits;
-  for (int run = 0; run < 2; ++run) {
+  auto sync = [&](const std::vector<Token>& tokens, size_t want_restored) {
     auto s = Session::Create(*model, options);
-    ASSERT_TRUE(s.ok());
-    auto synced = (*s)->Sync(prompt, *store);
-    ASSERT_TRUE(synced.ok()) << synced.status().ToString();
-    EXPECT_EQ(synced->n_restored, 0u) << "6 chunks stored, a snapshot only every 19";
+    EXPECT_TRUE(s.ok());
+    if (!s.ok()) return std::vector<float>{};
+    auto synced = (*s)->Sync(tokens, *store);
+    EXPECT_TRUE(synced.ok()) << synced.status().ToString();
+    if (!synced.ok()) return std::vector<float>{};
+    EXPECT_EQ(synced->n_restored, want_restored) << tokens.size() << " tokens";
     auto logits = (*s)->Logits();
-    ASSERT_TRUE(logits.ok());
-    if (run == 0) {
-      first_logits = *logits;
-    } else {
-      EXPECT_EQ(*logits, first_logits);
-    }
+    EXPECT_TRUE(logits.ok());
     s->reset();
     store->WaitForWrites();
-  }
+    return logits.ok() ? *logits : std::vector<float>{};
+  };
+  // 40 tokens: 2 whole chunks stored, none with a snapshot (the first is at chunk 3).
+  const std::vector<Token> short_prompt(prompt.begin(), prompt.begin() + 40);
+  const std::vector<float> short_cold = sync(short_prompt, 0);
+  EXPECT_EQ(sync(short_prompt, 0), short_cold);
+  // 100 tokens: decoded from the start (chunks 1-2 are there, but no snapshot), chunks 3-6
+  // published with snapshots at 3 and 6; the next run restores all 6 (96 tokens).
+  const std::vector<float> cold = sync(prompt, 0);
+  EXPECT_EQ(sync(prompt, 96), cold);
 }
 
 }  // namespace

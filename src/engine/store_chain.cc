@@ -57,9 +57,10 @@ format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLay
     c.swa_n_embd_v = swa.n_embd_v;
   }
   if (l.kind == MemoryKind::kRecurrent || l.kind == MemoryKind::kHybrid) {
-    // A snapshot every P chunks, P such that snapshots cost about the chunks' own KV (a plain
-    // model's, 1 MiB at least, for a recurrent model that has none), 1 to 64.
-    const uint64_t own = std::max<uint64_t>(c.KvBytes(chunk), uint64_t{1} << 20);
+    // A snapshot every P chunks, P such that snapshots cost about the chunks' own KV, or 8 MiB a
+    // chunk at least (what a plain model of ~0.5B parameters costs for 256 tokens; a recurrent
+    // model has no KV of its own), 1 to 64.
+    const uint64_t own = std::max<uint64_t>(c.KvBytes(chunk), uint64_t{8} << 20);
     c.snapshot_bytes = shape.snapshot_bytes;
     c.snapshot_every =
         static_cast<uint32_t>(std::clamp<uint64_t>((shape.snapshot_bytes + own - 1) / own, 1, 64));

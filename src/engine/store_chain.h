@@ -33,7 +33,8 @@ format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& para
 
 // The chunk layout of a namespace of `shape` with chunks of `chunk` tokens (kIswa: the window
 // cells each chunk carries; kRecurrent/kHybrid: every how many chunks a snapshot is kept, so
-// that snapshots cost about what the chunks' own KV costs, at most every 64th chunk).
+// that snapshots cost about what the chunks' own KV costs, 8 MiB a chunk at least, at most every
+// 64th chunk).
 format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLayout& plain,
                                  uint32_t chunk, uint32_t n_swa);
 
