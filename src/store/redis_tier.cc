@@ -1,6 +1,7 @@
 #include "store/redis_tier.h"
 
 #include <hiredis/hiredis.h>
+#include <poll.h>
 
 #include <chrono>
 
@@ -49,6 +50,7 @@ class RedisConnection {
     if (c->err != 0) return Status::IOError(std::string("cannot connect: ") + c->errstr);
     if (redisSetTimeout(c, Millis(o.command_timeout_ms)) != REDIS_OK)
       return Status::IOError("cannot set the command timeout");
+    conn->timeout_ms_ = o.command_timeout_ms;
     std::vector<std::vector<std::string>> setup;
     if (!o.url.password.empty()) {
       if (o.url.user.empty()) {
@@ -73,9 +75,13 @@ class RedisConnection {
 
   ~RedisConnection() { redisFree(c_); }
 
-  // Sends every command, then reads every reply. Error replies are replies (the caller decides);
-  // a connection or timeout failure is a Status.
-  Result<std::vector<Reply>> Pipeline(const std::vector<std::vector<std::string>>& commands) {
+  // Sends every command, then reads every reply, each at most `max_reply_bytes` and within the
+  // command timeout plus a second per MiB it holds: a server that trickles a reply (each byte
+  // within the socket's timeout) or announces a huge one fails the pipeline instead of holding
+  // the caller for hours or filling its memory. Error replies are replies (the caller decides); a
+  // connection, timeout or size failure is a Status, and leaves the connection unusable.
+  Result<std::vector<Reply>> Pipeline(const std::vector<std::vector<std::string>>& commands,
+                                      size_t max_reply_bytes = size_t{1} << 20) {
     for (const auto& cmd : commands) {
       std::vector<const char*> argv;
       std::vector<size_t> lens;
@@ -88,21 +94,48 @@ class RedisConnection {
         return Error("cannot queue a command");
       }
     }
+    for (int done = 0; !done;) {
+      if (redisBufferWrite(c_, &done) != REDIS_OK) return Error("cannot send the commands");
+    }
     std::vector<Reply> replies;
     for (size_t i = 0; i < commands.size(); ++i) {
-      void* raw = nullptr;
-      if (redisGetReply(c_, &raw) != REDIS_OK || raw == nullptr) return Error("no reply");
-      replies.emplace_back(static_cast<redisReply*>(raw));
+      auto reply = ReadReply(max_reply_bytes);
+      if (!reply.ok()) return reply.status();
+      replies.push_back(std::move(reply.value()));
     }
     return replies;
   }
 
  private:
   explicit RedisConnection(redisContext* c) : c_(c) {}
+
+  // One reply, under the bounds Pipeline describes.
+  Result<Reply> ReadReply(size_t max_reply_bytes) {
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      void* raw = nullptr;
+      if (redisGetReplyFromReader(c_, &raw) != REDIS_OK) return Error("a malformed reply");
+      if (raw != nullptr) return Reply(static_cast<redisReply*>(raw));
+      const size_t pending = c_->reader->len - c_->reader->pos;
+      if (pending > max_reply_bytes + 4096) {
+        return Status::IOError("a reply larger than " + std::to_string(max_reply_bytes) + " bytes");
+      }
+      const double allowed_ms = timeout_ms_ + pending / 1048.576;  // + 1 s per MiB received
+      const double spent_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      if (spent_ms >= allowed_ms) return Status::IOError("a reply took too long");
+      pollfd p{c_->fd, POLLIN, 0};
+      const int ready = poll(&p, 1, static_cast<int>(allowed_ms - spent_ms) + 1);
+      if (ready == 0) return Status::IOError("no reply within the command timeout");
+      if (ready < 0 || redisBufferRead(c_) != REDIS_OK) return Error("the connection failed");
+    }
+  }
   Status Error(const std::string& what) const {
     return Status::IOError(what + (c_->err != 0 ? std::string(": ") + c_->errstr : ""));
   }
   redisContext* c_;
+  int timeout_ms_ = 3000;
 };
 
 RedisTier::RedisTier(RedisTierOptions options) : options_(std::move(options)) {
@@ -206,7 +239,8 @@ std::vector<std::string> RedisTier::FetchConsecutive(
   if (n == 0) return values;
   cmds.clear();
   for (size_t i = 0; i < n; ++i) cmds.push_back({"GET", keys[i]});
-  auto got = conn->Pipeline(cmds);
+  const size_t part_bound = std::min(max_value_bytes, options_.part_bytes);
+  auto got = conn->Pipeline(cmds, part_bound);
   if (!got.ok()) {
     Failed(lookup_, got.status().message());
     return values;
@@ -234,7 +268,7 @@ std::vector<std::string> RedisTier::FetchConsecutive(
     if (parts > 1) {
       std::vector<std::vector<std::string>> more;
       for (size_t p = 1; p < parts; ++p) more.push_back({"GET", RedisPartKey(keys[i], p)});
-      auto rest = conn->Pipeline(more);
+      auto rest = conn->Pipeline(more, part_bound);
       if (!rest.ok()) {
         Failed(lookup_, rest.status().message());
         break;
@@ -281,6 +315,17 @@ void RedisTier::PublishLoop() {
   for (;;) {
     queue_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
     if (queue_.empty()) break;  // stop_, and nothing left
+    // Stopping: what is left gets one command timeout in all, then is dropped (a slow Redis must
+    // not hold the process's exit for as many timeouts as there are queued chunks).
+    if (stop_ && stop_deadline_ns_ == 0) {
+      stop_deadline_ns_ = NowNs() + int64_t{options_.command_timeout_ms} * 1000000;
+    }
+    if (stop_ && NowNs() > stop_deadline_ns_) {
+      counters_.dropped += queue_.size();
+      queue_.clear();
+      queued_bytes_ = 0;
+      break;
+    }
     auto item = std::move(queue_.front());
     queue_.pop_front();
     busy_ = true;

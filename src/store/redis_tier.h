@@ -47,7 +47,9 @@ class RedisConnection;
 class RedisTier {
  public:
   explicit RedisTier(RedisTierOptions options);
-  ~RedisTier();  // publishes what is queued (bounded by the command timeout), then stops
+  // Publishes what is queued, for at most one command timeout (plus the one in flight), then drops
+  // the rest and stops.
+  ~RedisTier();
   RedisTier(const RedisTier&) = delete;
   RedisTier& operator=(const RedisTier&) = delete;
 
@@ -106,6 +108,7 @@ class RedisTier {
   uint64_t queued_bytes_ = 0;
   bool busy_ = false;
   bool stop_ = false;
+  int64_t stop_deadline_ns_ = 0;                // stopping: when what is still queued is dropped
   std::unique_ptr<RedisConnection> publisher_;  // the publish thread's own
 
   struct Counters {
