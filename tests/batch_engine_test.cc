@@ -63,8 +63,8 @@ std::vector<std::vector<Token>> RunTogether(BatchEngine& engine,
                                             std::vector<SlotReport>* reports = nullptr) {
   std::vector<int> slot_of(requests.size(), -1);
   std::vector<bool> busy(engine.n_slots());
-  SlotSampling greedy;
-  greedy.temperature = 0;
+  SampleOptions greedy;
+  greedy.temp = 0;
   for (size_t r = 0; r < requests.size(); ++r) {
     slot_of[r] = engine.PickSlot(requests[r].prompt, busy);
     EXPECT_GE(slot_of[r], 0);

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <random>
 
-#include "engine/llama_runtime.h"
+#include "engine/context.h"
 #include "kvstash/store.h"
 #include "test_util.h"
 
@@ -134,8 +134,9 @@ TEST_P(StoreSessionTest, WarmEqualsColdWhereverThePromptEnds) {
   }
 }
 
-// One session over several turns: what it keeps of its own cache is whole chunks decoded
-// aligned, never the generated tokens, so turn k equals a fresh cold run of turn k's tokens.
+// One session over several turns: what it keeps of its own cache is what a cold aligned decode
+// would have computed (whole chunks decoded aligned, or every token in an invariant context), so
+// turn k equals a fresh cold run of turn k's tokens.
 TEST_P(StoreSessionTest, TurnsInOneSessionEqualFreshColdRuns) {
   auto store = NewStore("turns");
   ASSERT_TRUE(store);
@@ -149,7 +150,11 @@ TEST_P(StoreSessionTest, TurnsInOneSessionEqualFreshColdRuns) {
   for (int turn = 0; turn < 3; ++turn) {
     auto synced = (*s)->Sync(conversation, *store);
     ASSERT_TRUE(synced.ok()) << synced.status().ToString();
-    EXPECT_EQ(synced->n_reused % kChunk, 0u);
+    // Without invariance only whole chunks decoded aligned are kept; an invariant context (flash
+    // attention off here) keeps every token it decoded, generated ones included.
+    if (GetParam() != FlashAttention::kOff) {
+      EXPECT_EQ(synced->n_reused % kChunk, 0u);
+    }
     if (turn > 0) {
       EXPECT_GT(synced->n_reused, 0u);
     }
@@ -202,12 +207,18 @@ INSTANTIATE_TEST_SUITE_P(VLayouts, StoreSessionTest,
                                                                        : std::string("Auto");
                          });
 
-// Flash attention "auto" is learnt from llama.cpp's log while the context is created, so that a
-// store's namespace costs no probe decode (store_sync.cc falls back to one if the line changes).
-TEST(StoreSessionFaultTest, FlashAttentionAutoIsReadFromLlamaLog) {
+// Flash attention "auto" is resolved by kvstash before the context exists (so a store's namespace
+// is known without a probe decode), and the V layout llama.cpp then keeps is the one resolved.
+TEST(StoreSessionFaultTest, FlashAttentionAutoIsResolvedBeforeTheContext) {
+  EXPECT_TRUE(engine::ResolveFlashAttn(*TinyModel(), FlashAttention::kAuto));
   auto s = Session::Create(TinyModel());
   ASSERT_TRUE(s.ok());
-  EXPECT_EQ(engine::LastFlashAttnResolution(), 1) << "llama.cpp's log line was not seen";
+  ASSERT_TRUE((*s)->Append("The V layout of one token tells.").ok());
+  const std::string path = TempDir() + "/fa-auto.kvs";
+  ASSERT_TRUE((*s)->Save(path).ok());
+  auto info = InspectSessionFile(path);
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(info->meta.flash_attn) << "llama.cpp kept V transposed: flash attention was off";
 }
 
 // A damaged chunk is a miss: the answer is the cold one, and the next publish replaces the file.

@@ -42,12 +42,6 @@ struct BatchEngineOptions {
   uint32_t chunk_tokens = 256;
 };
 
-struct SlotSampling {
-  float temperature = 1.0f;  // <= 0: greedy
-  float top_p = 1.0f;        // >= 1: off
-  uint32_t seed = 0xFFFFFFFF;
-};
-
 // What a request's prompt cost, for usage.cached_tokens and the logs.
 struct SlotReport {
   size_t n_prompt = 0;
@@ -55,6 +49,10 @@ struct SlotReport {
   size_t n_restored = 0;   // of n_reused: restored from the store
   size_t n_published = 0;  // tokens queued for the store's writer
 };
+
+// Whether this llama.cpp build has one matmul path for every batch size (no llamafile): with
+// flash attention off and a model loaded without weight repacking, a context is batch-invariant.
+bool InvariantBuild();
 
 class BatchEngine {
  public:
@@ -65,10 +63,6 @@ class BatchEngine {
   ~BatchEngine();
   BatchEngine(const BatchEngine&) = delete;
   BatchEngine& operator=(const BatchEngine&) = delete;
-
-  // Whether this llama.cpp build has one matmul path for every batch size (no llamafile): with
-  // flash attention off and a model loaded without weight repacking, an engine is batch-invariant.
-  static bool InvariantBuild();
 
   uint32_t n_slots() const;
   uint32_t n_ctx_slot() const;
@@ -84,7 +78,8 @@ class BatchEngine {
   // Starts `prompt` (1..n_ctx_slot tokens, checked by the caller) on a free slot: keeps what the
   // slot's cache shares with it and looks further whole chunks up in the store on a background
   // thread; Step restores them when the lookup is done. The last prompt token is always decoded.
-  void Begin(int slot, std::vector<Token> prompt, const SlotSampling& sampling);
+  // Sampling as Session::Generate samples (SampleOptions' stop conditions are the caller's).
+  void Begin(int slot, std::vector<Token> prompt, const SampleOptions& sampling);
 
   // One continuous-batching step: a single llama_decode holding, for each started slot, its
   // pending work (the token it sampled last, or prompt tokens). Fills `ready` with the slots whose
@@ -94,6 +89,8 @@ class BatchEngine {
   // Whether some started slot has tokens to decode (or a lookup running).
   bool HasWork() const;
 
+  // The logits (model().n_vocab() floats) of a ready slot's last token, valid until the next Step.
+  const float* Logits(int slot) const;
   // Samples the next token of a ready slot; it joins the slot's tokens and is decoded by the next
   // Step unless the slot ends first.
   Token Sample(int slot);
@@ -108,9 +105,8 @@ class BatchEngine {
   // prompt that shares a prefix with it.
   void End(int slot);
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit BatchEngine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

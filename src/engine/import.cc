@@ -73,20 +73,19 @@ Result<double> CellDistance(const std::vector<uint8_t>& a, const format::KvLayou
 // Replaces whatever the session's cache holds with the payload and checks what llama.cpp made of
 // it: positions 0..cells-1 of the sequence.
 Status RestorePayload(Session::Impl& s, const format::LlamaFile& file, const std::string& path) {
-  llama_memory_t mem = llama_get_memory(s.ctx.get());
-  llama_memory_seq_rm(mem, kSeq, -1, -1);
+  s.seq->Clear();
+  llama_memory_t mem = llama_get_memory(s.ctx());
   ClearLlamaError();
-  const size_t read = llama_state_seq_set_data(s.ctx.get(), file.kv.data(), file.kv.size(), kSeq);
+  const size_t read = llama_state_seq_set_data(s.ctx(), file.kv.data(), file.kv.size(), 0);
   const uint32_t cells = file.layout.cell_count;
-  if (read != file.kv.size() || llama_memory_seq_pos_min(mem, kSeq) != 0 ||
-      llama_memory_seq_pos_max(mem, kSeq) != llama_pos(cells) - 1) {
-    llama_memory_seq_rm(mem, kSeq, -1, -1);
+  if (read != file.kv.size() || llama_memory_seq_pos_min(mem, 0) != 0 ||
+      llama_memory_seq_pos_max(mem, 0) != llama_pos(cells) - 1) {
+    llama_memory_seq_rm(mem, 0, -1, -1);
     const std::string why = LastLlamaError();
     return Status::Internal("llama.cpp refused the KV cache of '" + path + "'" +
                             (why.empty() ? "" : " (" + why + ")"));
   }
-  s.tokens.assign(file.tokens.begin(), file.tokens.begin() + cells);
-  s.n_cached = cells;
+  s.seq->Restored(std::vector<Token>(file.tokens.begin(), file.tokens.begin() + cells));
   s.logits_valid = false;
   return Status::Ok();
 }
@@ -96,28 +95,28 @@ Status RestorePayload(Session::Impl& s, const format::LlamaFile& file, const std
 Status CheckLastCell(Session::Impl& s, const format::LlamaFile& file, const std::string& path) {
   const uint32_t cells = file.layout.cell_count;
   KVSTASH_RETURN_IF_ERROR(s.Truncate(cells - 1));
-  s.tokens.push_back(file.tokens[cells - 1]);
+  s.tokens().push_back(file.tokens[cells - 1]);
   Status decoded = s.Flush();  // also refuses non-finite logits
   if (!decoded.ok()) {
     return Status::Corruption(std::string(format::LlamaFileKindName(file.kind)) + " '" + path +
                               "' cannot be continued: " + decoded.message());
   }
   const std::vector<float> logits = s.logits;
-  const size_t size = llama_state_seq_get_size(s.ctx.get(), kSeq);
+  const size_t size = llama_state_seq_get_size(s.ctx(), 0);
   std::vector<uint8_t> mine(size);
-  if (llama_state_seq_get_data(s.ctx.get(), mine.data(), size, kSeq) != size) {
+  if (llama_state_seq_get_data(s.ctx(), mine.data(), size, 0) != size) {
     return Status::Internal("llama.cpp could not copy the KV cache: " + LastLlamaError());
   }
   auto layout = format::ParseLlamaSeqState(mine.data(), size, "(recomputed)");
   if (!layout.ok()) return layout.status();
-  const format::ModelFacts facts = FactsOf(*s.model);
+  const format::ModelFacts facts = FactsOf(s.model());
   auto distance = CellDistance(file.kv, file.layout, mine, *layout, llama_pos(cells) - 1, facts);
   if (!distance.ok()) return distance.status();
   KVSTASH_RETURN_IF_ERROR(RestorePayload(s, file, path));
   if (!(*distance <= kMaxCellDistance)) {
     return Status::Incompatible(
         std::string(format::LlamaFileKindName(file.kind)) + " '" + path +
-        "' was not computed by model '" + s.model->path() + "': decoding its last token " +
+        "' was not computed by model '" + s.model().path() + "': decoding its last token " +
         "again gives keys and values " + std::to_string(*distance * 100) + "% away from the " +
         "file's (at most " + std::to_string(kMaxCellDistance * 100) + "%; a damaged file does " +
         "this too): import it with the model that wrote it");
@@ -144,7 +143,7 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
   if (!opened.ok()) return opened.status();
   // llama.cpp's files of other memory kinds hold a window or a recurrent state that kvstash's
   // import does not translate yet; said before the file is parsed as a plain cache.
-  auto memory = MemoryKindOf(*model);
+  auto memory = engine::MemoryKindOf(*model);
   if (!memory.ok()) return memory.status();
   if (*memory != format::MemoryKind::kKv) {
     return Status::Incompatible("cannot import '" + path + "': kvstash import reads llama.cpp " +
@@ -183,7 +182,7 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
   KVSTASH_RETURN_IF_ERROR(CheckLastCell(s, *parsed, path));
   if (n_tokens == parsed->layout.cell_count + 1) {
     // llama-completion's file: its prompt's last token is decoded at the next call, alone.
-    s.tokens.push_back(parsed->tokens.back());
+    s.tokens().push_back(parsed->tokens.back());
     s.logits_valid = false;
   }
   return std::move(created.value());

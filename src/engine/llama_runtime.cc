@@ -18,15 +18,8 @@ std::atomic<int> g_logs{-1};
 ggml_log_callback g_host_log = nullptr;
 void* g_host_log_data = nullptr;
 thread_local std::string t_last_error;
-thread_local int t_flash_attn = -1;  // LastFlashAttnResolution
 
 void LogSink(ggml_log_level level, const char* text, void* /*user_data*/) {
-  // llama.cpp resolves flash attention "auto" while it creates a context and says so only here
-  // (llama-context.cpp, resolve(): "<func>: Flash Attention enabled" or "... not supported").
-  if (text != nullptr && std::strstr(text, "Flash Attention") != nullptr) {
-    if (std::strstr(text, "Flash Attention enabled") != nullptr) t_flash_attn = 1;
-    if (std::strstr(text, "Flash Attention not supported") != nullptr) t_flash_attn = 0;
-  }
   if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
     std::string line = text != nullptr ? text : "";
     while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
@@ -67,8 +60,6 @@ void EnsureLlamaBackend() {
 }
 
 std::string LastLlamaError() { return t_last_error; }
-int LastFlashAttnResolution() { return t_flash_attn; }
-void ClearFlashAttnResolution() { t_flash_attn = -1; }
 void ClearLlamaError() { t_last_error.clear(); }
 
 std::string LlamaBuildInfo() {

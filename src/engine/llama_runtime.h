@@ -18,11 +18,6 @@ void EnsureLlamaBackend();
 // The last ERROR/WARN line llama.cpp logged on this thread since ClearLlamaError(), trimmed.
 std::string LastLlamaError();
 void ClearLlamaError();
-// How llama.cpp resolved flash attention "auto" in the last context created on this thread since
-// ClearFlashAttnResolution(): 1 enabled, 0 disabled, -1 not seen (read from its log line; the
-// caller then finds out another way).
-int LastFlashAttnResolution();
-void ClearFlashAttnResolution();
 // llama.cpp's build string (commit), for `kvstash --version` and session files.
 std::string LlamaBuildInfo();
 

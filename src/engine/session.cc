@@ -13,6 +13,7 @@
 #include "engine/llama_runtime.h"
 #include "engine/memory_support.h"
 #include "engine/model_impl.h"
+#include "engine/sampler.h"
 #include "engine/session_impl.h"
 #include "engine/session_internals.h"
 #include "engine/stop_matcher.h"
@@ -30,46 +31,7 @@
 #endif
 
 namespace kvstash {
-namespace {
-
-int ResolveThreads(int n_threads) {
-  if (n_threads > 0) return n_threads;
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? static_cast<int>(std::min<unsigned>(hw, GGML_MAX_N_THREADS)) : 1;
-}
-
-// ggml's thread pool holds at most GGML_MAX_N_THREADS threads and crashes beyond; batches of 0
-// tokens cannot be decoded. Both are refused here, by flag name.
-Status CheckThreadsAndBatch(int n_threads, uint32_t n_batch, uint32_t n_ubatch) {
-  if (n_threads > GGML_MAX_N_THREADS) {
-    return Status::InvalidArgument("-t " + std::to_string(n_threads) + " is more threads than " +
-                                   "llama.cpp supports (" + std::to_string(GGML_MAX_N_THREADS) +
-                                   "); use -t " +
-                                   std::to_string(std::thread::hardware_concurrency()) +
-                                   " (the cores of this machine) or leave it out");
-  }
-  if (n_batch == 0 || n_ubatch == 0) {
-    return Status::InvalidArgument("batch sizes must be at least 1 token (-b " +
-                                   std::to_string(n_batch) + ", -ub " + std::to_string(n_ubatch) +
-                                   "); leave them out for the defaults 2048 and 512");
-  }
-  return Status::Ok();
-}
-
-// The KV cache types llama.cpp accepts, by the names its CLI uses (format/meta_check.h's table,
-// whose ids and block sizes tests/model_test.cc checks against ggml).
-Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
-  if (const format::CacheType* t = format::FindCacheType(name))
-    return static_cast<ggml_type>(t->id);
-  return Status::InvalidArgument(std::string("unknown ") + which + " cache type '" + name +
-                                 "'; use one of " + format::CacheTypeNames());
-}
-
-struct SamplerDeleter {
-  void operator()(llama_sampler* s) const { llama_sampler_free(s); }
-};
-
-}  // namespace
+namespace {}  // namespace
 
 const char* StopReasonName(StopReason reason) {
   switch (reason) {
@@ -87,95 +49,27 @@ const char* StopReasonName(StopReason reason) {
   return "unknown";
 }
 
-// Session::Impl is in engine/session_impl.h (shared with engine/store_sync.cc).
-
-Result<format::MemoryKind> MemoryKindOf(const Model& model) {
-  const llama_model* lm = model.impl()->model;
-  engine::ModelMemoryKind memory;
-  memory.recurrent = llama_model_is_recurrent(lm);
-  memory.hybrid = llama_model_is_hybrid(lm);
-  memory.n_swa = llama_model_n_swa(lm);
-  return engine::ClassifyMemory(memory, model.path(), model.impl()->arch);
-}
-
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() {
-  if (impl_) impl_->RunPendingPublish();
-}
-
-Result<SessionMeta> Session::Impl::ParamsFor(const SessionOptions& options) {
-  SessionMeta p;
-  p.n_ctx = options.n_ctx;
-  p.n_batch = options.n_batch;
-  p.n_ubatch = std::min(options.n_ubatch, options.n_batch);
-  p.n_seq_max = 1;
-  auto type_k = ParseCacheType(options.cache_type_k, "K");
-  if (!type_k.ok()) return type_k.status();
-  auto type_v = ParseCacheType(options.cache_type_v, "V");
-  if (!type_v.ok()) return type_v.status();
-  p.type_k = *type_k;
-  p.type_v = *type_v;
-  p.flash_attn = options.flash_attn != FlashAttention::kOff;
-  if (options.flash_attn == FlashAttention::kOff && ggml_is_quantized(*type_v)) {
-    return Status::InvalidArgument("a quantized V cache (" + options.cache_type_v +
-                                   ") needs flash attention; use -fa on or --cache-type-v f16");
-  }
-  const llama_context_params defaults = llama_context_default_params();
-  p.rope_scaling_type = defaults.rope_scaling_type;
-  p.rope_freq_base = defaults.rope_freq_base;
-  p.rope_freq_scale = defaults.rope_freq_scale;
-  p.yarn_ext_factor = defaults.yarn_ext_factor;
-  p.yarn_attn_factor = defaults.yarn_attn_factor;
-  p.yarn_beta_fast = defaults.yarn_beta_fast;
-  p.yarn_beta_slow = defaults.yarn_beta_slow;
-  p.yarn_orig_ctx = defaults.yarn_orig_ctx;
-  p.swa_full = defaults.swa_full;
-  p.kv_unified = defaults.kv_unified;
-  return p;
+  if (impl_) impl_->seq->RunPendingPublish();
 }
 
 Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> model,
                                                  const SessionOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Create needs a loaded model");
-  KVSTASH_RETURN_IF_ERROR(
-      CheckThreadsAndBatch(options.n_threads, options.n_batch, options.n_ubatch));
-  KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
-  // Refused here, before a prefill that may take minutes, rather than at Save.
-  auto memory = MemoryKindOf(*model);
-  if (!memory.ok()) return memory.status();
-  auto impl = std::make_unique<Impl>();
-  impl->model = model;
-  impl->memory = *memory;
-  impl->n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model->impl()->model)));
-  impl->n_threads = ResolveThreads(options.n_threads);
-  impl->n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : impl->n_threads;
-  auto params = Impl::ParamsFor(options);
+  auto params = engine::ParamsFor(*model, options);
   if (!params.ok()) return params.status();
-  SessionMeta& p = impl->params;
-  p = *params;
-  // The V layout depends on flash attention. "auto" is resolved by llama.cpp; Save records what
-  // it chose (from the V layout of the KV bytes) and Open asks for exactly that.
-  const llama_flash_attn_type flash =
-      options.flash_attn == FlashAttention::kOn    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
-      : options.flash_attn == FlashAttention::kOff ? LLAMA_FLASH_ATTN_TYPE_DISABLED
-                                                   : LLAMA_FLASH_ATTN_TYPE_AUTO;
-  engine::ClearFlashAttnResolution();
-  auto ctx = Impl::MakeContext(*model, p, impl->n_threads, impl->n_threads_batch, flash);
-  if (!ctx.ok()) return ctx.status();
-  impl->ctx = std::move(ctx.value());
-  p.n_ctx = llama_n_ctx(impl->ctx.get());  // llama.cpp rounds the size up
-  KVSTASH_RETURN_IF_ERROR(impl->LearnRecurrentShape());
-  // V is stored transposed exactly when flash attention is off (a store's namespace needs it).
-  if (options.flash_attn != FlashAttention::kAuto) {
-    impl->v_trans = options.flash_attn == FlashAttention::kOff;
-  } else if (engine::LastFlashAttnResolution() >= 0) {
-    impl->v_trans = engine::LastFlashAttnResolution() == 0;
-  }
-  return std::unique_ptr<Session>(new Session(std::move(impl)));
+  engine::ContextSpec spec;
+  spec.params = *params;
+  spec.n_threads = options.n_threads;
+  spec.n_threads_batch = options.n_threads_batch;
+  auto context = engine::Context::Create(model, spec);
+  if (!context.ok()) return context.status();
+  return std::unique_ptr<Session>(new Session(std::make_unique<Impl>(std::move(*context))));
 }
 
 Status Session::Append(std::string_view text) {
-  auto tokens = impl_->model->Tokenize(text, /*add_bos=*/impl_->tokens.empty());
+  auto tokens = impl_->model().Tokenize(text, /*add_bos=*/impl_->tokens().empty());
   if (!tokens.ok()) return tokens.status();
   return AppendTokens(*tokens);
 }
@@ -183,15 +77,15 @@ Status Session::Append(std::string_view text) {
 Status Session::AppendTokens(const std::vector<Token>& tokens) {
   KVSTASH_RETURN_IF_ERROR(impl_->CheckTokens(tokens));
   // Checked before the pending token is flushed, so that a refused append changes nothing.
-  if (impl_->tokens.size() + tokens.size() > impl_->n_ctx()) {
-    return impl_->ContextFullError(impl_->tokens.size(), tokens.size());
+  if (impl_->tokens().size() + tokens.size() > impl_->n_ctx()) {
+    return impl_->ContextFullError(impl_->tokens().size(), tokens.size());
   }
   // Anything still pending (the last sampled token) is decoded first, as its own group: the same
   // group Generate would have decoded it in.
   KVSTASH_RETURN_IF_ERROR(impl_->Flush());
   if (tokens.empty()) return Status::Ok();
-  const size_t held = impl_->tokens.size();
-  impl_->tokens.insert(impl_->tokens.end(), tokens.begin(), tokens.end());
+  const size_t held = impl_->tokens().size();
+  impl_->tokens().insert(impl_->tokens().end(), tokens.begin(), tokens.end());
   return impl_->Flush(/*keep=*/held);
 }
 
@@ -205,24 +99,21 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
                                "; the session is unchanged; use a larger -c");
   }
   const size_t before = s.n_decoded_total;
-  size_t common = 0;
-  while (common < tokens.size() && common < s.tokens.size() && tokens[common] == s.tokens[common]) {
-    ++common;
-  }
+  size_t common = engine::CommonPrefix(tokens, s.tokens());
   // A token Generate left pending that `tokens` keep is decoded first, in its own group: the
   // group Append and Save decode it in. Otherwise a conversation continued here and one saved,
   // opened and continued elsewhere would decode different groups, which builds whose kernels
   // depend on the batch (llamafile) turn into different answers.
-  if (common >= s.tokens.size()) KVSTASH_RETURN_IF_ERROR(s.Flush());
+  if (common >= s.tokens().size()) KVSTASH_RETURN_IF_ERROR(s.Flush());
   // A window or recurrent state that cannot go back to `common` is decoded again from the start:
   // never a state that does not match the tokens.
-  if (!s.CanCut(common)) common = 0;
+  if (!s.seq->CanCut(common)) common = 0;
   KVSTASH_RETURN_IF_ERROR(s.Truncate(common));
   SyncResult result;
-  result.n_reused = std::min(common, s.n_cached);
-  s.tokens.assign(tokens.begin(), tokens.end());
+  result.n_reused = std::min(common, s.seq->n_cached());
+  s.tokens().assign(tokens.begin(), tokens.end());
   KVSTASH_RETURN_IF_ERROR(s.Flush(/*keep=*/common));
-  if (!s.tokens.empty()) KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
+  if (!s.tokens().empty()) KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
   result.n_decoded = s.n_decoded_total - before;
   if (result.n_reused + result.n_decoded > tokens.size()) {
     result.n_reused = tokens.size() - result.n_decoded;  // the last token was decoded again
@@ -232,48 +123,8 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
 
 namespace {
 
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
-
-// llama.cpp's order (common/sampling.cpp): logit biases, penalties, then the truncations,
-// temperature and the draw. Biases and penalties apply to greedy sampling too, as in llama.cpp.
-SamplerPtr MakeSampler(const SampleOptions& options, const Model& model,
-                       const std::vector<Token>& history, uint32_t n_ctx) {
-  SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-  if (options.ignore_eos) {
-    std::vector<llama_logit_bias> eog;
-    for (Token t = 0; t < model.n_vocab(); ++t) {
-      if (model.IsEndOfGeneration(t)) eog.push_back({t, -INFINITY});
-    }
-    llama_sampler_chain_add(
-        chain.get(), llama_sampler_init_logit_bias(model.n_vocab(),
-                                                   static_cast<int32_t>(eog.size()), eog.data()));
-  }
-  const int32_t last_n =
-      options.repeat_last_n < 0 ? static_cast<int32_t>(n_ctx) : options.repeat_last_n;
-  if (options.repeat_penalty != 1.0f && last_n > 0) {
-    llama_sampler* penalties =
-        llama_sampler_init_penalties(model.n_vocab(), last_n, options.repeat_penalty, 0, 0);
-    // llama-completion feeds the prompt to its sampler: the penalty counts the prompt's tokens.
-    const size_t from = history.size() - std::min<size_t>(history.size(), size_t(last_n));
-    for (size_t i = from; i < history.size(); ++i) llama_sampler_accept(penalties, history[i]);
-    llama_sampler_chain_add(chain.get(), penalties);
-  }
-  if (options.temp <= 0) {
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
-    return chain;
-  }
-  if (options.top_k > 0)
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(options.top_k));
-  if (options.top_p < 1) {
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(options.top_p, 1));
-  }
-  if (options.min_p > 0) {
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(options.min_p, 1));
-  }
-  llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(options.temp));
-  llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(options.seed));
-  return chain;
-}
+using engine::MakeSampler;
+using engine::SamplerPtr;
 
 // Hands text[*emitted, upto) to the caller's PieceCallback. The callback must not unwind through
 // Generate: an exception becomes a Status (and Generate undoes what it generated).
@@ -302,7 +153,7 @@ Status EmitPiece(const PieceCallback& on_piece, const std::string& text, size_t 
 Result<Token> Session::Impl::SampleNext(llama_sampler* chain,
                                         std::vector<llama_token_data>* candidates) {
   KVSTASH_RETURN_IF_ERROR(EnsureLogits());
-  const int32_t n_vocab = model->n_vocab();
+  const int32_t n_vocab = model().n_vocab();
   candidates->resize(n_vocab);
   for (int32_t i = 0; i < n_vocab; ++i) (*candidates)[i] = {i, logits[i], 0.0f};
   llama_token_data_array array = {candidates->data(), candidates->size(), -1, false};
@@ -323,7 +174,7 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
         "repeat penalty " + std::to_string(options.repeat_penalty) +
         " is not a positive number; pass one above 0 (1: off, 1.1: " + "llama.cpp's usual)");
   }
-  SamplerPtr chain = MakeSampler(options, *model, tokens, n_ctx());
+  SamplerPtr chain = MakeSampler(options, model(), tokens(), n_ctx());
   engine::StopMatcher matcher(options.stop);
   std::vector<size_t> ends;  // text size after each generated token
   std::vector<llama_token_data> candidates;
@@ -334,7 +185,7 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
       gen->stop_reason = StopReason::kMaxTokens;
       break;
     }
-    if (tokens.size() >= n_ctx()) {
+    if (tokens().size() >= n_ctx()) {
       gen->stop_reason = StopReason::kContextFull;
       break;
     }
@@ -345,16 +196,16 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
       break;
     }
     gen->tokens.push_back(*token);
-    tokens.push_back(*token);  // decoded lazily, before the next sample or any other call
+    tokens().push_back(*token);  // decoded lazily, before the next sample or any other call
     logits_valid = false;
-    if (matcher.Add(model->TokenToPiece(*token))) {
+    if (matcher.Add(model().TokenToPiece(*token))) {
       gen->stop_reason = StopReason::kStopString;
       break;
     }
     ends.push_back(matcher.text().size());
     KVSTASH_RETURN_IF_ERROR(
         EmitPiece(on_piece, matcher.text(), matcher.safe_size(), &emitted, &cancelled));
-    RunPendingPublish();  // after the first token: the answer does not wait for the copy
+    seq->RunPendingPublish();  // after the first token: the answer does not wait for the copy
     if (cancelled) {
       gen->stop_reason = StopReason::kCancelled;
       break;
@@ -368,7 +219,7 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
     // after the returned text.
     const size_t kept = static_cast<size_t>(
         std::upper_bound(ends.begin(), ends.end(), gen->text.size()) - ends.begin());
-    KVSTASH_RETURN_IF_ERROR(Truncate(tokens.size() - gen->tokens.size() + kept));
+    KVSTASH_RETURN_IF_ERROR(Truncate(tokens().size() - gen->tokens.size() + kept));
     gen->tokens.resize(kept);
   }
   return Status::Ok();
@@ -379,64 +230,34 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
   KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
   // What a failed call restores: the tokens and the logits after them (copied, not recomputed, so
   // that a later sample is the one it would have been).
-  const size_t start = s.tokens.size();
+  const size_t start = s.tokens().size();
   const std::vector<float> start_logits = s.logits;
   Generation gen;
   const Status status = s.SampleLoop(options, on_piece, &gen);
-  s.RunPendingPublish();  // when no token came (end of generation at once, n_predict 0, errors)
+  s.seq
+      ->RunPendingPublish();  // when no token came (end of generation at once, n_predict 0, errors)
   if (!status.ok()) {
     if (s.Truncate(start).ok()) {
       s.logits = start_logits;
-      s.logits_valid = s.n_cached == start;
+      s.logits_valid = s.seq->n_cached() == start;
     }
     return status;
   }
   return gen;
 }
 
-Status Session::Save(const std::string& path, const SaveOptions& options) {
-  Impl& s = *impl_;
-  s.RunPendingPublish();
-  if (s.tokens.empty()) {
-    return Status::InvalidArgument("nothing to save to '" + path + "': the session is empty; " +
-                                   "append a prefix first");
-  }
-  KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
-  llama_context* ctx = s.ctx.get();
-  const size_t size = llama_state_seq_get_size(ctx, kSeq);
-  LargeBuffer kv(size);
-  if (kv.data() == nullptr) {
-    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path +
-                           "'");
-  }
-  engine::ClearLlamaError();
-  if (llama_state_seq_get_data(ctx, kv.data(), size, kSeq) != size) {
-    return Status::Internal("llama.cpp could not copy the KV cache: " + engine::LastLlamaError());
-  }
-  // Our own reader must accept what we write; this also refuses memory layouts kvstash does not
-  // read (a model whose cells carry extra data, a window of another shape), before a file exists.
-  auto layout = format::ParseSeqState(kv.data(), size, s.memory, s.n_swa, /*partial=*/false, path);
-  if (!layout.ok()) {
-    return Status::Incompatible("kvstash cannot save sessions of model '" + s.model->path() +
-                                "' (" + s.m().arch + "): its " + format::MemoryKindName(s.memory) +
-                                " memory layout is not supported yet (" +
-                                layout.status().message() + ")");
-  }
-  KVSTASH_RETURN_IF_ERROR(s.CheckRecurrentShape(layout->rs, "the model's own state"));
-  if (layout->n_tokens != s.tokens.size()) {
-    return Status::Internal("the KV cache holds " + std::to_string(layout->n_tokens) +
-                            " positions for " + std::to_string(s.tokens.size()) + " tokens");
-  }
-
-  SessionMeta meta = s.params;
+// The META record of a save: the context's parameters, the model's facts and the tokens'.
+SessionMeta Session::Impl::MetaForSave(const format::SeqLayout& layout) {
+  const format::MemoryKind memory = context->memory();
+  SessionMeta meta = context->params();
   meta.writer = std::string("kvstash ") + KVSTASH_VERSION;
   meta.llama_build = engine::LlamaBuildInfo();
   meta.llama_state_version = LLAMA_STATE_SEQ_VERSION;
-  const format::ModelFacts facts = FactsOf(*s.model);
+  const format::ModelFacts facts = FactsOf(model());
   meta.model_fingerprint = facts.fingerprint;
-  meta.model_description = s.model->Description();
+  meta.model_description = model().Description();
   meta.model_arch = facts.arch;
-  meta.model_n_params = llama_model_n_params(s.m().model);
+  meta.model_n_params = llama_model_n_params(m().model);
   meta.n_vocab = facts.n_vocab;
   meta.n_layer = facts.n_layer;
   meta.n_embd = facts.n_embd;
@@ -445,21 +266,61 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   meta.n_embd_k_gqa = facts.n_embd_k_gqa;
   meta.n_embd_v_gqa = facts.n_embd_v_gqa;
   meta.n_swa = facts.n_swa;
-  meta.memory_kind = static_cast<uint32_t>(s.memory);
+  meta.memory_kind = static_cast<uint32_t>(memory);
   meta.n_ctx_train = facts.n_ctx_train;
-  meta.n_ctx = s.n_ctx();
+  meta.n_ctx = n_ctx();
   meta.type_k_name = ggml_type_name(static_cast<ggml_type>(meta.type_k));
   meta.type_v_name = ggml_type_name(static_cast<ggml_type>(meta.type_v));
   // A recurrent model has no KV cells to tell; it keeps what the session was created with.
-  if (s.memory != format::MemoryKind::kRecurrent) meta.flash_attn = !layout->kv.v_trans;
-  meta.n_tokens = static_cast<uint32_t>(s.tokens.size());
+  if (memory != format::MemoryKind::kRecurrent) meta.flash_attn = !layout.kv.v_trans;
+  meta.n_tokens = static_cast<uint32_t>(tokens().size());
   meta.has_logits = true;
-  std::vector<Token> head(s.tokens.begin(),
-                          s.tokens.begin() + std::min<size_t>(s.tokens.size(), 32));
-  meta.preview = s.model->Detokenize(head);
+  std::vector<Token> head(tokens().begin(),
+                          tokens().begin() + std::min<size_t>(tokens().size(), 32));
+  meta.preview = model().Detokenize(head);
 
+  return meta;
+}
+
+Status Session::Save(const std::string& path, const SaveOptions& options) {
+  Impl& s = *impl_;
+  s.seq->RunPendingPublish();
+  if (s.tokens().empty()) {
+    return Status::InvalidArgument("nothing to save to '" + path + "': the session is empty; " +
+                                   "append a prefix first");
+  }
+  KVSTASH_RETURN_IF_ERROR(s.EnsureLogits());
+  llama_context* ctx = s.ctx();
+  const size_t size = llama_state_seq_get_size(ctx, 0);
+  LargeBuffer kv(size);
+  if (kv.data() == nullptr) {
+    return Status::IOError("cannot allocate " + std::to_string(size) + " bytes to save '" + path +
+                           "'");
+  }
+  engine::ClearLlamaError();
+  if (llama_state_seq_get_data(ctx, kv.data(), size, 0) != size) {
+    return Status::Internal("llama.cpp could not copy the KV cache: " + engine::LastLlamaError());
+  }
+  // Our own reader must accept what we write; this also refuses memory layouts kvstash does not
+  // read (a model whose cells carry extra data, a window of another shape), before a file exists.
+  const format::MemoryKind memory = s.context->memory();
+  auto layout =
+      format::ParseSeqState(kv.data(), size, memory, s.context->n_swa(), /*partial=*/false, path);
+  if (!layout.ok()) {
+    return Status::Incompatible("kvstash cannot save sessions of model '" + s.model().path() +
+                                "' (" + s.m().arch + "): its " + format::MemoryKindName(memory) +
+                                " memory layout is not supported yet (" +
+                                layout.status().message() + ")");
+  }
+  KVSTASH_RETURN_IF_ERROR(s.context->CheckRecurrentShape(layout->rs, "the model's own state"));
+  if (layout->n_tokens != s.tokens().size()) {
+    return Status::Internal("the KV cache holds " + std::to_string(layout->n_tokens) +
+                            " positions for " + std::to_string(s.tokens().size()) + " tokens");
+  }
+
+  const SessionMeta meta = s.MetaForSave(*layout);
   const uint64_t kv_sum = format::SectionChecksum(kv.data(), size, 2);
-  const std::string prefix = format::EncodeFilePrefix(meta, s.tokens, s.logits, size, kv_sum);
+  const std::string prefix = format::EncodeFilePrefix(meta, s.tokens(), s.logits, size, kv_sum);
   AtomicWriteOptions write_options;
   write_options.sync = options.sync;
   write_options.progress = options.progress;
@@ -467,7 +328,7 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   write_options.required_magic =
       std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
   write_options.replace_any = options.replace_any;
-  write_options.protected_paths = {s.model->path()};
+  write_options.protected_paths = {s.model().path()};
   write_options.protected_names = {"the model file"};
   return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
                          {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
@@ -542,29 +403,27 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
 Status Session::Impl::Restore(const format::ParsedFile& parsed, const StableFile& file,
                               const std::string& path) {
   engine::ClearLlamaError();
-  const size_t read = llama_state_seq_set_data(ctx.get(), parsed.kv, parsed.kv_size, kSeq);
-  llama_memory_t mem = llama_get_memory(ctx.get());
+  const size_t read = llama_state_seq_set_data(ctx(), parsed.kv, parsed.kv_size, 0);
+  llama_memory_t mem = llama_get_memory(ctx());
   if (!file.Intact()) {
-    llama_memory_seq_rm(mem, kSeq, -1, -1);
+    llama_memory_seq_rm(mem, 0, -1, -1);
     return ChangedWhileLoading(path);
   }
   // The lowest position llama.cpp then holds: 0 for KV cells; the window's first for iSWA (its
   // window cache decides); the last one for a recurrent state (and so for a hybrid).
   const llama_pos n = llama_pos(parsed.meta.n_tokens);
+  const format::MemoryKind memory = context->memory();
   const llama_pos pos_min = memory == format::MemoryKind::kKv     ? 0
                             : memory == format::MemoryKind::kIswa ? parsed.layout.swa.first_pos
                                                                   : n - 1;
-  if (read != parsed.kv_size || llama_memory_seq_pos_min(mem, kSeq) != pos_min ||
-      llama_memory_seq_pos_max(mem, kSeq) != n - 1) {
-    llama_memory_seq_rm(mem, kSeq, -1, -1);
+  if (read != parsed.kv_size || llama_memory_seq_pos_min(mem, 0) != pos_min ||
+      llama_memory_seq_pos_max(mem, 0) != n - 1) {
+    llama_memory_seq_rm(mem, 0, -1, -1);
     const std::string why = engine::LastLlamaError();
     return Status::Internal("llama.cpp refused the KV cache of session '" + path + "'" +
                             (why.empty() ? "" : " (" + why + ")") + "; re-save the session");
   }
-  tokens = parsed.tokens;
-  n_cached = tokens.size();
-  v_trans =
-      memory == format::MemoryKind::kRecurrent ? !parsed.meta.flash_attn : parsed.layout.kv.v_trans;
+  seq->Restored(parsed.tokens);
   if (!parsed.logits.empty()) {
     logits = parsed.logits;
     logits_valid = true;
@@ -576,8 +435,8 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
                                                const std::string& path,
                                                const OpenOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
-  KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads, 1, 1));
-  KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
+  KVSTASH_RETURN_IF_ERROR(engine::CheckThreadsAndBatch(options.n_threads, 1, 1));
+  KVSTASH_RETURN_IF_ERROR(engine::CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
   OpenStats stats;
   const auto t_start = Clock::now();
   const uint64_t ctx_bound =
@@ -590,7 +449,6 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
 
   // Every check before llama.cpp sees a byte: structure, ranges and checksums (ParseFile), the
   // model (fingerprint and dimensions), then what the caller asks of the context.
-  const int n_threads = ResolveThreads(options.n_threads);
   auto parsed = format::ParseFile(file.data(), file.size(), path, /*verify_checksums=*/true,
                                   /*n_threads=*/1, /*defer_kv_payload=*/true);
   if (!file.Intact()) return ChangedWhileLoading(path);
@@ -617,29 +475,21 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
     kv_checked = done.get_future();
   }
   const auto t_before_context = Clock::now();
-  auto memory = MemoryKindOf(*model);
-  if (!memory.ok()) return memory.status();
-  auto impl = std::make_unique<Impl>();
-  impl->model = model;
-  impl->memory = *memory;
-  impl->n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model->impl()->model)));
-  impl->n_threads = n_threads;
-  impl->n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : n_threads;
-  SessionMeta params = parsed->meta;
-  params.n_ctx = *n_ctx;
-  auto ctx = Impl::MakeContext(*model, params, n_threads, impl->n_threads_batch);
+  engine::ContextSpec spec;
+  spec.params = parsed->meta;
+  spec.params.n_ctx = *n_ctx;
+  spec.n_threads = options.n_threads;
+  spec.n_threads_batch = options.n_threads_batch;
+  auto context = engine::Context::Create(model, spec);
   const auto t_context = Clock::now();
   const Status kv_status = kv_checked.get();
   if (!file.Intact()) return ChangedWhileLoading(path);
   KVSTASH_RETURN_IF_ERROR(kv_status);
   KVSTASH_RETURN_IF_ERROR(format::ParseKvPayload(&*parsed, path));
-  if (!ctx.ok()) return ctx.status();
-  impl->ctx = std::move(ctx.value());
-  params.n_ctx = llama_n_ctx(impl->ctx.get());
-  impl->params = params;
-  KVSTASH_RETURN_IF_ERROR(impl->LearnRecurrentShape());
+  if (!context.ok()) return context.status();
+  auto impl = std::make_unique<Impl>(std::move(*context));
   KVSTASH_RETURN_IF_ERROR(
-      impl->CheckRecurrentShape(parsed->layout.rs, "session file '" + path + "'"));
+      impl->context->CheckRecurrentShape(parsed->layout.rs, "session file '" + path + "'"));
   const auto t_checked = Clock::now();
 
   KVSTASH_RETURN_IF_ERROR(impl->Restore(*parsed, file, path));
@@ -661,23 +511,17 @@ Result<std::vector<float>> Session::Logits() {
   return impl_->logits;
 }
 
-const std::vector<Token>& Session::tokens() const { return impl_->tokens; }
+const std::vector<Token>& Session::tokens() const { return impl_->seq->tokens(); }
 uint32_t Session::n_ctx() const { return impl_->n_ctx(); }
-const Model& Session::model() const { return *impl_->model; }
+const Model& Session::model() const { return impl_->model(); }
 size_t Session::n_decoded_total() const { return impl_->n_decoded_total; }
 const OpenStats& Session::open_stats() const { return impl_->open_stats; }
 
-llama_context* SessionInternals::Context(Session& session) { return session.impl_->ctx.get(); }
+llama_context* SessionInternals::Context(Session& session) { return session.impl_->ctx(); }
 void Session::SetProgressCallback(ProgressFn progress) { impl_->progress = std::move(progress); }
 
 void Session::SetCancelFlag(const std::atomic<bool>* cancel) {
-  impl_->cancel = cancel;
-  // ggml checks the callback between graph nodes, so a long prefill stops within milliseconds.
-  llama_set_abort_callback(
-      impl_->ctx.get(),
-      cancel == nullptr ? nullptr
-                        : +[](void* flag) { return static_cast<std::atomic<bool>*>(flag)->load(); },
-      const_cast<std::atomic<bool>*>(cancel));
+  impl_->context->SetCancelFlag(cancel);
 }
 
 Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums) {

@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/session_impl.h"
+#include "engine/context.h"
+#include "engine/model_impl.h"
+#include "env/env.h"
 #include "format/chunk_format.h"
 #include "kvstash/store.h"
 

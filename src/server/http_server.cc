@@ -297,8 +297,10 @@ void HandleCompletion(ServerState& st, Endpoint endpoint, const httplib::Request
   if (!CheckFits(st, request, job.prompt.size(), &error)) return fail(error);
   job.max_tokens = request.max_tokens.value_or(-1);
   job.stop = request.stop;
-  job.sampling.temperature = static_cast<float>(request.temperature);
+  job.sampling.temp = static_cast<float>(request.temperature);
   job.sampling.top_p = static_cast<float>(request.top_p);
+  job.sampling.top_k = 0;
+  job.sampling.min_p = 0;
   job.sampling.seed = request.seed ? *request.seed : std::random_device{}();
   job.channel = std::make_shared<Channel>();
   job.on_done = [&st, path](const JobResult& r) { Record(st, path, r); };
@@ -398,7 +400,7 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
 Status Start(ServerState& st) {
   const ServeOptions& o = *st.options;
   ModelOptions model_options = o.model;
-  if (o.engine.flash_attn == FlashAttention::kOff && engine::BatchEngine::InvariantBuild()) {
+  if (o.engine.flash_attn == FlashAttention::kOff && engine::InvariantBuild()) {
     // The last two batch-size-dependent paths of ggml's CPU kernels, for quantized weights: the
     // repacked gemm/gemv split, and the "IQ panel" used for k- and i-quants from 8 rows on
     // (ggml-cpu/iqp.cpp reads this variable once, at its first product).

@@ -219,25 +219,9 @@ std::vector<std::string> RedisTier::FetchConsecutive(
     int64_t start;
     ~Timed() { *total += static_cast<uint64_t>(NowNs() - start); }
   } timed{&counters_.fetch_ns, start};
-  std::vector<std::vector<std::string>> cmds;
-  for (const std::string& k : keys) cmds.push_back({"EXISTS", k});
-  auto exists = conn->Pipeline(cmds);
-  if (!exists.ok()) {
-    Failed(lookup_, exists.status().message());
-    return values;
-  }
-  size_t n = 0;
-  while (n < exists->size() && (*exists)[n]->type == REDIS_REPLY_INTEGER &&
-         (*exists)[n]->integer == 1) {
-    ++n;
-  }
-  if (n < keys.size()) {
-    ++counters_.misses;
-    // LOADING (a restarted server reading its dump), NOAUTH, ...: an error, and a miss.
-    if ((*exists)[n]->type == REDIS_REPLY_ERROR) ++counters_.errors;
-  }
+  const size_t n = CountExisting(conn, keys);
   if (n == 0) return values;
-  cmds.clear();
+  std::vector<std::vector<std::string>> cmds;
   for (size_t i = 0; i < n; ++i) cmds.push_back({"GET", keys[i]});
   const size_t part_bound = std::min(max_value_bytes, options_.part_bytes);
   auto got = conn->Pipeline(cmds, part_bound);
@@ -264,32 +248,54 @@ std::vector<std::string> RedisTier::FetchConsecutive(
       ++counters_.bad;
       break;
     }
-    const size_t parts = static_cast<size_t>((size + part - 1) / part);
-    if (parts > 1) {
-      std::vector<std::vector<std::string>> more;
-      for (size_t p = 1; p < parts; ++p) more.push_back({"GET", RedisPartKey(keys[i], p)});
-      auto rest = conn->Pipeline(more, part_bound);
-      if (!rest.ok()) {
-        Failed(lookup_, rest.status().message());
-        break;
-      }
-      bool whole = true;
-      for (const Reply& piece : *rest) {
-        if (piece->type != REDIS_REPLY_STRING || value.size() + piece->len > size) {
-          whole = false;  // a missing part (evicted alone) is a miss
-          break;
-        }
-        value.append(piece->str, piece->len);
-      }
-      if (!whole || value.size() != size) {
-        ++counters_.misses;
-        break;
-      }
-    }
+    if (size > part && !JoinParts(conn, keys[i], size, &value)) break;
     counters_.bytes_read += value.size();
     values.push_back(std::move(value));
   }
   return values;
+}
+
+size_t RedisTier::CountExisting(RedisConnection* conn, const std::vector<std::string>& keys) {
+  std::vector<std::vector<std::string>> cmds;
+  for (const std::string& k : keys) cmds.push_back({"EXISTS", k});
+  auto exists = conn->Pipeline(cmds);
+  if (!exists.ok()) {
+    Failed(lookup_, exists.status().message());
+    return 0;
+  }
+  size_t n = 0;
+  while (n < exists->size() && (*exists)[n]->type == REDIS_REPLY_INTEGER &&
+         (*exists)[n]->integer == 1) {
+    ++n;
+  }
+  if (n < keys.size()) {
+    ++counters_.misses;
+    // LOADING (a restarted server reading its dump), NOAUTH, ...: an error, and a miss.
+    if ((*exists)[n]->type == REDIS_REPLY_ERROR) ++counters_.errors;
+  }
+  return n;
+}
+
+bool RedisTier::JoinParts(RedisConnection* conn, const std::string& key, uint64_t size,
+                          std::string* value) {
+  const size_t part = options_.part_bytes;
+  const size_t parts = static_cast<size_t>((size + part - 1) / part);
+  std::vector<std::vector<std::string>> more;
+  for (size_t p = 1; p < parts; ++p) more.push_back({"GET", RedisPartKey(key, p)});
+  auto rest = conn->Pipeline(more, part);
+  if (!rest.ok()) {
+    Failed(lookup_, rest.status().message());
+    return false;
+  }
+  for (const Reply& piece : *rest) {
+    if (piece->type != REDIS_REPLY_STRING || value->size() + piece->len > size) break;
+    value->append(piece->str, piece->len);  // a missing part (evicted alone) ends the value
+  }
+  if (value->size() != size) {
+    ++counters_.misses;
+    return false;
+  }
+  return true;
 }
 
 void RedisTier::Publish(std::string key, std::string value) {

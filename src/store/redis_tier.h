@@ -86,6 +86,11 @@ class RedisTier {
   // A connection that works, or nullptr (then a miss): reconnects after the backoff.
   RedisConnection* Usable(std::unique_ptr<RedisConnection>& conn);
   void Failed(std::unique_ptr<RedisConnection>& conn, const std::string& why);
+  // FetchConsecutive's rounds, under lookup_mu_: how many of `keys` exist in a run from the first
+  // (0 also when Redis failed); the whole value of `key` whose first part is `value` (false: a
+  // part is missing or Redis failed, counted).
+  size_t CountExisting(RedisConnection* conn, const std::vector<std::string>& keys);
+  bool JoinParts(RedisConnection* conn, const std::string& key, uint64_t size, std::string* value);
   void Recovered();
   void PublishLoop();
   bool PublishOne(const std::string& key, const std::string& value);
