@@ -6,6 +6,7 @@
 #include <functional>
 #include <limits>
 
+#include "format/coding.h"
 #include "format/compat.h"
 #include "format/llama_state.h"
 #include "format/meta_check.h"
@@ -91,6 +92,27 @@ std::string SampleFile(uint32_t n = 5) {
 
 Result<ParsedFile> Parse(const std::string& bytes) {
   return ParseFile(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "t.kvs", true, 2);
+}
+
+TEST(FormatTest, ByteReaderNeverReadsPastTheEnd) {
+  std::string bytes;
+  PutFixed32(&bytes, 0xaf143cd8);
+  PutFixed16(&bytes, 7);
+  ASSERT_EQ(bytes.size(), 6u);
+  EXPECT_EQ(static_cast<uint8_t>(bytes[0]), 0xd8);  // little-endian
+  EXPECT_EQ(DecodeFixed32(reinterpret_cast<const uint8_t*>(bytes.data())), 0xaf143cd8u);
+  ByteReader r(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  uint32_t u32 = 0;
+  uint64_t u64 = 0;
+  ASSERT_TRUE(r.ReadU32(&u32));
+  EXPECT_EQ(u32, 0xaf143cd8u);
+  EXPECT_FALSE(r.ReadU64(&u64));  // 2 bytes left: nothing read, nothing moved
+  EXPECT_FALSE(r.Skip(3));
+  EXPECT_FALSE(r.Skip(std::numeric_limits<uint64_t>::max(), 2));  // count * unit overflows
+  EXPECT_EQ(r.position(), 4u);
+  EXPECT_TRUE(r.Skip(1, 2));
+  EXPECT_EQ(r.remaining(), 0u);
+  EXPECT_TRUE(r.Skip(std::numeric_limits<uint64_t>::max(), 0));
 }
 
 TEST(FormatTest, RoundTrip) {
