@@ -423,7 +423,7 @@ TEST(CompatTest, SessionsOfTheOldFingerprintAreToldToResave) {
 TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   SessionMeta meta = SampleMeta(200);
   meta.n_ctx = 4096;
-  OpenOptions options;
+  OpenRequest options;
   EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 4096u);  // as saved
   options.n_room = 40;
   EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 256u);  // 240 rounded up
@@ -441,7 +441,7 @@ TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),
             Status::Code::kIncompatible);
   options = {};
-  options.flash_attn = FlashAttention::kOff;  // the sample was saved with flash attention
+  options.flash_attn = false;  // the sample was saved with flash attention
   EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),
             Status::Code::kIncompatible);
 }
@@ -454,7 +454,7 @@ TEST(CompatTest, RoomSizingKeepsTheLongRopeRegime) {
   ModelFacts facts = FactsFor(meta);
   facts.long_rope = true;
   facts.n_ctx_orig = 1024;
-  OpenOptions options;
+  OpenRequest options;
   options.n_room = 40;
   EXPECT_EQ(*ResolveOpenContext(meta, options, facts, "s"), 1280u);  // not 256: stays long
   options.n_ctx = 512;

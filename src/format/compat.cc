@@ -71,7 +71,7 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
                              const std::string& path) {
   if (meta.model_fingerprint != model.fingerprint) {
     if (meta.writer.rfind("kvstash 0.1.", 0) == 0) {
-      // 0.1 fingerprinted samples of each tensor; from 0.2 on every byte of the model counts.
+      // Its fingerprint is of sampled tensors (docs/FORMAT.md, "Model fingerprint").
       return Status::Incompatible("session '" + path + "' was saved by " + Printable(meta.writer) +
                                   ", whose model fingerprints this " +
                                   "version no longer uses (it hashes the whole model file now): " +
@@ -122,7 +122,7 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
   return Status::Ok();
 }
 
-Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& options,
+Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenRequest& options,
                                     const ModelFacts& model, const std::string& path) {
   if (options.cache_type_k && *options.cache_type_k != meta.type_k_name) {
     return Mismatch(path, "cache type K", meta.type_k_name, *options.cache_type_k,
@@ -132,11 +132,9 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& 
     return Mismatch(path, "cache type V", meta.type_v_name, *options.cache_type_v,
                     "open without --cache-type-v or re-save the session");
   }
-  if (options.flash_attn && *options.flash_attn != FlashAttention::kAuto &&
-      (*options.flash_attn == FlashAttention::kOn) != meta.flash_attn) {
+  if (options.flash_attn && *options.flash_attn != meta.flash_attn) {
     return Mismatch(path, "flash attention", FlashName(meta.flash_attn),
-                    FlashName(*options.flash_attn == FlashAttention::kOn),
-                    "open without -fa or re-save the session");
+                    FlashName(*options.flash_attn), "open without -fa or re-save the session");
   }
   uint64_t n_ctx = meta.n_ctx;
   if (options.n_ctx != 0) {
