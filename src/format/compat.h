@@ -69,15 +69,6 @@ struct OpenRequest {
 Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenRequest& options,
                                     const ModelFacts& model, const std::string& path);
 
-// The text of a prefix store's namespace (docs/STORE.md, "Namespace"): one "key=value" line for
-// everything that decides the KV bytes of a chunk or how its tokens are grouped into decode calls.
-// `params` holds the context's parameters (cache types, RoPE/YaRN, n_ctx, batch sizes); floats
-// are written exactly (C's %a). Two sessions whose texts are equal compute bit-identical KV for
-// the same tokens.
-std::string StoreNamespaceText(const ModelFacts& model, const std::string& model_description,
-                               const SessionMeta& params, bool v_trans, uint32_t chunk_tokens,
-                               const std::string& llama_build);
-
 }  // namespace kvstash::format
 
 #endif  // KVSTASH_FORMAT_COMPAT_H_
