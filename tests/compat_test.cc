@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cmath>
 
 #include "engine/memory_support.h"
 
@@ -13,52 +12,6 @@ namespace {
 
 using format::CheckRopeRegime;
 using format::PaddedContextSize;
-
-// A store's namespace changes with everything that changes the KV bytes or the decode grouping,
-// and with nothing else (the thread count and, outside LongRoPE, the context size).
-TEST(CompatTest, StoreNamespaceTextCoversWhatDecidesTheKvBytes) {
-  format::ModelFacts model;
-  model.arch = "llama";
-  model.n_layer = 2;
-  model.llama_state_version = 3;
-  SessionMeta p;
-  p.n_ctx = 4096;
-  p.n_batch = 2048;
-  p.n_ubatch = 512;
-  p.type_k = 1;
-  p.type_v = 1;
-  p.rope_freq_base = 10000.0f;
-  const std::string base = format::StoreNamespaceText(model, "m", p, false, 256, "b1");
-  EXPECT_NE(base.find("rope.freq_base=0x1.388p+13\n"), std::string::npos) << base;  // exact
-  auto differs = [&](const std::string& text, const char* what) { EXPECT_NE(text, base) << what; };
-  differs(format::StoreNamespaceText(model, "m", p, true, 256, "b1"), "V layout");
-  differs(format::StoreNamespaceText(model, "m", p, false, 128, "b1"), "chunk size");
-  differs(format::StoreNamespaceText(model, "m", p, false, 256, "b2"), "llama.cpp build");
-  SessionMeta q = p;
-  q.type_k = 8;
-  differs(format::StoreNamespaceText(model, "m", q, false, 256, "b1"), "K type");
-  q = p;
-  q.n_ubatch = 128;
-  differs(format::StoreNamespaceText(model, "m", q, false, 256, "b1"), "micro-batch split");
-  q = p;
-  q.rope_freq_base = std::nextafter(10000.0f, 20000.0f);
-  differs(format::StoreNamespaceText(model, "m", q, false, 256, "b1"), "one ulp of RoPE base");
-  format::ModelFacts other = model;
-  other.fingerprint.bytes[0] ^= 1;
-  differs(format::StoreNamespaceText(other, "m", p, false, 256, "b1"), "model");
-  // Not in it: the context size (outside LongRoPE) and a batch beyond the chunk.
-  q = p;
-  q.n_ctx = 8192;
-  q.n_batch = 4096;
-  EXPECT_EQ(format::StoreNamespaceText(model, "m", q, false, 256, "b1"), base);
-  // With LongRoPE, which factors rotate the keys (the context size decides) is in it.
-  model.long_rope = true;
-  model.n_ctx_orig = 4096;
-  const std::string short_f = format::StoreNamespaceText(model, "m", p, false, 256, "b1");
-  q = p;
-  q.n_ctx = 8192;
-  EXPECT_NE(format::StoreNamespaceText(model, "m", q, false, 256, "b1"), short_f);
-}
 
 TEST(CompatTest, CreatedContextSizeIsPaddedAndZeroMeansTheTrainingContext) {
   EXPECT_EQ(format::CreatedContextSize(1000, 8192), 1024u);

@@ -6,6 +6,7 @@
 #include <functional>
 #include <limits>
 
+#include "format/coding.h"
 #include "format/compat.h"
 #include "format/llama_state.h"
 #include "format/meta_check.h"
@@ -91,6 +92,27 @@ std::string SampleFile(uint32_t n = 5) {
 
 Result<ParsedFile> Parse(const std::string& bytes) {
   return ParseFile(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "t.kvs", true, 2);
+}
+
+TEST(FormatTest, ByteReaderNeverReadsPastTheEnd) {
+  std::string bytes;
+  PutFixed32(&bytes, 0xaf143cd8);
+  PutFixed16(&bytes, 7);
+  ASSERT_EQ(bytes.size(), 6u);
+  EXPECT_EQ(static_cast<uint8_t>(bytes[0]), 0xd8);  // little-endian
+  EXPECT_EQ(DecodeFixed32(reinterpret_cast<const uint8_t*>(bytes.data())), 0xaf143cd8u);
+  ByteReader r(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  uint32_t u32 = 0;
+  uint64_t u64 = 0;
+  ASSERT_TRUE(r.ReadU32(&u32));
+  EXPECT_EQ(u32, 0xaf143cd8u);
+  EXPECT_FALSE(r.ReadU64(&u64));  // 2 bytes left: nothing read, nothing moved
+  EXPECT_FALSE(r.Skip(3));
+  EXPECT_FALSE(r.Skip(std::numeric_limits<uint64_t>::max(), 2));  // count * unit overflows
+  EXPECT_EQ(r.position(), 4u);
+  EXPECT_TRUE(r.Skip(1, 2));
+  EXPECT_EQ(r.remaining(), 0u);
+  EXPECT_TRUE(r.Skip(std::numeric_limits<uint64_t>::max(), 0));
 }
 
 TEST(FormatTest, RoundTrip) {
@@ -401,7 +423,7 @@ TEST(CompatTest, SessionsOfTheOldFingerprintAreToldToResave) {
 TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   SessionMeta meta = SampleMeta(200);
   meta.n_ctx = 4096;
-  OpenOptions options;
+  OpenRequest options;
   EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 4096u);  // as saved
   options.n_room = 40;
   EXPECT_EQ(*ResolveOpenContext(meta, options, FactsFor(meta), "s"), 256u);  // 240 rounded up
@@ -419,7 +441,7 @@ TEST(CompatTest, ContextIsSizedToTheRunUnlessAsked) {
   EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),
             Status::Code::kIncompatible);
   options = {};
-  options.flash_attn = FlashAttention::kOff;  // the sample was saved with flash attention
+  options.flash_attn = false;  // the sample was saved with flash attention
   EXPECT_EQ(ResolveOpenContext(meta, options, FactsFor(meta), "s").status().code(),
             Status::Code::kIncompatible);
 }
@@ -432,7 +454,7 @@ TEST(CompatTest, RoomSizingKeepsTheLongRopeRegime) {
   ModelFacts facts = FactsFor(meta);
   facts.long_rope = true;
   facts.n_ctx_orig = 1024;
-  OpenOptions options;
+  OpenRequest options;
   options.n_room = 40;
   EXPECT_EQ(*ResolveOpenContext(meta, options, facts, "s"), 1280u);  // not 256: stays long
   options.n_ctx = 512;

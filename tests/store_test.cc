@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "env/env.h"
 #include "store/chain_hash.h"
 #include "store/gc.h"
+#include "store/namespace_text.h"
 #include "store/store_files.h"
 #include "store/store_impl.h"
 
@@ -130,6 +132,119 @@ class StoreTest : public ::testing::Test {
   std::string dir_;
   std::vector<std::string> warnings_;
 };
+
+// The text of a context of `model` described as "m".
+std::string Text(const format::ModelFacts& model, const SessionMeta& p, bool v_trans,
+                 uint32_t chunk, const char* build) {
+  return store::NamespaceText({model, "m", p, v_trans, chunk, build, {}});
+}
+
+// A store's namespace changes with everything that changes the KV bytes or the decode grouping,
+// and with nothing else (the thread count and, outside LongRoPE, the context size).
+TEST(NamespaceTextTest, CoversWhatDecidesTheKvBytes) {
+  format::ModelFacts model;
+  model.arch = "llama";
+  model.n_layer = 2;
+  model.llama_state_version = 3;
+  SessionMeta p;
+  p.n_ctx = 4096;
+  p.n_batch = 2048;
+  p.n_ubatch = 512;
+  p.type_k = 1;
+  p.type_v = 1;
+  p.rope_freq_base = 10000.0f;
+  const std::string base = Text(model, p, false, 256, "b1");
+  EXPECT_NE(base.find("rope.freq_base=0x1.388p+13\n"), std::string::npos) << base;  // exact
+  auto differs = [&](const std::string& text, const char* what) { EXPECT_NE(text, base) << what; };
+  differs(Text(model, p, true, 256, "b1"), "V layout");
+  differs(Text(model, p, false, 128, "b1"), "chunk size");
+  differs(Text(model, p, false, 256, "b2"), "llama.cpp build");
+  SessionMeta q = p;
+  q.type_k = 8;
+  differs(Text(model, q, false, 256, "b1"), "K type");
+  q = p;
+  q.n_ubatch = 128;
+  differs(Text(model, q, false, 256, "b1"), "micro-batch split");
+  q = p;
+  q.rope_freq_base = std::nextafter(10000.0f, 20000.0f);
+  differs(Text(model, q, false, 256, "b1"), "one ulp of RoPE base");
+  format::ModelFacts other = model;
+  other.fingerprint.bytes[0] ^= 1;
+  differs(Text(other, p, false, 256, "b1"), "model");
+  // Not in it: the context size (outside LongRoPE) and a batch beyond the chunk.
+  q = p;
+  q.n_ctx = 8192;
+  q.n_batch = 4096;
+  EXPECT_EQ(Text(model, q, false, 256, "b1"), base);
+  // With LongRoPE, which factors rotate the keys (the context size decides) is in it.
+  model.long_rope = true;
+  model.n_ctx_orig = 4096;
+  const std::string short_f = Text(model, p, false, 256, "b1");
+  q = p;
+  q.n_ctx = 8192;
+  EXPECT_NE(Text(model, q, false, 256, "b1"), short_f);
+}
+
+// The bytes are hashed into every chunk's namespace: these are the ones existing stores hold.
+TEST(NamespaceTextTest, BytesNeverChange) {
+  store::NamespaceParams ns;
+  ns.model.arch = "llama";
+  ns.model.n_layer = 2;
+  ns.model.n_embd_k_gqa = 256;
+  ns.model.n_embd_v_gqa = 128;
+  ns.model.llama_state_version = 3;
+  ns.model.fingerprint.bytes[0] = 0xab;
+  ns.model.long_rope = true;
+  ns.model.n_ctx_orig = 4096;
+  ns.model_description = "m\n2";
+  ns.context.n_ctx = 8192;
+  ns.context.n_batch = 2048;
+  ns.context.n_ubatch = 512;
+  ns.context.type_k = 1;
+  ns.context.type_v = 8;
+  ns.context.rope_freq_base = 10000.0f;
+  ns.context.rope_freq_scale = 0.5f;
+  ns.context.yarn_ext_factor = -1.0f;
+  ns.context.yarn_attn_factor = 1.0f;
+  ns.context.yarn_beta_fast = 32.0f;
+  ns.context.yarn_beta_slow = 1.0f;
+  ns.context.rope_scaling_type = 2;
+  ns.v_trans = true;
+  ns.chunk_tokens = 256;
+  ns.llama_build = "b1";
+  const std::string plain =
+      "model.fingerprint=ab000000000000000000000000000000\n"
+      "model.arch=llama\n"
+      "model.description=m\\x0a2\n"
+      "model.n_layer=2\n"
+      "model.n_embd_k_gqa=256\n"
+      "model.n_embd_v_gqa=128\n"
+      "llama.build=b1\n"
+      "llama.state_version=3\n"
+      "cache.type_k=f16\n"
+      "cache.type_v=q8_0\n"
+      "cache.v_trans=1\n"
+      "rope.scaling_type=2\n"
+      "rope.freq_base=0x1.388p+13\n"
+      "rope.freq_scale=0x1p-1\n"
+      "rope.factors=long\n"
+      "yarn.ext_factor=-0x1p+0\n"
+      "yarn.attn_factor=0x1p+0\n"
+      "yarn.beta_fast=0x1p+5\n"
+      "yarn.beta_slow=0x1p+0\n"
+      "yarn.orig_ctx=0\n"
+      "store.chunk_tokens=256\n"
+      "decode.n_ubatch=256\n"
+      "decode.n_batch=256\n";
+  EXPECT_EQ(store::NamespaceText(ns), plain);
+  ns.memory = {"iswa", 4096, 0};
+  EXPECT_EQ(store::NamespaceText(ns),
+            plain + "memory.kind=iswa\nmemory.n_swa=4096\nstore.snapshot_every=0\n");
+  EXPECT_EQ(store::ParseNamespaceText(plain).at("model.description"), "m\\x0a2");
+  EXPECT_EQ(store::NamespaceSummary(plain),
+            "m\\x0a2 (llama, fingerprint ab0000000000), K f16, V q8_0, flash attention off");
+  EXPECT_EQ(store::NamespaceSummary(""), "(no description)");
+}
 
 TEST(ChainHashTest, KnownVectorsAndChaining) {
   // SHA-256("kvstash-store 1\n"), computed with sha256sum.

@@ -76,6 +76,7 @@ struct RedisStats {
 struct NamespaceStats {
   std::string hash;         // h_0 in hex
   std::string description;  // what the namespace stands for (model, cache types), if recorded
+  std::string summary;      // the description in one line: model, cache types, flash attention
   uint64_t chunks = 0;
   uint64_t bytes = 0;
 };

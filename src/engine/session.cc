@@ -455,7 +455,13 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
   if (!parsed.ok()) return parsed.status();
   const format::ModelFacts facts = FactsOf(*model);
   KVSTASH_RETURN_IF_ERROR(format::CheckSessionFitsModel(parsed->meta, facts, path));
-  auto n_ctx = format::ResolveOpenContext(parsed->meta, options, facts, path);
+  const FlashAttention fa = options.flash_attn.value_or(FlashAttention::kAuto);
+  auto n_ctx = format::ResolveOpenContext(
+      parsed->meta,
+      {options.n_ctx, options.n_room,
+       fa == FlashAttention::kAuto ? std::nullopt : std::optional<bool>(fa == FlashAttention::kOn),
+       options.cache_type_k, options.cache_type_v},
+      facts, path);
   if (!n_ctx.ok()) return n_ctx.status();
   if (options.progress) options.progress(0, file.size());
 

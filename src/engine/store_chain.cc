@@ -7,6 +7,7 @@
 #include "format/compat.h"
 #include "format/llama_state.h"
 #include "store/chain_hash.h"
+#include "store/namespace_text.h"
 #include "store/store_impl.h"
 
 namespace kvstash::engine {
@@ -71,18 +72,16 @@ format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLay
 Chain MakeChain(const Model& model, const SessionMeta& params, bool v_trans, uint32_t chunk,
                 const std::vector<Token>& tokens, const StateShape* shape) {
   Chain c;
-  c.text = format::StoreNamespaceText(FactsOf(model), model.Description(), params, v_trans, chunk,
-                                      LlamaBuildInfo());
+  store::NamespaceParams ns{FactsOf(model), model.Description(), params, v_trans,
+                            chunk,          LlamaBuildInfo(),    {}};
   c.layout = ExpectedLayout(*model.impl(), params, v_trans);
   c.chunk = chunk;
   c.n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model.impl()->model)));
   if (shape != nullptr && shape->layout.kind != format::MemoryKind::kKv) {
     c.layout = ShapedLayout(*shape, c.layout, chunk, c.n_swa);
-    // Plain namespaces keep the text kvstash 0.2 gave them, so their stores stay valid.
-    c.text += std::string("memory.kind=") + format::MemoryKindName(c.layout.kind) + "\n";
-    c.text += "memory.n_swa=" + std::to_string(c.n_swa) + "\n";
-    c.text += "store.snapshot_every=" + std::to_string(c.layout.snapshot_every) + "\n";
+    ns.memory = {format::MemoryKindName(c.layout.kind), c.n_swa, c.layout.snapshot_every};
   }
+  c.text = store::NamespaceText(ns);
   c.h0 = store::NamespaceHash(c.text);
   c.hashes = store::ChainHashes(c.h0, tokens.data(), tokens.size(), chunk);
   return c;

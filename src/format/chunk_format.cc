@@ -6,6 +6,7 @@
 #include <cstring>
 #include <thread>
 
+#include "format/coding.h"
 #include "format/meta_check.h"
 #include "format/session_format.h"
 
@@ -43,19 +44,6 @@ enum : size_t {
   kOffReserved = 224,
   kOffHeaderSum = 248,
 };
-
-void Put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
-void Put64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
-uint32_t Get32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-uint64_t Get64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
 Status Bad(const std::string& name, const std::string& what) {
   return Status::Corruption(
@@ -214,33 +202,33 @@ std::string EncodeChunkHead(ChunkHeader h, const int32_t* tokens, const uint8_t*
   std::string out(kChunkHeaderSize + token_bytes, '\0');
   uint8_t* p = reinterpret_cast<uint8_t*>(out.data());
   std::memcpy(p, kChunkMagic, 8);
-  Put32(p + kOffVersion, kChunkFormatVersion);
-  Put32(p + kOffHeaderSize, kChunkHeaderSize);
+  EncodeFixed32(p + kOffVersion, kChunkFormatVersion);
+  EncodeFixed32(p + kOffHeaderSize, kChunkHeaderSize);
   std::memcpy(p + kOffHash, h.hash.data(), 32);
   std::memcpy(p + kOffParent, h.parent.data(), 32);
   std::memcpy(p + kOffNs, h.ns.data(), 32);
-  Put32(p + kOffIndex, h.index);
-  Put32(p + kOffNTokens, h.n_tokens);
-  Put32(p + kOffNLayer, h.layout.n_layer);
-  Put32(p + kOffVTrans, h.layout.v_trans ? 1 : 0);
-  Put32(p + kOffKType, static_cast<uint32_t>(h.layout.k_type));
-  Put32(p + kOffVType, static_cast<uint32_t>(h.layout.v_type));
-  Put64(p + kOffKRow, h.layout.k_row_bytes);
-  Put64(p + kOffVRow, h.layout.v_row_bytes);
-  Put32(p + kOffVElem, h.layout.v_elem_bytes);
-  Put32(p + kOffNEmbdV, h.layout.n_embd_v);
-  Put32(p + kOffKind, static_cast<uint32_t>(h.layout.kind));
-  Put32(p + kOffSwaCells, h.layout.swa_cells);
-  Put32(p + kOffSwaNLayer, h.layout.swa_n_layer);
-  Put32(p + kOffSwaNEmbdV, h.layout.swa_n_embd_v);
-  Put64(p + kOffSwaKRow, h.layout.swa_k_row_bytes);
-  Put64(p + kOffSwaVRow, h.layout.swa_v_row_bytes);
-  Put32(p + kOffSwaVElem, h.layout.swa_v_elem_bytes);
-  Put32(p + kOffSnapshotEvery, h.layout.snapshot_every);
-  Put64(p + kOffSnapshotBytes, h.layout.snapshot_bytes);
-  Put64(p + kOffPayloadBytes, h.payload_bytes);
-  Put64(p + kOffPayloadSum, h.payload_checksum);
-  Put64(p + kOffHeaderSum, XXH3_64bits(p, kOffHeaderSum));
+  EncodeFixed32(p + kOffIndex, h.index);
+  EncodeFixed32(p + kOffNTokens, h.n_tokens);
+  EncodeFixed32(p + kOffNLayer, h.layout.n_layer);
+  EncodeFixed32(p + kOffVTrans, h.layout.v_trans ? 1 : 0);
+  EncodeFixed32(p + kOffKType, static_cast<uint32_t>(h.layout.k_type));
+  EncodeFixed32(p + kOffVType, static_cast<uint32_t>(h.layout.v_type));
+  EncodeFixed64(p + kOffKRow, h.layout.k_row_bytes);
+  EncodeFixed64(p + kOffVRow, h.layout.v_row_bytes);
+  EncodeFixed32(p + kOffVElem, h.layout.v_elem_bytes);
+  EncodeFixed32(p + kOffNEmbdV, h.layout.n_embd_v);
+  EncodeFixed32(p + kOffKind, static_cast<uint32_t>(h.layout.kind));
+  EncodeFixed32(p + kOffSwaCells, h.layout.swa_cells);
+  EncodeFixed32(p + kOffSwaNLayer, h.layout.swa_n_layer);
+  EncodeFixed32(p + kOffSwaNEmbdV, h.layout.swa_n_embd_v);
+  EncodeFixed64(p + kOffSwaKRow, h.layout.swa_k_row_bytes);
+  EncodeFixed64(p + kOffSwaVRow, h.layout.swa_v_row_bytes);
+  EncodeFixed32(p + kOffSwaVElem, h.layout.swa_v_elem_bytes);
+  EncodeFixed32(p + kOffSnapshotEvery, h.layout.snapshot_every);
+  EncodeFixed64(p + kOffSnapshotBytes, h.layout.snapshot_bytes);
+  EncodeFixed64(p + kOffPayloadBytes, h.payload_bytes);
+  EncodeFixed64(p + kOffPayloadSum, h.payload_checksum);
+  EncodeFixed64(p + kOffHeaderSum, XXH3_64bits(p, kOffHeaderSum));
   std::memcpy(p + kChunkHeaderSize, tokens, token_bytes);  // little-endian host (CMakeLists.txt)
   return out;
 }
@@ -250,13 +238,14 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   if (n < kChunkHeaderSize || file_size < kChunkHeaderSize)
     return Bad(name, "it is shorter than a chunk header (" + std::to_string(file_size) + " bytes)");
   if (std::memcmp(p, kChunkMagic, 8) != 0) return Bad(name, "it is not a kvstash chunk file");
-  if (Get32(p + kOffVersion) != kChunkFormatVersion) {
+  if (DecodeFixed32(p + kOffVersion) != kChunkFormatVersion) {
     return Status::Incompatible("chunk file '" + name + "' has format version " +
-                                std::to_string(Get32(p + kOffVersion)) + "; this kvstash reads " +
-                                "version " + std::to_string(kChunkFormatVersion));
+                                std::to_string(DecodeFixed32(p + kOffVersion)) +
+                                "; this kvstash reads " + "version " +
+                                std::to_string(kChunkFormatVersion));
   }
-  if (Get32(p + kOffHeaderSize) != kChunkHeaderSize) return Bad(name, "wrong header size");
-  if (Get64(p + kOffHeaderSum) != XXH3_64bits(p, kOffHeaderSum))
+  if (DecodeFixed32(p + kOffHeaderSize) != kChunkHeaderSize) return Bad(name, "wrong header size");
+  if (DecodeFixed64(p + kOffHeaderSum) != XXH3_64bits(p, kOffHeaderSum))
     return Bad(name, "the header checksum does not match");
   for (size_t i = kOffReserved; i < kOffHeaderSum; ++i)
     if (p[i] != 0) return Bad(name, "reserved header bytes are not zero");
@@ -264,31 +253,31 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   std::memcpy(h.hash.data(), p + kOffHash, 32);
   std::memcpy(h.parent.data(), p + kOffParent, 32);
   std::memcpy(h.ns.data(), p + kOffNs, 32);
-  h.index = Get32(p + kOffIndex);
-  h.n_tokens = Get32(p + kOffNTokens);
-  const uint32_t v_trans = Get32(p + kOffVTrans);
+  h.index = DecodeFixed32(p + kOffIndex);
+  h.n_tokens = DecodeFixed32(p + kOffNTokens);
+  const uint32_t v_trans = DecodeFixed32(p + kOffVTrans);
   if (v_trans > 1) return Bad(name, "bad V layout flag");
-  h.layout.n_layer = Get32(p + kOffNLayer);
+  h.layout.n_layer = DecodeFixed32(p + kOffNLayer);
   h.layout.v_trans = v_trans == 1;
-  h.layout.k_type = static_cast<int32_t>(Get32(p + kOffKType));
-  h.layout.v_type = static_cast<int32_t>(Get32(p + kOffVType));
-  h.layout.k_row_bytes = Get64(p + kOffKRow);
-  h.layout.v_row_bytes = Get64(p + kOffVRow);
-  h.layout.v_elem_bytes = Get32(p + kOffVElem);
-  h.layout.n_embd_v = Get32(p + kOffNEmbdV);
-  const uint32_t kind = Get32(p + kOffKind);
+  h.layout.k_type = static_cast<int32_t>(DecodeFixed32(p + kOffKType));
+  h.layout.v_type = static_cast<int32_t>(DecodeFixed32(p + kOffVType));
+  h.layout.k_row_bytes = DecodeFixed64(p + kOffKRow);
+  h.layout.v_row_bytes = DecodeFixed64(p + kOffVRow);
+  h.layout.v_elem_bytes = DecodeFixed32(p + kOffVElem);
+  h.layout.n_embd_v = DecodeFixed32(p + kOffNEmbdV);
+  const uint32_t kind = DecodeFixed32(p + kOffKind);
   if (kind > kMaxMemoryKind) return Bad(name, "unknown memory kind " + std::to_string(kind));
   h.layout.kind = static_cast<MemoryKind>(kind);
-  h.layout.swa_cells = Get32(p + kOffSwaCells);
-  h.layout.swa_n_layer = Get32(p + kOffSwaNLayer);
-  h.layout.swa_n_embd_v = Get32(p + kOffSwaNEmbdV);
-  h.layout.swa_k_row_bytes = Get64(p + kOffSwaKRow);
-  h.layout.swa_v_row_bytes = Get64(p + kOffSwaVRow);
-  h.layout.swa_v_elem_bytes = Get32(p + kOffSwaVElem);
-  h.layout.snapshot_every = Get32(p + kOffSnapshotEvery);
-  h.layout.snapshot_bytes = Get64(p + kOffSnapshotBytes);
-  h.payload_bytes = Get64(p + kOffPayloadBytes);
-  h.payload_checksum = Get64(p + kOffPayloadSum);
+  h.layout.swa_cells = DecodeFixed32(p + kOffSwaCells);
+  h.layout.swa_n_layer = DecodeFixed32(p + kOffSwaNLayer);
+  h.layout.swa_n_embd_v = DecodeFixed32(p + kOffSwaNEmbdV);
+  h.layout.swa_k_row_bytes = DecodeFixed64(p + kOffSwaKRow);
+  h.layout.swa_v_row_bytes = DecodeFixed64(p + kOffSwaVRow);
+  h.layout.swa_v_elem_bytes = DecodeFixed32(p + kOffSwaVElem);
+  h.layout.snapshot_every = DecodeFixed32(p + kOffSnapshotEvery);
+  h.layout.snapshot_bytes = DecodeFixed64(p + kOffSnapshotBytes);
+  h.payload_bytes = DecodeFixed64(p + kOffPayloadBytes);
+  h.payload_checksum = DecodeFixed64(p + kOffPayloadSum);
   if (h.n_tokens < kMinChunkTokens || h.n_tokens > kMaxChunkTokens || h.n_tokens % 16 != 0)
     return Bad(name, "chunk size " + std::to_string(h.n_tokens) + " is out of range");
   // Positions end at index * C, which must stay within the longest context kvstash supports.
@@ -308,7 +297,7 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
 
 uint64_t ChunkFileSizeFromHead(const uint8_t* head, size_t n) {
   if (n < kChunkHeaderSize || std::memcmp(head, kChunkMagic, 8) != 0) return 0;
-  const uint64_t payload = Get64(head + kOffPayloadBytes);
+  const uint64_t payload = DecodeFixed64(head + kOffPayloadBytes);
   if (payload > (uint64_t{1} << 40)) return 0;
   return kChunkHeaderSize + payload;
 }
@@ -371,7 +360,7 @@ Status CutChunkKv(const uint8_t* state, size_t size, const KvLayout& kv, uint32_
         ") are not in a state of " + std::to_string(kv.cell_count) + " cells");
   }
   for (uint32_t i = begin; i < begin + n; ++i) {
-    if (static_cast<int64_t>(static_cast<int32_t>(Get32(state + 16 + uint64_t{i} * 12))) !=
+    if (static_cast<int64_t>(static_cast<int32_t>(DecodeFixed32(state + 16 + uint64_t{i} * 12))) !=
         int64_t{kv.first_pos} + i) {
       return Status::InvalidArgument("the KV cache does not hold its cells in position order " +
                                      std::string("(cell ") + std::to_string(i) + ")");
@@ -417,20 +406,20 @@ void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int3
   // The offsets are those of a whole state; `base` is where its header would start.
   uint8_t* base = out - kSeqStateHeaderBytes;
   const StateOffsets o = OffsetsOf(l, cells);
-  Put32(base + 8, 1);       // n_stream
-  Put32(base + 12, cells);  // cell_count
+  EncodeFixed32(base + 8, 1);       // n_stream
+  EncodeFixed32(base + 12, cells);  // cell_count
   for (uint32_t i = 0; i < cells; ++i) {
     uint8_t* cell = base + 16 + uint64_t{i} * 12;
-    Put32(cell, static_cast<uint32_t>(first_pos + static_cast<int32_t>(i)));
-    Put32(cell + 4, 1);
-    Put32(cell + 8, 0);
+    EncodeFixed32(cell, static_cast<uint32_t>(first_pos + static_cast<int32_t>(i)));
+    EncodeFixed32(cell + 4, 1);
+    EncodeFixed32(cell + 8, 0);
   }
-  Put32(base + 16 + uint64_t{cells} * 12, l.v_trans ? 1 : 0);
-  Put32(base + 20 + uint64_t{cells} * 12, l.n_layer);
+  EncodeFixed32(base + 16 + uint64_t{cells} * 12, l.v_trans ? 1 : 0);
+  EncodeFixed32(base + 20 + uint64_t{cells} * 12, l.n_layer);
   for (uint32_t il = 0; il < l.n_layer; ++il) {
     uint8_t* layer = base + o.k_first + il * o.k_layer;
-    Put32(layer - 12, static_cast<uint32_t>(l.k_type));
-    Put64(layer - 8, l.k_row_bytes);
+    EncodeFixed32(layer - 12, static_cast<uint32_t>(l.k_type));
+    EncodeFixed64(layer - 8, l.k_row_bytes);
     for (const CellRun& r : runs) {
       const uint8_t* from = r.block + (uint64_t{il} * r.block_cells + r.from) * l.k_row_bytes;
       std::memcpy(layer, from, uint64_t{r.count} * l.k_row_bytes);
@@ -439,9 +428,9 @@ void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int3
   }
   for (uint32_t il = 0; il < l.n_layer; ++il) {
     uint8_t* layer = base + o.v_first + il * o.v_layer;
-    Put32(layer - 12, static_cast<uint32_t>(l.v_type));
+    EncodeFixed32(layer - 12, static_cast<uint32_t>(l.v_type));
     if (!l.v_trans) {
-      Put64(layer - 8, l.v_row_bytes);
+      EncodeFixed64(layer - 8, l.v_row_bytes);
       for (const CellRun& r : runs) {
         const uint64_t k_all = uint64_t{l.n_layer} * r.block_cells * l.k_row_bytes;
         const uint8_t* from =
@@ -451,8 +440,8 @@ void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int3
       }
       continue;
     }
-    Put32(layer - 8, l.v_elem_bytes);
-    Put32(layer - 4, l.n_embd_v);
+    EncodeFixed32(layer - 8, l.v_elem_bytes);
+    EncodeFixed32(layer - 4, l.n_embd_v);
     for (uint32_t row = 0; row < l.n_embd_v; ++row) {
       uint8_t* dst = layer + uint64_t{row} * cells * l.v_elem_bytes;
       for (const CellRun& r : runs) {
@@ -479,8 +468,8 @@ void AssembleLayers(const ChunkLayout& l, uint32_t chunk_tokens,
   const uint64_t k_all = uint64_t{l.n_layer} * chunk_k;  // K bytes of one chunk
   for (uint32_t il = first; il < l.n_layer; il += step) {
     uint8_t* layer = out + o.k_first + il * o.k_layer;
-    Put32(layer - 12, static_cast<uint32_t>(l.k_type));
-    Put64(layer - 8, l.k_row_bytes);
+    EncodeFixed32(layer - 12, static_cast<uint32_t>(l.k_type));
+    EncodeFixed64(layer - 8, l.k_row_bytes);
     for (size_t j = 0; j < chunks.size(); ++j)
       std::memcpy(layer + j * chunk_k, chunks[j] + il * chunk_k, chunk_k);
   }
@@ -488,15 +477,15 @@ void AssembleLayers(const ChunkLayout& l, uint32_t chunk_tokens,
     uint8_t* layer = out + o.v_first + il * o.v_layer;
     if (!l.v_trans) {
       const uint64_t chunk_v = uint64_t{chunk_tokens} * l.v_row_bytes;
-      Put32(layer - 12, static_cast<uint32_t>(l.v_type));
-      Put64(layer - 8, l.v_row_bytes);
+      EncodeFixed32(layer - 12, static_cast<uint32_t>(l.v_type));
+      EncodeFixed64(layer - 8, l.v_row_bytes);
       for (size_t j = 0; j < chunks.size(); ++j)
         std::memcpy(layer + j * chunk_v, chunks[j] + k_all + il * chunk_v, chunk_v);
       continue;
     }
-    Put32(layer - 12, static_cast<uint32_t>(l.v_type));
-    Put32(layer - 8, l.v_elem_bytes);
-    Put32(layer - 4, l.n_embd_v);
+    EncodeFixed32(layer - 12, static_cast<uint32_t>(l.v_type));
+    EncodeFixed32(layer - 8, l.v_elem_bytes);
+    EncodeFixed32(layer - 4, l.n_embd_v);
     const uint64_t piece = uint64_t{chunk_tokens} * l.v_elem_bytes;  // one V row of one chunk
     const uint64_t chunk_layer = uint64_t{l.n_embd_v} * piece;
     for (uint32_t r = 0; r < l.n_embd_v; ++r) {
@@ -513,18 +502,18 @@ void AssembleSeqState(const ChunkLayout& l, uint32_t chunk_tokens,
                       const std::vector<const uint8_t*>& chunks, uint8_t* out, int n_threads) {
   const uint32_t cells = static_cast<uint32_t>(chunks.size()) * chunk_tokens;
   uint8_t* p = out;
-  Put32(p, kLlamaSeqStateMagic);
-  Put32(p + 4, 0);       // seq_id
-  Put32(p + 8, 1);       // n_stream
-  Put32(p + 12, cells);  // cell_count
+  EncodeFixed32(p, kLlamaSeqStateMagic);
+  EncodeFixed32(p + 4, 0);       // seq_id
+  EncodeFixed32(p + 8, 1);       // n_stream
+  EncodeFixed32(p + 12, cells);  // cell_count
   p += 16;
   for (uint32_t i = 0; i < cells; ++i, p += 12) {
-    Put32(p, i);      // pos
-    Put32(p + 4, 1);  // n_seq_id
-    Put32(p + 8, 0);  // seq_id
+    EncodeFixed32(p, i);      // pos
+    EncodeFixed32(p + 4, 1);  // n_seq_id
+    EncodeFixed32(p + 8, 0);  // seq_id
   }
-  Put32(p, l.v_trans ? 1 : 0);
-  Put32(p + 4, l.n_layer);
+  EncodeFixed32(p, l.v_trans ? 1 : 0);
+  EncodeFixed32(p + 4, l.n_layer);
   // Memory-bound copies: a second thread on the other core nearly halves the time.
   const uint32_t step = static_cast<uint32_t>(std::clamp(n_threads, 1, 8));
   std::vector<std::thread> helpers;

@@ -1,7 +1,6 @@
 #include "format/compat.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include "format/meta_check.h"
@@ -71,7 +70,7 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
                              const std::string& path) {
   if (meta.model_fingerprint != model.fingerprint) {
     if (meta.writer.rfind("kvstash 0.1.", 0) == 0) {
-      // 0.1 fingerprinted samples of each tensor; from 0.2 on every byte of the model counts.
+      // Its fingerprint is of sampled tensors (docs/FORMAT.md, "Model fingerprint").
       return Status::Incompatible("session '" + path + "' was saved by " + Printable(meta.writer) +
                                   ", whose model fingerprints this " +
                                   "version no longer uses (it hashes the whole model file now): " +
@@ -122,7 +121,7 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
   return Status::Ok();
 }
 
-Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& options,
+Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenRequest& options,
                                     const ModelFacts& model, const std::string& path) {
   if (options.cache_type_k && *options.cache_type_k != meta.type_k_name) {
     return Mismatch(path, "cache type K", meta.type_k_name, *options.cache_type_k,
@@ -132,11 +131,9 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& 
     return Mismatch(path, "cache type V", meta.type_v_name, *options.cache_type_v,
                     "open without --cache-type-v or re-save the session");
   }
-  if (options.flash_attn && *options.flash_attn != FlashAttention::kAuto &&
-      (*options.flash_attn == FlashAttention::kOn) != meta.flash_attn) {
+  if (options.flash_attn && *options.flash_attn != meta.flash_attn) {
     return Mismatch(path, "flash attention", FlashName(meta.flash_attn),
-                    FlashName(*options.flash_attn == FlashAttention::kOn),
-                    "open without -fa or re-save the session");
+                    FlashName(*options.flash_attn), "open without -fa or re-save the session");
   }
   uint64_t n_ctx = meta.n_ctx;
   if (options.n_ctx != 0) {
@@ -166,58 +163,6 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& 
       meta.n_ctx, static_cast<uint32_t>(n_ctx),
       meta.yarn_orig_ctx != 0 ? meta.yarn_orig_ctx : model.n_ctx_orig, model.long_rope, path));
   return static_cast<uint32_t>(n_ctx);
-}
-
-std::string StoreNamespaceText(const ModelFacts& model, const std::string& model_description,
-                               const SessionMeta& p, bool v_trans, uint32_t chunk_tokens,
-                               const std::string& llama_build) {
-  auto exact = [](float f) {
-    char buf[48];
-    std::snprintf(buf, sizeof buf, "%a", static_cast<double>(f));
-    return std::string(buf);
-  };
-  auto name = [](int32_t id) {
-    const CacheType* t = FindCacheType(id);
-    return t != nullptr ? std::string(t->name) : std::to_string(id);
-  };
-  // Which LongRoPE factors rotate the keys depends on the context size (CheckRopeRegime).
-  const uint32_t orig = p.yarn_orig_ctx != 0 ? p.yarn_orig_ctx : model.n_ctx_orig;
-  const char* rope_factors = !model.long_rope                    ? "none"
-                             : PaddedContextSize(p.n_ctx) > orig ? "long"
-                                                                 : "short";
-  std::string t;
-  auto line = [&t](const char* key, const std::string& value) {
-    t += key;
-    t += '=';
-    t += Printable(value);
-    t += '\n';
-  };
-  line("model.fingerprint", model.fingerprint.Hex());
-  line("model.arch", model.arch);
-  line("model.description", model_description);
-  line("model.n_layer", std::to_string(model.n_layer));
-  line("model.n_embd_k_gqa", std::to_string(model.n_embd_k_gqa));
-  line("model.n_embd_v_gqa", std::to_string(model.n_embd_v_gqa));
-  line("llama.build", llama_build);
-  line("llama.state_version", std::to_string(model.llama_state_version));
-  line("cache.type_k", name(p.type_k));
-  line("cache.type_v", name(p.type_v));
-  line("cache.v_trans", v_trans ? "1" : "0");
-  line("rope.scaling_type", std::to_string(p.rope_scaling_type));
-  line("rope.freq_base", exact(p.rope_freq_base));
-  line("rope.freq_scale", exact(p.rope_freq_scale));
-  line("rope.factors", rope_factors);
-  line("yarn.ext_factor", exact(p.yarn_ext_factor));
-  line("yarn.attn_factor", exact(p.yarn_attn_factor));
-  line("yarn.beta_fast", exact(p.yarn_beta_fast));
-  line("yarn.beta_slow", exact(p.yarn_beta_slow));
-  line("yarn.orig_ctx", std::to_string(p.yarn_orig_ctx));
-  line("store.chunk_tokens", std::to_string(chunk_tokens));
-  // A chunk is one decode call; llama.cpp splits a call into micro-batches of n_ubatch tokens, and
-  // the split changes the numbers.
-  line("decode.n_ubatch", std::to_string(std::min(p.n_ubatch, chunk_tokens)));
-  line("decode.n_batch", std::to_string(std::min(p.n_batch, chunk_tokens)));
-  return t;
 }
 
 }  // namespace kvstash::format

@@ -4,9 +4,9 @@
 #define KVSTASH_FORMAT_COMPAT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
-#include "kvstash/session.h"
 #include "kvstash/session_file.h"
 #include "kvstash/status.h"
 
@@ -52,22 +52,22 @@ struct ModelFacts {
 Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
                              const std::string& path);
 
+// What a caller asks of the context a session opens into (Session::Open's options).
+struct OpenRequest {
+  uint32_t n_ctx = 0;              // 0: the saved size, or what the run needs when n_room is set
+  uint32_t n_room = 0;             // tokens the run adds after the saved ones
+  std::optional<bool> flash_attn;  // unset: either (auto)
+  std::optional<std::string> cache_type_k;
+  std::optional<std::string> cache_type_v;
+};
+
 // The caller's KV-deciding options agree with the file, and the context size to create: the
 // caller's n_ctx if given, else the saved one, shrunk to what the run needs when the caller says
 // how much room it needs (n_tokens + room, rounded up to 256), but never across a LongRoPE
 // model's regime line (CheckRopeRegime, which also refuses a caller's n_ctx across it). Never
 // smaller than the tokens held plus one.
-Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenOptions& options,
+Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenRequest& options,
                                     const ModelFacts& model, const std::string& path);
-
-// The text of a prefix store's namespace (docs/STORE.md, "Namespace"): one "key=value" line for
-// everything that decides the KV bytes of a chunk or how its tokens are grouped into decode calls.
-// `params` holds the context's parameters (cache types, RoPE/YaRN, n_ctx, batch sizes); floats
-// are written exactly (C's %a). Two sessions whose texts are equal compute bit-identical KV for
-// the same tokens.
-std::string StoreNamespaceText(const ModelFacts& model, const std::string& model_description,
-                               const SessionMeta& params, bool v_trans, uint32_t chunk_tokens,
-                               const std::string& llama_build);
 
 }  // namespace kvstash::format
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <set>
 
+#include "format/coding.h"
 #include "format/meta_check.h"
 #include "format/session_format.h"
 
@@ -15,32 +16,6 @@ constexpr uint32_t kMaxSequences = 256;
 constexpr uint32_t kMaxArchBytes = 256;
 constexpr const char* kFix = "re-create it with llama.cpp, or save the prompt with 'kvstash save'";
 
-// A bounds-checked cursor over the file: every read either succeeds or returns false.
-class Cursor {
- public:
-  Cursor(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  template <typename T>
-  bool Get(T* out) {
-    if (left() < sizeof(T)) return false;
-    std::memcpy(out, data_ + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return true;
-  }
-  bool Skip(size_t n) {
-    if (left() < n) return false;
-    pos_ += n;
-    return true;
-  }
-  size_t pos() const { return pos_; }
-  size_t left() const { return size_ - pos_; }
-  const uint8_t* here() const { return data_ + pos_; }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
-
 Status Bad(const std::string& name, LlamaFileKind kind, const std::string& what) {
   return Status::Corruption(std::string(LlamaFileKindName(kind)) + " '" + name + "' " + what +
                             "; " + kFix);
@@ -50,10 +25,10 @@ Status Cut(const std::string& name, LlamaFileKind kind, const char* where) {
   return Bad(name, kind, std::string("is cut short ") + where);
 }
 
-Status ReadTokens(Cursor& r, const std::string& name, LlamaFileKind kind, int32_t n_vocab,
+Status ReadTokens(ByteReader& r, const std::string& name, LlamaFileKind kind, int32_t n_vocab,
                   uint32_t max_tokens, std::vector<int32_t>* tokens) {
   uint32_t n;
-  if (!r.Get(&n)) return Cut(name, kind, "before its token count");
+  if (!r.ReadU32(&n)) return Cut(name, kind, "before its token count");
   if (n == 0) return Bad(name, kind, "holds no tokens");
   const uint32_t limit = std::min(max_tokens, kMaxTokens);
   if (n > limit) {
@@ -61,14 +36,13 @@ Status ReadTokens(Cursor& r, const std::string& name, LlamaFileKind kind, int32_
                "records " + std::to_string(n) + " tokens, more than the model's context or " +
                    "kvstash can hold (" + std::to_string(limit) + ")");
   }
-  if (n > r.left() / 4) {
+  if (n > r.remaining() / 4) {
     return Bad(name, kind,
-               "records " + std::to_string(n) + " tokens but only " + std::to_string(r.left()) +
-                   " bytes follow the count");
+               "records " + std::to_string(n) + " tokens but only " +
+                   std::to_string(r.remaining()) + " bytes follow the count");
   }
   tokens->resize(n);
-  std::memcpy(tokens->data(), r.here(), size_t{n} * 4);
-  r.Skip(size_t{n} * 4);
+  r.Read(tokens->data(), size_t{n} * 4);
   for (uint32_t i = 0; i < n; ++i) {
     const int32_t t = (*tokens)[i];
     if (t < 0 || t >= n_vocab) {
@@ -84,19 +58,19 @@ Status ReadTokens(Cursor& r, const std::string& name, LlamaFileKind kind, int32_
 // The sequence ids of the `cells` cell records at `r` (a session file lists every sequence a cell
 // belongs to): refuses a file of several sequences by their count, before the payload parser
 // would call it corrupt. Leaves `r` where it was.
-Status CheckOneSequence(Cursor r, uint32_t cells, const std::string& name, LlamaFileKind kind) {
+Status CheckOneSequence(ByteReader r, uint32_t cells, const std::string& name, LlamaFileKind kind) {
   std::set<int32_t> ids;
   for (uint32_t i = 0; i < cells; ++i) {
     int32_t pos, id;
     uint32_t n_seq;
-    if (!r.Get(&pos) || !r.Get(&n_seq)) return Cut(name, kind, "in its cell table");
+    if (!r.ReadI32(&pos) || !r.ReadU32(&n_seq)) return Cut(name, kind, "in its cell table");
     if (n_seq == 0 || n_seq > kMaxSequences) {
       return Bad(name, kind,
                  "has a cell of " + std::to_string(n_seq) + " sequences (1.." +
                      std::to_string(kMaxSequences) + ")");
     }
     for (uint32_t j = 0; j < n_seq; ++j) {
-      if (!r.Get(&id)) return Cut(name, kind, "in its cell table");
+      if (!r.ReadI32(&id)) return Cut(name, kind, "in its cell table");
       ids.insert(id);
     }
   }
@@ -118,11 +92,11 @@ Status CheckOneSequence(Cursor r, uint32_t cells, const std::string& name, Llama
 // The memory part: u32 n_stream, then a block per stream (u32 0 when empty). The sequence's block
 // is the only non-empty one; it becomes a one-stream seq-state payload with llama_state_seq's
 // header, which ParseLlamaSeqState then walks to the last byte.
-Status ReadSequence(const uint8_t* data, size_t size, Cursor& r, const std::string& name,
+Status ReadSequence(const uint8_t* data, size_t size, ByteReader& r, const std::string& name,
                     LlamaFile* file) {
   const LlamaFileKind kind = file->kind;
   uint32_t n_stream;
-  if (!r.Get(&n_stream)) return Cut(name, kind, "before its KV cache");
+  if (!r.ReadU32(&n_stream)) return Cut(name, kind, "before its KV cache");
   if (n_stream == 0 || n_stream > kMaxSequences) {
     return Bad(name, kind,
                "has " + std::to_string(n_stream) + " KV streams (1.." +
@@ -130,11 +104,11 @@ Status ReadSequence(const uint8_t* data, size_t size, Cursor& r, const std::stri
   }
   uint32_t s = 0, cells = 0;
   for (; s < n_stream; ++s) {
-    if (!r.Get(&cells)) return Cut(name, kind, "in its KV stream headers");
+    if (!r.ReadU32(&cells)) return Cut(name, kind, "in its KV stream headers");
     if (cells != 0) break;
   }
   if (s == n_stream) return Bad(name, kind, "holds no KV cells (an empty context was saved)");
-  const size_t block = r.pos() - 4;  // at the cell count
+  const size_t block = r.position() - 4;  // at the cell count
   const size_t trailing = 4 * size_t{n_stream - 1 - s};
   if (size - block < trailing + 4) return Cut(name, kind, "in its KV stream headers");
   for (size_t i = size - trailing; i < size; ++i) {
@@ -146,7 +120,7 @@ Status ReadSequence(const uint8_t* data, size_t size, Cursor& r, const std::stri
                                   "llama_state_seq_save_file");
     }
   }
-  if (cells > r.left() / 12) return Cut(name, kind, "in its cell table");
+  if (cells > r.remaining() / 12) return Cut(name, kind, "in its cell table");
   KVSTASH_RETURN_IF_ERROR(CheckOneSequence(r, cells, name, kind));
 
   const uint32_t header[3] = {kLlamaSeqStateMagic, 0, 1};  // magic, seq_id 0, one stream
@@ -183,8 +157,7 @@ Status CheckLlamaFileHead(const uint8_t* head, size_t n, const std::string& name
     return Status::InvalidArgument("'" + name + "' is a GGUF model, not a llama.cpp state " +
                                    "file; pass the model with -m and the file to import after it");
   }
-  uint32_t magic = 0;
-  if (n >= 4) std::memcpy(&magic, head, 4);
+  const uint32_t magic = n >= 4 ? DecodeFixed32(head) : 0;
   if (magic != kLlamaSessionMagic && magic != kLlamaSeqFileMagic) {
     return Status::InvalidArgument(
         "'" + name + "' is not a llama.cpp session or sequence file (it does not start with " +
@@ -194,8 +167,7 @@ Status CheckLlamaFileHead(const uint8_t* head, size_t n, const std::string& name
   const LlamaFileKind kind =
       magic == kLlamaSessionMagic ? LlamaFileKind::kSession : LlamaFileKind::kSequence;
   if (n < 8) return Cut(name, kind, "before its version");
-  uint32_t version;
-  std::memcpy(&version, head + 4, 4);
+  const uint32_t version = DecodeFixed32(head + 4);
   const uint32_t expected =
       kind == LlamaFileKind::kSession ? kLlamaSessionVersion : kLlamaSeqFileVersion;
   if (version != expected) {
@@ -211,21 +183,20 @@ Result<LlamaFile> ParseLlamaFile(const uint8_t* data, size_t size, const std::st
                                  int32_t n_vocab, uint32_t max_tokens) {
   KVSTASH_RETURN_IF_ERROR(CheckLlamaFileHead(data, size, name));
   LlamaFile file;
-  uint32_t magic;
-  std::memcpy(&magic, data, 4);
-  file.kind = magic == kLlamaSessionMagic ? LlamaFileKind::kSession : LlamaFileKind::kSequence;
-  Cursor r(data, size);
+  file.kind = DecodeFixed32(data) == kLlamaSessionMagic ? LlamaFileKind::kSession
+                                                        : LlamaFileKind::kSequence;
+  ByteReader r(data, size);
   r.Skip(8);  // magic and version, checked above
   KVSTASH_RETURN_IF_ERROR(ReadTokens(r, name, file.kind, n_vocab, max_tokens, &file.tokens));
   if (file.kind == LlamaFileKind::kSession) {
     uint32_t len;
-    if (!r.Get(&len)) return Cut(name, file.kind, "before its architecture name");
-    if (len == 0 || len > kMaxArchBytes || len > r.left()) {
+    if (!r.ReadU32(&len)) return Cut(name, file.kind, "before its architecture name");
+    if (len == 0 || len > kMaxArchBytes || len > r.remaining()) {
       return Bad(name, file.kind,
                  "has an architecture name of " + std::to_string(len) + " bytes (1.." +
                      std::to_string(kMaxArchBytes) + ", within the file)");
     }
-    file.arch.assign(reinterpret_cast<const char*>(r.here()), len);
+    file.arch.assign(reinterpret_cast<const char*>(r.current()), len);
     r.Skip(len);
   }
   KVSTASH_RETURN_IF_ERROR(ReadSequence(data, size, r, name, &file));

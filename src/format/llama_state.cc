@@ -6,36 +6,9 @@
 #include <utility>
 #include <vector>
 
+#include "format/coding.h"
+
 namespace kvstash::format {
-namespace {
-
-// A bounds-checked cursor: every read either succeeds or marks the reader failed.
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t size) : p_(data), left_(size) {}
-  template <typename T>
-  bool Get(T* out) {
-    if (left_ < sizeof(T)) return false;
-    std::memcpy(out, p_, sizeof(T));
-    p_ += sizeof(T);
-    left_ -= sizeof(T);
-    return true;
-  }
-  // Skips count * unit bytes without overflowing.
-  bool Skip(uint64_t count, uint64_t unit) {
-    if (unit != 0 && count > left_ / unit) return false;
-    p_ += count * unit;
-    left_ -= count * unit;
-    return true;
-  }
-  size_t left() const { return left_; }
-
- private:
-  const uint8_t* p_;
-  size_t left_;
-};
-
-}  // namespace
 
 const char* MemoryKindName(MemoryKind kind) {
   switch (kind) {
@@ -56,36 +29,36 @@ namespace {
 // Walks one KV part (llama_kv_cache::state_write) from its n_stream field. On failure returns
 // what is wrong, for the caller's message. Positions must be consecutive; which ones is the
 // caller's to check (first_pos).
-Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
+Result<KvLayout> ParseKvPart(ByteReader& r, const char* part) {
   const auto bad = [part](const std::string& what) -> Result<KvLayout> {
     return Status::Corruption(std::string(part) + ": " + what);
   };
-  const size_t start = r.left();
+  const size_t start = r.remaining();
   KvLayout layout;
   // A payload that ends where a part should begin (a plain file read as iSWA) is cut short, not a
   // part with 0 streams.
-  if (!r.Get(&layout.n_stream)) return bad("cut short before the stream count");
+  if (!r.ReadU32(&layout.n_stream)) return bad("cut short before the stream count");
   if (layout.n_stream == 0 || layout.n_stream > 1) {
     return bad("expected one KV stream, found " + std::to_string(layout.n_stream));
   }
   uint32_t cell_count;
-  if (!r.Get(&cell_count)) return bad("cut short before the cell count");
+  if (!r.ReadU32(&cell_count)) return bad("cut short before the cell count");
   if (cell_count == 0) return bad("it holds no cells");
   layout.cell_count = cell_count;
 
   // A cell record is 12 bytes; refuse counts the payload cannot hold before allocating.
-  if (cell_count > r.left() / 12)
+  if (cell_count > r.remaining() / 12)
     return bad("cell count " + std::to_string(cell_count) + " exceeds the payload");
   std::vector<int32_t> positions(cell_count);
   int32_t first = INT32_MAX;
   for (uint32_t i = 0; i < cell_count; ++i) {
     uint32_t n_seq;
     int32_t cell_seq;
-    if (!r.Get(&positions[i]) || !r.Get(&n_seq)) return bad("cut short in the cell table");
+    if (!r.ReadI32(&positions[i]) || !r.ReadU32(&n_seq)) return bad("cut short in the cell table");
     if (n_seq != 1)
       return bad("cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) +
                  " sequences");
-    if (!r.Get(&cell_seq)) return bad("cut short in the cell table");
+    if (!r.ReadI32(&cell_seq)) return bad("cut short in the cell table");
     first = std::min(first, positions[i]);
   }
   std::vector<bool> seen(cell_count, false);
@@ -99,15 +72,15 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
   layout.first_pos = first;
 
   uint32_t v_trans;
-  if (!r.Get(&v_trans) || v_trans > 1) return bad("bad V layout flag");
+  if (!r.ReadU32(&v_trans) || v_trans > 1) return bad("bad V layout flag");
   layout.v_trans = v_trans == 1;
-  if (!r.Get(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
+  if (!r.ReadU32(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
     return bad("layer count " + std::to_string(layout.n_layer) + " is out of range");
   }
   for (uint32_t il = 0; il < layout.n_layer; ++il) {
     int32_t type;
     uint64_t row;
-    if (!r.Get(&type) || !r.Get(&row))
+    if (!r.ReadI32(&type) || !r.ReadU64(&row))
       return bad("cut short in layer " + std::to_string(il) + " K");
     if (il == 0) {
       layout.k_type = type;
@@ -120,10 +93,10 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
   }
   for (uint32_t il = 0; il < layout.n_layer; ++il) {
     int32_t type;
-    if (!r.Get(&type)) return bad("cut short in layer " + std::to_string(il) + " V");
+    if (!r.ReadI32(&type)) return bad("cut short in layer " + std::to_string(il) + " V");
     if (!layout.v_trans) {
       uint64_t row;
-      if (!r.Get(&row)) return bad("cut short in layer " + std::to_string(il) + " V");
+      if (!r.ReadU64(&row)) return bad("cut short in layer " + std::to_string(il) + " V");
       if (il == 0) {
         layout.v_type = type;
         layout.v_row_bytes = row;
@@ -134,7 +107,7 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
         return bad("layer " + std::to_string(il) + " V data is cut short");
     } else {
       uint32_t elem, n_embd_v;
-      if (!r.Get(&elem) || !r.Get(&n_embd_v))
+      if (!r.ReadU32(&elem) || !r.ReadU32(&n_embd_v))
         return bad("cut short in layer " + std::to_string(il) + " V");
       if (il == 0) {
         layout.v_type = type;
@@ -149,7 +122,7 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
       }
     }
   }
-  layout.bytes = start - r.left();
+  layout.bytes = start - r.remaining();
   return layout;
 }
 
@@ -157,13 +130,13 @@ Result<KvLayout> ParseKvPart(Reader& r, const char* part) {
 // records are those alike the first one; the rest, if any, must be as many and alike each other.
 // (Records all alike read as R only; a model whose S records equal its R ones would read as twice
 // the layers, which the model's own shape then refuses: never a misread accepted.)
-Status GetStateRecords(Reader& r, uint32_t rows, RecurrentLayout* layout) {
+Status GetStateRecords(ByteReader& r, uint32_t rows, RecurrentLayout* layout) {
   std::vector<std::pair<int32_t, uint64_t>> records;
-  while (r.left() > 0) {
+  while (r.remaining() > 0) {
     int32_t type;
     uint64_t row;
     // A row may be empty: LFM2's short convolutions keep S records of 0 bytes.
-    if (records.size() >= 2 * size_t{layout->n_layer} || !r.Get(&type) || !r.Get(&row) ||
+    if (records.size() >= 2 * size_t{layout->n_layer} || !r.ReadI32(&type) || !r.ReadU64(&row) ||
         !r.Skip(rows, row)) {
       return Status::Corruption("state record " + std::to_string(records.size()) +
                                 " is cut short or one too many");
@@ -196,28 +169,28 @@ Status GetStateRecords(Reader& r, uint32_t rows, RecurrentLayout* layout) {
 
 // Walks a recurrent part (llama_memory_recurrent::state_write) to the end of the state: one cell
 // (`cells` 1) or, for an empty sequence's shape, none (`cells` 0).
-Result<RecurrentLayout> ParseRecurrentPart(Reader& r, uint32_t cells = 1) {
+Result<RecurrentLayout> ParseRecurrentPart(ByteReader& r, uint32_t cells = 1) {
   const auto bad = [](const std::string& what) -> Result<RecurrentLayout> {
     return Status::Corruption("recurrent state: " + what);
   };
-  const size_t start = r.left();
+  const size_t start = r.remaining();
   RecurrentLayout layout;
   uint32_t cell_count, n_seq, s_trans;
-  if (!r.Get(&cell_count)) return bad("cut short before the cell count");
+  if (!r.ReadU32(&cell_count)) return bad("cut short before the cell count");
   // One sequence's state is one cell: llama.cpp asserts on anything else when restoring it.
   if (cell_count != cells) return bad("holds " + std::to_string(cell_count) + " cells, not 1");
   if (cells == 1) {
-    if (!r.Get(&layout.pos) || !r.Get(&n_seq)) return bad("cut short in the cell");
+    if (!r.ReadI32(&layout.pos) || !r.ReadU32(&n_seq)) return bad("cut short in the cell");
     if (layout.pos < 0) return bad("its cell has position " + std::to_string(layout.pos));
     if (n_seq != 0) return bad("its cell names " + std::to_string(n_seq) + " sequences, not 0");
   }
-  if (!r.Get(&s_trans) || s_trans != 0) return bad("bad S layout flag");
-  if (!r.Get(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
+  if (!r.ReadU32(&s_trans) || s_trans != 0) return bad("bad S layout flag");
+  if (!r.ReadU32(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
     return bad("layer count " + std::to_string(layout.n_layer) + " is out of range");
   }
   const Status records = GetStateRecords(r, cells, &layout);
   if (!records.ok()) return bad(records.message());
-  layout.bytes = start - r.left();
+  layout.bytes = start - r.remaining();
   return layout;
 }
 
@@ -258,11 +231,11 @@ Result<SeqLayout> ParseSeqState(const uint8_t* data, size_t size, MemoryKind kin
                               (partial ? "state snapshot" : "KV payload") + ": " + what + "; " +
                               fix);
   };
-  Reader r(data, size);
+  ByteReader r(data, size);
   uint32_t magic;
   int32_t seq_id;
-  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic) return Bad("wrong llama.cpp state magic");
-  if (!r.Get(&seq_id)) return Bad("cut short");
+  if (!r.ReadU32(&magic) || magic != kLlamaSeqStateMagic) return Bad("wrong llama.cpp state magic");
+  if (!r.ReadI32(&seq_id)) return Bad("cut short");
   SeqLayout l;
   l.kind = kind;
   l.partial = partial;
@@ -290,8 +263,8 @@ Result<SeqLayout> ParseSeqState(const uint8_t* data, size_t size, MemoryKind kin
     l.rs = *rs;
     if (kind == MemoryKind::kRecurrent || partial) l.n_tokens = static_cast<uint32_t>(rs->pos) + 1;
   }
-  if (r.left() != 0) {
-    return Bad(std::to_string(r.left()) + " unexpected bytes after the last layer");
+  if (r.remaining() != 0) {
+    return Bad(std::to_string(r.remaining()) + " unexpected bytes after the last layer");
   }
   const Status positions = CheckPositions(l, n_swa);
   if (!positions.ok()) return Bad(positions.message());
@@ -304,13 +277,14 @@ Result<RecurrentLayout> ParseRecurrentShape(const uint8_t* data, size_t size, Me
     return Status::Internal("the recurrent state of " + name +
                             " has an unexpected layout: " + what);
   };
-  Reader r(data, size);
+  ByteReader r(data, size);
   uint32_t magic, n_stream, cells;
   int32_t seq_id;
-  if (!r.Get(&magic) || magic != kLlamaSeqStateMagic || !r.Get(&seq_id)) return bad("no header");
+  if (!r.ReadU32(&magic) || magic != kLlamaSeqStateMagic || !r.ReadI32(&seq_id))
+    return bad("no header");
   // A hybrid's empty attention cache: its stream count, and no cells.
   if (kind == MemoryKind::kHybrid && !partial &&
-      (!r.Get(&n_stream) || n_stream != 1 || !r.Get(&cells) || cells != 0)) {
+      (!r.ReadU32(&n_stream) || n_stream != 1 || !r.ReadU32(&cells) || cells != 0)) {
     return bad("the attention cache is not empty");
   }
   auto rs = ParseRecurrentPart(r, /*cells=*/0);
@@ -333,9 +307,7 @@ Status CellBytes(const uint8_t* data, size_t size, const KvLayout& layout, int32
   if (size < at + cells * 12) return Status::Internal("CellBytes: payload shorter than its layout");
   uint64_t index = cells;
   for (uint64_t i = 0; i < cells; ++i) {
-    int32_t p;
-    std::memcpy(&p, data + at + i * 12, 4);
-    if (p == pos) index = i;
+    if (static_cast<int32_t>(DecodeFixed32(data + at + i * 12)) == pos) index = i;
   }
   if (index == cells) {
     return Status::Incompatible("the KV cache holds no cell at position " + std::to_string(pos));
@@ -372,32 +344,33 @@ namespace {
 // Bytes of one stream's block of a KV part, from its cell_count on (0 cells: just the count).
 // Only walks sizes: the one-stream state it becomes is parsed in full afterwards.
 Result<size_t> KvBlockBytes(const uint8_t* p, size_t left) {
-  Reader r(p, left);
+  ByteReader r(p, left);
   uint32_t cells, v_trans, n_layer;
   const auto bad = []() -> Result<size_t> {
     return Status::Internal("a KV stream block of llama.cpp's state is cut short");
   };
-  if (!r.Get(&cells)) return bad();
+  if (!r.ReadU32(&cells)) return bad();
   if (cells == 0) return size_t{4};
-  if (!r.Skip(cells, 12) || !r.Get(&v_trans) || !r.Get(&n_layer) || n_layer > 4096) return bad();
+  if (!r.Skip(cells, 12) || !r.ReadU32(&v_trans) || !r.ReadU32(&n_layer) || n_layer > 4096)
+    return bad();
   for (uint32_t il = 0; il < n_layer; ++il) {
     int32_t type;
     uint64_t row;
-    if (!r.Get(&type) || !r.Get(&row) || !r.Skip(cells, row)) return bad();
+    if (!r.ReadI32(&type) || !r.ReadU64(&row) || !r.Skip(cells, row)) return bad();
   }
   for (uint32_t il = 0; il < n_layer; ++il) {
     int32_t type;
-    if (!r.Get(&type)) return bad();
+    if (!r.ReadI32(&type)) return bad();
     if (v_trans == 0) {
       uint64_t row;
-      if (!r.Get(&row) || !r.Skip(cells, row)) return bad();
+      if (!r.ReadU64(&row) || !r.Skip(cells, row)) return bad();
     } else {
       uint32_t elem, n_embd_v;
-      if (!r.Get(&elem) || !r.Get(&n_embd_v) || !r.Skip(uint64_t{n_embd_v} * cells, elem))
+      if (!r.ReadU32(&elem) || !r.ReadU32(&n_embd_v) || !r.Skip(uint64_t{n_embd_v} * cells, elem))
         return bad();
     }
   }
-  return left - r.left();
+  return left - r.remaining();
 }
 
 // The KV parts a state of `kind` has (a snapshot: only the last part's).
@@ -427,12 +400,10 @@ Result<size_t> StateToOneStream(uint8_t* data, size_t size, MemoryKind kind, boo
   }
   size_t in = kSeqStateHeaderBytes, out = kSeqStateHeaderBytes;
   for (int part = 0; part < KvParts(kind, partial); ++part) {
-    uint32_t count;
     if (size - in < 4) return Status::Internal("llama.cpp's state is cut short");
-    std::memcpy(&count, data + in, 4);
-    if (count != n_stream) return Status::Internal("llama.cpp's state has another stream count");
-    const uint32_t one = 1;
-    std::memcpy(data + out, &one, 4);
+    if (DecodeFixed32(data + in) != n_stream)
+      return Status::Internal("llama.cpp's state has another stream count");
+    EncodeFixed32(data + out, 1);
     in += 4;
     out += 4;
     for (uint32_t st = 0; st < n_stream; ++st) {
@@ -473,7 +444,7 @@ void StateToStreams(uint8_t* data, size_t size, MemoryKind kind, bool partial, u
   }
   at = kSeqStateHeaderBytes;
   for (size_t k = 0; k < ends.size(); ++k) {
-    std::memcpy(data + at + grow * k, &n_stream, 4);
+    EncodeFixed32(data + at + grow * k, n_stream);
     at = ends[k];
   }
 }
@@ -487,10 +458,8 @@ Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32
   if (n_stream == 0 || stream >= n_stream) return bad("names no stream");
   const size_t empty = 4 * size_t{n_stream - 1};
   if (size < 16 + empty) return bad("is too short");
-  uint32_t magic, count;
-  std::memcpy(&magic, data, 4);
-  std::memcpy(&count, data + 8, 4);
-  if (magic != kLlamaSeqStateMagic || count != n_stream) return bad("has another header");
+  if (DecodeFixed32(data) != kLlamaSeqStateMagic || DecodeFixed32(data + 8) != n_stream)
+    return bad("has another header");
   const size_t before = 4 * size_t{stream}, after = empty - before;
   for (size_t i = 0; i < before; ++i)
     if (data[12 + i] != 0) return bad("has cells in another stream");
@@ -499,14 +468,13 @@ Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32
   // The header moves forward over the empty blocks before the sequence's own.
   uint8_t header[12];
   std::memcpy(header, data, 8);
-  const uint32_t one = 1;
-  std::memcpy(header + 8, &one, 4);
+  EncodeFixed32(header + 8, 1);
   std::memcpy(data + before, header, 12);
   return before;
 }
 
 void ToStreams(uint8_t* data, size_t size, uint32_t n_stream) {
-  std::memcpy(data + 8, &n_stream, 4);
+  EncodeFixed32(data + 8, n_stream);
   std::memset(data + size, 0, 4 * size_t{n_stream - 1});
 }
 

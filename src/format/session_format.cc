@@ -8,27 +8,11 @@
 #include <thread>
 #include <type_traits>
 
+#include "format/coding.h"
 #include "format/meta_check.h"
 
 namespace kvstash::format {
 namespace {
-
-// --- little-endian primitives --------------------------------------------------------------
-
-void PutU16(std::string* out, uint16_t v) {
-  for (int i = 0; i < 2; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-uint16_t GetU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-uint32_t GetU32(const uint8_t* p) {
-  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
-}
-uint64_t GetU64(const uint8_t* p) { return uint64_t{GetU32(p)} | (uint64_t{GetU32(p + 4)} << 32); }
 
 size_t AlignUp(size_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
 
@@ -85,15 +69,14 @@ void VisitMeta(SessionMeta& m, Visitor& v) {
 struct MetaEncoder {
   std::string* out;
   void Record(uint16_t id, const void* value, uint32_t size) {
-    // A plain KV cache (memory kind 0, the default) is written without the field, as kvstash 0.1
-    // wrote every file: 0.1 readers keep reading those, and refuse the other kinds as a field they
-    // do not know (every field is critical), rather than misreading their payloads.
-    uint32_t kind = 1;
-    if (id == kMemoryKindField && size == 4) std::memcpy(&kind, value, 4);
-    if (kind == 0) return;
-    PutU16(out, id);
-    PutU16(out, kFlagCritical);
-    PutU32(out, size);
+    // A plain KV cache (memory kind 0, the default) is written without the field (docs/FORMAT.md,
+    // META field 23).
+    if (id == kMemoryKindField && size == 4 &&
+        DecodeFixed32(static_cast<const uint8_t*>(value)) == 0)
+      return;
+    PutFixed16(out, id);
+    PutFixed16(out, kFlagCritical);
+    PutFixed32(out, size);
     out->append(static_cast<const char*>(value), size);
   }
   void operator()(uint16_t id, const std::string& s) {
@@ -195,12 +178,12 @@ uint64_t SectionChecksum(const uint8_t* data, size_t size, int n_threads) {
   }
   std::string le;
   le.reserve(n_blocks * 8);
-  for (uint64_t s : block_sums) PutU64(&le, s);
+  for (uint64_t s : block_sums) PutFixed64(&le, s);
   return XXH3_64bits(le.data(), le.size());
 }
 
 void SectionHasher::AddBlock(const uint8_t* data, size_t size) {
-  PutU64(&block_sums_, XXH3_64bits(data, size));
+  PutFixed64(&block_sums_, XXH3_64bits(data, size));
 }
 
 uint64_t SectionHasher::Finish() const {
@@ -219,16 +202,15 @@ Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::stri
   MetaFieldLister lister;
   VisitMeta(meta, lister);
   std::vector<bool> seen(lister.ids.size(), false);
-  size_t at = 0;
-  while (at < size) {
-    if (size - at < 8) return Bad(name, "a META record header is cut short");
-    const uint16_t id = GetU16(data + at);
-    const uint16_t flags = GetU16(data + at + 2);
-    const uint32_t len = GetU32(data + at + 4);
-    at += 8;
-    if (len > size - at)
+  ByteReader r(data, size);
+  while (r.remaining() > 0) {
+    uint16_t id, flags;
+    uint32_t len;
+    if (!r.ReadU16(&id) || !r.ReadU16(&flags) || !r.ReadU32(&len))
+      return Bad(name, "a META record header is cut short");
+    if (len > r.remaining())
       return Bad(name, "META field " + std::to_string(id) + " runs past its section");
-    MetaFieldDecoder decoder{id, data + at, len};
+    MetaFieldDecoder decoder{id, r.current(), len};
     VisitMeta(meta, decoder);
     // A plain cache is written without the field (MetaEncoder): an explicit 0 no writer produces.
     if (id == kMemoryKindField && decoder.matched && !decoder.bad_size && meta.memory_kind == 0) {
@@ -249,7 +231,7 @@ Result<SessionMeta> DecodeMeta(const uint8_t* data, size_t size, const std::stri
       if (seen[index]) return Bad(name, "META field " + std::to_string(id) + " appears twice");
       seen[index] = true;
     }
-    at += len;
+    r.Skip(len);
   }
   for (size_t i = 0; i < seen.size(); ++i) {
     // 62 (preview) is optional; 23 (memory kind) is absent for a plain KV cache (MetaEncoder).
@@ -293,25 +275,25 @@ std::string EncodeFilePrefix(const SessionMeta& meta, const std::vector<int32_t>
   std::string out;
   out.reserve(sections.back().offset);
   out.append(reinterpret_cast<const char*>(kMagic), sizeof(kMagic));
-  PutU32(&out, kFormatVersion);
-  PutU32(&out, kMinReaderVersion);
-  PutU32(&out, kHeaderSize);
-  PutU32(&out, static_cast<uint32_t>(sections.size()));
-  PutU64(&out, file_size);
-  PutU64(&out, kHeaderSize);  // section table offset
-  PutU64(&out, 0);            // flags
-  PutU64(&out, 0);            // reserved
-  PutU64(&out, XXH3_64bits(out.data(), out.size()));
+  PutFixed32(&out, kFormatVersion);
+  PutFixed32(&out, kMinReaderVersion);
+  PutFixed32(&out, kHeaderSize);
+  PutFixed32(&out, static_cast<uint32_t>(sections.size()));
+  PutFixed64(&out, file_size);
+  PutFixed64(&out, kHeaderSize);  // section table offset
+  PutFixed64(&out, 0);            // flags
+  PutFixed64(&out, 0);            // reserved
+  PutFixed64(&out, XXH3_64bits(out.data(), out.size()));
 
   const size_t table_start = out.size();
   for (const auto& s : sections) {
-    PutU32(&out, s.type);
-    PutU32(&out, 0);  // section flags
-    PutU64(&out, s.offset);
-    PutU64(&out, s.size);
-    PutU64(&out, s.checksum);
+    PutFixed32(&out, s.type);
+    PutFixed32(&out, 0);  // section flags
+    PutFixed64(&out, s.offset);
+    PutFixed64(&out, s.size);
+    PutFixed64(&out, s.checksum);
   }
-  PutU64(&out, XXH3_64bits(out.data() + table_start, out.size() - table_start));
+  PutFixed64(&out, XXH3_64bits(out.data() + table_start, out.size() - table_start));
 
   for (const auto& s : sections) {
     if (s.data == nullptr) break;  // KV is last and written by the caller
@@ -363,9 +345,9 @@ Status CheckHeader(const uint8_t* data, size_t size, const std::string& name, Pa
                    uint32_t* n_sections) {
   if (size < kHeaderSize)
     return Bad(name, "the header is cut short (" + std::to_string(size) + " bytes)");
-  parsed->format_version = GetU32(data + 8);
-  parsed->min_reader_version = GetU32(data + 12);
-  if (XXH3_64bits(data, 56) != GetU64(data + 56))
+  parsed->format_version = DecodeFixed32(data + 8);
+  parsed->min_reader_version = DecodeFixed32(data + 12);
+  if (XXH3_64bits(data, 56) != DecodeFixed64(data + 56))
     return Bad(name, "the header checksum does not match");
   if (parsed->min_reader_version > kFormatVersion) {
     return Status::Incompatible("session file '" + name + "' needs a kvstash that reads format " +
@@ -378,9 +360,9 @@ Status CheckHeader(const uint8_t* data, size_t size, const std::string& name, Pa
     return Bad(name, "min_reader_version " + std::to_string(parsed->min_reader_version) +
                          " does not fit format version " + std::to_string(parsed->format_version));
   }
-  const uint32_t header_size = GetU32(data + 16);
-  *n_sections = GetU32(data + 20);
-  const uint64_t file_size = GetU64(data + 24);
+  const uint32_t header_size = DecodeFixed32(data + 16);
+  *n_sections = DecodeFixed32(data + 20);
+  const uint64_t file_size = DecodeFixed64(data + 24);
   if (header_size != kHeaderSize)
     return Bad(name, "unexpected header size " + std::to_string(header_size));
   if (file_size != size) {
@@ -389,8 +371,9 @@ Status CheckHeader(const uint8_t* data, size_t size, const std::string& name, Pa
                             : Bad(name, "it has " + std::to_string(size - file_size) +
                                             " unexpected trailing bytes");
   }
-  if (GetU64(data + 32) != kHeaderSize) return Bad(name, "the section table is not at byte 64");
-  if (GetU64(data + 40) != 0 || GetU64(data + 48) != 0) {
+  if (DecodeFixed64(data + 32) != kHeaderSize)
+    return Bad(name, "the section table is not at byte 64");
+  if (DecodeFixed64(data + 40) != 0 || DecodeFixed64(data + 48) != 0) {
     return Bad(name, "reserved header fields (bytes 40..55) are not zero");
   }
   if (*n_sections == 0 || *n_sections > 64) {
@@ -414,17 +397,17 @@ Status CheckTable(const uint8_t* data, size_t size, const std::string& name, uin
   const uint64_t table_size = uint64_t{n_sections} * kSectionEntrySize + 8;
   if (table_size > size - kHeaderSize) return Bad(name, "the section table lies outside the file");
   const uint8_t* table = data + kHeaderSize;
-  if (XXH3_64bits(table, table_size - 8) != GetU64(table + table_size - 8)) {
+  if (XXH3_64bits(table, table_size - 8) != DecodeFixed64(table + table_size - 8)) {
     return Bad(name, "the section table checksum does not match");
   }
   uint64_t end = kHeaderSize + table_size;  // end of the previous part
   for (uint32_t i = 0; i < n_sections; ++i) {
     const uint8_t* e = table + i * kSectionEntrySize;
     const std::string which = "section " + std::to_string(i);
-    const uint32_t type = GetU32(e);
-    const uint64_t off = GetU64(e + 8);
-    const uint64_t len = GetU64(e + 16);
-    if (GetU32(e + 4) != 0) return Bad(name, which + " has non-zero flags");
+    const uint32_t type = DecodeFixed32(e);
+    const uint64_t off = DecodeFixed64(e + 8);
+    const uint64_t len = DecodeFixed64(e + 16);
+    if (DecodeFixed32(e + 4) != 0) return Bad(name, which + " has non-zero flags");
     if (off != AlignUp(end) || off > size || len > size - off) {
       return Bad(name, which + " does not start right after the previous part (at a multiple " +
                            "of 64) or lies outside the file");
@@ -435,7 +418,7 @@ Status CheckTable(const uint8_t* data, size_t size, const std::string& name, uin
     if (type < kSectionMeta || type > kSectionKv) continue;  // optional sections of newer writers
     if (sections[type].present)
       return Bad(name, "section type " + std::to_string(type) + " appears twice");
-    sections[type] = {data + off, len, GetU64(e + 24), true};
+    sections[type] = {data + off, len, DecodeFixed64(e + 24), true};
   }
   if (end != size) return Bad(name, "the last section does not end at the end of the file");
   if (!sections[kSectionMeta].present || !sections[kSectionTokens].present ||
@@ -504,12 +487,12 @@ Status CheckFileHead(const uint8_t* head, size_t n, uint64_t file_size, const st
   }
   if (kHeaderSize + table_size > n) return Status::Ok();  // checked in full by ParseFile
   const uint8_t* table = head + kHeaderSize;
-  if (XXH3_64bits(table, table_size - 8) != GetU64(table + table_size - 8)) {
+  if (XXH3_64bits(table, table_size - 8) != DecodeFixed64(table + table_size - 8)) {
     return Bad(name, "the section table checksum does not match");
   }
   for (uint32_t i = 0; i < n_sections; ++i) {
-    const uint64_t off = GetU64(table + i * kSectionEntrySize + 8);
-    const uint64_t len = GetU64(table + i * kSectionEntrySize + 16);
+    const uint64_t off = DecodeFixed64(table + i * kSectionEntrySize + 8);
+    const uint64_t len = DecodeFixed64(table + i * kSectionEntrySize + 16);
     if (off > file_size || len > file_size - off) {
       return Bad(name, "section " + std::to_string(i) + " lies outside the file");
     }

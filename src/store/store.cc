@@ -9,6 +9,7 @@
 #include "store/chain_hash.h"
 #include "store/chunk_writer.h"
 #include "store/gc.h"
+#include "store/namespace_text.h"
 #include "store/redis_tier.h"
 #include "store/store_files.h"
 #include "store/store_impl.h"
@@ -571,6 +572,7 @@ Result<StoreStats> Store::Stats() const {
       auto text = impl->env_->ReadFilePrefix(path, 4096);
       if (text.ok()) ns.description = *text;
     }
+    ns.summary = store::NamespaceSummary(ns.description);
     stats.namespaces.push_back(std::move(ns));
   }
   auto temps = impl->env_->ListDir(impl->paths_.Temp());

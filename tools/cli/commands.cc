@@ -769,20 +769,6 @@ json StatsJson(const StoreStats& stats, const std::string& dir) {
           {"bytes", stats.bytes}, {"temp_files", stats.temp_files},     {"namespaces", namespaces}};
 }
 
-// One line for a namespace's text ("key=value" lines, docs/STORE.md): model, cache types, layout.
-std::string NamespaceSummary(const std::string& text) {
-  std::map<std::string, std::string> v;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    const size_t eq = line.find('=');
-    if (eq != std::string::npos) v[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  if (v.empty()) return "(no description)";
-  return v["model.description"] + " (" + v["model.arch"] + ", fingerprint " +
-         v["model.fingerprint"].substr(0, 12) + "), K " + v["cache.type_k"] + ", V " +
-         v["cache.type_v"] + ", flash attention " + (v["cache.v_trans"] == "0" ? "on" : "off");
-}
-
 int CacheStats(const CacheFlags& flags, const Store& store) {
   auto stats = store.Stats();
   if (!stats.ok()) return Fail(stats.status());
@@ -797,7 +783,7 @@ int CacheStats(const CacheFlags& flags, const Store& store) {
   for (const auto& ns : stats->namespaces) {
     std::printf("  %s  %llu chunks, %.1f MiB  %s\n", ns.hash.substr(0, 16).c_str(),
                 static_cast<unsigned long long>(ns.chunks), ns.bytes / 1048576.0,
-                format::Printable(NamespaceSummary(ns.description)).c_str());
+                format::Printable(ns.summary).c_str());
   }
   return 0;
 }
