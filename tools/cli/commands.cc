@@ -249,7 +249,249 @@ void NoteContextSize(uint32_t asked, uint32_t got) {
                asked, got);
 }
 
-int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store);
+// PublishPrefix's n_published counts the chunks it queued; a full or read-only disk drops them
+// after that (with a warning). This process's Store published this prefix only, so its writer's
+// counters tell how many are in the store now.
+size_t StoredTokens(size_t queued, const Store& store) {
+  const WriterStats w = store.writer_stats();
+  return std::min<size_t>(queued, (w.chunks_written + w.chunks_existing) * store.chunk_tokens());
+}
+
+void PrintPublished(const PublishReport& r, const Store& store) {
+  std::fprintf(stderr,
+               "published %zu of %zu tokens to store '%s' (%zu were there already, %zu decoded; "
+               "the %zu after the last whole %u-token chunk are not stored): prefill %.1f ms, "
+               "write %.1f ms\n",
+               StoredTokens(r.n_published, store), r.n_tokens, store.dir().c_str(), r.n_reused,
+               r.n_decoded, r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms,
+               r.publish_ms);
+}
+
+// The text of save's --prefix or --prefix-file.
+Result<std::string> SavePrefixText(const SaveFlags& flags) {
+  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
+  if (!prefix.ok()) return prefix.status();
+  if (!prefix->has_value()) return Status::InvalidArgument("save needs --prefix or --prefix-file");
+  return std::move(**prefix);
+}
+
+// save --cache-dir without -o: publish the prefix's chunks only.
+int RunPublish(const SaveFlags& flags, Store& store) {
+  auto prefix = SavePrefixText(flags);
+  if (!prefix.ok()) return Fail(prefix.status());
+  auto model = LoadModel(flags.common);
+  if (!model.ok()) return Fail(model.status());
+  auto report = PublishPrefix(*model, *prefix, store, flags.session, &g_cancel,
+                              MakeProgress("prefill", "tokens", kBarTokens));
+  if (!report.ok()) return Fail(report.status());
+  NoteContextSize(flags.session.n_ctx, report->n_ctx);
+  const WriterStats written = store.writer_stats();
+  if (flags.common.json) {
+    WriteStdout(Dump({{"cache_dir", store.dir()},
+                      {"n_tokens", report->n_tokens},
+                      {"n_reused_tokens", report->n_reused},
+                      {"n_decoded_tokens", report->n_decoded},
+                      {"n_published_tokens", StoredTokens(report->n_published, store)},
+                      {"chunks_written", written.chunks_written},
+                      {"chunks_dropped", written.chunks_dropped},
+                      {"n_ctx", report->n_ctx},
+                      {"prefill_ms", report->prefill_ms},
+                      {"publish_ms", report->publish_ms}}) +
+                "\n");
+  } else {
+    PrintPublished(*report, store);
+  }
+  return 0;
+}
+
+// The library's request for run's flags: texts read and escape-processed, -r as stop strings.
+Result<RunRequest> MakeRunRequest(const RunFlags& flags, std::shared_ptr<Store> store) {
+  RunRequest request;
+  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
+  if (!prefix.ok()) return prefix.status();
+  request.prefix = *prefix;
+  auto prompt = PromptText(flags);
+  if (!prompt.ok()) return prompt.status();
+  request.prompt = std::move(prompt.value());
+  request.session_path = flags.session;
+  request.store = store;
+  request.sample = flags.sample;
+  // llama.cpp's reverse prompts end the answer where they appear: stop strings here.
+  for (const std::string& r : flags.reverse_prompts) {
+    request.sample.stop.push_back(flags.llama.no_escape ? r : ProcessEscapes(r));
+  }
+  if (flags.prompt_cache) {
+    request.prompt_cache =
+        RunRequest::PromptCache{*flags.prompt_cache, flags.prompt_cache_all, flags.prompt_cache_ro};
+  }
+  request.cancel = &g_cancel;
+  ApplyContextFlags(flags.context, &request.create, &request.open);
+  request.open.progress = MakeProgress("load", "bytes", kBarBytes);
+  return request;
+}
+
+int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
+  InstallSignalHandlers();
+  auto made = MakeRunRequest(flags, store);
+  if (!made.ok()) return Fail(made.status());
+  const RunRequest& request = *made;
+  auto model = LoadModel(flags.common);
+  if (!model.ok()) return Fail(model.status());
+  // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
+  const bool json_out = flags.common.json;
+  PieceCallback stream = [json_out](std::string_view piece) {
+    if (g_cancel.load()) return false;
+    return json_out || WriteStdout(piece);
+  };
+  auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
+  if (!report.ok() && report.status().code() == Status::Code::kCancelled && g_signal != 0) {
+    // Stopped during the prompt: nothing was generated, and the answer says so like any other.
+    RunReport cancelled;
+    cancelled.generation.stop_reason = StopReason::kCancelled;
+    report = std::move(cancelled);
+  }
+  if (!report.ok()) return Fail(report.status());
+  NoteContextSize(flags.context.n_ctx.value_or(0), report->n_ctx);
+  if (report->prompt_repeats_session) {
+    std::fprintf(stderr, "%s\n", RepeatedSessionNote(*report).c_str());
+  }
+  // What was generated before a signal is printed like a finished answer, then the exit code
+  // says it was cut short.
+  const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
+                     ? SignalExitCode()
+                     : 0;
+  if (store) {
+    // The answer is out (streamed, or about to be printed whole); the chunks are written before
+    // the process ends anyway, and --json then says how many reached the store (not just queued).
+    store->WaitForWrites();
+    report->n_published_tokens = StoredTokens(report->n_published_tokens, *store);
+  }
+  if (flags.common.json) {
+    std::cout << Dump({{"text", report->generation.text},
+                       {"tokens", report->generation.tokens},
+                       {"n_prompt_tokens", report->n_prompt_tokens},
+                       {"n_reused_tokens", report->n_reused_tokens},
+                       {"n_decoded_prompt_tokens", report->n_decoded_prompt_tokens},
+                       {"n_published_tokens", report->n_published_tokens},
+                       {"load_ms", report->load_ms},
+                       {"prompt_ms", report->prompt_ms},
+                       {"ttft_ms", report->ttft_ms},
+                       {"generate_ms", report->generate_ms},
+                       {"n_ctx", report->n_ctx},
+                       {"prompt_repeats_session", report->prompt_repeats_session},
+                       {"prompt_cache_saved", report->prompt_cache_saved},
+                       {"save_ms", report->save_ms},
+                       {"stop_reason", StopReasonName(report->generation.stop_reason)}})
+              << "\n";
+  } else {
+    WriteStdout("\n");
+    std::fprintf(stderr, "%s\n", RunSummary(*report).c_str());
+  }
+  return rc;
+}
+
+// The first tokens inspect shows.
+std::vector<Token> FirstTokens(const SessionFileInfo& info) {
+  const size_t shown = std::min<size_t>(info.tokens.size(), 16);
+  return std::vector<Token>(info.tokens.begin(), info.tokens.begin() + shown);
+}
+
+// The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
+// included; a kind's missing parts are left out.
+json MemoryJson(const SessionMeta& m, const engine::SessionMemory& memory) {
+  const format::SeqLayout& l = memory.layout;
+  auto kv_part = [](const format::KvLayout& kv) {
+    return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
+  };
+  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory.reuse}};
+  if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
+  if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
+  if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
+  if (l.kind == format::MemoryKind::kRecurrent || l.kind == format::MemoryKind::kHybrid) {
+    mem["recurrent"] = {{"bytes", l.rs.bytes},   {"pos", l.rs.pos},
+                        {"r_records", l.rs.n_r}, {"r_row_bytes", l.rs.r_row_bytes},
+                        {"s_records", l.rs.n_s}, {"s_row_bytes", l.rs.s_row_bytes}};
+  }
+  return mem;
+}
+
+json InspectJson(const SessionFileInfo& info, const engine::SessionMemory& memory) {
+  const SessionMeta& m = info.meta;
+  return {{"path", info.path},
+          {"format_version", info.format_version},
+          {"min_reader_version", info.min_reader_version},
+          {"file_bytes", info.file_size},
+          {"kv_bytes", info.kv_bytes},
+          {"logits_bytes", info.logits_bytes},
+          {"checksums", info.checksums_verified ? "ok" : "not verified"},
+          {"writer", m.writer},
+          {"llama_build", m.llama_build},
+          {"llama_state_version", m.llama_state_version},
+          {"model",
+           {{"fingerprint", m.model_fingerprint.Hex()},
+            {"description", m.model_description},
+            {"arch", m.model_arch},
+            {"n_params", m.model_n_params},
+            {"n_vocab", m.n_vocab},
+            {"n_layer", m.n_layer},
+            {"n_embd", m.n_embd},
+            {"n_head", m.n_head},
+            {"n_head_kv", m.n_head_kv},
+            {"n_ctx_train", m.n_ctx_train}}},
+          {"context",
+           {{"n_ctx", m.n_ctx},
+            {"n_batch", m.n_batch},
+            {"n_ubatch", m.n_ubatch},
+            {"cache_type_k", m.type_k_name},
+            {"cache_type_v", m.type_v_name},
+            {"flash_attn", m.flash_attn},
+            {"rope_freq_base", m.rope_freq_base},
+            {"rope_freq_scale", m.rope_freq_scale},
+            {"yarn_orig_ctx", m.yarn_orig_ctx}}},
+          {"n_tokens", m.n_tokens},
+          {"first_tokens", FirstTokens(info)},
+          {"preview", m.preview},
+          {"memory", MemoryJson(m, memory)}};
+}
+
+void PrintInspect(const SessionFileInfo& info, const engine::SessionMemory& memory) {
+  const SessionMeta& m = info.meta;
+  const format::SeqLayout& l = memory.layout;
+  std::printf("session      %s\n", info.path.c_str());
+  std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info.format_version,
+              info.min_reader_version, static_cast<unsigned long long>(info.file_size),
+              info.checksums_verified ? "ok" : "not verified");
+  // Strings from the file reach a terminal only escaped (no control sequences).
+  std::printf("written by   %s, llama.cpp %s (state v%u)\n", format::Printable(m.writer).c_str(),
+              format::Printable(m.llama_build).c_str(), m.llama_state_version);
+  std::printf("model        %s (%s), fingerprint %s\n",
+              format::Printable(m.model_description).c_str(),
+              format::Printable(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
+  std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
+              m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
+  std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
+              m.n_ctx, m.n_batch, m.n_ubatch, m.type_k_name.c_str(), m.type_v_name.c_str(),
+              m.flash_attn ? "on" : "off");
+  std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info.kv_bytes / 1048576.0,
+              m.has_logits ? "stored" : "none");
+  std::printf("memory       %s", format::MemoryKindName(l.kind));
+  if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
+  std::printf(": %s\n", memory.parts.c_str());
+  std::printf("reuse        %s\n", memory.reuse.c_str());
+  std::printf("first tokens");
+  for (Token t : FirstTokens(info)) std::printf(" %d", t);
+  std::printf("\npreview      %s\n", Dump(m.preview).c_str());
+}
+
+// Truncates the session by its last token and decodes that token again.
+Status DecodeLastTokenAgain(Session& session) {
+  std::vector<Token> tokens = session.tokens();
+  const Token last = tokens.back();
+  tokens.pop_back();
+  auto synced = session.Sync(tokens);
+  if (!synced.ok()) return synced.status();
+  return session.AppendTokens({last});
+}
 
 }  // namespace
 
@@ -369,65 +611,6 @@ std::string VersionText() {
          " (node-llama-cpp@3.21.1)\n";
 }
 
-namespace {
-
-// PublishPrefix's n_published counts the chunks it queued; a full or read-only disk drops them
-// after that (with a warning). This process's Store published this prefix only, so its writer's
-// counters tell how many are in the store now.
-size_t StoredTokens(size_t queued, const Store& store) {
-  const WriterStats w = store.writer_stats();
-  return std::min<size_t>(queued, (w.chunks_written + w.chunks_existing) * store.chunk_tokens());
-}
-
-void PrintPublished(const PublishReport& r, const Store& store) {
-  std::fprintf(stderr,
-               "published %zu of %zu tokens to store '%s' (%zu were there already, %zu decoded; "
-               "the %zu after the last whole %u-token chunk are not stored): prefill %.1f ms, "
-               "write %.1f ms\n",
-               StoredTokens(r.n_published, store), r.n_tokens, store.dir().c_str(), r.n_reused,
-               r.n_decoded, r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms,
-               r.publish_ms);
-}
-
-// The text of save's --prefix or --prefix-file.
-Result<std::string> SavePrefixText(const SaveFlags& flags) {
-  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
-  if (!prefix.ok()) return prefix.status();
-  if (!prefix->has_value()) return Status::InvalidArgument("save needs --prefix or --prefix-file");
-  return std::move(**prefix);
-}
-
-// save --cache-dir without -o: publish the prefix's chunks only.
-int RunPublish(const SaveFlags& flags, Store& store) {
-  auto prefix = SavePrefixText(flags);
-  if (!prefix.ok()) return Fail(prefix.status());
-  auto model = LoadModel(flags.common);
-  if (!model.ok()) return Fail(model.status());
-  auto report = PublishPrefix(*model, *prefix, store, flags.session, &g_cancel,
-                              MakeProgress("prefill", "tokens", kBarTokens));
-  if (!report.ok()) return Fail(report.status());
-  NoteContextSize(flags.session.n_ctx, report->n_ctx);
-  const WriterStats written = store.writer_stats();
-  if (flags.common.json) {
-    WriteStdout(Dump({{"cache_dir", store.dir()},
-                      {"n_tokens", report->n_tokens},
-                      {"n_reused_tokens", report->n_reused},
-                      {"n_decoded_tokens", report->n_decoded},
-                      {"n_published_tokens", StoredTokens(report->n_published, store)},
-                      {"chunks_written", written.chunks_written},
-                      {"chunks_dropped", written.chunks_dropped},
-                      {"n_ctx", report->n_ctx},
-                      {"prefill_ms", report->prefill_ms},
-                      {"publish_ms", report->publish_ms}}) +
-                "\n");
-  } else {
-    PrintPublished(*report, store);
-  }
-  return 0;
-}
-
-}  // namespace
-
 int RunSave(const SaveFlags& flags) {
   InstallSignalHandlers();
   // Refused before the model loads and the prefix is decoded: an output that is the model or the
@@ -495,191 +678,6 @@ int RunRun(const RunFlags& flags) {
   return RunRunWith(flags, *store);
 }
 
-namespace {
-// The library's request for run's flags: texts read and escape-processed, -r as stop strings.
-Result<RunRequest> MakeRunRequest(const RunFlags& flags, std::shared_ptr<Store> store) {
-  RunRequest request;
-  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
-  if (!prefix.ok()) return prefix.status();
-  request.prefix = *prefix;
-  auto prompt = PromptText(flags);
-  if (!prompt.ok()) return prompt.status();
-  request.prompt = std::move(prompt.value());
-  request.session_path = flags.session;
-  request.store = store;
-  request.sample = flags.sample;
-  // llama.cpp's reverse prompts end the answer where they appear: stop strings here.
-  for (const std::string& r : flags.reverse_prompts) {
-    request.sample.stop.push_back(flags.llama.no_escape ? r : ProcessEscapes(r));
-  }
-  if (flags.prompt_cache) {
-    request.prompt_cache =
-        RunRequest::PromptCache{*flags.prompt_cache, flags.prompt_cache_all, flags.prompt_cache_ro};
-  }
-  request.cancel = &g_cancel;
-  ApplyContextFlags(flags.context, &request.create, &request.open);
-  request.open.progress = MakeProgress("load", "bytes", kBarBytes);
-  return request;
-}
-
-int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
-  InstallSignalHandlers();
-  auto made = MakeRunRequest(flags, store);
-  if (!made.ok()) return Fail(made.status());
-  const RunRequest& request = *made;
-  auto model = LoadModel(flags.common);
-  if (!model.ok()) return Fail(model.status());
-  // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
-  const bool json_out = flags.common.json;
-  PieceCallback stream = [json_out](std::string_view piece) {
-    if (g_cancel.load()) return false;
-    return json_out || WriteStdout(piece);
-  };
-  auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
-  if (!report.ok() && report.status().code() == Status::Code::kCancelled && g_signal != 0) {
-    // Stopped during the prompt: nothing was generated, and the answer says so like any other.
-    RunReport cancelled;
-    cancelled.generation.stop_reason = StopReason::kCancelled;
-    report = std::move(cancelled);
-  }
-  if (!report.ok()) return Fail(report.status());
-  NoteContextSize(flags.context.n_ctx.value_or(0), report->n_ctx);
-  if (report->prompt_repeats_session) {
-    std::fprintf(stderr, "%s\n", RepeatedSessionNote(*report).c_str());
-  }
-  // What was generated before a signal is printed like a finished answer, then the exit code
-  // says it was cut short.
-  const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
-                     ? SignalExitCode()
-                     : 0;
-  if (store) {
-    // The answer is out (streamed, or about to be printed whole); the chunks are written before
-    // the process ends anyway, and --json then says how many reached the store (not just queued).
-    store->WaitForWrites();
-    report->n_published_tokens = StoredTokens(report->n_published_tokens, *store);
-  }
-  if (flags.common.json) {
-    std::cout << Dump({{"text", report->generation.text},
-                       {"tokens", report->generation.tokens},
-                       {"n_prompt_tokens", report->n_prompt_tokens},
-                       {"n_reused_tokens", report->n_reused_tokens},
-                       {"n_decoded_prompt_tokens", report->n_decoded_prompt_tokens},
-                       {"n_published_tokens", report->n_published_tokens},
-                       {"load_ms", report->load_ms},
-                       {"prompt_ms", report->prompt_ms},
-                       {"ttft_ms", report->ttft_ms},
-                       {"generate_ms", report->generate_ms},
-                       {"n_ctx", report->n_ctx},
-                       {"prompt_repeats_session", report->prompt_repeats_session},
-                       {"prompt_cache_saved", report->prompt_cache_saved},
-                       {"save_ms", report->save_ms},
-                       {"stop_reason", StopReasonName(report->generation.stop_reason)}})
-              << "\n";
-  } else {
-    WriteStdout("\n");
-    std::fprintf(stderr, "%s\n", RunSummary(*report).c_str());
-  }
-  return rc;
-}
-}  // namespace
-
-namespace {
-
-// The first tokens inspect shows.
-std::vector<Token> FirstTokens(const SessionFileInfo& info) {
-  const size_t shown = std::min<size_t>(info.tokens.size(), 16);
-  return std::vector<Token>(info.tokens.begin(), info.tokens.begin() + shown);
-}
-
-// The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
-// included; a kind's missing parts are left out.
-json MemoryJson(const SessionMeta& m, const engine::SessionMemory& memory) {
-  const format::SeqLayout& l = memory.layout;
-  auto kv_part = [](const format::KvLayout& kv) {
-    return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
-  };
-  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory.reuse}};
-  if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
-  if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
-  if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
-  if (l.kind == format::MemoryKind::kRecurrent || l.kind == format::MemoryKind::kHybrid) {
-    mem["recurrent"] = {{"bytes", l.rs.bytes},   {"pos", l.rs.pos},
-                        {"r_records", l.rs.n_r}, {"r_row_bytes", l.rs.r_row_bytes},
-                        {"s_records", l.rs.n_s}, {"s_row_bytes", l.rs.s_row_bytes}};
-  }
-  return mem;
-}
-
-json InspectJson(const SessionFileInfo& info, const engine::SessionMemory& memory) {
-  const SessionMeta& m = info.meta;
-  return {{"path", info.path},
-          {"format_version", info.format_version},
-          {"min_reader_version", info.min_reader_version},
-          {"file_bytes", info.file_size},
-          {"kv_bytes", info.kv_bytes},
-          {"logits_bytes", info.logits_bytes},
-          {"checksums", info.checksums_verified ? "ok" : "not verified"},
-          {"writer", m.writer},
-          {"llama_build", m.llama_build},
-          {"llama_state_version", m.llama_state_version},
-          {"model",
-           {{"fingerprint", m.model_fingerprint.Hex()},
-            {"description", m.model_description},
-            {"arch", m.model_arch},
-            {"n_params", m.model_n_params},
-            {"n_vocab", m.n_vocab},
-            {"n_layer", m.n_layer},
-            {"n_embd", m.n_embd},
-            {"n_head", m.n_head},
-            {"n_head_kv", m.n_head_kv},
-            {"n_ctx_train", m.n_ctx_train}}},
-          {"context",
-           {{"n_ctx", m.n_ctx},
-            {"n_batch", m.n_batch},
-            {"n_ubatch", m.n_ubatch},
-            {"cache_type_k", m.type_k_name},
-            {"cache_type_v", m.type_v_name},
-            {"flash_attn", m.flash_attn},
-            {"rope_freq_base", m.rope_freq_base},
-            {"rope_freq_scale", m.rope_freq_scale},
-            {"yarn_orig_ctx", m.yarn_orig_ctx}}},
-          {"n_tokens", m.n_tokens},
-          {"first_tokens", FirstTokens(info)},
-          {"preview", m.preview},
-          {"memory", MemoryJson(m, memory)}};
-}
-
-void PrintInspect(const SessionFileInfo& info, const engine::SessionMemory& memory) {
-  const SessionMeta& m = info.meta;
-  const format::SeqLayout& l = memory.layout;
-  std::printf("session      %s\n", info.path.c_str());
-  std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info.format_version,
-              info.min_reader_version, static_cast<unsigned long long>(info.file_size),
-              info.checksums_verified ? "ok" : "not verified");
-  // Strings from the file reach a terminal only escaped (no control sequences).
-  std::printf("written by   %s, llama.cpp %s (state v%u)\n", format::Printable(m.writer).c_str(),
-              format::Printable(m.llama_build).c_str(), m.llama_state_version);
-  std::printf("model        %s (%s), fingerprint %s\n",
-              format::Printable(m.model_description).c_str(),
-              format::Printable(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
-  std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
-              m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
-  std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
-              m.n_ctx, m.n_batch, m.n_ubatch, m.type_k_name.c_str(), m.type_v_name.c_str(),
-              m.flash_attn ? "on" : "off");
-  std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info.kv_bytes / 1048576.0,
-              m.has_logits ? "stored" : "none");
-  std::printf("memory       %s", format::MemoryKindName(l.kind));
-  if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
-  std::printf(": %s\n", memory.parts.c_str());
-  std::printf("reuse        %s\n", memory.reuse.c_str());
-  std::printf("first tokens");
-  for (Token t : FirstTokens(info)) std::printf(" %d", t);
-  std::printf("\npreview      %s\n", Dump(m.preview).c_str());
-}
-
-}  // namespace
-
 int RunInspect(const InspectFlags& flags) {
   format::SeqLayout layout;
   auto info = engine::InspectSessionFile(flags.session, /*verify_checksums=*/true, &layout);
@@ -692,18 +690,6 @@ int RunInspect(const InspectFlags& flags) {
   }
   return 0;
 }
-
-namespace {
-// Truncates the session by its last token and decodes that token again.
-Status DecodeLastTokenAgain(Session& session) {
-  std::vector<Token> tokens = session.tokens();
-  const Token last = tokens.back();
-  tokens.pop_back();
-  auto synced = session.Sync(tokens);
-  if (!synced.ok()) return synced.status();
-  return session.AppendTokens({last});
-}
-}  // namespace
 
 int RunVerify(const VerifyFlags& flags) {
   auto model = LoadModel(flags.common);

@@ -22,8 +22,7 @@ struct CommonFlags {
   int n_gpu_layers = 0;    // from gpu_layers (main.cc)
 };
 
-// llama.cpp's context flags -c -t -tb -b -ub -fa -ctk -ctv as given; unset: the command's default.
-// Each command declares those it takes (main.cc, AddContextFlags).
+// -c -t -tb -b -ub -fa -ctk -ctv as given (unset: the command's default); main.cc declares them.
 struct ContextFlags {
   std::optional<uint32_t> n_ctx;
   int n_threads = 0;        // 0: all cores
@@ -128,9 +127,8 @@ Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags);
 // The prefix store of --cache-dir (or $KVSTASH_CACHE_DIR) with its chunk size, budget and Redis
 // tier; null without a directory. Its warnings go to stderr as "warning: ...".
 Result<std::shared_ptr<Store>> OpenStore(const StoreFlags& flags, bool create);
-// Fails unless a session file may be written to `output` before the model loads: never one of
-// `protected_paths` (named by `protected_names`), never a file that is not a session without
-// `force`.
+// Refuses `output` for a session file, before the model loads: one of `protected_paths` (named by
+// `protected_names`), or without `force` a file that is not a session.
 Status CheckSessionOutput(const std::string& output, bool force,
                           const std::vector<std::string>& protected_paths,
                           const std::vector<std::string>& protected_names);
@@ -145,10 +143,9 @@ int Fail(const Status& status);
 int UsageError(const std::string& message);
 void SetJsonErrors(bool on);
 // From here on SIGINT and SIGTERM set CancelFlag() and SignalCaught(): a save stops (the old file
-// stays), a generation stops (what was generated is printed); the exit code is then 130 or 143.
-// A second signal before ClearSignal() ends the process at once. With `restart_calls` false a
-// signal interrupts a blocking system call (chat's wait at the prompt). save, run and chat install
-// them; the other commands have nothing to clean up and keep the default (exit at once).
+// stays), a generation stops (what was generated is printed), exit code 130 or 143; a second one
+// before ClearSignal() ends the process. `restart_calls` false: a signal interrupts a blocking call
+// (chat's prompt). Commands without these handlers have nothing to clean up (exit at once).
 void InstallSignalHandlers(bool restart_calls = true);
 // The flag the handlers set, for the library's `cancel` options.
 std::atomic<bool>& CancelFlag();

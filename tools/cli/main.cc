@@ -290,33 +290,24 @@ void AddRunSampleFlags(CLI::App* cmd, RunFlags* run) {
                   "llama.cpp's reverse prompt: --stop, escapes processed (repeatable)");
 }
 
-// llama.cpp's -cnv asks for a conversation: `kvstash chat` where this build has it.
-int ConversationUsage(const CLI::App& app) {
-  for (const CLI::App* cmd : app.get_subcommands([](const CLI::App*) { return true; })) {
-    if (cmd->get_name() == "chat") {
-      return UsageError(
-          "run answers one prompt; for llama.cpp's conversation mode (-cnv) use "
-          "'kvstash chat -m MODEL' (see kvstash chat --help)");
-    }
-  }
+// llama.cpp's -cnv asks for a conversation: `kvstash chat`.
+int ConversationUsage() {
   return UsageError(
-      "run answers one prompt and this kvstash has no conversation mode (-cnv) "
-      "yet: it comes as 'kvstash chat'; drop -cnv to answer one prompt");
+      "run answers one prompt; for llama.cpp's conversation mode (-cnv) use "
+      "'kvstash chat -m MODEL' (see kvstash chat --help)");
 }
 
 int RunCommand(Cli& cli) {
   RunFlags& run = cli.run;
-  if (cli.run_conversation) return ConversationUsage(cli.app);
+  if (cli.run_conversation) return ConversationUsage();
   if (int rc = ResolveGpuLayers(&run.common)) return rc;
   if (!run.prompt && !run.prompt_file) return UsageError("run needs -p TEXT or -f FILE");
   if (int rc = ResolveStoreFlags(&run.store)) return rc;
   const std::string conflict = std::string("run takes ") +
                                (run.session ? "--session FILE" : "--prompt-cache FILE") +
                                " or --cache-dir DIR, not both";
-  if (int rc = PreferFileToStore(cli, run.session || run.prompt_cache, conflict, &run.store)) {
-    return rc;
-  }
-  return RunRun(run);
+  const int rc = PreferFileToStore(cli, run.session || run.prompt_cache, conflict, &run.store);
+  return rc != 0 ? rc : RunRun(run);
 }
 
 void AddRun(Cli* cli) {
@@ -441,12 +432,10 @@ int ChatCommand(Cli& cli) {
   ChatFlags& chat = cli.chat;
   if (int rc = ResolveGpuLayers(&chat.common)) return rc;
   if (int rc = ResolveStoreFlags(&chat.store)) return rc;
-  if (int rc = PreferFileToStore(cli, chat.session.has_value(),
-                                 "chat takes --session FILE or --cache-dir DIR, not both",
-                                 &chat.store)) {
-    return rc;
-  }
-  return RunChat(chat);
+  const int rc =
+      PreferFileToStore(cli, chat.session.has_value(),
+                        "chat takes --session FILE or --cache-dir DIR, not both", &chat.store);
+  return rc != 0 ? rc : RunChat(chat);
 }
 
 void AddChat(Cli* cli) {
