@@ -13,49 +13,22 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <string>
 
 #include "kvstash/chat.h"
-#include "kvstash/process.h"
 
 namespace kvstash::cli {
 namespace {
 
-static_assert(std::atomic<bool>::is_always_lock_free);
-std::atomic<bool> g_stop{false};  // stop the running answer or prefill
-volatile std::sig_atomic_t g_signal = 0;
-
-void OnChatSignal(int sig) {
-  if (g_stop.load()) {  // not yet taken up (a long prefill): the user means it, stop now
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  g_signal = sig;
-  g_stop.store(true);
-}
-
-// Without SA_RESTART, so that a signal interrupts the read at the prompt.
-void InstallChatSignals() {
-  for (int sig : {SIGINT, SIGTERM}) {
-    struct sigaction old;
-    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
-    struct sigaction action = {};
-    action.sa_handler = OnChatSignal;
-    sigemptyset(&action.sa_mask);
-    sigaction(sig, &action, nullptr);
-  }
-}
-
 enum class ReadResult { kLine, kEnd, kInterrupted };
 
 // Waits until stdin can be read; false when SIGINT or SIGTERM stopped the chat. The signals are
-// blocked between the look at g_stop and the wait, and ppoll unblocks them atomically: one that
-// arrives just after the look would otherwise leave read(2) waiting for input that never comes.
+// blocked between the look at CancelFlag() and the wait, and ppoll unblocks them atomically: one
+// that arrives just after the look would otherwise leave read(2) waiting for input that never
+// comes.
 bool WaitForInput() {
   sigset_t signals, previous;
   sigemptyset(&signals);
@@ -64,12 +37,12 @@ bool WaitForInput() {
   while (true) {
     pthread_sigmask(SIG_BLOCK, &signals, &previous);
     int ready = 0;
-    if (!g_stop.load()) {
+    if (!CancelFlag().load()) {
       pollfd input{STDIN_FILENO, POLLIN, 0};
       ready = ppoll(&input, 1, nullptr, &previous);
     }
     pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-    if (g_stop.load()) return false;
+    if (CancelFlag().load()) return false;
     if (ready > 0) return true;  // readable, at its end, or in error: read(2) says which
   }
 }
@@ -90,7 +63,7 @@ class LineReader {
       if (!WaitForInput()) return ReadResult::kInterrupted;
       char chunk[4096];
       const ssize_t n = ::read(STDIN_FILENO, chunk, sizeof(chunk));
-      if (n < 0 && errno == EINTR) continue;  // g_stop says whether it was ours
+      if (n < 0 && errno == EINTR) continue;  // CancelFlag() says whether it was ours
       if (n <= 0) {
         if (buffer_.empty()) return ReadResult::kEnd;
         line->swap(buffer_);  // a last line without a newline
@@ -142,7 +115,7 @@ bool Turn(ChatRun& run, const std::string& text) {
   bool written = true;
   auto turn = run.chat.Say(text, [&](std::string_view piece) {
     written = written && Out(piece);
-    return written && !g_stop.load();
+    return written && !CancelFlag().load();
   });
   if (!turn.ok()) {
     // A signal during the prefill: nothing was answered and the message is not kept.
@@ -192,13 +165,12 @@ int Loop(ChatRun& run) {
   std::string line;
   int rc = 0;
   while (rc == 0) {
-    g_stop.store(false);
-    g_signal = 0;
+    ClearSignal();
     if (run.interactive && !Out("> ")) break;
     const ReadResult read = reader.Next(&line);
     if (read == ReadResult::kEnd) break;
     if (read == ReadResult::kInterrupted) {
-      rc = 128 + (g_signal != 0 ? g_signal : SIGINT);
+      rc = 128 + (SignalCaught() != 0 ? SignalCaught() : SIGINT);
       break;
     }
     if (line.empty()) continue;
@@ -207,43 +179,21 @@ int Loop(ChatRun& run) {
       continue;
     }
     if (!Turn(run, line[0] == '/' ? line.substr(1) : line)) break;
-    if (g_signal == SIGTERM) rc = 128 + SIGTERM;
+    if (SignalCaught() == SIGTERM) rc = 128 + SIGTERM;
   }
   if (run.interactive && rc != 0) Out("\n");
   if (run.dirty && run.flags.session) Save(run, *run.flags.session);
   return rc != 0 ? rc : run.rc;
 }
 
-Result<std::shared_ptr<Store>> OpenChatStore(const StoreFlags& flags) {
-  if (!flags.dir) return std::shared_ptr<Store>();
-  StoreOptions options;
-  options.chunk_tokens = flags.chunk_tokens;
-  options.max_bytes = flags.max_bytes;
-  options.redis_url = flags.redis;
-  options.warn = [](const std::string& message) {
-    std::fprintf(stderr, "warning: %s\n", message.c_str());
-  };
-  return Store::Open(*flags.dir, options);
-}
-
 Result<std::unique_ptr<Chat>> MakeChat(const ChatFlags& flags, std::shared_ptr<Model> model,
                                        std::shared_ptr<Store> store) {
   ChatOpenOptions o;
-  o.create.n_ctx = flags.n_ctx.value_or(4096);
-  o.create.n_threads = flags.n_threads;
-  o.open.n_ctx = flags.n_ctx.value_or(0);
-  o.open.n_threads = flags.n_threads;
-  if (flags.flash_attn) {
-    const FlashAttention fa = *flags.flash_attn == "on"    ? FlashAttention::kOn
-                              : *flags.flash_attn == "off" ? FlashAttention::kOff
-                                                           : FlashAttention::kAuto;
-    o.create.flash_attn = fa;
-    o.open.flash_attn = fa;
-  }
+  ApplyContextFlags(flags.context, &o.create, &o.open);
   o.chat.template_name = flags.chat_template;
   o.chat.sample = flags.sample;
   o.chat.store = std::move(store);
-  o.chat.cancel = &g_stop;  // a prefill; the answer stops through the piece callback
+  o.chat.cancel = &CancelFlag();  // a prefill; the answer stops through the piece callback
   o.system_prompt = flags.system_prompt.value_or("");
   if (!flags.session) {
     auto session = Session::Create(model, o.create);
@@ -261,16 +211,13 @@ Result<std::unique_ptr<Chat>> MakeChat(const ChatFlags& flags, std::shared_ptr<M
 }  // namespace
 
 int RunChat(const ChatFlags& flags) {
-  if (flags.common.verbose) SetLlamaLogs(LlamaLogs::kStderr);
-  ModelOptions model_options;
-  model_options.n_gpu_layers = flags.n_gpu_layers;
-  auto model = Model::Load(flags.common.model, model_options);
+  auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  auto store = OpenChatStore(flags.store);
+  auto store = OpenStore(flags.store, /*create=*/true);
   if (!store.ok()) return Fail(store.status());
   auto chat = MakeChat(flags, *model, *store);
   if (!chat.ok()) return Fail(chat.status());
-  InstallChatSignals();
+  InstallSignalHandlers(/*restart_calls=*/false);
   ChatRun run{flags, **chat};
   run.interactive = isatty(STDIN_FILENO) != 0;
   if (run.interactive) {

@@ -17,10 +17,7 @@ struct ChatFlags {
   std::optional<std::string> system_prompt;  // -sys, --system-prompt
   std::string chat_template;                 // "": the saved one, else the model's
   SampleOptions sample;
-  std::optional<uint32_t> n_ctx;
-  int n_threads = 0;
-  int n_gpu_layers = 0;
-  std::optional<std::string> flash_attn;
+  ContextFlags context;  // -c, -t, -fa
 };
 
 int RunChat(const ChatFlags& flags);

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -22,7 +23,6 @@
 #include "format/session_format.h"
 #include "kvstash/process.h"
 #include "kvstash/session_file.h"
-#include "kvstash/store.h"
 #include "llama_flags.h"
 #include "run_summary.h"
 #include "testmodel/test_model.h"
@@ -41,7 +41,7 @@ bool g_json_errors = false;
 int g_stdout_errno = 0;  // the first failed write to stdout, 0 if none
 
 void OnSignal(int sig) {
-  if (g_signal != 0) {  // a second signal: the user means it, stop now
+  if (g_signal != 0) {  // a second signal before ClearSignal: the user means it, stop now
     std::signal(sig, SIG_DFL);
     std::raise(sig);
     return;
@@ -93,8 +93,8 @@ std::string Dump(const json& j, int indent = -1) {
 
 Result<std::string> ReadTextFile(const std::string& path, const char* what) {
   // A directory opens as an ifstream and reads as empty: refuse it instead of running on "".
-  auto info = Env::Default()->Stat(path);
-  if (info.ok() && info->type == FileInfo::Type::kDirectory) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) {
     return Status::InvalidArgument(std::string(what) + " file '" + path +
                                    "' is a directory; pass a text file");
   }
@@ -168,13 +168,6 @@ Result<std::string> PromptText(const RunFlags& flags) {
   return flags.llama.no_escape ? text : ProcessEscapes(text);
 }
 
-Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
-  if (flags.verbose) SetLlamaLogs(LlamaLogs::kStderr);
-  ModelOptions options;
-  options.n_gpu_layers = flags.n_gpu_layers;
-  return Model::Load(flags.model, options);
-}
-
 // "1.2 s", "3 min": an ETA that reads at a glance.
 std::string Duration(double seconds) {
   char buf[32];
@@ -235,33 +228,7 @@ ProgressFn MakeProgress(const char* label, const char* unit, uint64_t min_total)
 }
 
 constexpr uint64_t kBarTokens = 1;           // prefills report only when split (> n_ubatch)
-constexpr uint64_t kBarBytes = 64ull << 20;  // files under 64 MiB take milliseconds
-
-Result<FlashAttention> ParseFlash(const std::string& value) {
-  if (value == "on") return FlashAttention::kOn;
-  if (value == "off") return FlashAttention::kOff;
-  if (value == "auto") return FlashAttention::kAuto;
-  return Status::InvalidArgument("-fa takes on, off or auto, not '" + value + "'");
-}
-
-Result<std::shared_ptr<Store>> OpenStore(const std::string& dir, const StoreFlags* flags,
-                                         bool create) {
-  StoreOptions options;
-  options.create = create;
-  if (flags != nullptr) {
-    options.chunk_tokens = flags->chunk_tokens;
-    options.max_bytes = flags->max_bytes;
-    options.redis_url = flags->redis;
-  }
-  options.warn = [](const std::string& message) {
-    std::fprintf(stderr, "warning: %s\n", message.c_str());
-  };
-  return Store::Open(dir, options);
-}
-
-}  // namespace
-
-namespace {
+constexpr uint64_t kBarBytes = 64ull << 20;  // files get a bar from 64 MiB on
 
 // Fail, with `fields` added to the JSON object (which always has "error").
 int FailWith(const Status& status, json fields) {
@@ -273,10 +240,6 @@ int FailWith(const Status& status, json fields) {
   return status.code() == Status::Code::kCancelled ? SignalExitCode() : 1;
 }
 
-std::string_view SessionMagic() {
-  return std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
-}
-
 // llama.cpp rounds a context size up (to a multiple of 256, at least 256); say so, never silently.
 void NoteContextSize(uint32_t asked, uint32_t got) {
   if (asked == 0 || asked == got) return;
@@ -286,58 +249,6 @@ void NoteContextSize(uint32_t asked, uint32_t got) {
                asked, got);
 }
 
-int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store);
-
-}  // namespace
-
-int Fail(const Status& status) { return FailWith(status, json::object()); }
-
-int UsageError(const std::string& message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  if (g_json_errors) {
-    WriteStdout(Dump({{"error", {{"code", "usage"}, {"message", message}}}}) + "\n");
-  }
-  return 2;
-}
-
-void SetJsonErrors(bool on) { g_json_errors = on; }
-
-void InstallSignalHandlers() {
-  for (int sig : {SIGINT, SIGTERM}) {
-    struct sigaction old;
-    // A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
-    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
-    struct sigaction action = {};
-    action.sa_handler = OnSignal;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;
-    sigaction(sig, &action, nullptr);
-  }
-}
-
-int FinishStdout(int rc) {
-  int err = g_stdout_errno;
-  if (std::fflush(stdout) != 0 && err == 0) err = errno != 0 ? errno : EIO;
-  if (std::ferror(stdout) && err == 0) err = EIO;
-  // close() reports write errors some file systems (NFS) only find then. stdout is not used
-  // after this (main returns); later flushes of its empty buffer make no system call. EBADF: it
-  // was closed when we started, which matters only if we wrote (then fflush failed above).
-  if (::close(STDOUT_FILENO) != 0 && errno != EINTR && errno != EBADF && err == 0) err = errno;
-  if (err == 0) return rc;
-  std::fprintf(stderr,
-               "error: cannot write to standard output: %s; check where it goes (a full disk, a "
-               "closed pipe)\n",
-               ErrnoText(err).c_str());
-  return rc == 0 ? 1 : rc;
-}
-
-std::string VersionText() {
-  return std::string("kvstash ") + KVSTASH_VERSION + "\nllama.cpp " + KVSTASH_LLAMA_COMMIT +
-         " (node-llama-cpp@3.21.1)\n";
-}
-
-namespace {
-
 // PublishPrefix's n_published counts the chunks it queued; a full or read-only disk drops them
 // after that (with a warning). This process's Store published this prefix only, so its writer's
 // counters tell how many are in the store now.
@@ -345,17 +256,15 @@ size_t StoredTokens(size_t queued, const Store& store) {
   const WriterStats w = store.writer_stats();
   return std::min<size_t>(queued, (w.chunks_written + w.chunks_existing) * store.chunk_tokens());
 }
-size_t StoredTokens(const PublishReport& r, const Store& store) {
-  return StoredTokens(r.n_published, store);
-}
 
 void PrintPublished(const PublishReport& r, const Store& store) {
   std::fprintf(stderr,
                "published %zu of %zu tokens to store '%s' (%zu were there already, %zu decoded; "
                "the %zu after the last whole %u-token chunk are not stored): prefill %.1f ms, "
                "write %.1f ms\n",
-               StoredTokens(r, store), r.n_tokens, store.dir().c_str(), r.n_reused, r.n_decoded,
-               r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms, r.publish_ms);
+               StoredTokens(r.n_published, store), r.n_tokens, store.dir().c_str(), r.n_reused,
+               r.n_decoded, r.n_tokens % store.chunk_tokens(), store.chunk_tokens(), r.prefill_ms,
+               r.publish_ms);
 }
 
 // The text of save's --prefix or --prefix-file.
@@ -382,7 +291,7 @@ int RunPublish(const SaveFlags& flags, Store& store) {
                       {"n_tokens", report->n_tokens},
                       {"n_reused_tokens", report->n_reused},
                       {"n_decoded_tokens", report->n_decoded},
-                      {"n_published_tokens", StoredTokens(*report, store)},
+                      {"n_published_tokens", StoredTokens(report->n_published, store)},
                       {"chunks_written", written.chunks_written},
                       {"chunks_dropped", written.chunks_dropped},
                       {"n_ctx", report->n_ctx},
@@ -395,30 +304,329 @@ int RunPublish(const SaveFlags& flags, Store& store) {
   return 0;
 }
 
+// The library's request for run's flags: texts read and escape-processed, -r as stop strings.
+Result<RunRequest> MakeRunRequest(const RunFlags& flags, std::shared_ptr<Store> store) {
+  RunRequest request;
+  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
+  if (!prefix.ok()) return prefix.status();
+  request.prefix = *prefix;
+  auto prompt = PromptText(flags);
+  if (!prompt.ok()) return prompt.status();
+  request.prompt = std::move(prompt.value());
+  request.session_path = flags.session;
+  request.store = store;
+  request.sample = flags.sample;
+  // llama.cpp's reverse prompts end the answer where they appear: stop strings here.
+  for (const std::string& r : flags.reverse_prompts) {
+    request.sample.stop.push_back(flags.llama.no_escape ? r : ProcessEscapes(r));
+  }
+  if (flags.prompt_cache) {
+    request.prompt_cache =
+        RunRequest::PromptCache{*flags.prompt_cache, flags.prompt_cache_all, flags.prompt_cache_ro};
+  }
+  request.cancel = &g_cancel;
+  ApplyContextFlags(flags.context, &request.create, &request.open);
+  request.open.progress = MakeProgress("load", "bytes", kBarBytes);
+  return request;
+}
+
+int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
+  InstallSignalHandlers();
+  auto made = MakeRunRequest(flags, store);
+  if (!made.ok()) return Fail(made.status());
+  const RunRequest& request = *made;
+  auto model = LoadModel(flags.common);
+  if (!model.ok()) return Fail(model.status());
+  // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
+  const bool json_out = flags.common.json;
+  PieceCallback stream = [json_out](std::string_view piece) {
+    if (g_cancel.load()) return false;
+    return json_out || WriteStdout(piece);
+  };
+  auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
+  if (!report.ok() && report.status().code() == Status::Code::kCancelled && g_signal != 0) {
+    // Stopped during the prompt: nothing was generated, and the answer says so like any other.
+    RunReport cancelled;
+    cancelled.generation.stop_reason = StopReason::kCancelled;
+    report = std::move(cancelled);
+  }
+  if (!report.ok()) return Fail(report.status());
+  NoteContextSize(flags.context.n_ctx.value_or(0), report->n_ctx);
+  if (report->prompt_repeats_session) {
+    std::fprintf(stderr, "%s\n", RepeatedSessionNote(*report).c_str());
+  }
+  // What was generated before a signal is printed like a finished answer, then the exit code
+  // says it was cut short.
+  const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
+                     ? SignalExitCode()
+                     : 0;
+  if (store) {
+    // The answer is out (streamed, or about to be printed whole); the chunks are written before
+    // the process ends anyway, and --json then says how many reached the store (not just queued).
+    store->WaitForWrites();
+    report->n_published_tokens = StoredTokens(report->n_published_tokens, *store);
+  }
+  if (flags.common.json) {
+    std::cout << Dump({{"text", report->generation.text},
+                       {"tokens", report->generation.tokens},
+                       {"n_prompt_tokens", report->n_prompt_tokens},
+                       {"n_reused_tokens", report->n_reused_tokens},
+                       {"n_decoded_prompt_tokens", report->n_decoded_prompt_tokens},
+                       {"n_published_tokens", report->n_published_tokens},
+                       {"load_ms", report->load_ms},
+                       {"prompt_ms", report->prompt_ms},
+                       {"ttft_ms", report->ttft_ms},
+                       {"generate_ms", report->generate_ms},
+                       {"n_ctx", report->n_ctx},
+                       {"prompt_repeats_session", report->prompt_repeats_session},
+                       {"prompt_cache_saved", report->prompt_cache_saved},
+                       {"save_ms", report->save_ms},
+                       {"stop_reason", StopReasonName(report->generation.stop_reason)}})
+              << "\n";
+  } else {
+    WriteStdout("\n");
+    std::fprintf(stderr, "%s\n", RunSummary(*report).c_str());
+  }
+  return rc;
+}
+
+// The first tokens inspect shows.
+std::vector<Token> FirstTokens(const SessionFileInfo& info) {
+  const size_t shown = std::min<size_t>(info.tokens.size(), 16);
+  return std::vector<Token>(info.tokens.begin(), info.tokens.begin() + shown);
+}
+
+// The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
+// included; a kind's missing parts are left out.
+json MemoryJson(const SessionMeta& m, const engine::SessionMemory& memory) {
+  const format::SeqLayout& l = memory.layout;
+  auto kv_part = [](const format::KvLayout& kv) {
+    return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
+  };
+  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory.reuse}};
+  if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
+  if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
+  if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
+  if (l.kind == format::MemoryKind::kRecurrent || l.kind == format::MemoryKind::kHybrid) {
+    mem["recurrent"] = {{"bytes", l.rs.bytes},   {"pos", l.rs.pos},
+                        {"r_records", l.rs.n_r}, {"r_row_bytes", l.rs.r_row_bytes},
+                        {"s_records", l.rs.n_s}, {"s_row_bytes", l.rs.s_row_bytes}};
+  }
+  return mem;
+}
+
+json InspectJson(const SessionFileInfo& info, const engine::SessionMemory& memory) {
+  const SessionMeta& m = info.meta;
+  return {{"path", info.path},
+          {"format_version", info.format_version},
+          {"min_reader_version", info.min_reader_version},
+          {"file_bytes", info.file_size},
+          {"kv_bytes", info.kv_bytes},
+          {"logits_bytes", info.logits_bytes},
+          {"checksums", info.checksums_verified ? "ok" : "not verified"},
+          {"writer", m.writer},
+          {"llama_build", m.llama_build},
+          {"llama_state_version", m.llama_state_version},
+          {"model",
+           {{"fingerprint", m.model_fingerprint.Hex()},
+            {"description", m.model_description},
+            {"arch", m.model_arch},
+            {"n_params", m.model_n_params},
+            {"n_vocab", m.n_vocab},
+            {"n_layer", m.n_layer},
+            {"n_embd", m.n_embd},
+            {"n_head", m.n_head},
+            {"n_head_kv", m.n_head_kv},
+            {"n_ctx_train", m.n_ctx_train}}},
+          {"context",
+           {{"n_ctx", m.n_ctx},
+            {"n_batch", m.n_batch},
+            {"n_ubatch", m.n_ubatch},
+            {"cache_type_k", m.type_k_name},
+            {"cache_type_v", m.type_v_name},
+            {"flash_attn", m.flash_attn},
+            {"rope_freq_base", m.rope_freq_base},
+            {"rope_freq_scale", m.rope_freq_scale},
+            {"yarn_orig_ctx", m.yarn_orig_ctx}}},
+          {"n_tokens", m.n_tokens},
+          {"first_tokens", FirstTokens(info)},
+          {"preview", m.preview},
+          {"memory", MemoryJson(m, memory)}};
+}
+
+void PrintInspect(const SessionFileInfo& info, const engine::SessionMemory& memory) {
+  const SessionMeta& m = info.meta;
+  const format::SeqLayout& l = memory.layout;
+  std::printf("session      %s\n", info.path.c_str());
+  std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info.format_version,
+              info.min_reader_version, static_cast<unsigned long long>(info.file_size),
+              info.checksums_verified ? "ok" : "not verified");
+  // Strings from the file reach a terminal only escaped (no control sequences).
+  std::printf("written by   %s, llama.cpp %s (state v%u)\n", format::Printable(m.writer).c_str(),
+              format::Printable(m.llama_build).c_str(), m.llama_state_version);
+  std::printf("model        %s (%s), fingerprint %s\n",
+              format::Printable(m.model_description).c_str(),
+              format::Printable(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
+  std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
+              m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
+  std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
+              m.n_ctx, m.n_batch, m.n_ubatch, m.type_k_name.c_str(), m.type_v_name.c_str(),
+              m.flash_attn ? "on" : "off");
+  std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info.kv_bytes / 1048576.0,
+              m.has_logits ? "stored" : "none");
+  std::printf("memory       %s", format::MemoryKindName(l.kind));
+  if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
+  std::printf(": %s\n", memory.parts.c_str());
+  std::printf("reuse        %s\n", memory.reuse.c_str());
+  std::printf("first tokens");
+  for (Token t : FirstTokens(info)) std::printf(" %d", t);
+  std::printf("\npreview      %s\n", Dump(m.preview).c_str());
+}
+
+// Truncates the session by its last token and decodes that token again.
+Status DecodeLastTokenAgain(Session& session) {
+  std::vector<Token> tokens = session.tokens();
+  const Token last = tokens.back();
+  tokens.pop_back();
+  auto synced = session.Sync(tokens);
+  if (!synced.ok()) return synced.status();
+  return session.AppendTokens({last});
+}
+
 }  // namespace
+
+int Fail(const Status& status) { return FailWith(status, json::object()); }
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  if (g_json_errors) {
+    WriteStdout(Dump({{"error", {{"code", "usage"}, {"message", message}}}}) + "\n");
+  }
+  return 2;
+}
+
+void SetJsonErrors(bool on) { g_json_errors = on; }
+
+void InstallSignalHandlers(bool restart_calls) {
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old;
+    // A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    struct sigaction action = {};
+    action.sa_handler = OnSignal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = restart_calls ? SA_RESTART : 0;
+    sigaction(sig, &action, nullptr);
+  }
+}
+
+std::atomic<bool>& CancelFlag() { return g_cancel; }
+
+int SignalCaught() { return g_signal; }
+
+void ClearSignal() {
+  g_cancel.store(false);
+  g_signal = 0;
+}
+
+FlashAttention ParseFlashAttention(const std::string& value) {
+  if (value == "on") return FlashAttention::kOn;
+  if (value == "off") return FlashAttention::kOff;
+  return FlashAttention::kAuto;
+}
+
+void ApplyContextFlags(const ContextFlags& flags, SessionOptions* create, OpenOptions* open) {
+  const std::optional<FlashAttention> fa =
+      flags.flash_attn ? std::optional(ParseFlashAttention(*flags.flash_attn)) : std::nullopt;
+  if (create != nullptr) {
+    if (flags.n_ctx) create->n_ctx = *flags.n_ctx;
+    create->n_threads = flags.n_threads;
+    create->n_threads_batch = flags.n_threads_batch;
+    if (flags.n_batch) create->n_batch = *flags.n_batch;
+    if (flags.n_ubatch) create->n_ubatch = *flags.n_ubatch;
+    if (fa) create->flash_attn = *fa;
+    if (flags.cache_type_k) create->cache_type_k = *flags.cache_type_k;
+    if (flags.cache_type_v) create->cache_type_v = *flags.cache_type_v;
+  }
+  if (open != nullptr) {
+    if (flags.n_ctx) open->n_ctx = *flags.n_ctx;
+    open->n_threads = flags.n_threads;
+    open->n_threads_batch = flags.n_threads_batch;
+    if (fa) open->flash_attn = fa;
+    open->cache_type_k = flags.cache_type_k;
+    open->cache_type_v = flags.cache_type_v;
+  }
+}
+
+Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
+  if (flags.verbose) SetLlamaLogs(LlamaLogs::kStderr);
+  ModelOptions options;
+  options.n_gpu_layers = flags.n_gpu_layers;
+  return Model::Load(flags.model, options);
+}
+
+Result<std::shared_ptr<Store>> OpenStore(const StoreFlags& flags, bool create) {
+  if (!flags.dir) return std::shared_ptr<Store>();
+  StoreOptions options;
+  options.create = create;
+  options.chunk_tokens = flags.chunk_tokens;
+  options.max_bytes = flags.max_bytes;
+  options.redis_url = flags.redis;
+  options.warn = [](const std::string& message) {
+    std::fprintf(stderr, "warning: %s\n", message.c_str());
+  };
+  return Store::Open(*flags.dir, options);
+}
+
+Status CheckSessionOutput(const std::string& output, bool force,
+                          const std::vector<std::string>& protected_paths,
+                          const std::vector<std::string>& protected_names) {
+  AtomicWriteOptions destination;
+  destination.required_magic =
+      std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
+  destination.replace_any = force;
+  destination.protected_paths = protected_paths;
+  destination.protected_names = protected_names;
+  return CheckDestination(Env::Default(), output, destination);
+}
+
+int FinishStdout(int rc) {
+  int err = g_stdout_errno;
+  if (std::fflush(stdout) != 0 && err == 0) err = errno != 0 ? errno : EIO;
+  if (std::ferror(stdout) && err == 0) err = EIO;
+  // close() reports write errors some file systems (NFS) only find then. stdout is not used
+  // after this (main returns); later flushes of its empty buffer make no system call. EBADF: it
+  // was closed when we started, which matters only if we wrote (then fflush failed above).
+  if (::close(STDOUT_FILENO) != 0 && errno != EINTR && errno != EBADF && err == 0) err = errno;
+  if (err == 0) return rc;
+  std::fprintf(stderr,
+               "error: cannot write to standard output: %s; check where it goes (a full disk, a "
+               "closed pipe)\n",
+               ErrnoText(err).c_str());
+  return rc == 0 ? 1 : rc;
+}
+
+std::string VersionText() {
+  return std::string("kvstash ") + KVSTASH_VERSION + "\nllama.cpp " + KVSTASH_LLAMA_COMMIT +
+         " (node-llama-cpp@3.21.1)\n";
+}
 
 int RunSave(const SaveFlags& flags) {
   InstallSignalHandlers();
-  // Refused before the model loads and the prefix is decoded (minutes, for a long prefix): an
-  // output that is the model or the prefix file under any name, that is not a regular file, or
-  // that is not a session (without --force). Session::Save checks all but the prefix file again.
-  std::shared_ptr<Store> store;
-  if (flags.store.dir) {
-    auto opened = OpenStore(*flags.store.dir, &flags.store, /*create=*/true);
-    if (!opened.ok()) return Fail(opened.status());
-    store = std::move(opened.value());
-  }
+  // Refused before the model loads and the prefix is decoded: an output that is the model or the
+  // prefix file under any name, that is not a regular file, or that is not a session (without
+  // --force). Session::Save checks all but the prefix file again.
+  auto opened = OpenStore(flags.store, /*create=*/true);
+  if (!opened.ok()) return Fail(opened.status());
+  const std::shared_ptr<Store> store = std::move(opened.value());
   if (flags.output.empty()) return RunPublish(flags, *store);
-  AtomicWriteOptions destination;
-  destination.required_magic = SessionMagic();
-  destination.replace_any = flags.force;
-  destination.protected_paths = {flags.common.model};
-  destination.protected_names = {"the model file"};
+  std::vector<std::string> protected_paths = {flags.common.model};
+  std::vector<std::string> protected_names = {"the model file"};
   if (flags.prefix_file) {
-    destination.protected_paths.push_back(*flags.prefix_file);
-    destination.protected_names.push_back("the prefix file");
+    protected_paths.push_back(*flags.prefix_file);
+    protected_names.push_back("the prefix file");
   }
-  Status usable = CheckDestination(Env::Default(), flags.output, destination);
+  Status usable = CheckSessionOutput(flags.output, flags.force, protected_paths, protected_names);
   if (!usable.ok()) return Fail(usable);
   auto prefix = SavePrefixText(flags);
   if (!prefix.ok()) return Fail(prefix.status());
@@ -458,230 +666,30 @@ int RunSave(const SaveFlags& flags) {
 }
 
 int RunRun(const RunFlags& flags) {
-  std::shared_ptr<Store> store;
-  if (flags.store.dir) {
-    auto opened = OpenStore(*flags.store.dir, &flags.store, /*create=*/true);
-    // A store that cannot be used (a damaged manifest, a directory that cannot be made) costs the
-    // cache, not the answer; a store made with other settings (--cache-chunk) is a usage mistake.
-    if (!opened.ok() && opened.status().code() == Status::Code::kInvalidArgument)
-      return Fail(opened.status());
-    if (!opened.ok()) {
-      std::fprintf(stderr, "warning: %s; answering without the store\n",
-                   opened.status().message().c_str());
-    } else {
-      store = std::move(opened.value());
-    }
+  auto store = OpenStore(flags.store, /*create=*/true);
+  // A store that cannot be used (a damaged manifest, a directory that cannot be made) costs the
+  // cache, not the answer; a store made with other settings (--cache-chunk) is a usage mistake.
+  if (!store.ok() && store.status().code() != Status::Code::kInvalidArgument) {
+    std::fprintf(stderr, "warning: %s; answering without the store\n",
+                 store.status().message().c_str());
+    return RunRunWith(flags, nullptr);
   }
-  return RunRunWith(flags, store);
+  if (!store.ok()) return Fail(store.status());
+  return RunRunWith(flags, *store);
 }
-
-namespace {
-// The library's request for run's flags: texts read and escape-processed, -r as stop strings.
-Result<RunRequest> MakeRunRequest(const RunFlags& flags, std::shared_ptr<Store> store) {
-  RunRequest request;
-  auto prefix = PrefixText(flags.prefix, flags.prefix_file, flags.llama);
-  if (!prefix.ok()) return prefix.status();
-  request.prefix = *prefix;
-  auto prompt = PromptText(flags);
-  if (!prompt.ok()) return prompt.status();
-  request.prompt = std::move(prompt.value());
-  request.session_path = flags.session;
-  request.store = store;
-  request.sample = flags.sample;
-  // llama.cpp's reverse prompts end the answer where they appear: stop strings here.
-  for (const std::string& r : flags.reverse_prompts) {
-    request.sample.stop.push_back(flags.llama.no_escape ? r : ProcessEscapes(r));
-  }
-  if (flags.prompt_cache) {
-    request.prompt_cache =
-        RunRequest::PromptCache{*flags.prompt_cache, flags.prompt_cache_all, flags.prompt_cache_ro};
-  }
-  request.cancel = &g_cancel;
-  request.create.n_threads = flags.n_threads;
-  request.open.n_threads = flags.n_threads;
-  request.create.n_threads_batch = flags.n_threads_batch;
-  request.open.n_threads_batch = flags.n_threads_batch;
-  if (flags.n_batch) request.create.n_batch = *flags.n_batch;
-  if (flags.n_ubatch) request.create.n_ubatch = *flags.n_ubatch;
-  if (flags.n_ctx) {
-    request.create.n_ctx = *flags.n_ctx;
-    request.open.n_ctx = *flags.n_ctx;
-  }
-  if (flags.flash_attn) {
-    auto fa = ParseFlash(*flags.flash_attn);
-    if (!fa.ok()) return fa.status();
-    request.create.flash_attn = *fa;
-    request.open.flash_attn = *fa;
-  }
-  if (flags.cache_type_k) request.create.cache_type_k = *flags.cache_type_k;
-  if (flags.cache_type_v) request.create.cache_type_v = *flags.cache_type_v;
-  request.open.cache_type_k = flags.cache_type_k;
-  request.open.cache_type_v = flags.cache_type_v;
-  request.open.progress = MakeProgress("load", "bytes", kBarBytes);
-  return request;
-}
-
-int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
-  InstallSignalHandlers();
-  auto made = MakeRunRequest(flags, store);
-  if (!made.ok()) return Fail(made.status());
-  const RunRequest& request = *made;
-  auto model = LoadModel(flags.common);
-  if (!model.ok()) return Fail(model.status());
-  // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
-  const bool json_out = flags.common.json;
-  PieceCallback stream = [json_out](std::string_view piece) {
-    if (g_cancel.load()) return false;
-    return json_out || WriteStdout(piece);
-  };
-  auto report = RunPrompt(*model, request, stream, MakeProgress("prompt", "tokens", kBarTokens));
-  if (!report.ok() && report.status().code() == Status::Code::kCancelled && g_signal != 0) {
-    // Stopped during the prompt: nothing was generated, and the answer says so like any other.
-    RunReport cancelled;
-    cancelled.generation.stop_reason = StopReason::kCancelled;
-    report = std::move(cancelled);
-  }
-  if (!report.ok()) return Fail(report.status());
-  NoteContextSize(flags.n_ctx.value_or(0), report->n_ctx);
-  if (report->prompt_repeats_session) {
-    std::fprintf(stderr, "%s\n", RepeatedSessionNote(*report).c_str());
-  }
-  // What was generated before a signal is printed like a finished answer, then the exit code
-  // says it was cut short.
-  const int rc = g_signal != 0 && report->generation.stop_reason == StopReason::kCancelled
-                     ? SignalExitCode()
-                     : 0;
-  if (store) {
-    // The answer is out (streamed, or about to be printed whole); the chunks are written before
-    // the process ends anyway, and --json then says how many reached the store (not just queued).
-    store->WaitForWrites();
-    report->n_published_tokens = StoredTokens(report->n_published_tokens, *store);
-  }
-  if (flags.common.json) {
-    std::cout << Dump({{"text", report->generation.text},
-                       {"tokens", report->generation.tokens},
-                       {"n_prompt_tokens", report->n_prompt_tokens},
-                       {"n_reused_tokens", report->n_reused_tokens},
-                       {"n_decoded_prompt_tokens", report->n_decoded_prompt_tokens},
-                       {"n_published_tokens", report->n_published_tokens},
-                       {"load_ms", report->load_ms},
-                       {"prompt_ms", report->prompt_ms},
-                       {"ttft_ms", report->ttft_ms},
-                       {"generate_ms", report->generate_ms},
-                       {"n_ctx", report->n_ctx},
-                       {"prompt_repeats_session", report->prompt_repeats_session},
-                       {"prompt_cache_saved", report->prompt_cache_saved},
-                       {"save_ms", report->save_ms},
-                       {"stop_reason", StopReasonName(report->generation.stop_reason)}})
-              << "\n";
-  } else {
-    WriteStdout("\n");
-    std::fprintf(stderr, "%s\n", RunSummary(*report).c_str());
-  }
-  return rc;
-}
-}  // namespace
 
 int RunInspect(const InspectFlags& flags) {
   format::SeqLayout layout;
   auto info = engine::InspectSessionFile(flags.session, /*verify_checksums=*/true, &layout);
   if (!info.ok()) return Fail(info.status());
   const auto memory = engine::DescribeSessionMemory(*info, layout);
-  const SessionMeta& m = info->meta;
-  const format::SeqLayout& l = memory.layout;
-  const size_t shown = std::min<size_t>(info->tokens.size(), 16);
-  std::vector<Token> first(info->tokens.begin(), info->tokens.begin() + shown);
-  json j = {{"path", info->path},
-            {"format_version", info->format_version},
-            {"min_reader_version", info->min_reader_version},
-            {"file_bytes", info->file_size},
-            {"kv_bytes", info->kv_bytes},
-            {"logits_bytes", info->logits_bytes},
-            {"checksums", info->checksums_verified ? "ok" : "not verified"},
-            {"writer", m.writer},
-            {"llama_build", m.llama_build},
-            {"llama_state_version", m.llama_state_version},
-            {"model",
-             {{"fingerprint", m.model_fingerprint.Hex()},
-              {"description", m.model_description},
-              {"arch", m.model_arch},
-              {"n_params", m.model_n_params},
-              {"n_vocab", m.n_vocab},
-              {"n_layer", m.n_layer},
-              {"n_embd", m.n_embd},
-              {"n_head", m.n_head},
-              {"n_head_kv", m.n_head_kv},
-              {"n_ctx_train", m.n_ctx_train}}},
-            {"context",
-             {{"n_ctx", m.n_ctx},
-              {"n_batch", m.n_batch},
-              {"n_ubatch", m.n_ubatch},
-              {"cache_type_k", m.type_k_name},
-              {"cache_type_v", m.type_v_name},
-              {"flash_attn", m.flash_attn},
-              {"rope_freq_base", m.rope_freq_base},
-              {"rope_freq_scale", m.rope_freq_scale},
-              {"yarn_orig_ctx", m.yarn_orig_ctx}}},
-            {"n_tokens", m.n_tokens},
-            {"first_tokens", first},
-            {"preview", m.preview}};
-  // The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
-  // included; a kind's missing parts are left out.
-  auto kv_part = [](const format::KvLayout& kv) {
-    return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
-  };
-  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory.reuse}};
-  if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
-  if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
-  if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
-  if (l.kind == format::MemoryKind::kRecurrent || l.kind == format::MemoryKind::kHybrid) {
-    mem["recurrent"] = {{"bytes", l.rs.bytes},   {"pos", l.rs.pos},
-                        {"r_records", l.rs.n_r}, {"r_row_bytes", l.rs.r_row_bytes},
-                        {"s_records", l.rs.n_s}, {"s_row_bytes", l.rs.s_row_bytes}};
-  }
-  j["memory"] = std::move(mem);
   if (flags.json) {
-    std::cout << Dump(j) << "\n";
-    return 0;
+    std::cout << Dump(InspectJson(*info, memory)) << "\n";
+  } else {
+    PrintInspect(*info, memory);
   }
-  std::printf("session      %s\n", info->path.c_str());
-  std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info->format_version,
-              info->min_reader_version, static_cast<unsigned long long>(info->file_size),
-              info->checksums_verified ? "ok" : "not verified");
-  // Strings from the file reach a terminal only escaped (no control sequences).
-  std::printf("written by   %s, llama.cpp %s (state v%u)\n", format::Printable(m.writer).c_str(),
-              format::Printable(m.llama_build).c_str(), m.llama_state_version);
-  std::printf("model        %s (%s), fingerprint %s\n",
-              format::Printable(m.model_description).c_str(),
-              format::Printable(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
-  std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
-              m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
-  std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
-              m.n_ctx, m.n_batch, m.n_ubatch, m.type_k_name.c_str(), m.type_v_name.c_str(),
-              m.flash_attn ? "on" : "off");
-  std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info->kv_bytes / 1048576.0,
-              m.has_logits ? "stored" : "none");
-  std::printf("memory       %s", format::MemoryKindName(l.kind));
-  if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
-  std::printf(": %s\n", memory.parts.c_str());
-  std::printf("reuse        %s\n", memory.reuse.c_str());
-  std::printf("first tokens");
-  for (Token t : first) std::printf(" %d", t);
-  std::printf("\npreview      %s\n", Dump(m.preview).c_str());
   return 0;
 }
-
-namespace {
-// Truncates the session by its last token and decodes that token again.
-Status DecodeLastTokenAgain(Session& session) {
-  std::vector<Token> tokens = session.tokens();
-  const Token last = tokens.back();
-  tokens.pop_back();
-  auto synced = session.Sync(tokens);
-  if (!synced.ok()) return synced.status();
-  return session.AppendTokens({last});
-}
-}  // namespace
 
 int RunVerify(const VerifyFlags& flags) {
   auto model = LoadModel(flags.common);
@@ -739,20 +747,13 @@ Result<uint64_t> ParseByteCount(const std::string& text, const char* flag) {
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
   if (digits == 0 || digits > 19) return Status::InvalidArgument(usage);
   uint64_t value = std::stoull(text.substr(0, digits));
-  const std::string suffix = text.substr(digits);
-  int shift = 0;
-  if (suffix == "K" || suffix == "k")
-    shift = 10;
-  else if (suffix == "M")
-    shift = 20;
-  else if (suffix == "G")
-    shift = 30;
-  else if (suffix == "T")
-    shift = 40;
-  else if (!suffix.empty() && suffix != "B")
+  const std::map<std::string, int> shifts = {{"", 0},   {"B", 0},  {"K", 10}, {"k", 10},
+                                             {"M", 20}, {"G", 30}, {"T", 40}};
+  const auto shift = shifts.find(text.substr(digits));
+  if (shift == shifts.end() || value > (UINT64_MAX >> shift->second)) {
     return Status::InvalidArgument(usage);
-  if (shift != 0 && value > (UINT64_MAX >> shift)) return Status::InvalidArgument(usage);
-  return value << shift;
+  }
+  return value << shift->second;
 }
 
 namespace {
@@ -853,8 +854,9 @@ int CacheVerify(const CacheFlags& flags, const Store& store) {
 
 int RunCache(const CacheFlags& flags) {
   StoreFlags tiers;  // rm with --cache-redis also unlinks the chunks' keys in Redis
+  tiers.dir = flags.dir;
   tiers.redis = flags.redis;
-  auto opened = OpenStore(flags.dir, &tiers, /*create=*/false);
+  auto opened = OpenStore(tiers, /*create=*/false);
   if (!opened.ok()) return Fail(opened.status());
   Store& store = **opened;
   if (flags.action == "stats") return CacheStats(flags, store);

@@ -3,11 +3,14 @@
 #ifndef KVSTASH_TOOLS_CLI_COMMANDS_H_
 #define KVSTASH_TOOLS_CLI_COMMANDS_H_
 
+#include <atomic>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "kvstash/runner.h"
+#include "kvstash/store.h"
 
 namespace kvstash::cli {
 
@@ -19,10 +22,23 @@ struct CommonFlags {
   int n_gpu_layers = 0;    // from gpu_layers (main.cc)
 };
 
-// Where the prefix store is and how a new one is made (run, save).
+// -c -t -tb -b -ub -fa -ctk -ctv as given (unset: the command's default); main.cc declares them.
+struct ContextFlags {
+  std::optional<uint32_t> n_ctx;
+  int n_threads = 0;        // 0: all cores
+  int n_threads_batch = 0;  // 0: as n_threads
+  std::optional<uint32_t> n_batch;
+  std::optional<uint32_t> n_ubatch;
+  std::optional<std::string> flash_attn;  // "on", "off" or "auto" (CLI11 checks)
+  std::optional<std::string> cache_type_k;
+  std::optional<std::string> cache_type_v;
+};
+
+// Where the prefix store is and how a new one is made (run, save, chat).
 struct StoreFlags {
   std::optional<std::string> dir;  // --cache-dir, or $KVSTASH_CACHE_DIR
   bool no_cache = false;           // --no-cache: ignore $KVSTASH_CACHE_DIR
+  std::string max_bytes_text;      // --cache-max-bytes as given (main.cc parses it)
   uint64_t max_bytes = 0;          // --cache-max-bytes: evict down to this after publishing
   uint32_t chunk_tokens = 0;       // --cache-chunk: tokens per chunk of a new store
   std::string redis;               // --cache-redis URL (or $KVSTASH_CACHE_REDIS): a second tier
@@ -43,7 +59,8 @@ struct SaveFlags {
   std::optional<std::string> prefix_file;
   LlamaTextFlags llama;
   std::string output;
-  SessionOptions session;
+  ContextFlags context;
+  SessionOptions session;  // from context (main.cc)
   bool no_sync = false;
   bool force = false;  // replace an existing file that is not a session
 };
@@ -59,17 +76,10 @@ struct RunFlags {
   LlamaTextFlags llama;
   std::vector<std::string> reverse_prompts;  // -r: stop strings, escapes processed
   SampleOptions sample;
-  std::optional<uint32_t> n_ctx;
-  int n_threads = 0;
-  int n_threads_batch = 0;
-  std::optional<uint32_t> n_batch;          // cold runs (a session keeps its own)
-  std::optional<uint32_t> n_ubatch;         // cold runs
+  ContextFlags context;  // -b, -ub, -ctk, -ctv: cold runs (a session keeps its own)
   std::optional<std::string> prompt_cache;  // --prompt-cache FILE
   bool prompt_cache_all = false;
   bool prompt_cache_ro = false;
-  std::optional<std::string> flash_attn;
-  std::optional<std::string> cache_type_k;
-  std::optional<std::string> cache_type_v;
 };
 
 struct InspectFlags {
@@ -108,6 +118,20 @@ int RunInspect(const InspectFlags& flags);
 int RunVerify(const VerifyFlags& flags);
 int RunMakeTestModel(const MakeModelFlags& flags);
 int RunCache(const CacheFlags& flags);
+// -fa's value: "on", "off", anything else (CLI11 lets only "auto" through) kAuto.
+FlashAttention ParseFlashAttention(const std::string& value);
+// The context flags given, over the defaults in `create` and `open` (either may be null).
+void ApplyContextFlags(const ContextFlags& flags, SessionOptions* create, OpenOptions* open);
+// The model of -m, with -ngl and -v applied; the error names the file.
+Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags);
+// The prefix store of --cache-dir (or $KVSTASH_CACHE_DIR) with its chunk size, budget and Redis
+// tier; null without a directory. Its warnings go to stderr as "warning: ...".
+Result<std::shared_ptr<Store>> OpenStore(const StoreFlags& flags, bool create);
+// Refuses `output` for a session file, before the model loads: one of `protected_paths` (named by
+// `protected_names`), or without `force` a file that is not a session.
+Status CheckSessionOutput(const std::string& output, bool force,
+                          const std::vector<std::string>& protected_paths,
+                          const std::vector<std::string>& protected_names);
 // "512M" -> 536870912 (K, M, G, T: powers of 1024); InvalidArgument naming `flag` otherwise.
 Result<uint64_t> ParseByteCount(const std::string& text, const char* flag);
 std::string VersionText();
@@ -118,11 +142,17 @@ int Fail(const Status& status);
 // Fail for a usage error: the same output with code "usage"; returns 2.
 int UsageError(const std::string& message);
 void SetJsonErrors(bool on);
-// From here on SIGINT and SIGTERM stop a save (the old file stays) or a generation (what was
-// generated is printed); the exit code is then 130 or 143. They are seen between steps (a prefill
-// runs to its end first); a second signal ends the process at once. RunSave and RunRun install
-// them; the other commands have nothing to clean up and keep the default (exit at once).
-void InstallSignalHandlers();
+// From here on SIGINT and SIGTERM set CancelFlag() and SignalCaught(): a save stops (the old file
+// stays), a generation stops (what was generated is printed), exit code 130 or 143; a second one
+// before ClearSignal() ends the process. `restart_calls` false: a signal interrupts a blocking call
+// (chat's prompt). Commands without these handlers have nothing to clean up (exit at once).
+void InstallSignalHandlers(bool restart_calls = true);
+// The flag the handlers set, for the library's `cancel` options.
+std::atomic<bool>& CancelFlag();
+// The signal caught since the last ClearSignal(), 0 if none.
+int SignalCaught();
+// Forgets a caught signal: the next one stops the next step again instead of the process.
+void ClearSignal();
 // Flushes and closes stdout. A write to it that failed, now or before, turns `rc` 0 into 1 with an
 // error line: output that did not arrive is not a success.
 int FinishStdout(int rc);

@@ -3,30 +3,24 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "env/atomic_file.h"
-#include "env/env.h"
-#include "format/session_format.h"
-#include "kvstash/process.h"
+#include "engine/import.h"
 
 namespace kvstash::cli {
 
 int RunImport(const ImportFlags& flags) {
   // The output is checked before the model loads, as for save: never the model or the input,
   // never a file that is not a session without --force.
-  AtomicWriteOptions destination;
-  destination.required_magic =
-      std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
-  destination.replace_any = flags.force;
-  destination.protected_paths = {flags.common.model, flags.input};
-  destination.protected_names = {"the model file", "the file to import"};
-  Status usable = CheckDestination(Env::Default(), flags.output, destination);
+  Status usable = CheckSessionOutput(flags.output, flags.force, {flags.common.model, flags.input},
+                                     {"the model file", "the file to import"});
   if (!usable.ok()) return Fail(usable);
-  if (flags.common.verbose) SetLlamaLogs(LlamaLogs::kStderr);
-  ModelOptions model_options;
-  model_options.n_gpu_layers = flags.common.n_gpu_layers;
-  auto model = Model::Load(flags.common.model, model_options);
+  auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  auto session = engine::ImportLlamaFile(*model, flags.input, flags.import);
+  engine::ImportOptions options;
+  options.n_ctx = flags.context.n_ctx.value_or(options.n_ctx);
+  options.n_threads = flags.context.n_threads;
+  options.n_batch = flags.context.n_batch.value_or(options.n_batch);
+  options.n_ubatch = flags.context.n_ubatch.value_or(options.n_ubatch);
+  auto session = engine::ImportLlamaFile(*model, flags.input, options);
   if (!session.ok()) return Fail(session.status());
   SaveOptions save;
   save.sync = !flags.no_sync;

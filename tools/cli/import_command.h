@@ -1,11 +1,10 @@
-// `kvstash import`: a kvstash session from llama.cpp's own state files (engine/import.h).
+// `kvstash import`: a kvstash session from llama.cpp's own state files.
 #ifndef KVSTASH_TOOLS_CLI_IMPORT_COMMAND_H_
 #define KVSTASH_TOOLS_CLI_IMPORT_COMMAND_H_
 
 #include <string>
 
 #include "commands.h"
-#include "engine/import.h"
 
 namespace kvstash::cli {
 
@@ -13,7 +12,7 @@ struct ImportFlags {
   CommonFlags common;
   std::string input;
   std::string output;
-  engine::ImportOptions import;
+  ContextFlags context;  // -c, -t, -b, -ub: recorded for the session
   bool no_sync = false;
   bool force = false;  // replace an existing -o that is not a session
 };

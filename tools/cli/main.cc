@@ -1,12 +1,13 @@
 // kvstash: the command line. Flags follow llama.cpp's spellings (-m, -c, -t, -fa, -p, -f, -n,
 // --temp, -ngl, -ctk, -sys, ...; tools/cli/llama_flags.h renames the ones CLI11 cannot declare).
-// This file only parses; tools/cli/commands.cc does the work through the library.
+// This file only parses: each subcommand has one handler that checks what CLI11 cannot and calls
+// its Run* (tools/cli/commands.cc, chat_command.cc, import_command.cc) or the server.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "chat_command.h"
@@ -22,45 +23,76 @@ using namespace kvstash::cli;
 
 constexpr int kUsageError = 2;
 
-// Every flag of every subcommand, and the subcommands, so that main can tell which one ran.
+struct ServeFlags {
+  CommonFlags common;
+  ContextFlags context;
+  kvstash::server::ServeOptions options;
+  std::string max_bytes, max_body;  // as given
+};
+
+struct Cli;
+// A subcommand's work once it parsed: returns the exit code.
+using Handler = int (*)(Cli& cli);
+
+// Every flag of every subcommand, and each subcommand's handler.
 struct Cli {
   CLI::App app{"kvstash: save an LLM prompt's KV cache once, reuse it in milliseconds"};
   bool show_version = false;
+  bool cache_dir_flag = false;  // --cache-dir on the command line (not from the environment)
   SaveFlags save;
-  std::string save_fa = "auto";
   RunFlags run;
-  std::string run_fa;
   bool run_conversation = false;  // llama.cpp's -cnv: kvstash chat's job
+  ChatFlags chat;
   InspectFlags inspect;
   VerifyFlags verify;
-  MakeModelFlags make;
   CacheFlags cache;
-  kvstash::server::ServeOptions serve;
-  std::string serve_fa = "off", serve_max_bytes, serve_max_body, serve_gpu_layers;
-  bool serve_verbose = false;
-  CLI::App* serve_cmd = nullptr;
-  std::string save_max_bytes, run_max_bytes;
-  bool cache_dir_flag = false;  // --cache-dir on the command line (not from the environment)
-  CLI::App* save_cmd = nullptr;
-  CLI::App* cache_cmd = nullptr;
-  CLI::App* run_cmd = nullptr;
-  CLI::App* inspect_cmd = nullptr;
-  CLI::App* verify_cmd = nullptr;
-  CLI::App* make_cmd = nullptr;
-  CLI::Option* seed = nullptr;
+  ServeFlags serve;
   ImportFlags import;
-  CLI::App* import_cmd = nullptr;
-  ChatFlags chat;
-  std::string chat_max_bytes;
-  CLI::App* chat_cmd = nullptr;
+  MakeModelFlags make;
+  std::vector<std::pair<const CLI::App*, Handler>> handlers;
 };
 
-void AddModelFlags(CLI::App* cmd, CommonFlags* common) {
+CLI::App* AddCommand(Cli* cli, const char* name, const char* description, Handler handler) {
+  CLI::App* cmd = cli->app.add_subcommand(name, description);
+  cli->handlers.emplace_back(cmd, handler);
+  return cmd;
+}
+
+// -m, -ngl, -v and (with `json`) --json.
+void AddModelFlags(CLI::App* cmd, CommonFlags* common, bool json = true) {
   cmd->add_option("-m,--model", common->model, "GGUF model file")->required();
   cmd->add_option("--n-gpu-layers,--gpu-layers", common->gpu_layers,
                   "layers to offload to a GPU: N, all or auto (also -ngl; CPU builds ignore it)");
-  cmd->add_flag("--json", common->json, "print one JSON object on stdout (errors too)");
+  if (json) cmd->add_flag("--json", common->json, "print one JSON object on stdout (errors too)");
   cmd->add_flag("-v,--verbose", common->verbose, "show llama.cpp's log lines on stderr");
+}
+
+// The help of each context flag a command takes (-t always: "threads (default: all cores)");
+// nullptr leaves the flag out.
+struct ContextHelp {
+  const char* ctx_size;
+  const char* threads_batch;
+  const char* batch_size;
+  const char* ubatch_size;
+  const char* flash_attn;
+  const char* cache_type_k;
+  const char* cache_type_v;
+};
+
+void AddContextFlags(CLI::App* cmd, ContextFlags* flags, const ContextHelp& help) {
+  auto add = [cmd](const char* names, auto& value, const char* text) {
+    return text != nullptr ? cmd->add_option(names, value, text) : nullptr;
+  };
+  add("-c,--ctx-size", flags->n_ctx, help.ctx_size);
+  add("-t,--threads", flags->n_threads, "threads (default: all cores)");
+  add("--threads-batch", flags->n_threads_batch, help.threads_batch);
+  add("-b,--batch-size", flags->n_batch, help.batch_size);
+  add("--ubatch-size", flags->n_ubatch, help.ubatch_size);
+  if (CLI::Option* fa = add("--flash-attn", flags->flash_attn, help.flash_attn)) {
+    fa->check(CLI::IsMember({"on", "off", "auto"}));
+  }
+  add("--cache-type-k", flags->cache_type_k, help.cache_type_k);
+  add("--cache-type-v", flags->cache_type_v, help.cache_type_v);
 }
 
 // --cache-redis: the prefix store's Redis tier (README, "Several machines").
@@ -71,14 +103,14 @@ void AddRedisFlag(CLI::App* cmd, std::string* url) {
       ->envname("KVSTASH_CACHE_REDIS");
 }
 
-void AddStoreFlags(CLI::App* cmd, StoreFlags* store, std::string* max_bytes) {
+void AddStoreFlags(CLI::App* cmd, StoreFlags* store) {
   cmd->add_option("--cache-dir", store->dir,
                   "prefix store directory: reuse the longest prefix any earlier run computed, "
                   "publish the new chunks (default: $KVSTASH_CACHE_DIR)")
       ->envname("KVSTASH_CACHE_DIR");
   cmd->add_flag("--no-cache", store->no_cache, "do not use a prefix store ($KVSTASH_CACHE_DIR)");
   AddRedisFlag(cmd, &store->redis);
-  cmd->add_option("--cache-max-bytes", *max_bytes,
+  cmd->add_option("--cache-max-bytes", store->max_bytes_text,
                   "evict least recently used chunks down to this size after publishing "
                   "(e.g. 20G; default: no limit)");
   cmd->add_option("--cache-chunk", store->chunk_tokens,
@@ -86,10 +118,13 @@ void AddStoreFlags(CLI::App* cmd, StoreFlags* store, std::string* max_bytes) {
                   "multiple of 16)");
 }
 
-// llama.cpp's -sys/-sysf and escape flags (save, run). They and --prefix/--prefix-file exclude
-// each other: all four say what the prefix is.
-void AddLlamaTextFlags(CLI::App* cmd, LlamaTextFlags* llama, CLI::Option* prefix,
-                       CLI::Option* prefix_file) {
+// --prefix, --prefix-file, llama.cpp's -sys/-sysf and escape flags (save, run). The four prefix
+// flags exclude each other: all say what the prefix is.
+void AddPrefixFlags(CLI::App* cmd, const char* prefix_help, std::optional<std::string>* prefix_text,
+                    std::optional<std::string>* prefix_file_text, LlamaTextFlags* llama) {
+  auto* prefix = cmd->add_option("--prefix", *prefix_text, prefix_help);
+  auto* prefix_file =
+      cmd->add_option("--prefix-file", *prefix_file_text, "file with the prefix text");
   auto* sys = cmd->add_option("--system-prompt", llama->system_prompt,
                               "the prefix, escapes processed like -p (llama.cpp's -sys)");
   auto* sysf = cmd->add_option("--system-prompt-file", llama->system_prompt_file,
@@ -104,37 +139,87 @@ void AddLlamaTextFlags(CLI::App* cmd, LlamaTextFlags* llama, CLI::Option* prefix
   cmd->add_flag("-e,--escape", "process escapes (the default; llama.cpp's -e)");
 }
 
+// --top-k, --top-p, --min-p (run, chat).
+void AddTopFlags(CLI::App* cmd, kvstash::SampleOptions* sample) {
+  cmd->add_option("--top-k", sample->top_k, "top-k (default 40; 0: off)");
+  cmd->add_option("--top-p", sample->top_p, "top-p (default 0.95; 1: off)");
+  cmd->add_option("--min-p", sample->min_p, "min-p (default 0.05; 0: off)");
+}
+
+// -ngl's value into the number ModelOptions takes.
+int ResolveGpuLayers(CommonFlags* common) {
+  if (common->gpu_layers.empty()) return 0;
+  const auto layers = ParseGpuLayers(common->gpu_layers, kvstash::ModelOptions().n_gpu_layers);
+  if (!layers) {
+    return UsageError("-ngl takes a layer count, all or auto, not '" + common->gpu_layers + "'");
+  }
+  common->n_gpu_layers = *layers;
+  return 0;
+}
+
+// A byte count flag ("20G") into `out`; empty text leaves it.
+template <typename T>
+int ResolveByteCount(const std::string& text, const char* flag, T* out) {
+  if (text.empty()) return 0;
+  auto parsed = ParseByteCount(text, flag);
+  if (!parsed.ok()) return UsageError(parsed.status().message());
+  *out = *parsed;
+  return 0;
+}
+
+// --cache-max-bytes to a number; --no-cache (or an empty directory) turns the store off.
+int ResolveStoreFlags(StoreFlags* store) {
+  if (store->no_cache || (store->dir && store->dir->empty())) store->dir.reset();
+  return ResolveByteCount(store->max_bytes_text, "--cache-max-bytes", &store->max_bytes);
+}
+
+// An explicit session file (`file_given`) wins over a store that comes from the environment only;
+// with --cache-dir on the command line too, the usage error `conflict`.
+int PreferFileToStore(const Cli& cli, bool file_given, const std::string& conflict,
+                      StoreFlags* store) {
+  if (!file_given || !store->dir) return 0;
+  if (cli.cache_dir_flag) return UsageError(conflict);
+  store->dir.reset();
+  return 0;
+}
+
+int SaveCommand(Cli& cli) {
+  SaveFlags& save = cli.save;
+  if (int rc = ResolveGpuLayers(&save.common)) return rc;
+  ApplyContextFlags(save.context, &save.session, nullptr);
+  if (!save.prefix && !save.prefix_file && !save.llama.system_prompt &&
+      !save.llama.system_prompt_file) {
+    return UsageError("save needs --prefix TEXT or --prefix-file FILE (or -sys TEXT)");
+  }
+  if (int rc = ResolveStoreFlags(&save.store)) return rc;
+  // An explicit -o wins over a store that comes from the environment only (publishing too would
+  // cost a second prefill nobody asked for).
+  if (!save.output.empty() && !cli.cache_dir_flag) save.store.dir.reset();
+  if (save.output.empty() && !save.store.dir) {
+    return UsageError("save needs -o FILE (a session file) or --cache-dir DIR (a prefix store)");
+  }
+  return RunSave(save);
+}
+
 void AddSave(Cli* cli) {
   SaveFlags& save = cli->save;
-  save.session.n_ctx = 4096;
-  CLI::App* cmd = cli->app.add_subcommand("save", "decode a prefix once and save its KV cache");
-  cli->save_cmd = cmd;
+  CLI::App* cmd =
+      AddCommand(cli, "save", "decode a prefix once and save its KV cache", SaveCommand);
   AddModelFlags(cmd, &save.common);
-  auto* prefix = cmd->add_option("--prefix", save.prefix, "prefix text");
-  auto* prefix_file =
-      cmd->add_option("--prefix-file", save.prefix_file, "file with the prefix text");
-  AddLlamaTextFlags(cmd, &save.llama, prefix, prefix_file);
+  AddPrefixFlags(cmd, "prefix text", &save.prefix, &save.prefix_file, &save.llama);
   cmd->add_option("-o,--output", save.output,
                   "session file to write (a link: its target is written)");
-  AddStoreFlags(cmd, &save.store, &cli->save_max_bytes);
+  AddStoreFlags(cmd, &save.store);
   cmd->add_flag("--force", save.force,
                 "replace an existing -o that is not a kvstash session (never the model or prefix)");
-  cmd->add_option("-c,--ctx-size", save.session.n_ctx,
-                  "context size (default 4096; 0: the model's; llama.cpp rounds it up to a "
-                  "multiple of 256)");
-  cmd->add_option("-t,--threads", save.session.n_threads, "threads (default: all cores)");
-  cmd->add_option("--threads-batch", save.session.n_threads_batch,
-                  "threads for the prefix (default: as -t; also -tb)");
-  cmd->add_option("-b,--batch-size", save.session.n_batch,
-                  "tokens per llama_decode call (default 2048)");
-  cmd->add_option("--ubatch-size", save.session.n_ubatch,
-                  "physical batch size (default 512; also -ub)");
-  cmd->add_option("--flash-attn", cli->save_fa, "flash attention: on, off or auto (-fa)")
-      ->check(CLI::IsMember({"on", "off", "auto"}));
-  cmd->add_option("--cache-type-k", save.session.cache_type_k,
-                  "K cache type (default f16; also -ctk)");
-  cmd->add_option("--cache-type-v", save.session.cache_type_v,
-                  "V cache type (default f16; also -ctv)");
+  AddContextFlags(
+      cmd, &save.context,
+      {"context size (default 4096; 0: the model's; llama.cpp rounds it up to a "
+       "multiple of 256)",
+       "threads for the prefix (default: as -t; also -tb)",
+       "tokens per llama_decode call (default 2048)", "physical batch size (default 512; also -ub)",
+       "flash attention: on, off or auto (-fa)", "K cache type (default f16; also -ctk)",
+       "V cache type (default f16; also -ctv)"});
   cmd->add_flag("--no-sync", save.no_sync,
                 "skip fsync (benchmarks only: a crash may lose the file)");
   cmd->footer(
@@ -162,56 +247,80 @@ CLI::Validator SeedCheck() {
       "0..4294967294");
 }
 
-void AddRun(Cli* cli) {
-  RunFlags& run = cli->run;
-  run.sample.temp = 0.8f;  // llama.cpp's defaults
-  run.sample.n_predict = -1;
-  CLI::App* cmd = cli->app.add_subcommand("run", "answer a prompt, warm from a session or cold");
-  cli->run_cmd = cmd;
-  AddModelFlags(cmd, &run.common);
-  cmd->add_option("--session", run.session, "session file saved by 'kvstash save'");
-  AddStoreFlags(cmd, &run.store, &cli->run_max_bytes);
-  auto* prefix = cmd->add_option("--prefix", run.prefix,
-                                 "prefix text (reused from the session where it matches)");
-  auto* prefix_file =
-      cmd->add_option("--prefix-file", run.prefix_file, "file with the prefix text");
-  AddLlamaTextFlags(cmd, &run.llama, prefix, prefix_file);
-  auto* prompt = cmd->add_option("-p,--prompt", run.prompt, "prompt text (escapes processed)");
+// -p, -f and llama-completion's --prompt-cache flags.
+void AddRunPromptFlags(CLI::App* cmd, RunFlags* run) {
+  auto* prompt = cmd->add_option("-p,--prompt", run->prompt, "prompt text (escapes processed)");
   auto* prompt_file = cmd->add_option(
-      "-f,--file", run.prompt_file,
+      "-f,--file", run->prompt_file,
       "file with the prompt text, - for standard input (one trailing newline dropped, escapes "
       "processed, as in llama.cpp)");
   prompt->excludes(prompt_file);
   auto* prompt_cache = cmd->add_option(
-      "--prompt-cache", run.prompt_cache,
+      "--prompt-cache", run->prompt_cache,
       "llama-completion's prompt cache: -p/-f is the whole prompt; the longest common prefix "
       "with FILE (a kvstash session) is reused, the prompt's state saved to FILE");
-  cmd->add_flag("--prompt-cache-all", run.prompt_cache_all,
+  cmd->add_flag("--prompt-cache-all", run->prompt_cache_all,
                 "--prompt-cache: save the generated tokens too")
       ->needs(prompt_cache);
-  cmd->add_flag("--prompt-cache-ro", run.prompt_cache_ro, "--prompt-cache: never write FILE")
+  cmd->add_flag("--prompt-cache-ro", run->prompt_cache_ro, "--prompt-cache: never write FILE")
       ->needs(prompt_cache);
   prompt_cache->excludes("--session");
-  cmd->add_option("-n,--n-predict,--predict", run.sample.n_predict,
+}
+
+void AddRunSampleFlags(CLI::App* cmd, RunFlags* run) {
+  kvstash::SampleOptions& sample = run->sample;
+  sample.temp = 0.8f;  // llama.cpp's defaults
+  sample.n_predict = -1;
+  cmd->add_option("-n,--n-predict,--predict", sample.n_predict,
                   "tokens to generate (default -1: until end of text or full context)");
-  cmd->add_option("--temp,--temperature", run.sample.temp, "temperature (default 0.8; 0: greedy)");
-  cmd->add_option("--repeat-penalty", run.sample.repeat_penalty,
+  cmd->add_option("--temp,--temperature", sample.temp, "temperature (default 0.8; 0: greedy)");
+  cmd->add_option("--repeat-penalty", sample.repeat_penalty,
                   "penalize repeating the last --repeat-last-n tokens (default 1: off)");
-  cmd->add_option("--repeat-last-n", run.sample.repeat_last_n,
+  cmd->add_option("--repeat-last-n", sample.repeat_last_n,
                   "tokens --repeat-penalty looks back over, prompt included (default 64; -1: "
                   "the context)");
-  cmd->add_flag("--ignore-eos", run.sample.ignore_eos,
+  cmd->add_flag("--ignore-eos", sample.ignore_eos,
                 "never stop at end of text (only -n, a stop string or a full context)");
-  cmd->add_option("--top-k", run.sample.top_k, "top-k (default 40; 0: off)");
-  cmd->add_option("--top-p", run.sample.top_p, "top-p (default 0.95; 1: off)");
-  cmd->add_option("--min-p", run.sample.min_p, "min-p (default 0.05; 0: off)");
-  cli->seed =
-      cmd->add_option("-s,--seed", run.sample.seed,
-                      "sampling seed, 0 to 4294967294 (default, or -1 as in llama.cpp: random)")
-          ->transform(SeedCheck());
-  cmd->add_option("--stop", run.sample.stop, "stop before this text (repeatable)");
-  cmd->add_option("-r,--reverse-prompt", run.reverse_prompts,
+  AddTopFlags(cmd, &sample);
+  cmd->add_option("-s,--seed", sample.seed,
+                  "sampling seed, 0 to 4294967294 (default, or -1 as in llama.cpp: random)")
+      ->transform(SeedCheck());
+  cmd->add_option("--stop", sample.stop, "stop before this text (repeatable)");
+  cmd->add_option("-r,--reverse-prompt", run->reverse_prompts,
                   "llama.cpp's reverse prompt: --stop, escapes processed (repeatable)");
+}
+
+// llama.cpp's -cnv asks for a conversation: `kvstash chat`.
+int ConversationUsage() {
+  return UsageError(
+      "run answers one prompt; for llama.cpp's conversation mode (-cnv) use "
+      "'kvstash chat -m MODEL' (see kvstash chat --help)");
+}
+
+int RunCommand(Cli& cli) {
+  RunFlags& run = cli.run;
+  if (cli.run_conversation) return ConversationUsage();
+  if (int rc = ResolveGpuLayers(&run.common)) return rc;
+  if (!run.prompt && !run.prompt_file) return UsageError("run needs -p TEXT or -f FILE");
+  if (int rc = ResolveStoreFlags(&run.store)) return rc;
+  const std::string conflict = std::string("run takes ") +
+                               (run.session ? "--session FILE" : "--prompt-cache FILE") +
+                               " or --cache-dir DIR, not both";
+  const int rc = PreferFileToStore(cli, run.session || run.prompt_cache, conflict, &run.store);
+  return rc != 0 ? rc : RunRun(run);
+}
+
+void AddRun(Cli* cli) {
+  RunFlags& run = cli->run;
+  CLI::App* cmd =
+      AddCommand(cli, "run", "answer a prompt, warm from a session or cold", RunCommand);
+  AddModelFlags(cmd, &run.common);
+  cmd->add_option("--session", run.session, "session file saved by 'kvstash save'");
+  AddStoreFlags(cmd, &run.store);
+  AddPrefixFlags(cmd, "prefix text (reused from the session where it matches)", &run.prefix,
+                 &run.prefix_file, &run.llama);
+  AddRunPromptFlags(cmd, &run);
+  AddRunSampleFlags(cmd, &run);
   cmd->add_flag("--conversation", cli->run_conversation,
                 "llama.cpp's conversation mode (-cnv): see 'kvstash chat'");
   cmd->add_flag("--no-conversation", "run never converses (llama.cpp's -no-cnv: accepted)");
@@ -221,20 +330,14 @@ void AddRun(Cli* cli) {
   cmd->add_flag("--log-disable", "accepted from llama.cpp: its log lines show only with -v");
   cmd->add_flag("--no-warmup", "accepted from llama.cpp: kvstash does no warmup decode");
   cmd->add_flag("--simple-io", "accepted from llama.cpp: stdout gets the answer only");
-  cmd->add_option("-c,--ctx-size", run.n_ctx, "context size (default: as saved, or 4096 cold)");
-  cmd->add_option("-t,--threads", run.n_threads, "threads (default: all cores)");
-  cmd->add_option("--threads-batch", run.n_threads_batch,
-                  "threads for the prompt (default: as -t; also -tb)");
-  cmd->add_option("-b,--batch-size", run.n_batch,
-                  "tokens per llama_decode call (cold; a session keeps its own; default 2048)");
-  cmd->add_option("--ubatch-size", run.n_ubatch,
-                  "physical batch size (cold; default 512; also -ub)");
-  cmd->add_option("--flash-attn", cli->run_fa, "flash attention: on, off or auto (-fa)")
-      ->check(CLI::IsMember({"on", "off", "auto"}));
-  cmd->add_option("--cache-type-k", run.cache_type_k,
-                  "K cache type (cold; must match a session; also -ctk)");
-  cmd->add_option("--cache-type-v", run.cache_type_v,
-                  "V cache type (cold; must match a session; also -ctv)");
+  AddContextFlags(cmd, &run.context,
+                  {"context size (default: as saved, or 4096 cold)",
+                   "threads for the prompt (default: as -t; also -tb)",
+                   "tokens per llama_decode call (cold; a session keeps its own; default 2048)",
+                   "physical batch size (cold; default 512; also -ub)",
+                   "flash attention: on, off or auto (-fa)",
+                   "K cache type (cold; must match a session; also -ctk)",
+                   "V cache type (cold; must match a session; also -ctv)"});
   cmd->footer(
       "Examples:\n"
       "  kvstash run -m model.gguf --session system.kvs -p \"What is 2+2?\" -n 32 --temp 0\n"
@@ -255,52 +358,68 @@ void AddRun(Cli* cli) {
       "SIGINT (Ctrl-C) stops generating: what was generated is printed, exit code 130.");
 }
 
+int ServeCommand(Cli& cli) {
+  ServeFlags& serve = cli.serve;
+  kvstash::server::ServeOptions& s = serve.options;
+  const ContextFlags& context = serve.context;
+  if (int rc = ResolveGpuLayers(&serve.common)) return rc;
+  s.model_path = serve.common.model;
+  s.model.n_gpu_layers = serve.common.n_gpu_layers;
+  s.n_ctx = context.n_ctx.value_or(s.n_ctx);
+  s.engine.n_threads = context.n_threads;
+  s.engine.n_batch = context.n_batch.value_or(s.engine.n_batch);
+  s.engine.n_ubatch = context.n_ubatch.value_or(s.engine.n_ubatch);
+  s.engine.flash_attn = ParseFlashAttention(context.flash_attn.value_or("off"));
+  s.engine.cache_type_k = context.cache_type_k.value_or(s.engine.cache_type_k);
+  s.engine.cache_type_v = context.cache_type_v.value_or(s.engine.cache_type_v);
+  if (int rc = ResolveByteCount(serve.max_bytes, "--cache-max-bytes", &s.cache_max_bytes)) {
+    return rc;
+  }
+  if (int rc = ResolveByteCount(serve.max_body, "--max-body", &s.max_body_bytes)) return rc;
+  if (serve.common.verbose) kvstash::SetLlamaLogs(kvstash::LlamaLogs::kStderr);
+  return kvstash::server::RunServer(s);
+}
+
 void AddServe(Cli* cli) {
-  kvstash::server::ServeOptions& s = cli->serve;
-  CLI::App* cmd = cli->app.add_subcommand(
-      "serve", "OpenAI-compatible server whose prompt cache survives restarts and is shared");
-  cli->serve_cmd = cmd;
-  cmd->add_option("-m,--model", s.model_path, "GGUF model file")->required();
+  ServeFlags& serve = cli->serve;
+  kvstash::server::ServeOptions& s = serve.options;
+  CLI::App* cmd = AddCommand(
+      cli, "serve", "OpenAI-compatible server whose prompt cache survives restarts and is shared",
+      ServeCommand);
+  AddModelFlags(cmd, &serve.common, /*json=*/false);
   cmd->add_option("--host", s.host, "address to listen on (default 127.0.0.1)");
   cmd->add_option("--port", s.port, "port (default 8080; 0: any free port, printed)")
       ->check(CLI::Range(0, 65535));
   cmd->add_option("--parallel", s.engine.n_slots,
                   "requests decoded together, each in its own sequence (default 1; also -np)")
       ->check(CLI::Range(1, 256));
-  cmd->add_option("-c,--ctx-size", s.n_ctx,
-                  "the whole context, shared equally by the --parallel sequences (default: 4096 "
-                  "per sequence)");
   cmd->add_option("--api-key", s.api_key,
                   "require 'Authorization: Bearer KEY' on every endpoint but /health")
       ->envname("KVSTASH_API_KEY");
   cmd->add_option("--chat-template", s.chat_template,
                   "a llama.cpp built-in chat template (chatml, llama3, ...; default: the "
                   "model's own)");
-  cmd->add_option("-t,--threads", s.engine.n_threads, "threads (default: all cores)");
-  cmd->add_option("--n-gpu-layers,--gpu-layers", cli->serve_gpu_layers,
-                  "layers to offload to a GPU: N, all or auto (also -ngl; CPU builds ignore it)");
-  cmd->add_option("--flash-attn", cli->serve_fa,
-                  "flash attention: off (default: answers independent of load), on or auto (-fa)")
-      ->check(CLI::IsMember({"on", "off", "auto"}));
-  cmd->add_option("--cache-type-k", s.engine.cache_type_k, "K cache type (default f16)");
-  cmd->add_option("--cache-type-v", s.engine.cache_type_v, "V cache type (default f16)");
-  cmd->add_option("-b,--batch-size", s.engine.n_batch, "tokens per decode step (default 2048)");
-  cmd->add_option("--ubatch-size", s.engine.n_ubatch, "physical batch size (default 512; -ub)");
+  AddContextFlags(
+      cmd, &serve.context,
+      {"the whole context, shared equally by the --parallel sequences (default: 4096 "
+       "per sequence)",
+       nullptr, "tokens per decode step (default 2048)", "physical batch size (default 512; -ub)",
+       "flash attention: off (default: answers independent of load), on or auto (-fa)",
+       "K cache type (default f16)", "V cache type (default f16)"});
   cmd->add_option("--cache-dir", s.cache_dir,
                   "prefix store directory (default: $KVSTASH_CACHE_DIR, else "
                   "$XDG_CACHE_HOME/kvstash/store or ~/.cache/kvstash/store)")
       ->envname("KVSTASH_CACHE_DIR");
   cmd->add_flag("--no-cache", s.no_cache, "serve without a prefix store");
   AddRedisFlag(cmd, &s.cache_redis);
-  cmd->add_option("--cache-max-bytes", cli->serve_max_bytes,
+  cmd->add_option("--cache-max-bytes", serve.max_bytes,
                   "evict least recently used chunks down to this size (e.g. 20G)");
   cmd->add_option("--cache-chunk", s.cache_chunk, "tokens per chunk of a new store (default 256)");
-  cmd->add_option("--max-body", cli->serve_max_body, "largest request body (default 8M)");
+  cmd->add_option("--max-body", serve.max_body, "largest request body (default 8M)");
   cmd->add_option("--queue", s.max_queue,
                   "requests that may wait for a sequence before 503 (default 64)");
   cmd->add_option("--shutdown-timeout", s.shutdown_timeout_s,
                   "seconds SIGTERM waits for running requests before cancelling them (default 10)");
-  cmd->add_flag("-v,--verbose", cli->serve_verbose, "show llama.cpp's log lines on stderr");
   cmd->footer(
       "Examples:\n"
       "  kvstash serve -m model.gguf --parallel 4 -c 16384\n"
@@ -309,13 +428,23 @@ void AddServe(Cli* cli) {
       "SIGTERM/SIGINT: stop accepting, finish running requests, flush the store, exit 0.");
 }
 
+int ChatCommand(Cli& cli) {
+  ChatFlags& chat = cli.chat;
+  if (int rc = ResolveGpuLayers(&chat.common)) return rc;
+  if (int rc = ResolveStoreFlags(&chat.store)) return rc;
+  const int rc =
+      PreferFileToStore(cli, chat.session.has_value(),
+                        "chat takes --session FILE or --cache-dir DIR, not both", &chat.store);
+  return rc != 0 ? rc : RunChat(chat);
+}
+
 void AddChat(Cli* cli) {
   ChatFlags& chat = cli->chat;
   chat.sample.temp = 0.8f;  // llama.cpp's chat defaults
   chat.sample.n_predict = -1;
-  CLI::App* cmd = cli->app.add_subcommand(
-      "chat", "talk with a model through its chat template; --session resumes a conversation");
-  cli->chat_cmd = cmd;
+  CLI::App* cmd = AddCommand(
+      cli, "chat", "talk with a model through its chat template; --session resumes a conversation",
+      ChatCommand);
   AddModelFlags(cmd, &chat.common);
   cmd->add_option("--session", chat.session,
                   "conversation to resume and save after every answer (FILE and FILE.chat)");
@@ -324,20 +453,17 @@ void AddChat(Cli* cli) {
   cmd->add_option("--chat-template", chat.chat_template,
                   "a llama.cpp built-in template (chatml, llama3, ...; default: the saved one, "
                   "else the model's)");
-  AddStoreFlags(cmd, &chat.store, &cli->chat_max_bytes);
+  AddStoreFlags(cmd, &chat.store);
   cmd->add_option("-n,--n-predict", chat.sample.n_predict,
                   "tokens per answer (default -1: until end of turn or full context)");
   cmd->add_option("--temp", chat.sample.temp, "temperature (default 0.8; 0: greedy)");
-  cmd->add_option("--top-k", chat.sample.top_k, "top-k (default 40; 0: off)");
-  cmd->add_option("--top-p", chat.sample.top_p, "top-p (default 0.95; 1: off)");
-  cmd->add_option("--min-p", chat.sample.min_p, "min-p (default 0.05; 0: off)");
+  AddTopFlags(cmd, &chat.sample);
   cmd->add_option("-s,--seed", chat.sample.seed,
                   "sampling seed for every answer, 0 to 4294967294 (default: random)")
       ->transform(SeedCheck());
-  cmd->add_option("-c,--ctx-size", chat.n_ctx, "context size (default: as saved, or 4096)");
-  cmd->add_option("-t,--threads", chat.n_threads, "threads (default: all cores)");
-  cmd->add_option("--flash-attn", chat.flash_attn, "flash attention: on, off or auto (-fa)")
-      ->check(CLI::IsMember({"on", "off", "auto"}));
+  AddContextFlags(cmd, &chat.context,
+                  {"context size (default: as saved, or 4096)", nullptr, nullptr, nullptr,
+                   "flash attention: on, off or auto (-fa)", nullptr, nullptr});
   cmd->footer(
       "One message per line from the terminal or a pipe; the answers, one per line, on stdout.\n"
       "Commands: /save FILE, /reset (keeps the system prompt), /exit; // sends a line that\n"
@@ -348,40 +474,65 @@ void AddChat(Cli* cli) {
       "  printf 'Hi\\nWhat is 2+2?\\n' | kvstash chat -m model.gguf --temp 0 -n 64");
 }
 
-void AddOthers(Cli* cli) {
-  cli->inspect_cmd = cli->app.add_subcommand("inspect", "print a session file's header");
-  cli->inspect_cmd->add_option("session", cli->inspect.session, "session file")->required();
-  cli->inspect_cmd->add_flag("--json", cli->inspect.json, "print one JSON object (errors too)");
-  cli->inspect_cmd->footer("Example:\n  kvstash inspect system.kvs --json");
+int CacheCommand(Cli& cli) {
+  const CacheFlags& cache = cli.cache;
+  if (cache.dir.empty()) return UsageError("cache needs --cache-dir DIR (or $KVSTASH_CACHE_DIR)");
+  if (cache.action == "gc" && !cache.max_bytes) {
+    return UsageError("cache gc needs --max-bytes N (e.g. 20G; 0 removes every chunk)");
+  }
+  if (cache.action == "rm" && cache.ns.empty() && !cache.all) {
+    return UsageError("cache rm needs --namespace HASH or --all");
+  }
+  return RunCache(cache);
+}
 
-  cli->verify_cmd = cli->app.add_subcommand("verify", "check that a session opens with a model");
-  AddModelFlags(cli->verify_cmd, &cli->verify.common);
-  cli->verify_cmd->add_option("session", cli->verify.session, "session file")->required();
-  cli->verify_cmd->footer("Example:\n  kvstash verify -m model.gguf system.kvs && echo usable");
-
+void AddCache(Cli* cli) {
   CacheFlags& cache = cli->cache;
-  cli->cache_cmd = cli->app.add_subcommand("cache", "look after a prefix store directory");
-  cli->cache_cmd->add_option("action", cache.action, "stats, ls, gc, verify or rm")
+  CLI::App* cmd = AddCommand(cli, "cache", "look after a prefix store directory", CacheCommand);
+  cmd->add_option("action", cache.action, "stats, ls, gc, verify or rm")
       ->required()
       ->check(CLI::IsMember({"stats", "ls", "gc", "verify", "rm"}));
-  cli->cache_cmd->add_option("--cache-dir", cache.dir, "the store (default: $KVSTASH_CACHE_DIR)")
+  cmd->add_option("--cache-dir", cache.dir, "the store (default: $KVSTASH_CACHE_DIR)")
       ->envname("KVSTASH_CACHE_DIR");
-  cli->cache_cmd->add_flag("--json", cache.json, "print one JSON object (errors too)");
-  AddRedisFlag(cli->cache_cmd, &cache.redis);
-  cli->cache_cmd->add_option("--max-bytes", cache.max_bytes,
-                             "gc: evict least recently used chunks down to this size (e.g. 2G)");
-  cli->cache_cmd->add_option("--namespace", cache.ns, "rm: the chunks of this namespace only");
-  cli->cache_cmd->add_flag("--all", cache.all, "rm: every chunk");
-  cli->cache_cmd->footer(
+  cmd->add_flag("--json", cache.json, "print one JSON object (errors too)");
+  AddRedisFlag(cmd, &cache.redis);
+  cmd->add_option("--max-bytes", cache.max_bytes,
+                  "gc: evict least recently used chunks down to this size (e.g. 2G)");
+  cmd->add_option("--namespace", cache.ns, "rm: the chunks of this namespace only");
+  cmd->add_flag("--all", cache.all, "rm: every chunk");
+  cmd->footer(
       "Examples:\n"
       "  kvstash cache stats --cache-dir ~/.cache/kvstash\n"
       "  kvstash cache gc --cache-dir ~/.cache/kvstash --max-bytes 20G\n"
       "  kvstash cache verify --cache-dir ~/.cache/kvstash   (exit 1 and the bad chunks' names)");
+}
 
+void AddInspectVerify(Cli* cli) {
+  CLI::App* inspect = AddCommand(cli, "inspect", "print a session file's header",
+                                 [](Cli& c) { return RunInspect(c.inspect); });
+  inspect->add_option("session", cli->inspect.session, "session file")->required();
+  inspect->add_flag("--json", cli->inspect.json, "print one JSON object (errors too)");
+  inspect->footer("Example:\n  kvstash inspect system.kvs --json");
+
+  CLI::App* verify =
+      AddCommand(cli, "verify", "check that a session opens with a model", [](Cli& c) {
+        if (int rc = ResolveGpuLayers(&c.verify.common)) return rc;
+        return RunVerify(c.verify);
+      });
+  AddModelFlags(verify, &cli->verify.common);
+  verify->add_option("session", cli->verify.session, "session file")->required();
+  verify->footer("Example:\n  kvstash verify -m model.gguf system.kvs && echo usable");
+}
+
+void AddMakeTestModel(Cli* cli) {
   MakeModelFlags& make = cli->make;
-  CLI::App* cmd = cli->app.add_subcommand(
-      "make-test-model", "write a GGUF model with random weights and a real tokenizer");
-  cli->make_cmd = cmd;
+  CLI::App* cmd =
+      AddCommand(cli, "make-test-model",
+                 "write a GGUF model with random weights and a real tokenizer", [](Cli& c) {
+                   if (c.make.output.empty())
+                     return UsageError("make-test-model -o needs a file name");
+                   return RunMakeTestModel(c.make);
+                 });
   cmd->add_option("-o,--output", make.output, "GGUF file to write")->required();
   cmd->add_option("--shape", make.shape,
                   "tiny, small (SmolLM2-135M) or bench (Llama-3.2-1B); other archs take their "
@@ -401,21 +552,22 @@ void AddOthers(Cli* cli) {
 
 void AddImport(Cli* cli) {
   ImportFlags& f = cli->import;
-  CLI::App* cmd = cli->app.add_subcommand(
-      "import", "convert a llama.cpp session or sequence file into a kvstash session");
-  cli->import_cmd = cmd;
+  CLI::App* cmd =
+      AddCommand(cli, "import",
+                 "convert a llama.cpp session or sequence file into a kvstash session", [](Cli& c) {
+                   if (int rc = ResolveGpuLayers(&c.import.common)) return rc;
+                   return RunImport(c.import);
+                 });
   AddModelFlags(cmd, &f.common);
   cmd->add_option("file", f.input,
                   "llama.cpp file: llama_state_save_file (llama-completion --prompt-cache) or "
                   "llama_state_seq_save_file (llama-server slot save)")
       ->required();
   cmd->add_option("-o,--output", f.output, "session file to write")->required();
-  cmd->add_option("-c,--ctx-size", f.import.n_ctx,
-                  "context size recorded for the session (default 4096, or what the tokens need)");
-  cmd->add_option("-t,--threads", f.import.n_threads, "threads (default: all cores)");
-  cmd->add_option("-b,--batch-size", f.import.n_batch,
-                  "tokens per llama_decode call (default 2048)");
-  cmd->add_option("--ubatch-size", f.import.n_ubatch, "physical batch size (default 512; -ub)");
+  AddContextFlags(cmd, &f.context,
+                  {"context size recorded for the session (default 4096, or what the tokens need)",
+                   nullptr, "tokens per llama_decode call (default 2048)",
+                   "physical batch size (default 512; -ub)", nullptr, nullptr, nullptr});
   cmd->add_flag("--force", f.force, "replace an existing -o that is not a kvstash session");
   cmd->add_flag("--no-sync", f.no_sync, "skip fsync (tests only)");
   cmd->footer(
@@ -453,137 +605,13 @@ void AddLlamaFooters(CLI::App* app, const std::vector<CommandSpec>& specs) {
   }
 }
 
-// -ngl's value into the number ModelOptions takes.
-int ResolveGpuLayers(const std::string& value, int* out) {
-  if (value.empty()) return 0;
-  const auto layers = ParseGpuLayers(value, kvstash::ModelOptions().n_gpu_layers);
-  if (!layers) {
-    return UsageError("-ngl takes a layer count, all or auto, not '" + value + "'");
-  }
-  *out = *layers;
-  return 0;
-}
-
-// llama.cpp's -cnv asks for a conversation: `kvstash chat` where this build has it.
-int ConversationUsage(const CLI::App& app) {
-  for (const CLI::App* cmd : app.get_subcommands([](const CLI::App*) { return true; })) {
-    if (cmd->get_name() == "chat") {
-      return UsageError(
-          "run answers one prompt; for llama.cpp's conversation mode (-cnv) use "
-          "'kvstash chat -m MODEL' (see kvstash chat --help)");
-    }
-  }
-  return UsageError(
-      "run answers one prompt and this kvstash has no conversation mode (-cnv) "
-      "yet: it comes as 'kvstash chat'; drop -cnv to answer one prompt");
-}
-
-// --cache-max-bytes to a number; --no-cache (or an empty directory) turns the store off.
-int ResolveStoreFlags(const std::string& max_bytes, StoreFlags* store) {
-  if (store->no_cache || (store->dir && store->dir->empty())) store->dir.reset();
-  if (max_bytes.empty()) return 0;
-  auto parsed = ParseByteCount(max_bytes, "--cache-max-bytes");
-  if (!parsed.ok()) return UsageError(parsed.status().message());
-  store->max_bytes = *parsed;
-  return 0;
-}
-
 int Dispatch(Cli& cli) {
   if (cli.show_version) {
     std::fputs(VersionText().c_str(), stdout);
     return 0;
   }
-  if (cli.save_cmd->parsed()) {
-    if (int rc = ResolveGpuLayers(cli.save.common.gpu_layers, &cli.save.common.n_gpu_layers))
-      return rc;
-    if (cli.save_fa == "on") cli.save.session.flash_attn = kvstash::FlashAttention::kOn;
-    if (cli.save_fa == "off") cli.save.session.flash_attn = kvstash::FlashAttention::kOff;
-    if (!cli.save.prefix && !cli.save.prefix_file && !cli.save.llama.system_prompt &&
-        !cli.save.llama.system_prompt_file) {
-      return UsageError("save needs --prefix TEXT or --prefix-file FILE (or -sys TEXT)");
-    }
-    if (int rc = ResolveStoreFlags(cli.save_max_bytes, &cli.save.store); rc != 0) return rc;
-    // Like run: an explicit -o wins over a store that comes from the environment only (publishing
-    // too would cost a second prefill nobody asked for).
-    if (!cli.save.output.empty() && !cli.cache_dir_flag) cli.save.store.dir.reset();
-    if (cli.save.output.empty() && !cli.save.store.dir)
-      return UsageError("save needs -o FILE (a session file) or --cache-dir DIR (a prefix store)");
-    return RunSave(cli.save);
-  }
-  if (cli.run_cmd->parsed()) {
-    if (cli.run_conversation) return ConversationUsage(cli.app);
-    if (int rc = ResolveGpuLayers(cli.run.common.gpu_layers, &cli.run.common.n_gpu_layers))
-      return rc;
-    if (!cli.run_fa.empty()) cli.run.flash_attn = cli.run_fa;
-    if (!cli.run.prompt && !cli.run.prompt_file) return UsageError("run needs -p TEXT or -f FILE");
-    if (int rc = ResolveStoreFlags(cli.run_max_bytes, &cli.run.store); rc != 0) return rc;
-    // An explicit session file or prompt cache wins over a store that comes from the environment
-    // only.
-    if ((cli.run.session || cli.run.prompt_cache) && cli.run.store.dir) {
-      if (cli.cache_dir_flag) {
-        return UsageError(std::string("run takes ") +
-                          (cli.run.session ? "--session FILE" : "--prompt-cache FILE") +
-                          " or --cache-dir DIR, not both");
-      }
-      cli.run.store.dir.reset();
-    }
-    return RunRun(cli.run);
-  }
-  if (cli.chat_cmd->parsed()) {
-    if (int rc = ResolveGpuLayers(cli.chat.common.gpu_layers, &cli.chat.n_gpu_layers)) return rc;
-    if (int rc = ResolveStoreFlags(cli.chat_max_bytes, &cli.chat.store); rc != 0) return rc;
-    // As run: an explicit session wins over a store from the environment only.
-    if (cli.chat.session && cli.chat.store.dir) {
-      if (cli.cache_dir_flag)
-        return UsageError("chat takes --session FILE or --cache-dir DIR, not both");
-      cli.chat.store.dir.reset();
-    }
-    return RunChat(cli.chat);
-  }
-  if (cli.inspect_cmd->parsed()) return RunInspect(cli.inspect);
-  if (cli.verify_cmd->parsed()) {
-    if (int rc = ResolveGpuLayers(cli.verify.common.gpu_layers, &cli.verify.common.n_gpu_layers))
-      return rc;
-    return RunVerify(cli.verify);
-  }
-  if (cli.cache_cmd->parsed()) {
-    if (cli.cache.dir.empty())
-      return UsageError("cache needs --cache-dir DIR (or $KVSTASH_CACHE_DIR)");
-    if (cli.cache.action == "gc" && !cli.cache.max_bytes)
-      return UsageError("cache gc needs --max-bytes N (e.g. 20G; 0 removes every chunk)");
-    if (cli.cache.action == "rm" && cli.cache.ns.empty() && !cli.cache.all)
-      return UsageError("cache rm needs --namespace HASH or --all");
-    return RunCache(cli.cache);
-  }
-  if (cli.serve_cmd->parsed()) {
-    auto& s = cli.serve;
-    if (int rc = ResolveGpuLayers(cli.serve_gpu_layers, &s.model.n_gpu_layers)) return rc;
-    s.engine.flash_attn = cli.serve_fa == "on"    ? kvstash::FlashAttention::kOn
-                          : cli.serve_fa == "off" ? kvstash::FlashAttention::kOff
-                                                  : kvstash::FlashAttention::kAuto;
-    for (auto [text, out, flag] :
-         {std::tuple{&cli.serve_max_bytes, &s.cache_max_bytes, "--cache-max-bytes"}}) {
-      if (text->empty()) continue;
-      auto parsed = ParseByteCount(*text, flag);
-      if (!parsed.ok()) return UsageError(parsed.status().message());
-      *out = *parsed;
-    }
-    if (!cli.serve_max_body.empty()) {
-      auto parsed = ParseByteCount(cli.serve_max_body, "--max-body");
-      if (!parsed.ok()) return UsageError(parsed.status().message());
-      s.max_body_bytes = *parsed;
-    }
-    if (cli.serve_verbose) kvstash::SetLlamaLogs(kvstash::LlamaLogs::kStderr);
-    return kvstash::server::RunServer(s);
-  }
-  if (cli.import_cmd->parsed()) {
-    if (int rc = ResolveGpuLayers(cli.import.common.gpu_layers, &cli.import.common.n_gpu_layers))
-      return rc;
-    return RunImport(cli.import);
-  }
-  if (cli.make_cmd->parsed()) {
-    if (cli.make.output.empty()) return UsageError("make-test-model -o needs a file name");
-    return RunMakeTestModel(cli.make);
+  for (const auto& [cmd, handler] : cli.handlers) {
+    if (cmd->parsed()) return handler(cli);
   }
   std::fputs(cli.app.help().c_str(), stderr);
   return kUsageError;
@@ -607,7 +635,9 @@ int Main(int argc, char** argv) {
   AddSave(&cli);
   AddRun(&cli);
   AddServe(&cli);
-  AddOthers(&cli);
+  AddInspectVerify(&cli);
+  AddCache(&cli);
+  AddMakeTestModel(&cli);
   AddImport(&cli);
   AddChat(&cli);
   const std::vector<CommandSpec> specs = CommandSpecs(cli.app);
