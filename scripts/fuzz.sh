@@ -42,7 +42,7 @@ libs=("$build/libkvstash.a" "$build/libkvstash_env.a" "$build/src/testmodel/libk
       "$build/llama.cpp/ggml/src/libggml-cpu.a" "$build/llama.cpp/ggml/src/libggml-base.a")
 if newer "$opener" "$root/tests/fuzz/session_open_fuzz.cc" "$root/src/format" "$root/include" "${libs[@]}"; then
   clang++ "${flags[@]}" "$root/tests/fuzz/session_open_fuzz.cc" "${format_srcs[@]}" "${libs[@]}" \
-    -lxxhash -lgomp -lpthread -ldl -lm -o "$opener"
+    -lxxhash -lcrypto -lhiredis -lgomp -lpthread -ldl -lm -o "$opener"
 fi
 
 # Seeds: valid sessions (plain, q8_0 cache, no flash attention) from the built CLI, on the model
