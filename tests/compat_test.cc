@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-
 #include "engine/memory_support.h"
 
 namespace kvstash::engine {

@@ -63,7 +63,7 @@ class Channel {
 
 struct Job {
   std::vector<Token> prompt;
-  SampleOptions sampling;  // only the sampler fields (temp, top_p, seed, ...)
+  SampleOptions sampling;   // only the sampler fields (temp, top_p, seed, ...)
   int64_t max_tokens = -1;  // < 0: until end of generation or the slot's context is full
   std::vector<std::string> stop;
   std::shared_ptr<Channel> channel;
