@@ -26,6 +26,82 @@ const char* MemoryKindName(MemoryKind kind) {
 
 namespace {
 
+// The cell table of `cell_count` cells of one sequence at consecutive positions; sets *first_pos.
+// "" or what is wrong.
+std::string ReadCells(ByteReader& r, uint32_t cell_count, int32_t* first_pos) {
+  // A cell record is 12 bytes; refuse counts the payload cannot hold before allocating.
+  if (cell_count > r.remaining() / 12)
+    return "cell count " + std::to_string(cell_count) + " exceeds the payload";
+  std::vector<int32_t> positions(cell_count);
+  int32_t first = INT32_MAX;
+  for (uint32_t i = 0; i < cell_count; ++i) {
+    uint32_t n_seq;
+    int32_t cell_seq;
+    if (!r.ReadI32(&positions[i]) || !r.ReadU32(&n_seq)) return "cut short in the cell table";
+    if (n_seq != 1)
+      return "cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) + " sequences";
+    if (!r.ReadI32(&cell_seq)) return "cut short in the cell table";
+    first = std::min(first, positions[i]);
+  }
+  std::vector<bool> seen(cell_count, false);
+  for (int32_t pos : positions) {
+    const int64_t at = int64_t{pos} - first;
+    if (first < 0 || at >= int64_t{cell_count} || seen[at]) {
+      return "cell positions are not " + std::to_string(cell_count) + " consecutive ones";
+    }
+    seen[at] = true;
+  }
+  *first_pos = first;
+  return "";
+}
+
+// Every layer's K rows (type, row size, data), each layer like layer 0. "" or what is wrong.
+std::string ReadKRows(ByteReader& r, KvLayout* layout) {
+  for (uint32_t il = 0; il < layout->n_layer; ++il) {
+    int32_t type;
+    uint64_t row;
+    if (!r.ReadI32(&type) || !r.ReadU64(&row))
+      return "cut short in layer " + std::to_string(il) + " K";
+    if (il == 0) {
+      layout->k_type = type;
+      layout->k_row_bytes = row;
+    } else if (type != layout->k_type || row != layout->k_row_bytes) {
+      return "layer " + std::to_string(il) + " K differs from layer 0";
+    }
+    if (row == 0 || !r.Skip(layout->cell_count, row))
+      return "layer " + std::to_string(il) + " K data is cut short";
+  }
+  return "";
+}
+
+// Every layer's V: rows per cell, or (transposed) elements per embedding column. "" or what is
+// wrong.
+std::string ReadVRows(ByteReader& r, KvLayout* layout) {
+  for (uint32_t il = 0; il < layout->n_layer; ++il) {
+    const std::string at = "layer " + std::to_string(il) + " V";
+    int32_t type;
+    uint64_t row = 0;
+    uint32_t elem = 0, n_embd_v = 0;
+    if (!r.ReadI32(&type)) return "cut short in " + at;
+    const bool read = layout->v_trans ? r.ReadU32(&elem) && r.ReadU32(&n_embd_v) : r.ReadU64(&row);
+    if (!read) return "cut short in " + at;
+    if (il == 0) {
+      layout->v_type = type;
+      layout->v_row_bytes = row;
+      layout->v_elem_bytes = elem;
+      layout->n_embd_v = n_embd_v;
+    } else if (type != layout->v_type || row != layout->v_row_bytes ||
+               elem != layout->v_elem_bytes || n_embd_v != layout->n_embd_v) {
+      return at + " differs from layer 0";
+    }
+    const bool whole = layout->v_trans ? elem != 0 && n_embd_v != 0 &&
+                                             r.Skip(uint64_t{n_embd_v} * layout->cell_count, elem)
+                                       : row != 0 && r.Skip(layout->cell_count, row);
+    if (!whole) return at + " data is cut short";
+  }
+  return "";
+}
+
 // Walks one KV part (llama_kv_cache::state_write) from its n_stream field. On failure returns
 // what is wrong, for the caller's message. Positions must be consecutive; which ones is the
 // caller's to check (first_pos).
@@ -41,87 +117,19 @@ Result<KvLayout> ParseKvPart(ByteReader& r, const char* part) {
   if (layout.n_stream == 0 || layout.n_stream > 1) {
     return bad("expected one KV stream, found " + std::to_string(layout.n_stream));
   }
-  uint32_t cell_count;
-  if (!r.ReadU32(&cell_count)) return bad("cut short before the cell count");
-  if (cell_count == 0) return bad("it holds no cells");
-  layout.cell_count = cell_count;
-
-  // A cell record is 12 bytes; refuse counts the payload cannot hold before allocating.
-  if (cell_count > r.remaining() / 12)
-    return bad("cell count " + std::to_string(cell_count) + " exceeds the payload");
-  std::vector<int32_t> positions(cell_count);
-  int32_t first = INT32_MAX;
-  for (uint32_t i = 0; i < cell_count; ++i) {
-    uint32_t n_seq;
-    int32_t cell_seq;
-    if (!r.ReadI32(&positions[i]) || !r.ReadU32(&n_seq)) return bad("cut short in the cell table");
-    if (n_seq != 1)
-      return bad("cell " + std::to_string(i) + " belongs to " + std::to_string(n_seq) +
-                 " sequences");
-    if (!r.ReadI32(&cell_seq)) return bad("cut short in the cell table");
-    first = std::min(first, positions[i]);
-  }
-  std::vector<bool> seen(cell_count, false);
-  for (int32_t pos : positions) {
-    const int64_t at = int64_t{pos} - first;
-    if (first < 0 || at >= int64_t{cell_count} || seen[at]) {
-      return bad("cell positions are not " + std::to_string(cell_count) + " consecutive ones");
-    }
-    seen[at] = true;
-  }
-  layout.first_pos = first;
-
+  if (!r.ReadU32(&layout.cell_count)) return bad("cut short before the cell count");
+  if (layout.cell_count == 0) return bad("it holds no cells");
+  std::string wrong = ReadCells(r, layout.cell_count, &layout.first_pos);
+  if (!wrong.empty()) return bad(wrong);
   uint32_t v_trans;
   if (!r.ReadU32(&v_trans) || v_trans > 1) return bad("bad V layout flag");
   layout.v_trans = v_trans == 1;
   if (!r.ReadU32(&layout.n_layer) || layout.n_layer == 0 || layout.n_layer > 4096) {
     return bad("layer count " + std::to_string(layout.n_layer) + " is out of range");
   }
-  for (uint32_t il = 0; il < layout.n_layer; ++il) {
-    int32_t type;
-    uint64_t row;
-    if (!r.ReadI32(&type) || !r.ReadU64(&row))
-      return bad("cut short in layer " + std::to_string(il) + " K");
-    if (il == 0) {
-      layout.k_type = type;
-      layout.k_row_bytes = row;
-    } else if (type != layout.k_type || row != layout.k_row_bytes) {
-      return bad("layer " + std::to_string(il) + " K differs from layer 0");
-    }
-    if (row == 0 || !r.Skip(cell_count, row))
-      return bad("layer " + std::to_string(il) + " K data is cut short");
-  }
-  for (uint32_t il = 0; il < layout.n_layer; ++il) {
-    int32_t type;
-    if (!r.ReadI32(&type)) return bad("cut short in layer " + std::to_string(il) + " V");
-    if (!layout.v_trans) {
-      uint64_t row;
-      if (!r.ReadU64(&row)) return bad("cut short in layer " + std::to_string(il) + " V");
-      if (il == 0) {
-        layout.v_type = type;
-        layout.v_row_bytes = row;
-      } else if (type != layout.v_type || row != layout.v_row_bytes) {
-        return bad("layer " + std::to_string(il) + " V differs from layer 0");
-      }
-      if (row == 0 || !r.Skip(cell_count, row))
-        return bad("layer " + std::to_string(il) + " V data is cut short");
-    } else {
-      uint32_t elem, n_embd_v;
-      if (!r.ReadU32(&elem) || !r.ReadU32(&n_embd_v))
-        return bad("cut short in layer " + std::to_string(il) + " V");
-      if (il == 0) {
-        layout.v_type = type;
-        layout.v_elem_bytes = elem;
-        layout.n_embd_v = n_embd_v;
-      } else if (type != layout.v_type || elem != layout.v_elem_bytes ||
-                 n_embd_v != layout.n_embd_v) {
-        return bad("layer " + std::to_string(il) + " V differs from layer 0");
-      }
-      if (elem == 0 || n_embd_v == 0 || !r.Skip(uint64_t{n_embd_v} * cell_count, elem)) {
-        return bad("layer " + std::to_string(il) + " V data is cut short");
-      }
-    }
-  }
+  wrong = ReadKRows(r, &layout);
+  if (wrong.empty()) wrong = ReadVRows(r, &layout);
+  if (!wrong.empty()) return bad(wrong);
   layout.bytes = start - r.remaining();
   return layout;
 }
