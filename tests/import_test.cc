@@ -45,7 +45,7 @@ void WriteLlamaFiles(const Model& model, const std::vector<Token>& prompt, const
   cp.type_k = w.type_k;
   cp.type_v = w.type_v;
   cp.flash_attn_type = w.flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-  llama_context* ctx = llama_init_from_model(model.impl()->model, cp);
+  llama_context* ctx = llama_init_from_model(ImplOf(model)->model, cp);
   ASSERT_NE(ctx, nullptr);
   std::vector<Token> tokens = prompt;
   const int32_t n = static_cast<int32_t>(tokens.size()) - (w.before_last ? 1 : 0);

@@ -442,7 +442,7 @@ struct RawDecode {
 // then generates 16 tokens one by one; every decode's last logits must be finite.
 RawDecode DecodeRaw(const std::shared_ptr<Model>& model, size_t n_prompt) {
   RawDecode out;
-  llama_model* m = model->impl()->model;
+  llama_model* m = ImplOf(*model)->model;
   const llama_vocab* vocab = llama_model_get_vocab(m);
   const int32_t n_vocab = llama_vocab_n_tokens(vocab);
   llama_context_params params = llama_context_default_params();
@@ -484,7 +484,7 @@ void ReportState(const char* arch, const RawDecode& d) {
 TEST(ArchModelTest, Gemma3SlidesA64TokenWindowEveryOtherLayer) {
   auto model = LoadArch(TestArch::kGemma3Swa);
   ASSERT_NE(model, nullptr);
-  const llama_model* m = model->impl()->model;
+  const llama_model* m = ImplOf(*model)->model;
   EXPECT_EQ(MetaValue(m, "general.architecture"), "gemma3");
   EXPECT_EQ(llama_model_n_swa(m), 64);
   EXPECT_FALSE(llama_model_is_recurrent(m));
@@ -497,14 +497,14 @@ TEST(ArchModelTest, Gemma3SlidesA64TokenWindowEveryOtherLayer) {
 TEST(ArchModelTest, Gemma2TinyWindowIs64Tokens) {
   auto model = LoadArch(TestArch::kGemma2Swa);
   ASSERT_NE(model, nullptr);
-  EXPECT_EQ(llama_model_n_swa(model->impl()->model), 64);
+  EXPECT_EQ(llama_model_n_swa(ImplOf(*model)->model), 64);
   ReportState("gemma2", DecodeRaw(model, 300));
 }
 
 TEST(ArchModelTest, Mamba2IsRecurrentAndStaysFinite) {
   auto model = LoadArch(TestArch::kMamba2);
   ASSERT_NE(model, nullptr);
-  const llama_model* m = model->impl()->model;
+  const llama_model* m = ImplOf(*model)->model;
   EXPECT_EQ(MetaValue(m, "general.architecture"), "mamba2");
   EXPECT_TRUE(llama_model_is_recurrent(m));
   EXPECT_FALSE(llama_model_is_hybrid(m));
@@ -517,7 +517,7 @@ TEST(ArchModelTest, Mamba2IsRecurrentAndStaysFinite) {
 TEST(ArchModelTest, Lfm2IsHybrid) {
   auto model = LoadArch(TestArch::kLfm2Hybrid);
   ASSERT_NE(model, nullptr);
-  const llama_model* m = model->impl()->model;
+  const llama_model* m = ImplOf(*model)->model;
   EXPECT_EQ(MetaValue(m, "general.architecture"), "lfm2");
   EXPECT_TRUE(llama_model_is_hybrid(m));
   EXPECT_FALSE(llama_model_is_recurrent(m));
@@ -530,7 +530,7 @@ TEST(ArchModelTest, Lfm2IsHybrid) {
 TEST(ArchModelTest, Qwen3MoeRoutesTwoOfFourExperts) {
   auto model = LoadArch(TestArch::kQwen3Moe);
   ASSERT_NE(model, nullptr);
-  const llama_model* m = model->impl()->model;
+  const llama_model* m = ImplOf(*model)->model;
   EXPECT_EQ(MetaValue(m, "general.architecture"), "qwen3moe");
   EXPECT_EQ(MetaValue(m, "qwen3moe.expert_count"), "4");
   EXPECT_EQ(MetaValue(m, "qwen3moe.expert_used_count"), "2");
@@ -553,8 +553,8 @@ std::vector<size_t> PieceSizes(const std::shared_ptr<Model>& model, const std::s
 TEST(ArchModelTest, Qwen2UsesTheQwen2PreTokenizer) {
   auto qwen = LoadArch(TestArch::kQwen2);
   ASSERT_NE(qwen, nullptr);
-  EXPECT_EQ(MetaValue(qwen->impl()->model, "general.architecture"), "qwen2");
-  EXPECT_EQ(MetaValue(qwen->impl()->model, "tokenizer.ggml.pre"), "qwen2");
+  EXPECT_EQ(MetaValue(ImplOf(*qwen)->model, "general.architecture"), "qwen2");
+  EXPECT_EQ(MetaValue(ImplOf(*qwen)->model, "tokenizer.ggml.pre"), "qwen2");
   auto llama3 =
       Model::Load(testing::ModelPath(TestShape::kTiny, TestVocab::kBpe, TestWeightType::kF16, 1));
   ASSERT_TRUE(llama3.ok()) << llama3.status().ToString();

@@ -236,7 +236,7 @@ std::shared_ptr<Store> OpenWithRedis(const std::string& url, Warnings* warnings,
 
 size_t Lookup(Store& s, const Prompt& p) {
   LoadedPrefix loaded =
-      s.impl()->LoadPrefix(p.ns, p.chain, p.tokens.data(), p.chain.size(), TestLayout());
+      ImplOf(s)->LoadPrefix(p.ns, p.chain, p.tokens.data(), p.chain.size(), TestLayout());
   for (size_t j = 0; j < loaded.chunks.size(); ++j) {
     // What came back is the chunk that was published, byte for byte.
     EXPECT_EQ(
@@ -253,7 +253,7 @@ TEST(RedisTierTest, AnotherMachinesStoreIsServedFromRedisAndKeptLocally) {
   {
     auto a = OpenWithRedis(redis.url(), nullptr);
     ASSERT_NE(a, nullptr);
-    a->impl()->Publish(p.ns, "ns", p.writes, p.chain);
+    ImplOf(*a)->Publish(p.ns, "ns", p.writes, p.chain);
     a->WaitForWrites();
     EXPECT_EQ(a->redis_stats().chunks_published, 4u);
   }
@@ -290,8 +290,8 @@ TEST(RedisTierTest, AValueThatFailsAnyCheckIsAMiss) {
   const Prompt other = MakePrompt(2, 3);
   {
     auto a = OpenWithRedis(redis.url(), nullptr);
-    a->impl()->Publish(p.ns, "ns", p.writes, p.chain);
-    a->impl()->Publish(other.ns, "ns", other.writes, other.chain);
+    ImplOf(*a)->Publish(p.ns, "ns", p.writes, p.chain);
+    ImplOf(*a)->Publish(other.ns, "ns", other.writes, other.chain);
     a->WaitForWrites();
   }
   const std::string key = store::RedisChunkKey(format::HashHex(p.ns), format::HashHex(p.chain[0]));
@@ -327,12 +327,12 @@ TEST(RedisTierTest, DownRestartedOrFullRedisCostsMissesNeverFailures) {
   Warnings warnings;
   auto s = OpenWithRedis(redis->url(), &warnings);
   ASSERT_NE(s, nullptr);
-  s->impl()->Publish(p.ns, "ns", p.writes, p.chain);
+  ImplOf(*s)->Publish(p.ns, "ns", p.writes, p.chain);
   s->WaitForWrites();
   ASSERT_TRUE(s->Clear().ok());  // empty both tiers; republish to Redis only through another store
   {
     auto a = OpenWithRedis(redis->url(), nullptr);
-    a->impl()->Publish(p.ns, "ns", p.writes, p.chain);
+    ImplOf(*a)->Publish(p.ns, "ns", p.writes, p.chain);
     a->WaitForWrites();
   }
   // Down: lookups return at once (after the first failed connect) with the local prefix (none).
@@ -347,7 +347,7 @@ TEST(RedisTierTest, DownRestartedOrFullRedisCostsMissesNeverFailures) {
   EXPECT_EQ(s->redis_stats().outages, 1u);
   EXPECT_FALSE(s->redis_stats().available);
   // Publishing meanwhile is dropped, not blocking.
-  s->impl()->Publish(p.ns, "ns", p.writes, p.chain);
+  ImplOf(*s)->Publish(p.ns, "ns", p.writes, p.chain);
   s->WaitForWrites();
   // Restarted (empty: no persistence): reachable again after the backoff; misses, then hits once
   // something publishes.
@@ -361,7 +361,7 @@ TEST(RedisTierTest, DownRestartedOrFullRedisCostsMissesNeverFailures) {
   redis->Cli("CONFIG SET maxmemory 1");
   redis->Cli("CONFIG SET maxmemory-policy noeviction");
   auto w = OpenWithRedis(redis->url(), &warnings);
-  w->impl()->Publish(p.ns, "ns", p.writes, p.chain);
+  ImplOf(*w)->Publish(p.ns, "ns", p.writes, p.chain);
   w->WaitForWrites();
   EXPECT_EQ(w->redis_stats().chunks_published, 0u);
   EXPECT_GE(w->redis_stats().errors, 1u);
@@ -407,7 +407,7 @@ TEST(RedisTierTest, PasswordsAuthenticateAndNeverAppearInMessages) {
   EXPECT_EQ(warnings.Count(":***@"), 1u) << warnings.lines[0];
   auto good =
       OpenWithRedis("redis://:hunter2@127.0.0.1:" + std::to_string(redis.port()), &warnings);
-  good->impl()->Publish(p.ns, "ns", p.writes, p.chain);
+  ImplOf(*good)->Publish(p.ns, "ns", p.writes, p.chain);
   good->WaitForWrites();
   EXPECT_EQ(good->redis_stats().chunks_published, 1u);
   EXPECT_EQ(warnings.Count("hunter2"), 0u);

@@ -111,11 +111,11 @@ class StoreTest : public ::testing::Test {
     std::vector<ChunkWrite> writes(p.writes.begin(),
                                    p.writes.begin() + long(std::min(n, p.writes.size())));
     std::vector<format::Hash256> chain(p.chain.begin(), p.chain.begin() + long(writes.size()));
-    store->impl()->Publish(p.ns, p.ns_text, std::move(writes), chain);
+    ImplOf(*store)->Publish(p.ns, p.ns_text, std::move(writes), chain);
     store->WaitForWrites();
   }
   LoadedPrefix Load(Store* store, const Prompt& p) {
-    return store->impl()->LoadPrefix(p.ns, p.chain, p.tokens.data(), p.chain.size(), TestLayout());
+    return ImplOf(*store)->LoadPrefix(p.ns, p.chain, p.tokens.data(), p.chain.size(), TestLayout());
   }
   std::string ChunkPath(const Prompt& p, size_t j) {
     return store::StorePaths{dir_}.ChunkPath(p.chain[j], uint32_t(j + 1));
@@ -312,7 +312,8 @@ TEST_F(StoreTest, LoadStopsAtMaxChunksAndAtAMissingMiddleChunk) {
   const Prompt p = MakePrompt("ns", 4, 1);
   PublishAll(store.get(), p);
   EXPECT_EQ(
-      store->impl()->LoadPrefix(p.ns, p.chain, p.tokens.data(), 2, TestLayout()).chunks.size(), 2u);
+      ImplOf(*store)->LoadPrefix(p.ns, p.chain, p.tokens.data(), 2, TestLayout()).chunks.size(),
+      2u);
   ASSERT_EQ(unlink(ChunkPath(p, 2).c_str()), 0);
   LoadedPrefix loaded = Load(store.get(), p);
   EXPECT_EQ(loaded.chunks.size(), 2u);
@@ -453,7 +454,7 @@ TEST_F(StoreTest, ReplaceBadRepairsAChunk) {
   ASSERT_EQ(loaded.first_bad, 1);
   std::vector<ChunkWrite> writes = {p.writes[1]};
   writes[0].replace_bad = true;
-  store->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+  ImplOf(*store)->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
   store->WaitForWrites();
   EXPECT_EQ(Load(store.get(), p).chunks.size(), 2u);
 }
@@ -675,7 +676,7 @@ TEST_F(StoreTest, ReadOnlyDiscoveredOnWrite) {
   sys.create_errno = EROFS;
   const Prompt a = MakePrompt("ns", 2, 1);
   PublishAll(store.get(), a);
-  EXPECT_EQ(store->impl()->Publish(a.ns, a.ns_text, a.writes, a.chain), 0u);
+  EXPECT_EQ(ImplOf(*store)->Publish(a.ns, a.ns_text, a.writes, a.chain), 0u);
   store->WaitForWrites();
   EXPECT_EQ(store->writer_stats().chunks_dropped, 4u);
   ASSERT_EQ(warnings_.size(), 1u);
@@ -687,7 +688,7 @@ TEST_F(StoreTest, QueueBoundDrops) {
   options.max_pending_bytes = 1;  // not even one chunk fits
   auto store = OpenStore(options);
   const Prompt a = MakePrompt("ns", 2, 1);
-  EXPECT_EQ(store->impl()->Publish(a.ns, a.ns_text, a.writes, a.chain), 0u);
+  EXPECT_EQ(ImplOf(*store)->Publish(a.ns, a.ns_text, a.writes, a.chain), 0u);
   store->WaitForWrites();
   EXPECT_EQ(store->writer_stats().chunks_dropped, 2u);
   EXPECT_EQ(store->writer_stats().chunks_written, 0u);
@@ -774,7 +775,7 @@ TEST_F(StoreTest, ConcurrentPublishLoadAndGc) {
         hits += int(loaded.chunks.size());
         std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()),
                                        p.writes.end());
-        store->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+        ImplOf(*store)->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
         // Every other round, wait: the next round then often finds what was just published.
         if (round % 2 == 1) store->WaitForWrites();
       }
@@ -827,7 +828,7 @@ TEST_F(StoreTest, ConcurrentProcesses) {
       }
       if (loaded.first_bad != -1 || !loaded.Intact()) _exit(5);
       std::vector<ChunkWrite> writes(p.writes.begin() + long(loaded.chunks.size()), p.writes.end());
-      (*store)->impl()->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+      ImplOf(**store)->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
       (*store)->WaitForWrites();
     }
     store->reset();

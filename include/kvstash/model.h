@@ -87,10 +87,9 @@ class Model {
                                         bool add_assistant = true) const;
   static std::vector<std::string> ChatTemplateNames();
 
-  struct Impl;
-  Impl* impl() const { return impl_.get(); }
-
  private:
+  struct Impl;
+  friend struct ModelInternals;  // src/engine/model_impl.h: the engine's side of a model
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -238,9 +238,8 @@ class Session {
   // call. nullptr: never. The flag must outlive the session or be reset with nullptr.
   void SetCancelFlag(const std::atomic<bool>* cancel);
 
-  struct Impl;
-
  private:
+  struct Impl;
   friend struct SessionInternals;  // src/engine/session_internals.h: the benchmark's llama.cpp side
   explicit Session(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

@@ -148,10 +148,9 @@ class Store : public std::enable_shared_from_this<Store> {
   WriterStats writer_stats() const;
   RedisStats redis_stats() const;  // configured == false without a Redis tier
 
-  struct Impl;
-  Impl* impl() const { return impl_.get(); }
-
  private:
+  struct Impl;
+  friend struct StoreInternals;  // src/store/store_impl.h: the engine's side of a store
   explicit Store(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -203,8 +203,8 @@ void BatchEngine::Begin(int i, std::vector<Token> prompt, const SampleOptions& s
   s.sampler = MakeSampler(sampling, m.context->model(), {}, m.context->n_ctx_seq());
   auto chain = s.seq->Begin(std::move(prompt), m.chunk(), m.store.get());
   if (!chain.ok()) {
-    m.store->impl()->Warn("kvstash: the store is not used for a prompt: " +
-                          chain.status().message());
+    ImplOf(*m.store)->Warn("kvstash: the store is not used for a prompt: " +
+                           chain.status().message());
   }
   s.report.n_reused = s.seq->n_cached();
   if (!chain.ok() || chain->hashes.empty()) return;

@@ -54,7 +54,7 @@ Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
 // llama.cpp tries to allocate it (a failed allocation there is an abort under sanitizers and can
 // take the machine into swap elsewhere).
 Status CheckContextFits(const Model& model, const SessionMeta& p, uint64_t n_ctx) {
-  const Model::Impl& m = *model.impl();
+  const ModelImpl& m = *ImplOf(model);
   const uint64_t per_token = uint64_t(llama_model_n_layer(m.model)) *
                              (ggml_row_size(static_cast<ggml_type>(p.type_k), m.n_embd_k_gqa) +
                               ggml_row_size(static_cast<ggml_type>(p.type_v), m.n_embd_v_gqa));
@@ -107,17 +107,17 @@ llama_context_params LlamaParams(const ContextSpec& spec, int n_threads, int n_t
 }  // namespace
 
 Result<format::MemoryKind> MemoryKindOf(const Model& model) {
-  const llama_model* lm = model.impl()->model;
+  const llama_model* lm = ImplOf(model)->model;
   ModelMemoryKind memory;
   memory.recurrent = llama_model_is_recurrent(lm);
   memory.hybrid = llama_model_is_hybrid(lm);
   memory.n_swa = llama_model_n_swa(lm);
-  return ClassifyMemory(memory, model.path(), model.impl()->arch);
+  return ClassifyMemory(memory, model.path(), ImplOf(model)->arch);
 }
 
 bool ResolveFlashAttn(const Model& model, FlashAttention requested) {
   if (requested != FlashAttention::kAuto) return requested == FlashAttention::kOn;
-  return model.impl()->arch != "grok";
+  return ImplOf(model)->arch != "grok";
 }
 
 Result<SessionMeta> ParamsFor(const Model& model, const SessionOptions& options) {
@@ -163,11 +163,11 @@ Result<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> mo
   std::unique_ptr<Context> c(new Context());
   c->model_ = model;
   c->memory_ = *memory;
-  c->n_swa_ = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model->impl()->model)));
+  c->n_swa_ = static_cast<uint32_t>(std::max(0, llama_model_n_swa(ImplOf(*model)->model)));
   c->n_threads_ = ResolveThreads(spec.n_threads);
   const int n_threads_batch = spec.n_threads_batch > 0 ? spec.n_threads_batch : c->n_threads_;
   ClearLlamaError();
-  llama_context* ctx = llama_init_from_model(model->impl()->model,
+  llama_context* ctx = llama_init_from_model(ImplOf(*model)->model,
                                              LlamaParams(spec, c->n_threads_, n_threads_batch));
   if (ctx == nullptr) {
     const std::string why = LastLlamaError();
@@ -185,7 +185,7 @@ Result<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> mo
   c->params_.n_ctx = llama_n_ctx(ctx) / spec.n_seq;  // llama.cpp rounds the size up
   if (spec.n_seq > 1) c->params_.kv_unified = false;
   c->n_stream_ = spec.n_seq > 1 ? llama_n_seq_max(ctx) : 1;
-  const Model::Impl& m = *model->impl();
+  const ModelImpl& m = *ImplOf(*model);
   c->invariant_ = !p.flash_attn && InvariantBuild() && !m.on_gpu && !m.repack_weights;
   KVSTASH_RETURN_IF_ERROR(c->LearnRecurrentShape());
   return c;
@@ -197,7 +197,7 @@ std::string Context::WhyNotInvariant() const {
   if (invariant_) return "";
   if (params_.flash_attn) return "flash attention is on";
   if (ggml_cpu_has_llamafile()) return "this llama.cpp uses the llamafile matmul (GGML_LLAMAFILE)";
-  if (model_->impl()->on_gpu) return "layers run on a GPU";
+  if (ImplOf(*model_)->on_gpu) return "layers run on a GPU";
   return "the model's weights are repacked";
 }
 

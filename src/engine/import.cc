@@ -72,7 +72,8 @@ Result<double> CellDistance(const std::vector<uint8_t>& a, const format::KvLayou
 
 // Replaces whatever the session's cache holds with the payload and checks what llama.cpp made of
 // it: positions 0..cells-1 of the sequence.
-Status RestorePayload(Session::Impl& s, const format::LlamaFile& file, const std::string& path) {
+Status RestorePayload(SessionInternals::Impl& s, const format::LlamaFile& file,
+                      const std::string& path) {
   s.seq->Clear();
   llama_memory_t mem = llama_get_memory(s.ctx());
   ClearLlamaError();
@@ -92,7 +93,8 @@ Status RestorePayload(Session::Impl& s, const format::LlamaFile& file, const std
 
 // Decodes the token of the file's last cell again, alone, and compares the keys and values it
 // gets with the file's; then puts the file's bytes back. Leaves the logits of that decode.
-Status CheckLastCell(Session::Impl& s, const format::LlamaFile& file, const std::string& path) {
+Status CheckLastCell(SessionInternals::Impl& s, const format::LlamaFile& file,
+                     const std::string& path) {
   const uint32_t cells = file.layout.cell_count;
   KVSTASH_RETURN_IF_ERROR(s.Truncate(cells - 1));
   s.tokens().push_back(file.tokens[cells - 1]);
@@ -177,7 +179,7 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
   session.cache_type_v = kv->type_v_name;
   auto created = Session::Create(model, session);
   if (!created.ok()) return created.status();
-  Session::Impl& s = SessionInternals::Impl(**created);
+  SessionInternals::Impl& s = SessionInternals::Of(**created);
   KVSTASH_RETURN_IF_ERROR(RestorePayload(s, *parsed, path));
   KVSTASH_RETURN_IF_ERROR(CheckLastCell(s, *parsed, path));
   if (n_tokens == parsed->layout.cell_count + 1) {

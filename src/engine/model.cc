@@ -26,7 +26,7 @@ int64_t MetaInt(const llama_model* model, const std::string& key) {
 }
 
 // The vocabulary, architecture and the shapes the session code needs, from the loaded model.
-void FillShape(Model::Impl* impl) {
+void FillShape(ModelImpl* impl) {
   impl->vocab = llama_model_get_vocab(impl->model);
   char arch[128] = {};
   llama_model_meta_val_str(impl->model, "general.architecture", arch, sizeof(arch));
@@ -89,7 +89,7 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelO
 }
 
 format::ModelFacts FactsOf(const Model& model) {
-  const Model::Impl& m = *model.impl();
+  const ModelImpl& m = *ImplOf(model);
   format::ModelFacts facts;
   facts.path = model.path();
   facts.fingerprint = model.fingerprint();

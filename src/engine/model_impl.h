@@ -31,6 +31,14 @@ struct Model::Impl {
   }
 };
 
+// The engine's access to a model's parts (Model's one friend).
+struct ModelInternals {
+  using Impl = Model::Impl;
+  static Impl* Get(const Model& model) { return model.impl_.get(); }
+};
+using ModelImpl = ModelInternals::Impl;
+inline ModelImpl* ImplOf(const Model& model) { return ModelInternals::Get(model); }
+
 // The model as a session file records it (META), for format::CheckSessionFitsModel and Save.
 format::ModelFacts FactsOf(const Model& model);
 

@@ -35,7 +35,7 @@ size_t LongestTokenBytes(const Model& model) {
     auto it = known.find(key);
     if (it != known.end()) return it->second;
   }
-  const llama_vocab* vocab = model.impl()->vocab;
+  const llama_vocab* vocab = ImplOf(model)->vocab;
   size_t longest = 1;
   char buf[512];
   for (int32_t t = 0; t < model.n_vocab(); ++t) {

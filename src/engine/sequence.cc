@@ -233,7 +233,7 @@ void Sequence::CaptureBoundary(uint32_t index) {
 }
 
 void Sequence::Warn(const std::string& what) const {
-  if (auto store = store_.lock()) store->impl()->Warn(what);
+  if (auto store = store_.lock()) ImplOf(*store)->Warn(what);
 }
 
 Result<Chain> Sequence::Begin(std::vector<Token> prompt, uint32_t chunk, Store* store) {
@@ -291,8 +291,8 @@ size_t Sequence::ApplyFetched(Fetched& fetched) {
   fetched.state.reset();  // restored: the bytes are llama.cpp's now
   if (!status.ok()) {
     if (auto alive = store_.lock()) {
-      alive->impl()->Warn("kvstash: chunks of store '" + alive->dir() +
-                          "' were not used: " + status.message());
+      ImplOf(*alive)->Warn("kvstash: chunks of store '" + alive->dir() +
+                           "' were not used: " + status.message());
     }
     std::vector<Token> prompt = std::move(tokens_);
     Clear();
@@ -329,8 +329,8 @@ size_t Sequence::Publish(size_t upto) {
   const Status status =
       GetSeqState(ctx_->get(), id_, ctx_->n_stream(), &state, ctx_->memory(), ctx_->n_swa());
   if (!status.ok()) {
-    store->impl()->Warn("kvstash: the new chunks were not saved to store '" + store->dir() +
-                        "': " + status.message());
+    ImplOf(*store)->Warn("kvstash: the new chunks were not saved to store '" + store->dir() +
+                         "': " + status.message());
     return 0;
   }
   const long bad = first_bad_ >= static_cast<long>(published_) ? first_bad_ : -1;

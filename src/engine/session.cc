@@ -344,7 +344,7 @@ namespace {
 // (recurrent and hybrid models) adds a few rows per layer of at most 1024 x n_embd values
 // (mamba2's d_inner x d_state is 256 x n_embd).
 uint64_t MaxSessionBytes(const Model& model, uint64_t n_ctx) {
-  const auto& m = *model.impl();
+  const auto& m = *ImplOf(model);
   const uint64_t n_layer = uint64_t(llama_model_n_layer(m.model));
   const uint64_t n_embd = uint64_t(std::max(0, llama_model_n_embd(m.model)));
   const uint64_t width = std::max({uint64_t(m.n_embd_k_gqa), uint64_t(m.n_embd_v_gqa), n_embd});

@@ -34,7 +34,7 @@ struct Session::Impl {
       : context(std::move(c)), seq(std::make_unique<engine::Sequence>(context.get(), 0)) {}
 
   const Model& model() const { return context->model(); }
-  const Model::Impl& m() const { return *model().impl(); }
+  const ModelImpl& m() const { return *ImplOf(model()); }
   llama_context* ctx() const { return context->get(); }
   std::vector<Token>& tokens() { return seq->tokens(); }
   uint32_t n_ctx() const { return context->n_ctx_seq(); }

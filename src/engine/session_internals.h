@@ -12,7 +12,8 @@ namespace kvstash {
 struct SessionInternals {
   static llama_context* Context(Session& session);
   // For engine code that builds a session's state itself (engine/import.cc).
-  static Session::Impl& Impl(Session& session) { return *session.impl_; }
+  using Impl = Session::Impl;
+  static Impl& Of(Session& session) { return *session.impl_; }
 };
 
 }  // namespace kvstash

@@ -12,7 +12,7 @@
 
 namespace kvstash::engine {
 
-format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& params, bool v_trans) {
+format::ChunkLayout ExpectedLayout(const ModelImpl& m, const SessionMeta& params, bool v_trans) {
   format::ChunkLayout l;
   l.n_layer = static_cast<uint32_t>(llama_model_n_layer(m.model));
   l.v_trans = v_trans;
@@ -74,9 +74,9 @@ Chain MakeChain(const Model& model, const SessionMeta& params, bool v_trans, uin
   Chain c;
   store::NamespaceParams ns{FactsOf(model), model.Description(), params, v_trans,
                             chunk,          LlamaBuildInfo(),    {}};
-  c.layout = ExpectedLayout(*model.impl(), params, v_trans);
+  c.layout = ExpectedLayout(*ImplOf(model), params, v_trans);
   c.chunk = chunk;
-  c.n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(model.impl()->model)));
+  c.n_swa = static_cast<uint32_t>(std::max(0, llama_model_n_swa(ImplOf(model)->model)));
   if (shape != nullptr && shape->layout.kind != format::MemoryKind::kKv) {
     c.layout = ShapedLayout(*shape, c.layout, chunk, c.n_swa);
     ns.memory = {format::MemoryKindName(c.layout.kind), c.n_swa, c.layout.snapshot_every};
@@ -182,7 +182,7 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
   out.ns_text = chain.text;
   out.hashes = chain.hashes;
   LoadedPrefix loaded =
-      store.impl()->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
+      ImplOf(store)->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
   out.n_found = loaded.chunks.size();
   out.first_bad = loaded.first_bad;
   const size_t k = RestorableChunks(chain.layout, loaded.chunks.size());
@@ -344,12 +344,12 @@ size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>&
     writes.push_back(std::move(w));
   }
   if (!status.ok()) {
-    store.impl()->Warn("kvstash: the new chunks were not saved to store '" + store.dir() +
-                       "': " + status.message());
+    ImplOf(store)->Warn("kvstash: the new chunks were not saved to store '" + store.dir() +
+                        "': " + status.message());
     return 0;
   }
   if (writes.empty()) return 0;
-  return store.impl()->Publish(chain.h0, chain.text, std::move(writes), chain.hashes) * chunk;
+  return ImplOf(store)->Publish(chain.h0, chain.text, std::move(writes), chain.hashes) * chunk;
 }
 
 }  // namespace kvstash::engine

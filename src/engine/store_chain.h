@@ -31,7 +31,7 @@ struct Chain {
 };
 
 // The layout llama_state_seq_get_data uses for a plain cache of `model` with `params`.
-format::ChunkLayout ExpectedLayout(const Model::Impl& m, const SessionMeta& params, bool v_trans);
+format::ChunkLayout ExpectedLayout(const ModelImpl& m, const SessionMeta& params, bool v_trans);
 
 // The chunk layout of a namespace of `shape` with chunks of `chunk` tokens (kIswa: the window
 // cells each chunk carries; kRecurrent/kHybrid: every how many chunks a snapshot is kept, so

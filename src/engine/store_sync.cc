@@ -4,6 +4,7 @@
 #include <future>
 
 #include "engine/session_impl.h"
+#include "engine/session_internals.h"
 #include "engine/store_chain.h"
 #include "format/compat.h"
 #include "kvstash/store.h"
@@ -21,7 +22,7 @@ using engine::Fetched;
 
 // Session::Sync(tokens, store), using `fetched` (from Create(..., store)) when it was fetched for
 // this namespace and these tokens.
-Result<SyncResult> SyncThroughStore(Session& session, Session::Impl& s,
+Result<SyncResult> SyncThroughStore(Session& session, SessionInternals::Impl& s,
                                     const std::vector<Token>& tokens, Store& store,
                                     Fetched* fetched) {
   KVSTASH_RETURN_IF_ERROR(s.CheckTokens(tokens));

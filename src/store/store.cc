@@ -124,9 +124,9 @@ Status MakeSubdirs(Env* env, const StorePaths& paths) {
 
 }  // namespace
 
-class StoreImpl : public Store::Impl {
+class LocalStore : public StoreImpl {
  public:
-  StoreImpl(Env* env, std::string dir, uint32_t chunk_tokens, const StoreOptions& options)
+  LocalStore(Env* env, std::string dir, uint32_t chunk_tokens, const StoreOptions& options)
       : env_(env),
         paths_{std::move(dir)},
         chunk_tokens_(chunk_tokens),
@@ -134,7 +134,7 @@ class StoreImpl : public Store::Impl {
         writer_(store::ChunkWriter::Options{env, paths_, chunk_tokens, options.sync,
                                             options.max_pending_bytes, options.max_bytes, &warn_}) {
   }
-  ~StoreImpl() override {
+  ~LocalStore() override {
     // The Redis publisher first: it reads nothing of the writer's, but the process may exit
     // right after the Store, and queued chunks should reach Redis (bounded by its timeouts).
     redis_.reset();
@@ -182,8 +182,8 @@ bool LoadedPrefix::Intact() const {
   return true;
 }
 
-Result<std::unique_ptr<StableFile>> StoreImpl::OpenChunk(const std::string& path,
-                                                         uint64_t max_size) {
+Result<std::unique_ptr<StableFile>> LocalStore::OpenChunk(const std::string& path,
+                                                          uint64_t max_size) {
   // The header (file size included) is checked before the payload is read; links are refused,
   // FIFOs are opened without blocking and refused (Env::OpenStableFile).
   return env_->OpenStableFile(
@@ -195,9 +195,10 @@ Result<std::unique_ptr<StableFile>> StoreImpl::OpenChunk(const std::string& path
       /*follow_links=*/false);
 }
 
-std::string StoreImpl::CheckLoaded(const format::ChunkView& view, const format::Hash256& ns,
-                                   const std::vector<format::Hash256>& chain, size_t j,
-                                   const int32_t* tokens, const format::ChunkLayout& layout) const {
+std::string LocalStore::CheckLoaded(const format::ChunkView& view, const format::Hash256& ns,
+                                    const std::vector<format::Hash256>& chain, size_t j,
+                                    const int32_t* tokens,
+                                    const format::ChunkLayout& layout) const {
   const format::ChunkHeader& h = view.header;
   const format::Hash256& parent = j == 0 ? ns : chain[j - 1];
   if (h.hash != chain[j]) return "its header names another chunk than its file name or key";
@@ -236,9 +237,10 @@ Status VerifyPayload(const StableFile& file, const format::ChunkHeader& header,
 
 }  // namespace
 
-LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
-                                   const std::vector<format::Hash256>& chain, const int32_t* tokens,
-                                   size_t max_chunks, const format::ChunkLayout& layout) {
+LoadedPrefix LocalStore::LoadPrefix(const format::Hash256& ns,
+                                    const std::vector<format::Hash256>& chain,
+                                    const int32_t* tokens, size_t max_chunks,
+                                    const format::ChunkLayout& layout) {
   LoadedPrefix out;
   const size_t k = std::min(max_chunks, chain.size());
   const uint64_t bound = store::ChunkFileBytes(layout, chunk_tokens_);
@@ -298,9 +300,9 @@ LoadedPrefix StoreImpl::LoadPrefix(const format::Hash256& ns,
   return out;
 }
 
-void StoreImpl::LoadFromRedis(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
-                              const int32_t* tokens, size_t k, const format::ChunkLayout& layout,
-                              LoadedPrefix* out) {
+void LocalStore::LoadFromRedis(const format::Hash256& ns, const std::vector<format::Hash256>& chain,
+                               const int32_t* tokens, size_t k, const format::ChunkLayout& layout,
+                               LoadedPrefix* out) {
   const size_t first = out->chunks.size();
   const std::string ns_hex = format::HashHex(ns);
   std::vector<std::string> keys;
@@ -351,7 +353,7 @@ void StoreImpl::LoadFromRedis(const format::Hash256& ns, const std::vector<forma
   }
 }
 
-void StoreImpl::PublishToRedis(const std::vector<ChunkWrite>& writes) {
+void LocalStore::PublishToRedis(const std::vector<ChunkWrite>& writes) {
   for (const ChunkWrite& w : writes) {
     std::string bytes = format::EncodeChunkHead(
         w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
@@ -362,9 +364,9 @@ void StoreImpl::PublishToRedis(const std::vector<ChunkWrite>& writes) {
   }
 }
 
-size_t StoreImpl::Publish(const format::Hash256& ns, const std::string& ns_text,
-                          std::vector<ChunkWrite> writes,
-                          const std::vector<format::Hash256>& chain) {
+size_t LocalStore::Publish(const format::Hash256& ns, const std::string& ns_text,
+                           std::vector<ChunkWrite> writes,
+                           const std::vector<format::Hash256>& chain) {
   if (redis_) PublishToRedis(writes);
   store::PublishItem item;
   item.ns = ns;
@@ -374,7 +376,7 @@ size_t StoreImpl::Publish(const format::Hash256& ns, const std::string& ns_text,
   return writer_.Enqueue(std::move(item));
 }
 
-std::string StoreImpl::CheckAlone(const format::ChunkView& view, const ChunkEntry& entry) const {
+std::string LocalStore::CheckAlone(const format::ChunkView& view, const ChunkEntry& entry) const {
   const format::ChunkHeader& h = view.header;
   if (h.hash != entry.hash) return "its header names chunk " + format::HashHex(h.hash);
   if (h.index != entry.index) return "its header gives index " + std::to_string(h.index);
@@ -391,7 +393,7 @@ std::string StoreImpl::CheckAlone(const format::ChunkView& view, const ChunkEntr
   return "";
 }
 
-std::string StoreImpl::ReadNamespace(const ChunkEntry& entry) const {
+std::string LocalStore::ReadNamespace(const ChunkEntry& entry) const {
   auto head = env_->ReadFilePrefix(entry.path, format::kChunkHeaderSize);
   if (!head.ok()) return "";
   auto header = format::ParseChunkHeader(reinterpret_cast<const uint8_t*>(head->data()),
@@ -402,22 +404,22 @@ std::string StoreImpl::ReadNamespace(const ChunkEntry& entry) const {
 // Store's public methods.
 
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Store::~Store() = default;  // StoreImpl's writer drains and joins
+Store::~Store() = default;  // LocalStore's writer drains and joins
 
 namespace {
-StoreImpl* Concrete(Store::Impl* impl) { return static_cast<StoreImpl*>(impl); }
+LocalStore* Concrete(StoreImpl* impl) { return static_cast<LocalStore*>(impl); }
 }  // namespace
 
 const std::string& Store::dir() const { return Concrete(impl_.get())->paths_.dir; }
 uint32_t Store::chunk_tokens() const { return Concrete(impl_.get())->chunk_tokens_; }
 void Store::WaitForWrites() {
-  StoreImpl* impl = Concrete(impl_.get());
+  LocalStore* impl = Concrete(impl_.get());
   impl->writer_.WaitIdle();
   if (impl->redis_) impl->redis_->WaitIdle();
 }
 WriterStats Store::writer_stats() const { return Concrete(impl_.get())->writer_.stats(); }
 RedisStats Store::redis_stats() const {
-  const StoreImpl* impl = Concrete(impl_.get());
+  const LocalStore* impl = Concrete(impl_.get());
   return impl->redis_ ? impl->redis_->stats() : RedisStats();
 }
 
@@ -458,7 +460,7 @@ Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
                                    " tokens, but " + std::to_string(options.chunk_tokens) +
                                    " were asked for; omit the chunk size or use another directory");
   }
-  auto impl = std::make_unique<StoreImpl>(env, dir, *found, options);
+  auto impl = std::make_unique<LocalStore>(env, dir, *found, options);
   if (!writable) impl->writer_.set_read_only("read-only");
   if (!options.redis_url.empty()) {
     auto url = store::ParseRedisUrl(options.redis_url);
@@ -490,7 +492,7 @@ void SayWaitingForCollector(store::WarnOnce& warn, const StorePaths& paths) {
 }  // namespace
 
 Result<GcReport> Store::Gc(uint64_t max_bytes) {
-  StoreImpl* impl = Concrete(impl_.get());
+  LocalStore* impl = Concrete(impl_.get());
   // Only to say why it may wait: CollectGarbage takes the lock again, waiting.
   if (auto probe = store::LockGc(impl->env_, impl->paths_, /*wait=*/false);
       !probe.ok() && LockIsBusy(probe.status())) {
@@ -500,7 +502,7 @@ Result<GcReport> Store::Gc(uint64_t max_bytes) {
 }
 
 Result<VerifyReport> Store::Verify() const {
-  StoreImpl* impl = Concrete(impl_.get());
+  LocalStore* impl = Concrete(impl_.get());
   auto entries = store::ListChunkEntries(impl->env_, impl->paths_);
   if (!entries.ok()) return entries.status();
   VerifyReport report;
@@ -527,7 +529,7 @@ Result<VerifyReport> Store::Verify() const {
 }
 
 Result<std::vector<ChunkInfo>> Store::List() const {
-  StoreImpl* impl = Concrete(impl_.get());
+  LocalStore* impl = Concrete(impl_.get());
   auto entries = store::ListChunkEntries(impl->env_, impl->paths_);
   if (!entries.ok()) return entries.status();
   std::vector<ChunkInfo> out;
@@ -548,7 +550,7 @@ Result<std::vector<ChunkInfo>> Store::List() const {
 }
 
 Result<StoreStats> Store::Stats() const {
-  StoreImpl* impl = Concrete(impl_.get());
+  LocalStore* impl = Concrete(impl_.get());
   auto chunks = List();
   if (!chunks.ok()) return chunks.status();
   StoreStats stats;
@@ -581,7 +583,7 @@ Result<StoreStats> Store::Stats() const {
 }
 
 Result<uint64_t> Store::Clear(const std::string& ns_hash) {
-  StoreImpl* impl = Concrete(impl_.get());
+  LocalStore* impl = Concrete(impl_.get());
   format::Hash256 wanted{};
   if (!ns_hash.empty() && !format::ParseHashHex(ns_hash, &wanted)) {
     return Status::InvalidArgument("'" + ns_hash + "' is not a namespace hash (64 hex digits); " +

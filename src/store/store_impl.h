@@ -70,6 +70,14 @@ struct Store::Impl {
   virtual ~Impl() = default;
 };
 
+// The engine's access to a store's parts (Store's one friend).
+struct StoreInternals {
+  using Impl = Store::Impl;
+  static Impl* Get(const Store& store) { return store.impl_.get(); }
+};
+using StoreImpl = StoreInternals::Impl;
+inline StoreImpl* ImplOf(const Store& store) { return StoreInternals::Get(store); }
+
 }  // namespace kvstash
 
 #endif  // KVSTASH_STORE_STORE_IMPL_H_
