@@ -6,6 +6,7 @@
 
 #include <atomic>
 
+#include "engine/session_internals.h"
 #include "env/env.h"
 #include "env/fault_injection.h"
 #include "test_util.h"
@@ -51,8 +52,7 @@ TEST_F(SaveFaultTest, EveryFailingStepLeavesTheOldFileAndNoTemp) {
   counter.max_write = 16384;  // so that faults also land in the middle of the KV payload
   Env counting_env(&counter);
   SaveOptions count_options;
-  count_options.env = &counting_env;
-  ASSERT_TRUE(session_->Save(path_, count_options).ok());
+  ASSERT_TRUE(SessionInternals::Save(*session_, path_, count_options, &counting_env).ok());
   testing::WriteFile(path_, old_bytes_);
   int points = 0;
   for (int err : {ENOSPC, EIO, EDQUOT}) {
@@ -63,8 +63,7 @@ TEST_F(SaveFaultTest, EveryFailingStepLeavesTheOldFileAndNoTemp) {
       sys.max_write = 16384;
       Env env(&sys);
       SaveOptions options;
-      options.env = &env;
-      Status s = session_->Save(path_, options);
+      Status s = SessionInternals::Save(*session_, path_, options, &env);
       ASSERT_EQ(FilesInDir(), 1u) << "temp file left at step " << n;
       // Closing a read-only, lock or directory descriptor: a failure there changes nothing.
       // The directory fsync comes after the rename: the file is new and the error says so.
@@ -92,8 +91,7 @@ TEST_F(SaveFaultTest, ShortWritesAndEintrStillSave) {
   sys.eintr_first = true;
   Env env(&sys);
   SaveOptions options;
-  options.env = &env;
-  ASSERT_TRUE(session_->Save(path_, options).ok());
+  ASSERT_TRUE(SessionInternals::Save(*session_, path_, options, &env).ok());
   EXPECT_EQ(ReadFile(path_), new_bytes_);
   EXPECT_GT(sys.eintr_returned, 100);
 }
@@ -104,8 +102,8 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
   counter.max_write = 2048;
   Env counting_env(&counter);
   SaveOptions count_options;
-  count_options.env = &counting_env;
-  ASSERT_TRUE(session_->Save(dir_ + "/count.kvs", count_options).ok());
+  ASSERT_TRUE(
+      SessionInternals::Save(*session_, dir_ + "/count.kvs", count_options, &counting_env).ok());
   unlink((dir_ + "/count.kvs").c_str());
   const int steps = counter.steps;
   ASSERT_GT(steps, 5);
@@ -123,8 +121,7 @@ TEST_F(SaveFaultTest, KilledWritersLeaveOldOrNewNeverAMix) {
       sys.max_write = 2048;
       Env env(&sys);
       SaveOptions options;
-      options.env = &env;
-      (void)session_->Save(path_, options);  // killed before it returns
+      (void)SessionInternals::Save(*session_, path_, options, &env);  // killed before it returns
       _exit(0);
     }
     int wstatus = 0;
@@ -195,9 +192,8 @@ TEST_F(SaveFaultTest, CancellationMidWriteKeepsTheOldFile) {
   sys.max_write = 1024;  // the flag turns true while the header part is being written
   Env env(&sys);
   SaveOptions options;
-  options.env = &env;
   options.cancel = &sys.cancel;
-  Status s = session_->Save(path_, options);
+  Status s = SessionInternals::Save(*session_, path_, options, &env);
   ASSERT_EQ(s.code(), Status::Code::kCancelled) << s.message();
   EXPECT_NE(s.message().find("'" + path_ + "'"), std::string::npos) << s.message();
   EXPECT_EQ(ReadFile(path_), old_bytes_);

@@ -100,10 +100,11 @@ Prompt MakePrompt(const std::string& ns_text, size_t n_chunks, uint32_t seed, si
 class StoreTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = TestDir(); }
-  std::shared_ptr<Store> OpenStore(StoreOptions options = {}) {
+  // On `env` (fault injection), or the POSIX Env.
+  std::shared_ptr<Store> OpenStore(StoreOptions options = {}, Env* env = Env::Default()) {
     if (options.chunk_tokens == 0) options.chunk_tokens = kC;
     if (!options.warn) options.warn = [this](const std::string& w) { warnings_.push_back(w); };
-    auto store = Store::Open(dir_, options);
+    auto store = StoreInternals::Open(dir_, options, env);
     EXPECT_TRUE(store.ok()) << store.status().ToString();
     return store.ok() ? *store : nullptr;
   }
@@ -294,8 +295,7 @@ TEST_F(StoreTest, ChunksRemovedWhileRestoringStillGiveTheVerifiedBytes) {
     Env env(&sys);
     env.set_read_leases(leases);
     StoreOptions options;
-    options.env = &env;
-    auto store = OpenStore(options);
+    auto store = OpenStore(options, &env);
     const Prompt p = MakePrompt(leases ? "leased" : "copied", 3, 1);
     PublishAll(store.get(), p);
     LoadedPrefix loaded = Load(store.get(), p);
@@ -625,8 +625,7 @@ TEST_F(StoreTest, FullDiskDropsWithOneWarningAndNoTemp) {
   FullDiskSyscalls sys;
   Env env(&sys);
   StoreOptions options;
-  options.env = &env;
-  auto store = OpenStore(options);
+  auto store = OpenStore(options, &env);
   sys.write_errno = ENOSPC;
   const Prompt a = MakePrompt("ns", 3, 1);
   const Prompt b = MakePrompt("ns", 2, 2);
@@ -655,8 +654,7 @@ TEST_F(StoreTest, ReadOnlyStoreServesReadsAndDropsWrites) {
   sys.create_errno = EROFS;
   Env env(&sys);
   StoreOptions options;
-  options.env = &env;
-  auto store = OpenStore(options);
+  auto store = OpenStore(options, &env);
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(Load(store.get(), a).chunks.size(), 2u);
   PublishAll(store.get(), b);
@@ -671,8 +669,7 @@ TEST_F(StoreTest, ReadOnlyDiscoveredOnWrite) {
   FullDiskSyscalls sys;
   Env env(&sys);
   StoreOptions options;
-  options.env = &env;
-  auto store = OpenStore(options);
+  auto store = OpenStore(options, &env);
   sys.create_errno = EROFS;
   const Prompt a = MakePrompt("ns", 2, 1);
   PublishAll(store.get(), a);

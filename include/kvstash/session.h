@@ -32,7 +32,6 @@
 
 namespace kvstash {
 
-class Env;
 class Store;
 struct SessionInternals;
 
@@ -79,7 +78,6 @@ struct OpenOptions {
 struct SaveOptions {
   // fsync the file and its directory before returning. Off only for benchmarks.
   bool sync = true;
-  Env* env = nullptr;   // nullptr: the POSIX Env
   ProgressFn progress;  // bytes written
   // Save refuses to replace an existing file that is not a kvstash session (a model, a text)
   // unless this is set. The model file itself is never replaced, whatever this says.

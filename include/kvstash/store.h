@@ -24,7 +24,6 @@
 
 namespace kvstash {
 
-class Env;
 
 struct StoreOptions {
   // Tokens per chunk for a new store (0: 256; 16..16384, a multiple of 16). An existing store
@@ -41,7 +40,6 @@ struct StoreOptions {
   bool create = true;
   // fsync chunk files before publishing them. Off only for benchmarks.
   bool sync = true;
-  Env* env = nullptr;  // nullptr: the POSIX Env
   // Where the one-line warnings go (e.g. "disk full: chunks are not being saved"); each kind is
   // reported once per Store. Empty: standard error.
   std::function<void(const std::string&)> warn;

@@ -283,7 +283,12 @@ SessionMeta Session::Impl::MetaForSave(const format::SeqLayout& layout) {
 }
 
 Status Session::Save(const std::string& path, const SaveOptions& options) {
-  Impl& s = *impl_;
+  return SessionInternals::Save(*this, path, options, Env::Default());
+}
+
+Status SessionInternals::Save(Session& session, const std::string& path, const SaveOptions& options,
+                              Env* env) {
+  Impl& s = *session.impl_;
   s.seq->RunPendingPublish();
   if (s.tokens().empty()) {
     return Status::InvalidArgument("nothing to save to '" + path + "': the session is empty; " +
@@ -330,7 +335,7 @@ Status Session::Save(const std::string& path, const SaveOptions& options) {
   write_options.replace_any = options.replace_any;
   write_options.protected_paths = {s.model().path()};
   write_options.protected_names = {"the model file"};
-  return AtomicWriteFile(options.env != nullptr ? options.env : Env::Default(), path,
+  return AtomicWriteFile(env, path,
                          {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
                          write_options);
 }

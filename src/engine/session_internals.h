@@ -9,11 +9,16 @@
 
 namespace kvstash {
 
+class Env;
+
 struct SessionInternals {
   static llama_context* Context(Session& session);
   // For engine code that builds a session's state itself (engine/import.cc).
   using Impl = Session::Impl;
   static Impl& Of(Session& session) { return *session.impl_; }
+  // Session::Save on `env` (tests inject faults through it).
+  static Status Save(Session& session, const std::string& path, const SaveOptions& options,
+                     Env* env);
 };
 
 }  // namespace kvstash

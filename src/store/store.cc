@@ -424,7 +424,11 @@ RedisStats Store::redis_stats() const {
 }
 
 Result<std::shared_ptr<Store>> Store::Open(const std::string& dir, const StoreOptions& options) {
-  Env* env = options.env != nullptr ? options.env : Env::Default();
+  return StoreInternals::Open(dir, options, Env::Default());
+}
+
+Result<std::shared_ptr<Store>> StoreInternals::Open(const std::string& dir,
+                                                    const StoreOptions& options, Env* env) {
   if (dir.empty()) return Status::InvalidArgument("store directory name is empty; pass a path");
   if (options.chunk_tokens != 0) {
     KVSTASH_RETURN_IF_ERROR(CheckChunkTokens(options.chunk_tokens, "store '" + dir + "'"));

@@ -74,6 +74,9 @@ struct Store::Impl {
 struct StoreInternals {
   using Impl = Store::Impl;
   static Impl* Get(const Store& store) { return store.impl_.get(); }
+  // Store::Open on `env` (tests inject faults through it).
+  static Result<std::shared_ptr<Store>> Open(const std::string& dir, const StoreOptions& options,
+                                             Env* env);
 };
 using StoreImpl = StoreInternals::Impl;
 inline StoreImpl* ImplOf(const Store& store) { return StoreInternals::Get(store); }
