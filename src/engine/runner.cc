@@ -25,7 +25,7 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
 // The most bytes of text one token of `model` stands for (special tokens by their text, as the
 // tokenizer matches them). 0 when no bound holds: the Unigram (T5) normalizer folds runs of
 // whitespace, so there a text can be longer than all its tokens' texts.
-// One pass over the vocabulary (~10 ms for 128k tokens), so it is remembered per model content.
+// One pass over the vocabulary, so it is remembered per model content.
 size_t LongestTokenBytes(const Model& model) {
   static std::mutex mu;
   static std::map<std::string, size_t> known;

@@ -472,8 +472,8 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
 
   // The KV checksum, the one pass over the whole payload. With the file in the page cache it runs
   // on a second thread while this one creates the context, which needs no byte of the file. A cold
-  // file is read first, alone: read alongside context creation it took three times as long here
-  // (45 MiB: ~90 ms against ~28 ms). llama.cpp gets the payload only after the checksum matched.
+  // file is read first, alone (reading it alongside context creation is slower; PERFORMANCE.md).
+  // llama.cpp gets the payload only after the checksum matched.
   const size_t kv_offset = static_cast<size_t>(parsed->kv - file.data());
   std::future<Status> kv_checked;
   if (file.Resident(kv_offset, parsed->kv_size)) {

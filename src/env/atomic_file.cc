@@ -193,7 +193,7 @@ Status AtomicWriteFile(Env* env, const std::string& path,
   }
   if (status.ok() && Cancelled(options)) status = CancelledStatus(path);
   // The file being replaced stays open until a background thread closes it: the rename then only
-  // drops a name, and freeing a large file's blocks (~16 ms for 90 MiB) waits for nobody.
+  // drops a name, and freeing a large file's blocks waits for nobody.
   const int replaced = status.ok() ? env->OpenForBackgroundRelease(*target) : -1;
   if (status.ok()) status = env->RenameFile(temp, *target);
   Env::CloseInBackground(replaced);
