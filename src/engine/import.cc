@@ -1,4 +1,4 @@
-#include "engine/import.h"
+#include "kvstash/import.h"
 
 #include <algorithm>
 #include <cmath>
@@ -127,6 +127,13 @@ Status CheckLastCell(Session::Impl& s, const format::LlamaFile& file, const std:
 }
 
 }  // namespace
+}  // namespace kvstash::engine
+
+namespace kvstash {
+
+using engine::CheckLastCell;
+using engine::kMaxFileBytes;
+using engine::RestorePayload;
 
 Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> model,
                                                  const std::string& path,
@@ -188,4 +195,4 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
   return std::move(created.value());
 }
 
-}  // namespace kvstash::engine
+}  // namespace kvstash

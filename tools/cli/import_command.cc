@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/import.h"
+#include "kvstash/import.h"
 
 namespace kvstash::cli {
 
@@ -15,12 +15,12 @@ int RunImport(const ImportFlags& flags) {
   if (!usable.ok()) return Fail(usable);
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  engine::ImportOptions options;
+  ImportOptions options;
   options.n_ctx = flags.context.n_ctx.value_or(options.n_ctx);
   options.n_threads = flags.context.n_threads;
   options.n_batch = flags.context.n_batch.value_or(options.n_batch);
   options.n_ubatch = flags.context.n_ubatch.value_or(options.n_ubatch);
-  auto session = engine::ImportLlamaFile(*model, flags.input, options);
+  auto session = ImportLlamaFile(*model, flags.input, options);
   if (!session.ok()) return Fail(session.status());
   SaveOptions save;
   save.sync = !flags.no_sync;
