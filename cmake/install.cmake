@@ -81,6 +81,7 @@ install(TARGETS kvstash_shared kvstash_static EXPORT kvstashTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES include/kvstash/chat.h include/kvstash/import.h include/kvstash/kvstash.h
+              include/kvstash/messages.h
               include/kvstash/model.h
               include/kvstash/process.h
               include/kvstash/runner.h

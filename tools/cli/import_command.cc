@@ -10,8 +10,9 @@ namespace kvstash::cli {
 int RunImport(const ImportFlags& flags) {
   // The output is checked before the model loads, as for save: never the model or the input,
   // never a file that is not a session without --force.
-  Status usable = CheckSessionOutput(flags.output, flags.force, {flags.common.model, flags.input},
-                                     {"the model file", "the file to import"});
+  Status usable = CheckSessionOutput(
+      flags.output, flags.force,
+      {{flags.common.model, "the model file"}, {flags.input, "the file to import"}});
   if (!usable.ok()) return Fail(usable);
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
