@@ -80,7 +80,9 @@ install(TARGETS kvstash_shared kvstash_static EXPORT kvstashTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(FILES include/kvstash/chat.h include/kvstash/kvstash.h include/kvstash/model.h
+install(FILES include/kvstash/chat.h include/kvstash/import.h include/kvstash/kvstash.h
+              include/kvstash/messages.h
+              include/kvstash/model.h
               include/kvstash/process.h
               include/kvstash/runner.h
               include/kvstash/session.h include/kvstash/session_file.h include/kvstash/status.h

@@ -1,6 +1,7 @@
 /* The C API (include/kvstash/kvstash.h), from C: every function, its error paths, and warm ==
- * cold through the boundary. Usage: capi_test A.gguf B.gguf SCRATCH_DIR (tests/capi_test.sh makes
- * them; B has other weights of the same shape). */
+ * cold through the boundary. Usage: capi_test A.gguf B.gguf SCRATCH_DIR LLAMA_FILE
+ * (tests/capi_test.sh makes them; B has other weights of the same shape; LLAMA_FILE is a prompt
+ * cache that llama_state_save_file wrote with A, as llama-completion --prompt-cache does). */
 /* nftw, to find a chunk file of the store. */
 #define _XOPEN_SOURCE 700
 #include <ftw.h>
@@ -45,6 +46,7 @@ static int g_passed = 0;
 
 static const char* g_model_a;
 static const char* g_model_b;
+static const char* g_llama_file;
 static char g_dir[4096];
 
 static const char kPrefix[] =
@@ -504,6 +506,62 @@ static void TestInspect(const kvstash_model* model, const char* saved) {
   EXPECT_STATUS(kvstash_inspect(NULL, true, &info), KVSTASH_INVALID_ARGUMENT);
   EXPECT_STATUS(kvstash_inspect(saved, true, NULL), KVSTASH_INVALID_ARGUMENT);
   ASSERT(info == NULL);
+}
+
+/* kvstash_session_import: llama.cpp's own prompt cache becomes a session that continues as a cold
+ * session over the same tokens does, saves and opens as a kvstash file; refusals by status. */
+static void TestImport(const kvstash_model* model, const kvstash_model* other, const char* saved) {
+  kvstash_import_options options;
+  kvstash_import_options_init(&options, sizeof options);
+  ASSERT(options.size == sizeof options && options.n_ctx == 0 && options.n_threads == 0 &&
+         options.n_batch == 2048 && options.n_ubatch == 512);
+  options.n_ctx = 1024;
+  options.n_threads = 2;
+  kvstash_session* imported = NULL;
+  ASSERT_OK(kvstash_session_import(model, g_llama_file, &options, &imported));
+  ASSERT(imported != NULL && kvstash_session_n_ctx(imported) == 1024);
+  size_t n = 0;
+  const kvstash_token* held = kvstash_session_tokens(imported, &n);
+  ASSERT(n > 10);
+  kvstash_session* cold = NewSession(model, 1024);
+  ASSERT_OK(kvstash_session_append_tokens(cold, held, n));
+  kvstash_generation warm_text = Greedy(imported, 8);
+  kvstash_generation cold_text = Greedy(cold, 8);
+  ASSERT(strcmp(warm_text.text, cold_text.text) == 0);
+  kvstash_generation_clear(&warm_text);
+  kvstash_generation_clear(&cold_text);
+  kvstash_session_free(cold);
+  char path[4200];
+  PathIn(path, sizeof path, "imported.kvs");
+  ASSERT_OK(kvstash_session_save(imported, path, NULL));
+  kvstash_session_free(imported);
+  kvstash_session* reopened = NULL;
+  ASSERT_OK(kvstash_session_open(model, path, NULL, &reopened));
+  ASSERT(kvstash_session_n_ctx(reopened) == 1024);
+  kvstash_session_free(reopened);
+
+  kvstash_session* session = NULL;
+  ASSERT_OK(kvstash_session_import(model, g_llama_file, NULL, &session));
+  ASSERT(session != NULL && kvstash_session_n_ctx(session) == 4096);
+  kvstash_session_free(session);
+  session = NULL;
+  EXPECT_STATUS(kvstash_session_import(other, g_llama_file, NULL, &session), KVSTASH_INCOMPATIBLE);
+  ASSERT(strstr(kvstash_last_error(), "was not computed by model") != NULL);
+  PathIn(path, sizeof path, "missing.bin");
+  EXPECT_STATUS(kvstash_session_import(model, path, NULL, &session), KVSTASH_NOT_FOUND);
+  PathIn(path, sizeof path, "text.kvs");
+  EXPECT_STATUS(kvstash_session_import(model, path, NULL, &session), KVSTASH_INVALID_ARGUMENT);
+  EXPECT_STATUS(kvstash_session_import(model, saved, NULL, &session), KVSTASH_INVALID_ARGUMENT);
+  ASSERT(strstr(kvstash_last_error(), "already a kvstash session") != NULL);
+  EXPECT_STATUS(kvstash_session_import(NULL, g_llama_file, NULL, &session),
+                KVSTASH_INVALID_ARGUMENT);
+  EXPECT_STATUS(kvstash_session_import(model, NULL, NULL, &session), KVSTASH_INVALID_ARGUMENT);
+  ASSERT(strstr(kvstash_last_error(), "path") != NULL);
+  EXPECT_STATUS(kvstash_session_import(model, g_llama_file, NULL, NULL), KVSTASH_INVALID_ARGUMENT);
+  options.size = 0;
+  EXPECT_STATUS(kvstash_session_import(model, g_llama_file, &options, &session),
+                KVSTASH_INVALID_ARGUMENT);
+  ASSERT(session == NULL);
 }
 
 static void TestSessionNullArguments(kvstash_session* session) {
@@ -1118,12 +1176,13 @@ static void TestSigbusGuardOff(const kvstash_model* model, const char* saved) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s A.gguf B.gguf SCRATCH_DIR\n", argv[0]);
+  if (argc != 5) {
+    fprintf(stderr, "usage: %s A.gguf B.gguf SCRATCH_DIR LLAMA_FILE\n", argv[0]);
     return 2;
   }
   g_model_a = argv[1];
   g_model_b = argv[2];
+  g_llama_file = argv[4];
   ASSERT(strlen(argv[3]) < sizeof g_dir);
   strcpy(g_dir, argv[3]);
   TestBasics();
@@ -1141,6 +1200,7 @@ int main(int argc, char** argv) {
   TestWarmEqualsCold(model, saved);
   TestOpenErrors(model, other, saved);
   TestInspect(model, saved);
+  TestImport(model, other, saved);
   kvstash_session* session = NewSession(model, 256);
   TestSessionNullArguments(session);
   kvstash_session_free(session);

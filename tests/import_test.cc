@@ -1,7 +1,7 @@
 // `kvstash import`: llama.cpp's own state files, written here through llama.cpp's API exactly as
 // its programs write them, become kvstash sessions that continue bit-identically to a cold run;
 // broken, foreign and hostile files are refused with a Status naming the file, never a crash.
-#include "engine/import.h"
+#include "kvstash/import.h"
 
 #include <cstring>
 #include <functional>
@@ -86,7 +86,7 @@ class ImportTest : public ::testing::Test {
   // import + Save + Open + Append(kSuffix) against a cold session that appended the prompt in
   // the writer's groups, then kSuffix: logits bit for bit, then greedy text.
   static void ExpectWarmEqualsCold(const std::string& file, const WriterOptions& w) {
-    auto imported = engine::ImportLlamaFile(TinyModel(), file);
+    auto imported = ImportLlamaFile(TinyModel(), file);
     ASSERT_TRUE(imported.ok()) << imported.status().ToString();
     const std::string kvs = file + ".kvs";
     ASSERT_TRUE((*imported)->Save(kvs).ok());
@@ -124,7 +124,7 @@ class ImportTest : public ::testing::Test {
                               std::shared_ptr<Model> model = TinyModel()) {
     const std::string path = Path("hostile.bin");
     WriteFile(path, bytes);
-    auto imported = engine::ImportLlamaFile(model, path);
+    auto imported = ImportLlamaFile(model, path);
     EXPECT_FALSE(imported.ok()) << what;
     if (imported.ok()) return Status::Ok();
     EXPECT_NE(imported.status().message().find(path), std::string::npos)
@@ -174,7 +174,7 @@ TEST_F(ImportTest, QuantizedCache) {
 TEST_F(ImportTest, ExportedSessionPassesInspectAndVerify) {
   WriterOptions w;
   Write(w, "inspect");
-  auto imported = engine::ImportLlamaFile(TinyModel(), Path("inspect.qsgg"));
+  auto imported = ImportLlamaFile(TinyModel(), Path("inspect.qsgg"));
   ASSERT_TRUE(imported.ok()) << imported.status().ToString();
   ASSERT_TRUE((*imported)->Save(Path("inspect.kvs")).ok());
   auto info = InspectSessionFile(Path("inspect.kvs"));
@@ -300,7 +300,7 @@ TEST_F(ImportTest, SeveralSequencesAreRefusedByCount) {
   Status s = ExpectRefused(ReadFile(Path("two.nsgg")), "two sequences");
   EXPECT_NE(s.message().find("2 sequences"), std::string::npos) << s.message();
   // Its sequence file holds sequence 0 alone (shared cells are written for that sequence only).
-  auto imported = engine::ImportLlamaFile(TinyModel(), Path("two.qsgg"));
+  auto imported = ImportLlamaFile(TinyModel(), Path("two.qsgg"));
   EXPECT_TRUE(imported.ok()) << imported.status().ToString();
 }
 

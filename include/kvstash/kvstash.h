@@ -1,7 +1,7 @@
 /* kvstash's C API: persist and reuse an LLM prompt's KV cache from any language.
  *
- * A thin layer over the C++ API (kvstash/model.h, session.h, store.h, session_file.h); the
- * comments there say what each operation does in full. This header says what crosses the
+ * A thin layer over the C++ API (kvstash/model.h, session.h, store.h, session_file.h, import.h);
+ * the comments there say what each operation does in full. This header says what crosses the
  * boundary and who owns what.
  *
  * Errors. Every call that can fail returns a kvstash_status. KVSTASH_OK is 0. On failure, the
@@ -251,6 +251,26 @@ KVSTASH_API kvstash_status kvstash_session_open(const kvstash_model* model, cons
                                                 const kvstash_open_options* options,
                                                 kvstash_session** out);
 KVSTASH_API void kvstash_session_free(kvstash_session* session);
+
+/* llama.cpp's files record no context parameter: these are the ones the session gets. The cache
+ * types and flash attention come from the file. */
+typedef struct kvstash_import_options {
+  uint32_t size;
+  uint32_t n_ctx;    /* 0: 4096, or the tokens held plus one rounded up to 256 when that is more */
+  int32_t n_threads; /* 0: all cores */
+  uint32_t n_batch;  /* 2048 */
+  uint32_t n_ubatch; /* 512 */
+} kvstash_import_options;
+KVSTASH_API void kvstash_import_options_init(kvstash_import_options* options, size_t size);
+/* A session holding what one of llama.cpp's own state files holds (llama_state_save_file's, e.g.
+ * llama-completion's --prompt-cache, or llama_state_seq_save_file's), after every check a session
+ * file gets and a decode of its last token that must reproduce the file's last cell: a cache from
+ * another model is refused (KVSTASH_INCOMPATIBLE), as is a model that keeps a sliding window or a
+ * recurrent state. kvstash_session_save then writes a kvstash session (kvstash/import.h).
+ * options may be NULL. */
+KVSTASH_API kvstash_status kvstash_session_import(const kvstash_model* model, const char* path,
+                                                  const kvstash_import_options* options,
+                                                  kvstash_session** out);
 
 /* Decodes text (len bytes; the first text of an empty session gets BOS; special tokens in it are
  * parsed, see kvstash_model_tokenize) or tokens after what the session holds. On failure the

@@ -87,6 +87,20 @@ struct SaveOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
+// A file a save must never replace, whatever name the destination gives it.
+struct ProtectedFile {
+  std::string path;
+  std::string name;  // how messages call it, e.g. "the prefix file"
+};
+
+// Refuses, without writing anything, a destination that Session::Save would refuse whatever the
+// session (not a regular file; an existing file that is not a kvstash session, unless
+// options.replace_any) or that is one of `protected_files` under any name (same device and
+// inode): for callers that want to fail before loading a model or decoding a prompt. Follows
+// symbolic links as Save does. Of `options`, only replace_any and env are read.
+Status CheckSaveDestination(const std::string& path, const SaveOptions& options = {},
+                            const std::vector<ProtectedFile>& protected_files = {});
+
 struct SampleOptions {
   int32_t n_predict = 128;        // < 0: until end of generation or a full context
   float temp = 0.0f;              // <= 0: greedy

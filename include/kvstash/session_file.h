@@ -63,6 +63,38 @@ struct SessionMeta {
   std::string preview;  // the first tokens as text, for inspect
 };
 
+// One attention part of the KV payload: cells of consecutive positions.
+struct SessionKvPart {
+  uint32_t cells = 0;
+  int32_t first_pos = 0;  // the cells hold positions first_pos .. first_pos + cells - 1
+  uint64_t bytes = 0;     // the part's own bytes, its headers included
+};
+
+// The recurrent part of the KV payload: one cell, whose state is R records (one per layer with a
+// state) and as many S records or none.
+struct SessionRecurrentPart {
+  int32_t pos = -1;  // the cell's position: the sequence's last
+  uint32_t r_records = 0;
+  uint64_t r_row_bytes = 0;
+  uint32_t s_records = 0;
+  uint64_t s_row_bytes = 0;
+  uint64_t bytes = 0;  // the part's own bytes, its headers included
+};
+
+// The memory a session file holds (docs/FORMAT.md, "The KV payload"), as `kvstash inspect` shows
+// it. A part the kind does not have is left empty and its has_* is false.
+struct SessionMemoryInfo {
+  std::string kind;         // "kv", "iswa", "recurrent" or "hybrid" (SessionMeta::memory_kind 0..3)
+  std::string parts;        // each part, its cells, positions and size, for people
+  std::string reuse;        // what a later prompt can reuse of it, for people
+  bool has_kv = false;      // kv; iswa: the full-attention layers; hybrid: the attention layers
+  bool has_window = false;  // iswa: the sliding-window layers' last SessionMeta::n_swa tokens
+  bool has_recurrent = false;  // recurrent, hybrid
+  SessionKvPart kv;
+  SessionKvPart window;
+  SessionRecurrentPart recurrent;
+};
+
 struct SessionFileInfo {
   std::string path;
   uint32_t format_version = 0;
@@ -73,6 +105,7 @@ struct SessionFileInfo {
   uint64_t kv_bytes = 0;
   uint64_t logits_bytes = 0;
   bool checksums_verified = false;  // all section checksums were computed and matched
+  SessionMemoryInfo memory;         // from the walked KV payload
 };
 
 // Reads and checks a session file's structure (and checksums when `verify_checksums`), without a

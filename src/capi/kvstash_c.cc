@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kvstash/import.h"
 #include "kvstash/kvstash.h"
 #include "kvstash/model.h"
 #include "kvstash/process.h"
@@ -697,6 +698,45 @@ kvstash_status kvstash_session_open(const kvstash_model* model, const char* path
     kvstash::OpenOptions oo;
     if (kvstash_status s = ReadOpenOptions(kFn, options, &oo)) return s;
     auto session = kvstash::Session::Open(model->model, path, oo);
+    if (!session.ok()) return FromStatus(session.status());
+    *out = NewSessionHandle(std::move(*session));
+    return KVSTASH_OK;
+  });
+}
+
+void kvstash_import_options_init(kvstash_import_options* options, size_t size) {
+  const kvstash::ImportOptions cpp;
+  kvstash_import_options d{};
+  d.n_ctx = cpp.n_ctx;
+  d.n_threads = cpp.n_threads;
+  d.n_batch = cpp.n_batch;
+  d.n_ubatch = cpp.n_ubatch;
+  FillDefaults(options, size, &d);
+}
+
+kvstash_status kvstash_session_import(const kvstash_model* model, const char* path,
+                                      const kvstash_import_options* options,
+                                      kvstash_session** out) {
+  constexpr const char* kFn = "kvstash_session_import";
+  return Guard(kFn, [&] {
+    if (model == nullptr) return Null(kFn, "model");
+    if (path == nullptr) return Null(kFn, "path");
+    if (out == nullptr) return Null(kFn, "out");
+    if (kvstash_status s = CheckSize(kFn, options)) return s;
+    kvstash_import_options o;
+    kvstash_import_options_init(&o, sizeof o);
+    if (options != nullptr) {
+      KVSTASH_READ_FIELD(o, options, n_ctx);
+      KVSTASH_READ_FIELD(o, options, n_threads);
+      KVSTASH_READ_FIELD(o, options, n_batch);
+      KVSTASH_READ_FIELD(o, options, n_ubatch);
+    }
+    kvstash::ImportOptions io;
+    io.n_ctx = o.n_ctx;
+    io.n_threads = o.n_threads;
+    io.n_batch = o.n_batch;
+    io.n_ubatch = o.n_ubatch;
+    auto session = kvstash::ImportLlamaFile(model->model, path, io);
     if (!session.ok()) return FromStatus(session.status());
     *out = NewSessionHandle(std::move(*session));
     return KVSTASH_OK;

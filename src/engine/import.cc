@@ -1,4 +1,4 @@
-#include "engine/import.h"
+#include "kvstash/import.h"
 
 #include <algorithm>
 #include <cmath>
@@ -129,6 +129,13 @@ Status CheckLastCell(SessionInternals::Impl& s, const format::LlamaFile& file,
 }
 
 }  // namespace
+}  // namespace kvstash::engine
+
+namespace kvstash {
+
+using engine::CheckLastCell;
+using engine::kMaxFileBytes;
+using engine::RestorePayload;
 
 Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> model,
                                                  const std::string& path,
@@ -190,4 +197,4 @@ Result<std::unique_ptr<Session>> ImportLlamaFile(std::shared_ptr<const Model> mo
   return std::move(created.value());
 }
 
-}  // namespace kvstash::engine
+}  // namespace kvstash

@@ -1,29 +1,18 @@
-// What `kvstash inspect` shows of a session's memory beyond SessionFileInfo: the kind, the parts
-// of its KV payload with their sizes, and what a later prompt can reuse of it. No llama.h.
+// The memory of a walked KV payload as kvstash::SessionMemoryInfo (kvstash/session_file.h), for
+// InspectSessionFile. No llama.h.
 #ifndef KVSTASH_ENGINE_INSPECT_H_
 #define KVSTASH_ENGINE_INSPECT_H_
 
-#include <string>
+#include <cstdint>
 
 #include "format/llama_state.h"
 #include "kvstash/session_file.h"
-#include "kvstash/status.h"
 
 namespace kvstash::engine {
 
-// kvstash::InspectSessionFile that also gives the walked KV payload (format/llama_state.h), from
-// the same read of the file as everything else it returns.
-Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums,
-                                           format::SeqLayout* layout);
-
-struct SessionMemory {
-  format::SeqLayout layout;  // the walked KV payload
-  std::string parts;         // DescribeParts(layout)
-  std::string reuse;         // ReuseRule(kind, n_swa)
-};
-
-// The memory of the session file `info` describes, whose payload walked as `layout`.
-SessionMemory DescribeSessionMemory(const SessionFileInfo& info, const format::SeqLayout& layout);
+// The kind, parts and reuse rule of the payload walked as `layout`, whose model's window is
+// `n_swa` tokens (iSWA only).
+SessionMemoryInfo DescribeSessionMemory(const format::SeqLayout& layout, int32_t n_swa);
 
 }  // namespace kvstash::engine
 

@@ -536,11 +536,6 @@ void Session::SetCancelFlag(const std::atomic<bool>* cancel) {
 }
 
 Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_checksums) {
-  return engine::InspectSessionFile(path, verify_checksums, nullptr);
-}
-
-Result<SessionFileInfo> engine::InspectSessionFile(const std::string& path, bool verify_checksums,
-                                                   format::SeqLayout* layout) {
   // Without a model there is no tight bound; 64 GiB covers any context of any model kvstash runs.
   // The file is held still like Open's, so what is printed comes from one version of the file.
   auto opened = Env::Default()->OpenStableFile(path, uint64_t{64} << 30, HeadCheck(path));
@@ -565,7 +560,7 @@ Result<SessionFileInfo> engine::InspectSessionFile(const std::string& path, bool
   info.kv_bytes = parsed->kv_size;
   info.logits_bytes = parsed->logits.size() * sizeof(float);
   info.checksums_verified = parsed->checksums_verified;
-  if (layout != nullptr) *layout = parsed->layout;
+  info.memory = engine::DescribeSessionMemory(parsed->layout, parsed->meta.n_swa);
   return info;
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "kvstash/messages.h"  // ErrnoText
 #include "kvstash/status.h"
 
 namespace kvstash {
@@ -84,15 +85,14 @@ class StableFile {
   virtual bool Intact() const = 0;
 };
 
-// A large scratch buffer backed by transparent huge pages where the kernel offers them. Filling
-// 90 MiB of fresh 4 KiB pages costs ~23k page faults, which on the VMs we measured took longer
-// than the copy itself (55 ms vs 7 ms); 2 MiB pages make it ~45 faults.
+// A large scratch buffer backed by transparent huge pages where the kernel offers them: 2 MiB pages
+// take 512 times fewer page faults to fill than 4 KiB pages.
 class LargeBuffer {
  public:
   // Empty on allocation failure (check data() != nullptr). huge_pages = false leaves the pages to
   // the kernel's default: where THP is "madvise"d, asking for huge pages makes a fault compact
-  // memory on the spot, which stalled llama.cpp's context creation on the other thread by 40-80 ms
-  // (Session::Create through a store fetches chunks meanwhile).
+  // memory on the spot, which stalls other threads (for a buffer filled while llama.cpp creates a
+  // context, pass false).
   explicit LargeBuffer(size_t size, bool huge_pages = true);
   ~LargeBuffer();
   LargeBuffer(const LargeBuffer&) = delete;
@@ -220,8 +220,8 @@ class Env {
   Status SyncDir(const std::string& dir);
   Result<std::vector<std::string>> ListDir(const std::string& dir);
   // Opens `path` read-only (-1 if it cannot be opened) so that a file about to lose its last name
-  // keeps its blocks until CloseInBackground: freeing a replaced large session's blocks (~16 ms for
-  // 90 MiB here) then happens off the caller's path.
+  // keeps its blocks until CloseInBackground: freeing a replaced large session's blocks then
+  // happens off the caller's path.
   int OpenForBackgroundRelease(const std::string& path);
   // Closes `fd` on a background thread (nothing for -1). Uses the POSIX call directly: the close
   // may outlive a test's Syscalls.
@@ -242,8 +242,6 @@ class Env {
 // "dir" of "dir/name", "." for a bare name.
 std::string DirName(const std::string& path);
 std::string BaseName(const std::string& path);
-// strerror(errno) with the errno name, e.g. "No space left on device (ENOSPC)".
-std::string ErrnoText(int err);
 
 }  // namespace kvstash
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "format/session_format.h"
+#include "kvstash/messages.h"
 
 namespace kvstash::format {
 namespace {
@@ -267,3 +268,5 @@ Status CheckPayloadMatchesMeta(const SessionMeta& meta, const SeqLayout& layout,
 }
 
 }  // namespace kvstash::format
+
+std::string kvstash::PrintableText(std::string_view text) { return format::Printable(text); }

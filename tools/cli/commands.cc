@@ -16,11 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/inspect.h"
-#include "env/atomic_file.h"
-#include "env/env.h"
-#include "format/meta_check.h"
-#include "format/session_format.h"
+#include "kvstash/messages.h"
 #include "kvstash/process.h"
 #include "kvstash/session_file.h"
 #include "llama_flags.h"
@@ -398,24 +394,24 @@ std::vector<Token> FirstTokens(const SessionFileInfo& info) {
 
 // The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
 // included; a kind's missing parts are left out.
-json MemoryJson(const SessionMeta& m, const engine::SessionMemory& memory) {
-  const format::SeqLayout& l = memory.layout;
-  auto kv_part = [](const format::KvLayout& kv) {
-    return json{{"cells", kv.cell_count}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
+json MemoryJson(const SessionMeta& m, const SessionMemoryInfo& memory) {
+  auto kv_part = [](const SessionKvPart& kv) {
+    return json{{"cells", kv.cells}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
   };
-  json mem = {{"kind", format::MemoryKindName(l.kind)}, {"reuse", memory.reuse}};
-  if (l.kind == format::MemoryKind::kIswa) mem["n_swa"] = m.n_swa;
-  if (l.kind != format::MemoryKind::kRecurrent) mem["kv"] = kv_part(l.kv);
-  if (l.kind == format::MemoryKind::kIswa) mem["window"] = kv_part(l.swa);
-  if (l.kind == format::MemoryKind::kRecurrent || l.kind == format::MemoryKind::kHybrid) {
-    mem["recurrent"] = {{"bytes", l.rs.bytes},   {"pos", l.rs.pos},
-                        {"r_records", l.rs.n_r}, {"r_row_bytes", l.rs.r_row_bytes},
-                        {"s_records", l.rs.n_s}, {"s_row_bytes", l.rs.s_row_bytes}};
+  json mem = {{"kind", memory.kind}, {"reuse", memory.reuse}};
+  if (memory.has_window) mem["n_swa"] = m.n_swa;
+  if (memory.has_kv) mem["kv"] = kv_part(memory.kv);
+  if (memory.has_window) mem["window"] = kv_part(memory.window);
+  if (memory.has_recurrent) {
+    const SessionRecurrentPart& rs = memory.recurrent;
+    mem["recurrent"] = {{"bytes", rs.bytes},         {"pos", rs.pos},
+                        {"r_records", rs.r_records}, {"r_row_bytes", rs.r_row_bytes},
+                        {"s_records", rs.s_records}, {"s_row_bytes", rs.s_row_bytes}};
   }
   return mem;
 }
 
-json InspectJson(const SessionFileInfo& info, const engine::SessionMemory& memory) {
+json InspectJson(const SessionFileInfo& info) {
   const SessionMeta& m = info.meta;
   return {{"path", info.path},
           {"format_version", info.format_version},
@@ -451,22 +447,21 @@ json InspectJson(const SessionFileInfo& info, const engine::SessionMemory& memor
           {"n_tokens", m.n_tokens},
           {"first_tokens", FirstTokens(info)},
           {"preview", m.preview},
-          {"memory", MemoryJson(m, memory)}};
+          {"memory", MemoryJson(m, info.memory)}};
 }
 
-void PrintInspect(const SessionFileInfo& info, const engine::SessionMemory& memory) {
+void PrintInspect(const SessionFileInfo& info) {
   const SessionMeta& m = info.meta;
-  const format::SeqLayout& l = memory.layout;
+  const SessionMemoryInfo& memory = info.memory;
   std::printf("session      %s\n", info.path.c_str());
   std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info.format_version,
               info.min_reader_version, static_cast<unsigned long long>(info.file_size),
               info.checksums_verified ? "ok" : "not verified");
   // Strings from the file reach a terminal only escaped (no control sequences).
-  std::printf("written by   %s, llama.cpp %s (state v%u)\n", format::Printable(m.writer).c_str(),
-              format::Printable(m.llama_build).c_str(), m.llama_state_version);
-  std::printf("model        %s (%s), fingerprint %s\n",
-              format::Printable(m.model_description).c_str(),
-              format::Printable(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
+  std::printf("written by   %s, llama.cpp %s (state v%u)\n", PrintableText(m.writer).c_str(),
+              PrintableText(m.llama_build).c_str(), m.llama_state_version);
+  std::printf("model        %s (%s), fingerprint %s\n", PrintableText(m.model_description).c_str(),
+              PrintableText(m.model_arch).c_str(), m.model_fingerprint.Hex().c_str());
   std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
               m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
   std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
@@ -474,8 +469,8 @@ void PrintInspect(const SessionFileInfo& info, const engine::SessionMemory& memo
               m.flash_attn ? "on" : "off");
   std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info.kv_bytes / 1048576.0,
               m.has_logits ? "stored" : "none");
-  std::printf("memory       %s", format::MemoryKindName(l.kind));
-  if (l.kind == format::MemoryKind::kIswa) std::printf(", window of %d tokens", m.n_swa);
+  std::printf("memory       %s", memory.kind.c_str());
+  if (memory.has_window) std::printf(", window of %d tokens", m.n_swa);
   std::printf(": %s\n", memory.parts.c_str());
   std::printf("reuse        %s\n", memory.reuse.c_str());
   std::printf("first tokens");
@@ -579,15 +574,10 @@ Result<std::shared_ptr<Store>> OpenStore(const StoreFlags& flags, bool create) {
 }
 
 Status CheckSessionOutput(const std::string& output, bool force,
-                          const std::vector<std::string>& protected_paths,
-                          const std::vector<std::string>& protected_names) {
-  AtomicWriteOptions destination;
-  destination.required_magic =
-      std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
-  destination.replace_any = force;
-  destination.protected_paths = protected_paths;
-  destination.protected_names = protected_names;
-  return CheckDestination(Env::Default(), output, destination);
+                          const std::vector<ProtectedFile>& protected_files) {
+  SaveOptions options;
+  options.replace_any = force;
+  return CheckSaveDestination(output, options, protected_files);
 }
 
 int FinishStdout(int rc) {
@@ -620,13 +610,9 @@ int RunSave(const SaveFlags& flags) {
   if (!opened.ok()) return Fail(opened.status());
   const std::shared_ptr<Store> store = std::move(opened.value());
   if (flags.output.empty()) return RunPublish(flags, *store);
-  std::vector<std::string> protected_paths = {flags.common.model};
-  std::vector<std::string> protected_names = {"the model file"};
-  if (flags.prefix_file) {
-    protected_paths.push_back(*flags.prefix_file);
-    protected_names.push_back("the prefix file");
-  }
-  Status usable = CheckSessionOutput(flags.output, flags.force, protected_paths, protected_names);
+  std::vector<ProtectedFile> protected_files = {{flags.common.model, "the model file"}};
+  if (flags.prefix_file) protected_files.push_back({*flags.prefix_file, "the prefix file"});
+  Status usable = CheckSessionOutput(flags.output, flags.force, protected_files);
   if (!usable.ok()) return Fail(usable);
   auto prefix = SavePrefixText(flags);
   if (!prefix.ok()) return Fail(prefix.status());
@@ -679,14 +665,12 @@ int RunRun(const RunFlags& flags) {
 }
 
 int RunInspect(const InspectFlags& flags) {
-  format::SeqLayout layout;
-  auto info = engine::InspectSessionFile(flags.session, /*verify_checksums=*/true, &layout);
+  auto info = InspectSessionFile(flags.session, /*verify_checksums=*/true);
   if (!info.ok()) return Fail(info.status());
-  const auto memory = engine::DescribeSessionMemory(*info, layout);
   if (flags.json) {
-    std::cout << Dump(InspectJson(*info, memory)) << "\n";
+    std::cout << Dump(InspectJson(*info)) << "\n";
   } else {
-    PrintInspect(*info, memory);
+    PrintInspect(*info);
   }
   return 0;
 }
@@ -784,7 +768,7 @@ int CacheStats(const CacheFlags& flags, const Store& store) {
   for (const auto& ns : stats->namespaces) {
     std::printf("  %s  %llu chunks, %.1f MiB  %s\n", ns.hash.substr(0, 16).c_str(),
                 static_cast<unsigned long long>(ns.chunks), ns.bytes / 1048576.0,
-                format::Printable(ns.summary).c_str());
+                PrintableText(ns.summary).c_str());
   }
   return 0;
 }
@@ -843,7 +827,7 @@ int CacheVerify(const CacheFlags& flags, const Store& store) {
                       {"bad", report->bad}}) +
                 "\n");
   } else {
-    for (const auto& bad : report->bad) std::printf("bad: %s\n", format::Printable(bad).c_str());
+    for (const auto& bad : report->bad) std::printf("bad: %s\n", PrintableText(bad).c_str());
     std::printf("%s: %llu chunks ok, %zu bad\n", ok ? "ok" : "damaged",
                 static_cast<unsigned long long>(report->chunks_ok), report->bad.size());
   }

@@ -127,11 +127,10 @@ Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags);
 // The prefix store of --cache-dir (or $KVSTASH_CACHE_DIR) with its chunk size, budget and Redis
 // tier; null without a directory. Its warnings go to stderr as "warning: ...".
 Result<std::shared_ptr<Store>> OpenStore(const StoreFlags& flags, bool create);
-// Refuses `output` for a session file, before the model loads: one of `protected_paths` (named by
-// `protected_names`), or without `force` a file that is not a session.
+// Refuses `output` for a session file, before the model loads: one of `protected_files`, or
+// without `force` a file that is not a session (CheckSaveDestination).
 Status CheckSessionOutput(const std::string& output, bool force,
-                          const std::vector<std::string>& protected_paths,
-                          const std::vector<std::string>& protected_names);
+                          const std::vector<ProtectedFile>& protected_files);
 // "512M" -> 536870912 (K, M, G, T: powers of 1024); InvalidArgument naming `flag` otherwise.
 Result<uint64_t> ParseByteCount(const std::string& text, const char* flag);
 std::string VersionText();

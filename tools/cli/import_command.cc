@@ -3,24 +3,25 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/import.h"
+#include "kvstash/import.h"
 
 namespace kvstash::cli {
 
 int RunImport(const ImportFlags& flags) {
   // The output is checked before the model loads, as for save: never the model or the input,
   // never a file that is not a session without --force.
-  Status usable = CheckSessionOutput(flags.output, flags.force, {flags.common.model, flags.input},
-                                     {"the model file", "the file to import"});
+  Status usable = CheckSessionOutput(
+      flags.output, flags.force,
+      {{flags.common.model, "the model file"}, {flags.input, "the file to import"}});
   if (!usable.ok()) return Fail(usable);
   auto model = LoadModel(flags.common);
   if (!model.ok()) return Fail(model.status());
-  engine::ImportOptions options;
+  ImportOptions options;
   options.n_ctx = flags.context.n_ctx.value_or(options.n_ctx);
   options.n_threads = flags.context.n_threads;
   options.n_batch = flags.context.n_batch.value_or(options.n_batch);
   options.n_ubatch = flags.context.n_ubatch.value_or(options.n_ubatch);
-  auto session = engine::ImportLlamaFile(*model, flags.input, options);
+  auto session = ImportLlamaFile(*model, flags.input, options);
   if (!session.ok()) return Fail(session.status());
   SaveOptions save;
   save.sync = !flags.no_sync;
