@@ -326,15 +326,8 @@ Status SessionInternals::Save(Session& session, const std::string& path, const S
   const SessionMeta meta = s.MetaForSave(*layout);
   const uint64_t kv_sum = format::SectionChecksum(kv.data(), size, 2);
   const std::string prefix = format::EncodeFilePrefix(meta, s.tokens(), s.logits, size, kv_sum);
-  AtomicWriteOptions write_options;
-  write_options.sync = options.sync;
-  write_options.progress = options.progress;
-  write_options.cancel = options.cancel;
-  write_options.required_magic =
-      std::string_view(reinterpret_cast<const char*>(format::kMagic), sizeof(format::kMagic));
-  write_options.replace_any = options.replace_any;
-  write_options.protected_paths = {s.model().path()};
-  write_options.protected_names = {"the model file"};
+  const AtomicWriteOptions write_options =
+      SessionWriteOptions(options, {{s.model().path(), "the model file"}});
   return AtomicWriteFile(env, path,
                          {prefix, std::string_view(reinterpret_cast<const char*>(kv.data()), size)},
                          write_options);

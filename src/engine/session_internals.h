@@ -10,6 +10,12 @@
 namespace kvstash {
 
 class Env;
+struct AtomicWriteOptions;
+
+// How a session file is written for `options`: atomically, refusing to replace what is not a
+// kvstash session (unless replace_any) and any of `protected_files` (engine/save_destination.cc).
+AtomicWriteOptions SessionWriteOptions(const SaveOptions& options,
+                                       const std::vector<ProtectedFile>& protected_files);
 
 struct SessionInternals {
   static llama_context* Context(Session& session);
