@@ -181,7 +181,7 @@ TEST_F(ImportTest, ExportedSessionPassesInspectAndVerify) {
   ASSERT_TRUE(info.ok()) << info.status().ToString();
   EXPECT_EQ(info->tokens, Prompt());
   EXPECT_FALSE(info->meta.flash_attn);
-  EXPECT_EQ(info->meta.type_k_name, "f16");
+  EXPECT_EQ(info->meta.type_k, "f16");
 }
 
 // Every prefix of both files is refused by the parser (no model needed), and a sample by import.

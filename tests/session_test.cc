@@ -257,8 +257,8 @@ TEST_F(SessionTest, QuantizedCacheSessionsRoundTrip) {
   ExpectWarmEqualsColdWith(options, path, kPrompts[2]);
   auto info = InspectSessionFile(path);
   ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->meta.type_k_name, "q8_0");
-  EXPECT_EQ(info->meta.type_v_name, "q8_0");
+  EXPECT_EQ(info->meta.type_k, "q8_0");
+  EXPECT_EQ(info->meta.type_v, "q8_0");
 }
 
 TEST_F(SessionTest, FlashAttentionOffSessionsRoundTrip) {
@@ -277,7 +277,7 @@ TEST_F(SessionTest, InspectReadsBackWhatWasSaved) {
   EXPECT_EQ(info->meta.n_tokens, saved_tokens_->size());
   EXPECT_EQ(info->meta.model_fingerprint, TinyModel()->fingerprint());
   EXPECT_EQ(info->meta.n_vocab, TinyModel()->n_vocab());
-  EXPECT_EQ(info->meta.type_k_name, "f16");
+  EXPECT_EQ(info->meta.type_k, "f16");
   EXPECT_TRUE(info->meta.flash_attn);
   EXPECT_TRUE(info->meta.has_logits);
   EXPECT_GE(info->meta.n_ctx, 4096u);

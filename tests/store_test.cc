@@ -135,7 +135,7 @@ class StoreTest : public ::testing::Test {
 };
 
 // The text of a context of `model` described as "m".
-std::string Text(const format::ModelFacts& model, const SessionMeta& p, bool v_trans,
+std::string Text(const format::ModelFacts& model, const format::SessionMeta& p, bool v_trans,
                  uint32_t chunk, const char* build) {
   return store::NamespaceText({model, "m", p, v_trans, chunk, build, {}});
 }
@@ -147,7 +147,7 @@ TEST(NamespaceTextTest, CoversWhatDecidesTheKvBytes) {
   model.arch = "llama";
   model.n_layer = 2;
   model.llama_state_version = 3;
-  SessionMeta p;
+  format::SessionMeta p;
   p.n_ctx = 4096;
   p.n_batch = 2048;
   p.n_ubatch = 512;
@@ -160,7 +160,7 @@ TEST(NamespaceTextTest, CoversWhatDecidesTheKvBytes) {
   differs(Text(model, p, true, 256, "b1"), "V layout");
   differs(Text(model, p, false, 128, "b1"), "chunk size");
   differs(Text(model, p, false, 256, "b2"), "llama.cpp build");
-  SessionMeta q = p;
+  format::SessionMeta q = p;
   q.type_k = 8;
   differs(Text(model, q, false, 256, "b1"), "K type");
   q = p;

@@ -12,16 +12,17 @@
 
 namespace kvstash {
 
-// The META section: everything that decides whether the KV bytes are valid for a context, and
-// what is needed to re-create that context. Field numbers (docs/FORMAT.md) never change meaning.
-struct SessionMeta {
+// What a session file records (its META section), by name: who wrote it, the model, the context
+// the KV cache was computed in, and the sequence. For people and tools (`kvstash inspect`); the
+// bytes themselves are docs/FORMAT.md's.
+struct SessionInfo {
   // Who wrote it.
-  std::string writer;                // "kvstash 0.1.0"
+  std::string writer;                // e.g. "kvstash 0.2.0"
   std::string llama_build;           // llama.cpp commit the KV bytes came from
-  uint32_t llama_state_version = 0;  // LLAMA_STATE_SEQ_VERSION of that build
+  uint32_t llama_state_version = 0;  // llama.cpp's sequence-state version of that build
   // The model.
   ModelFingerprint model_fingerprint;
-  std::string model_description;  // llama_model_desc, for messages
+  std::string model_description;  // llama.cpp's description, for messages
   std::string model_arch;         // general.architecture
   uint64_t model_n_params = 0;
   int32_t n_vocab = 0;
@@ -33,22 +34,19 @@ struct SessionMeta {
   int32_t n_embd_v_gqa = 0;
   int32_t n_swa = 0;
   int32_t n_ctx_train = 0;
-  // The kind of memory the model keeps per sequence, which decides the KV payload's layout
-  // (docs/FORMAT.md, "The KV payload"): 0 attention KV cache, 1 interleaved sliding-window
-  // attention, 2 recurrent, 3 hybrid (attention and recurrent layers).
-  uint32_t memory_kind = 0;
+  // The memory the model keeps per sequence: "kv" (attention KV cache), "iswa" (interleaved
+  // sliding-window attention), "recurrent", "hybrid" (attention and recurrent layers).
+  std::string memory_kind;
   // The context the KV cache was computed in.
   uint32_t n_ctx = 0;
   uint32_t n_batch = 0;
   uint32_t n_ubatch = 0;
   uint32_t n_seq_max = 1;
-  int32_t type_k = 0;  // ggml_type
-  int32_t type_v = 0;
-  std::string type_k_name;
-  std::string type_v_name;
-  bool flash_attn = false;  // decides the V layout (transposed without flash attention)
-  int32_t rope_scaling_type = 0;
-  float rope_freq_base = 0;  // as resolved by the context (0 in params means "from model")
+  std::string type_k;  // cache types by llama.cpp's names: "f16", "q8_0", ...
+  std::string type_v;
+  bool flash_attn = false;   // decides the V layout (transposed without flash attention)
+  std::string rope_scaling;  // "unspecified", "none", "linear", "yarn", "longrope"
+  float rope_freq_base = 0;
   float rope_freq_scale = 0;
   float yarn_ext_factor = 0;
   float yarn_attn_factor = 0;
@@ -60,7 +58,7 @@ struct SessionMeta {
   // The sequence.
   uint32_t n_tokens = 0;
   bool has_logits = false;
-  std::string preview;  // the first tokens as text, for inspect
+  std::string preview;  // the first tokens as text
 };
 
 // One attention part of the KV payload: cells of consecutive positions.
@@ -100,7 +98,7 @@ struct SessionFileInfo {
   uint32_t format_version = 0;
   uint32_t min_reader_version = 0;
   uint64_t file_size = 0;
-  SessionMeta meta;
+  SessionInfo meta;
   std::vector<Token> tokens;
   uint64_t kv_bytes = 0;
   uint64_t logits_bytes = 0;

@@ -1003,15 +1003,15 @@ kvstash_status kvstash_inspect(const char* path, bool verify_checksums, kvstash_
     auto info = kvstash::InspectSessionFile(path, verify_checksums);
     if (!info.ok()) return FromStatus(info.status());
     auto h = std::make_unique<FileInfoHolder>();
-    const kvstash::SessionMeta& m = info->meta;
+    const kvstash::SessionInfo& m = info->meta;
     h->token_storage = std::move(info->tokens);
     h->writer_storage = m.writer;
     h->llama_build_storage = m.llama_build;
     h->fingerprint_storage = m.model_fingerprint.Hex();
     h->description_storage = m.model_description;
     h->arch_storage = m.model_arch;
-    h->type_k_storage = m.type_k_name;
-    h->type_v_storage = m.type_v_name;
+    h->type_k_storage = m.type_k;
+    h->type_v_storage = m.type_v;
     kvstash_file_info& p = *h;
     p = kvstash_file_info{};
     p.format_version = info->format_version;

@@ -53,7 +53,7 @@ Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
 // A context whose KV cache alone would not fit in this machine's memory is refused before
 // llama.cpp tries to allocate it (a failed allocation there is an abort under sanitizers and can
 // take the machine into swap elsewhere).
-Status CheckContextFits(const Model& model, const SessionMeta& p, uint64_t n_ctx) {
+Status CheckContextFits(const Model& model, const format::SessionMeta& p, uint64_t n_ctx) {
   const ModelImpl& m = *ImplOf(model);
   const uint64_t per_token = uint64_t(llama_model_n_layer(m.model)) *
                              (ggml_row_size(static_cast<ggml_type>(p.type_k), m.n_embd_k_gqa) +
@@ -77,7 +77,7 @@ Status CheckContextFits(const Model& model, const SessionMeta& p, uint64_t n_ctx
 }
 
 llama_context_params LlamaParams(const ContextSpec& spec, int n_threads, int n_threads_batch) {
-  const SessionMeta& p = spec.params;
+  const format::SessionMeta& p = spec.params;
   llama_context_params cp = llama_context_default_params();
   cp.n_ctx = p.n_ctx * spec.n_seq;
   cp.n_batch = p.n_batch;
@@ -120,8 +120,8 @@ bool ResolveFlashAttn(const Model& model, FlashAttention requested) {
   return ImplOf(model)->arch != "grok";
 }
 
-Result<SessionMeta> ParamsFor(const Model& model, const SessionOptions& options) {
-  SessionMeta p;
+Result<format::SessionMeta> ParamsFor(const Model& model, const SessionOptions& options) {
+  format::SessionMeta p;
   p.n_ctx = options.n_ctx;
   p.n_batch = options.n_batch;
   p.n_ubatch = std::min(options.n_ubatch, options.n_batch);
@@ -154,7 +154,7 @@ Result<SessionMeta> ParamsFor(const Model& model, const SessionOptions& options)
 Result<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> model,
                                                  const ContextSpec& spec) {
   if (!model) return Status::InvalidArgument("a context needs a loaded model");
-  const SessionMeta& p = spec.params;
+  const format::SessionMeta& p = spec.params;
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(spec.n_threads, p.n_batch, p.n_ubatch));
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(spec.n_threads_batch, 1, 1));
   auto memory = MemoryKindOf(*model);

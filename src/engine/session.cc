@@ -247,9 +247,9 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
 }
 
 // The META record of a save: the context's parameters, the model's facts and the tokens'.
-SessionMeta Session::Impl::MetaForSave(const format::SeqLayout& layout) {
+format::SessionMeta Session::Impl::MetaForSave(const format::SeqLayout& layout) {
   const format::MemoryKind memory = context->memory();
-  SessionMeta meta = context->params();
+  format::SessionMeta meta = context->params();
   meta.writer = std::string("kvstash ") + KVSTASH_VERSION;
   meta.llama_build = engine::LlamaBuildInfo();
   meta.llama_state_version = LLAMA_STATE_SEQ_VERSION;
@@ -323,7 +323,7 @@ Status SessionInternals::Save(Session& session, const std::string& path, const S
                             " positions for " + std::to_string(s.tokens().size()) + " tokens");
   }
 
-  const SessionMeta meta = s.MetaForSave(*layout);
+  const format::SessionMeta meta = s.MetaForSave(*layout);
   const uint64_t kv_sum = format::SectionChecksum(kv.data(), size, 2);
   const std::string prefix = format::EncodeFilePrefix(meta, s.tokens(), s.logits, size, kv_sum);
   const AtomicWriteOptions write_options =
@@ -548,7 +548,7 @@ Result<SessionFileInfo> InspectSessionFile(const std::string& path, bool verify_
   info.format_version = parsed->format_version;
   info.min_reader_version = parsed->min_reader_version;
   info.file_size = file.size();
-  info.meta = parsed->meta;
+  info.meta = format::InfoOf(parsed->meta);
   info.tokens = parsed->tokens;
   info.kv_bytes = parsed->kv_size;
   info.logits_bytes = parsed->logits.size() * sizeof(float);

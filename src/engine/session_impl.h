@@ -121,7 +121,7 @@ struct Session::Impl {
   // caller undoes them.
   Status SampleLoop(const SampleOptions& options, const PieceCallback& on_piece, Generation* gen);
   Status Restore(const format::ParsedFile& parsed, const StableFile& file, const std::string& path);
-  SessionMeta MetaForSave(const format::SeqLayout& layout);
+  format::SessionMeta MetaForSave(const format::SeqLayout& layout);
 
   // Makes sure logits of the last token exist, re-decoding it if needed.
   Status EnsureLogits() {

@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-#include "kvstash/session_file.h"
+#include "format/session_format.h"
 #include "kvstash/status.h"
 
 namespace kvstash::format {

@@ -25,7 +25,7 @@
 
 #include "format/compat.h"
 #include "format/llama_state.h"
-#include "kvstash/session_file.h"
+#include "format/session_format.h"
 #include "kvstash/status.h"
 
 namespace kvstash::format {

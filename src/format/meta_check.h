@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "format/llama_state.h"
-#include "kvstash/session_file.h"
+#include "format/session_format.h"
 #include "kvstash/status.h"
 
 namespace kvstash::format {

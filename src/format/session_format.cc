@@ -555,3 +555,53 @@ Result<ParsedFile> ParseFile(const uint8_t* data, size_t size, const std::string
 }
 
 }  // namespace kvstash::format
+
+namespace kvstash::format {
+
+SessionInfo InfoOf(const SessionMeta& m) {
+  SessionInfo i;
+  i.writer = m.writer;
+  i.llama_build = m.llama_build;
+  i.llama_state_version = m.llama_state_version;
+  i.model_fingerprint = m.model_fingerprint;
+  i.model_description = m.model_description;
+  i.model_arch = m.model_arch;
+  i.model_n_params = m.model_n_params;
+  i.n_vocab = m.n_vocab;
+  i.n_layer = m.n_layer;
+  i.n_embd = m.n_embd;
+  i.n_head = m.n_head;
+  i.n_head_kv = m.n_head_kv;
+  i.n_embd_k_gqa = m.n_embd_k_gqa;
+  i.n_embd_v_gqa = m.n_embd_v_gqa;
+  i.n_swa = m.n_swa;
+  i.n_ctx_train = m.n_ctx_train;
+  i.memory_kind = m.memory_kind <= 3 ? MemoryKindName(static_cast<MemoryKind>(m.memory_kind))
+                                     : std::to_string(m.memory_kind);
+  i.n_ctx = m.n_ctx;
+  i.n_batch = m.n_batch;
+  i.n_ubatch = m.n_ubatch;
+  i.n_seq_max = m.n_seq_max;
+  i.type_k = m.type_k_name;
+  i.type_v = m.type_v_name;
+  i.flash_attn = m.flash_attn;
+  // llama_rope_scaling_type: -1 unspecified, 0 none, 1 linear, 2 yarn, 3 longrope.
+  static const char* const kRope[] = {"unspecified", "none", "linear", "yarn", "longrope"};
+  const int rope = m.rope_scaling_type + 1;
+  i.rope_scaling = rope >= 0 && rope < 5 ? kRope[rope] : std::to_string(m.rope_scaling_type);
+  i.rope_freq_base = m.rope_freq_base;
+  i.rope_freq_scale = m.rope_freq_scale;
+  i.yarn_ext_factor = m.yarn_ext_factor;
+  i.yarn_attn_factor = m.yarn_attn_factor;
+  i.yarn_beta_fast = m.yarn_beta_fast;
+  i.yarn_beta_slow = m.yarn_beta_slow;
+  i.yarn_orig_ctx = m.yarn_orig_ctx;
+  i.swa_full = m.swa_full;
+  i.kv_unified = m.kv_unified;
+  i.n_tokens = m.n_tokens;
+  i.has_logits = m.has_logits;
+  i.preview = m.preview;
+  return i;
+}
+
+}  // namespace kvstash::format

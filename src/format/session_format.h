@@ -27,6 +27,62 @@ inline constexpr size_t kSectionAlign = 64;
 // both cores can verify one large payload at once (see SectionChecksum).
 inline constexpr size_t kChecksumBlock = size_t{1} << 20;
 
+// The META record (docs/FORMAT.md): everything that decides whether the KV bytes are valid for a
+// context, and
+// what is needed to re-create that context. Field numbers (docs/FORMAT.md) never change meaning.
+struct SessionMeta {
+  // Who wrote it.
+  std::string writer;                // "kvstash 0.1.0"
+  std::string llama_build;           // llama.cpp commit the KV bytes came from
+  uint32_t llama_state_version = 0;  // LLAMA_STATE_SEQ_VERSION of that build
+  // The model.
+  ModelFingerprint model_fingerprint;
+  std::string model_description;  // llama_model_desc, for messages
+  std::string model_arch;         // general.architecture
+  uint64_t model_n_params = 0;
+  int32_t n_vocab = 0;
+  int32_t n_layer = 0;
+  int32_t n_embd = 0;
+  int32_t n_head = 0;
+  int32_t n_head_kv = 0;
+  int32_t n_embd_k_gqa = 0;  // K row width per layer (head_dim_k * n_head_kv)
+  int32_t n_embd_v_gqa = 0;
+  int32_t n_swa = 0;
+  int32_t n_ctx_train = 0;
+  // The kind of memory the model keeps per sequence, which decides the KV payload's layout
+  // (docs/FORMAT.md, "The KV payload"): 0 attention KV cache, 1 interleaved sliding-window
+  // attention, 2 recurrent, 3 hybrid (attention and recurrent layers).
+  uint32_t memory_kind = 0;
+  // The context the KV cache was computed in.
+  uint32_t n_ctx = 0;
+  uint32_t n_batch = 0;
+  uint32_t n_ubatch = 0;
+  uint32_t n_seq_max = 1;
+  int32_t type_k = 0;  // ggml_type
+  int32_t type_v = 0;
+  std::string type_k_name;
+  std::string type_v_name;
+  bool flash_attn = false;  // decides the V layout (transposed without flash attention)
+  int32_t rope_scaling_type = 0;
+  float rope_freq_base = 0;  // as resolved by the context (0 in params means "from model")
+  float rope_freq_scale = 0;
+  float yarn_ext_factor = 0;
+  float yarn_attn_factor = 0;
+  float yarn_beta_fast = 0;
+  float yarn_beta_slow = 0;
+  uint32_t yarn_orig_ctx = 0;
+  bool swa_full = false;
+  bool kv_unified = false;
+  // The sequence.
+  uint32_t n_tokens = 0;
+  bool has_logits = false;
+  std::string preview;  // the first tokens as text, for inspect
+};
+
+// The record by name (SessionInfo, kvstash/session_file.h): cache types, memory kind and RoPE
+// scaling as names instead of ggml's and llama.cpp's numbers.
+SessionInfo InfoOf(const SessionMeta& meta);
+
 enum SectionType : uint32_t {
   kSectionMeta = 1,
   kSectionTokens = 2,

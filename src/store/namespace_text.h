@@ -11,7 +11,7 @@
 #include <string>
 
 #include "format/compat.h"
-#include "kvstash/session_file.h"
+#include "format/session_format.h"
 
 namespace kvstash::store {
 
@@ -20,7 +20,7 @@ struct NamespaceParams {
   format::ModelFacts model;
   std::string model_description;
   // The context's parameters: cache types, RoPE/YaRN, n_ctx, batch sizes.
-  SessionMeta context;
+  format::SessionMeta context;
   bool v_trans = false;
   uint32_t chunk_tokens = 0;
   std::string llama_build;

@@ -394,7 +394,7 @@ std::vector<Token> FirstTokens(const SessionFileInfo& info) {
 
 // The payload's parts (docs/FORMAT.md, "The KV payload"): bytes are each part's own, headers
 // included; a kind's missing parts are left out.
-json MemoryJson(const SessionMeta& m, const SessionMemoryInfo& memory) {
+json MemoryJson(const SessionInfo& m, const SessionMemoryInfo& memory) {
   auto kv_part = [](const SessionKvPart& kv) {
     return json{{"cells", kv.cells}, {"first_pos", kv.first_pos}, {"bytes", kv.bytes}};
   };
@@ -412,7 +412,7 @@ json MemoryJson(const SessionMeta& m, const SessionMemoryInfo& memory) {
 }
 
 json InspectJson(const SessionFileInfo& info) {
-  const SessionMeta& m = info.meta;
+  const SessionInfo& m = info.meta;
   return {{"path", info.path},
           {"format_version", info.format_version},
           {"min_reader_version", info.min_reader_version},
@@ -438,8 +438,8 @@ json InspectJson(const SessionFileInfo& info) {
            {{"n_ctx", m.n_ctx},
             {"n_batch", m.n_batch},
             {"n_ubatch", m.n_ubatch},
-            {"cache_type_k", m.type_k_name},
-            {"cache_type_v", m.type_v_name},
+            {"cache_type_k", m.type_k},
+            {"cache_type_v", m.type_v},
             {"flash_attn", m.flash_attn},
             {"rope_freq_base", m.rope_freq_base},
             {"rope_freq_scale", m.rope_freq_scale},
@@ -451,7 +451,7 @@ json InspectJson(const SessionFileInfo& info) {
 }
 
 void PrintInspect(const SessionFileInfo& info) {
-  const SessionMeta& m = info.meta;
+  const SessionInfo& m = info.meta;
   const SessionMemoryInfo& memory = info.memory;
   std::printf("session      %s\n", info.path.c_str());
   std::printf("format       v%u (readers >= v%u), %llu bytes, checksums %s\n", info.format_version,
@@ -465,7 +465,7 @@ void PrintInspect(const SessionFileInfo& info) {
   std::printf("             %d layers, n_embd %d, %d heads (%d KV), vocab %d\n", m.n_layer,
               m.n_embd, m.n_head, m.n_head_kv, m.n_vocab);
   std::printf("context      n_ctx %u, n_batch %u, n_ubatch %u, K %s, V %s, flash attention %s\n",
-              m.n_ctx, m.n_batch, m.n_ubatch, m.type_k_name.c_str(), m.type_v_name.c_str(),
+              m.n_ctx, m.n_batch, m.n_ubatch, m.type_k.c_str(), m.type_v.c_str(),
               m.flash_attn ? "on" : "off");
   std::printf("tokens       %u (KV %.2f MiB, logits %s)\n", m.n_tokens, info.kv_bytes / 1048576.0,
               m.has_logits ? "stored" : "none");
