@@ -29,9 +29,10 @@ fi
 # keep llama.cpp's own matmul (GGML_LLAMAFILE on, its default), as their users run them: kvstash's
 # batch-invariant build gives that up (docs/SERVER.md), and the comparison shows what it costs.
 tools="$root/build-llama-tools"
-flags=$(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|FMA|F16C|BMI2|AMX_[A-Z0-9]+):BOOL' "$root/$build/CMakeCache.txt" |
-        sed -E 's/^([A-Z0-9_]+):BOOL=(.*)$/-D\1=\2/' | tr '\n' ' ')
-flags+="-DGGML_LLAMAFILE=ON "
+# cmake/llama.cmake records the CPU options it gave ggml as KVSTASH_GGML_CPU_DEFINES.
+flags=$(sed -n 's/^KVSTASH_GGML_CPU_DEFINES:INTERNAL=//p' "$root/$build/CMakeCache.txt")
+[ -n "$flags" ] || { echo "bench: $build/CMakeCache.txt has no KVSTASH_GGML_CPU_DEFINES; reconfigure kvstash (make build) with the pinned llama.cpp" >&2; exit 1; }
+flags+=" -DGGML_LLAMAFILE=ON "
 need=()
 [ -x "$tools/bin/llama-completion" ] || need+=(llama-completion)
 [ -x "$tools/bin/llama-server" ] || need+=(llama-server)
