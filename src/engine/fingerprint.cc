@@ -361,16 +361,6 @@ Status ModelFile::CheckFdUnchanged() const {
   return Status::Ok();
 }
 
-std::string HexOf(const uint8_t* bytes, size_t n) {
-  static const char* kDigits = "0123456789abcdef";
-  std::string hex;
-  for (size_t i = 0; i < n; ++i) {
-    hex.push_back(kDigits[bytes[i] >> 4]);
-    hex.push_back(kDigits[bytes[i] & 15]);
-  }
-  return hex;
-}
-
 std::string DefaultFingerprintCacheDir() {
   const char* xdg = getenv("XDG_CACHE_HOME");
   if (xdg != nullptr && xdg[0] == '/') return std::string(xdg) + "/kvstash/fingerprints";

@@ -77,9 +77,6 @@ Result<ModelFingerprint> FingerprintGguf(const std::string& path);
 // $XDG_CACHE_HOME/kvstash/fingerprints, else $HOME/.cache/kvstash/fingerprints, else "".
 std::string DefaultFingerprintCacheDir();
 
-// Lower-case hex of `n` bytes.
-std::string HexOf(const uint8_t* bytes, size_t n);
-
 }  // namespace kvstash::engine
 
 #endif  // KVSTASH_ENGINE_FINGERPRINT_H_
