@@ -178,7 +178,7 @@ void Publish(const Case& c, Store& store, const std::string& file) {
 // A file Session::Open refuses is reported in the row (open_error), not fatal: the other
 // families' numbers and this family's store numbers still get measured.
 json SessionFileNumbers(const Case& c, const std::string& file, int reps) {
-  OpenOptions open;
+  SessionOptions open;
   open.n_threads = c.options.n_threads;
   auto probe = Session::Open(c.model, file, open);
   if (!probe.ok()) {
@@ -300,7 +300,7 @@ json RunCase(const Flags& flags, const Case& c, int P) {
               {"family", c.family},
               {"prefix_tokens", P},
               {"question_tokens", c.question.size()},
-              {"n_ctx", c.options.n_ctx},
+              {"n_ctx", c.options.n_ctx.value_or(SessionOptions::kDefaultContext)},
               {"n_ctx_train", c.model->n_ctx_train()},
               {"cold_ttft_ms", ColdTtftMs(c, flags.reps)}};
   std::fprintf(stderr, "%ssession file...\n", tag.c_str());

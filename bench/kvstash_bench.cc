@@ -33,8 +33,8 @@ namespace {
 using namespace bench;  // NOLINT: Ms, Median, Die, Check, ...
 using nlohmann::json;
 
-OpenOptions ThreadsOnly(int threads) {
-  OpenOptions options;
+SessionOptions ThreadsOnly(int threads) {
+  SessionOptions options;
   options.n_threads = threads;
   return options;
 }
@@ -347,7 +347,8 @@ json RunCase(const Flags& flags, const std::shared_ptr<Model>& model, const std:
   });
 
   const RssReport rss_open = MeasureRss(model->path(), kvs_sync, 0, true);
-  const RssReport rss_create = MeasureRss(model->path(), kvs_sync, options.n_ctx, false);
+  const RssReport rss_create = MeasureRss(
+      model->path(), kvs_sync, options.n_ctx.value_or(SessionOptions::kDefaultContext), false);
   unlink(llama_file.c_str());
   const double model_mib = FileSize(model->path()) / 1048576.0;
   json row = {{"shape", shape},

@@ -201,7 +201,7 @@ json Restore(const Flags& flags, const std::shared_ptr<Model>& model, int P, int
       const double st = Ms(t0, Clock::now());
       if (synced.n_restored != static_cast<size_t>(P)) Die("the store did not restore P tokens");
       evict();
-      OpenOptions open;
+      SessionOptions open;
       open.n_ctx = n_ctx;
       open.n_threads = flags.threads;
       const auto t1 = Clock::now();

@@ -39,10 +39,12 @@ int main(int argc, char** argv) {
   // Load the model once; sessions share it.
   auto model = kvstash::Model::Load(model_path);
   if (!model.ok()) return Fail(model.status());
+  kvstash::SessionOptions options;  // Open takes what decides the KV bytes from the file
+  options.n_ctx = 4096;
 
   // 1. Save: decode the system prompt once (BOS is added because the session is empty).
   {
-    auto session = kvstash::Session::Create(*model, {/*n_ctx=*/4096});
+    auto session = kvstash::Session::Create(*model, options);
     if (!session.ok()) return Fail(session.status());
     const auto start = Clock::now();
     if (auto s = (*session)->Append(system_prompt); !s.ok()) return Fail(s);
@@ -79,7 +81,7 @@ int main(int argc, char** argv) {
 
   // 3. Cold: the same token sequence decoded from scratch, in the same two groups.
   {
-    auto session = kvstash::Session::Create(*model, {/*n_ctx=*/4096});
+    auto session = kvstash::Session::Create(*model, options);
     if (!session.ok()) return Fail(session.status());
     const auto start = Clock::now();
     if (auto s = (*session)->Append(system_prompt); !s.ok()) return Fail(s);

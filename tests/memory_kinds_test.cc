@@ -115,7 +115,7 @@ class MemoryKindTest : public ::testing::TestWithParam<Family> {
   }
 
   std::unique_ptr<Session> Warm(const std::string& path) {
-    OpenOptions options;
+    SessionOptions options;
     options.n_threads = Options().n_threads;
     auto s = Session::Open(model_, path, options);
     EXPECT_TRUE(s.ok()) << s.status().ToString();

@@ -357,7 +357,7 @@ TEST(LongRopeSessionTest, OpenKeepsOrRefusesTheRegime) {
   auto cold_logits = (*cold)->Logits();
   ASSERT_TRUE(cold_logits.ok());
 
-  OpenOptions room;
+  SessionOptions room;
   room.n_room = 32;
   auto warm = Session::Open(*model, path, room);
   ASSERT_TRUE(warm.ok()) << warm.status().ToString();
@@ -367,7 +367,7 @@ TEST(LongRopeSessionTest, OpenKeepsOrRefusesTheRegime) {
   ASSERT_TRUE(warm_logits.ok());
   EXPECT_EQ(*warm_logits, *cold_logits);
 
-  OpenOptions small;
+  SessionOptions small;
   small.n_ctx = 512;
   auto refused = Session::Open(*model, path, small);
   ASSERT_FALSE(refused.ok());

@@ -48,7 +48,7 @@ class SessionTest : public ::testing::Test {
     EXPECT_TRUE((*s)->Append(prompt).ok());
     return std::move(s.value());
   }
-  static std::unique_ptr<Session> Warm(const OpenOptions& options = {}) {
+  static std::unique_ptr<Session> Warm(const SessionOptions& options = {}) {
     auto s = Session::Open(TinyModel(), *path_, options);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     return s.ok() ? std::move(s.value()) : nullptr;
@@ -176,7 +176,7 @@ TEST_F(SessionTest, OpensWithOtherThreadCountsAndALargerContext) {
   ASSERT_TRUE(reference.ok());
   for (int threads : {1, 2, 3}) {
     for (uint32_t n_ctx : {0u, 8192u}) {
-      OpenOptions options;
+      SessionOptions options;
       options.n_threads = threads;
       options.n_ctx = n_ctx;
       auto warm = Warm(options);
@@ -215,10 +215,10 @@ TEST_F(SessionTest, OtherSeedModelOfTheSameShapeIsRefused) {
 
 TEST_F(SessionTest, EachIncompatibleParameterIsRefusedByName) {
   struct Case {
-    OpenOptions options;
+    SessionOptions options;
     std::string expect;
   };
-  std::vector<Case> cases(4);
+  std::vector<Case> cases(6);
   cases[0].options.cache_type_k = "q8_0";
   cases[0].expect =
       "was saved with cache type K=f16, this context uses q8_0: open without --cache-type-k";
@@ -228,12 +228,35 @@ TEST_F(SessionTest, EachIncompatibleParameterIsRefusedByName) {
   cases[2].expect = "flash attention=on, this context uses off";
   cases[3].options.n_ctx = 16;
   cases[3].expect = "leaves no room; use -c";
+  // Later tokens are grouped into decode calls by these: a warm run must group as a cold one.
+  cases[4].options.n_batch = 1024;
+  cases[4].expect = "batch size=2048, this context uses 1024: open without -b";
+  cases[5].options.n_ubatch = 256;
+  cases[5].expect = "micro-batch size=512, this context uses 256: open without -ub";
   for (const auto& c : cases) {
     auto opened = Session::Open(TinyModel(), *path_, c.options);
     ASSERT_FALSE(opened.ok()) << c.expect;
     EXPECT_NE(opened.status().message().find(c.expect), std::string::npos)
         << opened.status().message();
   }
+}
+
+// The options the file was saved with are accepted when given again (a micro-batch larger than the
+// batch is the batch, as when the session was created).
+TEST_F(SessionTest, TheSavedBatchSizesAreAccepted) {
+  SessionOptions same;
+  same.n_batch = 2048;
+  same.n_ubatch = 512;
+  same.flash_attn = FlashAttention::kOn;
+  same.cache_type_k = "f16";
+  EXPECT_TRUE(Session::Open(TinyModel(), *path_, same).ok());
+  const std::string path = TempDir() + "/small_batch.kvs";
+  SessionOptions small;
+  small.n_batch = 64;
+  small.n_ubatch = 128;
+  testing::SaveTinyPrefix(path, small);
+  auto opened = Session::Open(TinyModel(), path, small);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
 }
 
 // Saves with `options`, opens without any, and expects logits bit-equal to a cold run with them.
@@ -574,7 +597,7 @@ TEST_F(SessionTest, BadTokensAndCacheTypesAreRefused) {
   ASSERT_FALSE(too_many.ok());
   EXPECT_NE(too_many.status().message().find("more threads than llama.cpp supports"),
             std::string::npos);
-  OpenOptions open_threads;
+  SessionOptions open_threads;
   open_threads.n_threads = 100000;
   EXPECT_FALSE(Session::Open(TinyModel(), *path_, open_threads).ok());
   SessionOptions batch;

@@ -71,8 +71,7 @@ Result<ChatFile> ReadChatFile(const std::string& path);
 
 // How Chat::Open makes the session.
 struct ChatOpenOptions {
-  SessionOptions create;  // a new session (no session file, or a store chat)
-  OpenOptions open;       // a saved session
+  SessionOptions context;  // a new session or a saved one
   // chat.template_name, when not empty, replaces the saved conversation's template.
   ChatOptions chat;
   // Replaces the saved conversation's system prompt (or starts a new one with it). Empty: keep.

@@ -33,8 +33,7 @@ struct RunRequest {
   std::optional<std::string> session_path;  // warm: open this file first
   std::optional<std::string> prefix;        // text before the prompt (the session's, if warm)
   std::string prompt;
-  SessionOptions create;  // cold runs
-  OpenOptions open;       // warm runs
+  SessionOptions context;
   SampleOptions sample;
   // When *cancel turns true, a running prefill stops and RunPrompt returns kCancelled
   // (generation is stopped by the PieceCallback). nullptr: never.

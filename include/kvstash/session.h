@@ -42,36 +42,34 @@ enum class FlashAttention { kAuto, kOff, kOn };
 // and it fails with a Status.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 
+// How a session's llama.cpp context is made. Session::Create uses every field (an unset one takes
+// the default its comment names). Session::Open takes every field that decides the meaning of the
+// KV bytes or how later tokens are grouped into decode calls from the file (cache types, flash
+// attention, batch sizes): one set here that disagrees with the file is refused by name. The
+// context size and the thread counts are the caller's.
 struct SessionOptions {
-  uint32_t n_ctx = 4096;  // 0: the model's training context
-  int n_threads = 0;      // 0: all cores
+  static constexpr uint32_t kDefaultContext = 4096;
+  // The context size. Create: unset kDefaultContext, 0 the model's training context. Open: unset
+  // or 0 as saved, or, when `n_room` is set, just what the run needs.
+  std::optional<uint32_t> n_ctx;
+  // Open: tokens the caller will add after the saved ones (prompt + tokens to generate). With
+  // n_ctx unset, the context holds n_tokens + n_room rounded up to 256, at most the saved size:
+  // creating (and clearing) a 4,096-token context costs more than loading a 2,048-token session,
+  // and the context size does not change numerics. 0: unknown, use the saved size.
+  uint32_t n_room = 0;
+  int n_threads = 0;  // 0: all cores
   // Threads for decoding prompts (llama.cpp's n_threads_batch, its -tb); 0: as n_threads.
   int n_threads_batch = 0;
-  uint32_t n_batch = 2048;
-  uint32_t n_ubatch = 512;
-  FlashAttention flash_attn = FlashAttention::kAuto;
-  std::string cache_type_k = "f16";  // f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1
-  std::string cache_type_v = "f16";
-};
-
-// Open() takes every parameter that decides the meaning of the KV bytes from the file. The caller
-// may change what does not: a larger (or smaller, if the tokens still fit) context and the thread
-// count. Setting a KV-deciding option that disagrees with the file is refused by name.
-struct OpenOptions {
-  // The context size. 0: as saved, or, when `n_room` is set, just what the run needs.
-  uint32_t n_ctx = 0;
-  // Tokens the caller will add after the saved ones (prompt + tokens to generate). With n_ctx 0,
-  // the context holds n_tokens + n_room rounded up to 256, at most the saved size: creating (and
-  // clearing) a 4,096-token context costs more than loading a 2,048-token session, and the context
-  // size does not change numerics. 0: unknown, use the saved size.
-  uint32_t n_room = 0;
-  int n_threads = 0;        // 0: all cores
-  int n_threads_batch = 0;  // threads for decoding prompts; 0: as n_threads
-  std::optional<FlashAttention> flash_attn;
+  // Tokens per llama_decode call and per micro-batch (llama.cpp's -b, -ub). Create: unset 2048,
+  // 512.
+  std::optional<uint32_t> n_batch;
+  std::optional<uint32_t> n_ubatch;
+  std::optional<FlashAttention> flash_attn;  // Create: unset auto
+  // f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1. Create: unset f16.
   std::optional<std::string> cache_type_k;
   std::optional<std::string> cache_type_v;
-  // Bytes of the file: 0 before it is read, then (for a file not in the page cache) the bytes
-  // checked so far, the file's size once it is restored.
+  // Open: bytes of the file: 0 before it is read, then (for a file not in the page cache) the
+  // bytes checked so far, the file's size once it is restored.
   ProgressFn progress;
 };
 
@@ -182,7 +180,7 @@ class Session {
   // KV-deciding parameter are checked before a byte reaches llama.cpp.
   static Result<std::unique_ptr<Session>> Open(std::shared_ptr<const Model> model,
                                                const std::string& path,
-                                               const OpenOptions& options = {});
+                                               const SessionOptions& options = {});
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

@@ -182,7 +182,7 @@ char* MallocString(const std::string& text) {
 }
 
 kvstash_status ToFlashAttn(const char* function, const kvstash_flash_attn& field, bool as_saved_ok,
-                           kvstash::FlashAttention* out, bool* as_saved) {
+                           std::optional<kvstash::FlashAttention>* out) {
   const int value = EnumValue(field);
   switch (value) {
     case KVSTASH_FLASH_ATTN_AUTO:
@@ -196,7 +196,7 @@ kvstash_status ToFlashAttn(const char* function, const kvstash_flash_attn& field
       return KVSTASH_OK;
     case KVSTASH_FLASH_ATTN_AS_SAVED:
       if (!as_saved_ok) break;
-      *as_saved = true;
+      out->reset();
       return KVSTASH_OK;
   }
   return Fail(KVSTASH_INVALID_ARGUMENT, function,
@@ -629,9 +629,7 @@ kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options*
     KVSTASH_READ_FIELD(o, options, cache_type_k);
     KVSTASH_READ_FIELD(o, options, cache_type_v);
   }
-  bool as_saved = false;
-  if (kvstash_status s = ToFlashAttn(fn, o.flash_attn, false, &out->flash_attn, &as_saved))
-    return s;
+  if (kvstash_status s = ToFlashAttn(fn, o.flash_attn, false, &out->flash_attn)) return s;
   out->n_ctx = o.n_ctx;
   out->n_threads = o.n_threads;
   out->n_threads_batch = o.n_threads_batch;
@@ -644,7 +642,7 @@ kvstash_status ReadSessionOptions(const char* fn, const kvstash_session_options*
 }
 
 kvstash_status ReadOpenOptions(const char* fn, const kvstash_open_options* options,
-                               kvstash::OpenOptions* out) {
+                               kvstash::SessionOptions* out) {
   if (kvstash_status s = CheckSize(fn, options)) return s;
   kvstash_open_options o;
   kvstash_open_options_init(&o, sizeof o);
@@ -657,10 +655,7 @@ kvstash_status ReadOpenOptions(const char* fn, const kvstash_open_options* optio
     KVSTASH_READ_FIELD(o, options, cache_type_k);
     KVSTASH_READ_FIELD(o, options, cache_type_v);
   }
-  kvstash::FlashAttention flash = kvstash::FlashAttention::kAuto;
-  bool as_saved = false;
-  if (kvstash_status s = ToFlashAttn(fn, o.flash_attn, true, &flash, &as_saved)) return s;
-  if (!as_saved) out->flash_attn = flash;
+  if (kvstash_status s = ToFlashAttn(fn, o.flash_attn, true, &out->flash_attn)) return s;
   out->n_ctx = o.n_ctx;
   out->n_room = o.n_room;
   out->n_threads = o.n_threads;
@@ -695,7 +690,7 @@ kvstash_status kvstash_session_open(const kvstash_model* model, const char* path
     if (model == nullptr) return Null(kFn, "model");
     if (path == nullptr) return Null(kFn, "path");
     if (out == nullptr) return Null(kFn, "out");
-    kvstash::OpenOptions oo;
+    kvstash::SessionOptions oo;
     if (kvstash_status s = ReadOpenOptions(kFn, options, &oo)) return s;
     auto session = kvstash::Session::Open(model->model, path, oo);
     if (!session.ok()) return FromStatus(session.status());

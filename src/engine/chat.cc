@@ -199,13 +199,13 @@ Result<std::unique_ptr<Session>> OpenSession(std::shared_ptr<const Model> model,
       notes->push_back("session '" + path + "' does not exist: the next turn decodes the saved " +
                        "conversation again");
     }
-    return Session::Create(std::move(model), options.create);
+    return Session::Create(std::move(model), options.context);
   }
   if (!have_messages && notes != nullptr) {
     notes->push_back("session '" + path + "' has no conversation file ('" + ChatFilePath(path) +
                      "'): a new conversation starts in it, reusing its tokens where they match");
   }
-  return Session::Open(std::move(model), path, options.open);
+  return Session::Open(std::move(model), path, options.context);
 }
 
 }  // namespace

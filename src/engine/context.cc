@@ -53,7 +53,7 @@ Result<ggml_type> ParseCacheType(const std::string& name, const char* which) {
 // A context whose KV cache alone would not fit in this machine's memory is refused before
 // llama.cpp tries to allocate it (a failed allocation there is an abort under sanitizers and can
 // take the machine into swap elsewhere).
-Status CheckContextFits(const Model& model, const format::SessionMeta& p, uint64_t n_ctx) {
+Status CheckContextFits(const Model& model, const format::ContextParams& p, uint64_t n_ctx) {
   const ModelImpl& m = *ImplOf(model);
   const uint64_t per_token = uint64_t(llama_model_n_layer(m.model)) *
                              (ggml_row_size(static_cast<ggml_type>(p.type_k), m.n_embd_k_gqa) +
@@ -77,7 +77,7 @@ Status CheckContextFits(const Model& model, const format::SessionMeta& p, uint64
 }
 
 llama_context_params LlamaParams(const ContextSpec& spec, int n_threads, int n_threads_batch) {
-  const format::SessionMeta& p = spec.params;
+  const format::ContextParams& p = spec.params;
   llama_context_params cp = llama_context_default_params();
   cp.n_ctx = p.n_ctx * spec.n_seq;
   cp.n_batch = p.n_batch;
@@ -120,23 +120,28 @@ bool ResolveFlashAttn(const Model& model, FlashAttention requested) {
   return ImplOf(model)->arch != "grok";
 }
 
-Result<format::SessionMeta> ParamsFor(const Model& model, const SessionOptions& options) {
-  format::SessionMeta p;
-  p.n_ctx = options.n_ctx;
-  p.n_batch = options.n_batch;
-  p.n_ubatch = std::min(options.n_ubatch, options.n_batch);
+Result<format::ContextParams> ParamsFor(const Model& model, const SessionOptions& options) {
+  format::ContextParams p;
+  p.n_ctx = options.n_ctx.value_or(SessionOptions::kDefaultContext);
+  p.n_batch = options.n_batch.value_or(2048);
+  p.n_ubatch = std::min(options.n_ubatch.value_or(512), p.n_batch);
   p.n_seq_max = 1;
-  auto type_k = ParseCacheType(options.cache_type_k, "K");
+  const std::string type_k_name = options.cache_type_k.value_or("f16");
+  const std::string type_v_name = options.cache_type_v.value_or("f16");
+  auto type_k = ParseCacheType(type_k_name, "K");
   if (!type_k.ok()) return type_k.status();
-  auto type_v = ParseCacheType(options.cache_type_v, "V");
+  auto type_v = ParseCacheType(type_v_name, "V");
   if (!type_v.ok()) return type_v.status();
   p.type_k = *type_k;
   p.type_v = *type_v;
-  if (options.flash_attn == FlashAttention::kOff && ggml_is_quantized(*type_v)) {
-    return Status::InvalidArgument("a quantized V cache (" + options.cache_type_v +
+  p.type_k_name = ggml_type_name(*type_k);
+  p.type_v_name = ggml_type_name(*type_v);
+  const FlashAttention fa = options.flash_attn.value_or(FlashAttention::kAuto);
+  if (fa == FlashAttention::kOff && ggml_is_quantized(*type_v)) {
+    return Status::InvalidArgument("a quantized V cache (" + type_v_name +
                                    ") needs flash attention; use -fa on or --cache-type-v f16");
   }
-  p.flash_attn = ResolveFlashAttn(model, options.flash_attn) || ggml_is_quantized(*type_v);
+  p.flash_attn = ResolveFlashAttn(model, fa) || ggml_is_quantized(*type_v);
   const llama_context_params defaults = llama_context_default_params();
   p.rope_scaling_type = defaults.rope_scaling_type;
   p.rope_freq_base = defaults.rope_freq_base;
@@ -154,7 +159,7 @@ Result<format::SessionMeta> ParamsFor(const Model& model, const SessionOptions& 
 Result<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> model,
                                                  const ContextSpec& spec) {
   if (!model) return Status::InvalidArgument("a context needs a loaded model");
-  const format::SessionMeta& p = spec.params;
+  const format::ContextParams& p = spec.params;
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(spec.n_threads, p.n_batch, p.n_ubatch));
   KVSTASH_RETURN_IF_ERROR(CheckThreadsAndBatch(spec.n_threads_batch, 1, 1));
   auto memory = MemoryKindOf(*model);

@@ -10,9 +10,9 @@
 #include <string>
 
 #include "format/llama_state.h"
+#include "format/session_format.h"
 #include "kvstash/model.h"
 #include "kvstash/session.h"
-#include "format/session_format.h"
 #include "kvstash/status.h"
 #include "llama.h"
 
@@ -38,7 +38,7 @@ Result<format::MemoryKind> MemoryKindOf(const Model& model);
 // The context parameters for `options` (the per-sequence n_ctx as given: llama.cpp rounds it).
 // Flash attention "auto" is resolved here, before any context exists (ResolveFlashAttn), so the V
 // layout, and with it a store's namespace, is known without asking llama.cpp.
-Result<format::SessionMeta> ParamsFor(const Model& model, const SessionOptions& options);
+Result<format::ContextParams> ParamsFor(const Model& model, const SessionOptions& options);
 
 // Flash attention "auto" as kvstash resolves it: on, as llama.cpp's own "auto" resolves on the CPU
 // backend (which runs it for every head size and cache type), except for the architectures
@@ -52,7 +52,7 @@ Status CheckThreadsAndBatch(int n_threads, uint32_t n_batch, uint32_t n_ubatch);
 // What to create: `params` (n_ctx per sequence; flash_attn resolved), `n_seq` sequences (more than
 // one: a KV stream each, kv_unified off), threads (0: all cores).
 struct ContextSpec {
-  format::SessionMeta params;
+  format::ContextParams params;
   uint32_t n_seq = 1;
   int n_threads = 0;
   int n_threads_batch = 0;  // prompts (llama.cpp's -tb); 0: as n_threads
@@ -70,7 +70,7 @@ class Context {
   const Model& model() const { return *model_; }
   const std::shared_ptr<const Model>& model_ptr() const { return model_; }
   // The parameters of one sequence (n_ctx as llama.cpp rounded it, per sequence).
-  const format::SessionMeta& params() const { return params_; }
+  const format::ContextParams& params() const { return params_; }
   format::MemoryKind memory() const { return memory_; }
   uint32_t n_swa() const { return n_swa_; }
   uint32_t n_stream() const { return n_stream_; }
@@ -105,7 +105,7 @@ class Context {
 
   std::shared_ptr<const Model> model_;
   ContextPtr ctx_;
-  format::SessionMeta params_;
+  format::ContextParams params_;
   format::MemoryKind memory_ = format::MemoryKind::kKv;
   uint32_t n_swa_ = 0;
   uint32_t n_stream_ = 1;

@@ -110,7 +110,8 @@ Result<PublishReport> PublishPrefix(std::shared_ptr<const Model> model, const st
   if (prefix.empty()) {
     return Status::InvalidArgument("the prefix is empty: pass --prefix TEXT or --prefix-file FILE");
   }
-  const uint32_t n_ctx = format::CreatedContextSize(options.n_ctx, model->n_ctx_train());
+  const uint32_t n_ctx = format::CreatedContextSize(
+      options.n_ctx.value_or(SessionOptions::kDefaultContext), model->n_ctx_train());
   KVSTASH_RETURN_IF_ERROR(CheckTextCanFit(*model, prefix.size(), n_ctx, "prefix"));
   auto tokens = model->Tokenize(prefix, /*add_bos=*/true);
   if (!tokens.ok()) return tokens.status();
@@ -158,7 +159,8 @@ Result<std::vector<Token>> PromptTokens(const Model& model, const RunRequest& re
 Result<std::unique_ptr<Session>> CreateThroughStore(std::shared_ptr<const Model> model,
                                                     const RunRequest& request,
                                                     const ProgressFn& progress, RunReport* report) {
-  const uint32_t n_ctx = format::CreatedContextSize(request.create.n_ctx, model->n_ctx_train());
+  const uint32_t n_ctx = format::CreatedContextSize(
+      request.context.n_ctx.value_or(SessionOptions::kDefaultContext), model->n_ctx_train());
   KVSTASH_RETURN_IF_ERROR(
       CheckTextCanFit(*model, (request.prefix ? request.prefix->size() : 0) + request.prompt.size(),
                       n_ctx, request.prefix ? "prefix and prompt" : "prompt"));
@@ -168,7 +170,7 @@ Result<std::unique_ptr<Session>> CreateThroughStore(std::shared_ptr<const Model>
   sync.progress = progress;
   sync.cancel = request.cancel;
   SyncResult synced;
-  auto session = Session::Create(model, request.create, *tokens, *request.store, sync, &synced);
+  auto session = Session::Create(model, request.context, *tokens, *request.store, sync, &synced);
   if (!session.ok()) return session.status();
   report->n_ctx = (*session)->n_ctx();
   report->n_prompt_tokens = tokens->size();
@@ -212,9 +214,9 @@ namespace {
 // Warm runs: room for everything this run may add, so that the context is sized to the run
 // (cheaper to create than the saved size). Bounded from the texts' sizes, before tokenizing them: a
 // token stands for at least one byte of text, besides BOS and a leading space some tokenizers add.
-OpenOptions SizedOpenOptions(const RunRequest& request) {
-  OpenOptions open = request.open;
-  if (open.n_ctx == 0 && request.sample.n_predict >= 0) {
+SessionOptions SizedOpenOptions(const RunRequest& request) {
+  SessionOptions open = request.context;
+  if (open.n_ctx.value_or(0) == 0 && request.sample.n_predict >= 0) {
     const uint64_t text_bytes =
         (request.prefix ? request.prefix->size() : 0) + request.prompt.size();
     const uint64_t room = text_bytes + 8 + uint64_t(request.sample.n_predict);
@@ -242,13 +244,13 @@ Result<std::unique_ptr<Session>> OpenPromptCache(std::shared_ptr<const Model> mo
   auto info = Env::Default()->Stat(path);
   *replace_empty = info.ok() && info->type == FileInfo::Type::kRegular && info->size == 0;
   if (!info.ok() && info.status().code() == Status::Code::kNotFound) {
-    return Session::Create(model, request.create);
+    return Session::Create(model, request.context);
   }
-  if (*replace_empty) return Session::Create(model, request.create);
+  if (*replace_empty) return Session::Create(model, request.context);
   // The context a cold run creates (-c, else 4096), not one sized to the file: a cache saved by a
   // run sized to its own prompt records that small context, which would cap the next prompt.
-  OpenOptions options = request.open;
-  if (options.n_ctx == 0) options.n_ctx = request.create.n_ctx;
+  SessionOptions options = request.context;
+  if (!options.n_ctx) options.n_ctx = SessionOptions::kDefaultContext;
   auto opened = Session::Open(model, path, options);
   if (!opened.ok() && IsLlamaSessionFile(path)) {
     return Status::Incompatible("prompt cache '" + path + "' is a llama.cpp session file, which " +
@@ -332,7 +334,7 @@ Result<std::unique_ptr<Session>> OpenOrCreate(std::shared_ptr<const Model> model
                                               const RunRequest& request) {
   if (request.session_path)
     return Session::Open(model, *request.session_path, SizedOpenOptions(request));
-  return Session::Create(model, request.create);
+  return Session::Create(model, request.context);
 }
 
 // A session file's session (warm: a prefix or a whole prompt synced with it) or a fresh one.

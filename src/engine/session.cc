@@ -249,7 +249,8 @@ Result<Generation> Session::Generate(const SampleOptions& options, const PieceCa
 // The META record of a save: the context's parameters, the model's facts and the tokens'.
 format::SessionMeta Session::Impl::MetaForSave(const format::SeqLayout& layout) {
   const format::MemoryKind memory = context->memory();
-  format::SessionMeta meta = context->params();
+  format::SessionMeta meta;
+  static_cast<format::ContextParams&>(meta) = context->params();
   meta.writer = std::string("kvstash ") + KVSTASH_VERSION;
   meta.llama_build = engine::LlamaBuildInfo();
   meta.llama_state_version = LLAMA_STATE_SEQ_VERSION;
@@ -269,8 +270,6 @@ format::SessionMeta Session::Impl::MetaForSave(const format::SeqLayout& layout) 
   meta.memory_kind = static_cast<uint32_t>(memory);
   meta.n_ctx_train = facts.n_ctx_train;
   meta.n_ctx = n_ctx();
-  meta.type_k_name = ggml_type_name(static_cast<ggml_type>(meta.type_k));
-  meta.type_v_name = ggml_type_name(static_cast<ggml_type>(meta.type_v));
   // A recurrent model has no KV cells to tell; it keeps what the session was created with.
   if (memory != format::MemoryKind::kRecurrent) meta.flash_attn = !layout.kv.v_trans;
   meta.n_tokens = static_cast<uint32_t>(tokens().size());
@@ -431,14 +430,14 @@ Status Session::Impl::Restore(const format::ParsedFile& parsed, const StableFile
 
 Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> model,
                                                const std::string& path,
-                                               const OpenOptions& options) {
+                                               const SessionOptions& options) {
   if (!model) return Status::InvalidArgument("Session::Open needs a loaded model");
   KVSTASH_RETURN_IF_ERROR(engine::CheckThreadsAndBatch(options.n_threads, 1, 1));
   KVSTASH_RETURN_IF_ERROR(engine::CheckThreadsAndBatch(options.n_threads_batch, 1, 1));
   OpenStats stats;
   const auto t_start = Clock::now();
   const uint64_t ctx_bound =
-      std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx, 1u << 16});
+      std::max<uint64_t>({uint64_t(model->n_ctx_train()), options.n_ctx.value_or(0), 1u << 16});
   auto opened =
       Env::Default()->OpenStableFile(path, MaxSessionBytes(*model, ctx_bound), HeadCheck(path));
   if (!opened.ok()) return opened.status();
@@ -458,7 +457,7 @@ Result<std::unique_ptr<Session>> Session::Open(std::shared_ptr<const Model> mode
       parsed->meta,
       {options.n_ctx, options.n_room,
        fa == FlashAttention::kAuto ? std::nullopt : std::optional<bool>(fa == FlashAttention::kOn),
-       options.cache_type_k, options.cache_type_v},
+       options.n_batch, options.n_ubatch, options.cache_type_k, options.cache_type_v},
       facts, path);
   if (!n_ctx.ok()) return n_ctx.status();
   if (options.progress) options.progress(0, file.size());

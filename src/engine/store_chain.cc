@@ -12,7 +12,8 @@
 
 namespace kvstash::engine {
 
-format::ChunkLayout ExpectedLayout(const ModelImpl& m, const format::SessionMeta& params, bool v_trans) {
+format::ChunkLayout ExpectedLayout(const ModelImpl& m, const format::ContextParams& params,
+                                   bool v_trans) {
   format::ChunkLayout l;
   l.n_layer = static_cast<uint32_t>(llama_model_n_layer(m.model));
   l.v_trans = v_trans;
@@ -69,8 +70,8 @@ format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLay
   return c;
 }
 
-Chain MakeChain(const Model& model, const format::SessionMeta& params, bool v_trans, uint32_t chunk,
-                const std::vector<Token>& tokens, const StateShape* shape) {
+Chain MakeChain(const Model& model, const format::ContextParams& params, bool v_trans,
+                uint32_t chunk, const std::vector<Token>& tokens, const StateShape* shape) {
   Chain c;
   store::NamespaceParams ns{FactsOf(model), model.Description(), params, v_trans,
                             chunk,          LlamaBuildInfo(),    {}};

@@ -31,7 +31,8 @@ struct Chain {
 };
 
 // The layout llama_state_seq_get_data uses for a plain cache of `model` with `params`.
-format::ChunkLayout ExpectedLayout(const ModelImpl& m, const format::SessionMeta& params, bool v_trans);
+format::ChunkLayout ExpectedLayout(const ModelImpl& m, const format::ContextParams& params,
+                                   bool v_trans);
 
 // The chunk layout of a namespace of `shape` with chunks of `chunk` tokens (kIswa: the window
 // cells each chunk carries; kRecurrent/kHybrid: every how many chunks a snapshot is kept, so
@@ -41,8 +42,9 @@ format::ChunkLayout ShapedLayout(const StateShape& shape, const format::ChunkLay
                                  uint32_t chunk, uint32_t n_swa);
 
 // `shape` is required for every kind but kKv (whose layout comes from the model's facts).
-Chain MakeChain(const Model& model, const format::SessionMeta& params, bool v_trans, uint32_t chunk,
-                const std::vector<Token>& tokens, const StateShape* shape = nullptr);
+Chain MakeChain(const Model& model, const format::ContextParams& params, bool v_trans,
+                uint32_t chunk, const std::vector<Token>& tokens,
+                const StateShape* shape = nullptr);
 
 // What the store holds of a prompt: its longest verified prefix of chunks, assembled into one
 // llama.cpp sequence state (the chunk files closed again): every found chunk for kKv and kIswa

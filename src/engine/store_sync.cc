@@ -75,7 +75,7 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   if (!params.ok()) return params.status();
   // The namespace as the context will have it: llama.cpp's n_ctx (0: the training context, rounded
   // up to 256) decides LongRoPE's factors.
-  params->n_ctx = format::CreatedContextSize(options.n_ctx, model->n_ctx_train());
+  params->n_ctx = format::CreatedContextSize(params->n_ctx, model->n_ctx_train());
   // Other kinds' namespaces need the state's shape, known only once the context exists.
   auto memory = engine::MemoryKindOf(*model);
   const bool plain = memory.ok() && *memory == format::MemoryKind::kKv;

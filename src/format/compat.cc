@@ -135,9 +135,20 @@ Result<uint32_t> ResolveOpenContext(const SessionMeta& meta, const OpenRequest& 
     return Mismatch(path, "flash attention", FlashName(meta.flash_attn),
                     FlashName(*options.flash_attn), "open without -fa or re-save the session");
   }
+  // Later decodes are grouped by these, and a warm run must group as the cold one did.
+  const uint32_t n_batch = options.n_batch.value_or(meta.n_batch);
+  if (n_batch != meta.n_batch) {
+    return Mismatch(path, "batch size", std::to_string(meta.n_batch), std::to_string(n_batch),
+                    "open without -b or re-save the session");
+  }
+  if (options.n_ubatch && std::min(*options.n_ubatch, n_batch) != meta.n_ubatch) {
+    return Mismatch(path, "micro-batch size", std::to_string(meta.n_ubatch),
+                    std::to_string(std::min(*options.n_ubatch, n_batch)),
+                    "open without -ub or re-save the session");
+  }
   uint64_t n_ctx = meta.n_ctx;
-  if (options.n_ctx != 0) {
-    n_ctx = options.n_ctx;
+  if (options.n_ctx.value_or(0) != 0) {
+    n_ctx = *options.n_ctx;
   } else if (options.n_room != 0) {
     uint64_t need = (uint64_t{meta.n_tokens} + options.n_room + 255) / 256 * 256;
     // A LongRoPE session saved above the regime line stays above it (the keys were rotated with

@@ -54,9 +54,11 @@ Status CheckSessionFitsModel(const SessionMeta& meta, const ModelFacts& model,
 
 // What a caller asks of the context a session opens into (Session::Open's options).
 struct OpenRequest {
-  uint32_t n_ctx = 0;              // 0: the saved size, or what the run needs when n_room is set
-  uint32_t n_room = 0;             // tokens the run adds after the saved ones
-  std::optional<bool> flash_attn;  // unset: either (auto)
+  std::optional<uint32_t> n_ctx;     // unset or 0: the saved size, or what the run needs (n_room)
+  uint32_t n_room = 0;               // tokens the run adds after the saved ones
+  std::optional<bool> flash_attn;    // unset: either (auto)
+  std::optional<uint32_t> n_batch;   // unset: as saved
+  std::optional<uint32_t> n_ubatch;  // unset: as saved (at most n_batch, as at creation)
   std::optional<std::string> cache_type_k;
   std::optional<std::string> cache_type_v;
 };

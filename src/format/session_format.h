@@ -27,10 +27,36 @@ inline constexpr size_t kSectionAlign = 64;
 // both cores can verify one large payload at once (see SectionChecksum).
 inline constexpr size_t kChecksumBlock = size_t{1} << 20;
 
-// The META record (docs/FORMAT.md): everything that decides whether the KV bytes are valid for a
-// context, and
-// what is needed to re-create that context. Field numbers (docs/FORMAT.md) never change meaning.
-struct SessionMeta {
+// The parameters of the context a KV cache is computed in: everything that decides its bytes or
+// how tokens are grouped into llama_decode calls. The engine creates contexts from it
+// (engine::Context) and a store's namespace is written from it (store/namespace_text.h). Numbers
+// are llama.cpp's and ggml's, as a session file records them.
+struct ContextParams {
+  uint32_t n_ctx = 0;  // per sequence
+  uint32_t n_batch = 0;
+  uint32_t n_ubatch = 0;
+  uint32_t n_seq_max = 1;
+  int32_t type_k = 0;  // ggml_type
+  int32_t type_v = 0;
+  std::string type_k_name;  // ggml's name of type_k
+  std::string type_v_name;
+  bool flash_attn = false;  // decides the V layout (transposed without flash attention)
+  int32_t rope_scaling_type = 0;
+  float rope_freq_base = 0;  // as resolved by the context (0 in params means "from model")
+  float rope_freq_scale = 0;
+  float yarn_ext_factor = 0;
+  float yarn_attn_factor = 0;
+  float yarn_beta_fast = 0;
+  float yarn_beta_slow = 0;
+  uint32_t yarn_orig_ctx = 0;
+  bool swa_full = false;
+  bool kv_unified = false;
+};
+
+// The META record (docs/FORMAT.md): the parameters of the context the KV cache was computed in,
+// who wrote it, the model's facts and the sequence's. Field numbers (docs/FORMAT.md) never change
+// meaning.
+struct SessionMeta : ContextParams {
   // Who wrote it.
   std::string writer;                // "kvstash 0.1.0"
   std::string llama_build;           // llama.cpp commit the KV bytes came from
@@ -53,26 +79,6 @@ struct SessionMeta {
   // (docs/FORMAT.md, "The KV payload"): 0 attention KV cache, 1 interleaved sliding-window
   // attention, 2 recurrent, 3 hybrid (attention and recurrent layers).
   uint32_t memory_kind = 0;
-  // The context the KV cache was computed in.
-  uint32_t n_ctx = 0;
-  uint32_t n_batch = 0;
-  uint32_t n_ubatch = 0;
-  uint32_t n_seq_max = 1;
-  int32_t type_k = 0;  // ggml_type
-  int32_t type_v = 0;
-  std::string type_k_name;
-  std::string type_v_name;
-  bool flash_attn = false;  // decides the V layout (transposed without flash attention)
-  int32_t rope_scaling_type = 0;
-  float rope_freq_base = 0;  // as resolved by the context (0 in params means "from model")
-  float rope_freq_scale = 0;
-  float yarn_ext_factor = 0;
-  float yarn_attn_factor = 0;
-  float yarn_beta_fast = 0;
-  float yarn_beta_slow = 0;
-  uint32_t yarn_orig_ctx = 0;
-  bool swa_full = false;
-  bool kv_unified = false;
   // The sequence.
   uint32_t n_tokens = 0;
   bool has_logits = false;

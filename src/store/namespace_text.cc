@@ -10,7 +10,7 @@ namespace kvstash::store {
 
 std::string NamespaceText(const NamespaceParams& ns) {
   const format::ModelFacts& model = ns.model;
-  const format::SessionMeta& p = ns.context;
+  const format::ContextParams& p = ns.context;
   auto exact = [](float f) {
     char buf[48];
     std::snprintf(buf, sizeof buf, "%a", static_cast<double>(f));

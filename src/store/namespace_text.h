@@ -20,7 +20,7 @@ struct NamespaceParams {
   format::ModelFacts model;
   std::string model_description;
   // The context's parameters: cache types, RoPE/YaRN, n_ctx, batch sizes.
-  format::SessionMeta context;
+  format::ContextParams context;
   bool v_trans = false;
   uint32_t chunk_tokens = 0;
   std::string llama_build;

@@ -120,7 +120,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int fd = open(g_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0 || write(fd, data, size) != static_cast<ssize_t>(size)) std::abort();
   close(fd);
-  kvstash::OpenOptions options;
+  kvstash::SessionOptions options;
   options.n_room = 1;  // a context sized to the tokens: a forged n_ctx must not cost gigabytes here
   options.n_threads = 1;
   auto opened = kvstash::Session::Open(g_model, g_path, options);

@@ -189,14 +189,14 @@ int Loop(ChatRun& run) {
 Result<std::unique_ptr<Chat>> MakeChat(const ChatFlags& flags, std::shared_ptr<Model> model,
                                        std::shared_ptr<Store> store) {
   ChatOpenOptions o;
-  ApplyContextFlags(flags.context, &o.create, &o.open);
+  ApplyContextFlags(flags.context, &o.context);
   o.chat.template_name = flags.chat_template;
   o.chat.sample = flags.sample;
   o.chat.store = std::move(store);
   o.chat.cancel = &CancelFlag();  // a prefill; the answer stops through the piece callback
   o.system_prompt = flags.system_prompt.value_or("");
   if (!flags.session) {
-    auto session = Session::Create(model, o.create);
+    auto session = Session::Create(model, o.context);
     if (!session.ok()) return session.status();
     std::vector<ChatMessage> messages;
     if (!o.system_prompt.empty()) messages.push_back({"system", o.system_prompt});

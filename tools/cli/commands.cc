@@ -237,12 +237,12 @@ int FailWith(const Status& status, json fields) {
 }
 
 // llama.cpp rounds a context size up (to a multiple of 256, at least 256); say so, never silently.
-void NoteContextSize(uint32_t asked, uint32_t got) {
-  if (asked == 0 || asked == got) return;
+void NoteContextSize(std::optional<uint32_t> asked, uint32_t got) {
+  if (asked.value_or(0) == 0 || *asked == got) return;
   std::fprintf(stderr,
                "note: -c %u became a %u-token context: llama.cpp rounds context sizes up (to a "
                "multiple of 256, at least 256)\n",
-               asked, got);
+               *asked, got);
 }
 
 // PublishPrefix's n_published counts the chunks it queued; a full or read-only disk drops them
@@ -321,8 +321,8 @@ Result<RunRequest> MakeRunRequest(const RunFlags& flags, std::shared_ptr<Store> 
         RunRequest::PromptCache{*flags.prompt_cache, flags.prompt_cache_all, flags.prompt_cache_ro};
   }
   request.cancel = &g_cancel;
-  ApplyContextFlags(flags.context, &request.create, &request.open);
-  request.open.progress = MakeProgress("load", "bytes", kBarBytes);
+  ApplyContextFlags(flags.context, &request.context);
+  request.context.progress = MakeProgress("load", "bytes", kBarBytes);
   return request;
 }
 
@@ -347,7 +347,7 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
     report = std::move(cancelled);
   }
   if (!report.ok()) return Fail(report.status());
-  NoteContextSize(flags.context.n_ctx.value_or(0), report->n_ctx);
+  NoteContextSize(flags.context.n_ctx, report->n_ctx);
   if (report->prompt_repeats_session) {
     std::fprintf(stderr, "%s\n", RepeatedSessionNote(*report).c_str());
   }
@@ -530,27 +530,15 @@ FlashAttention ParseFlashAttention(const std::string& value) {
   return FlashAttention::kAuto;
 }
 
-void ApplyContextFlags(const ContextFlags& flags, SessionOptions* create, OpenOptions* open) {
-  const std::optional<FlashAttention> fa =
-      flags.flash_attn ? std::optional(ParseFlashAttention(*flags.flash_attn)) : std::nullopt;
-  if (create != nullptr) {
-    if (flags.n_ctx) create->n_ctx = *flags.n_ctx;
-    create->n_threads = flags.n_threads;
-    create->n_threads_batch = flags.n_threads_batch;
-    if (flags.n_batch) create->n_batch = *flags.n_batch;
-    if (flags.n_ubatch) create->n_ubatch = *flags.n_ubatch;
-    if (fa) create->flash_attn = *fa;
-    if (flags.cache_type_k) create->cache_type_k = *flags.cache_type_k;
-    if (flags.cache_type_v) create->cache_type_v = *flags.cache_type_v;
-  }
-  if (open != nullptr) {
-    if (flags.n_ctx) open->n_ctx = *flags.n_ctx;
-    open->n_threads = flags.n_threads;
-    open->n_threads_batch = flags.n_threads_batch;
-    if (fa) open->flash_attn = fa;
-    open->cache_type_k = flags.cache_type_k;
-    open->cache_type_v = flags.cache_type_v;
-  }
+void ApplyContextFlags(const ContextFlags& flags, SessionOptions* options) {
+  if (flags.flash_attn) options->flash_attn = ParseFlashAttention(*flags.flash_attn);
+  options->n_ctx = flags.n_ctx;
+  options->n_threads = flags.n_threads;
+  options->n_threads_batch = flags.n_threads_batch;
+  options->n_batch = flags.n_batch;
+  options->n_ubatch = flags.n_ubatch;
+  options->cache_type_k = flags.cache_type_k;
+  options->cache_type_v = flags.cache_type_v;
 }
 
 Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
@@ -680,7 +668,7 @@ int RunVerify(const VerifyFlags& flags) {
   if (!model.ok()) return Fail(model.status());
   // A context just large enough to restore the tokens: a (forged) n_ctx of 2^24 must not make a
   // check allocate gigabytes.
-  OpenOptions open;
+  SessionOptions open;
   open.n_room = 1;
   auto session = Session::Open(*model, flags.session, open);
   // One decode over the restored cache (the last token again): NaN or infinities hidden in the KV

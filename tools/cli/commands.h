@@ -120,8 +120,8 @@ int RunMakeTestModel(const MakeModelFlags& flags);
 int RunCache(const CacheFlags& flags);
 // -fa's value: "on", "off", anything else (CLI11 lets only "auto" through) kAuto.
 FlashAttention ParseFlashAttention(const std::string& value);
-// The context flags given, over the defaults in `create` and `open` (either may be null).
-void ApplyContextFlags(const ContextFlags& flags, SessionOptions* create, OpenOptions* open);
+// The context flags given; a flag not given leaves its option unset (the default, or as saved).
+void ApplyContextFlags(const ContextFlags& flags, SessionOptions* options);
 // The model of -m, with -ngl and -v applied; the error names the file.
 Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags);
 // The prefix store of --cache-dir (or $KVSTASH_CACHE_DIR) with its chunk size, budget and Redis

@@ -186,7 +186,7 @@ int PreferFileToStore(const Cli& cli, bool file_given, const std::string& confli
 int SaveCommand(Cli& cli) {
   SaveFlags& save = cli.save;
   if (int rc = ResolveGpuLayers(&save.common)) return rc;
-  ApplyContextFlags(save.context, &save.session, nullptr);
+  ApplyContextFlags(save.context, &save.session);
   if (!save.prefix && !save.prefix_file && !save.llama.system_prompt &&
       !save.llama.system_prompt_file) {
     return UsageError("save needs --prefix TEXT or --prefix-file FILE (or -sys TEXT)");
