@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <random>
 
+#include "env/atomic_file.h"
+
 namespace kvstash::store {
 
 std::string StorePaths::ChunkDir(const format::Hash256& hash) const {
@@ -45,11 +47,7 @@ bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* in
   const std::string ext = ".kvc";
   if (name.size() < kHex + 1 + 1 + ext.size() || name[kHex] != '.') return false;
   if (name.compare(name.size() - ext.size(), ext.size(), ext) != 0) return false;
-  const std::string hex = name.substr(0, kHex);
-  for (char c : hex) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;  // lowercase only
-  }
-  if (!format::ParseHashHex(hex, hash)) return false;
+  if (!format::ParseHashHex(name.substr(0, kHex), hash)) return false;  // lowercase only
   const std::string digits = name.substr(kHex + 1, name.size() - kHex - 1 - ext.size());
   if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
   uint64_t value = 0;
@@ -175,16 +173,13 @@ bool IsReadOnlyFailure(const Status& status) {
   return kind == "read-only" || kind == "permission denied";
 }
 
+bool WarnOnce::First(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return said_.insert(key).second;
+}
+
 void WarnOnce::Say(const std::string& line) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!said_.insert(line).second) return;
-  }
-  if (warn_) {
-    warn_(line);
-  } else {
-    std::fprintf(stderr, "%s\n", line.c_str());
-  }
+  if (First(line)) SayAlways(line);
 }
 
 void WarnOnce::SayAlways(const std::string& line) {
@@ -196,56 +191,24 @@ void WarnOnce::SayAlways(const std::string& line) {
 }
 
 void WarnOnce::Warn(const std::string& kind, const std::string& detail) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!said_.insert(kind).second) return;
-  }
+  if (!First(kind)) return;
   std::string line = "kvstash: store '" + dir_ + "': " + kind +
                      "; new chunks are not saved (answers are not affected)";
   if (!detail.empty()) line += " [" + detail + "]";
-  if (warn_) {
-    warn_(line);
-  } else {
-    std::fprintf(stderr, "%s\n", line.c_str());
-  }
+  SayAlways(line);
 }
-
-namespace {
-
-// Creates a temp file in tmp/ and takes its flock (retrying when a sweeper removed the fresh name
-// before it was locked).
-Status CreateLockedTemp(Env* env, const StorePaths& paths, std::string* temp,
-                        std::unique_ptr<WritableFile>* file, std::unique_ptr<FileLock>* lock) {
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    *temp = paths.NewTempPath();
-    auto created = env->NewWritableFile(*temp);
-    if (!created.ok()) return created.status();
-    auto locked = env->LockFile(*temp, /*wait=*/true);
-    if (locked.ok()) {
-      *file = std::move(created.value());
-      *lock = std::move(locked.value());
-      return Status::Ok();
-    }
-    created->reset();
-    if (locked.status().code() != Status::Code::kNotFound) {
-      (void)env->RemoveFile(*temp);  // best effort: the lock error is what matters
-      return locked.status();
-    }
-    // A sweeper removed the fresh name before we locked it (it looked unowned): another name.
-  }
-  return Status::IOError("cannot write to '" + paths.Temp() +
-                         "': another process keeps removing new temp files there");
-}
-
-}  // namespace
 
 Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::string_view>& parts,
                    const std::string& dest, bool replace, bool sync, bool* existed) {
   *existed = false;
   std::string temp;
   std::unique_ptr<WritableFile> file;
-  std::unique_ptr<FileLock> lock;
-  KVSTASH_RETURN_IF_ERROR(CreateLockedTemp(env, paths, &temp, &file, &lock));
+  auto lock = CreateLockedFile(
+      env, [&paths] { return paths.NewTempPath(); }, "",
+      Status::IOError("cannot write to '" + paths.Temp() +
+                      "': another process keeps removing new temp files there"),
+      &temp, &file);
+  if (!lock.ok()) return lock.status();
   Status status;
   for (std::string_view part : parts) {
     if (status.ok()) status = file->Append(part.data(), part.size());
@@ -271,7 +234,7 @@ Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::str
   // Unlinked while still locked: a sweeper that locks this name later finds it gone, never a
   // file that is also a published chunk.
   (void)env->RemoveFile(temp);
-  lock.reset();
+  lock->reset();
   return status;
 }
 

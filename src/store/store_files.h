@@ -81,6 +81,7 @@ class WarnOnce {
   void SayAlways(const std::string& line);
 
  private:
+  bool First(const std::string& key);  // true the first time `key` is seen
   std::string dir_;
   std::function<void(const std::string&)> warn_;
   std::mutex mu_;
