@@ -270,71 +270,6 @@ struct GgmlDeleter {
 using GgufPtr = std::unique_ptr<gguf_context, GgufDeleter>;
 using GgmlPtr = std::unique_ptr<ggml_context, GgmlDeleter>;
 
-// Copies one KV pair; gguf_set_kv would copy the vocab file's general.* and llama.* keys too, and
-// those describe the model the vocab came from, not this one.
-Status CopyKv(gguf_context* dst, const gguf_context* src, int64_t id) {
-  const char* key = gguf_get_key(src, id);
-  switch (gguf_get_kv_type(src, id)) {
-    case GGUF_TYPE_UINT8:
-      gguf_set_val_u8(dst, key, gguf_get_val_u8(src, id));
-      break;
-    case GGUF_TYPE_INT8:
-      gguf_set_val_i8(dst, key, gguf_get_val_i8(src, id));
-      break;
-    case GGUF_TYPE_UINT16:
-      gguf_set_val_u16(dst, key, gguf_get_val_u16(src, id));
-      break;
-    case GGUF_TYPE_INT16:
-      gguf_set_val_i16(dst, key, gguf_get_val_i16(src, id));
-      break;
-    case GGUF_TYPE_UINT32:
-      gguf_set_val_u32(dst, key, gguf_get_val_u32(src, id));
-      break;
-    case GGUF_TYPE_INT32:
-      gguf_set_val_i32(dst, key, gguf_get_val_i32(src, id));
-      break;
-    case GGUF_TYPE_FLOAT32:
-      gguf_set_val_f32(dst, key, gguf_get_val_f32(src, id));
-      break;
-    case GGUF_TYPE_BOOL:
-      gguf_set_val_bool(dst, key, gguf_get_val_bool(src, id));
-      break;
-    case GGUF_TYPE_STRING:
-      gguf_set_val_str(dst, key, gguf_get_val_str(src, id));
-      break;
-    case GGUF_TYPE_UINT64:
-      gguf_set_val_u64(dst, key, gguf_get_val_u64(src, id));
-      break;
-    case GGUF_TYPE_INT64:
-      gguf_set_val_i64(dst, key, gguf_get_val_i64(src, id));
-      break;
-    case GGUF_TYPE_FLOAT64:
-      gguf_set_val_f64(dst, key, gguf_get_val_f64(src, id));
-      break;
-    case GGUF_TYPE_ARRAY: {
-      const gguf_type elem_type = gguf_get_arr_type(src, id);
-      const size_t n = gguf_get_arr_n(src, id);
-      if (elem_type == GGUF_TYPE_STRING) {
-        std::vector<const char*> strs(n);
-        for (size_t i = 0; i < n; ++i) strs[i] = gguf_get_arr_str(src, id, i);
-        gguf_set_arr_str(dst, key, strs.data(), n);
-      } else if (elem_type != GGUF_TYPE_ARRAY && elem_type < GGUF_TYPE_COUNT) {
-        gguf_set_arr_data(dst, key, elem_type, gguf_get_arr_data(src, id), n);
-      } else {
-        return Status::Internal(std::string("embedded vocab key '") + key +
-                                "' is an array of arrays, which GGUF does not allow: the "
-                                "kvstash build embedded a broken vocab file; rebuild kvstash");
-      }
-      break;
-    }
-    default:
-      return Status::Internal(std::string("embedded vocab key '") + key +
-                              "' has an unknown GGUF type: the kvstash build embedded a broken "
-                              "vocab file; rebuild kvstash");
-  }
-  return Status::Ok();
-}
-
 // One tensor of the model, in file order.
 struct TensorPlan {
   std::string name;
@@ -811,12 +746,15 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
                            "-" + NameOf(kTypeNames, spec.type) + "-seed" +
                            std::to_string(spec.seed) + arch_suffix;
   SetArchKeys(g, spec, shape, name, n_vocab);
-  const int64_t n_kv = gguf_get_n_kv(vctx);
-  for (int64_t id = 0; id < n_kv; ++id) {
-    if (std::strncmp(gguf_get_key(vctx, id), "tokenizer.", 10) == 0) {
-      KVSTASH_RETURN_IF_ERROR(CopyKv(g, vctx, id));
-    }
+  // The vocab's tokenizer.* keys, in its order: its general.* and llama.* keys describe the model
+  // the vocab came from, not this one.
+  GgufPtr tokenizer(gguf_init_empty());
+  gguf_set_kv(tokenizer.get(), vctx);
+  for (int64_t id = gguf_get_n_kv(tokenizer.get()) - 1; id >= 0; --id) {
+    const char* key = gguf_get_key(tokenizer.get(), id);
+    if (std::strncmp(key, "tokenizer.", 10) != 0) gguf_remove_key(tokenizer.get(), key);
   }
+  gguf_set_kv(g, tokenizer.get());
   if (spec.add_eos) gguf_set_val_bool(g, "tokenizer.ggml.add_eos_token", true);
   // A chat template, as real chat models carry, so that `kvstash serve` applies the model's own
   // (llama.cpp recognises ChatML by its markers; with these vocabs they are plain text).
