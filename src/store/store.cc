@@ -44,18 +44,11 @@ std::string ManifestText(uint32_t chunk_tokens) {
          std::to_string(chunk_tokens) + "\n";
 }
 
-// "key N" with N decimal, at most 9 digits (so it fits a uint32 without overflow checks).
+// "key N" with N decimal, at most 9 digits.
 bool ParseLine(const std::string& line, const std::string& key, uint32_t* value) {
   if (line.compare(0, key.size() + 1, key + " ") != 0) return false;
   const std::string digits = line.substr(key.size() + 1);
-  if (digits.empty() || digits.size() > 9) return false;
-  uint32_t v = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + uint32_t(c - '0');
-  }
-  *value = v;
-  return true;
+  return digits.size() <= 9 && store::ParseDecimal(digits, value);
 }
 
 // The chunk size recorded in `path`; kNotFound when there is no manifest.

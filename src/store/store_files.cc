@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -49,15 +50,13 @@ bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* in
   if (name.compare(name.size() - ext.size(), ext.size(), ext) != 0) return false;
   if (!format::ParseHashHex(name.substr(0, kHex), hash)) return false;  // lowercase only
   const std::string digits = name.substr(kHex + 1, name.size() - kHex - 1 - ext.size());
-  if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
-  uint64_t value = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return false;
-    value = value * 10 + uint64_t(c - '0');
-  }
-  if (value == 0 || value > UINT32_MAX) return false;
-  *index = static_cast<uint32_t>(value);
-  return true;
+  return !digits.empty() && digits[0] != '0' && ParseDecimal(digits, index);
+}
+
+bool ParseDecimal(std::string_view text, uint32_t* value) {
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, *value);
+  return !text.empty() && error == std::errc() && stop == end;
 }
 
 uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens) {
