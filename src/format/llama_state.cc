@@ -11,17 +11,9 @@
 namespace kvstash::format {
 
 const char* MemoryKindName(MemoryKind kind) {
-  switch (kind) {
-    case MemoryKind::kKv:
-      return "kv";
-    case MemoryKind::kIswa:
-      return "iswa";
-    case MemoryKind::kRecurrent:
-      return "recurrent";
-    case MemoryKind::kHybrid:
-      return "hybrid";
-  }
-  return "unknown";
+  static const char* const kNames[] = {"kv", "iswa", "recurrent", "hybrid"};
+  const auto i = static_cast<uint32_t>(kind);
+  return i <= kMaxMemoryKind ? kNames[i] : "unknown";
 }
 
 namespace {
