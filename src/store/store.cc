@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "format/session_format.h"
@@ -61,15 +62,12 @@ Result<uint32_t> ReadManifest(Env* env, const std::string& path) {
   }
   auto text = env->ReadFilePrefix(path, kManifestMaxBytes);
   if (!text.ok()) return text.status();
-  std::vector<std::string> lines;
-  for (size_t at = 0; at < text->size();) {
-    const size_t nl = text->find('\n', at);
-    if (nl == std::string::npos) {
-      return Status::Corruption("store manifest '" + path + "' is truncated" + fix);
-    }
-    lines.push_back(text->substr(at, nl - at));
-    at = nl + 1;
+  if (!text->empty() && text->back() != '\n') {
+    return Status::Corruption("store manifest '" + path + "' is truncated" + fix);
   }
+  std::vector<std::string> lines;
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
   uint32_t version = 0, chunk_tokens = 0;
   if (lines.empty() || lines[0] != "kvstash store" || lines.size() < 2 ||
       !ParseLine(lines[1], "version", &version)) {
