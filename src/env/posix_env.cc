@@ -451,12 +451,6 @@ Status Env::RemoveFile(const std::string& path) {
   return Status::Ok();
 }
 
-Status Env::SyncDir(const std::string& dir) {
-  auto directory = OpenDirectory(dir);
-  if (!directory.ok()) return directory.status();
-  return (*directory)->Sync();
-}
-
 Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return Status::IOError("cannot list '" + dir + "': " + ErrnoText(errno));

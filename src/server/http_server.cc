@@ -435,13 +435,6 @@ Status Start(ServerState& st) {
   return Status::Ok();
 }
 
-// Waits for SIGINT or SIGTERM (blocked in every thread, taken here with sigwait).
-int WaitForSignal(const sigset_t& set) {
-  int sig = 0;
-  sigwait(&set, &sig);
-  return sig;
-}
-
 }  // namespace
 
 std::string DefaultStoreDir() {
@@ -494,7 +487,8 @@ int RunServer(const ServeOptions& options) {
     listener.join();
     return 1;
   }
-  const int sig = WaitForSignal(set);
+  int sig = 0;
+  sigwait(&set, &sig);  // SIGINT or SIGTERM, blocked in every thread
   Log(std::string("got ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
       ": finishing running requests");
   st.draining = true;
