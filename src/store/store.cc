@@ -167,10 +167,7 @@ class LocalStore : public StoreImpl {
 };
 
 bool LoadedPrefix::Intact() const {
-  for (const auto& file : files) {
-    if (!file->Intact()) return false;
-  }
-  return true;
+  return std::all_of(files.begin(), files.end(), [](const auto& file) { return file->Intact(); });
 }
 
 Result<std::unique_ptr<StableFile>> LocalStore::OpenChunk(const std::string& path,

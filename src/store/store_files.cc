@@ -69,11 +69,7 @@ uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens
 namespace {
 
 bool IsHexPair(const std::string& name) {
-  if (name.size() != 2) return false;
-  for (char c : name) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
+  return name.size() == 2 && name.find_first_not_of("0123456789abcdef") == std::string::npos;
 }
 
 const char* TypeName(FileInfo::Type type) {

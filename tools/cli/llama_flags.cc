@@ -222,9 +222,8 @@ std::optional<int> ParseGpuLayers(const std::string& value, int auto_value) {
   if (value == "auto") return auto_value;
   // llama.cpp's "all" is every layer; a count above the model's layer count means the same.
   if (value == "all") return 9999;
-  if (value.empty() || value.size() > 6) return std::nullopt;
-  for (char c : value) {
-    if (c < '0' || c > '9') return std::nullopt;
+  if (value.empty() || value.size() > 6 || value.find_first_not_of("0123456789") != value.npos) {
+    return std::nullopt;
   }
   return std::atoi(value.c_str());
 }
