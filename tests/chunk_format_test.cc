@@ -92,7 +92,7 @@ TEST(ChunkFormatTest, EveryFlippedBitAndEveryLengthIsRefused) {
 }
 
 // A sequence's state from a cache with a stream per sequence is the one-stream state with empty
-// blocks around it; ToOneStream and ToStreams convert in place both ways, and cells in another
+// blocks around it; ToOneStream and StateToStreams convert in place both ways, and cells in another
 // stream are refused.
 TEST(ChunkFormatTest, StreamsConvertInPlace) {
   const ChunkLayout layout = SampleLayout(false);
@@ -124,7 +124,7 @@ TEST(ChunkFormatTest, StreamsConvertInPlace) {
     }
     std::vector<uint8_t> spare(one);
     spare.resize(one.size() + 4 * (n_stream - 1), 0xee);
-    ToStreams(spare.data(), one.size(), n_stream);
+    StateToStreams(spare.data(), one.size(), MemoryKind::kKv, /*partial=*/false, n_stream);
     EXPECT_EQ(spare[8], n_stream);
     EXPECT_TRUE(
         std::all_of(spare.begin() + one.size(), spare.end(), [](uint8_t b) { return b == 0; }));

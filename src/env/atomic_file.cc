@@ -87,31 +87,6 @@ Status CheckResolved(Env* env, const std::string& path, const std::string& targe
   return Status::Ok();
 }
 
-// Creates the temp file for `target` and takes its lock. A stale-file cleaner in another process
-// may remove the new name in the instant before it is locked (it looked unowned); then the lock
-// reports kNotFound and another name is tried.
-Result<std::unique_ptr<FileLock>> CreateLockedTemp(Env* env, const std::string& path,
-                                                   const std::string& target, std::string* temp,
-                                                   std::unique_ptr<WritableFile>* file) {
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    *temp = target + kTempTag + UniqueSuffix();
-    auto created = env->NewWritableFile(*temp, path);
-    if (!created.ok()) return created.status();
-    auto lock = env->LockFile(*temp, /*wait=*/true, path);
-    if (lock.ok()) {
-      *file = std::move(created.value());
-      return lock;
-    }
-    created->reset();
-    if (lock.status().code() != Status::Code::kNotFound) {
-      (void)env->RemoveFile(*temp);  // best effort: the lock error is what the caller needs
-      return lock.status();
-    }
-  }
-  return Status::IOError("cannot save '" + path + "': another process keeps removing the " +
-                         "temporary files beside it; stop it or save elsewhere");
-}
-
 // Writes `parts` to `file`, then syncs and closes it.
 Status WriteAll(WritableFile* file, const std::vector<std::string_view>& parts,
                 const AtomicWriteOptions& options, const std::string& path) {
@@ -137,6 +112,29 @@ Status WriteAll(WritableFile* file, const std::vector<std::string_view>& parts,
 
 }  // namespace
 
+Result<std::unique_ptr<FileLock>> CreateLockedFile(Env* env,
+                                                   const std::function<std::string()>& next_name,
+                                                   const std::string& name_in_errors,
+                                                   const Status& exhausted, std::string* path,
+                                                   std::unique_ptr<WritableFile>* file) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    *path = next_name();
+    auto created = env->NewWritableFile(*path, name_in_errors);
+    if (!created.ok()) return created.status();
+    auto lock = env->LockFile(*path, /*wait=*/true, name_in_errors);
+    if (lock.ok()) {
+      *file = std::move(created.value());
+      return lock;
+    }
+    created->reset();
+    if (lock.status().code() != Status::Code::kNotFound) {
+      (void)env->RemoveFile(*path);  // best effort: the lock error is what the caller needs
+      return lock.status();
+    }
+  }
+  return exhausted;
+}
+
 int RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& base) {
   auto names = env->ListDir(dir);
   if (!names.ok()) return 0;
@@ -151,7 +149,7 @@ int RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& ba
       auto lock = env->LockFile(full, /*wait=*/false);
       if (!lock.ok()) continue;
       // Removed while locked: a writer that made this name an instant ago finds it gone when it
-      // gets the lock, and tries another (CreateLockedTemp).
+      // gets the lock, and tries another (CreateLockedFile).
       if (env->RemoveFile(full).ok()) ++removed;
     }
   }
@@ -177,7 +175,11 @@ Status AtomicWriteFile(Env* env, const std::string& path,
 
   std::string temp;
   std::unique_ptr<WritableFile> file;
-  auto lock = CreateLockedTemp(env, path, *target, &temp, &file);
+  auto lock = CreateLockedFile(
+      env, [&] { return *target + kTempTag + UniqueSuffix(); }, path,
+      Status::IOError("cannot save '" + path + "': another process keeps removing the temporary " +
+                      "files beside it; stop it or save elsewhere"),
+      &temp, &file);
   if (!lock.ok()) return lock.status();
   Status status = WriteAll(file.get(), parts, options, path);
   file.reset();

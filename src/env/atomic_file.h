@@ -59,6 +59,16 @@ Status AtomicWriteFile(Env* env, const std::string& path,
 // Returns how many were removed.
 int RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& base);
 
+// Creates a file under a fresh name from `next_name` (O_EXCL) and takes its flock, so that no
+// cleaner removes it while it is written. A cleaner in another process may remove the new name in
+// the instant before it is locked (it looked unowned); then another name is tried, and after 8
+// `exhausted` is returned. Sets *path and *file; errors name `name_in_errors` (default: *path).
+Result<std::unique_ptr<FileLock>> CreateLockedFile(Env* env,
+                                                   const std::function<std::string()>& next_name,
+                                                   const std::string& name_in_errors,
+                                                   const Status& exhausted, std::string* path,
+                                                   std::unique_ptr<WritableFile>* file);
+
 }  // namespace kvstash
 
 #endif  // KVSTASH_ENV_ATOMIC_FILE_H_

@@ -216,8 +216,6 @@ class Env {
   Result<std::unique_ptr<FileLock>> LockFile(const std::string& path, bool wait,
                                              const std::string& name_in_errors = "");
   Result<std::unique_ptr<Directory>> OpenDirectory(const std::string& dir);
-  // fsync of a directory, which makes a rename inside it durable.
-  Status SyncDir(const std::string& dir);
   Result<std::vector<std::string>> ListDir(const std::string& dir);
   // Opens `path` read-only (-1 if it cannot be opened) so that a file about to lose its last name
   // keeps its blocks until CloseInBackground: freeing a replaced large session's blocks then

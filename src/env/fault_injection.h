@@ -12,8 +12,8 @@
 namespace kvstash {
 
 // Counts every open/read/readlink/write/fdatasync/fsync/flock/close/rename/link/mkdir/utimens as
-// one step (unlink is
-// never failed: it is how a failed save cleans up, and a real cleanup failure cannot be helped).
+// one step (unlink is never failed: it is how a failed save cleans up, and a real cleanup failure
+// cannot be helped).
 class FaultInjectionSyscalls : public Syscalls {
  public:
   int fail_at = 0;  // fail step N (1-based) with fail_errno; 0: never

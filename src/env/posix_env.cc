@@ -16,6 +16,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "env/env.h"
@@ -43,58 +44,25 @@ int Syscalls::Utimens(const char* path, const struct timespec& mtime) {
 }
 
 std::string ErrnoText(int err) {
-  const char* name = nullptr;
-  switch (err) {
-    case ENOSPC:
-      name = "ENOSPC";
-      break;
-    case EIO:
-      name = "EIO";
-      break;
-    case EACCES:
-      name = "EACCES";
-      break;
-    case EPERM:
-      name = "EPERM";
-      break;
-    case ENOENT:
-      name = "ENOENT";
-      break;
-    case EEXIST:
-      name = "EEXIST";
-      break;
-    case EISDIR:
-      name = "EISDIR";
-      break;
-    case ENOTDIR:
-      name = "ENOTDIR";
-      break;
-    case ELOOP:
-      name = "ELOOP";
-      break;
-    case EROFS:
-      name = "EROFS";
-      break;
-    case EDQUOT:
-      name = "EDQUOT";
-      break;
-    case EINTR:
-      name = "EINTR";
-      break;
-    case EFBIG:
-      name = "EFBIG";
-      break;
-    case ENAMETOOLONG:
-      name = "ENAMETOOLONG";
-      break;
-    case EWOULDBLOCK:
-      name = "EWOULDBLOCK";
-      break;
-    default:
-      break;
-  }
+  static const std::pair<int, const char*> kNames[] = {{ENOSPC, "ENOSPC"},
+                                                       {EIO, "EIO"},
+                                                       {EACCES, "EACCES"},
+                                                       {EPERM, "EPERM"},
+                                                       {ENOENT, "ENOENT"},
+                                                       {EEXIST, "EEXIST"},
+                                                       {EISDIR, "EISDIR"},
+                                                       {ENOTDIR, "ENOTDIR"},
+                                                       {ELOOP, "ELOOP"},
+                                                       {EROFS, "EROFS"},
+                                                       {EDQUOT, "EDQUOT"},
+                                                       {EINTR, "EINTR"},
+                                                       {EFBIG, "EFBIG"},
+                                                       {ENAMETOOLONG, "ENAMETOOLONG"},
+                                                       {EWOULDBLOCK, "EWOULDBLOCK"}};
   std::string text = std::strerror(err);
-  if (name != nullptr) text += std::string(" (") + name + ")";
+  for (const auto& [code, name] : kNames) {
+    if (code == err) return text + " (" + name + ")";
+  }
   return text;
 }
 
@@ -134,9 +102,8 @@ class PosixWritableFile : public WritableFile {
       // Large writes are split so that one call never asks the kernel for more than 1 GiB; a
       // short write or EINTR is retried with what is left.
       const size_t chunk = n < (size_t{1} << 30) ? n : (size_t{1} << 30);
-      const ssize_t written = sys_->Write(fd_, p, chunk);
+      const ssize_t written = RetryOnEintr([&] { return sys_->Write(fd_, p, chunk); });
       if (written < 0) {
-        if (errno == EINTR) continue;
         return Status::IOError("cannot write '" + path_ + "': " + ErrnoText(errno) +
                                "; free space or choose another directory");
       }
@@ -201,10 +168,8 @@ Env* Env::Default() {
 Result<std::unique_ptr<WritableFile>> Env::NewWritableFile(const std::string& path,
                                                            const std::string& name_in_errors) {
   const std::string& name = name_in_errors.empty() ? path : name_in_errors;
-  int fd;
-  do {
-    fd = sys_->Open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  } while (fd < 0 && errno == EINTR);
+  const int fd = RetryOnEintr(
+      [&] { return sys_->Open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644); });
   if (fd < 0) {
     const int err = errno;
     const char* fix = err == EACCES || err == EROFS    ? "; choose a directory you can write to"
@@ -221,10 +186,7 @@ Result<int> Env::OpenForReading(const std::string& path, uint64_t max_size, uint
                                 bool follow_links) {
   // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; it is refused below.
   const int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (follow_links ? 0 : O_NOFOLLOW);
-  int fd;
-  do {
-    fd = sys_->Open(path.c_str(), flags, 0);
-  } while (fd < 0 && errno == EINTR);
+  const int fd = RetryOnEintr([&] { return sys_->Open(path.c_str(), flags, 0); });
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) {
@@ -304,6 +266,17 @@ FileInfo InfoOf(const struct stat& st) {
   return info;
 }
 
+// stat or lstat of `path`.
+Result<FileInfo> StatWith(int (*stat_call)(const char*, struct stat*), const std::string& path) {
+  struct stat st;
+  if (stat_call(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return Status::NotFound("'" + path + "' does not exist");
+    return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
+  }
+  return InfoOf(st);
+}
+
 class PosixFileLock : public FileLock {
  public:
   PosixFileLock(Syscalls* sys, int fd) : sys_(sys), fd_(fd) {}
@@ -334,25 +307,8 @@ class PosixDirectory : public Directory {
 
 }  // namespace
 
-Result<FileInfo> Env::Stat(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
-    const int err = errno;
-    if (err == ENOENT) return Status::NotFound("'" + path + "' does not exist");
-    return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
-  }
-  return InfoOf(st);
-}
-
-Result<FileInfo> Env::LinkStat(const std::string& path) {
-  struct stat st;
-  if (lstat(path.c_str(), &st) != 0) {
-    const int err = errno;
-    if (err == ENOENT) return Status::NotFound("'" + path + "' does not exist");
-    return Status::IOError("cannot stat '" + path + "': " + ErrnoText(err));
-  }
-  return InfoOf(st);
-}
+Result<FileInfo> Env::Stat(const std::string& path) { return StatWith(::stat, path); }
+Result<FileInfo> Env::LinkStat(const std::string& path) { return StatWith(::lstat, path); }
 
 Result<bool> Env::LinkFile(const std::string& from, const std::string& to) {
   if (RetryOnEintr([&] { return sys_->Link(from.c_str(), to.c_str()); }) != 0) {
@@ -408,16 +364,13 @@ Status Env::RenameFile(const std::string& from, const std::string& to) {
 }
 
 Result<std::string> Env::ReadFilePrefix(const std::string& path, size_t n) {
-  int fd;
-  do {
-    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
-  } while (fd < 0 && errno == EINTR);
+  const int fd =
+      RetryOnEintr([&] { return sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0); });
   if (fd < 0) return Status::IOError("cannot read '" + path + "': " + ErrnoText(errno));
   std::string bytes(n, '\0');
   size_t got = 0;
   while (got < n) {
-    const ssize_t r = sys_->Read(fd, &bytes[got], n - got);
-    if (r < 0 && errno == EINTR) continue;
+    const ssize_t r = RetryOnEintr([&] { return sys_->Read(fd, &bytes[got], n - got); });
     if (r < 0) {
       const int err = errno;
       sys_->Close(fd);
@@ -458,11 +411,10 @@ Result<std::unique_ptr<FileLock>> Env::LockFile(const std::string& path, bool wa
   // file open for writing. O_NOFOLLOW and O_NONBLOCK: a link or FIFO under a temp name is not
   // ours and must not hang us.
   const int flags = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
-  int fd;
-  do {
-    fd = sys_->Open(path.c_str(), O_RDWR | flags, 0);
-    if (fd < 0 && errno == EACCES) fd = sys_->Open(path.c_str(), O_RDONLY | flags, 0);
-  } while (fd < 0 && errno == EINTR);
+  const int fd = RetryOnEintr([&] {
+    const int rw = sys_->Open(path.c_str(), O_RDWR | flags, 0);
+    return rw < 0 && errno == EACCES ? sys_->Open(path.c_str(), O_RDONLY | flags, 0) : rw;
+  });
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) return Status::NotFound("'" + name + "' does not exist");
@@ -486,10 +438,8 @@ Result<std::unique_ptr<FileLock>> Env::LockFile(const std::string& path, bool wa
 }
 
 Result<std::unique_ptr<Directory>> Env::OpenDirectory(const std::string& dir) {
-  int fd;
-  do {
-    fd = sys_->Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-  } while (fd < 0 && errno == EINTR);
+  const int fd =
+      RetryOnEintr([&] { return sys_->Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0); });
   if (fd < 0) return Status::IOError("cannot open directory '" + dir + "': " + ErrnoText(errno));
   return std::unique_ptr<Directory>(new PosixDirectory(sys_, dir, fd));
 }
@@ -499,12 +449,6 @@ Status Env::RemoveFile(const std::string& path) {
     return Status::IOError("cannot remove '" + path + "': " + ErrnoText(errno));
   }
   return Status::Ok();
-}
-
-Status Env::SyncDir(const std::string& dir) {
-  auto directory = OpenDirectory(dir);
-  if (!directory.ok()) return directory.status();
-  return (*directory)->Sync();
 }
 
 Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
@@ -521,7 +465,6 @@ Result<std::vector<std::string>> Env::ListDir(const std::string& dir) {
 
 namespace {
 
-// One thread, started on first use, joined at exit, so that no removal is cut off by a normal exit.
 // Closes descriptors on one thread, started on first use and joined at exit, so that no close is
 // cut off by a normal exit. Closing the last descriptor of a file without names frees its blocks,
 // which blocks the closer.
@@ -582,11 +525,8 @@ void Env::CloseInBackground(int fd) {
 }
 
 int Env::OpenForBackgroundRelease(const std::string& path) {
-  int fd;
-  do {
-    fd = sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
-  } while (fd < 0 && errno == EINTR);
-  return fd;
+  return RetryOnEintr(
+      [&] { return sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0); });
 }
 void Env::WaitForBackgroundCloses() { GlobalCloser().Wait(); }
 

@@ -399,24 +399,29 @@ uint64_t KvPartSize(const ChunkLayout& l, uint32_t n_cells) {
   return SeqStateSize(l, n_cells) - kSeqStateHeaderBytes;
 }
 
-void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int32_t first_pos,
-                    uint8_t* out) {
-  uint32_t cells = 0;
-  for (const CellRun& r : runs) cells += r.count;
-  // The offsets are those of a whole state; `base` is where its header would start.
-  uint8_t* base = out - kSeqStateHeaderBytes;
-  const StateOffsets o = OffsetsOf(l, cells);
+namespace {
+
+// The cell table (positions first_pos, first_pos + 1, ... of sequence 0), v_trans and n_layer of
+// a one-stream state of `cells` cells whose header starts at `base`.
+void EncodeCells(const ChunkLayout& l, uint32_t cells, int32_t first_pos, uint8_t* base) {
   EncodeFixed32(base + 8, 1);       // n_stream
   EncodeFixed32(base + 12, cells);  // cell_count
   for (uint32_t i = 0; i < cells; ++i) {
     uint8_t* cell = base + 16 + uint64_t{i} * 12;
     EncodeFixed32(cell, static_cast<uint32_t>(first_pos + static_cast<int32_t>(i)));
-    EncodeFixed32(cell + 4, 1);
-    EncodeFixed32(cell + 8, 0);
+    EncodeFixed32(cell + 4, 1);  // n_seq_id
+    EncodeFixed32(cell + 8, 0);  // seq_id
   }
   EncodeFixed32(base + 16 + uint64_t{cells} * 12, l.v_trans ? 1 : 0);
   EncodeFixed32(base + 20 + uint64_t{cells} * 12, l.n_layer);
-  for (uint32_t il = 0; il < l.n_layer; ++il) {
+}
+
+// Layers [first, first + step, ...) of a state of `cells` cells whose header starts at `base`: K,
+// then V, each the runs' cells in order.
+void AssembleLayers(const ChunkLayout& l, const std::vector<CellRun>& runs, uint32_t cells,
+                    uint8_t* base, uint32_t first, uint32_t step) {
+  const StateOffsets o = OffsetsOf(l, cells);
+  for (uint32_t il = first; il < l.n_layer; il += step) {
     uint8_t* layer = base + o.k_first + il * o.k_layer;
     EncodeFixed32(layer - 12, static_cast<uint32_t>(l.k_type));
     EncodeFixed64(layer - 8, l.k_row_bytes);
@@ -426,7 +431,7 @@ void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int3
       layer += uint64_t{r.count} * l.k_row_bytes;
     }
   }
-  for (uint32_t il = 0; il < l.n_layer; ++il) {
+  for (uint32_t il = first; il < l.n_layer; il += step) {
     uint8_t* layer = base + o.v_first + il * o.v_layer;
     EncodeFixed32(layer - 12, static_cast<uint32_t>(l.v_type));
     if (!l.v_trans) {
@@ -456,71 +461,32 @@ void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int3
   }
 }
 
-namespace {
-
-// Layers [first, first + step, ...) of AssembleSeqState: K, then V.
-void AssembleLayers(const ChunkLayout& l, uint32_t chunk_tokens,
-                    const std::vector<const uint8_t*>& chunks, uint8_t* out, uint32_t first,
-                    uint32_t step) {
-  const uint32_t cells = static_cast<uint32_t>(chunks.size()) * chunk_tokens;
-  const StateOffsets o = OffsetsOf(l, cells);
-  const uint64_t chunk_k = uint64_t{chunk_tokens} * l.k_row_bytes;
-  const uint64_t k_all = uint64_t{l.n_layer} * chunk_k;  // K bytes of one chunk
-  for (uint32_t il = first; il < l.n_layer; il += step) {
-    uint8_t* layer = out + o.k_first + il * o.k_layer;
-    EncodeFixed32(layer - 12, static_cast<uint32_t>(l.k_type));
-    EncodeFixed64(layer - 8, l.k_row_bytes);
-    for (size_t j = 0; j < chunks.size(); ++j)
-      std::memcpy(layer + j * chunk_k, chunks[j] + il * chunk_k, chunk_k);
-  }
-  for (uint32_t il = first; il < l.n_layer; il += step) {
-    uint8_t* layer = out + o.v_first + il * o.v_layer;
-    if (!l.v_trans) {
-      const uint64_t chunk_v = uint64_t{chunk_tokens} * l.v_row_bytes;
-      EncodeFixed32(layer - 12, static_cast<uint32_t>(l.v_type));
-      EncodeFixed64(layer - 8, l.v_row_bytes);
-      for (size_t j = 0; j < chunks.size(); ++j)
-        std::memcpy(layer + j * chunk_v, chunks[j] + k_all + il * chunk_v, chunk_v);
-      continue;
-    }
-    EncodeFixed32(layer - 12, static_cast<uint32_t>(l.v_type));
-    EncodeFixed32(layer - 8, l.v_elem_bytes);
-    EncodeFixed32(layer - 4, l.n_embd_v);
-    const uint64_t piece = uint64_t{chunk_tokens} * l.v_elem_bytes;  // one V row of one chunk
-    const uint64_t chunk_layer = uint64_t{l.n_embd_v} * piece;
-    for (uint32_t r = 0; r < l.n_embd_v; ++r) {
-      uint8_t* row = layer + uint64_t{r} * cells * l.v_elem_bytes;
-      for (size_t j = 0; j < chunks.size(); ++j)
-        std::memcpy(row + j * piece, chunks[j] + k_all + il * chunk_layer + r * piece, piece);
-    }
-  }
-}
-
 }  // namespace
+
+void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int32_t first_pos,
+                    uint8_t* out) {
+  uint32_t cells = 0;
+  for (const CellRun& r : runs) cells += r.count;
+  // The offsets are those of a whole state; `base` is where its header would start.
+  uint8_t* base = out - kSeqStateHeaderBytes;
+  EncodeCells(l, cells, first_pos, base);
+  AssembleLayers(l, runs, cells, base, 0, 1);
+}
 
 void AssembleSeqState(const ChunkLayout& l, uint32_t chunk_tokens,
                       const std::vector<const uint8_t*>& chunks, uint8_t* out, int n_threads) {
   const uint32_t cells = static_cast<uint32_t>(chunks.size()) * chunk_tokens;
-  uint8_t* p = out;
-  EncodeFixed32(p, kLlamaSeqStateMagic);
-  EncodeFixed32(p + 4, 0);       // seq_id
-  EncodeFixed32(p + 8, 1);       // n_stream
-  EncodeFixed32(p + 12, cells);  // cell_count
-  p += 16;
-  for (uint32_t i = 0; i < cells; ++i, p += 12) {
-    EncodeFixed32(p, i);      // pos
-    EncodeFixed32(p + 4, 1);  // n_seq_id
-    EncodeFixed32(p + 8, 0);  // seq_id
-  }
-  EncodeFixed32(p, l.v_trans ? 1 : 0);
-  EncodeFixed32(p + 4, l.n_layer);
+  std::vector<CellRun> runs;
+  for (const uint8_t* chunk : chunks) runs.push_back({chunk, chunk_tokens, 0, chunk_tokens});
+  EncodeFixed32(out, kLlamaSeqStateMagic);
+  EncodeFixed32(out + 4, 0);  // seq_id
+  EncodeCells(l, cells, 0, out);
   // Memory-bound copies: a second thread on the other core nearly halves the time.
   const uint32_t step = static_cast<uint32_t>(std::clamp(n_threads, 1, 8));
   std::vector<std::thread> helpers;
   for (uint32_t t = 1; t < step; ++t)
-    helpers.emplace_back(AssembleLayers, std::cref(l), chunk_tokens, std::cref(chunks), out, t,
-                         step);
-  AssembleLayers(l, chunk_tokens, chunks, out, 0, step);
+    helpers.emplace_back(AssembleLayers, std::cref(l), std::cref(runs), cells, out, t, step);
+  AssembleLayers(l, runs, cells, out, 0, step);
   for (auto& h : helpers) h.join();
 }
 

@@ -11,17 +11,9 @@
 namespace kvstash::format {
 
 const char* MemoryKindName(MemoryKind kind) {
-  switch (kind) {
-    case MemoryKind::kKv:
-      return "kv";
-    case MemoryKind::kIswa:
-      return "iswa";
-    case MemoryKind::kRecurrent:
-      return "recurrent";
-    case MemoryKind::kHybrid:
-      return "hybrid";
-  }
-  return "unknown";
+  static const char* const kNames[] = {"kv", "iswa", "recurrent", "hybrid"};
+  const auto i = static_cast<uint32_t>(kind);
+  return i <= kMaxMemoryKind ? kNames[i] : "unknown";
 }
 
 namespace {
@@ -381,8 +373,9 @@ Result<size_t> KvBlockBytes(const uint8_t* p, size_t left) {
   return left - r.remaining();
 }
 
-// The KV parts a state of `kind` has (a snapshot: only the last part's).
-int KvParts(MemoryKind kind, bool partial) {
+}  // namespace
+
+int KvPartCount(MemoryKind kind, bool partial) {
   switch (kind) {
     case MemoryKind::kKv:
       return 1;
@@ -396,10 +389,6 @@ int KvParts(MemoryKind kind, bool partial) {
   return 0;
 }
 
-}  // namespace
-
-int KvPartCount(MemoryKind kind, bool partial) { return KvParts(kind, partial); }
-
 Result<size_t> StateToOneStream(uint8_t* data, size_t size, MemoryKind kind, bool partial,
                                 uint32_t n_stream, uint32_t stream) {
   if (n_stream == 0 || stream >= n_stream) {
@@ -407,7 +396,7 @@ Result<size_t> StateToOneStream(uint8_t* data, size_t size, MemoryKind kind, boo
                             " names no stream");
   }
   size_t in = kSeqStateHeaderBytes, out = kSeqStateHeaderBytes;
-  for (int part = 0; part < KvParts(kind, partial); ++part) {
+  for (int part = 0; part < KvPartCount(kind, partial); ++part) {
     if (size - in < 4) return Status::Internal("llama.cpp's state is cut short");
     if (DecodeFixed32(data + in) != n_stream)
       return Status::Internal("llama.cpp's state has another stream count");
@@ -436,7 +425,7 @@ void StateToStreams(uint8_t* data, size_t size, MemoryKind kind, bool partial, u
   // The parts' ends in the one-stream state (it was walked by ParseSeqState: sizes are sound).
   std::vector<size_t> ends;
   size_t at = kSeqStateHeaderBytes;
-  for (int part = 0; part < KvParts(kind, partial); ++part) {
+  for (int part = 0; part < KvPartCount(kind, partial); ++part) {
     at += 4 + *KvBlockBytes(data + at + 4, size - at - 4);
     ends.push_back(at);
   }
@@ -479,11 +468,6 @@ Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32
   EncodeFixed32(header + 8, 1);
   std::memcpy(data + before, header, 12);
   return before;
-}
-
-void ToStreams(uint8_t* data, size_t size, uint32_t n_stream) {
-  EncodeFixed32(data + 8, n_stream);
-  std::memset(data + size, 0, 4 * size_t{n_stream - 1});
 }
 
 }  // namespace kvstash::format

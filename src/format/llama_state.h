@@ -145,17 +145,13 @@ Status CellBytes(const uint8_t* data, size_t size, const KvLayout& layout, int32
 
 // A context with a KV stream per sequence (kv_unified off, n_stream > 1) writes one sequence's
 // state as the one-stream state with an empty block (u32 0) for every other stream around its
-// own: streams before `stream` precede it, the rest follow. These two convert in place, without
+// own: streams before `stream` precede it, the rest follow. These convert in place, without
 // copying the KV bytes, so that the one-stream reader, chunk cutter and assembler serve both.
 //
 // Rewrites the n_stream-stream state of the sequence in stream `stream` (`size` bytes at `data`)
 // as a one-stream state; returns its offset in `data` (its size is size - 4 * (n_stream - 1)).
 // Refused when the other streams' blocks are not empty or the sizes do not add up.
 Result<size_t> ToOneStream(uint8_t* data, size_t size, uint32_t n_stream, uint32_t stream);
-// Rewrites a one-stream state of `size` bytes at `data`, followed by 4 * (n_stream - 1) spare
-// bytes, as an n_stream-stream state (llama.cpp restores a block into the destination sequence's
-// own stream whichever block it is, so the non-empty one comes first).
-void ToStreams(uint8_t* data, size_t size, uint32_t n_stream);
 
 // The same for a state of any kind (a snapshot with `partial`): each KV part loses its other
 // streams' empty blocks. Compacts `data` in place and returns the one-stream state's size.

@@ -59,17 +59,6 @@ void SendError(httplib::Response& res, const ApiError& error) {
   res.set_content(RenderError(error), "application/json");
 }
 
-ApiError Error(int status, std::string message, std::string type = "invalid_request_error",
-               std::string param = "", std::string code = "") {
-  ApiError e;
-  e.http_status = status;
-  e.message = std::move(message);
-  e.type = std::move(type);
-  e.param = std::move(param);
-  e.code = std::move(code);
-  return e;
-}
-
 // Everything the handlers share.
 struct ServerState {
   const ServeOptions* options = nullptr;
@@ -94,10 +83,10 @@ bool PromptTokens(ServerState& st, const CompletionRequest& req, std::vector<Tok
   if (req.endpoint == Endpoint::kCompletion && req.prompt_is_tokens) {
     for (int32_t t : req.prompt_tokens) {
       if (t < 0 || t >= st.model->n_vocab()) {
-        *error = Error(400,
-                       "prompt token " + std::to_string(t) + " is outside the model's " +
-                           "vocabulary of " + std::to_string(st.model->n_vocab()) + " tokens",
-                       "invalid_request_error", "prompt");
+        *error = ApiError{400,
+                          "prompt token " + std::to_string(t) + " is outside the model's " +
+                              "vocabulary of " + std::to_string(st.model->n_vocab()) + " tokens",
+                          "invalid_request_error", "prompt", ""};
         return false;
       }
     }
@@ -110,15 +99,15 @@ bool PromptTokens(ServerState& st, const CompletionRequest& req, std::vector<Tok
     for (const auto& m : req.messages) messages.push_back({m.role, m.content});
     auto applied = st.model->ApplyChatTemplate(messages, st.options->chat_template);
     if (!applied.ok()) {
-      *error = Error(500, applied.status().message(), "server_error");
+      *error = ApiError{500, applied.status().message(), "server_error", "", ""};
       return false;
     }
     text = std::move(*applied);
   }
   auto tokens = st.model->Tokenize(text, /*add_bos=*/true);
   if (!tokens.ok()) {
-    *error = Error(400, tokens.status().message(), "invalid_request_error",
-                   req.endpoint == Endpoint::kChat ? "messages" : "prompt");
+    *error = ApiError{400, tokens.status().message(), "invalid_request_error",
+                      req.endpoint == Endpoint::kChat ? "messages" : "prompt", ""};
     return false;
   }
   *out = std::move(*tokens);
@@ -133,22 +122,22 @@ bool CheckFits(const ServerState& st, const CompletionRequest& req, size_t n_pro
                             " tokens per sequence (-c / --parallel)";
   const char* prompt_field = req.endpoint == Endpoint::kChat ? "messages" : "prompt";
   if (n_prompt == 0) {
-    *error = Error(400, "the prompt is empty", "invalid_request_error", prompt_field);
+    *error = ApiError{400, "the prompt is empty", "invalid_request_error", prompt_field, ""};
     return false;
   }
   if (n_prompt >= n_ctx) {
-    *error = Error(400,
-                   "the prompt has " + std::to_string(n_prompt) + " tokens; " + where +
-                       ", and at least one must be left to generate",
-                   "invalid_request_error", prompt_field, "context_length_exceeded");
+    *error = ApiError{400,
+                      "the prompt has " + std::to_string(n_prompt) + " tokens; " + where +
+                          ", and at least one must be left to generate",
+                      "invalid_request_error", prompt_field, "context_length_exceeded"};
     return false;
   }
   if (req.max_tokens && n_prompt + static_cast<uint64_t>(*req.max_tokens) > n_ctx) {
-    *error = Error(400,
-                   "the prompt has " + std::to_string(n_prompt) + " tokens and max_tokens is " +
-                       std::to_string(*req.max_tokens) + ": " +
-                       std::to_string(n_prompt + *req.max_tokens) + " tokens, but " + where,
-                   "invalid_request_error", "max_tokens", "context_length_exceeded");
+    *error = ApiError{400,
+                      "the prompt has " + std::to_string(n_prompt) + " tokens and max_tokens is " +
+                          std::to_string(*req.max_tokens) + ": " +
+                          std::to_string(n_prompt + *req.max_tokens) + " tokens, but " + where,
+                      "invalid_request_error", "max_tokens", "context_length_exceeded"};
     return false;
   }
   return true;
@@ -197,10 +186,10 @@ void Record(ServerState& st, const std::string& path, const JobResult& r) {
 // shutdown cut it (an answer cut short must not look like a finished one).
 std::optional<ApiError> FailureOf(const JobResult& r) {
   if (r.finish == JobFinish::kError)
-    return Error(500, r.status.message(), "server_error", "", "decode_failed");
+    return ApiError{500, r.status.message(), "server_error", "", "decode_failed"};
   if (r.finish == JobFinish::kCancelled)
-    return Error(503, "the server shut down before the answer was complete; retry", "server_error",
-                 "", "shutdown");
+    return ApiError{503, "the server shut down before the answer was complete; retry",
+                    "server_error", "", "shutdown"};
   return std::nullopt;
 }
 
@@ -284,8 +273,8 @@ void HandleCompletion(ServerState& st, Endpoint endpoint, const httplib::Request
   };
   if (!st.ready || st.draining) {
     res.set_header("Retry-After", "5");
-    return fail(Error(503, st.draining ? "the server is shutting down" : "the model is loading",
-                      "server_error", "", "unavailable"));
+    return fail(ApiError{503, st.draining ? "the server is shutting down" : "the model is loading",
+                         "server_error", "", "unavailable"});
   }
   CompletionRequest request;
   ApiError error;
@@ -307,8 +296,8 @@ void HandleCompletion(ServerState& st, Endpoint endpoint, const httplib::Request
   std::shared_ptr<Channel> channel = job.channel;
   if (!st.scheduler->Submit(std::move(job))) {
     res.set_header("Retry-After", "1");
-    return fail(Error(503, "every sequence is busy and the queue is full; retry shortly",
-                      "server_error", "", "queue_full"));
+    return fail(ApiError{503, "every sequence is busy and the queue is full; retry shortly",
+                         "server_error", "", "queue_full"});
   }
   ResponseMeta meta;
   meta.endpoint = endpoint;
@@ -353,8 +342,8 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
     const std::string prefix = "Bearer ";
     if (auth.compare(0, prefix.size(), prefix) == 0 && KeyMatches(auth.substr(prefix.size()), key))
       return httplib::Server::HandlerResponse::Unhandled;
-    SendError(res, Error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                         "authentication_error", "", "invalid_api_key"));
+    SendError(res, ApiError{401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                            "authentication_error", "", "invalid_api_key"});
     st.metrics.CountRequest(EndpointLabel(req.path), 401);
     return httplib::Server::HandlerResponse::Handled;
   });
@@ -386,13 +375,14 @@ void InstallRoutes(httplib::Server& http, ServerState& st) {
                             : res.status == 413 ? "the request body is larger than this server " +
                                                       std::string("accepts (--max-body)")
                                                 : "the request could not be served";
-    SendError(res,
-              Error(res.status, msg, res.status >= 500 ? "server_error" : "invalid_request_error"));
+    SendError(res, ApiError{res.status, msg,
+                            res.status >= 500 ? "server_error" : "invalid_request_error", "", ""});
     st.metrics.CountRequest(EndpointLabel(req.path), res.status);
   });
   http.set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-        SendError(res, Error(500, "internal error while serving the request", "server_error"));
+        SendError(
+            res, ApiError{500, "internal error while serving the request", "server_error", "", ""});
       });
 }
 
@@ -443,13 +433,6 @@ Status Start(ServerState& st) {
   Log("model " + o.model_path + ": " + st.engine->Describe());
   st.ready = true;
   return Status::Ok();
-}
-
-// Waits for SIGINT or SIGTERM (blocked in every thread, taken here with sigwait).
-int WaitForSignal(const sigset_t& set) {
-  int sig = 0;
-  sigwait(&set, &sig);
-  return sig;
 }
 
 }  // namespace
@@ -504,7 +487,8 @@ int RunServer(const ServeOptions& options) {
     listener.join();
     return 1;
   }
-  const int sig = WaitForSignal(set);
+  int sig = 0;
+  sigwait(&set, &sig);  // SIGINT or SIGTERM, blocked in every thread
   Log(std::string("got ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
       ": finishing running requests");
   st.draining = true;

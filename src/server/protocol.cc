@@ -28,12 +28,10 @@ using OJson = nlohmann::ordered_json;
 // the parse bounds the parser's stack and memory on hostile bodies such as 100000 '['.
 constexpr int kMaxDepth = 64;
 
-bool Fail(ApiError* error, std::string param, std::string message) {
-  error->http_status = 400;
-  error->type = "invalid_request_error";
-  error->param = std::move(param);
-  error->message = std::move(message);
-  error->code.clear();
+// Fills *error with `message`, after "<param>: " when the error is a field's; returns false.
+bool Fail(ApiError* error, const std::string& param, const std::string& message) {
+  *error = ApiError{400, param.empty() ? message : param + ": " + message, "invalid_request_error",
+                    param, ""};
   return false;
 }
 
@@ -103,20 +101,20 @@ bool ReadInteger(const Json& v, const std::string& name, int64_t min, int64_t ma
   } else if (v.is_number_float()) {
     double d = v.get<double>();
     if (std::floor(d) != d) {
-      return Fail(error, name,
-                  name + ": expected an integer" + range + ", got " + Got(v) +
-                      " (a fraction); send a whole number");
+      return Fail(
+          error, name,
+          "expected an integer" + range + ", got " + Got(v) + " (a fraction); send a whole number");
     }
     // Compare as doubles first: converting an out-of-range double to int64 is undefined.
     in_range = d >= static_cast<double>(min) && d <= static_cast<double>(max);
     if (in_range) value = static_cast<int64_t>(d);
   } else {
-    return Fail(error, name,
-                name + ": expected an integer" + range + ", got " + Got(v) +
-                    "; send a JSON number without quotes");
+    return Fail(
+        error, name,
+        "expected an integer" + range + ", got " + Got(v) + "; send a JSON number without quotes");
   }
   if (!in_range) {
-    return Fail(error, name, name + ": " + Got(v) + " is out of range; send an integer" + range);
+    return Fail(error, name, Got(v) + " is out of range; send an integer" + range);
   }
   *out = value;
   return true;
@@ -129,12 +127,12 @@ bool ReadNumber(const Json& v, const std::string& name, double min, double max, 
   std::snprintf(range, sizeof range, "%s%g, %g]", min_exclusive ? "(" : "[", min, max);
   if (!v.is_number()) {
     return Fail(error, name,
-                name + ": expected a number in " + range + ", got " + Got(v) +
+                std::string("expected a number in ") + range + ", got " + Got(v) +
                     "; send a JSON number without quotes");
   }
   double d = v.get<double>();
   if (!(min_exclusive ? d > min : d >= min) || !(d <= max)) {
-    return Fail(error, name, name + ": " + Got(v) + " is out of range; send a number in " + range);
+    return Fail(error, name, Got(v) + " is out of range; send a number in " + range);
   }
   *out = d;
   return true;
@@ -142,9 +140,8 @@ bool ReadNumber(const Json& v, const std::string& name, double min, double max, 
 
 bool ReadBool(const Json& v, const std::string& name, bool* out, ApiError* error) {
   if (!v.is_boolean()) {
-    return Fail(
-        error, name,
-        name + ": expected a boolean, got " + Got(v) + "; send true or false without quotes");
+    return Fail(error, name,
+                "expected a boolean, got " + Got(v) + "; send true or false without quotes");
   }
   *out = v.get<bool>();
   return true;
@@ -152,7 +149,7 @@ bool ReadBool(const Json& v, const std::string& name, bool* out, ApiError* error
 
 bool ReadString(const Json& v, const std::string& name, std::string* out, ApiError* error) {
   if (!v.is_string()) {
-    return Fail(error, name, name + ": expected a string, got " + Got(v));
+    return Fail(error, name, "expected a string, got " + Got(v));
   }
   *out = v.get<std::string>();
   return true;
@@ -167,8 +164,7 @@ bool ParseContent(const Json& content, const std::string& param, std::string* ou
     return true;
   }
   if (!content.is_array()) {
-    return Fail(error, param,
-                param + ": expected a string or an array of text parts, got " + Got(content));
+    return Fail(error, param, "expected a string or an array of text parts, got " + Got(content));
   }
   out->clear();
   for (size_t j = 0; j < content.size(); ++j) {
@@ -176,21 +172,21 @@ bool ParseContent(const Json& content, const std::string& param, std::string* ou
     const std::string p = param + "[" + std::to_string(j) + "]";
     if (!part.is_object()) {
       return Fail(error, p,
-                  p + ": expected an object {\"type\": \"text\", \"text\": ...}, got " + Got(part));
+                  "expected an object {\"type\": \"text\", \"text\": ...}, got " + Got(part));
     }
     const Json* type = Field(part, "type");
     std::string type_name;
-    if (type == nullptr) return Fail(error, p + ".type", p + ".type: required; send \"text\"");
+    if (type == nullptr) return Fail(error, p + ".type", "required; send \"text\"");
     if (!ReadString(*type, p + ".type", &type_name, error)) return false;
     if (type_name != "text") {
       return Fail(error, p + ".type",
-                  p + ".type: \"" + type_name +
+                  "\"" + type_name +
                       "\" content parts are not supported (text-only model server); send only "
                       "{\"type\": \"text\"} parts");
     }
     const Json* text = Field(part, "text");
     std::string piece;
-    if (text == nullptr) return Fail(error, p + ".text", p + ".text: required for a text part");
+    if (text == nullptr) return Fail(error, p + ".text", "required for a text part");
     if (!ReadString(*text, p + ".text", &piece, error)) return false;
     *out += piece;
   }
@@ -201,27 +197,25 @@ bool ParseMessage(const Json& m, size_t i, ChatMessage* out, ApiError* error) {
   const std::string param = "messages[" + std::to_string(i) + "]";
   if (!m.is_object()) {
     return Fail(error, param,
-                param + ": expected an object {\"role\": ..., \"content\": ...}, got " + Got(m));
+                "expected an object {\"role\": ..., \"content\": ...}, got " + Got(m));
   }
   const Json* role = Field(m, "role");
-  if (role == nullptr) return Fail(error, param + ".role", param + ".role: required");
+  if (role == nullptr) return Fail(error, param + ".role", "required");
   if (!ReadString(*role, param + ".role", &out->role, error)) return false;
   if (out->role == "developer") out->role = "system";  // OpenAI's newer name for system
   if (out->role == "tool" || out->role == "function") {
     return Fail(error, param + ".role",
-                param + ".role: \"" + out->role +
+                "\"" + out->role +
                     "\" messages are not supported (no tool calling); send system, developer, "
                     "user or assistant messages");
   }
   if (out->role != "system" && out->role != "user" && out->role != "assistant") {
     return Fail(error, param + ".role",
-                param + ".role: \"" + out->role +
-                    "\" is not a role; send system, developer, user or assistant");
+                "\"" + out->role + "\" is not a role; send system, developer, user or assistant");
   }
   for (const char* key : {"tool_calls", "function_call"}) {
     if (Field(m, key) != nullptr) {
-      return Fail(error, param + "." + key,
-                  param + "." + key + ": tool calls are not supported; remove the field");
+      return Fail(error, param + "." + key, "tool calls are not supported; remove the field");
     }
   }
   if (const Json* name = Field(m, "name")) {
@@ -236,7 +230,7 @@ bool ParseMessage(const Json& m, size_t i, ChatMessage* out, ApiError* error) {
       return true;
     }
     return Fail(error, param + ".content",
-                param + ".content: required for a " + out->role + " message; send a string");
+                "required for a " + out->role + " message; send a string");
   }
   return ParseContent(*content, param + ".content", &out->content, error);
 }
@@ -246,17 +240,17 @@ bool ParseMessages(const Json& body, const ParseLimits& limits, CompletionReques
   const Json* messages = Field(body, "messages");
   if (messages == nullptr) {
     return Fail(error, "messages",
-                "messages: required; send an array such as [{\"role\": \"user\", \"content\": "
+                "required; send an array such as [{\"role\": \"user\", \"content\": "
                 "\"Hello\"}]");
   }
   if (!messages->is_array() || messages->empty()) {
     return Fail(error, "messages",
-                "messages: expected a non-empty array of messages, got " +
+                "expected a non-empty array of messages, got " +
                     (messages->is_array() ? std::string("an empty array") : Got(*messages)));
   }
   if (messages->size() > limits.max_messages) {
     return Fail(error, "messages",
-                "messages: " + std::to_string(messages->size()) + " messages is more than this " +
+                std::to_string(messages->size()) + " messages is more than this " +
                     "server's limit of " + std::to_string(limits.max_messages));
   }
   out->messages.resize(messages->size());
@@ -269,16 +263,16 @@ bool ParseMessages(const Json& body, const ParseLimits& limits, CompletionReques
 // An array prompt: exactly one string, or token ids.
 bool ParsePromptArray(const Json& prompt, CompletionRequest* out, ApiError* error) {
   if (prompt.empty()) {
-    return Fail(error, "prompt", "prompt: empty array; send a string or an array of token ids");
+    return Fail(error, "prompt", "empty array; send a string or an array of token ids");
   }
   if (prompt[0].is_string()) {
     if (prompt.size() != 1) {
       return Fail(error, "prompt",
-                  "prompt: " + std::to_string(prompt.size()) +
+                  std::to_string(prompt.size()) +
                       " prompts in one request (batching) are not supported; send one string");
     }
     out->prompt = prompt[0].get<std::string>();
-    if (out->prompt.empty()) return Fail(error, "prompt", "prompt: empty; send some text");
+    if (out->prompt.empty()) return Fail(error, "prompt", "empty; send some text");
     return true;
   }
   out->prompt_is_tokens = true;
@@ -287,8 +281,7 @@ bool ParsePromptArray(const Json& prompt, CompletionRequest* out, ApiError* erro
     const Json& t = prompt[i];
     const std::string p = "prompt[" + std::to_string(i) + "]";
     if (t.is_array()) {
-      return Fail(error, p,
-                  p + ": batched token prompts are not supported; send one array of token ids");
+      return Fail(error, p, "batched token prompts are not supported; send one array of token ids");
     }
     int64_t id = 0;
     if (!ReadInteger(t, p, 0, std::numeric_limits<int32_t>::max(), &id, error)) return false;
@@ -300,16 +293,15 @@ bool ParsePromptArray(const Json& prompt, CompletionRequest* out, ApiError* erro
 bool ParsePrompt(const Json& body, CompletionRequest* out, ApiError* error) {
   const Json* prompt = Field(body, "prompt");
   if (prompt == nullptr) {
-    return Fail(error, "prompt", "prompt: required; send the text to complete as a string");
+    return Fail(error, "prompt", "required; send the text to complete as a string");
   }
   if (prompt->is_string()) {
     out->prompt = prompt->get<std::string>();
-    if (out->prompt.empty()) return Fail(error, "prompt", "prompt: empty; send some text");
+    if (out->prompt.empty()) return Fail(error, "prompt", "empty; send some text");
     return true;
   }
   if (prompt->is_array()) return ParsePromptArray(*prompt, out, error);
-  return Fail(error, "prompt",
-              "prompt: expected a string or an array of token ids, got " + Got(*prompt));
+  return Fail(error, "prompt", "expected a string or an array of token ids, got " + Got(*prompt));
 }
 
 bool ParseStop(const Json& body, const ParseLimits& limits, CompletionRequest* out,
@@ -317,11 +309,11 @@ bool ParseStop(const Json& body, const ParseLimits& limits, CompletionRequest* o
   const Json* stop = Field(body, "stop");
   if (stop == nullptr) return true;
   if (!stop->is_string() && !stop->is_array()) {
-    return Fail(error, "stop", "stop: expected a string or an array of strings, got " + Got(*stop));
+    return Fail(error, "stop", "expected a string or an array of strings, got " + Got(*stop));
   }
   if (stop->is_array() && stop->size() > limits.max_stop) {
     return Fail(error, "stop",
-                "stop: " + std::to_string(stop->size()) + " sequences; send at most " +
+                std::to_string(stop->size()) + " sequences; send at most " +
                     std::to_string(limits.max_stop));
   }
   const Json list = stop->is_string() ? Json::array({*stop}) : *stop;
@@ -329,10 +321,10 @@ bool ParseStop(const Json& body, const ParseLimits& limits, CompletionRequest* o
     const std::string p = stop->is_string() ? "stop" : "stop[" + std::to_string(i) + "]";
     std::string s;
     if (!ReadString(list[i], p, &s, error)) return false;
-    if (s.empty()) return Fail(error, p, p + ": an empty stop sequence; remove it");
+    if (s.empty()) return Fail(error, p, "an empty stop sequence; remove it");
     if (s.size() > limits.max_stop_bytes) {
       return Fail(error, p,
-                  p + ": " + std::to_string(s.size()) + " bytes; stop sequences may have at most " +
+                  std::to_string(s.size()) + " bytes; stop sequences may have at most " +
                       std::to_string(limits.max_stop_bytes));
     }
     out->stop.push_back(std::move(s));
@@ -368,24 +360,23 @@ bool ParseSampling(const Json& body, const ParseLimits& limits, CompletionReques
   if (const Json* v = Field(body, "n")) {
     int64_t n = 0;
     if (!ReadInteger(*v, "n", 0, std::numeric_limits<int64_t>::max(), &n, error)) return false;
-    if (n != 1) return Fail(error, "n", "n: only one choice per request is supported; send n = 1");
+    if (n != 1) return Fail(error, "n", "only one choice per request is supported; send n = 1");
   }
   for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
     if (const Json* v = Field(body, penalty)) {
       double p = 0;
       if (!ReadNumber(*v, penalty, -2, 2, false, &p, error)) return false;
       if (p != 0) {
-        return Fail(error, penalty,
-                    std::string(penalty) + ": not supported by this server; omit it or send 0");
+        return Fail(error, penalty, "not supported by this server; omit it or send 0");
       }
     }
   }
   if (const Json* v = Field(body, "logit_bias")) {
     if (!v->is_object()) {
-      return Fail(error, "logit_bias", "logit_bias: expected an object, got " + Got(*v));
+      return Fail(error, "logit_bias", "expected an object, got " + Got(*v));
     }
     if (!v->empty()) {
-      return Fail(error, "logit_bias", "logit_bias: not supported by this server; omit it");
+      return Fail(error, "logit_bias", "not supported by this server; omit it");
     }
   }
   return ParseStop(body, limits, out, error);
@@ -400,11 +391,10 @@ bool ParseStreaming(const Json& body, CompletionRequest* out, ApiError* error) {
   if (!out->stream) {
     // As OpenAI: stream_options without streaming is a client mistake worth reporting.
     return Fail(error, "stream_options",
-                "stream_options: only allowed when stream is true; remove it or set stream");
+                "only allowed when stream is true; remove it or set stream");
   }
   if (!options->is_object()) {
-    return Fail(error, "stream_options",
-                "stream_options: expected an object, got " + Got(*options));
+    return Fail(error, "stream_options", "expected an object, got " + Got(*options));
   }
   if (const Json* v = Field(*options, "include_usage")) {
     if (!ReadBool(*v, "stream_options.include_usage", &out->include_usage, error)) return false;
@@ -414,9 +404,7 @@ bool ParseStreaming(const Json& body, CompletionRequest* out, ApiError* error) {
 
 // Fields that ask for something this server does not do; refused by name, never dropped.
 bool RefuseUnsupported(const Json& body, Endpoint endpoint, ApiError* error) {
-  auto refuse = [&](const char* name, const std::string& why) {
-    return Fail(error, name, std::string(name) + ": " + why);
-  };
+  auto refuse = [&](const char* name, const std::string& why) { return Fail(error, name, why); };
   if (endpoint == Endpoint::kChat) {
     for (const char* name : {"tools", "functions"}) {
       if (Field(body, name)) return refuse(name, "tool calling is not supported; remove the field");

@@ -46,6 +46,7 @@ namespace {
 void Evict(Env* env, std::vector<ChunkEntry>* chunks, uint64_t max_bytes, GcReport* report) {
   uint64_t total = 0;
   for (const ChunkEntry& c : *chunks) total += c.info.size;
+  const uint64_t listed = total;
   std::sort(chunks->begin(), chunks->end(), [](const ChunkEntry& a, const ChunkEntry& b) {
     if (a.info.mtime_ns != b.info.mtime_ns) return a.info.mtime_ns < b.info.mtime_ns;
     return a.index > b.index;  // same time: the leaf first
@@ -60,9 +61,7 @@ void Evict(Env* env, std::vector<ChunkEntry>* chunks, uint64_t max_bytes, GcRepo
     }
     total -= c.info.size;  // gone or not removable: either way, try the next one
   }
-  report->bytes_left = 0;
-  for (const ChunkEntry& c : *chunks) report->bytes_left += c.info.size;
-  report->bytes_left -= report->bytes_removed;
+  report->bytes_left = listed - report->bytes_removed;
 }
 
 }  // namespace

@@ -161,10 +161,7 @@ RedisConnection* RedisTier::Usable(std::unique_ptr<RedisConnection>& conn) {
     if (down_ && NowNs() < retry_at_ns_) return nullptr;
   }
   auto made = RedisConnection::Connect(options_);
-  if (!made.ok()) {
-    Failed(conn, made.status().message());
-    return nullptr;
-  }
+  if (!Succeeded(made, conn)) return nullptr;
   conn = std::move(made.value());
   Recovered();
   return conn.get();
@@ -225,10 +222,7 @@ std::vector<std::string> RedisTier::FetchConsecutive(
   for (size_t i = 0; i < n; ++i) cmds.push_back({"GET", keys[i]});
   const size_t part_bound = std::min(max_value_bytes, options_.part_bytes);
   auto got = conn->Pipeline(cmds, part_bound);
-  if (!got.ok()) {
-    Failed(lookup_, got.status().message());
-    return values;
-  }
+  if (!Succeeded(got, lookup_)) return values;
   for (size_t i = 0; i < n; ++i) {
     const redisReply* r = (*got)[i].get();
     // Evicted between EXISTS and GET: a miss. Not a string, or not the size its header says: a
@@ -259,10 +253,7 @@ size_t RedisTier::CountExisting(RedisConnection* conn, const std::vector<std::st
   std::vector<std::vector<std::string>> cmds;
   for (const std::string& k : keys) cmds.push_back({"EXISTS", k});
   auto exists = conn->Pipeline(cmds);
-  if (!exists.ok()) {
-    Failed(lookup_, exists.status().message());
-    return 0;
-  }
+  if (!Succeeded(exists, lookup_)) return 0;
   size_t n = 0;
   while (n < exists->size() && (*exists)[n]->type == REDIS_REPLY_INTEGER &&
          (*exists)[n]->integer == 1) {
@@ -283,10 +274,7 @@ bool RedisTier::JoinParts(RedisConnection* conn, const std::string& key, uint64_
   std::vector<std::vector<std::string>> more;
   for (size_t p = 1; p < parts; ++p) more.push_back({"GET", RedisPartKey(key, p)});
   auto rest = conn->Pipeline(more, part);
-  if (!rest.ok()) {
-    Failed(lookup_, rest.status().message());
-    return false;
-  }
+  if (!Succeeded(rest, lookup_)) return false;
   for (const Reply& piece : *rest) {
     if (piece->type != REDIS_REPLY_STRING || value->size() + piece->len > size) break;
     value->append(piece->str, piece->len);  // a missing part (evicted alone) ends the value
@@ -352,10 +340,7 @@ bool RedisTier::PublishOne(const std::string& key, const std::string& value) {
   // parts too (unless Redis evicted one since: then a miss).
   std::vector<std::vector<std::string>> cmds = {{"EXISTS", key}};
   auto exists = conn->Pipeline(cmds);
-  if (!exists.ok()) {
-    Failed(publisher_, exists.status().message());
-    return false;
-  }
+  if (!Succeeded(exists, publisher_)) return false;
   if ((*exists)[0]->type == REDIS_REPLY_INTEGER && (*exists)[0]->integer == 1) {
     ++counters_.existing;
     return true;
@@ -369,10 +354,7 @@ bool RedisTier::PublishOne(const std::string& key, const std::string& value) {
         {"SET", RedisPartKey(key, p), value.substr(at, std::min(part, value.size() - at)), "NX"});
   }
   auto set = conn->Pipeline(cmds);
-  if (!set.ok()) {
-    Failed(publisher_, set.status().message());
-    return false;
-  }
+  if (!Succeeded(set, publisher_)) return false;
   for (const Reply& r : *set) {
     if (r->type != REDIS_REPLY_ERROR) continue;
     // OOM command not allowed (maxmemory without an eviction policy), READONLY, ...: the server
@@ -409,8 +391,7 @@ Result<uint64_t> RedisTier::Unlink(const std::string& pattern) {
   std::string cursor = "0";
   do {
     auto scan = conn->Pipeline({{"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"}});
-    if (!scan.ok()) {
-      Failed(lookup_, scan.status().message());
+    if (!Succeeded(scan, lookup_)) {
       return Status::IOError("Redis at " + options_.url.Redacted() + ": " +
                              scan.status().message());
     }
@@ -427,8 +408,7 @@ Result<uint64_t> RedisTier::Unlink(const std::string& pattern) {
     }
     if (unlink.size() > 1) {
       auto done = conn->Pipeline({unlink});
-      if (!done.ok()) {
-        Failed(lookup_, done.status().message());
+      if (!Succeeded(done, lookup_)) {
         return Status::IOError("Redis at " + options_.url.Redacted() + ": " +
                                done.status().message());
       }

@@ -86,6 +86,12 @@ class RedisTier {
   // A connection that works, or nullptr (then a miss): reconnects after the backoff.
   RedisConnection* Usable(std::unique_ptr<RedisConnection>& conn);
   void Failed(std::unique_ptr<RedisConnection>& conn, const std::string& why);
+  // Whether a command round succeeded; a failure is reported (Failed) and drops `conn`.
+  template <typename R>
+  bool Succeeded(const R& round, std::unique_ptr<RedisConnection>& conn) {
+    if (!round.ok()) Failed(conn, round.status().message());
+    return round.ok();
+  }
   // FetchConsecutive's rounds, under lookup_mu_: how many of `keys` exist in a run from the first
   // (0 also when Redis failed); the whole value of `key` whose first part is `value` (false: a
   // part is missing or Redis failed, counted).

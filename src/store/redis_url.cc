@@ -3,6 +3,8 @@
 #include <cctype>
 #include <cstdlib>
 
+#include "store/store_files.h"
+
 namespace kvstash::store {
 namespace {
 
@@ -31,12 +33,9 @@ bool Unescape(const std::string& in, std::string* out) {
 
 // A decimal in [lo, hi], digits only.
 bool ParseNumber(const std::string& s, int lo, int hi, int* out) {
-  if (s.empty() || s.size() > 5) return false;
-  for (char c : s)
-    if (!std::isdigit(static_cast<unsigned char>(c))) return false;
-  const int v = std::atoi(s.c_str());
-  if (v < lo || v > hi) return false;
-  *out = v;
+  uint32_t v = 0;
+  if (s.size() > 5 || !ParseDecimal(s, &v) || v < uint32_t(lo) || v > uint32_t(hi)) return false;
+  *out = static_cast<int>(v);
   return true;
 }
 

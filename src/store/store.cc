@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "format/session_format.h"
@@ -44,18 +45,11 @@ std::string ManifestText(uint32_t chunk_tokens) {
          std::to_string(chunk_tokens) + "\n";
 }
 
-// "key N" with N decimal, at most 9 digits (so it fits a uint32 without overflow checks).
+// "key N" with N decimal, at most 9 digits.
 bool ParseLine(const std::string& line, const std::string& key, uint32_t* value) {
   if (line.compare(0, key.size() + 1, key + " ") != 0) return false;
   const std::string digits = line.substr(key.size() + 1);
-  if (digits.empty() || digits.size() > 9) return false;
-  uint32_t v = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + uint32_t(c - '0');
-  }
-  *value = v;
-  return true;
+  return digits.size() <= 9 && store::ParseDecimal(digits, value);
 }
 
 // The chunk size recorded in `path`; kNotFound when there is no manifest.
@@ -68,15 +62,12 @@ Result<uint32_t> ReadManifest(Env* env, const std::string& path) {
   }
   auto text = env->ReadFilePrefix(path, kManifestMaxBytes);
   if (!text.ok()) return text.status();
-  std::vector<std::string> lines;
-  for (size_t at = 0; at < text->size();) {
-    const size_t nl = text->find('\n', at);
-    if (nl == std::string::npos) {
-      return Status::Corruption("store manifest '" + path + "' is truncated" + fix);
-    }
-    lines.push_back(text->substr(at, nl - at));
-    at = nl + 1;
+  if (!text->empty() && text->back() != '\n') {
+    return Status::Corruption("store manifest '" + path + "' is truncated" + fix);
   }
+  std::vector<std::string> lines;
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
   uint32_t version = 0, chunk_tokens = 0;
   if (lines.empty() || lines[0] != "kvstash store" || lines.size() < 2 ||
       !ParseLine(lines[1], "version", &version)) {
@@ -176,10 +167,7 @@ class LocalStore : public StoreImpl {
 };
 
 bool LoadedPrefix::Intact() const {
-  for (const auto& file : files) {
-    if (!file->Intact()) return false;
-  }
-  return true;
+  return std::all_of(files.begin(), files.end(), [](const auto& file) { return file->Intact(); });
 }
 
 Result<std::unique_ptr<StableFile>> LocalStore::OpenChunk(const std::string& path,

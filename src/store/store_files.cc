@@ -3,9 +3,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <random>
+
+#include "env/atomic_file.h"
 
 namespace kvstash::store {
 
@@ -45,21 +48,15 @@ bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* in
   const std::string ext = ".kvc";
   if (name.size() < kHex + 1 + 1 + ext.size() || name[kHex] != '.') return false;
   if (name.compare(name.size() - ext.size(), ext.size(), ext) != 0) return false;
-  const std::string hex = name.substr(0, kHex);
-  for (char c : hex) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;  // lowercase only
-  }
-  if (!format::ParseHashHex(hex, hash)) return false;
+  if (!format::ParseHashHex(name.substr(0, kHex), hash)) return false;  // lowercase only
   const std::string digits = name.substr(kHex + 1, name.size() - kHex - 1 - ext.size());
-  if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
-  uint64_t value = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return false;
-    value = value * 10 + uint64_t(c - '0');
-  }
-  if (value == 0 || value > UINT32_MAX) return false;
-  *index = static_cast<uint32_t>(value);
-  return true;
+  return !digits.empty() && digits[0] != '0' && ParseDecimal(digits, index);
+}
+
+bool ParseDecimal(std::string_view text, uint32_t* value) {
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, *value);
+  return !text.empty() && error == std::errc() && stop == end;
 }
 
 uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens) {
@@ -72,11 +69,7 @@ uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens
 namespace {
 
 bool IsHexPair(const std::string& name) {
-  if (name.size() != 2) return false;
-  for (char c : name) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
+  return name.size() == 2 && name.find_first_not_of("0123456789abcdef") == std::string::npos;
 }
 
 const char* TypeName(FileInfo::Type type) {
@@ -175,16 +168,13 @@ bool IsReadOnlyFailure(const Status& status) {
   return kind == "read-only" || kind == "permission denied";
 }
 
+bool WarnOnce::First(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return said_.insert(key).second;
+}
+
 void WarnOnce::Say(const std::string& line) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!said_.insert(line).second) return;
-  }
-  if (warn_) {
-    warn_(line);
-  } else {
-    std::fprintf(stderr, "%s\n", line.c_str());
-  }
+  if (First(line)) SayAlways(line);
 }
 
 void WarnOnce::SayAlways(const std::string& line) {
@@ -196,56 +186,24 @@ void WarnOnce::SayAlways(const std::string& line) {
 }
 
 void WarnOnce::Warn(const std::string& kind, const std::string& detail) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!said_.insert(kind).second) return;
-  }
+  if (!First(kind)) return;
   std::string line = "kvstash: store '" + dir_ + "': " + kind +
                      "; new chunks are not saved (answers are not affected)";
   if (!detail.empty()) line += " [" + detail + "]";
-  if (warn_) {
-    warn_(line);
-  } else {
-    std::fprintf(stderr, "%s\n", line.c_str());
-  }
+  SayAlways(line);
 }
-
-namespace {
-
-// Creates a temp file in tmp/ and takes its flock (retrying when a sweeper removed the fresh name
-// before it was locked).
-Status CreateLockedTemp(Env* env, const StorePaths& paths, std::string* temp,
-                        std::unique_ptr<WritableFile>* file, std::unique_ptr<FileLock>* lock) {
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    *temp = paths.NewTempPath();
-    auto created = env->NewWritableFile(*temp);
-    if (!created.ok()) return created.status();
-    auto locked = env->LockFile(*temp, /*wait=*/true);
-    if (locked.ok()) {
-      *file = std::move(created.value());
-      *lock = std::move(locked.value());
-      return Status::Ok();
-    }
-    created->reset();
-    if (locked.status().code() != Status::Code::kNotFound) {
-      (void)env->RemoveFile(*temp);  // best effort: the lock error is what matters
-      return locked.status();
-    }
-    // A sweeper removed the fresh name before we locked it (it looked unowned): another name.
-  }
-  return Status::IOError("cannot write to '" + paths.Temp() +
-                         "': another process keeps removing new temp files there");
-}
-
-}  // namespace
 
 Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::string_view>& parts,
                    const std::string& dest, bool replace, bool sync, bool* existed) {
   *existed = false;
   std::string temp;
   std::unique_ptr<WritableFile> file;
-  std::unique_ptr<FileLock> lock;
-  KVSTASH_RETURN_IF_ERROR(CreateLockedTemp(env, paths, &temp, &file, &lock));
+  auto lock = CreateLockedFile(
+      env, [&paths] { return paths.NewTempPath(); }, "",
+      Status::IOError("cannot write to '" + paths.Temp() +
+                      "': another process keeps removing new temp files there"),
+      &temp, &file);
+  if (!lock.ok()) return lock.status();
   Status status;
   for (std::string_view part : parts) {
     if (status.ok()) status = file->Append(part.data(), part.size());
@@ -271,7 +229,7 @@ Status PublishFile(Env* env, const StorePaths& paths, const std::vector<std::str
   // Unlinked while still locked: a sweeper that locks this name later finds it gone, never a
   // file that is also a published chunk.
   (void)env->RemoveFile(temp);
-  lock.reset();
+  lock->reset();
   return status;
 }
 

@@ -39,6 +39,9 @@ struct StorePaths {
   std::string NewTempPath() const;
 };
 
+// `text` as a decimal of digits only (no sign, no space) that fits a uint32.
+bool ParseDecimal(std::string_view text, uint32_t* value);
+
 // Parses "<64 hex>.<index>.kvc" (index 1..2^32-1, decimal without leading zeros).
 bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* index);
 
@@ -81,6 +84,7 @@ class WarnOnce {
   void SayAlways(const std::string& line);
 
  private:
+  bool First(const std::string& key);  // true the first time `key` is seen
   std::string dir_;
   std::function<void(const std::string&)> warn_;
   std::mutex mu_;

@@ -191,44 +191,36 @@ ShapeParams ArchShapeParams(TestShape shape, TestArch arch) {
   return p;
 }
 
-const char* VocabName(TestVocab vocab) {
-  switch (vocab) {
-    case TestVocab::kSpm:
-      return "spm";
-    case TestVocab::kBpe:
-      return "bpe";
-    case TestVocab::kQwen2:
-      return "qwen2";
-  }
-  return "spm";
-}
+// Each enum's names, indexed by its values: what the Parse* functions take and model names use.
+constexpr const char* kShapeNames[] = {"tiny", "small", "bench"};
+constexpr const char* kVocabNames[] = {"spm", "bpe", "qwen2"};
+constexpr const char* kTypeNames[] = {"f16", "q8_0"};
+constexpr const char* kArchNames[] = {"llama",  "phi3", "gemma2",   "gemma3",
+                                      "mamba2", "lfm2", "qwen3moe", "qwen2"};
 
-const char* ArchName(TestArch arch) {
-  switch (arch) {
-    case TestArch::kLlama:
-      return "llama";
-    case TestArch::kPhi3LongRope:
-      return "phi3";
-    case TestArch::kGemma2Swa:
-      return "gemma2";
-    case TestArch::kGemma3Swa:
-      return "gemma3";
-    case TestArch::kMamba2:
-      return "mamba2";
-    case TestArch::kLfm2Hybrid:
-      return "lfm2";
-    case TestArch::kQwen3Moe:
-      return "qwen3moe";
-    case TestArch::kQwen2:
-      return "qwen2";
+template <typename E, size_t N>
+const char* NameOf(const char* const (&names)[N], E value) {
+  const auto i = static_cast<size_t>(value);
+  return i < N ? names[i] : names[0];
+}
+const char* VocabName(TestVocab vocab) { return NameOf(kVocabNames, vocab); }
+const char* ArchName(TestArch arch) { return NameOf(kArchNames, arch); }
+
+// The value called `name`; InvalidArgument naming the allowed values otherwise.
+template <typename E, size_t N>
+Result<E> ParseName(const char* const (&names)[N], const char* what, const std::string& name) {
+  std::string allowed;
+  for (size_t i = 0; i < N; ++i) {
+    if (name == names[i]) return static_cast<E>(i);
+    allowed += std::string(i == 0 ? "" : i + 1 == N ? " or " : ", ") + names[i];
   }
-  return "llama";
+  return Status::InvalidArgument("unknown test model " + std::string(what) + " '" + name +
+                                 "': use " + allowed);
 }
 
 // LongRoPE factors: the long ones stretch every rotation by 2, so the two regimes give visibly
 // different keys.
 constexpr float kRopeLongFactor = 2.0f;
-const char* TypeName(TestWeightType type) { return type == TestWeightType::kF16 ? "f16" : "q8_0"; }
 
 // Half-width of a uniform distribution with standard deviation 0.02 (a / sqrt(3) = 0.02): small
 // enough that activations stay far from f16 overflow in every layer, so logits are finite.
@@ -277,71 +269,6 @@ struct GgmlDeleter {
 };
 using GgufPtr = std::unique_ptr<gguf_context, GgufDeleter>;
 using GgmlPtr = std::unique_ptr<ggml_context, GgmlDeleter>;
-
-// Copies one KV pair; gguf_set_kv would copy the vocab file's general.* and llama.* keys too, and
-// those describe the model the vocab came from, not this one.
-Status CopyKv(gguf_context* dst, const gguf_context* src, int64_t id) {
-  const char* key = gguf_get_key(src, id);
-  switch (gguf_get_kv_type(src, id)) {
-    case GGUF_TYPE_UINT8:
-      gguf_set_val_u8(dst, key, gguf_get_val_u8(src, id));
-      break;
-    case GGUF_TYPE_INT8:
-      gguf_set_val_i8(dst, key, gguf_get_val_i8(src, id));
-      break;
-    case GGUF_TYPE_UINT16:
-      gguf_set_val_u16(dst, key, gguf_get_val_u16(src, id));
-      break;
-    case GGUF_TYPE_INT16:
-      gguf_set_val_i16(dst, key, gguf_get_val_i16(src, id));
-      break;
-    case GGUF_TYPE_UINT32:
-      gguf_set_val_u32(dst, key, gguf_get_val_u32(src, id));
-      break;
-    case GGUF_TYPE_INT32:
-      gguf_set_val_i32(dst, key, gguf_get_val_i32(src, id));
-      break;
-    case GGUF_TYPE_FLOAT32:
-      gguf_set_val_f32(dst, key, gguf_get_val_f32(src, id));
-      break;
-    case GGUF_TYPE_BOOL:
-      gguf_set_val_bool(dst, key, gguf_get_val_bool(src, id));
-      break;
-    case GGUF_TYPE_STRING:
-      gguf_set_val_str(dst, key, gguf_get_val_str(src, id));
-      break;
-    case GGUF_TYPE_UINT64:
-      gguf_set_val_u64(dst, key, gguf_get_val_u64(src, id));
-      break;
-    case GGUF_TYPE_INT64:
-      gguf_set_val_i64(dst, key, gguf_get_val_i64(src, id));
-      break;
-    case GGUF_TYPE_FLOAT64:
-      gguf_set_val_f64(dst, key, gguf_get_val_f64(src, id));
-      break;
-    case GGUF_TYPE_ARRAY: {
-      const gguf_type elem_type = gguf_get_arr_type(src, id);
-      const size_t n = gguf_get_arr_n(src, id);
-      if (elem_type == GGUF_TYPE_STRING) {
-        std::vector<const char*> strs(n);
-        for (size_t i = 0; i < n; ++i) strs[i] = gguf_get_arr_str(src, id, i);
-        gguf_set_arr_str(dst, key, strs.data(), n);
-      } else if (elem_type != GGUF_TYPE_ARRAY && elem_type < GGUF_TYPE_COUNT) {
-        gguf_set_arr_data(dst, key, elem_type, gguf_get_arr_data(src, id), n);
-      } else {
-        return Status::Internal(std::string("embedded vocab key '") + key +
-                                "' is an array of arrays, which GGUF does not allow: the "
-                                "kvstash build embedded a broken vocab file; rebuild kvstash");
-      }
-      break;
-    }
-    default:
-      return Status::Internal(std::string("embedded vocab key '") + key +
-                              "' has an unknown GGUF type: the kvstash build embedded a broken "
-                              "vocab file; rebuild kvstash");
-  }
-  return Status::Ok();
-}
 
 // One tensor of the model, in file order.
 struct TensorPlan {
@@ -404,29 +331,25 @@ void PlanLayer(const ShapeParams& s, TestArch arch, int64_t il, ggml_type wtype,
                std::vector<TensorPlan>* plan) {
   const int64_t n_embd_kv = s.n_embd / s.n_head * s.n_head_kv;
   const std::string blk = Blk(il);
-  plan->push_back({blk + "attn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  AddConstant(plan, blk + "attn_norm.weight", s.n_embd, 1.0f);
   if (arch == TestArch::kGemma3Swa || arch == TestArch::kQwen2) {
     PlanAttention(s, arch, il, wtype, plan);
   } else {
-    plan->push_back({blk + "attn_q.weight", wtype, s.n_embd, s.n_embd, false});
-    plan->push_back({blk + "attn_k.weight", wtype, s.n_embd, n_embd_kv, false});
-    plan->push_back({blk + "attn_v.weight", wtype, s.n_embd, n_embd_kv, false});
-    plan->push_back({blk + "attn_output.weight", wtype, s.n_embd, s.n_embd, false});
+    AddMatrix(plan, blk + "attn_q.weight", wtype, s.n_embd, s.n_embd);
+    AddMatrix(plan, blk + "attn_k.weight", wtype, s.n_embd, n_embd_kv);
+    AddMatrix(plan, blk + "attn_v.weight", wtype, s.n_embd, n_embd_kv);
+    AddMatrix(plan, blk + "attn_output.weight", wtype, s.n_embd, s.n_embd);
   }
   const bool post_norms = arch == TestArch::kGemma2Swa || arch == TestArch::kGemma3Swa;
-  if (post_norms) {
-    plan->push_back({blk + "post_attention_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
-  }
-  plan->push_back({blk + "ffn_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
+  if (post_norms) AddConstant(plan, blk + "post_attention_norm.weight", s.n_embd, 1.0f);
+  AddConstant(plan, blk + "ffn_norm.weight", s.n_embd, 1.0f);
   if (arch == TestArch::kPhi3LongRope) {
-    plan->push_back({blk + "ffn_up.weight", wtype, s.n_embd, 2 * s.n_ff, false});
-    plan->push_back({blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd, false});
+    AddMatrix(plan, blk + "ffn_up.weight", wtype, s.n_embd, 2 * s.n_ff);
+    AddMatrix(plan, blk + "ffn_down.weight", wtype, s.n_ff, s.n_embd);
   } else {
     PlanGatedFfn(s, blk, wtype, plan);
   }
-  if (post_norms) {
-    plan->push_back({blk + "post_ffw_norm.weight", GGML_TYPE_F32, s.n_embd, 1, true});
-  }
+  if (post_norms) AddConstant(plan, blk + "post_ffw_norm.weight", s.n_embd, 1.0f);
 }
 
 // Qwen3-MoE: the router (ffn_gate_inp) and n_expert experts stacked in 3-d tensors.
@@ -820,15 +743,18 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
   // token attributes that look up tokens the llama vocabularies do not have.
   const std::string arch_suffix = NameSuffix(spec.arch);
   const std::string name = std::string("kvstash-test-") + shape.name + "-" + VocabName(spec.vocab) +
-                           "-" + TypeName(spec.type) + "-seed" + std::to_string(spec.seed) +
-                           arch_suffix;
+                           "-" + NameOf(kTypeNames, spec.type) + "-seed" +
+                           std::to_string(spec.seed) + arch_suffix;
   SetArchKeys(g, spec, shape, name, n_vocab);
-  const int64_t n_kv = gguf_get_n_kv(vctx);
-  for (int64_t id = 0; id < n_kv; ++id) {
-    if (std::strncmp(gguf_get_key(vctx, id), "tokenizer.", 10) == 0) {
-      KVSTASH_RETURN_IF_ERROR(CopyKv(g, vctx, id));
-    }
+  // The vocab's tokenizer.* keys, in its order: its general.* and llama.* keys describe the model
+  // the vocab came from, not this one.
+  GgufPtr tokenizer(gguf_init_empty());
+  gguf_set_kv(tokenizer.get(), vctx);
+  for (int64_t id = gguf_get_n_kv(tokenizer.get()) - 1; id >= 0; --id) {
+    const char* key = gguf_get_key(tokenizer.get(), id);
+    if (std::strncmp(key, "tokenizer.", 10) != 0) gguf_remove_key(tokenizer.get(), key);
   }
+  gguf_set_kv(g, tokenizer.get());
   if (spec.add_eos) gguf_set_val_bool(g, "tokenizer.ggml.add_eos_token", true);
   // A chat template, as real chat models carry, so that `kvstash serve` applies the model's own
   // (llama.cpp recognises ChatML by its markers; with these vocabs they are plain text).
@@ -893,38 +819,19 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
 }  // namespace
 
 Result<TestShape> ParseTestShape(const std::string& name) {
-  if (name == "tiny") return TestShape::kTiny;
-  if (name == "small") return TestShape::kSmall;
-  if (name == "bench") return TestShape::kBench;
-  return Status::InvalidArgument("unknown test model shape '" + name +
-                                 "': use tiny, small or bench");
+  return ParseName<TestShape>(kShapeNames, "shape", name);
 }
 
 Result<TestVocab> ParseTestVocab(const std::string& name) {
-  if (name == "spm") return TestVocab::kSpm;
-  if (name == "bpe") return TestVocab::kBpe;
-  if (name == "qwen2") return TestVocab::kQwen2;
-  return Status::InvalidArgument("unknown test model vocab '" + name + "': use spm, bpe or qwen2");
+  return ParseName<TestVocab>(kVocabNames, "vocab", name);
 }
 
 Result<TestWeightType> ParseTestWeightType(const std::string& name) {
-  if (name == "f16") return TestWeightType::kF16;
-  if (name == "q8_0") return TestWeightType::kQ8_0;
-  return Status::InvalidArgument("unknown test model weight type '" + name + "': use f16 or q8_0");
+  return ParseName<TestWeightType>(kTypeNames, "weight type", name);
 }
 
 Result<TestArch> ParseTestArch(const std::string& name) {
-  if (name == "llama") return TestArch::kLlama;
-  if (name == "phi3") return TestArch::kPhi3LongRope;
-  if (name == "gemma2") return TestArch::kGemma2Swa;
-  if (name == "gemma3") return TestArch::kGemma3Swa;
-  if (name == "mamba2") return TestArch::kMamba2;
-  if (name == "lfm2") return TestArch::kLfm2Hybrid;
-  if (name == "qwen3moe") return TestArch::kQwen3Moe;
-  if (name == "qwen2") return TestArch::kQwen2;
-  return Status::InvalidArgument("unknown test model architecture '" + name +
-                                 "': use llama, phi3, gemma2, gemma3, mamba2, lfm2, qwen3moe or "
-                                 "qwen2");
+  return ParseName<TestArch>(kArchNames, "architecture", name);
 }
 
 Status WriteTestModel(const TestModelSpec& spec, const std::string& path) {

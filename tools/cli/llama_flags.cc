@@ -7,25 +7,17 @@
 namespace kvstash::cli {
 namespace {
 
+// The entry of `items` whose `field` is `name`, or nullptr.
+template <typename T, typename Field>
+const T* FindBy(const std::vector<T>& items, Field T::*field, std::string_view name) {
+  for (const T& item : items) {
+    if (item.*field == name) return &item;
+  }
+  return nullptr;
+}
+
 const FlagSpec* FindFlag(const CommandSpec& command, std::string_view name) {
-  for (const FlagSpec& flag : command.flags) {
-    if (flag.name == name) return &flag;
-  }
-  return nullptr;
-}
-
-const CommandSpec* FindCommand(const std::vector<CommandSpec>& commands, std::string_view name) {
-  for (const CommandSpec& command : commands) {
-    if (command.name == name) return &command;
-  }
-  return nullptr;
-}
-
-const LlamaAlias* FindAlias(std::string_view llama) {
-  for (const LlamaAlias& alias : LlamaAliases()) {
-    if (llama == alias.llama) return &alias;
-  }
-  return nullptr;
+  return FindBy(command.flags, &FlagSpec::name, name);
 }
 
 // "5", "-1", "0.8": the value of "-n5"; anything else after one letter is not a value llama.cpp or
@@ -81,7 +73,7 @@ const std::vector<LlamaAlias>& LlamaAliases() {
 Translation TranslateLlamaFlags(const std::vector<std::string>& args,
                                 const std::vector<CommandSpec>& commands) {
   Translation out;
-  const CommandSpec* command = FindCommand(commands, "");
+  const CommandSpec* command = FindBy(commands, &CommandSpec::name, "");
   static const CommandSpec kEmpty;
   if (command == nullptr) command = &kEmpty;
   bool is_value = false;
@@ -98,7 +90,7 @@ Translation TranslateLlamaFlags(const std::vector<std::string>& args,
     }
     if (arg.size() < 2 || arg[0] != '-') {  // a positional argument ("-" is one too: stdin)
       if (command->name.empty()) {
-        const CommandSpec* sub = FindCommand(commands, arg);
+        const CommandSpec* sub = FindBy(commands, &CommandSpec::name, arg);
         if (sub == nullptr) {  // not a command: CLI11 says so, with its list of commands
           out.args.insert(out.args.end(), args.begin() + i, args.end());
           break;
@@ -110,7 +102,7 @@ Translation TranslateLlamaFlags(const std::vector<std::string>& args,
     }
     const size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
-    const LlamaAlias* alias = FindAlias(name);
+    const LlamaAlias* alias = FindBy(LlamaAliases(), &LlamaAlias::llama, name);
     if (alias != nullptr && FindFlag(*command, alias->kvstash) != nullptr) name = alias->kvstash;
     const FlagSpec* flag = FindFlag(*command, name);
     if (flag != nullptr) {
@@ -230,9 +222,8 @@ std::optional<int> ParseGpuLayers(const std::string& value, int auto_value) {
   if (value == "auto") return auto_value;
   // llama.cpp's "all" is every layer; a count above the model's layer count means the same.
   if (value == "all") return 9999;
-  if (value.empty() || value.size() > 6) return std::nullopt;
-  for (char c : value) {
-    if (c < '0' || c > '9') return std::nullopt;
+  if (value.empty() || value.size() > 6 || value.find_first_not_of("0123456789") != value.npos) {
+    return std::nullopt;
   }
   return std::atoi(value.c_str());
 }
