@@ -29,11 +29,12 @@ newer() { [ ! -x "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null | head 
 if newer "$reader" "$root/tests/fuzz/session_reader_fuzz.cc" "$root/src/format" "$root/include"; then
   clang++ "${flags[@]}" "$root/tests/fuzz/session_reader_fuzz.cc" "${format_srcs[@]}" -lxxhash -o "$reader"
 fi
-# The protocol harness needs only src/server/protocol.cc and nlohmann-json's headers.
+# The protocol harness needs only src/server/protocol.cc, the stream cutter
+# (src/engine/stop_matcher.cc) and nlohmann-json's headers.
 requester="$out/request_fuzz"
-if newer "$requester" "$root/tests/fuzz/request_fuzz.cc" "$root/src/server" "$root/include"; then
+if newer "$requester" "$root/tests/fuzz/request_fuzz.cc" "$root/src/server" "$root/src/engine/stop_matcher.cc" "$root/include"; then
   clang++ "${flags[@]}" "$root/tests/fuzz/request_fuzz.cc" "$root/src/server/protocol.cc" \
-    -o "$requester"
+    "$root/src/engine/stop_matcher.cc" -o "$requester"
 fi
 # The engine and llama.cpp come from the Release build (not instrumented: coverage guidance is for
 # kvstash's own checks, compiled here); the format code is compiled here, instrumented.

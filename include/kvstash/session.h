@@ -130,8 +130,8 @@ struct Generation {
 };
 
 // Called with each piece of generated text as soon as it is final (text that might be the start
-// of a stop string is held back). Return false to stop. Should not throw: an exception is caught,
-// the whole generation is undone and Generate fails with a Status.
+// of a stop string, or half a UTF-8 character, is held back). Return false to stop. Should not
+// throw: an exception is caught, the whole generation is undone and Generate fails with a Status.
 using PieceCallback = std::function<bool(std::string_view piece)>;
 
 // Where the time of Session::Open went (milliseconds).

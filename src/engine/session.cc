@@ -126,18 +126,15 @@ namespace {
 using engine::MakeSampler;
 using engine::SamplerPtr;
 
-// Hands text[*emitted, upto) to the caller's PieceCallback. The callback must not unwind through
-// Generate: an exception becomes a Status (and Generate undoes what it generated).
-Status EmitPiece(const PieceCallback& on_piece, const std::string& text, size_t upto,
-                 size_t* emitted, bool* cancelled) {
-  if (upto <= *emitted || !on_piece || *cancelled) {
-    *emitted = std::max(*emitted, upto);
-    return Status::Ok();
-  }
+// Hands what `matcher` can show now to the caller's PieceCallback. The callback must not unwind
+// through Generate: an exception becomes a Status (and Generate undoes what it generated).
+Status EmitPiece(const PieceCallback& on_piece, engine::StopMatcher& matcher, bool final,
+                 bool* cancelled) {
+  const std::string_view piece = matcher.TakeShowable(final);
+  if (piece.empty() || !on_piece || *cancelled) return Status::Ok();
   std::string what;
   try {
-    if (!on_piece(std::string_view(text).substr(*emitted, upto - *emitted))) *cancelled = true;
-    *emitted = upto;
+    if (!on_piece(piece)) *cancelled = true;
     return Status::Ok();
   } catch (const std::exception& e) {
     what = e.what();
@@ -178,7 +175,6 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
   engine::StopMatcher matcher(options.stop);
   std::vector<size_t> ends;  // text size after each generated token
   std::vector<llama_token_data> candidates;
-  size_t emitted = 0;  // bytes of text handed to on_piece
   bool cancelled = false;
   while (true) {
     if (options.n_predict >= 0 && gen->tokens.size() >= static_cast<size_t>(options.n_predict)) {
@@ -203,8 +199,7 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
       break;
     }
     ends.push_back(matcher.text().size());
-    KVSTASH_RETURN_IF_ERROR(
-        EmitPiece(on_piece, matcher.text(), matcher.safe_size(), &emitted, &cancelled));
+    KVSTASH_RETURN_IF_ERROR(EmitPiece(on_piece, matcher, /*final=*/false, &cancelled));
     seq->RunPendingPublish();  // after the first token: the answer does not wait for the copy
     if (cancelled) {
       gen->stop_reason = StopReason::kCancelled;
@@ -212,7 +207,7 @@ Status Session::Impl::SampleLoop(const SampleOptions& options, const PieceCallba
     }
   }
   gen->text = matcher.text();
-  KVSTASH_RETURN_IF_ERROR(EmitPiece(on_piece, gen->text, gen->text.size(), &emitted, &cancelled));
+  KVSTASH_RETURN_IF_ERROR(EmitPiece(on_piece, matcher, /*final=*/true, &cancelled));
   if (gen->stop_reason == StopReason::kStopString) {
     // The session keeps only the tokens whose text the caller got: the token that completed the
     // match (and any token the match starts in) is dropped, so the next Append continues right

@@ -46,4 +46,47 @@ size_t StopMatcher::safe_size() const {
   return text_.size() - hold;
 }
 
+std::string_view StopMatcher::TakeShowable(bool final) {
+  size_t end = text_.size();
+  if (!final) {
+    const std::string_view fresh =
+        std::string_view(text_).substr(shown_, std::max(shown_, safe_size()) - shown_);
+    end = shown_ + Utf8CompletePrefix(fresh);
+  }
+  const std::string_view showable = std::string_view(text_).substr(shown_, end - shown_);
+  shown_ = std::max(shown_, end);
+  return showable;
+}
+
+size_t Utf8CompletePrefix(std::string_view text) {
+  // Find the last lead byte among the final 3 bytes; if the bytes after it are a valid but
+  // unfinished sequence, hold them back. Anything else (ASCII, a finished sequence, invalid
+  // bytes) is complete: it renders now, as itself or U+FFFD.
+  const size_t n = text.size();
+  for (size_t back = 1; back <= 3 && back <= n; ++back) {
+    const auto lead = static_cast<unsigned char>(text[n - back]);
+    if ((lead & 0xC0) == 0x80) continue;  // a continuation byte: keep looking for the lead
+    size_t need = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the byte after the lead
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      need = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      need = 3;
+      if (lead == 0xE0) lo = 0xA0;  // overlong
+      if (lead == 0xED) hi = 0x9F;  // surrogates
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      need = 4;
+      if (lead == 0xF0) lo = 0x90;  // overlong
+      if (lead == 0xF4) hi = 0x8F;  // above U+10FFFF
+    }
+    if (need <= back) return n;  // ASCII, an invalid lead, or a finished sequence
+    if (back >= 2) {
+      const auto second = static_cast<unsigned char>(text[n - back + 1]);
+      if (second < lo || second > hi) return n;  // already invalid: nothing to wait for
+    }
+    return n - back;
+  }
+  return n;
+}
+
 }  // namespace kvstash::engine

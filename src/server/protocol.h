@@ -90,7 +90,7 @@ const char* FinishReasonName(FinishReason reason);  // "stop", "length"
 
 // Text given to the Render* functions may end inside a UTF-8 sequence or hold invalid bytes (a
 // model can emit anything); they are rendered with U+FFFD in place of invalid bytes, never thrown
-// on. Streaming callers should cut pieces with Utf8CompletePrefix so a character is never split.
+// on. Streaming callers cut pieces with engine::StopMatcher, so a character is never split.
 
 // The non-streamed response (chat.completion or text_completion) with usage.
 std::string RenderResponse(const ResponseMeta& meta, std::string_view text, FinishReason finish,
@@ -103,11 +103,6 @@ std::string RenderChunk(const ResponseMeta& meta, std::string_view text, bool fi
 std::string RenderUsageChunk(const ResponseMeta& meta, const Usage& usage);
 // GET /v1/models: one model with `id`.
 std::string RenderModels(const std::string& id, int64_t created);
-
-// Bytes of `text` up to the last complete UTF-8 character: an incomplete sequence at the end (at
-// most 3 bytes) is left for the next piece. Invalid bytes count as complete (they are rendered
-// as U+FFFD), so nothing is held back forever.
-size_t Utf8CompletePrefix(std::string_view text);
 
 }  // namespace kvstash::server
 

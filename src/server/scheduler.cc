@@ -174,19 +174,11 @@ void Scheduler::OnToken(int slot, Token token) {
   if (first) engine_->PublishPrompt(slot);
 }
 
-// Pushes the text no later token can change: not a possible start of a stop string, not half a
-// UTF-8 character. `final`: everything that is left.
+// Pushes the text no later token can change (engine::StopMatcher::TakeShowable); `final`:
+// everything that is left.
 void Scheduler::Emit(Running& r, bool final) {
-  const std::string& text = r.matcher.text();
-  size_t end = final ? text.size() : r.matcher.safe_size();
-  if (!final) {
-    end = std::max(r.emitted, end);
-    end = r.emitted + Utf8CompletePrefix(std::string_view(text).substr(r.emitted, end - r.emitted));
-  }
-  if (end > r.emitted) {
-    r.job.channel->Push(text.substr(r.emitted, end - r.emitted));
-    r.emitted = end;
-  }
+  const std::string_view piece = r.matcher.TakeShowable(final);
+  if (!piece.empty()) r.job.channel->Push(std::string(piece));
 }
 
 void Scheduler::Finish(int slot, JobFinish finish, Status status) {

@@ -96,7 +96,6 @@ class Scheduler {
   struct Running {
     Job job;
     engine::StopMatcher matcher;  // the generated text, cut before a stop string
-    size_t emitted = 0;           // bytes of matcher.text() pushed to the channel
     size_t n_generated = 0;
     double ttft_s = -1;
   };

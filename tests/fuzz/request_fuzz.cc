@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "engine/stop_matcher.h"
 #include "server/protocol.h"
 
 namespace {
@@ -35,10 +36,10 @@ void RenderParsed(const s::CompletionRequest& request) {
   for (const auto& stop : request.stop) text += stop;
   // Valid UTF-8 made of whole strings: nothing to hold back. Cut inside its last character (a
   // streaming caller's piece boundary), that character is held back whole.
-  Check(s::Utf8CompletePrefix(text) == text.size());
+  Check(kvstash::engine::Utf8CompletePrefix(text) == text.size());
   size_t cut = text.size();
   if (!text.empty() && static_cast<unsigned char>(text.back()) >= 0x80) {
-    cut = s::Utf8CompletePrefix(std::string_view(text).substr(0, text.size() - 1));
+    cut = kvstash::engine::Utf8CompletePrefix(std::string_view(text).substr(0, text.size() - 1));
     Check(cut < text.size() && text.size() - cut <= 4);
   }
 
@@ -95,7 +96,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   // The raw bytes as model output: the renderer and the cutter take anything.
-  const size_t cut = s::Utf8CompletePrefix(body);
+  const size_t cut = kvstash::engine::Utf8CompletePrefix(body);
   Check(cut <= size && size - cut <= 3);
   s::ResponseMeta meta;
   meta.endpoint = size % 2 ? s::Endpoint::kChat : s::Endpoint::kCompletion;
