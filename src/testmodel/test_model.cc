@@ -722,23 +722,10 @@ void SetArchKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& 
   SetFamilyKeys(g, spec.arch, shape);
 }
 
-Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
-  const ShapeParams shape = ArchShapeParams(spec.shape, spec.arch);
-  const ggml_type wtype = spec.type == TestWeightType::kF16 ? GGML_TYPE_F16 : GGML_TYPE_Q8_0;
-
-  Result<GgufPtr> vocab = LoadVocab(spec.vocab);
-  if (!vocab.ok()) return vocab.status();
-  const gguf_context* vctx = vocab->get();
-  const int64_t tokens_id = gguf_find_key(vctx, "tokenizer.ggml.tokens");
-  if (tokens_id < 0 || gguf_get_kv_type(vctx, tokens_id) != GGUF_TYPE_ARRAY) {
-    return Status::Internal(std::string("the ") + VocabName(spec.vocab) +
-                            " vocab embedded in kvstash has no tokenizer.ggml.tokens array: "
-                            "rebuild kvstash from a clean llama.cpp checkout");
-  }
-  const int64_t n_vocab = static_cast<int64_t>(gguf_get_arr_n(vctx, tokens_id));
-
-  GgufPtr out(gguf_init_empty());
-  gguf_context* g = out.get();
+// The model's keys: its name and architecture's (SetArchKeys), the vocab's tokenizer.* keys and a
+// chat template.
+void SetModelKeys(gguf_context* g, const TestModelSpec& spec, const ShapeParams& shape,
+                  const gguf_context* vctx, int64_t n_vocab) {
   // Not the architecture's name: llama.cpp gives vocabularies of models named "phi3" special
   // token attributes that look up tokens the llama vocabularies do not have.
   const std::string arch_suffix = NameSuffix(spec.arch);
@@ -761,6 +748,26 @@ Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
   if (gguf_find_key(g, "tokenizer.chat_template") < 0) {
     gguf_set_val_str(g, "tokenizer.chat_template", kChatMlTemplate);
   }
+}
+
+Status WriteTestModelImpl(const TestModelSpec& spec, const std::string& path) {
+  const ShapeParams shape = ArchShapeParams(spec.shape, spec.arch);
+  const ggml_type wtype = spec.type == TestWeightType::kF16 ? GGML_TYPE_F16 : GGML_TYPE_Q8_0;
+
+  Result<GgufPtr> vocab = LoadVocab(spec.vocab);
+  if (!vocab.ok()) return vocab.status();
+  const gguf_context* vctx = vocab->get();
+  const int64_t tokens_id = gguf_find_key(vctx, "tokenizer.ggml.tokens");
+  if (tokens_id < 0 || gguf_get_kv_type(vctx, tokens_id) != GGUF_TYPE_ARRAY) {
+    return Status::Internal(std::string("the ") + VocabName(spec.vocab) +
+                            " vocab embedded in kvstash has no tokenizer.ggml.tokens array: "
+                            "rebuild kvstash from a clean llama.cpp checkout");
+  }
+  const int64_t n_vocab = static_cast<int64_t>(gguf_get_arr_n(vctx, tokens_id));
+
+  GgufPtr out(gguf_init_empty());
+  gguf_context* g = out.get();
+  SetModelKeys(g, spec, shape, vctx, n_vocab);
 
   // Tensor descriptions only (no_alloc): the data is generated slab by slab further down.
   const std::vector<TensorPlan> plan = PlanTensors(shape, spec.arch, n_vocab, wtype);
