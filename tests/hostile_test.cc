@@ -502,7 +502,10 @@ TEST_P(RewriteWhileLoadingTest, GivesOneWholeFileOrACleanError) {
     b_logits = f.logits;
   });
   ASSERT_EQ(a.size(), b.size());
+  // Every 8th round the writer leaves a whole file alone until two opens have ended, so at least
+  // one open ran start to end on a still file and must succeed, however the threads are scheduled.
   std::atomic<bool> stop{false};
+  std::atomic<int> opens_ended{0}, still_windows{0};
   std::thread writer([&] {
     for (int round = 0; !stop.load(); ++round) {
       if (round % 8 == 7) truncate(path.c_str(), static_cast<off_t>(a.size() / 3));
@@ -512,11 +515,16 @@ TEST_P(RewriteWhileLoadingTest, GivesOneWholeFileOrACleanError) {
         if (pwrite(fd, bytes.data(), bytes.size(), 0) != ssize_t(bytes.size())) ADD_FAILURE();
         close(fd);
       }
+      if (round % 8 == 6) {
+        const int seen = opens_ended.load();
+        while (!stop.load() && opens_ended.load() < seen + 2) std::this_thread::yield();
+        ++still_windows;
+      }
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
   int ok = 0, refused = 0, leased = 0;
-  for (int i = 0; i < 200; ++i) {
+  for (int i = 0; i < 200 || still_windows.load() == 0; ++i, ++opens_ended) {
     auto opened = Session::Open(TinyModel(), path);
     if (!opened.ok()) {
       ++refused;

@@ -40,14 +40,22 @@ int FreePort() {
 struct FakeRedis {
   pid_t pid = -1;
   int port = FreePort();
+  // Returns once the server said "ready" (it listens), however long a busy machine takes.
   FakeRedis(const char* mode, const char* delay) {
+    int ready[2];
+    if (pipe(ready) != 0) ADD_FAILURE() << "pipe";
     pid = fork();
     if (pid == 0) {
+      dup2(ready[1], STDOUT_FILENO);
+      close(ready[0]);
       execlp("python3", "python3", KVSTASH_FAKE_REDIS, std::to_string(port).c_str(), mode, delay,
              static_cast<char*>(nullptr));
       _exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    close(ready[1]);
+    char c = 0;
+    EXPECT_EQ(read(ready[0], &c, 1), 1) << "fake_redis.py did not start";
+    close(ready[0]);
   }
   ~FakeRedis() {
     kill(pid, SIGKILL);
