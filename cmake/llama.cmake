@@ -11,7 +11,8 @@
 
 option(KVSTASH_LLAMA_SYSTEM "use an installed llama.cpp (find_package(llama))" OFF)
 option(KVSTASH_BATCH_INVARIANT
-       "build the pinned llama.cpp without llamafile's matmul, so answers do not depend on load" ON)
+       "build the pinned llama.cpp with one matmul path for any batch, so answers do not depend on load"
+       ON)
 set(KVSTASH_LLAMA_DIR "" CACHE PATH "a llama.cpp source tree to build instead of the pinned one")
 
 function(kvstash_cpu_flags)
@@ -19,11 +20,13 @@ function(kvstash_cpu_flags)
   # q8_0 weights (and is slower for small f16 batches) on the machines we run on. So we build with
   # GGML_NATIVE=OFF and switch on, one by one, the x86 extensions this machine reports, never AMX.
   set(GGML_NATIVE OFF PARENT_SCOPE)
-  # One matmul path for every batch size: llamafile's tinyBLAS serves products of two or more rows
-  # and ggml's vec_dot those of one, and they round differently, so a token's logits depended on
-  # what else shared its batch. Without it `kvstash serve` answers independently of load
-  # (docs/SERVER.md); the cost (prefill speed) is in docs/PERFORMANCE.md.
-  if(KVSTASH_BATCH_INVARIANT)
+  # llamafile's tinyBLAS (fast prompts) on, as upstream. Upstream sends one-row products to ggml's
+  # vec_dot instead, which rounds differently, so a token's logits depended on what else shared its
+  # batch; patches/llama.cpp/0001 (GGML_CPU_BATCH_INVARIANT) gives every product one path on x86,
+  # so `kvstash serve` answers independently of load (docs/SERVER.md) at llamafile's speed. Other
+  # CPUs keep llamafile's own row-count gates: there invariance means llamafile off (vec_dot only).
+  set(GGML_CPU_BATCH_INVARIANT ${KVSTASH_BATCH_INVARIANT} PARENT_SCOPE)
+  if(KVSTASH_BATCH_INVARIANT AND NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
     set(GGML_LLAMAFILE OFF PARENT_SCOPE)
   else()
     set(GGML_LLAMAFILE ON PARENT_SCOPE)
@@ -63,6 +66,21 @@ function(kvstash_cpu_flags)
   set(KVSTASH_CPU_FEATURES "${chosen}" CACHE INTERNAL "")
 endfunction()
 
+# Stops the configure when the pinned tree lacks one of patches/llama.cpp/*.patch (a tree fetched
+# before the patch existed): a build without them would compute other values than the tests expect.
+function(kvstash_check_patches tree)
+  file(GLOB patches ${PROJECT_SOURCE_DIR}/patches/llama.cpp/*.patch)
+  foreach(patch ${patches})
+    execute_process(COMMAND git -C ${tree} apply --reverse --check ${patch}
+                    RESULT_VARIABLE not_applied OUTPUT_QUIET ERROR_QUIET)
+    if(not_applied)
+      get_filename_component(name ${patch} NAME)
+      message(FATAL_ERROR "third_party/llama.cpp lacks patches/llama.cpp/${name}: run "
+                          "scripts/fetch-llama.sh (make does it for you), which applies it")
+    endif()
+  endforeach()
+endfunction()
+
 set(kvstash_owns_llama OFF)  # whether kvstash builds llama.cpp itself (and may bundle it)
 if(TARGET llama)
   message(STATUS "kvstash: using the existing llama target")
@@ -82,6 +100,9 @@ else()
   if(NOT EXISTS ${llama_src}/CMakeLists.txt)
     message(FATAL_ERROR "llama.cpp not found at ${llama_src}: run scripts/fetch-llama.sh (make does "
                         "it for you) or pass -DKVSTASH_LLAMA_DIR=<your llama.cpp checkout>")
+  endif()
+  if(NOT KVSTASH_LLAMA_DIR)
+    kvstash_check_patches(${llama_src})
   endif()
   # Static and position-independent: libkvstash.so and libkvstash.a carry llama.cpp inside.
   set(BUILD_SHARED_LIBS OFF)
