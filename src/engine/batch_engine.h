@@ -4,8 +4,8 @@
 // one thread; it owns no request and knows nothing of HTTP (src/server/scheduler.h does).
 //
 // Answers independent of load: each slot has its own KV stream (kv_unified off), so a sequence's
-// cells are always its positions in order; with flash attention off and a llama.cpp without the
-// llamafile matmul (one vec_dot path for every batch size), a token's logits are then bit-equal
+// cells are always its positions in order; with flash attention off and a llama.cpp with one
+// matmul path for every batch size (MatmulPath()), a token's logits are then bit-equal
 // whatever else shares its batch and however its prompt is grouped (docs/SERVER.md, "Answers
 // independent of load"; batch_invariant() says whether this build and these options have it).
 // Without it, prompts are still decoded in chunk-aligned groups of their own, as a cold Sync
@@ -50,8 +50,9 @@ struct SlotReport {
   size_t n_published = 0;  // tokens queued for the store's writer
 };
 
-// Whether this llama.cpp build has one matmul path for every batch size (no llamafile): with
-// flash attention off and a model loaded without weight repacking, a context is batch-invariant.
+// Whether this llama.cpp build has one matmul path for every batch size (MatmulPath() is not
+// "llamafile"): with flash attention off and a model loaded without weight repacking, a context is
+// batch-invariant.
 bool InvariantBuild();
 
 class BatchEngine {

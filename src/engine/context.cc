@@ -1,6 +1,7 @@
 #include "engine/context.h"
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 
 #include "engine/batch_engine.h"
@@ -196,12 +197,15 @@ Result<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> mo
   return c;
 }
 
-bool InvariantBuild() { return !ggml_cpu_has_llamafile(); }
+bool InvariantBuild() { return std::strcmp(MatmulPath(), "llamafile") != 0; }
 
 std::string Context::WhyNotInvariant() const {
   if (invariant_) return "";
   if (params_.flash_attn) return "flash attention is on";
-  if (ggml_cpu_has_llamafile()) return "this llama.cpp uses the llamafile matmul (GGML_LLAMAFILE)";
+  if (!InvariantBuild()) {
+    return "this llama.cpp computes one-row products with vec_dot and others with llamafile's "
+           "tinyBLAS (build kvstash's pinned llama.cpp with -DKVSTASH_BATCH_INVARIANT=ON)";
+  }
   if (ImplOf(*model_)->on_gpu) return "layers run on a GPU";
   return "the model's weights are repacked";
 }

@@ -80,8 +80,8 @@ class Context {
   // namespace records the same).
   bool v_trans() const { return !params_.flash_attn; }
   // Whether a token's logits and KV are bit-equal however its sequence is grouped into
-  // llama_decode calls and whatever shares its batch: flash attention off, a llama.cpp without the
-  // llamafile matmul, no GPU layers, no repacked weights (docs/SERVER.md).
+  // llama_decode calls and whatever shares its batch: flash attention off, a llama.cpp with one
+  // matmul path for any number of rows, no GPU layers, no repacked weights (docs/SERVER.md).
   bool invariant() const { return invariant_; }
   // Why not, for logs ("" when invariant).
   std::string WhyNotInvariant() const;

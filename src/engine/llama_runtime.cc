@@ -6,6 +6,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "llama.h"
 
 namespace kvstash::engine {
@@ -64,10 +66,25 @@ void ClearLlamaError() { t_last_error.clear(); }
 
 std::string LlamaBuildInfo() {
 #ifdef KVSTASH_LLAMA_COMMIT
-  return KVSTASH_LLAMA_COMMIT;
+  const std::string commit = KVSTASH_LLAMA_COMMIT;
 #else
-  return "unknown";
+  const std::string commit = "unknown";
 #endif
+  return commit + " matmul=" + MatmulPath();
+}
+
+const char* MatmulPath() {
+  static const char* path = [] {
+    if (!ggml_cpu_has_llamafile()) return "vec_dot";
+    ggml_backend_reg_t cpu = ggml_backend_cpu_reg();
+    auto features = reinterpret_cast<ggml_backend_get_features_t>(
+        ggml_backend_reg_get_proc_address(cpu, "ggml_backend_get_features"));
+    for (const ggml_backend_feature* f = features ? features(cpu) : nullptr; f && f->name; ++f) {
+      if (std::strcmp(f->name, "BATCH_INVARIANT_MATMUL") == 0) return "one-path";
+    }
+    return "llamafile";
+  }();
+  return path;
 }
 
 }  // namespace kvstash::engine

@@ -18,8 +18,15 @@ void EnsureLlamaBackend();
 // The last ERROR/WARN line llama.cpp logged on this thread since ClearLlamaError(), trimmed.
 std::string LastLlamaError();
 void ClearLlamaError();
-// llama.cpp's build string (commit), for `kvstash --version` and session files.
+// llama.cpp's build string: its commit and MatmulPath(), for `kvstash --version`, session files and
+// the store's namespace (KV bytes computed by other kernels are other bytes).
 std::string LlamaBuildInfo();
+
+// How the CPU backend computes matrix products: "one-path" (every number of rows takes one
+// reduction order: kvstash's patched llamafile, reported by ggml as BATCH_INVARIANT_MATMUL),
+// "vec_dot" (llamafile off: one order too), or "llamafile" (upstream: vec_dot for one row,
+// tinyBLAS for more, which round differently).
+const char* MatmulPath();
 
 }  // namespace kvstash::engine
 

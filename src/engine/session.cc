@@ -103,7 +103,7 @@ Result<SyncResult> Session::Sync(const std::vector<Token>& tokens) {
   // A token Generate left pending that `tokens` keep is decoded first, in its own group: the
   // group Append and Save decode it in. Otherwise a conversation continued here and one saved,
   // opened and continued elsewhere would decode different groups, which builds whose kernels
-  // depend on the batch (llamafile) turn into different answers.
+  // depend on the batch (upstream llamafile, flash attention) turn into different answers.
   if (common >= s.tokens().size()) KVSTASH_RETURN_IF_ERROR(s.Flush());
   // A window or recurrent state that cannot go back to `common` is decoded again from the start:
   // never a state that does not match the tokens.
