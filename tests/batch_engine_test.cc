@@ -5,9 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <map>
 #include <random>
 
+#include "engine/sequence.h"
 #include "kvstash/store.h"
 #include "test_util.h"
 
@@ -185,8 +188,20 @@ TEST(BatchEngineTest, InvarianceNeedsUnrepackedWeights) {
   EXPECT_NE((*flash)->Describe().find("flash attention is on"), std::string::npos);
 }
 
+// What a store primed with `primed` (and, unless `first`, with `asked` itself: its request's tails)
+// restores of `asked`, for chunks of 64 tokens. A batch-invariant engine restores to the exact
+// token (the common prefix; all but the last token of a prompt asked before), else the whole
+// chunks of the common prefix.
+size_t ExpectedRestore(const BatchEngine& engine, const Request& primed, const Request& asked,
+                       bool first) {
+  const size_t limit = asked.prompt.size() - 1;
+  const size_t common = first ? CommonPrefix(primed.prompt, asked.prompt, limit) : limit;
+  return engine.batch_invariant() ? common : common / 64 * 64;
+}
+
 // A prompt restored from the store, into any slot of an engine with any number of slots, answers
-// as the cold prompt does; the slot's own cache does too on the next request.
+// as the cold prompt does; the slot's own cache does too on the next request. In a batch-invariant
+// engine the store restores to the exact token (tails); else whole chunks.
 TEST(BatchEngineTest, WarmFromStoreOrSlotEqualsCold) {
   auto model = ServerModel();
   ASSERT_NE(model, nullptr);
@@ -221,12 +236,107 @@ TEST(BatchEngineTest, WarmFromStoreOrSlotEqualsCold) {
     ASSERT_NE(engine, nullptr);
     std::vector<SlotReport> reports;
     EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]) << slots << " slots";
-    EXPECT_EQ(reports[0].n_restored, 192u) << "three 64-token chunks of the 200-token prefix";
+    EXPECT_EQ(reports[0].n_restored, ExpectedRestore(*engine, with(11), with(12), slots == 1))
+        << slots << " slots";
     // The slot's own cache: the same prompt again reuses all but the last token.
     EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]);
     EXPECT_EQ(reports[0].n_reused, with(12).prompt.size() - 1);
     EXPECT_EQ(reports[0].n_restored, 0u);
   }
+}
+
+// The tail files of `store`, by path.
+std::vector<std::string> TailFiles(const Store& store) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(store.dir() + "/tails", ec))
+    if (e.is_regular_file()) out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// After a restart (a new engine on the same store), a batch-invariant engine restores a prompt to
+// the exact token it shares with earlier requests, not to the floor of a 64-token chunk: inside
+// an earlier prompt's tail, at a chunk boundary, before the first whole chunk, and after an
+// earlier answer (the next turn of a conversation). A damaged tail is a miss, then replaced.
+// Every answer's logits are those of a store-less engine.
+TEST(BatchEngineTest, RestartIsTokenExact) {
+  auto model = ServerModel();
+  ASSERT_NE(model, nullptr);
+  const int32_t nv = model->n_vocab();
+  auto store = OpenStore("exact");
+  ASSERT_NE(store, nullptr);
+  const std::vector<Token> base = RandomTokens(5 * 64 + 9, 31, nv);
+  auto part = [&](size_t n, uint32_t seed, size_t extra) {
+    Request r{std::vector<Token>(base.begin(), base.begin() + n)};
+    const auto more = RandomTokens(extra, seed, nv);
+    r.prompt.insert(r.prompt.end(), more.begin(), more.end());
+    return r;
+  };
+  std::vector<Token> answer;
+  {
+    auto primer = MakeEngine(2, store);
+    ASSERT_NE(primer, nullptr);
+    if (!primer->batch_invariant()) GTEST_SKIP() << "tails need a batch-invariant build";
+    answer = RunTogether(*primer, {{base}, part(25, 0, 0)})[0];
+    store->WaitForWrites();
+  }
+  auto stats = store->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_GE(stats->tails, 2u) << "the prompts' and the answer's tails";
+  // The next turn: the prompt, the answer's decoded tokens (the last one was sampled only), more.
+  Request next{base};
+  next.prompt.insert(next.prompt.end(), answer.begin(), answer.end() - 1);
+  const size_t turn = next.prompt.size();
+  const auto more = RandomTokens(10, 43, nv);
+  next.prompt.insert(next.prompt.end(), more.begin(), more.end());
+  struct Case {
+    const char* what;
+    Request request;
+    size_t want;
+  };
+  const std::vector<Case> cases = {
+      {"diverging inside the tail", part(5 * 64 + 4, 41, 10), 5 * 64 + 4},
+      {"the same prompt", {base}, base.size() - 1},
+      {"ending on a chunk boundary", part(3 * 64, 0, 0), 3 * 64 - 1},
+      {"shorter than a chunk", part(12, 42, 8), 12},
+      {"the next turn", next, turn},
+  };
+  for (const Case& c : cases) {
+    auto cold = MakeEngine(1, nullptr);
+    std::vector<std::vector<uint64_t>> want_logits, got_logits;
+    const auto want = RunTogether(*cold, {c.request}, nullptr, &want_logits)[0];
+    auto engine = MakeEngine(1, store);  // a restart: nothing of its own
+    ASSERT_NE(engine, nullptr);
+    std::vector<SlotReport> reports;
+    EXPECT_EQ(RunTogether(*engine, {c.request}, &reports, &got_logits)[0], want) << c.what;
+    EXPECT_EQ(got_logits, want_logits) << c.what;
+    EXPECT_EQ(reports[0].n_restored, c.want) << c.what;
+    EXPECT_EQ(reports[0].n_reused, c.want) << c.what;
+    store->WaitForWrites();
+  }
+  // Damage every tail: lookups fall back to whole chunks (same answer), and publish good ones.
+  for (const std::string& path : TailFiles(*store)) {
+    std::string bytes = testing::ReadFile(path);
+    ASSERT_GT(bytes.size(), 300u);
+    bytes[bytes.size() - 3] ^= 0x10;
+    testing::WriteFile(path, bytes);
+  }
+  const Case& inside = cases[0];
+  // It was asked before: its own request's tail, once replaced, holds all but its last token.
+  for (size_t want : {size_t{5 * 64}, inside.request.prompt.size() - 1}) {
+    auto engine = MakeEngine(1, store);
+    ASSERT_NE(engine, nullptr);
+    std::vector<SlotReport> reports;
+    auto cold = MakeEngine(1, nullptr);
+    EXPECT_EQ(RunTogether(*engine, {inside.request}, &reports)[0],
+              RunTogether(*cold, {inside.request})[0]);
+    EXPECT_EQ(reports[0].n_restored, want) << "a damaged tail is a miss, then replaced";
+    store->WaitForWrites();
+  }
+  auto verify = store->Verify();
+  ASSERT_TRUE(verify.ok());
+  EXPECT_FALSE(verify->bad.empty()) << "the other damaged tails are listed";
 }
 
 // A damaged chunk is a miss (decoded cold, same answer) and the publish replaces it.
@@ -321,7 +431,10 @@ TEST_P(BatchEngineFamilyTest, WarmFromStoreOrSlotEqualsCold) {
     ASSERT_NE(engine, nullptr);
     std::vector<SlotReport> reports;
     EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]) << slots << " slots";
-    EXPECT_EQ(reports[0].n_restored, 192u) << "three 64-token chunks of the 200-token prefix";
+    EXPECT_EQ(reports[0].n_restored, GetParam().cut_anywhere
+                                         ? ExpectedRestore(*engine, with(11), with(12), slots == 1)
+                                         : 192u)
+        << slots << " slots";
     EXPECT_EQ(RunTogether(*engine, {with(12)}, &reports)[0], cold2[0]);
     if (GetParam().cut_anywhere) {
       EXPECT_EQ(reports[0].n_reused, with(12).prompt.size() - 1);

@@ -368,6 +368,17 @@ st=$(call e POST $CHAT "$dir/a-cold" "$dir/q2")
 check "[ $st = 200 ] && jtrue '$dir/a-cold' '.usage.prompt_tokens_details.cached_tokens == 0'" "restart: the empty-store server decodes everything"
 W=$(jget "$dir/a-warm" .choices[0].message.content); C=$(jget "$dir/a-cold" .choices[0].message.content)
 check "[ \"\$W\" = \"\$C\" ] && jtrue '$dir/a-warm' '.usage.completion_tokens == 12'" "restart: the answer after a restart differs from an empty store's: '$W' vs '$C'"
+# What q1 and q2 share, as the empty-store server's own slot reuses it (to the token when answers
+# are independent of load); the restarted server's store must restore as much: tails, not the
+# floor of a 256-token chunk.
+st=$(call e POST $CHAT "$dir/a-ref" "$dir/q1")
+REF=$(jget "$dir/a-ref" .usage.prompt_tokens_details.cached_tokens); GOT=$(jget "$dir/a-warm" .usage.prompt_tokens_details.cached_tokens)
+echo "  restart: cached_tokens $GOT after a restart; the common prefix $REF (load-invariant: $LOAD_INVARIANT)"
+if [ "$LOAD_INVARIANT" = 1 ]; then
+  check "[ $st = 200 ] && [ \$((REF % 256)) != 0 ] && [ '$GOT' = '$REF' ]" "restart: cached_tokens $GOT after a restart, want the common prefix $REF (the slot's own reuse)"
+else
+  check "[ $st = 200 ] && [ '$GOT' = \$((REF / 256 * 256)) ]" "restart: cached_tokens $GOT after a restart, want whole chunks of $REF"
+fi
 stop_server e
 
 section "5. two processes, one store"

@@ -94,6 +94,26 @@ for mode in greedy seeded; do
 done
 expect_exit 0 "" -- $KV cache verify --cache-dir "$warm"
 
+section 1b; # --- 1b. Token-exact lookups: with -fa off (a batch-invariant session), a new process
+# restores what it shares with an earlier prompt to the token (the earlier prompt's tail), as
+# llama-completion's --prompt-cache reuses its file's common prefix; with flash attention on,
+# whole chunks only.
+E=(--prefix "$PREFIX" -p " Q: What colour is the sea? A:")
+for q in sky sea; do
+  krun "$dir/c1b.pc.$q" -m "$M" -fa off --prompt-cache "$dir/c1b.bin" --prefix "$PREFIX" -p " Q: What colour is the $q? A:" "${GREEDY[@]}"
+  krun "$dir/c1b.st.$q" -m "$M" -fa off --cache-dir "$dir/c1b.store" --cache-chunk $C --prefix "$PREFIX" -p " Q: What colour is the $q? A:" "${GREEDY[@]}"
+done
+krun "$dir/c1b.cold" -m "$M" -fa off --no-cache "${E[@]}" "${GREEDY[@]}"
+ref=$(jf "$dir/c1b.pc.sea" n_reused_tokens) got=$(jf "$dir/c1b.st.sea" n_reused_tokens)
+check "[ -n '$ref' ] && [ $((ref % C)) -ne 0 ] && [ '$got' = '$ref' ] && same_answer '$dir/c1b.st.sea' '$dir/c1b.cold'" \
+  "-fa off: a new process reused $got tokens through the store, --prompt-cache $ref (want equal, not a multiple of $C), or the answer differs: $(tail -2 "$dir/c1b.st.sea.err")"
+check "[ \$(find '$dir/c1b.store/tails' -name '*.kvt' | wc -l) -ge 1 ]" "-fa off: no tail file was written"
+krun "$dir/c1b.fa.sky" -m "$M" -fa on --cache-dir "$dir/c1b.fa" --cache-chunk $C --prefix "$PREFIX" -p " Q: What colour is the sky? A:" "${GREEDY[@]}"
+krun "$dir/c1b.fa.sea" -m "$M" -fa on --cache-dir "$dir/c1b.fa" "${E[@]}" "${GREEDY[@]}"
+got=$(jf "$dir/c1b.fa.sea" n_reused_tokens)
+check "[ '$got' = $((ref / C * C)) ]" "-fa on: reused $got tokens, want whole chunks only ($((ref / C * C)))"
+expect_exit 0 "" -- $KV cache verify --cache-dir "$dir/c1b.store"
+
 section 2; # --- 2. Four processes on one store while gc loops with a small budget.
 S2="$dir/conc"
 QS=(" Q: What colour is grass? A:" " Q: How many legs has a cat? A:" " Q: Is water wet? A:" " Q: Name a prime number. A:")

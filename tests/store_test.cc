@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -738,6 +739,188 @@ TEST_F(StoreTest, ClearRemovesOneNamespaceOrAll) {
   EXPECT_EQ(*store->Clear(), 3u);
   EXPECT_EQ(store->List()->size(), 0u);
   EXPECT_FALSE(store->Clear("xyz").ok());
+}
+
+// A tail of `p`: `tokens` (fewer than kC) after its first j whole chunks.
+ChunkWrite MakeTail(const Prompt& p, uint32_t j, const std::vector<int32_t>& tokens) {
+  ChunkWrite w;
+  w.header.tail = true;
+  w.header.parent = j == 0 ? p.ns : p.chain[j - 1];
+  w.header.hash = store::TailHash(w.header.parent, tokens.data(), tokens.size());
+  w.header.ns = p.ns;
+  w.header.index = j + 1;
+  w.header.n_tokens = uint32_t(tokens.size());
+  w.header.chunk_tokens = kC;
+  w.header.layout = TestLayout();
+  w.tokens = tokens;
+  w.kv.resize(TestLayout().KvBytes(w.header.n_tokens));
+  std::mt19937 rng(w.header.hash[0] | (uint32_t(w.header.hash[1]) << 8));
+  for (char& c : w.kv) c = char(rng());
+  return w;
+}
+
+class TailTest : public StoreTest {
+ protected:
+  void SetUp() override {
+    StoreTest::SetUp();
+    store_ = OpenStore();
+    p_ = MakePrompt("ns", 2, 1);
+    PublishAll(store_.get(), p_);
+  }
+  // `n` tokens sharing the first `shared` with `rest_`, then others.
+  std::vector<int32_t> Sharing(size_t shared, size_t n, int32_t other = 77) const {
+    std::vector<int32_t> t(rest_.begin(), rest_.begin() + long(shared));
+    while (t.size() < n) t.push_back(other + int32_t(t.size()));
+    return t;
+  }
+  void PublishTail(const ChunkWrite& w) {
+    ImplOf(*store_)->Publish(p_.ns, p_.ns_text, {w}, p_.chain);
+    store_->WaitForWrites();
+  }
+  std::string PathOf(const ChunkWrite& w) const {
+    return store::StorePaths{dir_}.TailPath(w.header.parent, w.header.index - 1, w.header.n_tokens,
+                                            w.header.hash);
+  }
+  LoadedTail Lookup() {
+    return ImplOf(*store_)->LoadTail(p_.ns, p_.chain[1], 2, rest_.data(), rest_.size(),
+                                     TestLayout(), store::NowNs());
+  }
+  std::shared_ptr<Store> store_;
+  Prompt p_;
+  const std::vector<int32_t> rest_ = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
+};
+
+// The tail sharing the most tokens with the request wins, cut to what it shares; its bytes are the
+// published ones; Stats, Verify, Gc and Clear know tails.
+TEST_F(TailTest, BestTailWinsAndIsCutToWhatItShares) {
+  const ChunkWrite a = MakeTail(p_, 2, Sharing(3, 9)), b = MakeTail(p_, 2, Sharing(7, 12)),
+                   c = MakeTail(p_, 2, Sharing(5, 6));
+  for (const ChunkWrite* w : {&a, &b, &c}) PublishTail(*w);
+  ASSERT_TRUE(std::filesystem::exists(PathOf(b)));
+  LoadedTail tail = Lookup();
+  ASSERT_NE(tail.file, nullptr);
+  EXPECT_EQ(tail.usable, 7u);
+  EXPECT_EQ(tail.view.header.n_tokens, 12u);
+  ASSERT_EQ(tail.view.kv_size, b.kv.size());
+  EXPECT_EQ(0, std::memcmp(tail.view.kv, b.kv.data(), b.kv.size()));
+  EXPECT_TRUE(tail.refused.empty());
+  // Under another parent (chunk 1) nothing is found; nor when nothing is shared.
+  EXPECT_EQ(ImplOf(*store_)
+                ->LoadTail(p_.ns, p_.chain[0], 1, rest_.data(), rest_.size(), TestLayout(),
+                           store::NowNs())
+                .file,
+            nullptr);
+  const std::vector<int32_t> other = {99, 98};
+  EXPECT_EQ(ImplOf(*store_)
+                ->LoadTail(p_.ns, p_.chain[1], 2, other.data(), other.size(), TestLayout(),
+                           store::NowNs())
+                .file,
+            nullptr);
+  auto stats = store_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->tails, 3u);
+  EXPECT_EQ(stats->chunks, 2u);
+  EXPECT_EQ(store_->List()->size(), 2u) << "List is chunks only";
+  auto verify = store_->Verify();
+  ASSERT_TRUE(verify.ok());
+  EXPECT_EQ(verify->chunks_ok, 5u);
+  EXPECT_TRUE(verify->bad.empty());
+  // Same mtime for the chain and its tails: eviction takes the tails (leaves) first.
+  const int64_t now = store::NowNs();
+  for (const ChunkWrite* w : {&a, &b, &c})
+    ASSERT_TRUE(Env::Default()->SetMtime(PathOf(*w), now).ok());
+  for (size_t j = 0; j < 2; ++j) ASSERT_TRUE(Env::Default()->SetMtime(ChunkPath(p_, j), now).ok());
+  const uint64_t chunk_bytes = std::filesystem::file_size(ChunkPath(p_, 0));
+  ASSERT_TRUE(store_->Gc(2 * chunk_bytes).ok());
+  EXPECT_EQ(store_->Stats()->tails, 0u);
+  EXPECT_EQ(store_->Stats()->chunks, 2u);
+  PublishTail(a);
+  EXPECT_EQ(*store_->Clear(format::HashHex(p_.ns)), 3u) << "two chunks and a tail";
+  EXPECT_EQ(Lookup().file, nullptr);
+}
+
+// A tail file that is damaged, planted or misplaced is a miss (reported for replacement when it
+// was the choice), and Verify lists it; a publish with replace_bad repairs it.
+TEST_F(TailTest, HostileTailsAreMisses) {
+  const ChunkWrite good = MakeTail(p_, 2, Sharing(6, 8));
+  auto encode = [](const ChunkWrite& w) {
+    return format::EncodeChunkHead(w.header, w.tokens.data(),
+                                   reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size()) +
+           w.kv;
+  };
+  const std::vector<std::pair<const char*, std::function<void(const std::string&)>>> plants = {
+      {"one flipped bit in the KV",
+       [](const std::string& path) {
+         std::string b = ReadAll(path);
+         b[b.size() - 5] ^= 0x10;
+         WriteAll(path, b);
+       }},
+      {"a chunk's magic",
+       [&](const std::string& path) {
+         std::string b = encode(good);
+         b[4] = 'C';
+         WriteAll(path, b);
+       }},
+      {"other tokens under this name",
+       [&](const std::string& path) {
+         ChunkWrite w = MakeTail(p_, 2, Sharing(6, 8, 55));
+         w.header.hash = good.header.hash;
+         WriteAll(path, encode(w));
+       }},
+      {"another parent in the header",
+       [&](const std::string& path) {
+         ChunkWrite w = good;
+         w.header.parent = p_.chain[0];
+         WriteAll(path, encode(w));
+       }},
+      {"another chunk size",
+       [&](const std::string& path) {
+         ChunkWrite w = good;
+         w.header.chunk_tokens = 2 * kC;
+         WriteAll(path, encode(w));
+       }},
+      {"a symbolic link to the right bytes",
+       [](const std::string& path) {
+         const std::string copy = path + ".elsewhere";
+         std::filesystem::rename(path, copy);
+         ASSERT_EQ(symlink(copy.c_str(), path.c_str()), 0);
+       }},
+      {"a FIFO",
+       [](const std::string& path) {
+         unlink(path.c_str());
+         ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
+       }},
+  };
+  for (const auto& [what, plant] : plants) {
+    SCOPED_TRACE(what);
+    std::filesystem::remove_all(dir_ + "/tails");
+    std::filesystem::create_directory(dir_ + "/tails");
+    PublishTail(good);
+    ASSERT_EQ(Lookup().usable, 6u);
+    plant(PathOf(good));
+    LoadedTail tail = Lookup();
+    EXPECT_EQ(tail.file, nullptr);
+    EXPECT_EQ(tail.usable, 0u);
+    auto verify = store_->Verify();
+    ASSERT_TRUE(verify.ok());
+    ASSERT_FALSE(verify->bad.empty());
+    EXPECT_TRUE(std::any_of(verify->bad.begin(), verify->bad.end(), [&](const std::string& line) {
+      return line.rfind(PathOf(good) + ": ", 0) == 0;
+    })) << verify->bad[0];
+  }
+  // The last one (a FIFO) is skipped by name and type before it is opened; a damaged regular file
+  // is reported for replacement, and replaced.
+  std::filesystem::remove_all(dir_ + "/tails");
+  std::filesystem::create_directory(dir_ + "/tails");
+  PublishTail(good);
+  std::string b = ReadAll(PathOf(good));
+  b[b.size() - 5] ^= 0x10;
+  WriteAll(PathOf(good), b);
+  EXPECT_EQ(Lookup().refused, PathOf(good));
+  ChunkWrite repair = good;
+  repair.replace_bad = true;
+  PublishTail(repair);
+  EXPECT_EQ(Lookup().usable, 6u);
 }
 
 // Writers, readers and a collector with a tiny budget at once: every load is a verified prefix

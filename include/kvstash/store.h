@@ -24,7 +24,6 @@
 
 namespace kvstash {
 
-
 struct StoreOptions {
   // Tokens per chunk for a new store (0: 256; 16..16384, a multiple of 16). An existing store
   // keeps its own; a different non-zero value is refused (kInvalidArgument).
@@ -83,6 +82,10 @@ struct StoreStats {
   uint32_t chunk_tokens = 0;
   uint64_t chunks = 0;
   uint64_t bytes = 0;  // chunk files
+  // Tails: the tokens of a prompt after its last whole chunk (docs/STORE.md, "Tails"), which let a
+  // lookup continue to the exact token. Not in `chunks`, `bytes` or `namespaces`.
+  uint64_t tails = 0;
+  uint64_t tail_bytes = 0;
   uint64_t temp_files = 0;
   std::vector<NamespaceStats> namespaces;
 };
@@ -104,7 +107,7 @@ struct GcReport {
 };
 
 struct VerifyReport {
-  uint64_t chunks_ok = 0;
+  uint64_t chunks_ok = 0;  // tails included
   // "path: why" for each chunk that would not be loaded (corrupt, truncated, misnamed, not a
   // regular file, ...).
   std::vector<std::string> bad;
@@ -131,14 +134,15 @@ class Store : public std::enable_shared_from_this<Store> {
   uint32_t chunk_tokens() const;
 
   Result<StoreStats> Stats() const;
+  // The chunk files (not the tails), by path.
   Result<std::vector<ChunkInfo>> List() const;
   // Removes temp files of dead writers, then the least recently used chunks (leaf first) until
   // the chunks take at most max_bytes. Waits for a garbage collector in another process.
   Result<GcReport> Gc(uint64_t max_bytes);
-  // Reads and checks every chunk file (header, checksum, name, chained hash).
+  // Reads and checks every chunk and tail file (header, checksum, name, chained hash).
   Result<VerifyReport> Verify() const;
-  // Removes every chunk (of namespace `ns_hash`, when not empty) and returns how many; from the
-  // Redis tier too when there is one (UNLINK, counted with the files).
+  // Removes every chunk and tail (of namespace `ns_hash`, when not empty) and returns how many;
+  // from the Redis tier too when there is one (UNLINK, counted with the files).
   Result<uint64_t> Clear(const std::string& ns_hash = "");
 
   // Blocks until every chunk queued so far was written or dropped (to Redis too).

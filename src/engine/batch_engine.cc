@@ -207,7 +207,7 @@ void BatchEngine::Begin(int i, std::vector<Token> prompt, const SampleOptions& s
                            chain.status().message());
   }
   s.report.n_reused = s.seq->n_cached();
-  if (!chain.ok() || chain->hashes.empty()) return;
+  if (!chain.ok() || !chain->Lookup()) return;
   std::shared_ptr<Store> store = m.store;
   std::vector<Token> tokens = s.seq->tokens();
   const uint32_t n_stream = m.context->n_stream();
@@ -276,7 +276,8 @@ const SlotReport& BatchEngine::report(int i) const { return impl_->slots[i].repo
 
 void BatchEngine::PublishPrompt(int i) {
   Slot& s = impl_->slots[i];
-  s.seq->QueuePublish(s.n_prompt);
+  // The prompt's tail waits for End, which copies the sequence once for both tails.
+  s.seq->QueuePublish(s.n_prompt, /*tail=*/false);
   s.report.n_published += s.seq->RunPendingPublish();
 }
 
@@ -284,6 +285,9 @@ void BatchEngine::End(int i) {
   Impl& m = *impl_;
   Slot& s = m.slots[i];
   if (s.fetch.valid()) m.FinishFetch(i);
+  // Tails at the prompt's end (another question after the same prompt) and at the answer's (the
+  // conversation's next turn).
+  if (s.n_prompt <= s.seq->n_cached()) s.seq->QueuePublish(s.n_prompt);
   s.seq->QueuePublish(s.seq->n_cached());
   s.report.n_published += s.seq->RunPendingPublish();
   // Tokens sampled but never decoded are not in the cache.

@@ -191,13 +191,17 @@ Result<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> mo
   c->params_.n_ctx = llama_n_ctx(ctx) / spec.n_seq;  // llama.cpp rounds the size up
   if (spec.n_seq > 1) c->params_.kv_unified = false;
   c->n_stream_ = spec.n_seq > 1 ? llama_n_seq_max(ctx) : 1;
-  const ModelImpl& m = *ImplOf(*model);
-  c->invariant_ = !p.flash_attn && InvariantBuild() && !m.on_gpu && !m.repack_weights;
+  c->invariant_ = WouldBeInvariant(*model, p);
   KVSTASH_RETURN_IF_ERROR(c->LearnRecurrentShape());
   return c;
 }
 
 bool InvariantBuild() { return std::strcmp(MatmulPath(), "llamafile") != 0; }
+
+bool WouldBeInvariant(const Model& model, const format::ContextParams& params) {
+  const ModelImpl& m = *ImplOf(model);
+  return !params.flash_attn && InvariantBuild() && !m.on_gpu && !m.repack_weights;
+}
 
 std::string Context::WhyNotInvariant() const {
   if (invariant_) return "";

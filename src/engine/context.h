@@ -116,6 +116,11 @@ class Context {
   const std::atomic<bool>* cancel_ = nullptr;
 };
 
+// Whether a context of `model` with `params` will be batch-invariant (Context::invariant), known
+// before it is created: flash attention off, a build with one matmul path (InvariantBuild), no
+// GPU layers, no repacked weights.
+bool WouldBeInvariant(const Model& model, const format::ContextParams& params);
+
 }  // namespace kvstash::engine
 
 #endif  // KVSTASH_ENGINE_CONTEXT_H_

@@ -262,18 +262,27 @@ Result<Chain> Sequence::Begin(std::vector<Token> prompt, uint32_t chunk, Store* 
     Clear();
     return shape.status();
   }
-  const size_t usable = (tokens_.size() - 1) / chunk;
+  // Token-exact: every whole chunk (the last may be cut) and a tail; else the whole chunks before
+  // the last token.
+  const bool tails = TailsFor(*ctx_);
+  const size_t usable = (tokens_.size() - (tails ? 0 : 1)) / chunk;
   const std::vector<Token> whole(tokens_.begin(), tokens_.begin() + usable * chunk);
   chain = MakeChain(ctx_->model(), ctx_->params(), ctx_->v_trans(), chunk, whole, *shape);
+  chain.tails = tails;
+  chain.limit = tokens_.size() - 1;
   chain_ = chain;
   chain_->hashes.clear();
-  if (usable * chunk <= n_cached_) chain.hashes.clear();
+  if (tails ? chain.limit <= n_cached_ : usable * chunk <= n_cached_) {
+    chain.hashes.clear();
+    chain.tails = false;
+  }
   return chain;
 }
 
 size_t Sequence::ApplyFetched(Fetched& fetched) {
   first_bad_ = fetched.first_bad;
-  const size_t cells = fetched.n_assembled * chunk_;
+  tail_refused_ = fetched.tail_refused;
+  const size_t cells = fetched.n_tokens;
   if (cells <= n_cached_) {
     published_ = std::max(published_, std::min(fetched.n_found, n_cached_ / chunk_));
     return 0;
@@ -286,7 +295,7 @@ size_t Sequence::ApplyFetched(Fetched& fetched) {
   if (status.ok()) {
     RunPendingPublish();
     parts_.clear();
-    status = RestoreFetched(ctx_->get(), id_, ctx_->n_stream(), fetched, chunk_);
+    status = RestoreFetched(ctx_->get(), id_, ctx_->n_stream(), fetched);
   }
   fetched.state.reset();  // restored: the bytes are llama.cpp's now
   if (!status.ok()) {
@@ -304,9 +313,11 @@ size_t Sequence::ApplyFetched(Fetched& fetched) {
   return cells;
 }
 
-size_t Sequence::QueuePublish(size_t upto) {
+size_t Sequence::QueuePublish(size_t upto, bool tail) {
   if (store_.expired() || chunk_ == 0) return 0;
   pending_upto_ = std::max(pending_upto_, upto);
+  if (tail && std::find(pending_tails_.begin(), pending_tails_.end(), upto) == pending_tails_.end())
+    pending_tails_.push_back(upto);
   const size_t n_chunks = std::min(pending_upto_, tokens_.size()) / chunk_;
   return n_chunks > published_ ? (n_chunks - published_) * chunk_ : 0;
 }
@@ -314,17 +325,44 @@ size_t Sequence::QueuePublish(size_t upto) {
 size_t Sequence::RunPendingPublish() {
   if (pending_upto_ == 0) return 0;
   const size_t upto = pending_upto_;
+  std::vector<size_t> tails = std::move(pending_tails_);
   pending_upto_ = 0;
-  return Publish(upto);
+  pending_tails_.clear();
+  return Publish(upto, tails);
 }
 
-size_t Sequence::Publish(size_t upto) {
+std::vector<TailToPublish> Sequence::TailsToPublish(const Chain& chain, Store& store,
+                                                    const std::vector<size_t>& ends) const {
+  std::vector<TailToPublish> out;
+  if (!TailsFor(*ctx_)) return out;
+  std::vector<size_t> sorted = ends;
+  std::sort(sorted.begin(), sorted.end(), std::greater<size_t>());
+  for (size_t end : sorted) {
+    const size_t j = end / chunk_;
+    // Exact tokens only, and one tail per parent: a longer one after the same whole chunks holds
+    // every token of a shorter one.
+    if (end > n_exact_ || end % chunk_ == 0 || j > chain.hashes.size()) continue;
+    if (!out.empty() && out.back().end / chunk_ == j) continue;
+    const format::Hash256& parent = j == 0 ? chain.h0 : chain.hashes[j - 1];
+    const uint32_t n = static_cast<uint32_t>(end - j * chunk_);
+    const std::string path =
+        ImplOf(store)->TailPath(parent, static_cast<uint32_t>(j), n,
+                                store::TailHash(parent, tokens_.data() + j * chunk_, n));
+    const bool refused = path == tail_refused_;
+    if (!refused && ImplOf(store)->HasFile(path)) continue;  // no state copy for a repeated prompt
+    out.push_back({end, refused});
+  }
+  return out;
+}
+
+size_t Sequence::Publish(size_t upto, const std::vector<size_t>& tail_ends) {
   auto store = store_.lock();
   if (!store || !chain_ || chunk_ == 0) return 0;
   const size_t n_chunks = std::min(upto, n_exact_) / chunk_;
-  if (n_chunks <= published_) return 0;
   Chain chain = *chain_;
   chain.hashes = store::ChainHashes(chain.h0, tokens_.data(), n_chunks * chunk_, chunk_);
+  const std::vector<TailToPublish> tails = TailsToPublish(chain, *store, tail_ends);
+  if (n_chunks <= published_ && tails.empty()) return 0;
   SeqState state;
   const Status status =
       GetSeqState(ctx_->get(), id_, ctx_->n_stream(), &state, ctx_->memory(), ctx_->n_swa());
@@ -334,8 +372,9 @@ size_t Sequence::Publish(size_t upto) {
     return 0;
   }
   const long bad = first_bad_ >= static_cast<long>(published_) ? first_bad_ : -1;
-  const size_t queued = PublishChunks(*store, chain, tokens_, state, published_, bad, &parts_);
-  published_ = n_chunks;
+  const size_t queued =
+      PublishChunks(*store, chain, tokens_, state, published_, bad, &parts_, tails);
+  published_ = std::max(published_, n_chunks);
   return queued;
 }
 

@@ -113,8 +113,10 @@ class Sequence {
   size_t ApplyFetched(Fetched& fetched);
   // Queues tokens' whole exact chunks up to `upto` tokens for the store's writer, when
   // RunPendingPublish is called (after the first token of an answer: the copy-out takes tens of
-  // ms) or before anything changes cells below `upto`. Returns the tokens that will be queued.
-  size_t QueuePublish(size_t upto);
+  // ms) or before anything changes cells below `upto`; with `tail`, in a context that keeps
+  // tails (TailsFor), also the tail of tokens [upto / C * C, upto) unless the store has it.
+  // Returns the chunk tokens that will be queued.
+  size_t QueuePublish(size_t upto, bool tail = true);
   // Returns the tokens queued for the store's writer.
   size_t RunPendingPublish();
 
@@ -124,7 +126,11 @@ class Sequence {
   // aligned group, what the chunk carries beyond its cells.
   void Decoded(size_t end, bool aligned);
   void CaptureBoundary(uint32_t index);
-  size_t Publish(size_t upto);
+  size_t Publish(size_t upto, const std::vector<size_t>& tail_ends);
+  // The tails at `ends` to publish with the chunks of `chain`: exact, one per parent (the
+  // longest), and not in the store already (or refused by the last lookup: replaced).
+  std::vector<TailToPublish> TailsToPublish(const Chain& chain, Store& store,
+                                            const std::vector<size_t>& ends) const;
   void Warn(const std::string& what) const;
 
   Context* ctx_;
@@ -142,6 +148,8 @@ class Sequence {
   size_t published_ = 0;
   long first_bad_ = -1;
   size_t pending_upto_ = 0;
+  std::vector<size_t> pending_tails_;  // tail ends queued with pending_upto_
+  std::string tail_refused_;           // the last lookup's refused tail (Fetched::tail_refused)
   // Every kind but kKv: what each chunk decoded here carries beyond its cells (window cells or a
   // snapshot), captured at its last token.
   BoundaryParts parts_;

@@ -8,6 +8,7 @@
 #include "format/llama_state.h"
 #include "store/chain_hash.h"
 #include "store/namespace_text.h"
+#include "store/store_files.h"
 #include "store/store_impl.h"
 
 namespace kvstash::engine {
@@ -86,6 +87,10 @@ Chain MakeChain(const Model& model, const format::ContextParams& params, bool v_
   c.h0 = store::NamespaceHash(c.text);
   c.hashes = store::ChainHashes(c.h0, tokens.data(), tokens.size(), chunk);
   return c;
+}
+
+bool TailsFor(const Context& ctx) {
+  return ctx.invariant() && ctx.memory() == format::MemoryKind::kKv;
 }
 
 namespace {
@@ -177,15 +182,70 @@ Status AssembleState(const Chain& chain, const LoadedPrefix& loaded, size_t k, i
 
 }  // namespace
 
+namespace {
+
+// FetchPrefix for a token-exact chain (Chain::tails): the found chunks, the last one cut at the
+// chain's limit, or else the best tail after them, as one plain state.
+void FetchExact(Store& store, const Chain& chain, const std::vector<Token>& tokens,
+                LoadedPrefix& loaded, int n_threads, bool huge_pages, uint32_t n_stream,
+                Fetched* out) {
+  const format::ChunkLayout& l = chain.layout;
+  const size_t whole = loaded.chunks.size();
+  std::vector<format::CellRun> runs;
+  for (const format::ChunkView& c : loaded.chunks)
+    runs.push_back({c.kv, chain.chunk, 0, chain.chunk});
+  size_t cells = whole * chain.chunk;
+  LoadedTail tail;
+  if (cells > chain.limit) {  // the prompt ends on a chunk boundary: all but its last token
+    runs.back().count = static_cast<uint32_t>(chain.limit - (whole - 1) * chain.chunk);
+    cells = chain.limit;
+  } else if (cells < chain.limit) {
+    const format::Hash256& parent = whole == 0 ? chain.h0 : chain.hashes[whole - 1];
+    tail = ImplOf(store)->LoadTail(chain.h0, parent, static_cast<uint32_t>(whole),
+                                   tokens.data() + cells, chain.limit - cells, l,
+                                   loaded.touched_ns != 0 ? loaded.touched_ns : store::NowNs());
+    out->tail_refused = tail.refused;
+    if (tail.file) {
+      runs.push_back({tail.view.kv, tail.view.header.n_tokens, 0, tail.usable});
+      cells += tail.usable;
+      out->tail_tokens = tail.usable;
+    }
+  }
+  if (cells == 0) return;
+  const uint64_t size = format::SeqStateSize(l, static_cast<uint32_t>(cells));
+  const size_t spare = 4 * size_t{n_stream - 1} * format::KvPartCount(l.kind, false);
+  out->state = std::make_unique<LargeBuffer>(size + spare, huge_pages);
+  if (out->state->data() == nullptr) {
+    out->status = Status::IOError("cannot allocate the restored KV cache");
+    return;
+  }
+  out->state_size = size;
+  format::AssembleSeqStateRuns(l, runs, out->state->data(), n_threads);
+  if (!loaded.Intact() || (tail.file && !tail.file->Intact())) {
+    out->status = Status::IOError("a chunk or tail file changed while it was read");
+    return;
+  }
+  out->n_assembled = whole;
+  out->n_tokens = cells;
+}
+
+}  // namespace
+
 Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& tokens,
                     size_t max_chunks, int n_threads, bool huge_pages, uint32_t n_stream) {
   Fetched out;
   out.ns_text = chain.text;
   out.hashes = chain.hashes;
+  out.tails = chain.tails;
+  out.limit = chain.limit;
   LoadedPrefix loaded =
       ImplOf(store)->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
   out.n_found = loaded.chunks.size();
   out.first_bad = loaded.first_bad;
+  if (chain.tails && chain.layout.kind == format::MemoryKind::kKv) {
+    FetchExact(store, chain, tokens, loaded, n_threads, huge_pages, n_stream, &out);
+    return out;
+  }
   const size_t k = RestorableChunks(chain.layout, loaded.chunks.size());
   if (k == 0) return out;
   out.status = AssembleState(chain, loaded, k, n_threads, huge_pages, n_stream, &out);
@@ -196,16 +256,16 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
     return out;
   }
   out.n_assembled = k;
+  out.n_tokens = k * chain.chunk;
   return out;
 }
 
-Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, Fetched& fetched,
-                      uint32_t chunk) {
+Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, Fetched& fetched) {
   KVSTASH_RETURN_IF_ERROR(fetched.status);
-  if (fetched.n_assembled == 0 || fetched.state == nullptr) {
+  if (fetched.n_tokens == 0 || fetched.state == nullptr) {
     return Status::Internal("no stored chunks were assembled to restore");
   }
-  const uint32_t cells = static_cast<uint32_t>(fetched.n_assembled) * chunk;
+  const uint32_t cells = static_cast<uint32_t>(fetched.n_tokens);
   llama_memory_t mem = llama_get_memory(ctx);
   size_t size = fetched.state_size;
   if (n_stream > 1) {
@@ -292,11 +352,11 @@ Status BoundaryPart(const Chain& chain, uint32_t index, const std::vector<uint8_
 }
 
 size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>& tokens,
-                     const SeqState& state, size_t first_new, long bad,
-                     const BoundaryParts* parts) {
+                     const SeqState& state, size_t first_new, long bad, const BoundaryParts* parts,
+                     const std::vector<TailToPublish>& tails) {
   const format::ChunkLayout& expected = chain.layout;
   const uint32_t chunk = chain.chunk;
-  if (first_new >= chain.hashes.size()) return 0;
+  if (first_new >= chain.hashes.size() && tails.empty()) return 0;
   const bool plain = expected.kind == format::MemoryKind::kKv;
   const bool has_main = expected.kind != format::MemoryKind::kRecurrent;
   Status status;
@@ -344,13 +404,39 @@ size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>&
     w.replace_bad = static_cast<long>(j) == bad;
     writes.push_back(std::move(w));
   }
+  const size_t n_chunks = writes.size();
+  size_t tail_tokens = 0;
+  for (size_t t = 0; t < tails.size() && status.ok() && plain; ++t) {
+    const size_t j = tails[t].end / chunk;
+    const uint32_t n = static_cast<uint32_t>(tails[t].end - j * chunk);
+    if (n == 0 || j > chain.hashes.size() || tails[t].end > state.layout.cell_count) continue;
+    ChunkWrite w;
+    w.header.tail = true;
+    w.header.parent = j == 0 ? chain.h0 : chain.hashes[j - 1];
+    w.header.hash = store::TailHash(w.header.parent, tokens.data() + j * chunk, n);
+    w.header.ns = chain.h0;
+    w.header.index = static_cast<uint32_t>(j + 1);
+    w.header.n_tokens = n;
+    w.header.chunk_tokens = chunk;
+    w.header.layout = expected;
+    w.tokens.assign(tokens.begin() + j * chunk, tokens.begin() + tails[t].end);
+    w.kv.resize(expected.KvBytes(n));
+    status =
+        format::CutChunkKv(state.data, main_size, state.layout, static_cast<uint32_t>(j * chunk), n,
+                           reinterpret_cast<uint8_t*>(w.kv.data()));
+    w.replace_bad = tails[t].replace_bad;
+    writes.push_back(std::move(w));
+    tail_tokens += n;
+  }
   if (!status.ok()) {
     ImplOf(store)->Warn("kvstash: the new chunks were not saved to store '" + store.dir() +
                         "': " + status.message());
     return 0;
   }
   if (writes.empty()) return 0;
-  return ImplOf(store)->Publish(chain.h0, chain.text, std::move(writes), chain.hashes) * chunk;
+  const size_t queued =
+      ImplOf(store)->Publish(chain.h0, chain.text, std::move(writes), chain.hashes);
+  return std::min(queued, n_chunks) * chunk + (queued > n_chunks ? tail_tokens : 0);
 }
 
 }  // namespace kvstash::engine

@@ -28,7 +28,19 @@ struct Chain {
   format::ChunkLayout layout;
   uint32_t chunk = 0;
   uint32_t n_swa = 0;  // kIswa: the model's window
+  // Token-exact lookups (an invariant context with a plain KV cache: a cell's bytes depend only on
+  // the tokens up to it): the lookup continues past the whole chunks with the tail that shares
+  // the most tokens, and cuts a chunk or a tail anywhere, up to `limit` tokens (the prompt's
+  // length less its last token, whose logits come from decoding it). `hashes` then covers every
+  // whole chunk of the prompt.
+  bool tails = false;
+  size_t limit = 0;
+  // Whether a lookup can restore anything.
+  bool Lookup() const { return !hashes.empty() || tails; }
 };
+
+// Whether sequences of `ctx` publish and find tails (Chain::tails).
+bool TailsFor(const Context& ctx);
 
 // The layout llama_state_seq_get_data uses for a plain cache of `model` with `params`.
 format::ChunkLayout ExpectedLayout(const ModelImpl& m, const format::ContextParams& params,
@@ -55,6 +67,11 @@ struct Fetched {
   std::vector<format::Hash256> hashes;  // and the chain
   size_t n_found = 0;                   // chunks the lookup accepted
   size_t n_assembled = 0;               // chunks in `state` (0 if assembling failed)
+  size_t n_tokens = 0;                  // cells in `state`: chunks' and the tail's (0 if failed)
+  uint32_t tail_tokens = 0;             // of which from a tail
+  bool tails = false;                   // the chain's
+  size_t limit = 0;                     // the chain's
+  std::string tail_refused;             // a tail that exists but was refused (LoadedTail)
   // A one-stream state of state_size bytes, with room after it to become an n_stream one.
   std::unique_ptr<LargeBuffer> state;
   size_t state_size = 0;
@@ -68,8 +85,7 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
 
 // Restores `fetched` into sequence `seq` of `ctx` (set_data replaces what the sequence held).
 // On failure the sequence is empty.
-Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, Fetched& fetched,
-                      uint32_t chunk);
+Status RestoreFetched(llama_context* ctx, llama_seq_id seq, uint32_t n_stream, Fetched& fetched);
 
 // A copy of sequence `seq` as a one-stream llama.cpp state, checked by kvstash's reader.
 struct SeqState {
@@ -93,14 +109,22 @@ using BoundaryParts = std::map<uint32_t, std::vector<uint8_t>>;
 Status BoundaryPart(const Chain& chain, uint32_t index, const std::vector<uint8_t>& snapshot,
                     BoundaryParts* parts);
 
+// A tail to publish with the chunks: tokens [j*C, end) of the sequence, j = end / C, end % C > 0.
+struct TailToPublish {
+  size_t end = 0;
+  bool replace_bad = false;  // a refused file has its name
+};
+
 // Queues chunks first_new+1..k (1-based) of `chain` for the store's writer, cut from `state`
 // (which holds at least those tokens), whose tokens are `tokens`, with their `parts` (every kind
-// but kKv; publishing stops before the first chunk whose part is missing). `bad`: the index of a
-// chunk that exists but was refused, which the write replaces. Returns the tokens queued; failures
-// are the store's warnings, never the caller's.
+// but kKv; publishing stops before the first chunk whose part is missing), then the `tails`
+// (chain.hashes must reach each one's parent). `bad`: the index of a chunk that exists but was
+// refused, which the write replaces. Returns the tokens queued; failures are the store's warnings,
+// never the caller's.
 size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>& tokens,
                      const SeqState& state, size_t first_new, long bad,
-                     const BoundaryParts* parts = nullptr);
+                     const BoundaryParts* parts = nullptr,
+                     const std::vector<TailToPublish>& tails = {});
 
 }  // namespace kvstash::engine
 

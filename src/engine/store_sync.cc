@@ -38,9 +38,10 @@ Result<SyncResult> SyncThroughStore(Session& session, SessionInternals::Impl& s,
   if (s.seq->n_cached() < cached) s.logits_valid = false;
   if (!chain.ok()) return chain.status();
   SyncResult result;
-  if (!chain->hashes.empty()) {
+  if (chain->Lookup()) {
     Fetched local;
-    if (fetched == nullptr || fetched->ns_text != chain->text || fetched->hashes != chain->hashes) {
+    if (fetched == nullptr || fetched->ns_text != chain->text || fetched->hashes != chain->hashes ||
+        fetched->tails != chain->tails || fetched->limit != chain->limit) {
       local = engine::FetchPrefix(store, *chain, tokens, chain->hashes.size(),
                                   std::min(s.context->n_threads(), 2), /*huge_pages=*/true);
       fetched = &local;
@@ -80,12 +81,16 @@ Result<std::unique_ptr<Session>> Session::Create(std::shared_ptr<const Model> mo
   auto memory = engine::MemoryKindOf(*model);
   const bool plain = memory.ok() && *memory == format::MemoryKind::kKv;
   const uint32_t chunk = store.chunk_tokens();
-  const size_t usable = tokens.empty() || !plain ? 0 : (tokens.size() - 1) / chunk;
-  const Chain predicted =
+  // As Sequence::Begin will ask, for an empty session (TailsFor: a plain, invariant context).
+  const bool tails = plain && !tokens.empty() && engine::WouldBeInvariant(*model, *params);
+  const size_t usable = tokens.empty() || !plain ? 0 : (tokens.size() - (tails ? 0 : 1)) / chunk;
+  Chain predicted =
       engine::MakeChain(*model, *params, !params->flash_attn, chunk,
                         std::vector<Token>(tokens.begin(), tokens.begin() + usable * chunk));
+  predicted.tails = tails && tokens.size() > 1;
+  predicted.limit = tokens.empty() ? 0 : tokens.size() - 1;
   std::future<Fetched> fetching;
-  if (usable > 0) {
+  if (usable > 0 || predicted.tails) {
     fetching = std::async(std::launch::async, [&] {
       // Alongside context creation: no huge-page compaction (env.h, LargeBuffer).
       return engine::FetchPrefix(store, predicted, tokens, usable, /*n_threads=*/1,

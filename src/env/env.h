@@ -203,8 +203,9 @@ class Env {
   // Errors name `to`: the caller's destination, not its temp name.
   Status RenameFile(const std::string& from, const std::string& to);
   Status RemoveFile(const std::string& path);
-  // Up to `n` first bytes of the regular file `path` (fewer if it is shorter).
-  Result<std::string> ReadFilePrefix(const std::string& path, size_t n);
+  // Up to `n` first bytes of the regular file `path` (fewer if it is shorter). follow_links=false:
+  // a symbolic link at `path` is refused (O_NOFOLLOW), as anything but a regular file is.
+  Result<std::string> ReadFilePrefix(const std::string& path, size_t n, bool follow_links = true);
   // `path` with symbolic links in its last component followed, as open() would follow them: the
   // name a rename must replace so that the link stays a link. A dangling link gives the name of
   // the file it would create. Directories on the way are left as they are (rename works in them).

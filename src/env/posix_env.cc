@@ -363,10 +363,15 @@ Status Env::RenameFile(const std::string& from, const std::string& to) {
   return Status::Ok();
 }
 
-Result<std::string> Env::ReadFilePrefix(const std::string& path, size_t n) {
-  const int fd =
-      RetryOnEintr([&] { return sys_->Open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0); });
+Result<std::string> Env::ReadFilePrefix(const std::string& path, size_t n, bool follow_links) {
+  const int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (follow_links ? 0 : O_NOFOLLOW);
+  const int fd = RetryOnEintr([&] { return sys_->Open(path.c_str(), flags, 0); });
   if (fd < 0) return Status::IOError("cannot read '" + path + "': " + ErrnoText(errno));
+  struct stat st;
+  if (!follow_links && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+    sys_->Close(fd);
+    return Status::InvalidArgument("'" + path + "' is not a regular file");
+  }
   std::string bytes(n, '\0');
   size_t got = 0;
   while (got < n) {

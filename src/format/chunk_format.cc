@@ -42,6 +42,8 @@ enum : size_t {
   kOffSnapshotEvery = 212,
   kOffSnapshotBytes = 216,
   kOffReserved = 224,
+  kOffTailChunkTokens = 224,  // tails only; their reserved bytes start at 228
+  kOffTailReserved = 228,
   kOffHeaderSum = 248,
 };
 
@@ -201,7 +203,8 @@ std::string EncodeChunkHead(ChunkHeader h, const int32_t* tokens, const uint8_t*
       PayloadChecksum(reinterpret_cast<const uint8_t*>(tokens), token_bytes, kv, kv_size);
   std::string out(kChunkHeaderSize + token_bytes, '\0');
   uint8_t* p = reinterpret_cast<uint8_t*>(out.data());
-  std::memcpy(p, kChunkMagic, 8);
+  std::memcpy(p, h.tail ? kTailMagic : kChunkMagic, 8);
+  if (h.tail) EncodeFixed32(p + kOffTailChunkTokens, h.chunk_tokens);
   EncodeFixed32(p + kOffVersion, kChunkFormatVersion);
   EncodeFixed32(p + kOffHeaderSize, kChunkHeaderSize);
   std::memcpy(p + kOffHash, h.hash.data(), 32);
@@ -234,10 +237,11 @@ std::string EncodeChunkHead(ChunkHeader h, const int32_t* tokens, const uint8_t*
 }
 
 Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_size,
-                                     const std::string& name) {
+                                     const std::string& name, bool tail) {
   if (n < kChunkHeaderSize || file_size < kChunkHeaderSize)
     return Bad(name, "it is shorter than a chunk header (" + std::to_string(file_size) + " bytes)");
-  if (std::memcmp(p, kChunkMagic, 8) != 0) return Bad(name, "it is not a kvstash chunk file");
+  if (std::memcmp(p, tail ? kTailMagic : kChunkMagic, 8) != 0)
+    return Bad(name, tail ? "it is not a kvstash tail file" : "it is not a kvstash chunk file");
   if (DecodeFixed32(p + kOffVersion) != kChunkFormatVersion) {
     return Status::Incompatible("chunk file '" + name + "' has format version " +
                                 std::to_string(DecodeFixed32(p + kOffVersion)) +
@@ -247,9 +251,10 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   if (DecodeFixed32(p + kOffHeaderSize) != kChunkHeaderSize) return Bad(name, "wrong header size");
   if (DecodeFixed64(p + kOffHeaderSum) != XXH3_64bits(p, kOffHeaderSum))
     return Bad(name, "the header checksum does not match");
-  for (size_t i = kOffReserved; i < kOffHeaderSum; ++i)
+  for (size_t i = tail ? kOffTailReserved : kOffReserved; i < kOffHeaderSum; ++i)
     if (p[i] != 0) return Bad(name, "reserved header bytes are not zero");
   ChunkHeader h;
+  h.tail = tail;
   std::memcpy(h.hash.data(), p + kOffHash, 32);
   std::memcpy(h.parent.data(), p + kOffParent, 32);
   std::memcpy(h.ns.data(), p + kOffNs, 32);
@@ -278,12 +283,18 @@ Result<ChunkHeader> ParseChunkHeader(const uint8_t* p, size_t n, uint64_t file_s
   h.layout.snapshot_bytes = DecodeFixed64(p + kOffSnapshotBytes);
   h.payload_bytes = DecodeFixed64(p + kOffPayloadBytes);
   h.payload_checksum = DecodeFixed64(p + kOffPayloadSum);
-  if (h.n_tokens < kMinChunkTokens || h.n_tokens > kMaxChunkTokens || h.n_tokens % 16 != 0)
-    return Bad(name, "chunk size " + std::to_string(h.n_tokens) + " is out of range");
+  h.chunk_tokens = tail ? DecodeFixed32(p + kOffTailChunkTokens) : h.n_tokens;
+  const uint32_t c = h.chunk_tokens;
+  if (c < kMinChunkTokens || c > kMaxChunkTokens || c % 16 != 0)
+    return Bad(name, "chunk size " + std::to_string(c) + " is out of range");
+  if (tail && (h.n_tokens == 0 || h.n_tokens >= c))
+    return Bad(name, "a tail of " + std::to_string(h.n_tokens) + " tokens is out of range");
   // Positions end at index * C, which must stay within the longest context kvstash supports.
-  if (h.index == 0 || uint64_t{h.index} * h.n_tokens > kMaxTokens)
+  if (h.index == 0 || uint64_t{h.index} * c > kMaxTokens)
     return Bad(name, "chunk index " + std::to_string(h.index) + " is out of range");
-  KVSTASH_RETURN_IF_ERROR(CheckLayout(h.layout, h.n_tokens, name));
+  KVSTASH_RETURN_IF_ERROR(CheckLayout(h.layout, c, name));
+  if (tail && h.layout.kind != MemoryKind::kKv)
+    return Bad(name, "a tail of a model with a window or a recurrent state");
   const uint64_t expected = uint64_t{h.n_tokens} * 4 + h.layout.ChunkKvBytes(h.n_tokens, h.index);
   if (h.payload_bytes != expected)
     return Bad(name, "the payload size does not match the recorded layout");
@@ -303,8 +314,8 @@ uint64_t ChunkFileSizeFromHead(const uint8_t* head, size_t n) {
 }
 
 Result<ChunkView> ParseChunk(const uint8_t* data, size_t size, const std::string& name,
-                             bool verify_checksum) {
-  auto header = ParseChunkHeader(data, size, size, name);
+                             bool verify_checksum, bool tail) {
+  auto header = ParseChunkHeader(data, size, size, name, tail);
   if (!header.ok()) return header.status();
   ChunkView view;
   view.header = *header;
@@ -475,9 +486,15 @@ void AssembleKvPart(const ChunkLayout& l, const std::vector<CellRun>& runs, int3
 
 void AssembleSeqState(const ChunkLayout& l, uint32_t chunk_tokens,
                       const std::vector<const uint8_t*>& chunks, uint8_t* out, int n_threads) {
-  const uint32_t cells = static_cast<uint32_t>(chunks.size()) * chunk_tokens;
   std::vector<CellRun> runs;
   for (const uint8_t* chunk : chunks) runs.push_back({chunk, chunk_tokens, 0, chunk_tokens});
+  AssembleSeqStateRuns(l, runs, out, n_threads);
+}
+
+void AssembleSeqStateRuns(const ChunkLayout& l, const std::vector<CellRun>& runs, uint8_t* out,
+                          int n_threads) {
+  uint32_t cells = 0;
+  for (const CellRun& r : runs) cells += r.count;
   EncodeFixed32(out, kLlamaSeqStateMagic);
   EncodeFixed32(out + 4, 0);  // seq_id
   EncodeCells(l, cells, 0, out);

@@ -47,6 +47,12 @@
 //                then recurrent and hybrid, when snapshot_bytes > 0: the state after position
 //                iC - 1 as llama.cpp's partial sequence state (LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
 //
+// A tail file ("\x89KVT\r\n\x1a\n", docs/STORE.md "Tails") has the same layout for the
+// T < C tokens a prompt holds after its last whole chunk: index i, n_tokens T, positions
+// [(i-1)C, (i-1)C + T), parent h_{i-1}, hash the tail hash (store/chain_hash.h TailHash), a plain
+// KV cache only (memory kind 0), and at offset 224 the store's chunk size C (4 bytes; the
+// reserved bytes are then 228..247).
+//
 // Full-attention cells are cut anywhere, so every chunk boundary is a restore point. A window
 // cannot be cut, but each chunk keeps its own window cells, so the window at any boundary is
 // gathered from the chunks before it. A recurrent state can only be restored where a snapshot was
@@ -68,6 +74,7 @@
 namespace kvstash::format {
 
 inline constexpr uint8_t kChunkMagic[8] = {0x89, 'K', 'V', 'C', '\r', '\n', 0x1A, '\n'};
+inline constexpr uint8_t kTailMagic[8] = {0x89, 'K', 'V', 'T', '\r', '\n', 0x1A, '\n'};
 inline constexpr uint32_t kChunkFormatVersion = 1;
 inline constexpr size_t kChunkHeaderSize = 256;
 // Chunk sizes a store may use (tokens). Multiples of 16 keep the KV payload 64-byte aligned.
@@ -120,8 +127,10 @@ struct ChunkHeader {
   Hash256 hash{};
   Hash256 parent{};
   Hash256 ns{};
-  uint32_t index = 0;     // 1-based
-  uint32_t n_tokens = 0;  // C
+  uint32_t index = 0;         // 1-based
+  uint32_t n_tokens = 0;      // C (a tail: T, 1..C-1)
+  bool tail = false;          // a tail file: its magic, and chunk_tokens at offset 224
+  uint32_t chunk_tokens = 0;  // C (equal to n_tokens for a chunk)
   ChunkLayout layout;
   uint64_t payload_bytes = 0;
   uint64_t payload_checksum = 0;
@@ -133,10 +142,10 @@ std::string EncodeChunkHead(ChunkHeader header, const int32_t* tokens, const uin
                             size_t kv_size);
 
 // Checks the first `n` bytes (at least kChunkHeaderSize, else Corruption) of a file of
-// `file_size` bytes: magic, version, header checksum, reserved bytes, every field's range and
-// file_size == header + payload. `name` is used in errors.
+// `file_size` bytes: magic (a tail's when `tail`), version, header checksum, reserved bytes, every
+// field's range and file_size == header + payload. `name` is used in errors.
 Result<ChunkHeader> ParseChunkHeader(const uint8_t* head, size_t n, uint64_t file_size,
-                                     const std::string& name);
+                                     const std::string& name, bool tail = false);
 
 // The file size a chunk header claims (header + payload), from its first `n` bytes; 0 when they
 // are no chunk header (too short, another magic). Nothing else is checked: ParseChunk does.
@@ -152,7 +161,7 @@ struct ChunkView {
 // The whole file: ParseChunkHeader, then (with verify_checksum) the payload checksum, and token
 // ids >= 0.
 Result<ChunkView> ParseChunk(const uint8_t* data, size_t size, const std::string& name,
-                             bool verify_checksum);
+                             bool verify_checksum, bool tail = false);
 
 // Cutting and assembling llama.cpp sequence states (format/llama_state.h).
 
@@ -190,6 +199,10 @@ void AssembleKvPart(const ChunkLayout& layout, const std::vector<CellRun>& runs,
 // layout.KvBytes(chunk_tokens) bytes. Layers are split among `n_threads` threads.
 void AssembleSeqState(const ChunkLayout& layout, uint32_t chunk_tokens,
                       const std::vector<const uint8_t*>& chunks, uint8_t* out, int n_threads = 1);
+// The same for cells gathered by `runs` (positions 0..N-1, N the runs' cells): SeqStateSize(layout,
+// N) bytes.
+void AssembleSeqStateRuns(const ChunkLayout& layout, const std::vector<CellRun>& runs, uint8_t* out,
+                          int n_threads = 1);
 
 }  // namespace kvstash::format
 

@@ -59,6 +59,15 @@ format::Hash256 ChunkHash(const format::Hash256& parent, const int32_t* tokens, 
   return sha.Final();
 }
 
+format::Hash256 TailHash(const format::Hash256& parent, const int32_t* tokens, size_t n) {
+  static constexpr char kTailPrefix[] = "kvstash-tail 1\n";
+  Sha256 sha;
+  sha.Update(kTailPrefix, sizeof(kTailPrefix) - 1);
+  sha.Update(parent.data(), parent.size());
+  sha.Update(tokens, n * sizeof(int32_t));
+  return sha.Final();
+}
+
 std::vector<format::Hash256> ChainHashes(const format::Hash256& h0, const int32_t* tokens,
                                          size_t n_tokens, uint32_t chunk_tokens) {
   std::vector<format::Hash256> chain;

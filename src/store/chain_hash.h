@@ -17,6 +17,10 @@ namespace kvstash::store {
 
 format::Hash256 NamespaceHash(std::string_view namespace_text);
 format::Hash256 ChunkHash(const format::Hash256& parent, const int32_t* tokens, size_t n);
+// The name of a tail (the T < C tokens after whole chunk j, docs/STORE.md "Tails"):
+//   t = SHA-256("kvstash-tail 1\n" || h_j || its tokens as u32 little-endian)
+// The prefix keeps a tail's name from ever being a chunk's.
+format::Hash256 TailHash(const format::Hash256& parent, const int32_t* tokens, size_t n);
 // h_1..h_k for the k = n_tokens / chunk_tokens full chunks of `tokens`.
 std::vector<format::Hash256> ChainHashes(const format::Hash256& h0, const int32_t* tokens,
                                          size_t n_tokens, uint32_t chunk_tokens);

@@ -149,22 +149,29 @@ bool ChunkWriter::MayBeOverBudget(int64_t now_ns) const {
 
 Status ChunkWriter::WriteChunk(const ChunkWrite& write, bool* existed) {
   const format::ChunkHeader& h = write.header;
-  if (write.tokens.size() != options_.chunk_tokens || h.n_tokens != options_.chunk_tokens ||
-      h.index == 0 || write.kv.size() != h.layout.ChunkKvBytes(h.n_tokens, h.index)) {
-    return Status::InvalidArgument(
-        "chunk " + std::to_string(h.index) + " of " + format::HashHex(h.hash) +
-        " does not match the store's chunk size " + std::to_string(options_.chunk_tokens) +
-        " or its layout; not saved (a bug in the caller)");
+  const uint32_t c = options_.chunk_tokens;
+  const bool sized = h.tail ? h.n_tokens > 0 && h.n_tokens < c && h.chunk_tokens == c &&
+                                  h.layout.kind == format::MemoryKind::kKv
+                            : h.n_tokens == c;
+  if (!sized || write.tokens.size() != h.n_tokens || h.index == 0 ||
+      write.kv.size() != h.layout.ChunkKvBytes(h.n_tokens, h.index)) {
+    return Status::InvalidArgument(std::string(h.tail ? "tail " : "chunk ") +
+                                   std::to_string(h.index) + " of " + format::HashHex(h.hash) +
+                                   " does not match the store's chunk size " + std::to_string(c) +
+                                   " or its layout; not saved (a bug in the caller)");
   }
   // Chunks the caller could not know to be stored (another process published them since its
   // lookup, or the lookup stopped early) are common: skip them before paying for a checksum and a
   // write. A bad file under the name is replaced (replace_bad), never kept.
-  const std::string path = options_.paths.ChunkPath(h.hash, h.index);
+  const std::string path = h.tail
+                               ? options_.paths.TailPath(h.parent, h.index - 1, h.n_tokens, h.hash)
+                               : options_.paths.ChunkPath(h.hash, h.index);
   if (!write.replace_bad && options_.env->LinkStat(path).ok()) {
     *existed = true;
     return Status::Ok();
   }
-  KVSTASH_RETURN_IF_ERROR(options_.env->CreateDir(options_.paths.ChunkDir(h.hash)));
+  KVSTASH_RETURN_IF_ERROR(options_.env->CreateDir(h.tail ? options_.paths.TailDir(h.parent)
+                                                         : options_.paths.ChunkDir(h.hash)));
   const std::string head = format::EncodeChunkHead(
       h, write.tokens.data(), reinterpret_cast<const uint8_t*>(write.kv.data()), write.kv.size());
   return PublishFile(options_.env, options_.paths, {head, write.kv}, path, write.replace_bad,

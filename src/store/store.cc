@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -101,7 +102,7 @@ Result<uint32_t> CreateManifest(Env* env, const StorePaths& paths, uint32_t chun
 }
 
 Status MakeSubdirs(Env* env, const StorePaths& paths) {
-  for (const std::string& sub : {paths.Chunks(), paths.Namespaces(), paths.Temp()}) {
+  for (const std::string& sub : {paths.Chunks(), paths.Namespaces(), paths.Temp(), paths.Tails()}) {
     KVSTASH_RETURN_IF_ERROR(env->CreateDir(sub));
     // CreateDir accepts a symbolic link to a directory; the writer must not write through one.
     KVSTASH_RETURN_IF_ERROR(store::RealSubdir(env, sub));
@@ -138,6 +139,27 @@ class LocalStore : public StoreImpl {
                  std::vector<ChunkWrite> writes,
                  const std::vector<format::Hash256>& chain) override;
   void Warn(const std::string& message) override { warn_.Say(message); }
+  LoadedTail LoadTail(const format::Hash256& ns, const format::Hash256& parent, uint32_t j,
+                      const int32_t* rest, size_t n_rest, const format::ChunkLayout& layout,
+                      int64_t touched_ns) override;
+  bool HasFile(const std::string& path) override { return env_->LinkStat(path).ok(); }
+  std::string TailPath(const format::Hash256& parent, uint32_t j, uint32_t n_tokens,
+                       const format::Hash256& tail) const override {
+    return paths_.TailPath(parent, j, n_tokens, tail);
+  }
+
+  // Why a tail named `name` is not one this store would load after parent `name.parent` in
+  // namespace `ns` with `layout` (unset ns/layout: any, as Verify reads it), or "".
+  std::string CheckTail(const format::ChunkHeader& h, const int32_t* tokens,
+                        const store::TailName& name, const format::Hash256* ns,
+                        const format::ChunkLayout* layout) const;
+  // The head (header and tokens) of tail candidate `path` of `name` and `info`, checked; or why
+  // not in *why.
+  std::optional<format::ChunkView> ReadTailHead(const std::string& path,
+                                                const store::TailName& name, const FileInfo& info,
+                                                const format::Hash256& ns,
+                                                const format::ChunkLayout& layout,
+                                                std::string* why);
 
   // Why chunk j (0-based) of the request is refused, or "" when it is accepted.
   std::string CheckLoaded(const format::ChunkView& view, const format::Hash256& ns,
@@ -145,7 +167,8 @@ class LocalStore : public StoreImpl {
                           const int32_t* tokens, const format::ChunkLayout& layout) const;
   // Why a chunk read on its own (Verify) is not one this store would load, or "".
   std::string CheckAlone(const format::ChunkView& view, const ChunkEntry& entry) const;
-  Result<std::unique_ptr<StableFile>> OpenChunk(const std::string& path, uint64_t max_size);
+  Result<std::unique_ptr<StableFile>> OpenChunk(const std::string& path, uint64_t max_size,
+                                                bool tail = false);
   // The namespace of a chunk file, from its header ("" when unreadable).
   std::string ReadNamespace(const ChunkEntry& entry) const;
 
@@ -171,13 +194,13 @@ bool LoadedPrefix::Intact() const {
 }
 
 Result<std::unique_ptr<StableFile>> LocalStore::OpenChunk(const std::string& path,
-                                                          uint64_t max_size) {
+                                                          uint64_t max_size, bool tail) {
   // The header (file size included) is checked before the payload is read; links are refused,
   // FIFOs are opened without blocking and refused (Env::OpenStableFile).
   return env_->OpenStableFile(
       path, max_size,
-      [&path](const uint8_t* head, size_t n, uint64_t size) {
-        auto header = format::ParseChunkHeader(head, n, size, path);
+      [&path, tail](const uint8_t* head, size_t n, uint64_t size) {
+        auto header = format::ParseChunkHeader(head, n, size, path, tail);
         return header.ok() ? Status::Ok() : header.status();
       },
       /*follow_links=*/false);
@@ -281,6 +304,7 @@ LoadedPrefix LocalStore::LoadPrefix(const format::Hash256& ns,
   // One time for the whole prefix: parents never older than children (eviction is leaf first).
   // Failures (a read-only store) only cost LRU precision.
   const int64_t now = store::NowNs();
+  out.touched_ns = now;
   for (size_t j = 0; j < out.chunks.size(); ++j) {
     (void)env_->SetMtime(paths[j], now);
   }
@@ -364,6 +388,152 @@ size_t LocalStore::Publish(const format::Hash256& ns, const std::string& ns_text
   return writer_.Enqueue(std::move(item));
 }
 
+std::string LocalStore::CheckTail(const format::ChunkHeader& h, const int32_t* tokens,
+                                  const store::TailName& name, const format::Hash256* ns,
+                                  const format::ChunkLayout* layout) const {
+  if (!h.tail) return "it is not a tail";
+  if (h.hash != name.hash) return "its header names another tail than its file name";
+  if (h.parent != name.parent) return "its header names another parent than its file name";
+  if (h.index != name.j + 1) return "its header gives index " + std::to_string(h.index);
+  if (h.n_tokens != name.n_tokens)
+    return "its header gives " + std::to_string(h.n_tokens) + " tokens";
+  if (h.chunk_tokens != chunk_tokens_) {
+    return "it follows chunks of " + std::to_string(h.chunk_tokens) + " tokens, the store's hold " +
+           std::to_string(chunk_tokens_);
+  }
+  if (name.j == 0 && h.parent != h.ns) return "tail 0's parent is not its namespace";
+  if (ns != nullptr && h.ns != *ns) return "it belongs to another namespace";
+  if (layout != nullptr && h.layout != *layout)
+    return "its KV layout (cache types, layers) differs from this context's";
+  if (store::TailHash(h.parent, tokens, h.n_tokens) != h.hash)
+    return "its name is not the hash of its parent and tokens (planted or damaged)";
+  for (uint32_t i = 0; i < h.n_tokens; ++i)
+    if (tokens[i] < 0) return "a token id is negative";
+  return "";
+}
+
+std::optional<format::ChunkView> LocalStore::ReadTailHead(
+    const std::string& path, const store::TailName& name, const FileInfo& info,
+    const format::Hash256& ns, const format::ChunkLayout& layout, std::string* why) {
+  const size_t head_bytes = format::kChunkHeaderSize + size_t{name.n_tokens} * 4;
+  auto head = env_->ReadFilePrefix(path, head_bytes, /*follow_links=*/false);
+  if (!head.ok()) {
+    *why = head.status().message();
+    return std::nullopt;
+  }
+  if (head->size() != head_bytes) {
+    *why = "tail file '" + path + "' is cut short";
+    return std::nullopt;
+  }
+  const auto* bytes = reinterpret_cast<const uint8_t*>(head->data());
+  auto header = format::ParseChunkHeader(bytes, head->size(), info.size, path, /*tail=*/true);
+  if (!header.ok()) {
+    *why = header.status().message();
+    return std::nullopt;
+  }
+  format::ChunkView view;
+  view.header = *header;
+  view.tokens.resize(name.n_tokens);
+  std::memcpy(view.tokens.data(), bytes + format::kChunkHeaderSize,
+              head_bytes - format::kChunkHeaderSize);
+  const std::string reason = CheckTail(view.header, view.tokens.data(), name, &ns, &layout);
+  if (!reason.empty()) {
+    *why = "tail file '" + path + "' is refused: " + reason;
+    return std::nullopt;
+  }
+  return view;
+}
+
+LoadedTail LocalStore::LoadTail(const format::Hash256& ns, const format::Hash256& parent,
+                                uint32_t j, const int32_t* rest, size_t n_rest,
+                                const format::ChunkLayout& layout, int64_t touched_ns) {
+  LoadedTail out;
+  if (n_rest == 0 || layout.kind != format::MemoryKind::kKv) return out;
+  auto names = env_->ListDir(paths_.TailDir(parent));
+  if (!names.ok()) return out;  // no tail under this parent yet
+  // Candidates by name (parent, j and T are in it) and lstat (a regular file of the size its T
+  // gives), newest first: one document asked many questions must not make a lookup read them all.
+  constexpr size_t kMaxCandidates = 64;
+  const std::string prefix = format::HashHex(parent) + "." + std::to_string(j) + ".";
+  struct Candidate {
+    std::string path;
+    store::TailName name;
+    FileInfo info;
+  };
+  std::vector<Candidate> candidates;
+  for (const std::string& file : *names) {
+    store::TailName name;
+    if (file.compare(0, prefix.size(), prefix) != 0 || !store::ParseTailName(file, &name) ||
+        name.n_tokens >= chunk_tokens_) {
+      continue;
+    }
+    Candidate c{paths_.TailDir(parent) + "/" + file, name, {}};
+    auto info = env_->LinkStat(c.path);
+    if (!info.ok() || info->type != FileInfo::Type::kRegular ||
+        info->size != store::TailFileBytes(layout, name.n_tokens)) {
+      continue;
+    }
+    c.info = *info;
+    candidates.push_back(std::move(c));
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    return a.info.mtime_ns > b.info.mtime_ns;
+  });
+  if (candidates.size() > kMaxCandidates) candidates.resize(kMaxCandidates);
+  // The heads first (header and tokens), keeping the one that shares the most (the shorter on a
+  // tie); then the winner's payload.
+  const Candidate* best = nullptr;
+  size_t best_m = 0;
+  for (const Candidate& c : candidates) {
+    if (std::min<size_t>(c.name.n_tokens, n_rest) <= best_m) continue;
+    std::string why;
+    auto view = ReadTailHead(c.path, c.name, c.info, ns, layout, &why);
+    if (!view) {
+      if (out.refused.empty()) out.refused = c.path;
+      Warn("kvstash: " + why);
+      continue;
+    }
+    size_t m = 0;
+    const size_t n = std::min<size_t>(c.name.n_tokens, n_rest);
+    while (m < n && view->tokens[m] == rest[m]) ++m;
+    if (m > best_m ||
+        (m == best_m && m > 0 && best != nullptr && c.name.n_tokens < best->name.n_tokens)) {
+      best = &c;
+      best_m = m;
+    }
+  }
+  if (best == nullptr || best_m == 0) return out;
+  auto file = OpenChunk(best->path, best->info.size, /*tail=*/true);
+  std::string why;
+  if (file.ok()) {
+    auto view = format::ParseChunk((*file)->data(), (*file)->size(), best->path, false, true);
+    if (!view.ok()) {
+      why = view.status().message();
+    } else if (std::string reason =
+                   CheckTail(view->header, view->tokens.data(), best->name, &ns, &layout);
+               !reason.empty()) {
+      why = "tail file '" + best->path + "' is refused: " + reason;
+    } else if (!std::equal(view->tokens.begin(), view->tokens.begin() + best_m, rest)) {
+      why = "tail file '" + best->path + "' changed while it was read";
+    } else if (Status verified = VerifyPayload(**file, view->header, best->path); !verified.ok()) {
+      why = verified.message();
+    } else {
+      out.view = std::move(view.value());
+      out.file = std::move(file.value());
+      out.usable = static_cast<uint32_t>(best_m);
+      (void)env_->SetMtime(best->path, touched_ns);
+      return out;
+    }
+  } else if (file.status().code() != Status::Code::kNotFound) {
+    why = file.status().message();
+  }
+  if (!why.empty()) {
+    out.refused = best->path;
+    Warn("kvstash: " + why);
+  }
+  return out;
+}
+
 std::string LocalStore::CheckAlone(const format::ChunkView& view, const ChunkEntry& entry) const {
   const format::ChunkHeader& h = view.header;
   if (h.hash != entry.hash) return "its header names chunk " + format::HashHex(h.hash);
@@ -382,10 +552,10 @@ std::string LocalStore::CheckAlone(const format::ChunkView& view, const ChunkEnt
 }
 
 std::string LocalStore::ReadNamespace(const ChunkEntry& entry) const {
-  auto head = env_->ReadFilePrefix(entry.path, format::kChunkHeaderSize);
+  auto head = env_->ReadFilePrefix(entry.path, format::kChunkHeaderSize, /*follow_links=*/false);
   if (!head.ok()) return "";
   auto header = format::ParseChunkHeader(reinterpret_cast<const uint8_t*>(head->data()),
-                                         head->size(), entry.info.size, entry.path);
+                                         head->size(), entry.info.size, entry.path, entry.tail);
   return header.ok() ? format::HashHex(header->ns) : "";
 }
 
@@ -501,13 +671,21 @@ Result<VerifyReport> Store::Verify() const {
   for (const ChunkEntry& entry : *entries) {
     std::string why = entry.bad;
     if (why.empty()) {
-      auto file = impl->OpenChunk(entry.path, kMaxAnyChunkBytes);
+      auto file = impl->OpenChunk(entry.path, kMaxAnyChunkBytes, entry.tail);
       if (!file.ok() && file.status().code() == Status::Code::kNotFound) continue;  // evicted
       if (!file.ok()) {
         why = file.status().message();
       } else {
-        auto view = format::ParseChunk((*file)->data(), (*file)->size(), entry.path, true);
-        why = view.ok() ? impl->CheckAlone(*view, entry) : view.status().message();
+        auto view =
+            format::ParseChunk((*file)->data(), (*file)->size(), entry.path, true, entry.tail);
+        if (!view.ok()) {
+          why = view.status().message();
+        } else if (entry.tail) {
+          why =
+              impl->CheckTail(view->header, view->tokens.data(), entry.tail_name, nullptr, nullptr);
+        } else {
+          why = impl->CheckAlone(*view, entry);
+        }
       }
     }
     if (why.empty()) {
@@ -526,7 +704,7 @@ Result<std::vector<ChunkInfo>> Store::List() const {
   if (!entries.ok()) return entries.status();
   std::vector<ChunkInfo> out;
   for (const ChunkEntry& entry : *entries) {
-    if (!entry.bad.empty()) continue;
+    if (!entry.bad.empty() || entry.tail) continue;
     ChunkInfo info;
     info.path = entry.path;
     info.hash = format::HashHex(entry.hash);
@@ -547,6 +725,13 @@ Result<StoreStats> Store::Stats() const {
   if (!chunks.ok()) return chunks.status();
   StoreStats stats;
   stats.chunk_tokens = impl->chunk_tokens_;
+  auto entries = store::ListChunkEntries(impl->env_, impl->paths_);
+  if (!entries.ok()) return entries.status();
+  for (const ChunkEntry& entry : *entries) {
+    if (!entry.bad.empty() || !entry.tail) continue;
+    ++stats.tails;
+    stats.tail_bytes += entry.info.size;
+  }
   std::map<std::string, NamespaceStats> by_ns;
   for (const ChunkInfo& c : *chunks) {
     ++stats.chunks;

@@ -25,6 +25,17 @@ std::string StorePaths::NamespacePath(const format::Hash256& ns) const {
   return Namespaces() + "/" + format::HashHex(ns) + ".txt";
 }
 
+std::string StorePaths::TailDir(const format::Hash256& parent) const {
+  return Tails() + "/" + format::HashHex(parent).substr(0, 2);
+}
+
+std::string StorePaths::TailPath(const format::Hash256& parent, uint32_t j, uint32_t n_tokens,
+                                 const format::Hash256& tail) const {
+  const std::string hex = format::HashHex(parent);
+  return Tails() + "/" + hex.substr(0, 2) + "/" + hex + "." + std::to_string(j) + "." +
+         std::to_string(n_tokens) + "." + format::HashHex(tail) + ".kvt";
+}
+
 std::string StorePaths::NewTempPath() const {
   static std::atomic<uint64_t> counter{0};
   // Seeded once per process from the OS: writers in other PID namespaces or on other hosts that
@@ -51,6 +62,32 @@ bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* in
   if (!format::ParseHashHex(name.substr(0, kHex), hash)) return false;  // lowercase only
   const std::string digits = name.substr(kHex + 1, name.size() - kHex - 1 - ext.size());
   return !digits.empty() && digits[0] != '0' && ParseDecimal(digits, index);
+}
+
+bool ParseTailName(const std::string& name, TailName* out) {
+  constexpr size_t kHex = 64;
+  const std::string ext = ".kvt";
+  if (name.size() < kHex + 5 + kHex + ext.size() || name[kHex] != '.') return false;
+  if (name.compare(name.size() - ext.size(), ext.size(), ext) != 0) return false;
+  const size_t hash_at = name.size() - ext.size() - kHex;
+  if (name[hash_at - 1] != '.') return false;
+  if (!format::ParseHashHex(name.substr(0, kHex), &out->parent) ||
+      !format::ParseHashHex(name.substr(hash_at, kHex), &out->hash)) {
+    return false;
+  }
+  const std::string middle = name.substr(kHex + 1, hash_at - 1 - (kHex + 1));  // "<j>.<T>"
+  const size_t dot = middle.find('.');
+  if (dot == std::string::npos) return false;
+  const std::string j = middle.substr(0, dot), t = middle.substr(dot + 1);
+  const auto canonical = [](const std::string& d) {
+    return d == "0" || (!d.empty() && d[0] != '0');
+  };
+  return canonical(j) && canonical(t) && ParseDecimal(j, &out->j) &&
+         ParseDecimal(t, &out->n_tokens) && out->n_tokens > 0;
+}
+
+uint64_t TailFileBytes(const format::ChunkLayout& layout, uint32_t n_tokens) {
+  return format::kChunkHeaderSize + uint64_t{n_tokens} * 4 + layout.KvBytes(n_tokens);
 }
 
 bool ParseDecimal(std::string_view text, uint32_t* value) {
@@ -85,17 +122,21 @@ const char* TypeName(FileInfo::Type type) {
   }
 }
 
-// The entries of one chunks/<hh>/ directory.
-void ListSubdir(Env* env, const std::string& sub, const std::string& hh,
+// The entries of one chunks/<hh>/ (tails/<hh>/) directory.
+void ListSubdir(Env* env, const std::string& sub, const std::string& hh, bool tails,
                 std::vector<ChunkEntry>* out) {
   auto names = env->ListDir(sub);
   if (!names.ok()) {
-    out->push_back(ChunkEntry{sub, "cannot be listed: " + names.status().message(), {}, 0, {}});
+    ChunkEntry entry;
+    entry.path = sub;
+    entry.bad = "cannot be listed: " + names.status().message();
+    out->push_back(std::move(entry));
     return;
   }
   for (const std::string& name : *names) {
     ChunkEntry entry;
     entry.path = sub + "/" + name;
+    entry.tail = tails;
     auto info = env->LinkStat(entry.path);
     if (!info.ok()) {
       if (info.status().code() == Status::Code::kNotFound) continue;  // evicted meanwhile
@@ -104,12 +145,24 @@ void ListSubdir(Env* env, const std::string& sub, const std::string& hh,
       continue;
     }
     entry.info = *info;
-    if (!ParseChunkName(name, &entry.hash, &entry.index)) {
-      entry.bad = "not a chunk name (<64 hex>.<index>.kvc)";
+    const char* dir = tails ? "tails/" : "chunks/";
+    bool named = false;
+    if (tails) {
+      named = ParseTailName(name, &entry.tail_name);
+      entry.hash = entry.tail_name.hash;
+      entry.index = entry.tail_name.j + 1;
+    } else {
+      named = ParseChunkName(name, &entry.hash, &entry.index);
+    }
+    if (!named) {
+      entry.bad = tails ? "not a tail name (<64 hex>.<j>.<T>.<64 hex>.kvt)"
+                        : "not a chunk name (<64 hex>.<index>.kvc)";
     } else if (name.compare(0, 2, hh) != 0) {
-      entry.bad = "in the wrong directory (chunks/" + name.substr(0, 2) + "/ is its place)";
+      entry.bad =
+          "in the wrong directory (" + std::string(dir) + name.substr(0, 2) + "/ is its place)";
     } else if (info->type != FileInfo::Type::kRegular) {
-      entry.bad = std::string("is ") + TypeName(info->type) + ", not a chunk file";
+      entry.bad = std::string("is ") + TypeName(info->type) + ", not a " +
+                  (tails ? "tail" : "chunk") + " file";
     }
     out->push_back(std::move(entry));
   }
@@ -128,25 +181,39 @@ Status RealSubdir(Env* env, const std::string& path) {
   return Status::Ok();
 }
 
-Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths) {
-  KVSTASH_RETURN_IF_ERROR(RealSubdir(env, paths.Chunks()));
-  auto subdirs = env->ListDir(paths.Chunks());
+namespace {
+
+// Every entry of `top` (chunks/ or tails/), one level of <hh> directories down.
+Status ListTop(Env* env, const std::string& top, bool tails, std::vector<ChunkEntry>* entries) {
+  KVSTASH_RETURN_IF_ERROR(RealSubdir(env, top));
+  auto subdirs = env->ListDir(top);
   if (!subdirs.ok()) return subdirs.status();
-  std::vector<ChunkEntry> entries;
   for (const std::string& hh : *subdirs) {
-    const std::string sub = paths.Chunks() + "/" + hh;
+    const std::string sub = top + "/" + hh;
     auto info = env->LinkStat(sub);
     if (!info.ok()) continue;
     if (!IsHexPair(hh) || info->type != FileInfo::Type::kDirectory) {
       ChunkEntry entry;
       entry.path = sub;
       entry.info = *info;
-      entry.bad = std::string("is ") + TypeName(info->type) + " misplaced in chunks/";
-      entries.push_back(std::move(entry));
+      entry.tail = tails;
+      entry.bad = std::string("is ") + TypeName(info->type) + " misplaced in " +
+                  (tails ? "tails/" : "chunks/");
+      entries->push_back(std::move(entry));
       continue;
     }
-    ListSubdir(env, sub, hh, &entries);
+    ListSubdir(env, sub, hh, tails, entries);
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths) {
+  std::vector<ChunkEntry> entries;
+  KVSTASH_RETURN_IF_ERROR(ListTop(env, paths.Chunks(), /*tails=*/false, &entries));
+  Status tails = ListTop(env, paths.Tails(), /*tails=*/true, &entries);
+  if (!tails.ok() && tails.code() != Status::Code::kNotFound) return tails;
   return entries;
 }
 

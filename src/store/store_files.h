@@ -29,11 +29,17 @@ struct StorePaths {
   std::string Chunks() const { return dir + "/chunks"; }
   std::string Namespaces() const { return dir + "/ns"; }
   std::string Temp() const { return dir + "/tmp"; }
+  std::string Tails() const { return dir + "/tails"; }
   // chunks/<first 2 hex>
   std::string ChunkDir(const format::Hash256& hash) const;
   // chunks/<hh>/<64 hex>.<index>.kvc
   std::string ChunkPath(const format::Hash256& hash, uint32_t index) const;
   std::string NamespacePath(const format::Hash256& ns) const;
+  // tails/<first 2 hex of the parent>: all tails of one parent are in one directory.
+  std::string TailDir(const format::Hash256& parent) const;
+  // tails/<hh>/<parent hex>.<j>.<T>.<tail hex>.kvt: the T tokens after whole chunk j (parent h_j).
+  std::string TailPath(const format::Hash256& parent, uint32_t j, uint32_t n_tokens,
+                       const format::Hash256& tail) const;
   // tmp/<pid>.<counter>.<nonce>.tmp: unique across threads, processes and hosts (O_EXCL refuses
   // the rare collision anyway).
   std::string NewTempPath() const;
@@ -45,22 +51,38 @@ bool ParseDecimal(std::string_view text, uint32_t* value);
 // Parses "<64 hex>.<index>.kvc" (index 1..2^32-1, decimal without leading zeros).
 bool ParseChunkName(const std::string& name, format::Hash256* hash, uint32_t* index);
 
+// A tail file's name, parsed: "<64 hex>.<j>.<T>.<64 hex>.kvt" (decimals without leading zeros,
+// T >= 1).
+struct TailName {
+  format::Hash256 parent{};
+  uint32_t j = 0;  // whole chunks before the tail
+  uint32_t n_tokens = 0;
+  format::Hash256 hash{};
+};
+bool ParseTailName(const std::string& name, TailName* out);
+
+// The size of a tail file of `n_tokens` tokens in `layout` (a plain KV cache).
+uint64_t TailFileBytes(const format::ChunkLayout& layout, uint32_t n_tokens);
+
 // The size of a chunk file of `chunk_tokens` tokens in `layout`: header, tokens, KV.
 uint64_t ChunkFileBytes(const format::ChunkLayout& layout, uint32_t chunk_tokens);
 
-// A file under chunks/: what its name and lstat say, before it is opened.
+// A file under chunks/ or tails/: what its name and lstat say, before it is opened.
 struct ChunkEntry {
   std::string path;
-  std::string bad;  // why it is not a chunk by its name or type ("" when it may be one)
+  std::string bad;  // why it is not a chunk (tail) by its name or type ("" when it may be one)
   format::Hash256 hash{};
-  uint32_t index = 0;
+  uint32_t index = 0;  // a tail's: j + 1 (its positions start at j * C)
   FileInfo info;
+  bool tail = false;
+  TailName tail_name;  // tails only
 };
 
-// Every entry of chunks/*/ (and anything misplaced directly in chunks/). Never opens a file, so
-// FIFOs and devices cannot block it. Entries that vanish while listed are skipped. chunks/ itself
-// must be a directory, not a symbolic link (RealSubdir): else collectors would remove files
-// outside the store.
+// Every entry of chunks/*/ and tails/*/ (and anything misplaced directly in them). Never opens a
+// file, so FIFOs and devices cannot block it. Entries that vanish while listed are skipped.
+// chunks/ and tails/ must be directories, not symbolic links (RealSubdir): else collectors would
+// remove files outside the store. A store without tails/ (made by an older kvstash, read-only)
+// lists its chunks only.
 Result<std::vector<ChunkEntry>> ListChunkEntries(Env* env, const StorePaths& paths);
 
 // Ok when `path` (a store's chunks/, ns/ or tmp/) is a directory itself, not a symbolic link to

@@ -14,9 +14,9 @@
 
 namespace kvstash {
 
-// One chunk to publish. `kv` holds layout.KvBytes(tokens.size()) bytes.
+// One chunk (or tail: header.tail) to publish. `kv` holds layout.KvBytes(tokens.size()) bytes.
 struct ChunkWrite {
-  format::ChunkHeader header;  // hash, parent, ns, index, n_tokens, layout
+  format::ChunkHeader header;  // hash, parent, ns, index, n_tokens, layout (tail, chunk_tokens)
   std::vector<int32_t> tokens;
   std::string kv;
   // The lookup found a bad file under this name: replace it instead of keeping the first
@@ -36,8 +36,19 @@ struct LoadedPrefix {
   // misnamed, wrong tokens or parent, another layout), or -1. Its publish must replace it.
   long first_bad = -1;
   std::string first_bad_reason;
+  // The mtime the accepted chunks were given (a tail found after them gets the same).
+  int64_t touched_ns = 0;
   // True when every file was still intact after use (StableFile::Intact); check after restoring.
   bool Intact() const;
+};
+
+// The tail LoadTail chose, held stable like LoadedPrefix's chunks.
+struct LoadedTail {
+  std::unique_ptr<StableFile> file;  // null: no tail
+  format::ChunkView view;            // a tail's header; kv points into file
+  uint32_t usable = 0;               // its first `usable` tokens are the request's
+  // The path of a tail that exists but was refused (its publish must replace it), or "".
+  std::string refused;
 };
 
 struct Store::Impl {
@@ -54,11 +65,26 @@ struct Store::Impl {
                                   const std::vector<format::Hash256>& chain, const int32_t* tokens,
                                   size_t max_chunks, const format::ChunkLayout& layout) = 0;
 
-  // Queues `writes` (chunks of one chain, in order) for the background writer, after recording
-  // the namespace's description `ns_text` once. When written, the chain h_1..h_{touch_upto}
-  // (hashes in `chain`) gets one mtime, so that a parent is never older than its children; then
-  // the store is evicted down to its budget. Returns how many chunks were queued (the rest were
-  // dropped: queue over max_pending_bytes, or the store is read-only).
+  // The stored tail of namespace `ns` after whole chunk `j` (parent h_j: `parent`, ns for j = 0)
+  // that shares the most of `rest` (the request's n_rest tokens from position j*C on), or none.
+  // Candidates are the parent's tails, newest first, at most 64; each is checked like a chunk
+  // (header and name, parent, index, namespace, the store's C, `layout`, the tail hash of its
+  // tokens), the winner's payload checksum too. A refusal is a miss. The winner gets mtime
+  // `touched_ns` (the chunks' own, so eviction takes the tail before its parent).
+  virtual LoadedTail LoadTail(const format::Hash256& ns, const format::Hash256& parent, uint32_t j,
+                              const int32_t* rest, size_t n_rest, const format::ChunkLayout& layout,
+                              int64_t touched_ns) = 0;
+  // Whether the tail file `path` exists (the writer would skip it).
+  virtual bool HasFile(const std::string& path) = 0;
+  // Where tail `tail` (hash) of `n_tokens` tokens after whole chunk j (parent h_j) is kept.
+  virtual std::string TailPath(const format::Hash256& parent, uint32_t j, uint32_t n_tokens,
+                               const format::Hash256& tail) const = 0;
+
+  // Queues `writes` (chunks of one chain, in order, then its tails) for the background writer,
+  // after recording the namespace's description `ns_text` once. When written, the chain
+  // h_1..h_{touch_upto} (hashes in `chain`) gets one mtime, so that a parent is never older than
+  // its children; then the store is evicted down to its budget. Returns how many chunks were queued
+  // (the rest were dropped: queue over max_pending_bytes, or the store is read-only).
   virtual size_t Publish(const format::Hash256& ns, const std::string& ns_text,
                          std::vector<ChunkWrite> writes,
                          const std::vector<format::Hash256>& chain) = 0;

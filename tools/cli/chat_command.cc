@@ -211,7 +211,7 @@ Result<std::unique_ptr<Chat>> MakeChat(const ChatFlags& flags, std::shared_ptr<M
 }  // namespace
 
 int RunChat(const ChatFlags& flags) {
-  auto model = LoadModel(flags.common);
+  auto model = LoadModel(flags.common, &flags.context);
   if (!model.ok()) return Fail(model.status());
   auto store = OpenStore(flags.store, /*create=*/true);
   if (!store.ok()) return Fail(store.status());

@@ -275,7 +275,7 @@ Result<std::string> SavePrefixText(const SaveFlags& flags) {
 int RunPublish(const SaveFlags& flags, Store& store) {
   auto prefix = SavePrefixText(flags);
   if (!prefix.ok()) return Fail(prefix.status());
-  auto model = LoadModel(flags.common);
+  auto model = LoadModel(flags.common, &flags.context);
   if (!model.ok()) return Fail(model.status());
   auto report = PublishPrefix(*model, *prefix, store, flags.session, &g_cancel,
                               MakeProgress("prefill", "tokens", kBarTokens));
@@ -331,7 +331,7 @@ int RunRunWith(const RunFlags& flags, std::shared_ptr<Store> store) {
   auto made = MakeRunRequest(flags, store);
   if (!made.ok()) return Fail(made.status());
   const RunRequest& request = *made;
-  auto model = LoadModel(flags.common);
+  auto model = LoadModel(flags.common, &flags.context);
   if (!model.ok()) return Fail(model.status());
   // Generation stops at the next piece after SIGINT/SIGTERM, or when stdout cannot be written.
   const bool json_out = flags.common.json;
@@ -541,10 +541,14 @@ void ApplyContextFlags(const ContextFlags& flags, SessionOptions* options) {
   options->cache_type_v = flags.cache_type_v;
 }
 
-Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags) {
+Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags, const ContextFlags* context) {
   if (flags.verbose) SetLlamaLogs(LlamaLogs::kStderr);
   ModelOptions options;
   options.n_gpu_layers = flags.n_gpu_layers;
+  if (context != nullptr && context->flash_attn && *context->flash_attn == "off") {
+    options.repack_weights = false;
+    setenv("GGML_NO_IQ_PANEL", "1", 0);  // read by ggml at its first product
+  }
   return Model::Load(flags.model, options);
 }
 
@@ -604,7 +608,7 @@ int RunSave(const SaveFlags& flags) {
   if (!usable.ok()) return Fail(usable);
   auto prefix = SavePrefixText(flags);
   if (!prefix.ok()) return Fail(prefix.status());
-  auto model = LoadModel(flags.common);
+  auto model = LoadModel(flags.common, &flags.context);
   if (!model.ok()) return Fail(model.status());
   SaveOptions save_options;
   save_options.sync = !flags.no_sync;
@@ -738,8 +742,14 @@ json StatsJson(const StoreStats& stats, const std::string& dir) {
                           {"chunks", ns.chunks},
                           {"bytes", ns.bytes}});
   }
-  return {{"cache_dir", dir},     {"chunk_tokens", stats.chunk_tokens}, {"chunks", stats.chunks},
-          {"bytes", stats.bytes}, {"temp_files", stats.temp_files},     {"namespaces", namespaces}};
+  return {{"cache_dir", dir},
+          {"chunk_tokens", stats.chunk_tokens},
+          {"chunks", stats.chunks},
+          {"bytes", stats.bytes},
+          {"tails", stats.tails},
+          {"tail_bytes", stats.tail_bytes},
+          {"temp_files", stats.temp_files},
+          {"namespaces", namespaces}};
 }
 
 int CacheStats(const CacheFlags& flags, const Store& store) {
@@ -753,6 +763,8 @@ int CacheStats(const CacheFlags& flags, const Store& store) {
   std::printf("chunks       %llu, %.1f MiB in %zu namespace(s), %llu temp file(s)\n",
               static_cast<unsigned long long>(stats->chunks), stats->bytes / 1048576.0,
               stats->namespaces.size(), static_cast<unsigned long long>(stats->temp_files));
+  std::printf("tails        %llu, %.1f MiB (the tokens after prompts' last whole chunks)\n",
+              static_cast<unsigned long long>(stats->tails), stats->tail_bytes / 1048576.0);
   for (const auto& ns : stats->namespaces) {
     std::printf("  %s  %llu chunks, %.1f MiB  %s\n", ns.hash.substr(0, 16).c_str(),
                 static_cast<unsigned long long>(ns.chunks), ns.bytes / 1048576.0,

@@ -123,7 +123,11 @@ FlashAttention ParseFlashAttention(const std::string& value);
 // The context flags given; a flag not given leaves its option unset (the default, or as saved).
 void ApplyContextFlags(const ContextFlags& flags, SessionOptions* options);
 // The model of -m, with -ngl and -v applied; the error names the file.
-Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags);
+// With `context` -fa off, loads the weights as `serve` does with flash attention off (no
+// repacking, no IQ panel: one kernel path for every batch size), so that a batch-invariant build
+// gives batch-invariant sessions, whose store lookups are token-exact (docs/STORE.md, "Tails").
+Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags,
+                                         const ContextFlags* context = nullptr);
 // The prefix store of --cache-dir (or $KVSTASH_CACHE_DIR) with its chunk size, budget and Redis
 // tier; null without a directory. Its warnings go to stderr as "warning: ...".
 Result<std::shared_ptr<Store>> OpenStore(const StoreFlags& flags, bool create);
