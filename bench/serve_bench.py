@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """`kvstash serve` against llama.cpp's llama-server, both talking OpenAI chat completions.
 
-Starts each server itself on a free port with the same model, context, --parallel, threads,
-flash attention (off) and KV cache types (f16), streams every answer (greedy, temperature 0)
-and measures:
+Starts each server itself on a free port with the same model, context, --parallel, threads and
+KV cache types (f16), each with its own default flash attention (kvstash: off, which keeps answers
+independent of load; llama-server: auto, which is on for the CPU; --llama-fa changes it), streams
+every answer (greedy, temperature 0) and measures:
 
   1. repeated system prompt: one ~3,000-token system prompt, 10 different short questions in a
      row; TTFT p50/p95 (after one priming request that both pay cold). llama-server keeps the
@@ -94,7 +95,7 @@ class Server:
             cmd = [args.kvstash, "serve", *common, "--flash-attn", "off"]
             cmd += ["--cache-dir", cache_dir] if cache_dir else ["--no-cache"]
         else:
-            cmd = [args.llama_server, *common, "-fa", "off", "--host", "127.0.0.1"]
+            cmd = [args.llama_server, *common, "-fa", args.llama_fa, "--host", "127.0.0.1"]
             if slot_dir:
                 cmd += ["--slot-save-path", slot_dir]
         self.cmd = cmd
@@ -392,7 +393,8 @@ def markdown(res):
     a = res["args"]
     L = []
     L.append(f"### kvstash serve vs llama-server ({os.path.basename(a['model'])}, -t {a['threads']}, "
-             f"-fa off, KV f16; kvstash: {res.get('kvstash_mode', '?')})\n")
+             f"KV f16; kvstash -fa off: {res.get('kvstash_mode', '?')}; llama-server -fa "
+             f"{a.get('llama_fa', 'off')})\n")
     if "repeated" in res:
         r = res["repeated"]
         k, l = r["kvstash"], r["llama"]
@@ -453,6 +455,8 @@ def main():
     ap.add_argument("--out", required=True, help="directory for serve.json and serve.md")
     ap.add_argument("--work", help="scratch directory (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--llama-fa", default="auto", choices=["on", "off", "auto"],
+                    help="llama-server's flash attention (default: its own default, auto)")
     ap.add_argument("--system-prompt-file", default=os.path.join(root, "demo", "system-prompt.txt"))
     ap.add_argument("--system-chars", type=int, default=11800, help="~3,000 tokens on the small shape")
     ap.add_argument("--ctx-per-seq", type=int, default=8192)

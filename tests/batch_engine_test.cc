@@ -337,6 +337,25 @@ TEST(BatchEngineTest, RestartIsTokenExact) {
   auto verify = store->Verify();
   ASSERT_TRUE(verify.ok());
   EXPECT_FALSE(verify->bad.empty()) << "the other damaged tails are listed";
+
+  // A slot that holds every whole chunk of a prompt already asks the store for a tail only: it
+  // takes one that goes further than its own cache, and keeps its own when none does.
+  const Request q1 = part(base.size(), 51, 6), q2 = part(base.size(), 52, 6),
+                q3 = part(base.size(), 53, 6);
+  auto slot = MakeEngine(1, store);
+  auto other = MakeEngine(1, store);
+  ASSERT_NE(slot, nullptr);
+  ASSERT_NE(other, nullptr);
+  RunTogether(*slot, {q1});
+  RunTogether(*other, {q2});  // q2's tails
+  store->WaitForWrites();
+  std::vector<SlotReport> reports;
+  auto cold = MakeEngine(1, nullptr);
+  EXPECT_EQ(RunTogether(*slot, {q2}, &reports)[0], RunTogether(*cold, {q2})[0]);
+  EXPECT_EQ(reports[0].n_restored, q2.prompt.size() - 1) << "the store's tail beats the slot's own";
+  EXPECT_EQ(RunTogether(*slot, {q3}, &reports)[0], RunTogether(*cold, {q3})[0]);
+  EXPECT_EQ(reports[0].n_restored, 0u) << "no stored tail beats the slot's own";
+  EXPECT_EQ(reports[0].n_reused, base.size());
 }
 
 // A damaged chunk is a miss (decoded cold, same answer) and the publish replaces it.

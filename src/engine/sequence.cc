@@ -270,6 +270,7 @@ Result<Chain> Sequence::Begin(std::vector<Token> prompt, uint32_t chunk, Store* 
   chain = MakeChain(ctx_->model(), ctx_->params(), ctx_->v_trans(), chunk, whole, *shape);
   chain.tails = tails;
   chain.limit = tokens_.size() - 1;
+  chain.own = n_cached_;
   chain_ = chain;
   chain_->hashes.clear();
   if (tails ? chain.limit <= n_cached_ : usable * chunk <= n_cached_) {

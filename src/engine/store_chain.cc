@@ -185,31 +185,47 @@ Status AssembleState(const Chain& chain, const LoadedPrefix& loaded, size_t k, i
 namespace {
 
 // FetchPrefix for a token-exact chain (Chain::tails): the found chunks, the last one cut at the
-// chain's limit, or else the best tail after them, as one plain state.
+// chain's limit, or else the best tail after them, as one plain state. When the sequence holds
+// every whole chunk already (Chain::own), only a tail can add to it: the tail is probed first and
+// the chunks are read only when it beats what the sequence holds.
 void FetchExact(Store& store, const Chain& chain, const std::vector<Token>& tokens,
-                LoadedPrefix& loaded, int n_threads, bool huge_pages, uint32_t n_stream,
+                size_t max_chunks, int n_threads, bool huge_pages, uint32_t n_stream,
                 Fetched* out) {
   const format::ChunkLayout& l = chain.layout;
-  const size_t whole = loaded.chunks.size();
-  std::vector<format::CellRun> runs;
-  for (const format::ChunkView& c : loaded.chunks)
-    runs.push_back({c.kv, chain.chunk, 0, chain.chunk});
-  size_t cells = whole * chain.chunk;
+  const size_t c = chain.chunk;
+  const size_t k = std::min(max_chunks, chain.hashes.size());
+  StoreImpl* impl = ImplOf(store);
   LoadedTail tail;
-  if (cells > chain.limit) {  // the prompt ends on a chunk boundary: all but its last token
-    runs.back().count = static_cast<uint32_t>(chain.limit - (whole - 1) * chain.chunk);
-    cells = chain.limit;
-  } else if (cells < chain.limit) {
+  auto probe = [&](size_t whole, int64_t touched_ns) {
     const format::Hash256& parent = whole == 0 ? chain.h0 : chain.hashes[whole - 1];
-    tail = ImplOf(store)->LoadTail(chain.h0, parent, static_cast<uint32_t>(whole),
-                                   tokens.data() + cells, chain.limit - cells, l,
-                                   loaded.touched_ns != 0 ? loaded.touched_ns : store::NowNs());
+    tail = impl->LoadTail(chain.h0, parent, static_cast<uint32_t>(whole), tokens.data() + whole * c,
+                          chain.limit - whole * c, l, touched_ns);
     out->tail_refused = tail.refused;
-    if (tail.file) {
-      runs.push_back({tail.view.kv, tail.view.header.n_tokens, 0, tail.usable});
-      cells += tail.usable;
-      out->tail_tokens = tail.usable;
-    }
+  };
+  const bool tail_only = k * c <= chain.own && k * c < chain.limit;
+  if (tail_only) {
+    probe(k, store::NowNs());
+    if (!tail.file || k * c + tail.usable <= chain.own) return;
+  }
+  LoadedPrefix loaded = impl->LoadPrefix(chain.h0, chain.hashes, tokens.data(), k, l);
+  out->n_found = loaded.chunks.size();
+  out->first_bad = loaded.first_bad;
+  const size_t whole = loaded.chunks.size();
+  if (whole < k) tail = LoadedTail();  // its parent is not in the store (any more)
+  std::vector<format::CellRun> runs;
+  for (const format::ChunkView& chunk : loaded.chunks)
+    runs.push_back({chunk.kv, chain.chunk, 0, chain.chunk});
+  size_t cells = whole * c;
+  if (cells > chain.limit) {  // the prompt ends on a chunk boundary: all but its last token
+    runs.back().count = static_cast<uint32_t>(chain.limit - (whole - 1) * c);
+    cells = chain.limit;
+  } else if (cells < chain.limit && !tail_only) {
+    probe(whole, loaded.touched_ns != 0 ? loaded.touched_ns : store::NowNs());
+  }
+  if (tail.file) {
+    runs.push_back({tail.view.kv, tail.view.header.n_tokens, 0, tail.usable});
+    cells += tail.usable;
+    out->tail_tokens = tail.usable;
   }
   if (cells == 0) return;
   const uint64_t size = format::SeqStateSize(l, static_cast<uint32_t>(cells));
@@ -238,14 +254,14 @@ Fetched FetchPrefix(Store& store, const Chain& chain, const std::vector<Token>& 
   out.hashes = chain.hashes;
   out.tails = chain.tails;
   out.limit = chain.limit;
+  if (chain.tails && chain.layout.kind == format::MemoryKind::kKv) {
+    FetchExact(store, chain, tokens, max_chunks, n_threads, huge_pages, n_stream, &out);
+    return out;
+  }
   LoadedPrefix loaded =
       ImplOf(store)->LoadPrefix(chain.h0, chain.hashes, tokens.data(), max_chunks, chain.layout);
   out.n_found = loaded.chunks.size();
   out.first_bad = loaded.first_bad;
-  if (chain.tails && chain.layout.kind == format::MemoryKind::kKv) {
-    FetchExact(store, chain, tokens, loaded, n_threads, huge_pages, n_stream, &out);
-    return out;
-  }
   const size_t k = RestorableChunks(chain.layout, loaded.chunks.size());
   if (k == 0) return out;
   out.status = AssembleState(chain, loaded, k, n_threads, huge_pages, n_stream, &out);

@@ -35,6 +35,8 @@ struct Chain {
   // whole chunk of the prompt.
   bool tails = false;
   size_t limit = 0;
+  size_t own = 0;  // tokens the sequence holds already (tails: a lookup that cannot beat them
+                   // when they cover every whole chunk costs only a probe of the tails)
   // Whether a lookup can restore anything.
   bool Lookup() const { return !hashes.empty() || tails; }
 };

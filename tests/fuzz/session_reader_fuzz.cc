@@ -130,5 +130,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       __builtin_trap();
     }
   }
+  // The same bytes as a tail file (its magic, the header checksum fixed): an accepted tail, cut
+  // anywhere, assembles into a valid state.
+  if (size >= f::kChunkHeaderSize) {
+    fixed[3] = 'T';
+    const uint64_t sum = XXH3_64bits(fixed.data(), 248);
+    std::memcpy(fixed.data() + 248, &sum, 8);
+    auto tail = f::ParseChunk(fixed.data(), size, "fuzz.kvt", false, /*tail=*/true);
+    if (tail.ok()) {
+      const f::ChunkLayout& l = tail->header.layout;
+      const uint32_t t = tail->header.n_tokens;
+      if (tail->kv_size != l.KvBytes(t) || t == 0 || t >= tail->header.chunk_tokens)
+        __builtin_trap();
+      const uint32_t m = t / 2 + 1;
+      std::vector<uint8_t> state(f::SeqStateSize(l, m));
+      f::AssembleSeqStateRuns(l, {{tail->kv, t, 0, m}}, state.data(), 1);
+      if (!f::ParseLlamaSeqState(state.data(), state.size(), "assembled").ok()) __builtin_trap();
+    }
+  }
   return 0;
 }
