@@ -221,6 +221,35 @@ TEST(StoreSessionFaultTest, FlashAttentionAutoIsResolvedBeforeTheContext) {
   EXPECT_TRUE(info->meta.flash_attn) << "llama.cpp kept V transposed: flash attention was off";
 }
 
+// A session restored from a file holds KV this context did not compute (another build may have):
+// decoding after it, even in a batch-invariant context, makes none of it exact, so a later sync
+// through a store decodes the prompt itself rather than reuse and publish the file's cells.
+TEST(StoreSessionFaultTest, RestoredCellsNeverBecomeExact) {
+  ModelOptions load;
+  load.repack_weights = false;
+  auto model = Model::Load(
+      testing::ModelPath(TestShape::kTiny, TestVocab::kSpm, TestWeightType::kF16, 1), load);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  SessionOptions options;
+  options.n_ctx = 1024;
+  options.flash_attn = FlashAttention::kOff;
+  const std::vector<Token> prompt = RandomTokens(3 * kChunk + 5, 61);
+  const std::string path = TempDir() + "/restored.kvs";
+  {
+    auto a = Session::Create(*model, options);
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_TRUE((*a)->Sync(prompt).ok());
+    ASSERT_TRUE((*a)->Save(path).ok());
+  }
+  auto b = Session::Open(*model, path, options);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_TRUE((*b)->Sync(Concat(prompt, RandomTokens(3, 62))).ok());  // decodes 3 more, no store
+  auto store = NewStore("restored");
+  auto synced = (*b)->Sync(Concat(prompt, RandomTokens(9, 62)), *store);
+  ASSERT_TRUE(synced.ok()) << synced.status().ToString();
+  EXPECT_EQ(synced->n_reused, 0u) << "the file's cells were reused as exact";
+}
+
 // A damaged chunk is a miss: the answer is the cold one, and the next publish replaces the file.
 TEST(StoreSessionFaultTest, DamagedChunkIsAMissAndIsReplaced) {
   auto store = NewStore("damaged");

@@ -212,7 +212,9 @@ Status Sequence::Rollback(size_t begin, const std::vector<uint8_t>& snapshot, co
 }
 
 void Sequence::Decoded(size_t end, bool aligned) {
-  if (ctx_->invariant() || (aligned && n_exact_ == n_cached_)) n_exact_ = end;
+  // A cell is exact when every cell before it is (it attends to them) and, unless the context is
+  // invariant, its group was chunk-aligned. Restored cells (a file, an import) never are.
+  if (n_exact_ == n_cached_ && (ctx_->invariant() || aligned)) n_exact_ = end;
   n_cached_ = end;
   if (aligned && chunk_ != 0 && end % chunk_ == 0 && ctx_->memory() != format::MemoryKind::kKv) {
     CaptureBoundary(static_cast<uint32_t>(end / chunk_));
