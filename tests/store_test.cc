@@ -839,6 +839,24 @@ TEST_F(TailTest, BestTailWinsAndIsCutToWhatItShares) {
   EXPECT_EQ(Lookup().file, nullptr);
 }
 
+// The writer touches every parent of what it wrote, tails' included, after writing them: a chunk
+// written with the answer's tail, followed in the same publish by an earlier tail (the prompt's),
+// is never older than its own tail, so eviction cannot strand the tail.
+TEST_F(StoreTest, WriterTouchesTheParentsOfTails) {
+  auto store = OpenStore();
+  const Prompt p = MakePrompt("ns", 3, 1);
+  PublishAll(store.get(), p, 2);
+  std::vector<ChunkWrite> writes = {p.writes[2], MakeTail(p, 3, {1, 2, 3}), MakeTail(p, 1, {4, 5})};
+  const std::string tail3 =
+      store::StorePaths{dir_}.TailPath(p.chain[2], 3, 3, writes[1].header.hash);
+  ImplOf(*store)->Publish(p.ns, p.ns_text, std::move(writes), p.chain);
+  store->WaitForWrites();
+  auto chunk = Env::Default()->LinkStat(ChunkPath(p, 2));
+  auto tail = Env::Default()->LinkStat(tail3);
+  ASSERT_TRUE(chunk.ok() && tail.ok());
+  EXPECT_GT(chunk->mtime_ns, tail->mtime_ns) << "chunk 3 was not touched after its tail";
+}
+
 // A tail file that is damaged, planted or misplaced is a miss (reported for replacement when it
 // was the choice), and Verify lists it; a publish with replace_bad repairs it.
 TEST_F(TailTest, HostileTailsAreMisses) {
@@ -858,7 +876,7 @@ TEST_F(TailTest, HostileTailsAreMisses) {
       {"a chunk's magic",
        [&](const std::string& path) {
          std::string b = encode(good);
-         b[4] = 'C';
+         b[3] = 'C';
          WriteAll(path, b);
        }},
       {"other tokens under this name",

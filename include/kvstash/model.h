@@ -25,7 +25,9 @@ struct ModelOptions {
   int n_gpu_layers = 0;
   // llama.cpp's weight repacking (its "extra buffer types"), faster for some quantized types
   // (q4_0, q4_K, iq4_nl on x86). Its kernels split a product by row count, so `kvstash serve` turns
-  // it off for answers independent of load.
+  // it off for answers independent of load. Off also sets GGML_NO_IQ_PANEL=1 in the process (unless
+  // set): ggml's panel kernel for k- and i-quants from 8 rows on, read once at the process's first
+  // product, is the other batch-size-dependent path.
   bool repack_weights = true;
 };
 

@@ -1,6 +1,7 @@
 #include "engine/context.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -200,7 +201,10 @@ bool InvariantBuild() { return std::strcmp(MatmulPath(), "llamafile") != 0; }
 
 bool WouldBeInvariant(const Model& model, const format::ContextParams& params) {
   const ModelImpl& m = *ImplOf(model);
-  return !params.flash_attn && InvariantBuild() && !m.on_gpu && !m.repack_weights;
+  // The IQ panel is off only if GGML_NO_IQ_PANEL was set before the process's first product
+  // (Model::Load sets it for unrepacked weights).
+  return !params.flash_attn && InvariantBuild() && !m.on_gpu && !m.repack_weights &&
+         std::getenv("GGML_NO_IQ_PANEL") != nullptr;
 }
 
 std::string Context::WhyNotInvariant() const {

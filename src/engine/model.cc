@@ -65,6 +65,7 @@ Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const ModelO
   params.n_gpu_layers = options.n_gpu_layers;
   params.use_extra_bufts = options.repack_weights;
   impl->repack_weights = options.repack_weights;
+  if (!options.repack_weights) setenv("GGML_NO_IQ_PANEL", "1", 0);  // model.h: one kernel path
   impl->on_gpu = options.n_gpu_layers != 0 && llama_supports_gpu_offload();
   engine::ClearLlamaError();
   impl->model = llama_model_load_from_file(path.c_str(), params);

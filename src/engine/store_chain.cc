@@ -204,7 +204,9 @@ void FetchExact(Store& store, const Chain& chain, const std::vector<Token>& toke
   };
   const bool tail_only = k * c <= chain.own && k * c < chain.limit;
   if (tail_only) {
-    probe(k, store::NowNs());
+    // Untouched: if it wins, the chunks read below get a newer time than the tail (eviction takes
+    // it first); if it loses, the store was not used.
+    probe(k, 0);
     if (!tail.file || k * c + tail.usable <= chain.own) return;
   }
   LoadedPrefix loaded = impl->LoadPrefix(chain.h0, chain.hashes, tokens.data(), k, l);

@@ -392,10 +392,9 @@ Status Start(ServerState& st) {
   ModelOptions model_options = o.model;
   if (o.engine.flash_attn == FlashAttention::kOff && engine::InvariantBuild()) {
     // The last two batch-size-dependent paths of ggml's CPU kernels, for quantized weights: the
-    // repacked gemm/gemv split, and the "IQ panel" used for k- and i-quants from 8 rows on
-    // (ggml-cpu/iqp.cpp reads this variable once, at its first product).
+    // repacked gemm/gemv split, and the "IQ panel" used for k- and i-quants from 8 rows on (both
+    // off with repack_weights = false, kvstash/model.h).
     model_options.repack_weights = false;
-    setenv("GGML_NO_IQ_PANEL", "1", 0);
   }
   auto model = Model::Load(o.model_path, model_options);
   if (!model.ok()) return model.status();

@@ -104,7 +104,9 @@ void ChunkWriter::Process(PublishItem& item) {
       stats_.chunks_dropped += item.writes.size() - i;
       break;
     }
-    stored_upto = item.writes[i].header.index;
+    // A tail (index j + 1) needs its parent h_j touched: the chain up to j.
+    const format::ChunkHeader& h = item.writes[i].header;
+    stored_upto = std::max(stored_upto, h.tail ? h.index - 1 : h.index);
     if (existed) {
       ++stats_.chunks_existing;
     } else {
@@ -113,8 +115,9 @@ void ChunkWriter::Process(PublishItem& item) {
           format::kChunkHeaderSize + item.writes[i].tokens.size() * 4 + item.writes[i].kv.size();
     }
   }
-  // One time for the whole chain, parents included: a parent is then never older than a child,
-  // and eviction (oldest first, leaf first on ties) never strands a chunk behind a missing parent.
+  // One time for the whole chain, parents included, after the chunks and tails were written: a
+  // parent is then never older than a child, and eviction (oldest first, leaf first on ties) never
+  // strands a chunk or a tail behind a missing parent.
   size_t touch = item.touch.size();
   if (!item.writes.empty()) touch = std::min<size_t>(touch, stored_upto);
   const int64_t now = NowNs();

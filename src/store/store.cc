@@ -367,6 +367,7 @@ void LocalStore::LoadFromRedis(const format::Hash256& ns, const std::vector<form
 
 void LocalStore::PublishToRedis(const std::vector<ChunkWrite>& writes) {
   for (const ChunkWrite& w : writes) {
+    if (w.header.tail) continue;  // tails are kept in the directory only (docs/STORE.md)
     std::string bytes = format::EncodeChunkHead(
         w.header, w.tokens.data(), reinterpret_cast<const uint8_t*>(w.kv.data()), w.kv.size());
     bytes += w.kv;
@@ -469,8 +470,10 @@ LoadedTail LocalStore::LoadTail(const format::Hash256& ns, const format::Hash256
     }
     Candidate c{paths_.TailDir(parent) + "/" + file, name, {}};
     auto info = env_->LinkStat(c.path);
-    if (!info.ok() || info->type != FileInfo::Type::kRegular ||
+    if (!info.ok()) continue;
+    if (info->type != FileInfo::Type::kRegular ||
         info->size != store::TailFileBytes(layout, name.n_tokens)) {
+      if (out.refused.empty()) out.refused = c.path;  // a publish of this tail replaces it
       continue;
     }
     c.info = *info;
@@ -521,7 +524,7 @@ LoadedTail LocalStore::LoadTail(const format::Hash256& ns, const format::Hash256
       out.view = std::move(view.value());
       out.file = std::move(file.value());
       out.usable = static_cast<uint32_t>(best_m);
-      (void)env_->SetMtime(best->path, touched_ns);
+      if (touched_ns != 0) (void)env_->SetMtime(best->path, touched_ns);
       return out;
     }
   } else if (file.status().code() != Status::Code::kNotFound) {

@@ -70,7 +70,7 @@ struct Store::Impl {
   // Candidates are the parent's tails, newest first, at most 64; each is checked like a chunk
   // (header and name, parent, index, namespace, the store's C, `layout`, the tail hash of its
   // tokens), the winner's payload checksum too. A refusal is a miss. The winner gets mtime
-  // `touched_ns` (the chunks' own, so eviction takes the tail before its parent).
+  // `touched_ns` (the chunks' own, so eviction takes the tail before its parent; 0: untouched).
   virtual LoadedTail LoadTail(const format::Hash256& ns, const format::Hash256& parent, uint32_t j,
                               const int32_t* rest, size_t n_rest, const format::ChunkLayout& layout,
                               int64_t touched_ns) = 0;

@@ -546,8 +546,7 @@ Result<std::shared_ptr<Model>> LoadModel(const CommonFlags& flags, const Context
   ModelOptions options;
   options.n_gpu_layers = flags.n_gpu_layers;
   if (context != nullptr && context->flash_attn && *context->flash_attn == "off") {
-    options.repack_weights = false;
-    setenv("GGML_NO_IQ_PANEL", "1", 0);  // read by ggml at its first product
+    options.repack_weights = false;  // and the IQ panel (kvstash/model.h)
   }
   return Model::Load(flags.model, options);
 }
