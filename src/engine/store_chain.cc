@@ -369,6 +369,31 @@ Status BoundaryPart(const Chain& chain, uint32_t index, const std::vector<uint8_
   return Status::Ok();
 }
 
+namespace {
+
+// The write of `tail` (its end inside the chain's hashes and the plain `state`).
+Status CutTail(const Chain& chain, const std::vector<Token>& tokens, const SeqState& state,
+               const TailToPublish& tail, ChunkWrite* w) {
+  const size_t j = tail.end / chain.chunk;
+  const uint32_t n = static_cast<uint32_t>(tail.end - j * chain.chunk);
+  w->header.tail = true;
+  w->header.parent = j == 0 ? chain.h0 : chain.hashes[j - 1];
+  w->header.hash = store::TailHash(w->header.parent, tokens.data() + j * chain.chunk, n);
+  w->header.ns = chain.h0;
+  w->header.index = static_cast<uint32_t>(j + 1);
+  w->header.n_tokens = n;
+  w->header.chunk_tokens = chain.chunk;
+  w->header.layout = chain.layout;
+  w->tokens.assign(tokens.begin() + j * chain.chunk, tokens.begin() + tail.end);
+  w->kv.resize(chain.layout.KvBytes(n));
+  w->replace_bad = tail.replace_bad;
+  return format::CutChunkKv(state.data, state.size, state.layout,
+                            static_cast<uint32_t>(j * chain.chunk), n,
+                            reinterpret_cast<uint8_t*>(w->kv.data()));
+}
+
+}  // namespace
+
 size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>& tokens,
                      const SeqState& state, size_t first_new, long bad, const BoundaryParts* parts,
                      const std::vector<TailToPublish>& tails) {
@@ -426,25 +451,14 @@ size_t PublishChunks(Store& store, const Chain& chain, const std::vector<Token>&
   size_t tail_tokens = 0;
   for (size_t t = 0; t < tails.size() && status.ok() && plain; ++t) {
     const size_t j = tails[t].end / chunk;
-    const uint32_t n = static_cast<uint32_t>(tails[t].end - j * chunk);
-    if (n == 0 || j > chain.hashes.size() || tails[t].end > state.layout.cell_count) continue;
+    if (tails[t].end % chunk == 0 || j > chain.hashes.size() ||
+        tails[t].end > state.layout.cell_count) {
+      continue;
+    }
     ChunkWrite w;
-    w.header.tail = true;
-    w.header.parent = j == 0 ? chain.h0 : chain.hashes[j - 1];
-    w.header.hash = store::TailHash(w.header.parent, tokens.data() + j * chunk, n);
-    w.header.ns = chain.h0;
-    w.header.index = static_cast<uint32_t>(j + 1);
-    w.header.n_tokens = n;
-    w.header.chunk_tokens = chunk;
-    w.header.layout = expected;
-    w.tokens.assign(tokens.begin() + j * chunk, tokens.begin() + tails[t].end);
-    w.kv.resize(expected.KvBytes(n));
-    status =
-        format::CutChunkKv(state.data, main_size, state.layout, static_cast<uint32_t>(j * chunk), n,
-                           reinterpret_cast<uint8_t*>(w.kv.data()));
-    w.replace_bad = tails[t].replace_bad;
+    status = CutTail(chain, tokens, state, tails[t], &w);
+    tail_tokens += w.tokens.size();
     writes.push_back(std::move(w));
-    tail_tokens += n;
   }
   if (!status.ok()) {
     ImplOf(store)->Warn("kvstash: the new chunks were not saved to store '" + store.dir() +

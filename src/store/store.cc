@@ -116,6 +116,13 @@ Status MakeSubdirs(Env* env, const StorePaths& paths) {
 
 }  // namespace
 
+// A tail file that may continue a prompt: its path, name and lstat.
+struct TailCandidate {
+  std::string path;
+  store::TailName name;
+  FileInfo info;
+};
+
 class LocalStore : public StoreImpl {
  public:
   LocalStore(Env* env, std::string dir, uint32_t chunk_tokens, const StoreOptions& options)
@@ -153,6 +160,12 @@ class LocalStore : public StoreImpl {
   std::string CheckTail(const format::ChunkHeader& h, const int32_t* tokens,
                         const store::TailName& name, const format::Hash256* ns,
                         const format::ChunkLayout* layout) const;
+  // The tails of `parent` after whole chunk j whose name and lstat fit (a regular file of the size
+  // its T gives), newest first, at most 64: one document asked many questions must not make a
+  // lookup read them all. The first that does not fit is named in *refused.
+  std::vector<TailCandidate> TailCandidates(const format::Hash256& parent, uint32_t j,
+                                            const format::ChunkLayout& layout,
+                                            std::string* refused);
   // The head (header and tokens) of tail candidate `path` of `name` and `info`, checked; or why
   // not in *why.
   std::optional<format::ChunkView> ReadTailHead(const std::string& path,
@@ -445,49 +458,50 @@ std::optional<format::ChunkView> LocalStore::ReadTailHead(
   return view;
 }
 
-LoadedTail LocalStore::LoadTail(const format::Hash256& ns, const format::Hash256& parent,
-                                uint32_t j, const int32_t* rest, size_t n_rest,
-                                const format::ChunkLayout& layout, int64_t touched_ns) {
-  LoadedTail out;
-  if (n_rest == 0 || layout.kind != format::MemoryKind::kKv) return out;
+std::vector<TailCandidate> LocalStore::TailCandidates(const format::Hash256& parent, uint32_t j,
+                                                      const format::ChunkLayout& layout,
+                                                      std::string* refused) {
+  std::vector<TailCandidate> candidates;
   auto names = env_->ListDir(paths_.TailDir(parent));
-  if (!names.ok()) return out;  // no tail under this parent yet
-  // Candidates by name (parent, j and T are in it) and lstat (a regular file of the size its T
-  // gives), newest first: one document asked many questions must not make a lookup read them all.
-  constexpr size_t kMaxCandidates = 64;
+  if (!names.ok()) return candidates;  // no tail under this parent yet
   const std::string prefix = format::HashHex(parent) + "." + std::to_string(j) + ".";
-  struct Candidate {
-    std::string path;
-    store::TailName name;
-    FileInfo info;
-  };
-  std::vector<Candidate> candidates;
   for (const std::string& file : *names) {
     store::TailName name;
     if (file.compare(0, prefix.size(), prefix) != 0 || !store::ParseTailName(file, &name) ||
         name.n_tokens >= chunk_tokens_) {
       continue;
     }
-    Candidate c{paths_.TailDir(parent) + "/" + file, name, {}};
+    TailCandidate c{paths_.TailDir(parent) + "/" + file, name, {}};
     auto info = env_->LinkStat(c.path);
     if (!info.ok()) continue;
     if (info->type != FileInfo::Type::kRegular ||
         info->size != store::TailFileBytes(layout, name.n_tokens)) {
-      if (out.refused.empty()) out.refused = c.path;  // a publish of this tail replaces it
+      if (refused->empty()) *refused = c.path;  // a publish of this tail replaces it
       continue;
     }
     c.info = *info;
     candidates.push_back(std::move(c));
   }
-  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
-    return a.info.mtime_ns > b.info.mtime_ns;
-  });
+  std::sort(candidates.begin(), candidates.end(),
+            [](const TailCandidate& a, const TailCandidate& b) {
+              return a.info.mtime_ns > b.info.mtime_ns;
+            });
+  constexpr size_t kMaxCandidates = 64;
   if (candidates.size() > kMaxCandidates) candidates.resize(kMaxCandidates);
+  return candidates;
+}
+
+LoadedTail LocalStore::LoadTail(const format::Hash256& ns, const format::Hash256& parent,
+                                uint32_t j, const int32_t* rest, size_t n_rest,
+                                const format::ChunkLayout& layout, int64_t touched_ns) {
+  LoadedTail out;
+  if (n_rest == 0 || layout.kind != format::MemoryKind::kKv) return out;
+  const std::vector<TailCandidate> candidates = TailCandidates(parent, j, layout, &out.refused);
   // The heads first (header and tokens), keeping the one that shares the most (the shorter on a
   // tie); then the winner's payload.
-  const Candidate* best = nullptr;
+  const TailCandidate* best = nullptr;
   size_t best_m = 0;
-  for (const Candidate& c : candidates) {
+  for (const TailCandidate& c : candidates) {
     if (std::min<size_t>(c.name.n_tokens, n_rest) <= best_m) continue;
     std::string why;
     auto view = ReadTailHead(c.path, c.name, c.info, ns, layout, &why);
